@@ -1,0 +1,154 @@
+"""Stage 3 of indexing: a VGG-family CNN that turns pixels into a region grid and a global vector.
+
+Two kinds of backbone, chosen by BackboneConfig.name:
+- "vgg16": torchvision's VGG16. Its pretrained weights come from the
+  torchvision weights enum named in the config (pinned, never DEFAULT), or
+  from the alignment checkpoint when it carries a fine-tuned copy.
+- "vgg": a VGG-style stack of 3x3 convolutions and max-pools of any width,
+  for small or from-scratch models; its weights always live in the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+import torchvision
+from torch import nn
+
+from indexer.errors import ModelConfigError, WeightsMissing
+
+__all__ = ["BackboneConfig", "VGGBackbone", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# torchvision's VGG16 layer list ("M" is a 2x2 max-pool); five pools: 224px --> 7x7 pool5 grid.
+VGG16_LAYERS: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: Literal["vgg16", "vgg"] = "vgg16"
+    # For "vgg16": a member of torchvision.models.VGG16_Weights, or None when the
+    # checkpoint carries the backbone weights. Ignored for "vgg".
+    weights: str | None = "IMAGENET1K_V1"
+    # For "vgg": conv widths and "M" pools, as in torchvision's VGG configs.
+    layers: tuple[int | str, ...] = field(default=VGG16_LAYERS)
+    batch_norm: bool = False
+    image_size: int = 224  # square input side in pixels; images are resized to it
+    # Global vector: "fc7" (VGG16's 4096-d penultimate layer) or "mean" (mean of the region grid).
+    global_pool: Literal["fc7", "mean"] = "fc7"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if self.name not in ("vgg16", "vgg"):
+            raise ModelConfigError(f"unknown backbone {self.name!r}; use 'vgg16' or 'vgg'.")
+        if self.global_pool not in ("fc7", "mean"):
+            raise ModelConfigError(f"unknown global_pool {self.global_pool!r}; use 'fc7' or 'mean'.")
+        if self.global_pool == "fc7" and self.name != "vgg16":
+            raise ModelConfigError("global_pool 'fc7' needs the 'vgg16' backbone; use 'mean'.")
+        pools = sum(1 for layer in self.layers if layer == "M")
+        if self.image_size % (2**pools):
+            raise ModelConfigError(
+                f"image_size {self.image_size} is not divisible by 2^{pools} (one per pool)."
+            )
+
+    @property
+    def region_dim(self) -> int:
+        return [layer for layer in self.layers if layer != "M"][-1]
+
+    @property
+    def grid_side(self) -> int:
+        return self.image_size // 2 ** sum(1 for layer in self.layers if layer == "M")
+
+    @property
+    def global_dim(self) -> int:
+        return 4096 if self.global_pool == "fc7" else self.region_dim
+
+    def describe(self) -> str:
+        if self.name == "vgg16" and self.weights:
+            return f"torchvision vgg16 VGG16_Weights.{self.weights}"
+        return f"{self.name} {list(self.layers)} @{self.image_size}px (weights in checkpoint)"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["layers"] = list(self.layers)
+        return data
+
+
+class VGGBackbone(nn.Module):
+    """pixels (B, 3, S, S) --> regions (B, G*G, C) and global (B, global_dim)."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.features = _make_layers(config.layers, config.batch_norm)
+        # fc6 and fc7 of VGG16 (classifier[:5] in torchvision); fc8 is not kept.
+        self.fc67 = (
+            nn.Sequential(
+                nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
+                nn.Linear(4096, 4096), nn.ReLU(True),
+            )
+            if config.global_pool == "fc7"
+            else None
+        )
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = self.features(pixels)  # (B, C, G, G): pool5 for VGG16 at 224px is (B, 512, 7, 7)
+        regions = grid.flatten(2).transpose(1, 2)  # (B, C, G*G) --> (B, G*G, C)
+        if self.fc67 is None:
+            return regions, regions.mean(dim=1)  # (B, C)
+        pooled = nn.functional.adaptive_avg_pool2d(grid, (7, 7))  # as torchvision does
+        return regions, self.fc67(pooled.flatten(1))  # (B, 512*49) --> (B, 4096)
+
+    def load_pretrained(self) -> None:
+        """Load the torchvision weights the config names (VGG16 only)."""
+        config = self.config
+        if config.name != "vgg16" or not config.weights:
+            return
+        enum = torchvision.models.VGG16_Weights
+        try:
+            weights = enum[config.weights]
+        except KeyError:
+            raise ModelConfigError(
+                f"unknown VGG16 weights {config.weights!r}; choose one of {[w.name for w in enum]}."
+            ) from None
+        if config.batch_norm:
+            raise ModelConfigError("VGG16_Weights are for VGG16 without batch norm.")
+        try:
+            state = weights.get_state_dict(progress=False)
+        except Exception as exc:  # no network, no cache
+            filename = weights.url.rsplit("/", 1)[-1]
+            cache = f"{torch.hub.get_dir()}/checkpoints/{filename}"
+            raise WeightsMissing(
+                f"VGG16 ImageNet weights ({weights}) are not available: {exc}. "
+                f"Download {weights.url} on a machine with network access and put it at "
+                f"{cache} (or set TORCH_HOME), or use an alignment model whose checkpoint "
+                "carries its backbone weights."
+            ) from exc
+        features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+        self.features.load_state_dict(features)
+        if self.fc67 is not None:
+            # torchvision classifier indices 0 and 3 are fc6 and fc7, the same as ours.
+            fc = {k.removeprefix("classifier."): v for k, v in state.items()
+                  if k.startswith(("classifier.0.", "classifier.3."))}
+            self.fc67.load_state_dict(fc)
+
+
+def _make_layers(layers: tuple[int | str, ...], batch_norm: bool) -> nn.Sequential:
+    modules: list[nn.Module] = []
+    channels = 3
+    for layer in layers:
+        if layer == "M":
+            modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        modules.append(nn.Conv2d(channels, int(layer), kernel_size=3, padding=1))
+        if batch_norm:
+            modules.append(nn.BatchNorm2d(int(layer)))
+        modules.append(nn.ReLU(inplace=True))
+        channels = int(layer)
+    return nn.Sequential(*modules)

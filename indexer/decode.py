@@ -1,0 +1,110 @@
+"""Stage 2 of indexing: read one file, fingerprint it, decode it to an upright RGB image.
+
+Failures never raise: they come back as a DecodeResult with `error` set, so one
+bad file cannot stop a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["DecodeResult", "MAX_PIXELS", "decode_file", "to_rgb"]
+
+# Images with more pixels than this are refused as likely decompression bombs
+# (a small file that declares huge dimensions). 8K x 8K, about 4x a 48 MP photo.
+MAX_PIXELS = 64_000_000
+
+
+@dataclass
+class DecodeResult:
+    path: Path
+    size: int | None = None  # bytes on disk
+    mtime: float | None = None
+    sha256: str | None = None
+    width: int | None = None  # after EXIF orientation
+    height: int | None = None
+    image: Image.Image | None = None  # RGB, upright; None when error is set
+    error: str | None = None
+
+
+def decode_file(path: Path) -> DecodeResult:
+    result = DecodeResult(path=path)
+    try:
+        stat = os.stat(path)
+        result.size, result.mtime = stat.st_size, stat.st_mtime
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        result.error = "file not found (vanished, or a broken symbolic link)"
+        return result
+    except PermissionError:
+        result.error = "permission denied"
+        return result
+    except OSError as exc:
+        result.error = f"cannot read file: {exc.strerror or exc}"
+        return result
+    if not data:
+        result.error = "empty file (0 bytes)"
+        return result
+    result.size = len(data)
+    result.sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        image = _open_checked(data)
+        result.image = to_rgb(image)
+    except Exception as exc:  # Pillow raises many types for bad data; all mean "cannot decode".
+        result.error = _describe(exc)
+        return result
+    result.width, result.height = result.image.size
+    return result
+
+
+def _open_checked(data: bytes) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise _TooLarge(f"image too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
+    image.seek(0)  # first frame of animations
+    image.load()
+    return ImageOps.exif_transpose(image)
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is flattened onto white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = array.max() if array.size else 0
+        scale = 255.0 / top if top > 255 else 1.0
+        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, _TooLarge):
+        return str(exc)
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"image too large (decompression bomb): {exc}"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can read (unknown format or not an image file)"
+    message = str(exc) or type(exc).__name__
+    if "truncated" in message.lower():
+        return f"truncated image data: {message}"
+    return f"cannot decode image: {message}"

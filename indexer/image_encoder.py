@@ -1,0 +1,85 @@
+"""Stage 3 of indexing: pixels --> backbone --> projection into the shared space.
+
+ImageEncoder is the image half of an alignment model. The indexer loads only
+this half from a model directory (config "image" section, "image.*" tensors).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from indexer.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, VGGBackbone
+from indexer.checkpoint import load_module_state, read_config, read_tensors
+from indexer.device import resolve_device
+from indexer.projection import ProjectionHead, l2_normalize
+
+__all__ = ["ImageEncoder", "ImageEmbedding", "preprocess"]
+
+
+@dataclass
+class ImageEmbedding:
+    regions: torch.Tensor  # (B, R, d): projected region features, tanh-bounded
+    global_: torch.Tensor  # (B, d): projected global vector, L2-normalised
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, backbone: BackboneConfig, embed_dim: int) -> None:
+        super().__init__()
+        self.backbone_config = backbone
+        self.embed_dim = embed_dim
+        self.backbone = VGGBackbone(backbone)
+        self.region_head = ProjectionHead(backbone.region_dim, embed_dim)
+        self.global_head = ProjectionHead(backbone.global_dim, embed_dim)
+
+    @property
+    def image_size(self) -> int:
+        return self.backbone_config.image_size
+
+    @property
+    def num_regions(self) -> int:
+        return self.backbone_config.grid_side**2
+
+    def forward(self, pixels: torch.Tensor) -> ImageEmbedding:
+        regions, global_features = self.backbone(pixels)  # (B, R, C), (B, global_dim)
+        return ImageEmbedding(
+            regions=self.region_head(regions),  # (B, R, C) --> (B, R, d)
+            global_=l2_normalize(self.global_head(global_features)),  # (B, d)
+        )
+
+    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load "image.*" tensors (prefix removed); pretrained backbone weights
+        come from torchvision when the checkpoint does not carry them."""
+        carries_backbone = any(k.startswith("backbone.") for k in tensors)
+        if not carries_backbone:
+            if self.backbone_config.name == "vgg":
+                load_module_state(self, tensors)  # reports the missing backbone keys
+            self.backbone.load_pretrained()
+        load_module_state(self, tensors, provided_elsewhere=() if carries_backbone else ("backbone.",))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "auto") -> "ImageEncoder":
+        config = read_config(directory)
+        encoder = cls(BackboneConfig(**config["image"]["backbone"]), int(config["embed_dim"]))
+        encoder.load_weights(read_tensors(Path(directory), "image."))
+        return encoder.eval().to(resolve_device(device))
+
+
+_MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
+_STD = np.array(IMAGENET_STD, dtype=np.float32)
+
+
+def preprocess(image: Image.Image, size: int) -> torch.Tensor:
+    """RGB image --> (3, size, size) float tensor, resized whole (no crop) and ImageNet-normalised.
+
+    The whole frame is kept, so that every part of the photo lands in the region grid.
+    """
+    resized = image.resize((size, size), Image.Resampling.BILINEAR)
+    array = (np.asarray(resized, dtype=np.float32) / 255.0 - _MEAN) / _STD  # (S, S, 3)
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())  # (3, S, S)

@@ -1,0 +1,55 @@
+"""manifest.json: what an index directory holds and exactly which model made its vectors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from indexer.errors import StoreCorrupt
+
+__all__ = ["Manifest", "ModelRecord", "MANIFEST_NAME"]
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    fingerprint: str  # sha256 of the model's config.json + model.safetensors
+    path: str  # where the model was when the index was created (a hint, not an identity)
+    backbone: str  # e.g. "torchvision vgg16 VGG16_Weights.IMAGENET1K_V1"
+    text_encoder: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    embed_dim: int
+    num_regions: int
+    model: ModelRecord
+    metric: str = "inner_product"  # on L2-normalised vectors: cosine similarity
+    normalized: bool = True
+    region_dtype: str = "float16"
+    created_at: str = field(
+        default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    )
+
+    def write(self, directory: str | os.PathLike) -> None:
+        path = Path(directory) / MANIFEST_NAME
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, directory: str | os.PathLike) -> "Manifest":
+        path = Path(directory) / MANIFEST_NAME
+        try:
+            data = json.loads(path.read_text())
+            data["model"] = ModelRecord(**data["model"])
+            return cls(**data)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise StoreCorrupt(f"{path} is unreadable ({exc}); re-index into a new directory.") from exc

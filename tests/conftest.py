@@ -1,0 +1,84 @@
+"""Shared fixtures: a tiny BERT, small random-init VGG alignment models, generated images.
+
+Everything is made here, offline, in temporary directories.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from indexer.backbone import BackboneConfig
+from search.alignment import AlignmentConfig, AlignmentModel
+from search.scorer import ScorerConfig
+from search.text_encoder import TextEncoderConfig, resolve_name, PACKAGED_MINILM
+
+SMALL_BACKBONE = BackboneConfig(
+    name="vgg", weights=None, layers=(8, "M", 16, "M", 16, "M"), image_size=32, global_pool="mean"
+)  # 32px --> 4x4 grid of 16-d regions
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BertModel (random init, saved like any local model) with MiniLM's tokenizer."""
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(resolve_name(PACKAGED_MINILM)).save_pretrained(directory)
+    return directory
+
+
+def small_config(text_dir: Path | str, **overrides) -> AlignmentConfig:
+    fields = dict(
+        embed_dim=32, backbone=SMALL_BACKBONE, text=TextEncoderConfig(name_or_path=str(text_dir), max_length=24),
+        scorer=ScorerConfig(num_layers=1, num_heads=2, max_regions=16, dropout=0.0),
+    )
+    fields.update(overrides)
+    return AlignmentConfig(**fields)
+
+
+def make_model_dir(directory: Path, config: AlignmentConfig, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    AlignmentModel.initialize(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("model"), small_config(tiny_bert_dir))
+
+
+COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 220, 30), (200, 30, 200), (30, 200, 200)]
+
+
+def draw_image(seed: int, size: int = 48) -> Image.Image:
+    rng = random.Random(seed)
+    image = Image.new("RGB", (size, size), tuple(rng.randrange(180, 255) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(1, 3)):
+        x, y = rng.randrange(0, size - 12), rng.randrange(0, size - 12)
+        w = rng.randrange(8, 20)
+        box = (x, y, min(size - 1, x + w), min(size - 1, y + w))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=rng.choice(COLOURS))
+    return image
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """12 small generated images in nested folders, in several formats."""
+    root = tmp_path / "photos"
+    formats = ["png", "jpg", "webp", "bmp", "tiff", "gif"]
+    for i in range(12):
+        folder = root / ("sub" if i % 2 else "") / ("deeper" if i % 3 == 0 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        fmt = formats[i % len(formats)]
+        draw_image(i).save(folder / f"img_{i:02d}.{fmt}")
+    (root / "notes.txt").write_text("not an image, and not picked up: wrong extension")
+    return root
