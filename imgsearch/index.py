@@ -36,10 +36,15 @@ log = logging.getLogger("imgsearch")
 
 
 class Index:
-    def __init__(self, directory: Path, manifest: Manifest, model_dir: Path, device: str) -> None:
+    def __init__(
+        self, directory: Path, manifest: Manifest, model_dir: Path, device: str, *, model_checked: bool = True
+    ) -> None:
         self.directory = directory
         self.manifest = manifest
         self.model_dir = model_dir
+        # False while the model recorded in the manifest has not been checked yet: that
+        # happens on first use, so that info and errors work when the model has moved.
+        self._model_checked = model_checked
         self.device = resolve_device(device)
         self.store = Store(directory / DB_NAME, manifest.embed_dim, manifest.num_regions)
         self.vectors = self._load_vectors()
@@ -78,7 +83,9 @@ class Index:
         cls, directory: str | os.PathLike, model: str | os.PathLike | None = None, device: str = "auto"
     ) -> "Index":
         """Open an existing index. `model` defaults to the model recorded in the manifest;
-        a model other than the one that built the index is refused."""
+        a model other than the one that built the index is refused. A given `model` is
+        checked now; the recorded one when first used, so info() and failures() work
+        without it."""
         directory = Path(directory)
         try:
             manifest = Manifest.read(directory)
@@ -86,20 +93,10 @@ class Index:
             raise IndexNotFound(
                 f"no index at {directory}; create one with `imgsearch index PHOTOS --index {directory} --model MODEL`."
             ) from None
-        model_dir = Path(model).resolve() if model is not None else Path(manifest.model.path)
-        if not model_dir.exists():
-            raise ModelNotFound(
-                f"the model that built this index is no longer at {model_dir}; "
-                "pass its new location with --model (fingerprint "
-                f"{manifest.model.fingerprint[:12]})."
-            )
-        found = fingerprint(model_dir)
-        if found != manifest.model.fingerprint:
-            raise ModelMismatch(
-                f"{directory} was built with model {manifest.model.fingerprint[:12]} ({manifest.model.path}), "
-                f"but {model_dir} is model {found[:12]}. Search with the model that built the index, "
-                "or re-index into a new directory with this one."
-            )
+        if model is None:
+            return cls(directory, manifest, Path(manifest.model.path), device, model_checked=False)
+        model_dir = Path(model).resolve()
+        _check_model(directory, manifest, model_dir)
         return cls(directory, manifest, model_dir, device)
 
     @classmethod
@@ -136,9 +133,15 @@ class Index:
 
     # ---- models, loaded on first use -----------------------------------------
 
+    def _require_model(self) -> None:
+        if not self._model_checked:
+            _check_model(self.directory, self.manifest, self.model_dir)
+            self._model_checked = True
+
     @property
     def model(self) -> AlignmentModel:
         if self._model is None:
+            self._require_model()
             self._model = AlignmentModel.from_pretrained(self.model_dir, device=self.device)
         return self._model
 
@@ -147,6 +150,7 @@ class Index:
         if self._model is not None:
             return self._model.image
         if self._image_encoder is None:
+            self._require_model()
             self._image_encoder = ImageEncoder.from_pretrained(self.model_dir, device=self.device)
         return self._image_encoder
 
@@ -209,3 +213,20 @@ class Index:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_model(directory: Path, manifest: Manifest, model_dir: Path) -> None:
+    """Raise unless `model_dir` holds the exact model that built the index."""
+    if not model_dir.exists():
+        raise ModelNotFound(
+            f"the model that built this index is no longer at {model_dir}; "
+            "pass its new location with --model (fingerprint "
+            f"{manifest.model.fingerprint[:12]})."
+        )
+    found = fingerprint(model_dir)
+    if found != manifest.model.fingerprint:
+        raise ModelMismatch(
+            f"{directory} was built with model {manifest.model.fingerprint[:12]} ({manifest.model.path}), "
+            f"but {model_dir} is model {found[:12]}. Search with the model that built the index, "
+            "or re-index into a new directory with this one."
+        )

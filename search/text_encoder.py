@@ -52,7 +52,15 @@ def resolve_name(name_or_path: str) -> str:
 def load_bert(name_or_path: str):
     """(tokenizer, encoder) from a transformers name or local directory, or a clear error."""
     resolved = resolve_name(name_or_path)
-    local = Path(resolved).expanduser().is_dir()
+    path = Path(resolved).expanduser()
+    local = path.is_dir()
+    if local:
+        resolved = str(path)  # transformers does not expand "~" itself
+    elif path.is_absolute() or resolved.startswith((".", "~")):
+        raise WeightsMissing(
+            f"text encoder directory {name_or_path!r} does not exist. Give the directory that holds "
+            f"the model (config.json, weights and tokenizer files), or use {PACKAGED_MINILM!r}."
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, local_files_only=local)
         encoder = AutoModel.from_pretrained(resolved, local_files_only=local)
@@ -81,6 +89,10 @@ class TextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         states = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, h)
+        return self.project(states, attention_mask)
+
+    def project(self, states: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """BERT states (B, T, h) --> token features (B, T, d) and the query vector (B, d)."""
         mask = attention_mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
         pooled = (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # (B, T, h) --> (B, h)
         return self.token_head(states), l2_normalize(self.global_head(pooled))  # (B, T, d), (B, d)

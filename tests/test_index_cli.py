@@ -1,0 +1,333 @@
+"""The `imgsearch` command line, through click's CliRunner, and the Index errors behind it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from conftest import make_model_dir, small_config
+from imgsearch.cli import cli
+from imgsearch.index import Index
+from indexer.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound, StoreCorrupt
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+def run_json(*args):
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def assert_user_error(result, *words):
+    assert result.exit_code == 1, result.output
+    assert "Error:" in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def indexed(tmp_path, model_dir, image_folder):
+    """An index of image_folder plus one corrupt file, made by the CLI; returns (index dir, summary)."""
+    (image_folder / "sub" / "broken.jpg").write_text("this is text, not a JPEG")
+    index_dir = tmp_path / "index"
+    summary = run_json("index", image_folder, "--index", index_dir, "--model", model_dir, "--workers", 0, "-q")
+    return index_dir, summary
+
+
+# ---- index, errors, info --------------------------------------------------------------
+
+
+def test_index_creates_an_index_and_reports_counts(indexed, image_folder, model_dir):
+    index_dir, summary = indexed
+    assert (index_dir / "manifest.json").is_file()
+    assert (index_dir / "index.db").is_file()
+    assert (index_dir / "vectors.faiss").is_file()
+    assert {k: summary[k] for k in ("added", "updated", "unchanged", "failed")} == {
+        "added": 12, "updated": 0, "unchanged": 0, "failed": 1}
+    assert summary["seconds"] >= 0 and summary["images_per_second"] >= 0
+    assert summary["failures"] == [{"path": str(image_folder / "sub" / "broken.jpg"), "error": summary["failures"][0]["error"]}]
+    assert "not an image" in summary["failures"][0]["error"]
+
+    # Running again changes nothing, and no --model is needed once the index exists.
+    again = run_json("index", image_folder, "--index", index_dir, "--workers", 0)
+    assert (again["added"], again["updated"], again["unchanged"], again["failed"]) == (0, 0, 13, 0)
+
+
+def test_index_text_output_and_failures_on_stderr(tmp_path, model_dir, image_folder):
+    (image_folder / "bad.png").write_bytes(b"")
+    result = run("index", image_folder, "--index", tmp_path / "ix", "--model", model_dir, "--workers", 0)
+    assert result.exit_code == 0, result.output
+    assert "added 12, updated 0, unchanged 0, failed 1" in result.stdout
+    assert "bad.png" in result.stderr and "empty file" in result.stderr
+    assert "bad.png" not in result.stdout
+
+
+def test_errors_lists_the_corrupt_file_with_reason(indexed, image_folder):
+    index_dir, _ = indexed
+    result = run("errors", "--index", index_dir)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(str(image_folder / "sub" / "broken.jpg") + ": ")
+    assert "not an image" in lines[0]
+    failures = run_json("errors", "--index", index_dir)
+    assert [f["path"] for f in failures] == [str(image_folder / "sub" / "broken.jpg")]
+
+
+def test_info_json(indexed, model_dir):
+    index_dir, _ = indexed
+    info = run_json("info", "--index", index_dir)
+    assert (info["images"], info["failed"], info["vectors"], info["distinct_contents"]) == (12, 1, 12, 12)
+    manifest = info["manifest"]
+    assert manifest["embed_dim"] == 32 and manifest["num_regions"] == 16
+    assert manifest["metric"] == "inner_product" and manifest["normalized"] is True
+    assert manifest["model"]["path"] == str(model_dir.resolve())
+    assert len(manifest["model"]["fingerprint"]) == 64
+    assert set(info["bytes_on_disk"]) == {"index.db", "vectors.faiss", "manifest.json"}
+
+
+def test_info_text(indexed):
+    index_dir, _ = indexed
+    result = run("info", "--index", index_dir)
+    assert result.exit_code == 0, result.output
+    assert "12 indexed, 1 failed" in result.stdout
+
+
+def test_index_dir_from_environment(indexed):
+    index_dir, _ = indexed
+    result = CliRunner().invoke(cli, ["info", "--json"], env={"IMGSEARCH_INDEX": str(index_dir)})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == 12
+
+
+# ---- search ---------------------------------------------------------------------------
+
+
+FIELDS = {"rank", "id", "path", "score", "first_stage_score", "rerank_score", "first_stage_rank",
+          "width", "height", "size", "sha256"}
+
+
+def test_search_json_fields_and_order(indexed, image_folder):
+    index_dir, _ = indexed
+    out = run_json("search", "a red circle", "--index", index_dir, "-k", 5, "--candidates", 8, "--device", "cpu")
+    assert out["query"] == "a red circle" and out["reranked"] is True
+    results = out["results"]
+    assert len(results) == 5
+    assert [r["rank"] for r in results] == [1, 2, 3, 4, 5]
+    for r in results:
+        assert set(r) == FIELDS
+        assert r["path"].startswith(str(image_folder)) and not r["path"].endswith("broken.jpg")
+        assert isinstance(r["rerank_score"], float)
+        assert r["score"] == pytest.approx(r["rerank_score"], abs=1e-5)  # fusion_weight 0
+        assert -1.0 - 1e-5 <= r["first_stage_score"] <= 1.0 + 1e-5
+        assert 1 <= r["first_stage_rank"] <= 8
+        assert (r["width"], r["height"]) == (48, 48)
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+
+    # The CLI is a thin twin of the library call.
+    with Index.open(index_dir, device="cpu") as index:
+        library = index.search("a red circle", 5, candidates=8)
+    assert [r.to_dict() for r in library] == results
+
+
+def test_search_no_rerank_orders_by_first_stage(indexed):
+    index_dir, _ = indexed
+    out = run_json("search", "a blue square", "--index", index_dir, "-k", 12, "--no-rerank")
+    assert out["reranked"] is False
+    results = out["results"]
+    assert len(results) == 12
+    assert all(r["rerank_score"] is None for r in results)
+    assert all(r["score"] == r["first_stage_score"] for r in results)
+    assert [r["first_stage_rank"] for r in results] == list(range(1, 13))
+    firsts = [r["first_stage_score"] for r in results]
+    assert firsts == sorted(firsts, reverse=True)
+
+
+@pytest.mark.parametrize("k, expected", [(1, 1), (3, 3), (12, 12), (40, 12)])
+def test_search_k_is_respected(indexed, k, expected):
+    index_dir, _ = indexed
+    results = run_json("search", "something green", "--index", index_dir, "-k", k)["results"]
+    assert len(results) == expected
+    assert len({r["id"] for r in results}) == expected
+
+
+def test_search_text_output(indexed):
+    index_dir, _ = indexed
+    result = run("search", "a red circle", "--index", index_dir, "--top", 2)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].lstrip().startswith("1 ") and "first stage" in lines[0]
+
+
+def test_search_empty_index_says_so(tmp_path, model_dir):
+    empty = tmp_path / "empty-photos"
+    empty.mkdir()
+    assert run("index", empty, "--index", tmp_path / "ix", "--model", model_dir, "--workers", 0).exit_code == 0
+    result = run("search", "cat", "--index", tmp_path / "ix")
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "no images" in result.stderr
+
+
+# ---- help -----------------------------------------------------------------------------
+
+
+def test_every_command_has_help_with_an_example():
+    assert set(cli.commands) >= {"index", "search", "info", "errors"}
+    for args in [[]] + [[name] for name in cli.commands]:
+        for flag in ("-h", "--help"):
+            result = run(*args, flag)
+            assert result.exit_code == 0, (args, result.output)
+            assert "Example" in result.stdout, args
+            assert "Usage:" in result.stdout
+
+
+# ---- user errors: exit code 1 and "Error: ..." ----------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["search", "a cat"], ["info"], ["errors"]])
+def test_commands_on_a_directory_without_an_index(tmp_path, command):
+    (tmp_path / "not-an-index").mkdir()
+    for directory in (tmp_path / "not-an-index", tmp_path / "does-not-exist"):
+        result = run(*command, "--index", directory)
+        assert_user_error(result, "no index", "imgsearch index")
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\t\n"])
+def test_empty_query(indexed, query):
+    index_dir, _ = indexed
+    assert_user_error(run("search", query, "--index", index_dir), "empty")
+
+
+def test_model_mismatch_says_to_re_index(indexed, tmp_path, tiny_bert_dir):
+    index_dir, _ = indexed
+    other = make_model_dir(tmp_path / "other-model", small_config(tiny_bert_dir), seed=1)
+    result = run("search", "a red circle", "--index", index_dir, "--model", other)
+    assert_user_error(result, "re-index", str(other))
+    # Indexing more files with the wrong model is refused too.
+    result = run("index", tmp_path, "--index", index_dir, "--model", other, "--workers", 0)
+    assert_user_error(result, "re-index")
+
+
+def test_moved_model_needs_model_option(tmp_path, model_dir, image_folder):
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    index_dir = tmp_path / "ix"
+    run_json("index", image_folder, "--index", index_dir, "--model", model, "--workers", 0)
+    model.rename(tmp_path / "moved-model")
+    assert_user_error(run("search", "a red circle", "--index", index_dir), "--model", "no longer at")
+    assert_user_error(run("index", image_folder, "--index", index_dir, "--workers", 0), "--model")
+    # info and errors need no model: they still work, and info says where the model was.
+    info = run_json("info", "--index", index_dir)
+    assert info["manifest"]["model"]["path"] == str(model.resolve())
+    assert run_json("errors", "--index", index_dir) == []
+    # The same model (same fingerprint) at its new place is accepted.
+    out = run_json("search", "a red circle", "--index", index_dir, "--model", tmp_path / "moved-model", "-k", 2)
+    assert len(out["results"]) == 2
+
+
+def test_creating_an_index_needs_a_model(tmp_path, image_folder):
+    result = run("index", image_folder, "--index", tmp_path / "ix", "--workers", 0)
+    assert_user_error(result, "--model")
+    assert not (tmp_path / "ix" / "manifest.json").exists()
+
+
+def test_indexing_a_missing_path(tmp_path, model_dir):
+    result = run("index", tmp_path / "no-photos", "--index", tmp_path / "ix", "--model", model_dir)
+    assert_user_error(result, "does not exist")
+
+
+@pytest.mark.parametrize(
+    "args", [["--candidates", "0"], ["-k", "0"], ["--top", "-3"], ["--candidates", "many"]]
+)
+def test_bad_search_numbers_are_usage_errors(indexed, args):
+    index_dir, _ = indexed
+    result = run("search", "a cat", "--index", index_dir, *args)
+    assert result.exit_code == 2, result.output
+    assert "Error:" in result.stderr
+
+
+def test_model_option_must_exist(tmp_path, image_folder):
+    result = run("index", image_folder, "--index", tmp_path / "ix", "--model", tmp_path / "no-model")
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr
+
+
+# ---- the library errors behind them ------------------------------------------------------------
+
+
+def test_open_nonexistent_directory_raises_index_not_found(tmp_path):
+    with pytest.raises(IndexNotFound, match="imgsearch index"):
+        Index.open(tmp_path / "nowhere")
+
+
+def test_create_twice_raises_index_exists(tmp_path, model_dir):
+    Index.create(tmp_path / "ix", model_dir, device="cpu").close()
+    with pytest.raises(IndexExists):
+        Index.create(tmp_path / "ix", model_dir, device="cpu")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(IndexExists):
+        Index.create(tmp_path / "file", model_dir, device="cpu")
+
+
+def test_open_with_other_model_raises_model_mismatch(tmp_path, model_dir, tiny_bert_dir):
+    Index.create(tmp_path / "ix", model_dir, device="cpu").close()
+    other = make_model_dir(tmp_path / "other", small_config(tiny_bert_dir), seed=1)
+    with pytest.raises(ModelMismatch, match="re-index"):
+        Index.open(tmp_path / "ix", other, device="cpu")
+    with pytest.raises(ModelNotFound):
+        Index.open(tmp_path / "ix", tmp_path / "no-model", device="cpu")
+
+
+def test_recorded_model_is_checked_on_first_use(tmp_path, model_dir, tiny_bert_dir, image_folder):
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    with Index.create(tmp_path / "ix", model, device="cpu") as index:
+        index.add([image_folder], workers=0)
+    # The model directory is overwritten by another model (e.g. retrained in place).
+    shutil.rmtree(model)
+    make_model_dir(model, small_config(tiny_bert_dir), seed=1)
+    with Index.open(tmp_path / "ix", device="cpu") as index:
+        assert index.info()["images"] == 12
+        with pytest.raises(ModelMismatch, match="re-index"):
+            index.search("a red circle")
+        with pytest.raises(ModelMismatch):
+            index.add([image_folder], workers=0)
+    with pytest.raises(ModelMismatch):
+        Index.open(tmp_path / "ix", model, device="cpu")  # a model given explicitly is checked at once
+
+
+def test_damaged_database_is_a_user_error(indexed):
+    index_dir, _ = indexed
+    (index_dir / "index.db").write_bytes(b"not sqlite at all" * 100)
+    for name in ("index.db-wal", "index.db-shm"):
+        (index_dir / name).unlink(missing_ok=True)
+    with pytest.raises(StoreCorrupt, match="re-index"):
+        Index.open(index_dir)
+    assert_user_error(run("info", "--index", index_dir), "re-index")
+
+
+def test_newer_schema_is_refused(indexed):
+    index_dir, _ = indexed
+    conn = sqlite3.connect(index_dir / "index.db")
+    conn.execute("PRAGMA user_version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreCorrupt, match="upgrade imgsearch"):
+        Index.open(index_dir)
+
+
+def test_user_errors_are_click_exceptions_only_in_the_cli():
+    # Library errors are plain ImgsearchError subclasses; only the CLI wraps them.
+    assert not issubclass(IndexNotFound, click.ClickException)
