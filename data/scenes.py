@@ -199,15 +199,20 @@ def generate(out_dir: str | os.PathLike, count: int, seed: int = 0, size: int = 
         scenes += [scene, swapped(scene, "attributes"), swapped(scene, "relation")] if swaps else [scene]
 
     rows: list[tuple[str, str]] = []
+    groups: list[int] = []  # swap group of each row: training keeps a group in one batch
     pil_format = FORMATS[image_format]
     for index, scene in enumerate(scenes):
         rel_path = f"images/scene_{index:05d}.{image_format}"
         image = render(scene, size, rng)
         options = {"quality": 95} if pil_format == "JPEG" else {}
         _write_atomic(out / rel_path, lambda p: image.save(p, format=pil_format, **options))
-        rows += [(rel_path, caption) for caption in scene.captions()]
+        captions = scene.captions()
+        rows += [(rel_path, caption) for caption in captions]
+        groups += [index // 3 if swaps else index] * len(captions)
 
-    text = "image\tcaption\n" + "".join(f"{path}\t{caption}\n" for path, caption in rows)
+    text = "image\tcaption\tgroup\n" + "".join(
+        f"{path}\t{caption}\t{group}\n" for (path, caption), group in zip(rows, groups)
+    )
     _write_atomic(captions_path, lambda p: p.write_text(text, encoding="utf-8"))
     return rows
 

@@ -128,8 +128,8 @@ def test_relation_swap_keeps_words_but_moves_objects():
 def test_generate_writes_images_and_captions(tmp_path):
     rows = scenes.generate(tmp_path / "out", 7, seed=1, size=48)
     lines = (tmp_path / "out" / "captions.tsv").read_text().splitlines()
-    assert lines[0] == "image\tcaption"
-    assert [tuple(line.split("\t")) for line in lines[1:]] == rows
+    assert lines[0] == "image\tcaption\tgroup"
+    assert [tuple(line.split("\t")[:2]) for line in lines[1:]] == rows
     images = sorted((tmp_path / "out" / "images").iterdir())
     assert [p.name for p in images] == [f"scene_{i:05d}.png" for i in range(7)]
     per_image = {}
