@@ -48,6 +48,10 @@ class ImageEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> ImageEmbedding:
         regions, global_features = self.backbone(pixels)  # (B, R, C), (B, global_dim)
+        return self.project(regions, global_features)
+
+    def project(self, regions: torch.Tensor, global_features: torch.Tensor) -> ImageEmbedding:
+        """Backbone outputs --> the shared space (used directly when backbone features are cached)."""
         return ImageEmbedding(
             regions=self.region_head(regions),  # (B, R, C) --> (B, R, d)
             global_=l2_normalize(self.global_head(global_features)),  # (B, d)

@@ -1,9 +1,10 @@
 """The cross-attention re-ranker: query tokens attend over a candidate's region features.
 
-Each layer is cross-attention (queries: text tokens; keys/values: regions plus
-a learned position embedding, so spatial relations are visible), then a
-feed-forward block, each with a residual and LayerNorm. The masked mean of
-the token outputs gives one image-text matching logit per candidate.
+Each layer (as in ALBEF's fusion encoder) is token self-attention, then
+cross-attention (queries: text tokens; keys/values: regions plus a learned
+position embedding, so spatial relations are visible), then a feed-forward
+block, all pre-norm with residuals. The masked mean of the token outputs gives
+one image-text matching logit per candidate.
 """
 
 from __future__ import annotations
@@ -25,22 +26,33 @@ class ScorerConfig:
     dropout: float = 0.1
 
 
-class _CrossAttentionLayer(nn.Module):
+class _FusionLayer(nn.Module):
+    """Pre-norm block: token self-attention, cross-attention over regions, feed-forward.
+
+    Self-attention lets tokens compare what they found (e.g. where "circle" and
+    "square" sit) so relations and attribute binding can be checked.
+    """
+
     def __init__(self, dim: int, config: ScorerConfig) -> None:
         super().__init__()
-        self.attention = nn.MultiheadAttention(dim, config.num_heads, dropout=config.dropout, batch_first=True)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm_self = nn.LayerNorm(dim)
+        self.self_attention = nn.MultiheadAttention(dim, config.num_heads, dropout=config.dropout, batch_first=True)
+        self.norm_cross = nn.LayerNorm(dim)
+        self.cross_attention = nn.MultiheadAttention(dim, config.num_heads, dropout=config.dropout, batch_first=True)
+        self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(
             nn.Linear(dim, dim * config.ffn_mult), nn.GELU(), nn.Dropout(config.dropout),
             nn.Linear(dim * config.ffn_mult, dim),
         )
-        self.norm2 = nn.LayerNorm(dim)
 
-    def forward(self, tokens: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-        # (C, T, d) attend over (C, R, d) --> (C, T, d); every region is real, so no key mask
-        attended, _ = self.attention(tokens, regions, regions, need_weights=False)
-        tokens = self.norm1(tokens + attended)
-        return self.norm2(tokens + self.ffn(tokens))
+    def forward(self, tokens: torch.Tensor, padding: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        # tokens (C, T, d), padding (C, T) True on padding, regions (C, R, d) --> (C, T, d)
+        x = self.norm_self(tokens)
+        tokens = tokens + self.self_attention(x, x, x, key_padding_mask=padding, need_weights=False)[0]
+        x = self.norm_cross(tokens)
+        # (C, T, d) attend over (C, R, d): every region is real, so no key mask
+        tokens = tokens + self.cross_attention(x, regions, regions, need_weights=False)[0]
+        return tokens + self.ffn(self.norm_ffn(tokens))
 
 
 class CrossAttentionScorer(nn.Module):
@@ -48,7 +60,9 @@ class CrossAttentionScorer(nn.Module):
         super().__init__()
         self.config = config
         self.region_position = nn.Parameter(torch.randn(config.max_regions, embed_dim) * 0.02)  # (R_max, d)
-        self.layers = nn.ModuleList(_CrossAttentionLayer(embed_dim, config) for _ in range(config.num_layers))
+        self.region_norm = nn.LayerNorm(embed_dim)
+        self.layers = nn.ModuleList(_FusionLayer(embed_dim, config) for _ in range(config.num_layers))
+        self.out_norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, 1)
 
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
@@ -56,9 +70,11 @@ class CrossAttentionScorer(nn.Module):
         num_regions = regions.shape[1]
         if num_regions > self.config.max_regions:
             raise ValueError(f"{num_regions} regions, but the scorer knows {self.config.max_regions} positions")
-        regions = regions + self.region_position[:num_regions]  # (C, R, d) + (R, d)
+        regions = self.region_norm(regions + self.region_position[:num_regions])  # (C, R, d) + (R, d)
+        padding = ~token_mask
         for layer in self.layers:
-            tokens = layer(tokens, regions)  # (C, T, d)
+            tokens = layer(tokens, padding, regions)  # (C, T, d)
+        tokens = self.out_norm(tokens)
         mask = token_mask.unsqueeze(-1).to(tokens.dtype)  # (C, T, 1)
         pooled = (tokens * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # (C, T, d) --> (C, d)
         return self.head(pooled).squeeze(-1)  # (C, 1) --> (C,)
