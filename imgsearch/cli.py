@@ -5,18 +5,16 @@ Results go to stdout (a table, or JSON with --json); progress and logs go to std
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
 
 import click
 
+from imgsearch.common import CONTEXT, json_option, user_errors
 from imgsearch.index import Index
-from indexer.errors import ImgsearchError
+from imgsearch.train_commands import eval_command, train_command
 from search.searcher import DEFAULT_CANDIDATES
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 index_option = click.option(
     "--index", "index_dir", required=True, envvar="IMGSEARCH_INDEX", metavar="DIR",
@@ -31,20 +29,6 @@ model_option = click.option(
 device_option = click.option(
     "--device", default="auto", show_default=True, help="'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-
-
-def user_errors(command):
-    """Turn library errors into `Error: ...` and exit code 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except ImgsearchError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper
 
 
 @click.group(context_settings=CONTEXT)
@@ -184,6 +168,10 @@ def errors_command(index_dir, as_json) -> None:
         return
     for failure in failures:
         click.echo(f"{failure['path']}: {failure['error']}")
+
+
+cli.add_command(train_command)
+cli.add_command(eval_command)
 
 
 def main() -> None:

@@ -1,0 +1,173 @@
+"""Reading captioned-image datasets into one shape: images with any number of captions.
+
+Accepted inputs (chosen by content, not only by suffix):
+- TSV / CSV with a header naming an image column (image, filename, file_name,
+  path) and a caption column (caption, text, sentence); an optional `group`
+  column keeps related images (e.g. hard-negative swaps) in one batch.
+- JSON Lines: {"image": ..., "caption": "..."} or {"image": ..., "captions": [...]}.
+- The Flickr8k/Flickr30k token file: `name.jpg#N<TAB>caption`, no header.
+- COCO captions JSON ({"images": [...], "annotations": [...]}).
+- Karpathy-split JSON (dataset_coco.json / dataset_flickr8k.json: {"images":
+  [{"filename", "split", "sentences": [{"raw"}]}]}), filtered by `split`.
+Image paths are resolved against `image_root` (default: the captions file's folder).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from indexer.errors import ImgsearchError
+
+__all__ = ["CaptionedImage", "CaptionFileError", "read_captions"]
+
+IMAGE_COLUMNS = ("image", "filename", "file_name", "path", "image_path")
+CAPTION_COLUMNS = ("caption", "text", "sentence", "raw")
+_FLICKR_TOKEN = re.compile(r"^([^\t#]+)#\d+\t(.+)$")
+
+
+class CaptionFileError(ImgsearchError):
+    """A captions file cannot be read or holds no usable rows."""
+
+
+@dataclass
+class CaptionedImage:
+    path: Path
+    captions: list[str] = field(default_factory=list)
+    group: str | None = None  # images of one group are kept in one training batch
+
+
+def read_captions(
+    captions_file: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    *,
+    split: str | None = None,
+    only: set[str] | None = None,
+) -> list[CaptionedImage]:
+    """Images with their captions, in first-seen order.
+
+    split: for Karpathy JSON, keep images of this split ("train", "val", "test", "restval").
+    only:  keep images whose file name (or relative path) is in this set, e.g. Flickr8k's train.txt.
+    """
+    path = Path(captions_file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaptionFileError(f"cannot read captions file {path}: {exc}") from exc
+    root = Path(image_root) if image_root is not None else path.parent
+    rows = _parse(text, path)
+    images: dict[str, CaptionedImage] = {}
+    for name, caption, group, row_split in rows:
+        if split is not None and row_split is not None and row_split != split:
+            continue
+        if only is not None and name not in only and Path(name).name not in only:
+            continue
+        caption = " ".join(caption.split())
+        if not caption:
+            continue
+        item = images.setdefault(name, CaptionedImage(root / name, group=group))
+        if caption not in item.captions:
+            item.captions.append(caption)
+    if not images:
+        raise CaptionFileError(
+            f"{path} gave no (image, caption) pairs"
+            + (f" for split {split!r}" if split else "")
+            + (" among the listed image names" if only is not None else "")
+            + "; check the format (see `imgsearch train --help`)."
+        )
+    return list(images.values())
+
+
+Row = tuple[str, str, str | None, str | None]  # (image name, caption, group, split)
+
+
+def _parse(text: str, path: Path) -> list[Row]:
+    stripped = text.lstrip()
+    if stripped.startswith("{") and path.suffix.lower() != ".jsonl":
+        try:
+            return _parse_json(json.loads(text), path)
+        except json.JSONDecodeError:
+            pass  # maybe JSON Lines
+    if stripped.startswith("{"):
+        return _parse_jsonl(text, path)
+    first_line = text.splitlines()[0] if text else ""
+    if _FLICKR_TOKEN.match(first_line):
+        return _parse_flickr_tokens(text, path)
+    return _parse_table(text, path)
+
+
+def _parse_json(data, path: Path) -> list[Row]:
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise CaptionFileError(f"{path}: JSON is neither COCO captions nor a Karpathy split file.")
+    if "annotations" in data:  # COCO
+        names = {image["id"]: image["file_name"] for image in data["images"]}
+        try:
+            return [(names[a["image_id"]], a["caption"], None, None) for a in data["annotations"]]
+        except KeyError as exc:
+            raise CaptionFileError(f"{path}: COCO annotation refers to unknown image or lacks {exc}.") from exc
+    rows: list[Row] = []  # Karpathy
+    for image in data["images"]:
+        name = os.path.join(image.get("filepath", ""), image["filename"])
+        for sentence in image.get("sentences", []):
+            rows.append((name, sentence.get("raw") or " ".join(sentence.get("tokens", [])), None, image.get("split")))
+    return rows
+
+
+def _parse_jsonl(text: str, path: Path) -> list[Row]:
+    rows: list[Row] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            name = next(record[c] for c in IMAGE_COLUMNS if c in record)
+        except (json.JSONDecodeError, StopIteration, TypeError) as exc:
+            raise CaptionFileError(f"{path}:{number}: expected a JSON object with an image field ({exc}).") from exc
+        captions = record.get("captions") or [next((record[c] for c in CAPTION_COLUMNS if c in record), "")]
+        group = record.get("group")
+        rows += [(str(name), str(c), None if group is None else str(group), record.get("split")) for c in captions]
+    return rows
+
+
+def _parse_flickr_tokens(text: str, path: Path) -> list[Row]:
+    rows: list[Row] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _FLICKR_TOKEN.match(line)
+        if match is None:
+            raise CaptionFileError(f"{path}:{number}: expected `name.jpg#N<TAB>caption`.")
+        rows.append((match.group(1), match.group(2), None, None))
+    return rows
+
+
+def _parse_table(text: str, path: Path) -> list[Row]:
+    delimiter = "\t" if "\t" in text.splitlines()[0] else ","
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header = [h.strip().lower() for h in next(reader, [])]
+    image_col = next((header.index(c) for c in IMAGE_COLUMNS if c in header), None)
+    caption_col = next((header.index(c) for c in CAPTION_COLUMNS if c in header), None)
+    if image_col is None or caption_col is None:
+        raise CaptionFileError(
+            f"{path}: the header must name an image column ({', '.join(IMAGE_COLUMNS)}) "
+            f"and a caption column ({', '.join(CAPTION_COLUMNS)}); found {header}."
+        )
+    group_col = header.index("group") if "group" in header else None
+    split_col = header.index("split") if "split" in header else None
+    rows: list[Row] = []
+    for number, record in enumerate(reader, start=2):
+        if not record:
+            continue
+        if len(record) <= max(image_col, caption_col):
+            raise CaptionFileError(f"{path}:{number}: too few columns.")
+        rows.append((
+            record[image_col], record[caption_col],
+            record[group_col] if group_col is not None else None,
+            record[split_col] if split_col is not None else None,
+        ))
+    return rows

@@ -1,0 +1,127 @@
+"""Training data in memory: decoded images as uint8 tensors, cached BERT states, batches.
+
+Images are decoded once, resized to the backbone's input size and kept as
+uint8 (N, 3, S, S). With a frozen text encoder its states are computed once
+per caption. Batches keep images of one `group` together, so that hard
+negatives (e.g. the attribute and relation swaps of the synthetic scenes)
+meet in the same batch, where the ITM loss mines them.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from indexer.backbone import IMAGENET_MEAN, IMAGENET_STD
+from indexer.decode import decode_file
+from search.text_encoder import TextEncoder
+from training.captions import CaptionedImage
+
+__all__ = ["ImageBank", "CaptionBank", "load_images", "encode_captions", "group_batches", "normalize"]
+
+
+@dataclass
+class ImageBank:
+    items: list[CaptionedImage]  # the images that decoded
+    pixels: torch.Tensor  # (N, 3, S, S) uint8
+    failures: list[tuple[str, str]]  # (path, reason) of images left out
+
+
+class _ResizeDataset(Dataset):
+    def __init__(self, items: list[CaptionedImage], size: int) -> None:
+        self.items, self.size = items, size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        result = decode_file(self.items[i].path)
+        if result.image is None:
+            return i, None, result.error
+        resized = result.image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        return i, torch.from_numpy(np.asarray(resized).transpose(2, 0, 1).copy()), None  # (3, S, S) uint8
+
+
+def load_images(items: list[CaptionedImage], size: int, workers: int = 0) -> ImageBank:
+    loader = DataLoader(_ResizeDataset(items, size), batch_size=64, num_workers=workers, collate_fn=list)
+    kept, tensors, failures = [], [], []
+    for batch in loader:
+        for i, pixels, error in batch:
+            if pixels is None:
+                failures.append((str(items[i].path), error))
+            else:
+                kept.append(items[i])
+                tensors.append(pixels)
+    if not tensors:
+        raise ValueError("none of the training images could be read")
+    return ImageBank(kept, torch.stack(tensors), failures)
+
+
+_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, S, S) --> float, ImageNet-normalised (as indexer.image_encoder.preprocess does)."""
+    return (pixels.float() / 255.0 - _MEAN.to(pixels.device)) / _STD.to(pixels.device)
+
+
+@dataclass
+class CaptionBank:
+    captions: list[str]  # every caption, flattened
+    image_of: np.ndarray  # (Nc,) index of each caption's image in the ImageBank
+    captions_of: list[list[int]]  # per image, indices into `captions`
+    states: torch.Tensor | None  # (Nc, T, h) float16 BERT states, when the encoder is frozen
+    mask: torch.Tensor | None  # (Nc, T) bool
+
+
+def encode_captions(
+    text: TextEncoder, items: list[CaptionedImage], *, cache_states: bool, batch_size: int = 256
+) -> CaptionBank:
+    captions, image_of, captions_of = [], [], []
+    for i, item in enumerate(items):
+        captions_of.append(list(range(len(captions), len(captions) + len(item.captions))))
+        captions += item.captions
+        image_of += [i] * len(item.captions)
+    states = mask = None
+    if cache_states:
+        batch, _ = text.tokenize(captions)
+        ids, attention = batch["input_ids"], batch["attention_mask"]  # (Nc, T)
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(captions), batch_size):
+                out = text.bert(input_ids=ids[start : start + batch_size], attention_mask=attention[start : start + batch_size])
+                chunks.append(out.last_hidden_state.to(torch.float16))  # (b, T, h)
+                print(f"\rencoding captions {min(start + batch_size, len(captions))}/{len(captions)}",
+                      end="", file=sys.stderr)
+        print(file=sys.stderr)
+        states, mask = torch.cat(chunks), attention.bool()
+    return CaptionBank(captions, np.array(image_of), captions_of, states, mask)
+
+
+def group_batches(items: list[CaptionedImage], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffle groups (an ungrouped image is its own group) and pack them into batches of
+    at most batch_size images; a group is never split unless it alone exceeds batch_size."""
+    groups: dict[object, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(item.group if item.group is not None else ("image", i), []).append(i)
+    order = list(groups.values())
+    rng.shuffle(order)
+    batches, current = [], []
+    for members in order:
+        if current and len(current) + len(members) > batch_size:
+            batches.append(current)
+            current = []
+        current.extend(members)
+        while len(current) > batch_size:
+            batches.append(current[:batch_size])
+            current = current[batch_size:]
+    if len(current) > 1:  # a batch of one has no negatives
+        batches.append(current)
+    return batches

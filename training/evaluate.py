@@ -1,0 +1,144 @@
+"""Retrieval evaluation: Recall@K for text->image and image->text, before and after re-ranking.
+
+Ranks are 0-based: rank r means r gallery items scored strictly higher than
+the best correct one. Re-ranking reorders each query's top-`depth` first-stage
+candidates by the scorer (plus fusion); a query whose match lies deeper keeps
+its first-stage rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from search.alignment import AlignmentModel
+from training.data import CaptionBank, normalize
+
+__all__ = [
+    "recall_at_k", "t2i_ranks", "i2t_ranks", "rerank_t2i_ranks", "rerank_i2t_ranks",
+    "embed_images", "embed_captions", "evaluate", "format_table", "KS",
+]
+
+KS = (1, 5, 10)
+
+
+def recall_at_k(ranks: np.ndarray, ks=KS) -> dict[str, float]:
+    """Percentage of queries whose best correct item has rank < k."""
+    return {f"R@{k}": float(100.0 * np.mean(ranks < k)) for k in ks}
+
+
+def t2i_ranks(sim: np.ndarray, image_of: np.ndarray) -> np.ndarray:
+    """sim (Nc, Ni), image_of (Nc,) --> (Nc,) rank of each caption's image."""
+    correct = sim[np.arange(len(sim)), image_of][:, None]  # (Nc, 1)
+    return (sim > correct).sum(axis=1)
+
+
+def i2t_ranks(sim: np.ndarray, captions_of: list[list[int]]) -> np.ndarray:
+    """sim (Nc, Ni) --> (Ni,) rank of the best-placed caption of each image among all captions."""
+    by_image = sim.T  # (Ni, Nc)
+    ranks = np.empty(len(captions_of), dtype=np.int64)
+    for i, own in enumerate(captions_of):
+        best = by_image[i, own].max()
+        ranks[i] = (by_image[i] > best).sum()
+    return ranks
+
+
+def embed_images(model: AlignmentModel, pixels: torch.Tensor, batch_size: int = 128):
+    """uint8 (N, 3, S, S) --> global (N, d) float32 and regions (N, R, d) float16, as the indexer stores them."""
+    device = model.device
+    globals_, regions = [], []
+    with torch.inference_mode():
+        for start in range(0, len(pixels), batch_size):
+            out = model.image(normalize(pixels[start : start + batch_size].to(device)))
+            globals_.append(out.global_.float().cpu())
+            regions.append(out.regions.to(torch.float16).cpu())
+    return torch.cat(globals_).numpy(), torch.cat(regions)
+
+
+def embed_captions(model: AlignmentModel, captions: list[str], batch_size: int = 256):
+    """captions --> global (Nc, d) float32, tokens (Nc, T, d) float32, mask (Nc, T) bool."""
+    batch, _ = model.text.tokenize(captions, model.device)
+    globals_, tokens = [], []
+    with torch.inference_mode():
+        for start in range(0, len(captions), batch_size):
+            part = {k: v[start : start + batch_size] for k, v in batch.items()}
+            tok, glob = model.text(part["input_ids"], part["attention_mask"])
+            globals_.append(glob.float().cpu())
+            tokens.append(tok.float().cpu())
+    return torch.cat(globals_).numpy(), torch.cat(tokens), batch["attention_mask"].bool().cpu()
+
+
+def _scores(model: AlignmentModel, tokens, mask, regions) -> np.ndarray:
+    device = model.device
+    with torch.inference_mode():
+        return model.scorer(tokens.to(device), mask.to(device), regions.to(device, torch.float32)).float().cpu().numpy()
+
+
+def rerank_t2i_ranks(model, sim, image_of, tokens, mask, regions, depth: int, pairs_per_call: int = 2048) -> np.ndarray:
+    """Re-rank each caption's top-`depth` images; sim (Nc, Ni), tokens (Nc, T, d), regions (Ni, R, d)."""
+    depth = min(depth, sim.shape[1])
+    ranks = t2i_ranks(sim, image_of)
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :depth]  # (Nc, depth)
+    queries_per_call = max(1, pairs_per_call // depth)
+    for start in range(0, len(sim), queries_per_call):
+        rows = np.arange(start, min(start + queries_per_call, len(sim)))
+        cand = top[rows]  # (q, depth)
+        q = len(rows)
+        t = tokens[rows].unsqueeze(1).expand(-1, depth, -1, -1).reshape(q * depth, *tokens.shape[1:])  # (q*depth, T, d)
+        m = mask[rows].unsqueeze(1).expand(-1, depth, -1).reshape(q * depth, -1)  # (q*depth, T)
+        r = regions[torch.from_numpy(cand.reshape(-1))]  # (q*depth, R, d)
+        fused = _scores(model, t, m, r).reshape(q, depth) + model.config.fusion_weight * np.take_along_axis(sim[rows], cand, 1)
+        for j, row in enumerate(rows):
+            hit = np.nonzero(cand[j] == image_of[row])[0]
+            if len(hit):
+                ranks[row] = (fused[j] > fused[j, hit[0]]).sum()
+    return ranks
+
+
+def rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, depth: int, pairs_per_call: int = 2048) -> np.ndarray:
+    """Re-rank each image's top-`depth` captions."""
+    by_image = sim.T  # (Ni, Nc)
+    depth = min(depth, by_image.shape[1])
+    ranks = i2t_ranks(sim, captions_of)
+    top = np.argsort(-by_image, axis=1, kind="stable")[:, :depth]  # (Ni, depth)
+    images_per_call = max(1, pairs_per_call // depth)
+    for start in range(0, len(by_image), images_per_call):
+        rows = np.arange(start, min(start + images_per_call, len(by_image)))
+        cand = top[rows]  # (q, depth)
+        q = len(rows)
+        flat = torch.from_numpy(cand.reshape(-1))
+        r = regions[torch.from_numpy(rows)].unsqueeze(1).expand(-1, depth, -1, -1).reshape(q * depth, *regions.shape[1:])
+        fused = _scores(model, tokens[flat], mask[flat], r).reshape(q, depth) + model.config.fusion_weight * np.take_along_axis(by_image[rows], cand, 1)
+        for j, row in enumerate(rows):
+            own = np.isin(cand[j], captions_of[row])
+            if own.any():
+                ranks[row] = (fused[j] > fused[j][own].max()).sum()
+    return ranks
+
+
+def evaluate(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, depth: int = 20) -> dict:
+    """Recall@1/5/10 both directions, first stage and re-ranked, plus mean recall."""
+    model.eval()
+    image_global, regions = embed_images(model, pixels)
+    text_global, tokens, mask = embed_captions(model, bank.captions)
+    sim = text_global @ image_global.T  # (Nc, Ni)
+    first = {"t2i": recall_at_k(t2i_ranks(sim, bank.image_of)), "i2t": recall_at_k(i2t_ranks(sim, bank.captions_of))}
+    reranked = {
+        "t2i": recall_at_k(rerank_t2i_ranks(model, sim, bank.image_of, tokens, mask, regions, depth)),
+        "i2t": recall_at_k(rerank_i2t_ranks(model, sim, bank.captions_of, tokens, mask, regions, depth)),
+    }
+    for block in (first, reranked):
+        block["mean_recall"] = float(np.mean([v for d in ("t2i", "i2t") for v in block[d].values()]))
+    return {"images": len(pixels), "captions": len(bank.captions), "rerank_depth": depth,
+            "first_stage": first, "reranked": reranked}
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{result['images']} images, {result['captions']} captions, re-rank depth {result['rerank_depth']}",
+             f"{'':12s} {'t2i R@1':>8s} {'R@5':>6s} {'R@10':>6s}   {'i2t R@1':>8s} {'R@5':>6s} {'R@10':>6s}   {'mean':>6s}"]
+    for name in ("first_stage", "reranked"):
+        block = result[name]
+        t, i = block["t2i"], block["i2t"]
+        lines.append(f"{name:12s} {t['R@1']:8.1f} {t['R@5']:6.1f} {t['R@10']:6.1f}   "
+                     f"{i['R@1']:8.1f} {i['R@5']:6.1f} {i['R@10']:6.1f}   {block['mean_recall']:6.1f}")
+    return "\n".join(lines)

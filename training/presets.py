@@ -1,0 +1,49 @@
+"""Named starting configurations for `imgsearch train --preset`.
+
+Each is an AlignmentConfig plus the backbone mode it is meant for; the choice
+of widths and input sizes is explained in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+from indexer.backbone import BackboneConfig
+from search.alignment import AlignmentConfig
+from search.scorer import ScorerConfig
+from search.text_encoder import TextEncoderConfig
+
+__all__ = ["PRESETS", "preset"]
+
+PRESETS: dict[str, tuple[AlignmentConfig, str]] = {
+    # Synthetic scenes: 64px, 4 pools --> a 4x4 grid, enough to place two shapes.
+    "scenes": (
+        AlignmentConfig(
+            embed_dim=128,
+            backbone=BackboneConfig(name="vgg", weights=None, layers=(32, "M", 64, "M", 128, "M", 128, "M"),
+                                    batch_norm=True, image_size=64, global_pool="mean"),
+            text=TextEncoderConfig(max_length=32),
+            scorer=ScorerConfig(num_layers=2, num_heads=4, max_regions=16),
+        ),
+        "scratch",
+    ),
+    # Real photos, backbone trained from scratch on the CPU: a narrow VGG at 96px --> 3x3 grid.
+    "small": (
+        AlignmentConfig(
+            embed_dim=256,
+            backbone=BackboneConfig(name="vgg", weights=None,
+                                    layers=(32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256, 256, "M"),
+                                    batch_norm=True, image_size=96, global_pool="mean"),
+            text=TextEncoderConfig(max_length=40),
+            scorer=ScorerConfig(num_layers=2, num_heads=4, max_regions=9),
+        ),
+        "scratch",
+    ),
+    # The product default: ImageNet VGG16 (7x7 pool5 grid, fc7 global), frozen; needs its weights.
+    "vgg16": (
+        AlignmentConfig(embed_dim=256, text=TextEncoderConfig(max_length=40), scorer=ScorerConfig(max_regions=49)),
+        "frozen",
+    ),
+}
+
+
+def preset(name: str) -> tuple[AlignmentConfig, str]:
+    return PRESETS[name]

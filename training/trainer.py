@@ -1,0 +1,243 @@
+"""Training the alignment model: contrastive dual encoder + ITM cross-attention scorer.
+
+One step: a batch of images (groups kept together) each with one of its
+captions drawn at random; image and caption pass through their encoders and
+projection heads; the contrastive loss aligns the global vectors; the scorer
+learns image-text matching on the positives and on hard negatives mined from
+the batch's similarity matrix. BERT is frozen and its states are computed once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from search.alignment import AlignmentModel
+from training.captions import CaptionedImage
+from training.data import CaptionBank, encode_captions, group_batches, load_images, normalize
+from training.evaluate import evaluate, format_table
+from training.losses import infonce_loss, itm_loss, vsepp_loss
+
+__all__ = ["TrainConfig", "train", "split_validation"]
+
+STATE_NAME = "training-state.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 96
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    loss: Literal["infonce", "vsepp"] = "infonce"
+    itm_weight: float = 1.0
+    # "scratch": train the backbone from its random init; "finetune": train it at
+    # lr * backbone_lr_scale; "frozen": keep it fixed and cache its features once.
+    backbone_mode: Literal["scratch", "finetune", "frozen"] = "scratch"
+    backbone_lr_scale: float = 0.1
+    scorer_lr_scale: float = 0.25  # the transformer scorer trains stably at a lower rate
+    augment: bool = True  # random resized crops (no flips: captions say left and right)
+    seed: int = 0
+    workers: int = 0  # decoding processes while loading images
+    time_limit_s: float | None = None  # stop (and save) after this much training time
+    val_fraction: float = 0.05  # share of training images held out to choose fusion_weight
+    rerank_depth: int = 20
+    fusion_grid: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 20.0)
+    log_every: int = 20
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def split_validation(items: list[CaptionedImage], fraction: float, seed: int):
+    """Hold out whole groups: (train, validation)."""
+    groups: dict[object, list[CaptionedImage]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(item.group if item.group is not None else ("image", i), []).append(item)
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    count = int(round(len(keys) * fraction))
+    held = set(range(count))
+    val = [it for n, k in enumerate(keys) if n in held for it in groups[k]]
+    train = [it for n, k in enumerate(keys) if n not in held for it in groups[k]]
+    return train, val
+
+
+def _positives(bank: CaptionBank, images: list[int], captions: list[int]) -> torch.Tensor:
+    """(B_img, B_txt) bool: caption j (its text) is one of image i's captions."""
+    texts = [set(bank.captions[c] for c in bank.captions_of[i]) for i in images]
+    return torch.tensor([[bank.captions[c] in own for c in captions] for own in texts])
+
+
+def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Path,
+          config: TrainConfig = TrainConfig(), *, resume: bool = False) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    train_items, val_items = split_validation(items, config.val_fraction, config.seed)
+    size = model.config.backbone.image_size
+    _log(f"loading {len(train_items)} training and {len(val_items)} validation images at {size}px")
+    train_images = load_images(train_items, size, config.workers)
+    val_images = load_images(val_items, size, config.workers) if val_items else None
+    for path, error in train_images.failures:
+        _log(f"skipped {path}: {error}")
+    bank = encode_captions(model.text, train_images.items, cache_states=True)
+    val_bank = encode_captions(model.text, val_images.items, cache_states=False) if val_images else None
+
+    model.text.bert.requires_grad_(False)
+    frozen = config.backbone_mode == "frozen"
+    cached = _backbone_features(model, train_images.pixels, out_dir) if frozen else None
+    model.image.backbone.requires_grad_(not frozen)
+    logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    backbone_params = list(model.image.backbone.parameters())
+    scorer_params = list(model.scorer.parameters())
+    special = {id(p) for p in backbone_params + scorer_params}
+    head_params = [p for p in model.parameters() if p.requires_grad and id(p) not in special] + [logit_scale]
+    groups = [{"params": head_params, "lr": config.lr},
+              {"params": scorer_params, "lr": config.lr * config.scorer_lr_scale}]
+    if not frozen:
+        scale = config.backbone_lr_scale if config.backbone_mode == "finetune" else 1.0
+        groups.append({"params": backbone_params, "lr": config.lr * scale})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    steps_per_epoch = len(group_batches(train_images.items, config.batch_size, random.Random(0)))
+    total_steps = max(1, steps_per_epoch * config.epochs)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    )
+    crop = v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.85, 1.18), antialias=True)
+
+    start_epoch, step, elapsed, history = 0, 0, 0.0, []
+    state_path = out_dir / STATE_NAME
+    if resume and state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        logit_scale.data.copy_(state["logit_scale"])
+        start_epoch, step, elapsed, history = state["epoch"], state["step"], state["elapsed"], state["history"]
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        _log(f"resumed from {state_path} at epoch {start_epoch}, step {step}")
+
+    device = model.device
+    stopped_early = False
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        model.text.bert.eval()
+        if frozen:
+            model.image.backbone.eval()
+        epoch_start = time.perf_counter()
+        batches = group_batches(train_images.items, config.batch_size, rng)
+        for batch_number, images in enumerate(batches):
+            captions = [rng.choice(bank.captions_of[i]) for i in images]
+            if cached is not None:
+                regions_raw, global_raw = cached[0][images].float(), cached[1][images].float()
+                image = model.image.project(regions_raw.to(device), global_raw.to(device))
+            else:
+                pixels = train_images.pixels[images]  # (B, 3, S, S) uint8
+                if config.augment:
+                    pixels = torch.stack([crop(p) for p in pixels])
+                image = model.image(normalize(pixels.to(device)))
+            states = bank.states[captions].float().to(device)  # (B, T, h)
+            mask = bank.mask[captions].to(device)  # (B, T)
+            tokens, text_global = model.text.project(states, mask)
+            sim = image.global_ @ text_global.T  # (B, d) x (d, B) --> (B, B)
+            positives = _positives(bank, images, captions).to(device)
+            if config.loss == "infonce":
+                contrastive = infonce_loss(sim, logit_scale, positives)
+            else:
+                contrastive = vsepp_loss(sim, positives)
+            matching, accuracy = itm_loss(model.scorer, image.regions, tokens, mask, sim.detach(), positives)
+            loss = contrastive + config.itm_weight * matching
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            if step % config.log_every == 0:
+                rate = (batch_number + 1) * config.batch_size / (time.perf_counter() - epoch_start)
+                _log(f"epoch {epoch + 1} step {step}/{total_steps}: contrastive {contrastive.item():.3f} "
+                     f"itm {matching.item():.3f} (acc {accuracy:.2f}) temp {1 / logit_scale.exp().item():.3f} "
+                     f"{rate:.0f} img/s")
+            if config.time_limit_s is not None and elapsed + time.perf_counter() - epoch_start > config.time_limit_s:
+                stopped_early = True
+                break
+        elapsed += time.perf_counter() - epoch_start
+        record = {"epoch": epoch + 1, "step": step, "elapsed_s": round(elapsed, 1)}
+        if val_images is not None:
+            result = evaluate(model, val_images.pixels, val_bank, config.rerank_depth)
+            record["val"] = {"first_stage": result["first_stage"], "reranked": result["reranked"]}
+            _log(f"epoch {epoch + 1} validation ({elapsed:.0f}s):\n{format_table(result)}")
+        history.append(record)
+        torch.save({
+            "model": {k: v for k, v in model.state_dict().items() if not k.startswith("text.bert.")},
+            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "logit_scale": logit_scale.detach(), "epoch": epoch + 1, "step": step, "elapsed": elapsed,
+            "history": history, "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+        }, state_path.with_name(STATE_NAME + ".tmp"))
+        state_path.with_name(STATE_NAME + ".tmp").replace(state_path)
+        if stopped_early:
+            _log(f"time limit reached after {elapsed:.0f}s, in epoch {epoch + 1}")
+            break
+
+    model.eval()
+    fusion = _choose_fusion(model, val_images, val_bank, config) if val_images is not None else 0.0
+    model.config = dataclasses.replace(model.config, fusion_weight=fusion)
+    model.save_pretrained(out_dir)
+    summary = {"train_images": len(train_images.items), "train_captions": len(bank.captions),
+               "val_images": len(val_images.items) if val_images else 0, "steps": step,
+               "train_seconds": round(elapsed, 1), "stopped_early": stopped_early, "fusion_weight": fusion,
+               "config": {k: v for k, v in dataclasses.asdict(config).items()}, "history": history}
+    (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _choose_fusion(model, val_images, val_bank, config: TrainConfig) -> float:
+    """Pick the fusion weight with the best validation text->image R@1 after re-ranking."""
+    best, best_r1 = 0.0, -1.0
+    for weight in config.fusion_grid:
+        model.config = dataclasses.replace(model.config, fusion_weight=weight)
+        r1 = evaluate(model, val_images.pixels, val_bank, config.rerank_depth)["reranked"]["t2i"]["R@1"]
+        _log(f"fusion_weight {weight}: validation t2i R@1 after re-ranking {r1:.1f}")
+        if r1 > best_r1:
+            best, best_r1 = weight, r1
+    return best
+
+
+def _backbone_features(model: AlignmentModel, pixels: torch.Tensor, out_dir: Path):
+    """Backbone outputs for every image, computed once and cached on disk:
+    regions (N, R, C) float16 and global (N, G) float16."""
+    digest = hashlib.sha256(json.dumps(model.config.backbone.to_dict()).encode())
+    for tensor in model.image.backbone.state_dict().values():
+        digest.update(tensor.cpu().numpy().tobytes())
+    digest.update(pixels.numpy().tobytes())
+    path = out_dir / f"backbone-features-{digest.hexdigest()[:16]}.pt"
+    if path.exists():
+        return torch.load(path)
+    model.image.backbone.eval()
+    regions, globals_ = [], []
+    with torch.inference_mode():
+        for start in range(0, len(pixels), 64):
+            r, g = model.image.backbone(normalize(pixels[start : start + 64].to(model.device)))
+            regions.append(r.to(torch.float16).cpu())
+            globals_.append(g.to(torch.float16).cpu())
+    features = (torch.cat(regions), torch.cat(globals_))
+    torch.save(features, path.with_name(path.name + ".tmp"))
+    path.with_name(path.name + ".tmp").replace(path)
+    return features
