@@ -1,0 +1,30 @@
+# Two entry points on a fresh machine (see README.md):
+#   make demo   set up .venv, index generated scenes with data/demo-model, run searches
+#   make test   set up .venv, run the test suite
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup bench-flickr8k clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	# torch and torchvision pinned: 2.14.1 / 0.29.1 are what our machines carry on disk.
+	$(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 scripts/demo.sh
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+
+bench-flickr8k: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/flickr8k.sh
+
+clean:
+	rm -rf demo-out
