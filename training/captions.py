@@ -56,7 +56,7 @@ def read_captions(
     """
     path = Path(captions_file)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: drop a byte-order mark (Excel CSV)
     except (OSError, UnicodeDecodeError) as exc:
         raise CaptionFileError(f"cannot read captions file {path}: {exc}") from exc
     root = Path(image_root) if image_root is not None else path.parent
@@ -90,9 +90,13 @@ def _parse(text: str, path: Path) -> list[Row]:
     stripped = text.lstrip()
     if stripped.startswith("{") and path.suffix.lower() != ".jsonl":
         try:
-            return _parse_json(json.loads(text), path)
+            data = json.loads(text)
         except json.JSONDecodeError:
-            pass  # maybe JSON Lines
+            data = None  # maybe JSON Lines
+        # a one-record JSON Lines file is valid JSON too: {"image": ..., "caption": ...}
+        if data is not None and not (isinstance(data, dict) and "images" not in data
+                                     and any(c in data for c in IMAGE_COLUMNS)):
+            return _parse_json(data, path)
     if stripped.startswith("{"):
         return _parse_jsonl(text, path)
     first_line = text.splitlines()[0] if text else ""
@@ -147,7 +151,8 @@ def _parse_flickr_tokens(text: str, path: Path) -> list[Row]:
 
 
 def _parse_table(text: str, path: Path) -> list[Row]:
-    delimiter = "\t" if "\t" in text.splitlines()[0] else ","
+    lines = text.splitlines()
+    delimiter = "\t" if lines and "\t" in lines[0] else ","
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     header = [h.strip().lower() for h in next(reader, [])]
     image_col = next((header.index(c) for c in IMAGE_COLUMNS if c in header), None)
@@ -165,9 +170,12 @@ def _parse_table(text: str, path: Path) -> list[Row]:
             continue
         if len(record) <= max(image_col, caption_col):
             raise CaptionFileError(f"{path}:{number}: too few columns.")
-        rows.append((
-            record[image_col], record[caption_col],
-            record[group_col] if group_col is not None else None,
-            record[split_col] if split_col is not None else None,
-        ))
+        rows.append((record[image_col], record[caption_col], _cell(record, group_col), _cell(record, split_col)))
     return rows
+
+
+def _cell(record: list[str], column: int | None) -> str | None:
+    """An optional column's value; None where the row is short or the cell empty (no group)."""
+    if column is None or column >= len(record):
+        return None
+    return record[column].strip() or None

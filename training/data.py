@@ -113,15 +113,27 @@ def group_batches(items: list[CaptionedImage], batch_size: int, rng: random.Rand
         groups.setdefault(item.group if item.group is not None else ("image", i), []).append(i)
     order = list(groups.values())
     rng.shuffle(order)
-    batches, current = [], []
+    batches, current, alone = [], [], []
+
+    def close(batch: list[int]) -> None:
+        if len(batch) > 1:
+            batches.append(batch)
+        else:
+            alone.extend(batch)  # a batch of one has no negatives (and breaks ITM's negative sampling)
+
     for members in order:
         if current and len(current) + len(members) > batch_size:
-            batches.append(current)
+            close(current)
             current = []
         current.extend(members)
         while len(current) > batch_size:
-            batches.append(current[:batch_size])
+            close(current[:batch_size])
             current = current[batch_size:]
-    if len(current) > 1:  # a batch of one has no negatives
-        batches.append(current)
+    close(current)
+    leftover = []
+    for i in alone:  # a lone image joins a batch with room, else the other lone ones
+        room = next((b for b in batches if len(b) < batch_size), None)
+        (room if room is not None else leftover).append(i)
+    chunks = (leftover[start : start + batch_size] for start in range(0, len(leftover), batch_size))
+    batches += [chunk for chunk in chunks if len(chunk) > 1]  # at most one image sits the epoch out
     return batches
