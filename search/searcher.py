@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,6 +17,8 @@ from search.rerank import rerank_scores
 __all__ = ["SearchResult", "search", "DEFAULT_CANDIDATES"]
 
 DEFAULT_CANDIDATES = 100  # first-stage depth K that the re-ranker sees
+
+log = logging.getLogger("imgsearch")
 
 
 @dataclass
@@ -55,6 +58,9 @@ def search(
     depth = max(k, candidates) if rerank else k
     with torch.inference_mode():
         query = model.text.encode([text])
+    if query.truncated[0]:
+        log.warning("the query is longer than the text encoder's %d tokens; the rest was ignored",
+                    model.text.config.max_length)
     first_scores, ids = vectors.search(query.global_[0].float().cpu().numpy(), depth)  # (C,), (C,)
     if rerank and len(ids):
         mask = query.mask[0]  # (T,)
