@@ -48,7 +48,12 @@ def _read(captions, images, only, split):
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--loss", type=click.Choice(["infonce", "vsepp"]), default="infonce", show_default=True,
               help="Contrastive loss of the dual encoder.")
-@click.option("--itm-weight", default=1.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--itm-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of a joint ITM loss in the first stage (0: the scorer trains in the second stage only).")
+@click.option("--scorer-epochs", default=20, show_default=True, type=click.IntRange(min=0),
+              help="Epochs of the second stage: the re-ranker on the frozen dual encoder.")
+@click.option("--scorer-lr", default=5e-4, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Learning rate of the second stage.")
 @click.option("--no-augment", is_flag=True, help="No random resized crops.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--time-limit", default=None, type=click.FloatRange(min=0, min_open=True), help="Stop after this many minutes.")
@@ -56,7 +61,7 @@ def _read(captions, images, only, split):
 @click.option("--resume", is_flag=True, help="Continue from OUT/training-state.pt.")
 @user_errors
 def train_command(captions, images, only, split, out, preset_name, text_encoder, backbone_mode, epochs, batch_size,
-                  lr, loss, itm_weight, no_augment, seed, time_limit, workers, resume) -> None:
+                  lr, loss, itm_weight, scorer_epochs, scorer_lr, no_augment, seed, time_limit, workers, resume) -> None:
     """Train an alignment model on captioned images and save it to --out.
 
     CAPTIONS is a TSV/CSV (image and caption columns), JSON Lines, a
@@ -83,7 +88,8 @@ def train_command(captions, images, only, split, out, preset_name, text_encoder,
     torch.manual_seed(seed)
     model = AlignmentModel.initialize(config)
     train_config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, itm_weight=itm_weight,
+        epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, itm_weight=itm_weight, scorer_epochs=scorer_epochs,
+        scorer_lr=scorer_lr,
         backbone_mode=backbone_mode or default_mode, augment=not no_augment, seed=seed, workers=workers,
         time_limit_s=time_limit * 60 if time_limit else None,
     )

@@ -116,8 +116,9 @@ def rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, depth: int,
     return ranks
 
 
-def evaluate(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, depth: int = 20) -> dict:
-    """Recall@1/5/10 both directions, first stage and re-ranked, plus mean recall."""
+def evaluate(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, depth: int = 20,
+             rerank: bool = True) -> dict:
+    """Recall@1/5/10 both directions, first stage and re-ranked (None with rerank=False), plus mean recall."""
     model.eval()
     image_global, regions = embed_images(model, pixels)
     text_global, tokens, mask = embed_captions(model, bank.captions)
@@ -126,8 +127,8 @@ def evaluate(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, dep
     reranked = {
         "t2i": recall_at_k(rerank_t2i_ranks(model, sim, bank.image_of, tokens, mask, regions, depth)),
         "i2t": recall_at_k(rerank_i2t_ranks(model, sim, bank.captions_of, tokens, mask, regions, depth)),
-    }
-    for block in (first, reranked):
+    } if rerank else None
+    for block in (first, reranked) if rerank else (first,):
         block["mean_recall"] = float(np.mean([v for d in ("t2i", "i2t") for v in block[d].values()]))
     return {"images": len(pixels), "captions": len(bank.captions), "rerank_depth": depth,
             "first_stage": first, "reranked": reranked}
@@ -138,6 +139,8 @@ def format_table(result: dict) -> str:
              f"{'':12s} {'t2i R@1':>8s} {'R@5':>6s} {'R@10':>6s}   {'i2t R@1':>8s} {'R@5':>6s} {'R@10':>6s}   {'mean':>6s}"]
     for name in ("first_stage", "reranked"):
         block = result[name]
+        if block is None:
+            continue
         t, i = block["t2i"], block["i2t"]
         lines.append(f"{name:12s} {t['R@1']:8.1f} {t['R@5']:6.1f} {t['R@10']:6.1f}   "
                      f"{i['R@1']:8.1f} {i['R@5']:6.1f} {i['R@10']:6.1f}   {block['mean_recall']:6.1f}")

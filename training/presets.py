@@ -14,14 +14,16 @@ from search.text_encoder import TextEncoderConfig
 __all__ = ["PRESETS", "preset"]
 
 PRESETS: dict[str, tuple[AlignmentConfig, str]] = {
-    # Synthetic scenes: 64px, 4 pools --> a 4x4 grid, enough to place two shapes.
+    # Synthetic scenes: 64px, 3 pools --> an 8x8 grid of 8px cells, so that a region
+    # sees one shape (with 4 pools, each cell's receptive field covered the whole
+    # image and the re-ranker could not bind colours to shapes).
     "scenes": (
         AlignmentConfig(
             embed_dim=128,
-            backbone=BackboneConfig(name="vgg", weights=None, layers=(32, "M", 64, "M", 128, "M", 128, "M"),
+            backbone=BackboneConfig(name="vgg", weights=None, layers=(32, "M", 64, "M", 128, "M", 128),
                                     batch_norm=True, image_size=64, global_pool="mean"),
             text=TextEncoderConfig(max_length=32),
-            scorer=ScorerConfig(num_layers=2, num_heads=4, max_regions=16),
+            scorer=ScorerConfig(num_layers=2, num_heads=4, max_regions=64),
         ),
         "scratch",
     ),

@@ -29,6 +29,7 @@ from training.captions import CaptionedImage
 from training.data import CaptionBank, encode_captions, group_batches, load_images, normalize
 from training.evaluate import evaluate, format_table
 from training.losses import infonce_loss, itm_loss, vsepp_loss
+from training.rerank_stage import train_scorer
 
 __all__ = ["TrainConfig", "train", "split_validation"]
 
@@ -43,7 +44,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     loss: Literal["infonce", "vsepp"] = "infonce"
-    itm_weight: float = 1.0
+    # Weight of an ITM loss trained jointly with the encoders (ALBEF-style); 0 leaves
+    # the scorer to the second stage (training/rerank_stage.py), which measured better.
+    itm_weight: float = 0.0
     # "scratch": train the backbone from its random init; "finetune": train it at
     # lr * backbone_lr_scale; "frozen": keep it fixed and cache its features once.
     backbone_mode: Literal["scratch", "finetune", "frozen"] = "scratch"
@@ -57,6 +60,11 @@ class TrainConfig:
     rerank_depth: int = 20
     fusion_grid: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 20.0)
     log_every: int = 20
+    # Second stage: the re-ranker on the frozen dual encoder.
+    scorer_epochs: int = 20
+    scorer_lr: float = 5e-4
+    mine_depth: int = 20  # mined hard negatives per caption and per image
+    hard_share: float = 0.5  # share of mined (vs uniform) negatives
 
 
 def _log(message: str) -> None:
@@ -116,8 +124,17 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     steps_per_epoch = len(group_batches(train_images.items, config.batch_size, random.Random(0)))
     total_steps = max(1, steps_per_epoch * config.epochs)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    clock = {"elapsed": 0.0}  # training seconds so far, updated every step
+
+    def progress(step_number: int) -> float:
+        """Fraction of the run done: by steps, or by the time limit when it comes first."""
+        done = step_number / total_steps
+        if config.time_limit_s:
+            done = max(done, clock["elapsed"] / config.time_limit_s)
+        return min(done, 1.0)
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 0
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * progress(s)))
     )
     crop = v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.85, 1.18), antialias=True)
 
@@ -162,13 +179,17 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
                 contrastive = infonce_loss(sim, logit_scale, positives)
             else:
                 contrastive = vsepp_loss(sim, positives)
-            matching, accuracy = itm_loss(model.scorer, image.regions, tokens, mask, sim.detach(), positives)
-            loss = contrastive + config.itm_weight * matching
+            loss, matching, accuracy = contrastive, torch.zeros(()), float("nan")
+            if config.itm_weight > 0:
+                matching, accuracy = itm_loss(model.scorer, image.regions, tokens, mask, sim.detach(), positives,
+                                              hard_share=config.hard_share)
+                loss = contrastive + config.itm_weight * matching
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for group in groups:  # per group, so large encoder gradients do not shrink the scorer's
                 torch.nn.utils.clip_grad_norm_(group["params"], 5.0)
             optimizer.step()
+            clock["elapsed"] = elapsed + time.perf_counter() - epoch_start
             schedule.step()
             step += 1
             if step % config.log_every == 0:
@@ -182,7 +203,7 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
         elapsed += time.perf_counter() - epoch_start
         record = {"epoch": epoch + 1, "step": step, "elapsed_s": round(elapsed, 1)}
         if val_images is not None:
-            result = evaluate(model, val_images.pixels, val_bank, config.rerank_depth)
+            result = evaluate(model, val_images.pixels, val_bank, config.rerank_depth, rerank=config.itm_weight > 0)
             record["val"] = {"first_stage": result["first_stage"], "reranked": result["reranked"]}
             _log(f"epoch {epoch + 1} validation ({elapsed:.0f}s):\n{format_table(result)}")
         history.append(record)
@@ -196,6 +217,20 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
         if stopped_early:
             _log(f"time limit reached after {elapsed:.0f}s, in epoch {epoch + 1}")
             break
+
+    if config.scorer_epochs > 0:
+        def report(epoch: int) -> None:
+            if val_images is not None and (epoch + 1) % 5 == 0 or epoch + 1 == config.scorer_epochs:
+                result = evaluate(model, val_images.pixels, val_bank, config.rerank_depth)
+                history.append({"scorer_epoch": epoch + 1, "val": {"first_stage": result["first_stage"],
+                                                                  "reranked": result["reranked"]}})
+                _log(format_table(result))
+
+        scorer_started = time.perf_counter()
+        train_scorer(model, train_images.pixels, bank, epochs=config.scorer_epochs, lr=config.scorer_lr,
+                     batch_size=config.batch_size, mine_depth=config.mine_depth, hard_share=config.hard_share,
+                     seed=config.seed, on_epoch=report if val_images is not None else None)
+        elapsed += time.perf_counter() - scorer_started
 
     model.eval()
     fusion = _choose_fusion(model, val_images, val_bank, config) if val_images is not None else 0.0
