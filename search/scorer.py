@@ -64,20 +64,39 @@ class CrossAttentionScorer(nn.Module):
         self.layers = nn.ModuleList(_FusionLayer(embed_dim, config) for _ in range(config.num_layers))
         self.out_norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, 1)
+        # Scale of the token-region alignment term (see alignment_score), learned.
+        self.alignment_scale = nn.Parameter(torch.tensor(5.0))
 
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
         """tokens (C, T, d), token_mask (C, T) bool, regions (C, R, d) --> logits (C,)."""
         num_regions = regions.shape[1]
         if num_regions > self.config.max_regions:
             raise ValueError(f"{num_regions} regions, but the scorer knows {self.config.max_regions} positions")
-        regions = self.region_norm(regions + self.region_position[:num_regions])  # (C, R, d) + (R, d)
+        positioned = regions + self.region_position[:num_regions]  # (C, R, d) + (R, d)
+        alignment = self.alignment_score(tokens, token_mask, positioned)  # (C,)
+        regions = self.region_norm(positioned)
         padding = ~token_mask
         for layer in self.layers:
             tokens = layer(tokens, padding, regions)  # (C, T, d)
         tokens = self.out_norm(tokens)
         mask = token_mask.unsqueeze(-1).to(tokens.dtype)  # (C, T, 1)
         pooled = (tokens * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # (C, T, d) --> (C, d)
-        return self.head(pooled).squeeze(-1)  # (C, 1) --> (C,)
+        return self.head(pooled).squeeze(-1) + self.alignment_scale * alignment  # (C, 1) --> (C,)
+
+    @staticmethod
+    def alignment_score(tokens: torch.Tensor, token_mask: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """Mean over tokens of each token's best cosine with a region (SCAN-style).
+
+        A direct matching signal the attention layers build on: every word must
+        find a region that fits it, position included. tokens (C, T, d), token_mask
+        (C, T), regions (C, R, d) --> (C,)
+        """
+        eps = 1e-6
+        t = tokens / tokens.norm(dim=-1, keepdim=True).clamp_min(eps)
+        r = regions / regions.norm(dim=-1, keepdim=True).clamp_min(eps)
+        best = torch.einsum("ctd,crd->ctr", t, r).amax(dim=-1)  # (C, T, d) x (C, R, d) --> (C, T, R) --> (C, T)
+        mask = token_mask.to(best.dtype)
+        return (best * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # (C,)
 
     def score_candidates(self, query_tokens: torch.Tensor, query_mask: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
         """One query against C candidates in one batch: (T, d), (T,), (C, R, d) --> (C,)."""

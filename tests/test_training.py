@@ -730,7 +730,11 @@ def test_train_saves_a_loadable_model_and_training_json(trained, tiny_bert_dir, 
     assert [h["epoch"] for h in record["history"]] == [1, 2]
     assert record["steps"] == record["history"][-1]["step"] == 2 * 3  # 18 images in batches of 8: 8 + 8 + 2
     assert record["config"]["epochs"] == 2 and record["stopped_early"] is False
-    for epoch in record["history"]:
+    for epoch in record["history"]:  # the first stage trains alone: no re-ranked numbers yet
+        assert set(epoch["val"]["first_stage"]) == {"t2i", "i2t", "mean_recall"}
+        assert epoch["val"]["reranked"] is None
+    assert record["scorer_history"][-1]["epoch"] == TINY_RUN.scorer_epochs
+    for epoch in record["scorer_history"]:
         for block in ("first_stage", "reranked"):
             assert set(epoch["val"][block]) == {"t2i", "i2t", "mean_recall"}
             assert set(epoch["val"][block]["t2i"]) == {"R@1", "R@5", "R@10"}

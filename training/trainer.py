@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from indexer.errors import ImgsearchError
 from search.alignment import AlignmentModel
 from training.captions import CaptionedImage
 from training.data import CaptionBank, encode_captions, group_batches, load_images, normalize
@@ -143,8 +144,15 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=False)
         model.load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        if state["epoch"] < config.epochs:  # the first stage goes on: its optimizer state is needed
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except ValueError as exc:
+                raise ImgsearchError(
+                    f"{state_path} was written by a different model or version ({exc}); "
+                    "start again in a new --out directory."
+                ) from exc
+            schedule.load_state_dict(state["schedule"])
         logit_scale.data.copy_(state["logit_scale"])
         start_epoch, step, elapsed, history = state["epoch"], state["step"], state["elapsed"], state["history"]
         rng.setstate(state["rng"])
@@ -218,12 +226,13 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
             _log(f"time limit reached after {elapsed:.0f}s, in epoch {epoch + 1}")
             break
 
+    scorer_history: list[dict] = []  # validation during the re-ranker stage
     if config.scorer_epochs > 0:
         def report(epoch: int) -> None:
-            if val_images is not None and (epoch + 1) % 5 == 0 or epoch + 1 == config.scorer_epochs:
+            if (epoch + 1) % 5 == 0 or epoch + 1 == config.scorer_epochs:
                 result = evaluate(model, val_images.pixels, val_bank, config.rerank_depth)
-                history.append({"scorer_epoch": epoch + 1, "val": {"first_stage": result["first_stage"],
-                                                                  "reranked": result["reranked"]}})
+                scorer_history.append({"epoch": epoch + 1, "val": {"first_stage": result["first_stage"],
+                                                                   "reranked": result["reranked"]}})
                 _log(format_table(result))
 
         scorer_started = time.perf_counter()
@@ -239,7 +248,7 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
     summary = {"train_images": len(train_images.items), "train_captions": len(bank.captions),
                "val_images": len(val_images.items) if val_images else 0, "steps": step,
                "train_seconds": round(elapsed, 1), "stopped_early": stopped_early, "fusion_weight": fusion,
-               "config": {k: v for k, v in dataclasses.asdict(config).items()}, "history": history}
+               "config": {k: v for k, v in dataclasses.asdict(config).items()}, "history": history, "scorer_history": scorer_history}
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
