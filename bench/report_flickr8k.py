@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-out, train_seconds, eval_seconds = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+out, train_seconds, eval_seconds, data = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 result = json.loads((out / "eval.json").read_text())
 training = json.loads((out / "model" / "training.json").read_text())
 first, reranked = result["first_stage"], result["reranked"]
@@ -28,9 +28,9 @@ print(f"""
 Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only.
 Preset `small` (backbone trained from scratch), text encoder: packaged all-MiniLM-L6-v2 (frozen).
 Training: {training['train_images']} images / {training['train_captions']} captions, {training['steps']} steps,
-{training['train_seconds']:.0f} s of training ({train_seconds} s wall with loading); evaluation {eval_seconds} s.
+{training['train_seconds']:.0f} s of training, both stages ({train_seconds} s wall with loading); evaluation {eval_seconds} s.
 Fusion weight chosen on a held-out slice of train: {training['fusion_weight']}. Re-rank depth {result['rerank_depth']}.
-Dev: {result['images']} images, {result['captions']} captions.
+Data: {data}; dev: {result['images']} images, {result['captions']} captions.
 
 | stage | t2i R@1 | R@5 | R@10 | i2t R@1 | R@5 | R@10 | mean |
 |---|---|---|---|---|---|---|---|

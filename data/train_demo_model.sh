@@ -8,7 +8,7 @@ out=${1:-data/demo-model}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python data/scenes.py "$work/scenes" --count 3000 --seed 1 --size 64 --swaps
-imgsearch train "$work/scenes/captions.tsv" --preset scenes --epochs 25 --scorer-epochs 30 \
+imgsearch train "$work/scenes/captions.tsv" --preset scenes --epochs 20 --scorer-epochs 30 --scorer-lr 5e-4 \
   --batch-size 96 --lr 2e-3 --seed 0 --out "$work/model"
 mkdir -p "$out"
 cp "$work/model/config.json" "$work/model/model.safetensors" "$work/model/training.json" "$out/"

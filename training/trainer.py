@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 
 from indexer.errors import ImgsearchError
 from search.alignment import AlignmentModel
+from search.scorer import CrossAttentionScorer
 from training.captions import CaptionedImage
 from training.data import CaptionBank, encode_captions, group_batches, load_images, normalize
 from training.evaluate import evaluate, format_table
@@ -236,6 +237,9 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
                 _log(format_table(result))
 
         scorer_started = time.perf_counter()
+        if config.itm_weight == 0:  # the first stage did not train the scorer: start it fresh, seeded
+            torch.manual_seed(config.seed)
+            model.scorer = CrossAttentionScorer(model.config.scorer, model.config.embed_dim).to(model.device)
         train_scorer(model, train_images.pixels, bank, epochs=config.scorer_epochs, lr=config.scorer_lr,
                      batch_size=config.batch_size, mine_depth=config.mine_depth, hard_share=config.hard_share,
                      seed=config.seed, on_epoch=report if val_images is not None else None)
