@@ -22,7 +22,7 @@ class ScorerConfig:
     num_layers: int = 2
     num_heads: int = 4  # must divide the shared embedding size
     ffn_mult: int = 2  # feed-forward width as a multiple of the embedding size
-    max_regions: int = 49  # size of the region position table (7x7 for VGG16 at 224px)
+    max_regions: int = 49  # region position table: grid side^2 (7x7 for VGG16 at 224px)
     dropout: float = 0.1
 
 
@@ -59,7 +59,7 @@ class CrossAttentionScorer(nn.Module):
     def __init__(self, config: ScorerConfig, embed_dim: int) -> None:
         super().__init__()
         self.config = config
-        self.region_position = nn.Parameter(torch.randn(config.max_regions, embed_dim) * 0.02)  # (R_max, d)
+        self.region_position = nn.Parameter(_grid_positions(config.max_regions, embed_dim))  # (R_max, d)
         self.region_norm = nn.LayerNorm(embed_dim)
         self.layers = nn.ModuleList(_FusionLayer(embed_dim, config) for _ in range(config.num_layers))
         self.out_norm = nn.LayerNorm(embed_dim)
@@ -104,3 +104,22 @@ class CrossAttentionScorer(nn.Module):
         tokens = query_tokens.unsqueeze(0).expand(count, -1, -1)  # (T, d) --> (C, T, d)
         mask = query_mask.unsqueeze(0).expand(count, -1)  # (T,) --> (C, T)
         return self(tokens, mask, regions)
+
+
+def _grid_positions(count: int, dim: int) -> torch.Tensor:
+    """2-D sinusoidal start for the learned region positions, row-major over a square grid.
+
+    Half the channels encode the row, half the column, with amplitude 0.5 (the scale of
+    tanh region features), so where a region sits is visible from the first step;
+    a small random init took many epochs to grow large enough to matter.
+    """
+    side = max(1, int(round(count**0.5)))
+    index = torch.arange(count)
+    rows, cols = (index // side).float(), (index % side).float()  # (R,), (R,)
+    quarter = max(1, dim // 4)
+    frequencies = 1.0 / (side ** (torch.arange(quarter).float() / quarter))  # (dim/4,)
+    angles_r, angles_c = rows[:, None] * frequencies * torch.pi, cols[:, None] * frequencies * torch.pi  # (R, dim/4)
+    table = torch.cat([angles_r.sin(), angles_r.cos(), angles_c.sin(), angles_c.cos()], dim=1)  # (R, 4*(dim/4))
+    out = torch.zeros(count, dim)
+    out[:, : table.shape[1]] = 0.5 * table[:, :dim]
+    return out
