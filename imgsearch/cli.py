@@ -45,6 +45,10 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr, format="%(levelname)s: %(message)s"
     )
+    if not verbose:  # transformers' per-load "Loading weights" bars are noise on the command line
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
 
 @cli.command("index", context_settings=CONTEXT)
