@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from indexer.backbone import IMAGENET_MEAN, IMAGENET_STD
 from indexer.decode import decode_file
 from search.text_encoder import TextEncoder
-from training.captions import CaptionedImage
+from training.captions import CaptionedImage, CaptionFileError
 
 __all__ = ["ImageBank", "CaptionBank", "load_images", "encode_captions", "group_batches", "normalize"]
 
@@ -59,7 +59,10 @@ def load_images(items: list[CaptionedImage], size: int, workers: int = 0) -> Ima
                 kept.append(items[i])
                 tensors.append(pixels)
     if not tensors:
-        raise ValueError("none of the training images could be read")
+        raise CaptionFileError(
+            f"none of the {len(items)} images named by the captions file could be read "
+            f"(first: {failures[0][0]}: {failures[0][1]}); check --images."
+        )
     return ImageBank(kept, torch.stack(tensors), failures)
 
 
