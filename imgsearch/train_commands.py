@@ -50,6 +50,8 @@ def _read(captions, images, only, split):
               help="Contrastive loss of the dual encoder.")
 @click.option("--itm-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of a joint ITM loss in the first stage (0: the scorer trains in the second stage only).")
+@click.option("--local-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of a first-stage contrastive loss on the re-ranker's token-region alignment term.")
 @click.option("--scorer-epochs", default=20, show_default=True, type=click.IntRange(min=0),
               help="Epochs of the second stage: the re-ranker on the frozen dual encoder.")
 @click.option("--hard-share", default=0.5, show_default=True, type=click.FloatRange(0, 1),
@@ -63,7 +65,7 @@ def _read(captions, images, only, split):
 @click.option("--resume", is_flag=True, help="Continue from OUT/training-state.pt.")
 @user_errors
 def train_command(captions, images, only, split, out, preset_name, text_encoder, backbone_mode, epochs, batch_size,
-                  lr, loss, itm_weight, scorer_epochs, hard_share, scorer_lr, no_augment, seed, time_limit, workers, resume) -> None:
+                  lr, loss, itm_weight, local_weight, scorer_epochs, hard_share, scorer_lr, no_augment, seed, time_limit, workers, resume) -> None:
     """Train an alignment model on captioned images and save it to --out.
 
     CAPTIONS is a TSV/CSV (image and caption columns), JSON Lines, a
@@ -90,7 +92,7 @@ def train_command(captions, images, only, split, out, preset_name, text_encoder,
     torch.manual_seed(seed)
     model = AlignmentModel.initialize(config)
     train_config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, itm_weight=itm_weight, scorer_epochs=scorer_epochs,
+        epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, itm_weight=itm_weight, local_weight=local_weight, scorer_epochs=scorer_epochs,
         scorer_lr=scorer_lr, hard_share=hard_share,
         backbone_mode=backbone_mode or default_mode, augment=not no_augment, seed=seed, workers=workers,
         time_limit_s=time_limit * 60 if time_limit else None,

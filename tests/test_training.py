@@ -30,7 +30,8 @@ from training.data import encode_captions, group_batches, load_images, normalize
 from training.evaluate import (
     evaluate, i2t_ranks, recall_at_k, rerank_i2t_ranks, rerank_t2i_ranks, t2i_ranks,
 )
-from training.losses import _negative_weights, infonce_loss, itm_loss, vsepp_loss
+from search.scorer import CrossAttentionScorer
+from training.losses import _negative_weights, alignment_matrix, infonce_loss, itm_loss, vsepp_loss
 from training.trainer import STATE_NAME, TrainConfig, split_validation, train
 
 
@@ -582,6 +583,26 @@ def test_vsepp_matches_a_loop(seed):
     assert vsepp_loss(sim, positives, margin).item() == pytest.approx(total / b, rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_alignment_matrix_equals_the_scorers_term_pair_by_pair(seed):
+    g = torch.Generator().manual_seed(seed)
+    captions, images, t, r, d = 5, 4, 7, 6, 8
+    tokens = torch.randn(captions, t, d, generator=g)
+    lengths = torch.randint(1, t - 1, (captions,), generator=g)  # the last column is padding everywhere
+    mask = torch.arange(t)[None, :] < lengths[:, None]  # (captions, t)
+    regions = torch.randn(images, r, d, generator=g)
+    matrix = alignment_matrix(tokens, mask, regions)
+    assert matrix.shape == (images, captions)
+    for i in range(images):
+        for c in range(captions):
+            pair = CrossAttentionScorer.alignment_score(tokens[c : c + 1], mask[c : c + 1], regions[i : i + 1])
+            # and by hand: mean over real tokens of the best cosine
+            cosines = torch.nn.functional.cosine_similarity(tokens[c, :, None], regions[i, None], dim=-1)  # (t, r)
+            by_hand = cosines.amax(1)[: lengths[c]].mean()
+            assert matrix[i, c].item() == pytest.approx(pair.item(), abs=1e-5)
+            assert matrix[i, c].item() == pytest.approx(by_hand.item(), abs=1e-5)
+
+
 def test_negative_weights_are_distributions_over_non_matches():
     g = torch.Generator().manual_seed(1)
     sim = torch.rand(6, 6, generator=g) * 2 - 1
@@ -811,6 +832,24 @@ def test_train_resumed_after_an_interruption_equals_an_uninterrupted_run(trained
     first, second = load_file(str(reference / WEIGHTS_NAME)), load_file(str(out / WEIGHTS_NAME))
     assert not [k for k in first if not torch.equal(first[k], second[k])]
     assert [h["val"] for h in resumed["history"]] == [h["val"] for h in trained[1]["history"]]
+
+
+def test_train_local_weight_trains_the_region_and_token_heads_in_the_first_stage(trained, tmp_path, tiny_bert_dir,
+                                                                                captioned_images):
+    initial = new_model(tiny_bert_dir).state_dict()
+    plain = load_file(str(trained[0] / WEIGHTS_NAME))
+    out = tmp_path / "local"
+    config = dataclasses.replace(TINY_RUN, local_weight=1.0, scorer_epochs=0)
+    run_training(tiny_bert_dir, captioned_images, out, config)
+    saved = load_file(str(out / WEIGHTS_NAME))
+    for key in ("image.region_head.linear.weight", "text.token_head.linear.weight", "scorer.region_position"):
+        assert not torch.equal(saved[key], initial[key]), key  # moved by the first stage alone
+    # the same heads without the alignment loss are left at their initial values by the first stage
+    no_local = tmp_path / "no-local"
+    run_training(tiny_bert_dir, captioned_images, no_local, dataclasses.replace(config, local_weight=0.0))
+    untouched = load_file(str(no_local / WEIGHTS_NAME))
+    assert torch.equal(untouched["image.region_head.linear.weight"], initial["image.region_head.linear.weight"])
+    assert plain.keys() == saved.keys()
 
 
 def test_train_frozen_backbone_is_unchanged_and_its_features_cached(tmp_path, tiny_bert_dir, captioned_images):

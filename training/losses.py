@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from search.scorer import CrossAttentionScorer
 
-__all__ = ["infonce_loss", "vsepp_loss", "itm_loss"]
+__all__ = ["infonce_loss", "vsepp_loss", "itm_loss", "alignment_matrix"]
 
 
 def infonce_loss(sim: torch.Tensor, logit_scale: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
@@ -22,6 +22,23 @@ def infonce_loss(sim: torch.Tensor, logit_scale: torch.Tensor, positives: torch.
     logits = logits.masked_fill(off_diagonal_matches, float("-inf"))
     target = torch.arange(len(sim), device=sim.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def alignment_matrix(tokens: torch.Tensor, token_mask: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """The scorer's token-region alignment term for every image-caption pair of a batch.
+
+    tokens (B_txt, T, d), token_mask (B_txt, T) bool, regions (B_img, R, d) -->
+    (B_img, B_txt): for each pair, the mean over the caption's tokens of the token's
+    best cosine with a region, as CrossAttentionScorer.alignment_score gives for one
+    pair. Padding columns that no caption in the batch uses are dropped first.
+    """
+    used = token_mask.any(0)  # (T,)
+    tokens, token_mask = tokens[:, used], token_mask[:, used]  # (B_txt, T', d), (B_txt, T')
+    t = F.normalize(tokens, dim=-1, eps=1e-6)
+    r = F.normalize(regions, dim=-1, eps=1e-6)
+    best = torch.einsum("ctd,ird->ictr", t, r).amax(dim=-1)  # (B_img, B_txt, T', R) --> (B_img, B_txt, T')
+    mask = token_mask.to(best.dtype)  # (B_txt, T')
+    return (best * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)  # (B_img, B_txt)
 
 
 def vsepp_loss(sim: torch.Tensor, positives: torch.Tensor, margin: float = 0.2) -> torch.Tensor:

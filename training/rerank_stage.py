@@ -64,7 +64,7 @@ def _frozen_inputs(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBan
 
 def train_scorer(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, *, epochs: int, lr: float,
                  batch_size: int, mine_depth: int, hard_share: float, seed: int, negatives: int = 3,
-                 on_epoch=None) -> None:
+                 heads_from_global: bool = True, on_epoch=None) -> None:
     rng = random.Random(seed)
     model.eval()
     started = time.perf_counter()
@@ -81,8 +81,10 @@ def train_scorer(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank,
     # Start the region and token heads from the trained global heads: they read the
     # same inputs (backbone channels, BERT states), so token-region cosines begin in
     # the learned shared space instead of a random one.
-    model.image.region_head.load_state_dict(model.image.global_head.state_dict())
-    model.text.token_head.load_state_dict(model.text.global_head.state_dict())
+    # (Unless the first stage trained them already, through the alignment term.)
+    if heads_from_global:
+        model.image.region_head.load_state_dict(model.image.global_head.state_dict())
+        model.text.token_head.load_state_dict(model.text.global_head.state_dict())
     heads = [model.image.region_head, model.text.token_head, model.scorer]
     params = [p for module in heads for p in module.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)

@@ -30,7 +30,7 @@ from search.scorer import CrossAttentionScorer
 from training.captions import CaptionedImage
 from training.data import CaptionBank, encode_captions, group_batches, load_images, normalize
 from training.evaluate import evaluate, format_table
-from training.losses import infonce_loss, itm_loss, vsepp_loss
+from training.losses import alignment_matrix, infonce_loss, itm_loss, vsepp_loss
 from training.rerank_stage import train_scorer
 
 __all__ = ["TrainConfig", "train", "split_validation"]
@@ -49,6 +49,10 @@ class TrainConfig:
     # Weight of an ITM loss trained jointly with the encoders (ALBEF-style); 0 leaves
     # the scorer to the second stage (training/rerank_stage.py), which measured better.
     itm_weight: float = 0.0
+    # Weight of a contrastive loss on the scorer's token-region alignment term over all
+    # in-batch pairs: trains the region and token heads (and, from scratch, the backbone's
+    # grid) for the re-ranker in the first stage. 0: the heads start in the second stage.
+    local_weight: float = 0.0
     # "scratch": train the backbone from its random init; "finetune": train it at
     # lr * backbone_lr_scale; "frozen": keep it fixed and cache its features once.
     backbone_mode: Literal["scratch", "finetune", "frozen"] = "scratch"
@@ -114,10 +118,13 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
     cached = _backbone_features(model, train_images.pixels, out_dir) if frozen else None
     model.image.backbone.requires_grad_(not frozen)
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    local_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))  # temperature of the alignment-term loss
     backbone_params = list(model.image.backbone.parameters())
     scorer_params = list(model.scorer.parameters())
     special = {id(p) for p in backbone_params + scorer_params}
     head_params = [p for p in model.parameters() if p.requires_grad and id(p) not in special] + [logit_scale]
+    if config.local_weight > 0:
+        head_params.append(local_scale)
     groups = [{"params": head_params, "lr": config.lr},
               {"params": scorer_params, "lr": config.lr * config.scorer_lr_scale}]
     if not frozen:
@@ -155,6 +162,7 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
                 ) from exc
             schedule.load_state_dict(state["schedule"])
         logit_scale.data.copy_(state["logit_scale"])
+        local_scale.data.copy_(state.get("local_scale", local_scale.detach()))
         start_epoch, step, elapsed, history = state["epoch"], state["step"], state["elapsed"], state["history"]
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -188,7 +196,11 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
                 contrastive = infonce_loss(sim, logit_scale, positives)
             else:
                 contrastive = vsepp_loss(sim, positives)
-            loss, matching, accuracy = contrastive, torch.zeros(()), float("nan")
+            loss, matching, accuracy, local = contrastive, torch.zeros(()), float("nan"), torch.zeros(())
+            if config.local_weight > 0:
+                positioned = image.regions + model.scorer.region_position[: image.regions.shape[1]]  # (B, R, d)
+                local = infonce_loss(alignment_matrix(tokens, mask, positioned), local_scale, positives)
+                loss = loss + config.local_weight * local
             if config.itm_weight > 0:
                 matching, accuracy = itm_loss(model.scorer, image.regions, tokens, mask, sim.detach(), positives,
                                               hard_share=config.hard_share)
@@ -204,7 +216,8 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
             if step % config.log_every == 0:
                 rate = (batch_number + 1) * config.batch_size / (time.perf_counter() - epoch_start)
                 _log(f"epoch {epoch + 1} step {step}/{total_steps}: contrastive {contrastive.item():.3f} "
-                     f"itm {matching.item():.3f} (acc {accuracy:.2f}) temp {1 / logit_scale.exp().item():.3f} "
+                     f"local {local.item():.3f} itm {matching.item():.3f} (acc {accuracy:.2f}) "
+                     f"temp {1 / logit_scale.exp().item():.3f} "
                      f"{rate:.0f} img/s")
             if config.time_limit_s is not None and elapsed + time.perf_counter() - epoch_start > config.time_limit_s:
                 stopped_early = True
@@ -219,7 +232,7 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
         torch.save({
             "model": {k: v for k, v in model.state_dict().items() if not k.startswith("text.bert.")},
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-            "logit_scale": logit_scale.detach(), "epoch": epoch + 1, "step": step, "elapsed": elapsed,
+            "logit_scale": logit_scale.detach(), "local_scale": local_scale.detach(), "epoch": epoch + 1, "step": step, "elapsed": elapsed,
             "history": history, "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
         }, state_path.with_name(STATE_NAME + ".tmp"))
         state_path.with_name(STATE_NAME + ".tmp").replace(state_path)
@@ -238,9 +251,14 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
 
         scorer_started = time.perf_counter()
         if config.itm_weight == 0:  # the first stage did not train the scorer: start it fresh, seeded
+            trained_positions = model.scorer.region_position.detach().clone()
             torch.manual_seed(config.seed)
             model.scorer = CrossAttentionScorer(model.config.scorer, model.config.embed_dim).to(model.device)
+            if config.local_weight > 0:  # keep what the alignment term learned in the first stage
+                model.scorer.region_position.data.copy_(trained_positions)
+                model.scorer.alignment_scale.data.fill_(local_scale.exp().item())
         train_scorer(model, train_images.pixels, bank, epochs=config.scorer_epochs, lr=config.scorer_lr,
+                     heads_from_global=config.local_weight == 0,
                      batch_size=config.batch_size, mine_depth=config.mine_depth, hard_share=config.hard_share,
                      seed=config.seed, on_epoch=report if val_images is not None else None)
         elapsed += time.perf_counter() - scorer_started
