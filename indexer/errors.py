@@ -14,6 +14,7 @@ __all__ = [
     "WeightsMissing",
     "InputPathNotFound",
     "InvalidQuery",
+    "IndexLocked",
 ]
 
 
@@ -55,3 +56,7 @@ class InputPathNotFound(ImgsearchError):
 
 class InvalidQuery(ImgsearchError):
     """A search query or search parameter is unusable."""
+
+
+class IndexLocked(ImgsearchError):
+    """Another process is writing to the index right now."""
