@@ -41,6 +41,13 @@ def close_inherited_locks() -> None:
         _held_fds.discard(fd)
 
 
+def _command_line() -> str:
+    """This process's command, as the user would type it: `imgsearch index ...`."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    name = program.parent.name if program.name == "__main__.py" else program.name
+    return " ".join([name, *sys.argv[1:]])
+
+
 class WriterLock:
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
@@ -67,7 +74,7 @@ class WriterLock:
         self._fd = fd
         _held_fds.add(fd)
         holder = {
-            "pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+            "pid": os.getpid(), "host": socket.gethostname(), "command": _command_line(),
             "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         os.ftruncate(fd, 0)

@@ -27,6 +27,9 @@ def _child(args: list[str], output: str, pause_before: str | None, pause: str | 
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
+    # A process started by the forkserver defaults to starting its own children (the
+    # DataLoader's decode workers) the same slow way; a CLI process forks them, as here.
+    multiprocessing.set_start_method("fork", force=True)
     if pause_before is not None:
         import indexer.pipeline
 
@@ -43,6 +46,7 @@ def _child(args: list[str], output: str, pause_before: str | None, pause: str | 
         indexer.pipeline.decode_file = decode_with_pause
     from imgsearch.cli import main
 
+    sys.argv = ["imgsearch", *args]
     main(args)
 
 
