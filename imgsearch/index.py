@@ -213,8 +213,8 @@ class Index:
         after each batch; when it says True the run ends there, keeping all done.
         Raises IndexLocked if another process is writing to this index.
         """
-        encoder = self.image_encoder  # load (and check) the model before taking the lock
-        with self.lock:
+        with self.lock:  # first, so that a second writer is told at once
+            encoder = self.image_encoder
             self.vectors = self._open_snapshot_locked()
             self.store.end_snapshot()
             try:

@@ -12,7 +12,6 @@ rebuilt vectors.faiss.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import os
 import socket
@@ -20,6 +19,12 @@ import sys
 from pathlib import Path
 
 from indexer.errors import IndexLocked
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
 
 __all__ = ["LOCK_NAME", "WriterLock", "close_inherited_locks"]
 
@@ -39,6 +44,15 @@ def close_inherited_locks() -> None:
         except OSError:
             pass
         _held_fds.discard(fd)
+
+
+def _lock_without_waiting(fd: int) -> None:
+    """Raise OSError if another open file description holds the lock."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:  # lock one byte far past the holder details, which others must still read
+        os.lseek(fd, 1 << 30, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
 
 
 def _command_line() -> str:
@@ -67,7 +81,7 @@ class WriterLock:
         except OSError:  # e.g. a read-only index directory
             return False
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_without_waiting(fd)
         except OSError:
             os.close(fd)
             return False
