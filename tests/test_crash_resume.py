@@ -57,10 +57,12 @@ def kill_when(child: CliProcess, db_path: Path, *, rows: int | None = None, seco
             if rows is not None and stored_rows(db_path, connection) >= rows:
                 break
             time.sleep(0.001)
-        if not child.process.is_alive():
+        if child.process.is_alive():
+            os.kill(child.pid, signal.SIGKILL)
+        code = child.wait()
+        if code == 0:  # it finished before the kill landed
             return None
-        os.kill(child.pid, signal.SIGKILL)
-        assert child.wait() == -signal.SIGKILL
+        assert code == -signal.SIGKILL, child.text()
         return stored_rows(db_path, connection)
     finally:
         for c in connection:
