@@ -224,7 +224,9 @@ class Index:
                 )
                 self.vectors.save(self.directory / VECTORS_NAME)
             finally:
-                self.store.begin_snapshot()
+                # Back to reading a snapshot; after an error (a batch rolled back after its
+                # vectors were added), this also brings the vectors back in step.
+                self.vectors = self._open_snapshot_locked()
         return summary
 
     def _open_snapshot_locked(self) -> VectorIndex:

@@ -229,3 +229,26 @@ def test_a_failed_file_is_retried_only_when_it_changes(tmp_path, model_dir, inde
     assert index.failures() == []
     check_consistent(index)
     assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
+
+
+def test_an_error_mid_run_keeps_the_store_and_the_open_index_in_step(tmp_path, model_dir, index, monkeypatch):
+    photos = make_photos(tmp_path / "photos", range(6))
+    calls = []
+    add = indexer.pipeline.VectorIndex.add
+
+    def fail_on_third_batch(self, ids, vectors):
+        calls.append(len(ids))
+        if len(calls) == 3:  # after that batch was committed to SQLite
+            raise RuntimeError("simulated failure")
+        return add(self, ids, vectors)
+
+    monkeypatch.setattr(indexer.pipeline.VectorIndex, "add", fail_on_third_batch)
+    with pytest.raises(RuntimeError, match="simulated"):
+        index.add([photos], workers=0, batch_size=2)
+    monkeypatch.setattr(indexer.pipeline.VectorIndex, "add", add)
+
+    check_consistent(index)  # the open index's vectors match what was committed
+    assert index.info()["images"] == 6
+    summary = index.add([photos], workers=0)
+    assert summary.unchanged == 6
+    assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
