@@ -29,10 +29,13 @@ class RunPlan:
     # Stored files under the folders being indexed that are no longer on disk, by content.
     vanished: dict[str, list[StoredImage]] = field(default_factory=dict)
 
-    def take_vanished(self, sha256: str | None) -> StoredImage | None:
-        """A vanished image with this content, claimed by a new path (a move); None if there is none."""
-        candidates = self.vanished.get(sha256 or "")
-        return candidates.pop(0) if candidates else None
+    def take_vanished(self, sha256: str) -> StoredImage | None:
+        """A vanished indexed image with this content, claimed by a new path (a move); None if none."""
+        candidates = self.vanished.get(sha256, [])
+        for position, row in enumerate(candidates):
+            if row.status == "ok":
+                return candidates.pop(position)
+        return None
 
     def remaining_vanished(self) -> list[StoredImage]:
         return [row for rows in self.vanished.values() for row in rows]
