@@ -43,12 +43,13 @@ class AddSummary:
     updated: int = 0  # stored paths whose content changed, or that failed before and now work
     unchanged: int = 0  # same size and mtime, or same content after a touch
     failed: int = 0  # files that could not be read or decoded in this run
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+    # Fields added after the first release go below, so positional use keeps working.
     moved: int = 0  # stored images found under a new path (vectors kept, no backbone)
     removed: int = 0  # stored files gone from the folders indexed (pruned)
     embedded: int = 0  # distinct contents run through the backbone
     interrupted: bool = False  # stopped early (Ctrl-C); everything counted here is stored
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    seconds: float = 0.0
 
     @property
     def images_per_second(self) -> float:

@@ -29,9 +29,10 @@ __all__ = ["Store", "StoredImage", "Touch", "Move", "Put", "Fail", "Change", "Ap
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE images (
+    # One statement per execute(): executescript() would COMMIT first and break the
+    # migration's transaction (a crash half-way must leave the store at version 0).
+    for statement in (
+        """CREATE TABLE images (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             path TEXT NOT NULL UNIQUE,
             size INTEGER,
@@ -42,16 +43,16 @@ def _migration_1(db: sqlite_utils.Database) -> None:
             status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
             error TEXT,
             indexed_at TEXT NOT NULL
-        );
-        CREATE INDEX images_sha256 ON images (sha256);
-        CREATE INDEX images_status ON images (status);
-        CREATE TABLE embeddings (
+        )""",
+        "CREATE INDEX images_sha256 ON images (sha256)",
+        "CREATE INDEX images_status ON images (status)",
+        """CREATE TABLE embeddings (
             sha256 TEXT PRIMARY KEY,
             global BLOB NOT NULL,
             regions BLOB NOT NULL
-        );
-        """
-    )
+        )""",
+    ):
+        db.execute(statement)
 
 
 def _migration_2(db: sqlite_utils.Database) -> None:
@@ -167,10 +168,15 @@ class Store:
                 f"{self.path} has schema version {version}, newer than this imgsearch "
                 f"({SCHEMA_VERSION}); upgrade imgsearch to open it."
             )
-        for number in range(version + 1, SCHEMA_VERSION + 1):
-            with self.db.conn:
-                MIGRATIONS[number - 1](self.db)
-                self.db.execute(f"PRAGMA user_version = {number}")
+        while version < SCHEMA_VERSION:
+            # Each migration is one transaction (SQLite DDL is transactional): a crash
+            # leaves the store at the old version or the new one, never half-way.
+            with self._write_transaction():
+                version = self.db.execute("PRAGMA user_version").fetchone()[0]  # another process may have
+                if version < SCHEMA_VERSION:                                     # migrated meanwhile
+                    MIGRATIONS[version](self.db)
+                    version += 1
+                    self.db.execute(f"PRAGMA user_version = {version}")
 
     def close(self) -> None:
         self.end_snapshot()
