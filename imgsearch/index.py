@@ -127,28 +127,38 @@ class Index:
 
         vectors.faiss is derived: when it is missing, unreadable or out of step (a
         writer was killed, or is running now), it is rebuilt from the snapshot. The
-        rebuilt file is saved only if no writer is running (the lock is free): the
-        snapshot is then the newest state, and nobody else is writing the file.
+        rebuilt file is saved only if no writer is running (the lock is free, and is
+        held just for the rebuild): the snapshot is then the newest state, and
+        nobody else is writing the file.
         """
+        self.store.begin_snapshot()
+        vectors = self._saved_vectors_in_step()
+        if vectors is not None:
+            return vectors
         held_before = self.lock.held
-        saving = self.lock.try_acquire()
+        if not self.lock.try_acquire():  # a writer is running: rebuild in memory only
+            return self._build_vectors(save=False)
         try:
-            self.store.begin_snapshot()
-            path = self.directory / VECTORS_NAME
-            expected = self.store.ok_ids()
-            try:
-                vectors = VectorIndex.load(path)
-                if vectors.dim == self.manifest.embed_dim and np.array_equal(vectors.ids(), expected):
-                    return vectors
-                reason = "out of step with index.db"
-            except Exception as exc:  # missing or unreadable: it is derived, so rebuild
-                reason = f"unreadable ({type(exc).__name__})" if path.exists() else "missing"
-            if saving:
-                log.warning("%s is %s; rebuilding it from index.db (%d images)", path, reason, len(expected))
-            return self._build_vectors(save=saving)
+            self.store.begin_snapshot()  # the newest state: nobody can commit while we hold the lock
+            vectors = self._saved_vectors_in_step()  # a writer may have saved it meanwhile
+            if vectors is not None:
+                return vectors
+            log.warning("%s is missing, unreadable or out of step with index.db; rebuilding it",
+                        self.directory / VECTORS_NAME)
+            return self._build_vectors(save=True)
         finally:
-            if saving and not held_before:
+            if not held_before:
                 self.lock.release()
+
+    def _saved_vectors_in_step(self) -> VectorIndex | None:
+        """vectors.faiss if it holds exactly the snapshot's indexed images, else None."""
+        try:
+            vectors = VectorIndex.load(self.directory / VECTORS_NAME)
+        except Exception:  # missing or unreadable: it is derived, so it will be rebuilt
+            return None
+        if vectors.dim == self.manifest.embed_dim and np.array_equal(vectors.ids(), self.store.ok_ids()):
+            return vectors
+        return None
 
     def refresh(self) -> None:
         """See everything committed since this Index was opened (or last refreshed)."""

@@ -99,8 +99,10 @@ def test_readers_see_a_consistent_snapshot_while_a_writer_runs(tmp_path, model_d
     writer.wait_until_paused()
     first_ten = {f"{photos}/img_{i:03d}.png" for i in range(10)}
 
+    saved = (index_dir / "vectors.faiss").read_bytes()  # the writer saves it only at the end
     with open_index(index_dir) as reader:  # opened mid-run: sees the 10 committed images
         check_consistent(reader)
+        assert (index_dir / "vectors.faiss").read_bytes() == saved  # rebuilt in memory, not written
         assert reader.info()["images"] == 10
         results = reader.search("a red circle", 100, candidates=100)
         assert {r.path for r in results} == first_ten
