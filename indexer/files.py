@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import NamedTuple
 from indexer.errors import InputPathNotFound
 
 __all__ = ["IMAGE_EXTENSIONS", "FileSignature", "file_signature", "is_image_name", "iter_image_files"]
+
+log = logging.getLogger("imgsearch")
 
 # Lower-case suffixes the indexer picks up when walking a folder. A file named
 # explicitly on the command line is always tried, whatever its suffix.
@@ -66,7 +69,11 @@ def _walk_one(root: Path) -> Iterator[Path]:
     if not root.is_dir():
         yield root
         return
-    for folder, subfolders, names in os.walk(root, followlinks=False):
+    def report(error: OSError) -> None:
+        log.warning("cannot list folder %s (%s); files indexed from it before are kept",
+                    error.filename, error.strerror or error)
+
+    for folder, subfolders, names in os.walk(root, followlinks=False, onerror=report):
         subfolders.sort()
         for name in sorted(names):
             if is_image_name(name):

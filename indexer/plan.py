@@ -81,5 +81,17 @@ def _gone_under(roots: Sequence[Path], stored: dict[str, StoredImage], listed: s
         return []
     return [
         row for text, row in stored.items()
-        if text.startswith(prefixes) and text not in listed and not os.path.lexists(text_to_path(text))
+        if text.startswith(prefixes) and text not in listed and _surely_gone(text_to_path(text))
     ]
+
+
+def _surely_gone(path: Path) -> bool:
+    """True only if the file system says the path does not exist. A file in a folder
+    this user cannot read (or on a failing disk) may well exist: it is kept."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageOps
 
 import indexer.pipeline
-from conftest import draw_image
+from conftest import draw_image, needs_enforced_permissions
 from imgsearch.cli import cli
 from imgsearch.index import Index
 from index_oracle import ATOL, check_consistent
@@ -198,21 +198,7 @@ def test_a_file_that_vanishes_between_listing_and_reading(tmp_path, model_dir, m
         assert index.failures() == []
 
 
-def permissions_are_enforced() -> bool:
-    """False for root (or anyone with CAP_DAC_OVERRIDE), who can read a chmod 000 file."""
-    import tempfile
-
-    with tempfile.NamedTemporaryFile() as probe:
-        os.chmod(probe.name, 0)
-        try:
-            open(probe.name).close()
-        except PermissionError:
-            return True
-        return False
-
-
-@pytest.mark.skipif(not permissions_are_enforced(), reason="this user reads any file (root): needs a user "
-                    "without CAP_DAC_OVERRIDE, e.g. setpriv --bounding-set=-dac_override,-dac_read_search")
+@needs_enforced_permissions
 def test_unreadable_file_is_recorded_and_retried_once_its_permissions_change(tmp_path, model_dir):
     photos = tmp_path / "photos"
     photos.mkdir()

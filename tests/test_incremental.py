@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import indexer.pipeline
-from conftest import draw_image
+from conftest import draw_image, needs_enforced_permissions
 from imgsearch.cli import cli
 from imgsearch.index import Index
 from index_oracle import assert_rows_match, assert_same_results, check_consistent, rows_of, search_results
@@ -252,3 +252,18 @@ def test_an_error_mid_run_keeps_the_store_and_the_open_index_in_step(tmp_path, m
     summary = index.add([photos], workers=0)
     assert summary.unchanged == 6
     assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
+
+
+@needs_enforced_permissions
+def test_files_in_a_folder_that_cannot_be_listed_are_not_pruned(tmp_path, model_dir, index, caplog):
+    photos = make_photos(tmp_path / "photos", range(2))
+    make_photos(photos / "private", range(10, 13))
+    index.add([photos], workers=0)
+    (photos / "private").chmod(0)  # still there, but neither listable nor stat-able
+    try:
+        summary = index.add([photos], workers=0)
+    finally:
+        (photos / "private").chmod(0o755)
+    assert (summary.removed, summary.unchanged) == (0, 2)
+    assert index.info()["images"] == 5
+    assert "cannot list folder" in caplog.text
