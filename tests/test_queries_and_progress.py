@@ -55,11 +55,15 @@ UNICODE = ["café crème", "日本の赤い丸", "🐶🏖️ on a beach", "مر
 
 
 @pytest.mark.parametrize("query", UNICODE)
-def test_any_unicode_query_works(index, index_dir, query):
+def test_any_unicode_query_works(index, query):
     results = index.search(query, 3, candidates=8)
     assert len(results) == 3
+
+
+@pytest.mark.parametrize("query", [UNICODE[2], UNICODE[-1]])  # each CLI call loads the model: two suffice
+def test_any_unicode_query_works_on_the_command_line(index, index_dir, query):
     out = json.loads(run("search", query, "--index", index_dir, "-k", 3, "--json").stdout)
-    assert [r["path"] for r in out["results"]] == [r.path for r in results]
+    assert [r["path"] for r in out["results"]] == [r.path for r in index.search(query, 3, candidates=8)]
 
 
 def test_long_query_is_truncated_with_a_warning_and_ranks_as_its_first_tokens(index, caplog):
