@@ -145,7 +145,9 @@ class Index:
                 return vectors
             log.warning("%s is missing, unreadable or out of step with index.db; rebuilding it",
                         self.directory / VECTORS_NAME)
-            return self._build_vectors(save=True)
+            vectors = self._build_vectors(save=False)
+            self._save_vectors()
+            return vectors
         finally:
             if not held_before:
                 self.lock.release()
@@ -232,12 +234,20 @@ class Index:
                     paths, self.store, self.vectors, encoder, batch_size=batch_size, workers=workers,
                     progress=progress, prune=prune, should_stop=should_stop,
                 )
-                self.vectors.save(self.directory / VECTORS_NAME)
+                self._save_vectors()
             finally:
                 # Back to reading a snapshot; after an error (a batch rolled back after its
                 # vectors were added), this also brings the vectors back in step.
                 self.vectors = self._open_snapshot_locked()
         return summary
+
+    def _save_vectors(self) -> None:
+        """Save vectors.faiss; it is derived, so a failure (disk full) only costs a rebuild later."""
+        try:
+            self.vectors.save(self.directory / VECTORS_NAME)
+        except (OSError, RuntimeError) as exc:  # faiss reports write errors as RuntimeError
+            log.warning("could not save %s (%s); it will be rebuilt from index.db when next opened",
+                        self.directory / VECTORS_NAME, exc)
 
     def _open_snapshot_locked(self) -> VectorIndex:
         """As _open_snapshot, for the lock holder: the newest state, rebuilt and saved if needed."""
@@ -246,7 +256,9 @@ class Index:
         if np.array_equal(self.vectors.ids(), expected):
             return self.vectors
         log.info("vectors.faiss is out of step with index.db; rebuilding it (%d images)", len(expected))
-        return self._build_vectors(save=True)
+        vectors = self._build_vectors(save=False)
+        self._save_vectors()
+        return vectors
 
     def search(
         self, text: str, k: int = 10, *, candidates: int = DEFAULT_CANDIDATES, rerank: bool = True

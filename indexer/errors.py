@@ -15,6 +15,7 @@ __all__ = [
     "InputPathNotFound",
     "InvalidQuery",
     "IndexLocked",
+    "StoreWriteFailed",
 ]
 
 
@@ -60,3 +61,7 @@ class InvalidQuery(ImgsearchError):
 
 class IndexLocked(ImgsearchError):
     """Another process is writing to the index right now."""
+
+
+class StoreWriteFailed(ImgsearchError):
+    """A write to the index failed (disk full, read-only, busy); what was stored before is kept."""

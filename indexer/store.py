@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from indexer.errors import StoreCorrupt
+from indexer.errors import StoreCorrupt, StoreWriteFailed
 
 __all__ = ["Store", "StoredImage", "Touch", "Move", "Put", "Fail", "Change", "Applied", "SCHEMA_VERSION"]
 
@@ -261,14 +261,23 @@ class Store:
 
     @contextmanager
     def _write_transaction(self) -> Iterator[None]:
+        """One transaction: all of it is stored, or (error, crash, power cut) none of it."""
         self.end_snapshot()
-        self.db.execute("BEGIN IMMEDIATE")
         try:
-            yield
-        except BaseException:
-            self.db.conn.rollback()
-            raise
-        self.db.conn.commit()
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+            self.db.conn.commit()
+        except sqlite3.OperationalError as exc:  # disk full, read-only file, busy for too long
+            if self.db.conn.in_transaction:
+                self.db.conn.rollback()
+            raise StoreWriteFailed(
+                f"cannot write to {self.path} ({exc}); everything stored before is kept. "
+                "Free disk space or fix the permissions, then run the same command again."
+            ) from exc
 
     def all_images(self) -> dict[str, StoredImage]:
         """Every row, by path."""

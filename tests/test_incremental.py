@@ -17,6 +17,7 @@ from conftest import draw_image, needs_enforced_permissions
 from imgsearch.cli import cli
 from imgsearch.index import Index
 from index_oracle import assert_rows_match, assert_same_results, check_consistent, rows_of, search_results
+from indexer.errors import StoreWriteFailed
 
 QUERIES = ["a red circle", "a blue square"]
 
@@ -267,3 +268,20 @@ def test_files_in_a_folder_that_cannot_be_listed_are_not_pruned(tmp_path, model_
     assert (summary.removed, summary.unchanged) == (0, 2)
     assert index.info()["images"] == 5
     assert "cannot list folder" in caplog.text
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_what_was_stored(tmp_path, model_dir, index):
+    photos = make_photos(tmp_path / "photos", range(3))
+    index.add([photos], workers=0)
+    make_photos(photos, range(10, 40))  # 30 more: their region features need many more pages
+    pages = index.store.db.execute("PRAGMA page_count").fetchone()[0]
+    index.store.db.execute(f"PRAGMA max_page_count = {pages + 2}")  # as if the disk were full
+
+    with pytest.raises(StoreWriteFailed, match="full.*everything stored before is kept"):
+        index.add([photos], workers=0, batch_size=4)
+
+    check_consistent(index)
+    assert index.info()["images"] >= 3
+    index.store.db.execute("PRAGMA max_page_count = 1073741823")  # space freed
+    index.add([photos], workers=0)
+    assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
