@@ -23,10 +23,10 @@ _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["imgsearch.cli", "cli_process"])
 
 
-def _child(args: list[str], output: str, pause_before: str | None, pause: str | None) -> None:
+def _child(args: list[str], output: str, pause_before: str | None, pause: str | None, stderr_to: str | None) -> None:
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
-    os.dup2(fd, 2)
+    os.dup2(os.open(stderr_to, os.O_WRONLY | os.O_NOCTTY) if stderr_to else fd, 2)
     # A process started by the forkserver defaults to starting its own children (the
     # DataLoader's decode workers) the same slow way; a CLI process forks them, as here.
     multiprocessing.set_start_method("fork", force=True)
@@ -51,11 +51,12 @@ def _child(args: list[str], output: str, pause_before: str | None, pause: str | 
 
 
 class CliProcess:
-    def __init__(self, args, output: Path, *, pause_before: str | None = None) -> None:
+    def __init__(self, args, output: Path, *, pause_before: str | None = None, stderr_to: str | None = None) -> None:
+        """`stderr_to`: a path to send stderr to instead of `output`, e.g. a pseudo-terminal."""
         self.output = Path(output)
         self.pause = str(self.output) + ".pause"
         self.process = _CONTEXT.Process(
-            target=_child, args=([str(a) for a in args], str(output), pause_before, self.pause)
+            target=_child, args=([str(a) for a in args], str(output), pause_before, self.pause, stderr_to)
         )
         self.process.start()
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import pty
 
 import numpy as np
 import pytest
@@ -122,3 +124,43 @@ def test_index_writes_no_bar_when_stderr_is_not_a_terminal(tmp_path, model_dir):
     result = run("index", photos, "--index", tmp_path / "index", "--model", model_dir, "--workers", 0)
     assert result.exit_code == 0
     assert "indexing" not in result.stderr and "images/s" not in result.stderr
+
+
+def read_terminal(master: int) -> str:
+    os.set_blocking(master, False)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except (BlockingIOError, OSError):  # drained (EIO once the other side is closed)
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_index_on_a_real_terminal_draws_the_bar_unless_quiet(tmp_path, model_dir, quiet):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(12):
+        draw_image(i).save(photos / f"img_{i:02d}.png")
+    master, terminal = pty.openpty()
+    try:
+        args = ["index", photos, "--index", tmp_path / "index", "--model", model_dir, "--device", "cpu",
+                "--workers", 0, "--batch-size", 4, *(["--quiet"] if quiet else [])]
+        child = CliProcess(args, tmp_path / "out.txt", stderr_to=os.ttyname(terminal))
+        assert child.wait() == 0, child.text()
+        os.close(terminal)
+        terminal = None
+        shown = read_terminal(master)
+    finally:
+        if terminal is not None:
+            os.close(terminal)
+        os.close(master)
+    assert "added 12" in child.text() and "indexing" not in child.text()  # stdout: the summary only
+    if quiet:
+        assert "indexing" not in shown and "images/s" not in shown
+    else:
+        assert "indexing" in shown and "12/12" in shown and "images/s, ETA" in shown
