@@ -146,7 +146,10 @@ def test_index_on_a_real_terminal_draws_the_bar_unless_quiet(tmp_path, model_dir
     photos.mkdir()
     for i in range(12):
         draw_image(i).save(photos / f"img_{i:02d}.png")
-    master, terminal = pty.openpty()
+    try:
+        master, terminal = pty.openpty()
+    except OSError as exc:
+        pytest.skip(f"needs a pseudo-terminal (/dev/ptmx): {exc}")
     try:
         args = ["index", photos, "--index", tmp_path / "index", "--model", model_dir, "--device", "cpu",
                 "--workers", 0, "--batch-size", 4, *(["--quiet"] if quiet else [])]
