@@ -13,8 +13,12 @@ import click
 
 from imgsearch.common import CONTEXT, json_option, user_errors
 from imgsearch.index import Index
+from imgsearch.interrupt import stop_on_interrupt
+from imgsearch.progress import ProgressBar
 from imgsearch.train_commands import eval_command, train_command
 from search.searcher import DEFAULT_CANDIDATES
+
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 index_option = click.option(
     "--index", "index_dir", required=True, envvar="IMGSEARCH_INDEX", metavar="DIR",
@@ -57,42 +61,53 @@ def cli(verbose: bool) -> None:
 @model_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes (default: spare cores).")
+@click.option(
+    "--prune/--no-prune", default=True, show_default=True,
+    help="Remove indexed files under the given folders that no longer exist. Files indexed "
+    "from other folders are never removed.",
+)
 @device_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (there is none either when stderr is not a terminal).")
 @json_option
 @user_errors
-def index_command(paths, index_dir, model, batch_size, workers, device, quiet, as_json) -> None:
+def index_command(paths, index_dir, model, batch_size, workers, prune, device, quiet, as_json) -> None:
     """Index image files and folders (recursively) into an index directory.
 
-    Creates the index on first use (then --model is needed). Files already
-    indexed and unchanged (same size and mtime) are skipped; unreadable files
-    are recorded with the reason (see `imgsearch errors`) and the run goes on.
+    Creates the index on first use (then --model is needed). Runs are
+    incremental: files with the same size and mtime are skipped, and a file
+    whose content is already indexed (a copy, a move or a rename, told by its
+    sha256) keeps its vectors without re-running the model. Files that are gone
+    from the given folders leave the index (--no-prune keeps them). Unreadable
+    files are recorded with the reason (see `imgsearch errors`) and the run goes
+    on; they are retried once they change. Ctrl-C stops after the current batch
+    and keeps everything done so far; a killed run is finished by running it again.
 
     \b
     Example:
       imgsearch index ~/Pictures /mnt/photos --index ~/.imgsearch --model data/demo-model
     """
     with Index.open_or_create(index_dir, model, device) as index:
-        show_progress = not quiet and sys.stderr.isatty()
-        bar = click.progressbar(length=1, label="indexing", file=sys.stderr) if show_progress else None
-
-        def progress(done: int, total: int) -> None:
-            if bar is not None:
-                bar.length = total
-                bar.update(done - bar.pos)
-
-        summary = index.add(paths, batch_size=batch_size, workers=workers, progress=progress)
-        if bar is not None:
-            bar.render_finish()
+        bar = ProgressBar(sys.stderr, quiet=quiet)
+        with stop_on_interrupt() as stop:
+            try:
+                summary = index.add(paths, batch_size=batch_size, workers=workers, progress=bar,
+                                    prune=prune, should_stop=stop)
+            finally:
+                bar.finish()
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
-        return
-    click.echo(
-        f"added {summary.added}, updated {summary.updated}, unchanged {summary.unchanged}, "
-        f"failed {summary.failed} ({summary.images_per_second:.1f} images/s)"
-    )
-    for path, error in summary.failures:
-        click.echo(f"  failed: {path}: {error}", err=True)
+    else:
+        click.echo(
+            f"added {summary.added}, updated {summary.updated}, moved {summary.moved}, "
+            f"removed {summary.removed}, unchanged {summary.unchanged}, failed {summary.failed} "
+            f"({summary.images_per_second:.1f} images/s)"
+        )
+        for path, error in summary.failures:
+            click.echo(f"  failed: {path}: {error}", err=True)
+    if summary.interrupted:
+        click.echo("interrupted: everything counted above is stored; run the same command again "
+                   "to index the rest.", err=True)
+        sys.exit(INTERRUPTED_EXIT_CODE)
 
 
 @cli.command("search", context_settings=CONTEXT)
@@ -146,6 +161,8 @@ def info_command(index_dir, as_json) -> None:
     manifest = info["manifest"]
     click.echo(f"index:      {info['directory']}")
     click.echo(f"images:     {info['images']} indexed, {info['failed']} failed (see `imgsearch errors`)")
+    for reason, count in info["failures_by_reason"].items():
+        click.echo(f"            {count:6d} failed: {reason}")
     click.echo(f"vectors:    {info['vectors']} x {manifest['embed_dim']} ({manifest['metric']}), "
                f"{manifest['num_regions']} regions per image ({manifest['region_dtype']})")
     click.echo(f"model:      {manifest['model']['path']} ({manifest['model']['fingerprint'][:12]})")
@@ -178,5 +195,5 @@ cli.add_command(train_command)
 cli.add_command(eval_command)
 
 
-def main() -> None:
-    cli(prog_name="imgsearch")
+def main(args: list[str] | None = None) -> None:
+    cli(args=args, prog_name="imgsearch")

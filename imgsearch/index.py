@@ -5,12 +5,19 @@ An index directory holds:
 - vectors.faiss FAISS index of the global vectors, derived; rebuilt from
                 index.db whenever it is missing or out of step
 - manifest.json schema version, dims, metric and the model that made the vectors
+- write.lock    held (flock) by the one process writing; names it for the others
+
+An open Index reads one consistent snapshot of the store (a SQLite read
+transaction), so a search never sees half of a concurrent writer's work;
+refresh() moves it to the newest state. add() takes the writer lock, so a
+second concurrent writer gets IndexLocked instead of a damaged store.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,9 +26,10 @@ import numpy as np
 from indexer.checkpoint import fingerprint, read_config
 from indexer.device import resolve_device
 from indexer.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound
+from indexer.lock import WriterLock
 from indexer.image_encoder import ImageEncoder
 from indexer.manifest import MANIFEST_NAME, Manifest, ModelRecord
-from indexer.pipeline import AddSummary, ProgressCallback, index_files
+from indexer.pipeline import AddSummary, ProgressCallback, StopCheck, index_files
 from indexer.store import SCHEMA_VERSION, Store
 from indexer.vectors import VectorIndex
 from search.alignment import AlignmentConfig, AlignmentModel
@@ -47,7 +55,8 @@ class Index:
         self._model_checked = model_checked
         self.device = resolve_device(device)
         self.store = Store(directory / DB_NAME, manifest.embed_dim, manifest.num_regions)
-        self.vectors = self._load_vectors()
+        self.lock = WriterLock(directory)
+        self.vectors = self._open_snapshot()
         self._image_encoder: ImageEncoder | None = None
         self._model: AlignmentModel | None = None
 
@@ -73,9 +82,12 @@ class Index:
             ),
         )
         directory.mkdir(parents=True, exist_ok=True)
-        Store(directory / DB_NAME, manifest.embed_dim, manifest.num_regions).close()
-        VectorIndex.empty(manifest.embed_dim).save(directory / VECTORS_NAME)
-        manifest.write(directory)  # written last: its presence means the index is complete
+        with WriterLock(directory):
+            if (directory / MANIFEST_NAME).exists():  # another process created it meanwhile
+                raise IndexExists(f"{directory} already holds an index; open it instead, or pick a new directory.")
+            Store(directory / DB_NAME, manifest.embed_dim, manifest.num_regions).close()
+            VectorIndex.empty(manifest.embed_dim).save(directory / VECTORS_NAME)
+            manifest.write(directory)  # written last: its presence means the index is complete
         return cls(directory, manifest, model_dir, device)
 
     @classmethod
@@ -110,24 +122,61 @@ class Index:
             )
         return cls.create(directory, model, device)
 
-    def _load_vectors(self) -> VectorIndex:
-        path = self.directory / VECTORS_NAME
-        expected = self.store.ok_ids()
+    def _open_snapshot(self) -> VectorIndex:
+        """Start a read snapshot of the store and load the FAISS index that matches it.
+
+        vectors.faiss is derived: when it is missing, unreadable or out of step (a
+        writer was killed, or is running now), it is rebuilt from the snapshot. The
+        rebuilt file is saved only if no writer is running (the lock is free, and is
+        held just for the rebuild): the snapshot is then the newest state, and
+        nobody else is writing the file.
+        """
+        self.store.begin_snapshot()
+        vectors = self._saved_vectors_in_step()
+        if vectors is not None:
+            return vectors
+        held_before = self.lock.held
+        if not self.lock.try_acquire():  # a writer is running: rebuild in memory only
+            return self._build_vectors(save=False)
         try:
-            vectors = VectorIndex.load(path)
-            if vectors.dim == self.manifest.embed_dim and np.array_equal(vectors.ids(), expected):
+            self.store.begin_snapshot()  # the newest state: nobody can commit while we hold the lock
+            vectors = self._saved_vectors_in_step()  # a writer may have saved it meanwhile
+            if vectors is not None:
                 return vectors
-            reason = "out of step with index.db"
-        except Exception as exc:  # missing or unreadable: it is derived, so rebuild
-            reason = f"unreadable ({type(exc).__name__})" if path.exists() else "missing"
-        log.warning("%s is %s; rebuilding it from index.db (%d images)", path, reason, len(expected))
-        return self.rebuild_vectors()
+            log.warning("%s is missing, unreadable or out of step with index.db; rebuilding it",
+                        self.directory / VECTORS_NAME)
+            vectors = self._build_vectors(save=False)
+            self._save_vectors()
+            return vectors
+        finally:
+            if not held_before:
+                self.lock.release()
+
+    def _saved_vectors_in_step(self) -> VectorIndex | None:
+        """vectors.faiss if it holds exactly the snapshot's indexed images, else None."""
+        try:
+            vectors = VectorIndex.load(self.directory / VECTORS_NAME)
+        except Exception:  # missing or unreadable: it is derived, so it will be rebuilt
+            return None
+        if vectors.dim == self.manifest.embed_dim and np.array_equal(vectors.ids(), self.store.ok_ids()):
+            return vectors
+        return None
+
+    def refresh(self) -> None:
+        """See everything committed since this Index was opened (or last refreshed)."""
+        self.vectors = self._open_snapshot()
 
     def rebuild_vectors(self) -> VectorIndex:
         """Rebuild vectors.faiss from the SQLite store and save it."""
+        with self.lock:
+            self.store.begin_snapshot()
+            return self._build_vectors(save=True)
+
+    def _build_vectors(self, *, save: bool) -> VectorIndex:
         ids, vectors = self.store.global_vectors()
         index = VectorIndex.build(ids, vectors, self.manifest.embed_dim)
-        index.save(self.directory / VECTORS_NAME)
+        if save:
+            index.save(self.directory / VECTORS_NAME)
         self.vectors = index
         return index
 
@@ -163,15 +212,53 @@ class Index:
         batch_size: int = 32,
         workers: int | None = None,
         progress: ProgressCallback | None = None,
+        prune: bool = True,
+        should_stop: StopCheck | None = None,
     ) -> AddSummary:
-        """Index image files and folders (recursively). Unchanged files are skipped;
-        unreadable ones are recorded with the reason."""
-        summary = index_files(
-            paths, self.store, self.vectors, self.image_encoder,
-            batch_size=batch_size, workers=workers, progress=progress,
-        )
-        self.vectors.save(self.directory / VECTORS_NAME)
+        """Index image files and folders (recursively), incrementally.
+
+        New and changed files are read (size and mtime first, then the content
+        hash); content already stored is not embedded again (copies, moves and
+        renames keep their vectors); unreadable files are recorded with the reason.
+        With `prune`, stored files under the given folders that no longer exist
+        are removed (files under other folders are kept). `should_stop` is asked
+        after each batch; when it says True the run ends there, keeping all done.
+        Raises IndexLocked if another process is writing to this index.
+        """
+        with self.lock:  # first, so that a second writer is told at once
+            encoder = self.image_encoder
+            self.vectors = self._open_snapshot_locked()
+            self.store.end_snapshot()
+            try:
+                summary = index_files(
+                    paths, self.store, self.vectors, encoder, batch_size=batch_size, workers=workers,
+                    progress=progress, prune=prune, should_stop=should_stop,
+                )
+                self._save_vectors()
+            finally:
+                # Back to reading a snapshot; after an error (a batch rolled back after its
+                # vectors were added), this also brings the vectors back in step.
+                self.vectors = self._open_snapshot_locked()
         return summary
+
+    def _save_vectors(self) -> None:
+        """Save vectors.faiss; it is derived, so a failure (disk full) only costs a rebuild later."""
+        try:
+            self.vectors.save(self.directory / VECTORS_NAME)
+        except (OSError, RuntimeError) as exc:  # faiss reports write errors as RuntimeError
+            log.warning("could not save %s (%s); it will be rebuilt from index.db when next opened",
+                        self.directory / VECTORS_NAME, exc)
+
+    def _open_snapshot_locked(self) -> VectorIndex:
+        """As _open_snapshot, for the lock holder: the newest state, rebuilt and saved if needed."""
+        self.store.begin_snapshot()
+        expected = self.store.ok_ids()
+        if np.array_equal(self.vectors.ids(), expected):
+            return self.vectors
+        log.info("vectors.faiss is out of step with index.db; rebuilding it (%d images)", len(expected))
+        vectors = self._build_vectors(save=False)
+        self._save_vectors()
+        return vectors
 
     def search(
         self, text: str, k: int = 10, *, candidates: int = DEFAULT_CANDIDATES, rerank: bool = True
@@ -187,6 +274,7 @@ class Index:
             "directory": str(self.directory),
             "images": counts["ok"],
             "failed": counts["error"],
+            "failures_by_reason": _count_reasons(self.store.failures()),
             "distinct_contents": counts["distinct_contents"],
             "vectors": len(self.vectors),
             "manifest": {
@@ -207,12 +295,23 @@ class Index:
 
     def close(self) -> None:
         self.store.close()
+        self.lock.release()
 
     def __enter__(self) -> "Index":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _count_reasons(failures) -> dict[str, int]:
+    """Failures counted by the kind of reason: the text before its details,
+    e.g. "image too large: 9000x9000 pixels (...)" --> "image too large"."""
+    counts: dict[str, int] = {}
+    for failure in failures:
+        kind = re.split(r"[:(]", failure.error or "unknown", maxsplit=1)[0].strip()
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _check_model(directory: Path, manifest: Manifest, model_dir: Path) -> None:

@@ -6,15 +6,19 @@ bad file cannot stop a run.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from indexer.files import file_signature
 
 __all__ = ["DecodeResult", "MAX_PIXELS", "decode_file", "to_rgb"]
 
@@ -28,6 +32,7 @@ class DecodeResult:
     path: Path
     size: int | None = None  # bytes on disk
     mtime: float | None = None
+    ctime: float | None = None
     sha256: str | None = None
     width: int | None = None  # after EXIF orientation
     height: int | None = None
@@ -37,15 +42,20 @@ class DecodeResult:
 
 def decode_file(path: Path) -> DecodeResult:
     result = DecodeResult(path=path)
+    signature = file_signature(path)
+    if signature is not None:  # for a broken link, the link's own: it is retried once it changes
+        result.size, result.mtime, result.ctime = signature
+    error = _unreadable_reason(path)
+    if error is not None:
+        result.error = error
+        return result
     try:
-        stat = os.stat(path)
-        result.size, result.mtime = stat.st_size, stat.st_mtime
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        result.error = "file not found (vanished, or a broken symbolic link)"
+        result.error = "file not found (it vanished after the folder was listed)"
         return result
     except PermissionError:
-        result.error = "permission denied"
+        result.error = "permission denied (the file is not readable by this user)"
         return result
     except OSError as exc:
         result.error = f"cannot read file: {exc.strerror or exc}"
@@ -63,6 +73,25 @@ def decode_file(path: Path) -> DecodeResult:
         return result
     result.width, result.height = result.image.size
     return result
+
+
+def _unreadable_reason(path: Path) -> str | None:
+    """Why `path` cannot be read as a file, found without opening it; None if it looks readable."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "broken symbolic link (its target was not found)"
+        return "file not found (it vanished after the folder was listed)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the link points back to itself)"
+        if exc.errno == errno.ENAMETOOLONG:
+            return "file name too long for the operating system"
+        return f"cannot read file: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):  # reading a FIFO would block the run forever
+        return "not a regular file (a FIFO, socket or device)"
+    return None
 
 
 def _open_checked(data: bytes) -> Image.Image:

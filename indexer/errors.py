@@ -14,6 +14,8 @@ __all__ = [
     "WeightsMissing",
     "InputPathNotFound",
     "InvalidQuery",
+    "IndexLocked",
+    "StoreWriteFailed",
 ]
 
 
@@ -55,3 +57,11 @@ class InputPathNotFound(ImgsearchError):
 
 class InvalidQuery(ImgsearchError):
     """A search query or search parameter is unusable."""
+
+
+class IndexLocked(ImgsearchError):
+    """Another process is writing to the index right now."""
+
+
+class StoreWriteFailed(ImgsearchError):
+    """A write to the index failed (disk full, read-only, busy); what was stored before is kept."""

@@ -2,19 +2,43 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from indexer.errors import InputPathNotFound
 
-__all__ = ["IMAGE_EXTENSIONS", "is_image_name", "iter_image_files"]
+__all__ = ["IMAGE_EXTENSIONS", "FileSignature", "file_signature", "is_image_name", "iter_image_files"]
+
+log = logging.getLogger("imgsearch")
 
 # Lower-case suffixes the indexer picks up when walking a folder. A file named
 # explicitly on the command line is always tried, whatever its suffix.
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 )
+
+
+class FileSignature(NamedTuple):
+    """What tells a changed file from an unchanged one without reading it."""
+
+    size: int
+    mtime: float
+    ctime: float  # also moves on chmod/chown: lets a file that failed for its permissions be retried
+
+
+def file_signature(path: str | os.PathLike) -> FileSignature | None:
+    """The file's signature, following symbolic links; a broken or looping link's own
+    signature; None if nothing is there."""
+    for stat_function in (os.stat, os.lstat):
+        try:
+            st = stat_function(path)
+        except (OSError, ValueError):
+            continue
+        return FileSignature(st.st_size, st.st_mtime, st.st_ctime)
+    return None
 
 
 def is_image_name(name: str) -> bool:
@@ -45,7 +69,11 @@ def _walk_one(root: Path) -> Iterator[Path]:
     if not root.is_dir():
         yield root
         return
-    for folder, subfolders, names in os.walk(root, followlinks=False):
+    def report(error: OSError) -> None:
+        log.warning("cannot list folder %s (%s); files indexed from it before are kept",
+                    error.filename, error.strerror or error)
+
+    for folder, subfolders, names in os.walk(root, followlinks=False, onerror=report):
         subfolders.sort()
         for name in sorted(names):
             if is_image_name(name):

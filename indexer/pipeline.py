@@ -1,14 +1,18 @@
-"""The indexing run: files --> decoded images --> encoder --> store (+ FAISS).
+"""The indexing run: files --> plan --> decoded images --> encoder --> store (+ FAISS).
 
 Decoding happens in DataLoader worker processes while the encoder runs on the
 previous batch. Each batch is committed to SQLite in one transaction, then
-mirrored into the FAISS index; a failure in one file is recorded and the run
-goes on.
+mirrored into the in-memory FAISS index, so a run killed at any moment leaves
+every finished batch stored and nothing half-written; the next run skips what
+is stored and finishes the rest. Content is identified by its sha256: a file
+whose content is already stored (a copy, a move, a `touch`) is never run
+through the backbone again. A failure in one file is recorded and the run goes on.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,32 +25,41 @@ from torch.utils.data import DataLoader, Dataset
 from indexer.decode import DecodeResult, decode_file
 from indexer.files import iter_image_files
 from indexer.image_encoder import ImageEncoder, preprocess
-from indexer.store import EmbeddedImage, FailedImage, Store
+from indexer.lock import close_inherited_locks
+from indexer.paths import path_to_text
+from indexer.plan import RunPlan, plan_run
+from indexer.store import Change, Fail, Move, Put, Store, Touch
 from indexer.vectors import VectorIndex
 
 __all__ = ["AddSummary", "index_files", "default_workers"]
 
 ProgressCallback = Callable[[int, int], None]  # (files done, files to process)
+StopCheck = Callable[[], bool]  # asked after each batch: stop the run now, keeping what is done?
 
 
 @dataclass
 class AddSummary:
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    failed: int = 0
+    added: int = 0  # new paths (embedded, or reusing stored vectors of identical content)
+    updated: int = 0  # stored paths whose content changed, or that failed before and now work
+    unchanged: int = 0  # same size and mtime, or same content after a touch
+    failed: int = 0  # files that could not be read or decoded in this run
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
+    # Fields added after the first release go below, so positional use keeps working.
+    moved: int = 0  # stored images found under a new path (vectors kept, no backbone)
+    removed: int = 0  # stored files gone from the folders indexed (pruned)
+    embedded: int = 0  # distinct contents run through the backbone
+    interrupted: bool = False  # stopped early (Ctrl-C); everything counted here is stored
 
     @property
     def images_per_second(self) -> float:
-        embedded = self.added + self.updated
-        return embedded / self.seconds if self.seconds > 0 else 0.0
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
         return {
-            "added": self.added, "updated": self.updated, "unchanged": self.unchanged,
-            "failed": self.failed, "seconds": round(self.seconds, 3),
+            "added": self.added, "updated": self.updated, "moved": self.moved, "removed": self.removed,
+            "unchanged": self.unchanged, "failed": self.failed, "embedded": self.embedded,
+            "interrupted": self.interrupted, "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "failures": [{"path": p, "error": e} for p, e in self.failures],
         }
@@ -81,6 +94,12 @@ def _collate(items):
     return items
 
 
+def _init_worker(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; the main process decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    close_inherited_locks()
+
+
 def index_files(
     paths: Iterable[str | os.PathLike],
     store: Store,
@@ -90,74 +109,101 @@ def index_files(
     batch_size: int = 32,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    prune: bool = True,
+    should_stop: StopCheck | None = None,
 ) -> AddSummary:
+    """Bring the store in line with the files under `paths`. The caller holds the writer lock.
+
+    With `prune`, stored files under the given folders that no longer exist are
+    removed at the end of the run (never files under other folders).
+    """
     started = time.perf_counter()
-    summary = AddSummary()
-    todo: list[Path] = []
-    previously_stored: set[str] = set()
-    for path in iter_image_files(paths):
-        stored = store.get(str(path))
-        if stored is not None:
-            if _unchanged(path, stored.size, stored.mtime):
-                summary.unchanged += 1
-                continue
-            previously_stored.add(str(path))
-        todo.append(path)
+    roots = [Path(os.path.abspath(p)) for p in paths]
+    listed = list(iter_image_files(roots))
+    plan = plan_run(listed, store.all_images(), roots, prune=prune)
+    summary = AddSummary(unchanged=plan.unchanged)
 
     device = next(encoder.parameters()).device
+    num_workers = default_workers() if workers is None else workers
     loader = DataLoader(
-        _DecodeDataset(todo, encoder.image_size),
+        _DecodeDataset(plan.todo, encoder.image_size),
         batch_size=batch_size,
-        num_workers=default_workers() if workers is None else workers,
+        num_workers=num_workers,
         collate_fn=_collate,
+        worker_init_fn=_init_worker if num_workers else None,
     )
     done = 0
     for batch in loader:
-        embedded, failed = _encode_batch(batch, encoder, device)
-        removed, added = store.write_batch(embedded, failed)
-        vectors.remove(removed)
-        if added:
-            ids = np.array([image_id for image_id, _ in added], dtype=np.int64)
-            vectors.add(ids, np.stack([embedded[row].global_ for _, row in added]))  # (n, d)
-        for item in embedded:
-            if item.path in previously_stored:
-                summary.updated += 1
-            else:
-                summary.added += 1
-        summary.failed += len(failed)
-        summary.failures.extend((item.path, item.error) for item in failed)
+        changes = _reconcile(batch, plan, store, encoder, device, summary)
+        applied = store.apply(changes)
+        vectors.remove(applied.removed_ids)
+        vectors.add(applied.added_ids, applied.added_vectors)  # (n,), (n, d)
         done += len(batch)
         if progress is not None:
-            progress(done, len(todo))
+            progress(done, len(plan.todo))
+        if should_stop is not None and should_stop() and done < len(plan.todo):
+            summary.interrupted = True
+            break
+    if not summary.interrupted:  # an unfinished run keeps vanished rows: later files may be their moves
+        gone = plan.remaining_vanished()
+        vectors.remove(store.remove([row.id for row in gone]))
+        summary.removed = len(gone)
+    store.drop_unused_contents()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _unchanged(path: Path, size: int | None, mtime: float | None) -> bool:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return False
-    return stat.st_size == size and stat.st_mtime == mtime
+def _reconcile(
+    batch: list[tuple[DecodeResult, torch.Tensor | None]],
+    plan: RunPlan,
+    store: Store,
+    encoder: ImageEncoder,
+    device: torch.device,
+    summary: AddSummary,
+) -> list[Change]:
+    """Decide what each decoded file means for the store; embed only content not stored yet."""
+    changes: list[Change] = []
+    to_embed: dict[str, tuple[Put, torch.Tensor]] = {}  # one Put per new content carries its vectors
+    for result, pixels in batch:
+        text = path_to_text(result.path)
+        stored = plan.stored.get(text)
+        if result.error is not None:
+            changes.append(Fail(text, result.error, result.size, result.mtime, result.ctime, result.sha256))
+            summary.failed += 1
+            summary.failures.append((text, result.error))
+            continue
+        if stored is not None and stored.status == "ok" and stored.sha256 == result.sha256:
+            changes.append(Touch(stored.id, result.size, result.mtime, result.ctime))
+            summary.unchanged += 1
+            continue
+        if stored is None and (source := plan.take_vanished(result.sha256)) is not None:
+            changes.append(Move(source.id, text, result.size, result.mtime, result.ctime))
+            summary.moved += 1
+            continue
+        put = Put(text, result.size, result.mtime, result.ctime, result.sha256, result.width, result.height)
+        changes.append(put)
+        if stored is None:
+            summary.added += 1
+        else:
+            summary.updated += 1
+        if result.sha256 not in to_embed and not store.has_content(result.sha256):
+            to_embed[result.sha256] = (put, pixels)
+    if to_embed:
+        puts = [put for put, _ in to_embed.values()]
+        global_, regions = _encode([pixels for _, pixels in to_embed.values()], encoder, device)
+        for row, put in enumerate(puts):
+            put.global_, put.regions = global_[row], regions[row]
+        summary.embedded += len(puts)
+    return changes
 
 
-def _encode_batch(
-    batch: list[tuple[DecodeResult, torch.Tensor | None]], encoder: ImageEncoder, device: torch.device
-) -> tuple[list[EmbeddedImage], list[FailedImage]]:
-    good = [(result, pixels) for result, pixels in batch if result.error is None]
-    failed = [
-        FailedImage(str(r.path), r.error or "", r.size, r.mtime, r.sha256)
-        for r, _ in batch if r.error is not None
-    ]
-    if not good:
-        return [], failed
-    pixels = torch.stack([p for _, p in good]).to(device)  # (B, 3, S, S)
+def _encode(
+    pixels: list[torch.Tensor], encoder: ImageEncoder, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed images, each (3, S, S) --> global vectors (B, d) float32, regions (B, R, d) float16."""
+    batch = torch.stack(pixels).to(device)  # (B, 3, S, S)
     with torch.inference_mode():
-        out = encoder(pixels)
+        out = encoder(batch)
     regions = out.regions.to(torch.float16).cpu().numpy()  # (B, R, d)
     global_ = out.global_.float().cpu().numpy()  # (B, d)
-    embedded = [
-        EmbeddedImage(str(r.path), r.size, r.mtime, r.sha256, r.width, r.height, global_[i], regions[i])
-        for i, (r, _) in enumerate(good)
-    ]
-    return embedded, failed
+    return global_, regions

@@ -15,22 +15,24 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import sqlite_utils
 
-from indexer.errors import StoreCorrupt
+from indexer.errors import StoreCorrupt, StoreWriteFailed
 
-__all__ = ["Store", "StoredImage", "EmbeddedImage", "FailedImage", "SCHEMA_VERSION"]
+__all__ = ["Store", "StoredImage", "Touch", "Move", "Put", "Fail", "Change", "Applied", "SCHEMA_VERSION"]
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE images (
+    # One statement per execute(): executescript() would COMMIT first and break the
+    # migration's transaction (a crash half-way must leave the store at version 0).
+    for statement in (
+        """CREATE TABLE images (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             path TEXT NOT NULL UNIQUE,
             size INTEGER,
@@ -41,27 +43,32 @@ def _migration_1(db: sqlite_utils.Database) -> None:
             status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
             error TEXT,
             indexed_at TEXT NOT NULL
-        );
-        CREATE INDEX images_sha256 ON images (sha256);
-        CREATE INDEX images_status ON images (status);
-        CREATE TABLE embeddings (
+        )""",
+        "CREATE INDEX images_sha256 ON images (sha256)",
+        "CREATE INDEX images_status ON images (status)",
+        """CREATE TABLE embeddings (
             sha256 TEXT PRIMARY KEY,
             global BLOB NOT NULL,
             regions BLOB NOT NULL
-        );
-        """
-    )
+        )""",
+    ):
+        db.execute(statement)
+
+
+def _migration_2(db: sqlite_utils.Database) -> None:
+    # ctime lets a file that failed (e.g. for its permissions) be retried once chmod changes it.
+    db.execute("ALTER TABLE images ADD COLUMN ctime REAL")
 
 
 # Migration N upgrades a store from version N-1 to N. Append; never edit a released one.
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1,)
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1, _migration_2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @dataclass
 class StoredImage:
     id: int
-    path: str
+    path: str  # as paths.path_to_text wrote it
     size: int | None
     mtime: float | None
     sha256: str | None
@@ -69,27 +76,71 @@ class StoredImage:
     height: int | None
     status: str
     error: str | None
+    ctime: float | None = None
+
+
+# ---- the changes one indexing batch makes; Store.apply writes them in one transaction ----
 
 
 @dataclass
-class EmbeddedImage:
+class Touch:
+    """Same path, same content, new size/mtime/ctime (e.g. `touch`): only the file facts change."""
+
+    id: int
+    size: int
+    mtime: float
+    ctime: float | None
+
+
+@dataclass
+class Move:
+    """A stored image found under a new path (moved or renamed): the row keeps its id and vectors."""
+
+    id: int
     path: str
     size: int
     mtime: float
-    sha256: str
-    width: int
-    height: int
-    global_: np.ndarray  # (d,) float32, L2-normalised
-    regions: np.ndarray  # (R, d) float16
+    ctime: float | None
 
 
 @dataclass
-class FailedImage:
+class Put:
+    """A path with good content, new or changed. `global_`/`regions` are None when the
+    content is already in the store (a copy, or content seen earlier): nothing is embedded."""
+
+    path: str
+    size: int
+    mtime: float
+    ctime: float | None
+    sha256: str
+    width: int
+    height: int
+    global_: np.ndarray | None = None  # (d,) float32, L2-normalised
+    regions: np.ndarray | None = None  # (R, d) float16
+
+
+@dataclass
+class Fail:
+    """A path that could not be read or decoded, with the reason."""
+
     path: str
     error: str
     size: int | None = None
     mtime: float | None = None
+    ctime: float | None = None
     sha256: str | None = None
+
+
+Change = Touch | Move | Put | Fail
+
+
+@dataclass
+class Applied:
+    """What a write did to the set of searchable images, for mirroring into FAISS."""
+
+    removed_ids: list[int]
+    added_ids: np.ndarray  # (n,) int64
+    added_vectors: np.ndarray  # (n, d) float32
 
 
 class Store:
@@ -97,6 +148,7 @@ class Store:
         self.path = Path(path)
         self.embed_dim = embed_dim
         self.num_regions = num_regions
+        self.closed = False
         try:
             conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
             self.db = sqlite_utils.Database(conn)
@@ -116,26 +168,33 @@ class Store:
                 f"{self.path} has schema version {version}, newer than this imgsearch "
                 f"({SCHEMA_VERSION}); upgrade imgsearch to open it."
             )
-        for number in range(version + 1, SCHEMA_VERSION + 1):
-            with self.db.conn:
-                MIGRATIONS[number - 1](self.db)
-                self.db.execute(f"PRAGMA user_version = {number}")
+        while version < SCHEMA_VERSION:
+            # Each migration is one transaction (SQLite DDL is transactional): a crash
+            # leaves the store at the old version or the new one, never half-way.
+            with self._write_transaction():
+                version = self.db.execute("PRAGMA user_version").fetchone()[0]  # another process may have
+                if version < SCHEMA_VERSION:                                     # migrated meanwhile
+                    MIGRATIONS[version](self.db)
+                    version += 1
+                    self.db.execute(f"PRAGMA user_version = {version}")
 
     def close(self) -> None:
+        self.end_snapshot()
         self.db.conn.close()
+        self.closed = True
 
     # ---- reads -------------------------------------------------------------
 
     def get(self, path: str) -> StoredImage | None:
         rows = list(self.db.query("SELECT * FROM images WHERE path = ?", [path]))
-        return StoredImage(**{k: rows[0][k] for k in StoredImage.__dataclass_fields__}) if rows else None
+        return _stored(rows[0]) if rows else None
 
     def images(self, ids: Sequence[int]) -> dict[int, StoredImage]:
         found: dict[int, StoredImage] = {}
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
             for row in self.db.query(f"SELECT * FROM images WHERE id IN ({marks})", chunk):
-                found[row["id"]] = StoredImage(**{k: row[k] for k in StoredImage.__dataclass_fields__})
+                found[row["id"]] = _stored(row)
         return found
 
     def ok_ids(self) -> np.ndarray:
@@ -183,60 +242,143 @@ class Store:
 
     def failures(self) -> list[StoredImage]:
         rows = self.db.query("SELECT * FROM images WHERE status = 'error' ORDER BY path")
-        return [StoredImage(**{k: r[k] for k in StoredImage.__dataclass_fields__}) for r in rows]
+        return [_stored(r) for r in rows]
+
+    # ---- snapshots --------------------------------------------------------------
+
+    def begin_snapshot(self) -> None:
+        """Start a read transaction: every read until end_snapshot() sees the store as it
+        is now, whatever a concurrent writer commits meanwhile (SQLite WAL)."""
+        self.end_snapshot()
+        self.db.execute("BEGIN")
+        self.db.execute("SELECT count(*) FROM images").fetchone()  # BEGIN alone takes no snapshot
+
+    def end_snapshot(self) -> None:
+        if not self.closed and self.db.conn.in_transaction:
+            self.db.conn.rollback()
 
     # ---- writes ------------------------------------------------------------
 
-    def write_batch(
-        self, embedded: Sequence[EmbeddedImage], failed: Sequence[FailedImage]
-    ) -> tuple[list[int], list[tuple[int, int]]]:
-        """Store one batch in a single transaction.
+    @contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        """One transaction: all of it is stored, or (error, crash, power cut) none of it."""
+        self.end_snapshot()
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+            self.db.conn.commit()
+        except sqlite3.OperationalError as exc:  # disk full, read-only file, busy for too long
+            if self.db.conn.in_transaction:
+                self.db.conn.rollback()
+            raise StoreWriteFailed(
+                f"cannot write to {self.path} ({exc}); everything stored before is kept. "
+                "Free disk space or fix the permissions, then run the same command again."
+            ) from exc
 
-        A path already in the store is replaced by a new row (a new id).
-        Returns (ids removed from the vector index, [(new id, row in `embedded`)]).
+    def all_images(self) -> dict[str, StoredImage]:
+        """Every row, by path."""
+        rows = self.db.query("SELECT * FROM images")
+        return {r["path"]: _stored(r) for r in rows}
+
+    def has_content(self, sha256: str) -> bool:
+        return self.db.execute("SELECT 1 FROM embeddings WHERE sha256 = ?", [sha256]).fetchone() is not None
+
+    def apply(self, changes: Sequence[Change]) -> Applied:
+        """Write one batch of changes in a single transaction: all of it, or (on a crash) none.
+
+        A Put or Fail for a path already stored replaces that row with a new id.
         """
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         removed: list[int] = []
-        added: list[tuple[int, int]] = []
-        replaced_contents: set[str] = set()
-        with self.db.conn:
-            for item in list(embedded) + list(failed):
-                old = self.db.execute(
-                    "SELECT id, status, sha256 FROM images WHERE path = ?", [item.path]
-                ).fetchone()
-                if old is not None:
-                    self.db.execute("DELETE FROM images WHERE id = ?", [old[0]])
-                    if old[1] == "ok":
-                        removed.append(old[0])
-                        replaced_contents.add(old[2])
-            for row, item in enumerate(embedded):
-                self.db.execute(
-                    "INSERT OR IGNORE INTO embeddings (sha256, global, regions) VALUES (?, ?, ?)",
-                    [item.sha256, _blob(item.global_, np.float32, (self.embed_dim,)),
-                     _blob(item.regions, np.float16, (self.num_regions, self.embed_dim))],
-                )
-                cursor = self.db.execute(
-                    "INSERT INTO images (path, size, mtime, sha256, width, height, status, error, indexed_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'ok', NULL, ?)",
-                    [item.path, item.size, item.mtime, item.sha256, item.width, item.height, now],
-                )
-                added.append((cursor.lastrowid, row))
-            for item in failed:
-                self.db.execute(
-                    "INSERT INTO images (path, size, mtime, sha256, status, error, indexed_at) "
-                    "VALUES (?, ?, ?, ?, 'error', ?, ?)",
-                    [item.path, item.size, item.mtime, item.sha256, item.error, now],
-                )
-            self._drop_unreferenced(replaced_contents)
-        return removed, added
+        added: list[int] = []
+        with self._write_transaction():
+            for change in changes:  # contents first, so that any row of the batch may use them
+                if isinstance(change, Put) and change.global_ is not None:
+                    self.db.execute(
+                        "INSERT OR IGNORE INTO embeddings (sha256, global, regions) VALUES (?, ?, ?)",
+                        [change.sha256, _blob(change.global_, np.float32, (self.embed_dim,)),
+                         _blob(change.regions, np.float16, (self.num_regions, self.embed_dim))],
+                    )
+            for change in changes:
+                if isinstance(change, Touch):
+                    self.db.execute("UPDATE images SET size = ?, mtime = ?, ctime = ?, indexed_at = ? WHERE id = ?",
+                                    [change.size, change.mtime, change.ctime, now, change.id])
+                elif isinstance(change, Move):
+                    self.db.execute(
+                        "UPDATE images SET path = ?, size = ?, mtime = ?, ctime = ?, indexed_at = ? WHERE id = ?",
+                        [change.path, change.size, change.mtime, change.ctime, now, change.id])
+                elif isinstance(change, Put):
+                    removed += self._delete_path(change.path)
+                    if not self.has_content(change.sha256):
+                        raise StoreCorrupt(f"no stored vectors for content {change.sha256[:12]} of {change.path}")
+                    cursor = self.db.execute(
+                        "INSERT INTO images (path, size, mtime, ctime, sha256, width, height, status, error, "
+                        "indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'ok', NULL, ?)",
+                        [change.path, change.size, change.mtime, change.ctime, change.sha256,
+                         change.width, change.height, now],
+                    )
+                    added.append(cursor.lastrowid)
+                else:
+                    removed += self._delete_path(change.path)
+                    self.db.execute(
+                        "INSERT INTO images (path, size, mtime, ctime, sha256, status, error, indexed_at) "
+                        "VALUES (?, ?, ?, ?, ?, 'error', ?, ?)",
+                        [change.path, change.size, change.mtime, change.ctime, change.sha256, change.error, now],
+                    )
+            ids, vectors = self._global_vectors_of(added)
+        return Applied(removed, ids, vectors)
 
-    def _drop_unreferenced(self, contents: set[str]) -> None:
-        for sha256 in contents:
-            self.db.execute(
-                "DELETE FROM embeddings WHERE sha256 = ? AND NOT EXISTS "
-                "(SELECT 1 FROM images WHERE sha256 = ? AND status = 'ok')",
-                [sha256, sha256],
+    def remove(self, ids: Sequence[int]) -> list[int]:
+        """Delete rows (files gone from disk) in one transaction; returns the ids that were searchable."""
+        removed: list[int] = []
+        with self._write_transaction():
+            for chunk in _chunks(list(ids)):
+                marks = ",".join("?" * len(chunk))
+                removed += [r[0] for r in self.db.execute(
+                    f"SELECT id FROM images WHERE status = 'ok' AND id IN ({marks})", chunk)]
+                self.db.execute(f"DELETE FROM images WHERE id IN ({marks})", chunk)
+        return removed
+
+    def drop_unused_contents(self) -> int:
+        """Delete stored vectors that no indexed image uses any more; returns how many.
+
+        Done once at the end of a run, not when a row goes: content replaced early in
+        a run may come back under another path later in it, and is then not re-embedded.
+        """
+        with self._write_transaction():
+            cursor = self.db.execute(
+                "DELETE FROM embeddings WHERE sha256 NOT IN "
+                "(SELECT sha256 FROM images WHERE status = 'ok' AND sha256 IS NOT NULL)"
             )
+        return cursor.rowcount
+
+    def _delete_path(self, path: str) -> list[int]:
+        old = self.db.execute("SELECT id, status FROM images WHERE path = ?", [path]).fetchone()
+        if old is None:
+            return []
+        self.db.execute("DELETE FROM images WHERE id = ?", [old[0]])
+        return [old[0]] if old[1] == "ok" else []
+
+    def _global_vectors_of(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """ids (n,) int64 and their global vectors (n, d) float32, in the order given."""
+        by_id: dict[int, bytes] = {}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            by_id.update(self.db.execute(
+                "SELECT images.id, embeddings.global FROM images JOIN embeddings USING (sha256) "
+                f"WHERE images.id IN ({marks})", chunk).fetchall())
+        vectors = np.zeros((len(ids), self.embed_dim), np.float32)
+        for row, image_id in enumerate(ids):
+            vectors[row] = np.frombuffer(by_id[image_id], dtype=np.float32)
+        return np.array(ids, dtype=np.int64), vectors
+
+
+def _stored(row: dict) -> StoredImage:
+    return StoredImage(**{k: row[k] for k in StoredImage.__dataclass_fields__})
 
 
 def _blob(array: np.ndarray, dtype: type, shape: tuple[int, ...]) -> bytes:

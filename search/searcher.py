@@ -39,6 +39,11 @@ class SearchResult:
         return asdict(self)
 
 
+def _valid_unicode(text: str) -> str:
+    """Lone surrogates (undecodable bytes from a non-UTF-8 terminal) become U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def search(
     model: AlignmentModel,
     store: Store,
@@ -51,6 +56,12 @@ def search(
 ) -> list[SearchResult]:
     if not isinstance(text, str) or not text.strip():
         raise InvalidQuery("the query is empty; describe the image you are looking for.")
+    text = _valid_unicode(text)
+    if not model.text.tokenizer(text, add_special_tokens=False)["input_ids"]:
+        raise InvalidQuery(
+            f"the query {text!r} has no characters the text encoder can read (only control or "
+            "invisible characters); describe the image in words."
+        )
     if k < 1:
         raise InvalidQuery(f"k must be at least 1 (got {k}).")
     if candidates < 1:

@@ -5,7 +5,9 @@ Everything is made here, offline, in temporary directories.
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,21 @@ def image_folder(tmp_path) -> Path:
         draw_image(i).save(folder / f"img_{i:02d}.{fmt}")
     (root / "notes.txt").write_text("not an image, and not picked up: wrong extension")
     return root
+
+
+def permissions_are_enforced() -> bool:
+    """False for root (or anyone with CAP_DAC_OVERRIDE), who can read a chmod 000 file."""
+    with tempfile.NamedTemporaryFile() as probe:
+        os.chmod(probe.name, 0)
+        try:
+            open(probe.name).close()
+        except PermissionError:
+            return True
+        return False
+
+
+needs_enforced_permissions = pytest.mark.skipif(
+    not permissions_are_enforced(),
+    reason="this user reads any file (root): run as a user without CAP_DAC_OVERRIDE, e.g. under "
+    "setpriv --bounding-set=-dac_override,-dac_read_search --inh-caps=-dac_override,-dac_read_search",
+)

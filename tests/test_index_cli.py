@@ -66,7 +66,7 @@ def test_index_text_output_and_failures_on_stderr(tmp_path, model_dir, image_fol
     (image_folder / "bad.png").write_bytes(b"")
     result = run("index", image_folder, "--index", tmp_path / "ix", "--model", model_dir, "--workers", 0)
     assert result.exit_code == 0, result.output
-    assert "added 12, updated 0, unchanged 0, failed 1" in result.stdout
+    assert "added 12, updated 0, moved 0, removed 0, unchanged 0, failed 1" in result.stdout
     assert "bad.png" in result.stderr and "empty file" in result.stderr
     assert "bad.png" not in result.stdout
 

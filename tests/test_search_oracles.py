@@ -496,7 +496,7 @@ def test_rewritten_file_is_updated_under_a_new_id(built, image_folder):
     assert found.tolist() == [new.id]
 
 
-def test_touched_file_is_re_indexed_and_keeps_its_content_row(built, image_folder):
+def test_touched_file_is_confirmed_by_its_hash_and_keeps_its_row(built, image_folder):
     index, _ = built
     target = image_folder / "sub" / "img_01.jpg"
     old = index.store.get(str(target))
@@ -505,9 +505,10 @@ def test_touched_file_is_re_indexed_and_keeps_its_content_row(built, image_folde
 
     summary = index.add([image_folder], workers=0)
 
-    assert (summary.updated, summary.unchanged) == (1, 11)
+    # The new mtime makes the file a candidate; its unchanged sha256 says there is nothing to embed.
+    assert (summary.updated, summary.unchanged, summary.embedded) == (0, 12, 0)
     new = index.store.get(str(target))
-    assert new.id != old.id and new.sha256 == old.sha256
+    assert new.id == old.id and new.sha256 == old.sha256 and new.mtime == stat.st_mtime + 5
     assert index.store.counts()["distinct_contents"] == 12
     assert index.store.regions([new.id]).shape == (1, index.manifest.num_regions, index.manifest.embed_dim)
 

@@ -1,0 +1,287 @@
+"""Incremental indexing: a re-run reads only new and changed files, embeds only content it
+has not stored, keeps moved files' rows, prunes only under the folders given, and always
+ends equal to a fresh index of the same files (the oracle)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import indexer.pipeline
+from conftest import draw_image, needs_enforced_permissions
+from imgsearch.cli import cli
+from imgsearch.index import Index
+from index_oracle import assert_rows_match, assert_same_results, check_consistent, rows_of, search_results
+from indexer.errors import StoreWriteFailed
+
+QUERIES = ["a red circle", "a blue square"]
+
+
+def make_photos(root: Path, seeds, prefix: str = "img") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        draw_image(seed).save(root / f"{prefix}_{seed:03d}.png")
+    return root
+
+
+def fresh_rows(tmp_path: Path, model_dir: Path, folders: list[Path], name: str = "oracle"):
+    """The oracle: rows and results of a new index built in one run over `folders`."""
+    with Index.create(tmp_path / name, model_dir, device="cpu") as index:
+        index.add(folders, workers=0)
+        return rows_of(index), search_results(index, QUERIES)
+
+
+class Spy:
+    """Counts the files the indexer reads and the images the backbone sees."""
+
+    def __init__(self, index: Index, monkeypatch) -> None:
+        self.read: list[str] = []
+        self.embedded = 0
+        decode = indexer.pipeline.decode_file
+
+        def counting_decode(path):
+            self.read.append(Path(path).name)
+            return decode(path)
+
+        monkeypatch.setattr(indexer.pipeline, "decode_file", counting_decode)
+        index.image_encoder.register_forward_hook(lambda module, args, out: self._count(args[0]))
+
+    def _count(self, pixels) -> None:
+        self.embedded += pixels.shape[0]  # (B, 3, S, S)
+
+
+@pytest.fixture
+def index(tmp_path, model_dir):
+    with Index.create(tmp_path / "index", model_dir, device="cpu") as index:
+        yield index
+
+
+def test_rerun_reads_only_new_and_changed_files(tmp_path, model_dir, index, monkeypatch):
+    photos = make_photos(tmp_path / "photos", range(10))
+    index.add([photos], workers=0)
+    draw_image(50).save(photos / "img_003.png")  # new content
+    target = photos / "img_004.png"
+    os.utime(target, (target.stat().st_atime, target.stat().st_mtime + 10))  # touched only
+    make_photos(photos / "new", [20, 21])
+    spy = Spy(index, monkeypatch)
+
+    summary = index.add([photos], workers=0, batch_size=2)
+
+    assert sorted(spy.read) == ["img_003.png", "img_004.png", "img_020.png", "img_021.png"]
+    assert spy.embedded == summary.embedded == 3  # the touched file is confirmed by its hash
+    assert (summary.added, summary.updated, summary.unchanged, summary.moved, summary.removed, summary.failed) == \
+        (2, 1, 9, 0, 0, 0)
+    check_consistent(index)
+    expected_rows, expected_results = fresh_rows(tmp_path, model_dir, [photos])
+    assert_rows_match(rows_of(index), expected_rows)
+    assert_same_results(search_results(index, QUERIES), expected_results)
+    assert index.info()["distinct_contents"] == 12  # the replaced content is gone
+
+    spy.read.clear()
+    again = index.add([photos], workers=0)
+    assert spy.read == [] and again.unchanged == 12 and again.embedded == 0
+
+
+def test_moved_and_renamed_files_keep_their_rows_without_the_backbone(tmp_path, model_dir, index, monkeypatch):
+    photos = make_photos(tmp_path / "photos", range(8))
+    index.add([photos], workers=0)
+    before = {row.path: row for row in index.store.all_images().values()}
+    (photos / "2024").mkdir()
+    os.rename(photos / "img_001.png", photos / "2024" / "img_001.png")  # moved
+    os.rename(photos / "img_002.png", photos / "beach.png")  # renamed
+    spy = Spy(index, monkeypatch)
+
+    summary = index.add([photos], workers=0)
+
+    assert spy.embedded == summary.embedded == 0
+    assert (summary.moved, summary.added, summary.removed, summary.unchanged) == (2, 0, 0, 6)
+    after = index.store.all_images()
+    assert after[f"{photos}/2024/img_001.png"].id == before[f"{photos}/img_001.png"].id
+    assert after[f"{photos}/beach.png"].id == before[f"{photos}/img_002.png"].id
+    assert f"{photos}/img_001.png" not in after
+    check_consistent(index)
+    expected_rows, expected_results = fresh_rows(tmp_path, model_dir, [photos])
+    assert_rows_match(rows_of(index), expected_rows)
+    assert_same_results(search_results(index, QUERIES), expected_results)
+
+
+def test_identical_content_under_several_paths_is_embedded_once(tmp_path, model_dir, index, monkeypatch):
+    photos = make_photos(tmp_path / "photos", range(4))
+    for name in ("a.png", "b.png", "c/d.png", "e/f/g.png"):  # in one batch and across batches
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(photos / "img_002.png", photos / name)
+    spy = Spy(index, monkeypatch)
+
+    summary = index.add([photos], workers=0, batch_size=3)
+
+    assert spy.embedded == summary.embedded == 4
+    assert summary.added == 8
+    assert index.info()["distinct_contents"] == 4 and index.info()["images"] == 8
+    check_consistent(index)
+    assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
+
+
+def test_old_content_reappearing_under_a_new_path_in_the_same_run_is_not_re_embedded(
+    tmp_path, model_dir, index, monkeypatch
+):
+    photos = make_photos(tmp_path / "photos", range(4))
+    index.add([photos], workers=0)
+    shutil.copyfile(photos / "img_000.png", photos / "zz_old_version.png")  # read after img_000 changes
+    draw_image(77).save(photos / "img_000.png")
+    spy = Spy(index, monkeypatch)
+
+    summary = index.add([photos], workers=0, batch_size=1)
+
+    assert spy.embedded == summary.embedded == 1  # only the new content
+    assert (summary.updated, summary.added) == (1, 1)
+    check_consistent(index)
+    assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
+
+
+def run_json(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args] + ["--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_prune_removes_only_files_gone_from_the_folders_given(tmp_path, model_dir):
+    pictures = make_photos(tmp_path / "Pictures", range(5), "pic")
+    mnt = make_photos(tmp_path / "mnt" / "photos", range(10, 15), "mnt")
+    index_dir = tmp_path / "index"
+    base = ["--index", index_dir, "--model", model_dir, "--workers", 0, "-q"]
+    run_json("index", pictures, *base)
+    run_json("index", mnt, *base)
+    (pictures / "pic_001.png").unlink()
+    (mnt / "mnt_011.png").unlink()
+
+    summary = run_json("index", pictures, *base)  # only ~/Pictures is looked at
+
+    assert (summary["removed"], summary["unchanged"]) == (1, 4)
+    with Index.open(index_dir) as index:
+        paths = set(index.store.all_images())
+    assert f"{pictures}/pic_001.png" not in paths
+    assert f"{mnt}/mnt_011.png" in paths  # gone from disk, but under a folder not given: kept
+
+    kept = run_json("index", mnt, *base, "--no-prune")
+    assert (kept["removed"], kept["unchanged"]) == (0, 4)
+    pruned = run_json("index", mnt, *base)
+    assert (pruned["removed"], pruned["unchanged"]) == (1, 4)
+    with Index.open(index_dir, device="cpu") as index:
+        check_consistent(index)
+        assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [pictures, mnt])[0])
+
+
+def test_with_no_prune_a_moved_file_is_added_and_the_old_path_kept(tmp_path, model_dir):
+    photos = make_photos(tmp_path / "photos", range(3))
+    base = ["--index", tmp_path / "index", "--model", model_dir, "--workers", 0, "-q"]
+    run_json("index", photos, *base)
+    os.rename(photos / "img_000.png", photos / "renamed.png")
+
+    summary = run_json("index", photos, *base, "--no-prune")
+
+    assert (summary["added"], summary["moved"], summary["removed"], summary["embedded"]) == (1, 0, 0, 0)
+    with Index.open(tmp_path / "index") as index:
+        assert {f"{photos}/img_000.png", f"{photos}/renamed.png"} <= set(index.store.all_images())
+    summary = run_json("index", photos, *base)  # the default prune run then drops the old path
+    assert (summary["removed"], summary["unchanged"]) == (1, 3)
+
+
+def test_json_summary_counts_every_kind_of_change(tmp_path, model_dir):
+    photos = make_photos(tmp_path / "photos", range(6))
+    base = ["--index", tmp_path / "index", "--model", model_dir, "--workers", 0, "-q"]
+    first = run_json("index", photos, *base)
+    assert {k: first[k] for k in ("added", "updated", "moved", "removed", "unchanged", "failed")} == \
+        {"added": 6, "updated": 0, "moved": 0, "removed": 0, "unchanged": 0, "failed": 0}
+    make_photos(photos, [30])  # added
+    draw_image(31).save(photos / "img_001.png")  # updated
+    os.rename(photos / "img_002.png", photos / "moved.png")  # moved
+    (photos / "img_003.png").unlink()  # removed
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n nope")  # failed
+
+    summary = run_json("index", photos, *base)
+
+    assert {k: summary[k] for k in ("added", "updated", "moved", "removed", "unchanged", "failed")} == \
+        {"added": 1, "updated": 1, "moved": 1, "removed": 1, "unchanged": 3, "failed": 1}
+    assert summary["embedded"] == 2 and summary["interrupted"] is False
+    assert [f["path"] for f in summary["failures"]] == [f"{photos}/broken.png"]
+
+
+def test_a_failed_file_is_retried_only_when_it_changes(tmp_path, model_dir, index, monkeypatch):
+    photos = make_photos(tmp_path / "photos", range(3))
+    (photos / "bad.png").write_text("not an image yet")
+    os.symlink(photos / "later.png", photos / "link.png")  # broken until later.png exists
+    first = index.add([photos], workers=0)
+    assert first.failed == 2
+    spy = Spy(index, monkeypatch)
+
+    again = index.add([photos], workers=0)
+
+    assert spy.read == [] and (again.failed, again.unchanged) == (0, 5)  # not retried: unchanged
+    draw_image(40).save(photos / "bad.png")
+    draw_image(41).save(photos / "later.png")
+    fixed = index.add([photos], workers=0)
+    assert sorted(spy.read) == ["bad.png", "later.png", "link.png"]
+    assert (fixed.updated, fixed.added, fixed.failed) == (2, 1, 0)
+    assert index.failures() == []
+    check_consistent(index)
+    assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
+
+
+def test_an_error_mid_run_keeps_the_store_and_the_open_index_in_step(tmp_path, model_dir, index, monkeypatch):
+    photos = make_photos(tmp_path / "photos", range(6))
+    calls = []
+    add = indexer.pipeline.VectorIndex.add
+
+    def fail_on_third_batch(self, ids, vectors):
+        calls.append(len(ids))
+        if len(calls) == 3:  # after that batch was committed to SQLite
+            raise RuntimeError("simulated failure")
+        return add(self, ids, vectors)
+
+    monkeypatch.setattr(indexer.pipeline.VectorIndex, "add", fail_on_third_batch)
+    with pytest.raises(RuntimeError, match="simulated"):
+        index.add([photos], workers=0, batch_size=2)
+    monkeypatch.setattr(indexer.pipeline.VectorIndex, "add", add)
+
+    check_consistent(index)  # the open index's vectors match what was committed
+    assert index.info()["images"] == 6
+    summary = index.add([photos], workers=0)
+    assert summary.unchanged == 6
+    assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
+
+
+@needs_enforced_permissions
+def test_files_in_a_folder_that_cannot_be_listed_are_not_pruned(tmp_path, model_dir, index, caplog):
+    photos = make_photos(tmp_path / "photos", range(2))
+    make_photos(photos / "private", range(10, 13))
+    index.add([photos], workers=0)
+    (photos / "private").chmod(0)  # still there, but neither listable nor stat-able
+    try:
+        summary = index.add([photos], workers=0)
+    finally:
+        (photos / "private").chmod(0o755)
+    assert (summary.removed, summary.unchanged) == (0, 2)
+    assert index.info()["images"] == 5
+    assert "cannot list folder" in caplog.text
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_what_was_stored(tmp_path, model_dir, index):
+    photos = make_photos(tmp_path / "photos", range(3))
+    index.add([photos], workers=0)
+    make_photos(photos, range(10, 40))  # 30 more: their region features need many more pages
+    pages = index.store.db.execute("PRAGMA page_count").fetchone()[0]
+    index.store.db.execute(f"PRAGMA max_page_count = {pages + 2}")  # as if the disk were full
+
+    with pytest.raises(StoreWriteFailed, match="full.*everything stored before is kept"):
+        index.add([photos], workers=0, batch_size=4)
+
+    check_consistent(index)
+    assert index.info()["images"] >= 3
+    index.store.db.execute("PRAGMA max_page_count = 1073741823")  # space freed
+    index.add([photos], workers=0)
+    assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
