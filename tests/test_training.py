@@ -840,7 +840,8 @@ def test_train_local_weight_trains_the_region_and_token_heads_in_the_first_stage
     plain = load_file(str(trained[0] / WEIGHTS_NAME))
     out = tmp_path / "local"
     config = dataclasses.replace(TINY_RUN, local_weight=1.0, scorer_epochs=0)
-    run_training(tiny_bert_dir, captioned_images, out, config)
+    summary = run_training(tiny_bert_dir, captioned_images, out, config)
+    assert summary["fusion_weight"] == 0.0  # no re-ranker stage: no fusion weight is chosen
     saved = load_file(str(out / WEIGHTS_NAME))
     for key in ("image.region_head.linear.weight", "text.token_head.linear.weight", "scorer.region_position"):
         assert not torch.equal(saved[key], initial[key]), key  # moved by the first stage alone

@@ -264,7 +264,10 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
         elapsed += time.perf_counter() - scorer_started
 
     model.eval()
-    fusion = _choose_fusion(model, val_images, val_bank, config) if val_images is not None else 0.0
+    scorer_trained = config.scorer_epochs > 0 or config.itm_weight > 0
+    if not scorer_trained:
+        _log("the re-ranker was not trained (--scorer-epochs 0): search this model with --no-rerank")
+    fusion = _choose_fusion(model, val_images, val_bank, config) if val_images is not None and scorer_trained else 0.0
     model.config = dataclasses.replace(model.config, fusion_weight=fusion)
     model.save_pretrained(out_dir)
     summary = {"train_images": len(train_images.items), "train_captions": len(bank.captions),
