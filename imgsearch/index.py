@@ -170,7 +170,11 @@ class Index:
             paths, self.store, self.vectors, self.image_encoder,
             batch_size=batch_size, workers=workers, progress=progress,
         )
-        self.vectors.save(self.directory / VECTORS_NAME)
+        if self.vectors.fits():
+            self.vectors.save(self.directory / VECTORS_NAME)
+        else:  # grew past a size threshold: exact --> IVF, or more IVF lists
+            log.info("rebuilding %s for %d images", VECTORS_NAME, len(self.vectors))
+            self.rebuild_vectors()
         return summary
 
     def search(
