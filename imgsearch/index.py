@@ -25,7 +25,7 @@ from indexer.pipeline import AddSummary, ProgressCallback, index_files
 from indexer.store import SCHEMA_VERSION, Store
 from indexer.vectors import VectorIndex
 from search.alignment import AlignmentConfig, AlignmentModel
-from search.searcher import DEFAULT_CANDIDATES, SearchResult, search
+from search.searcher import DEFAULT_CANDIDATES, RerankPrecision, SearchResult, search
 
 __all__ = ["Index", "DB_NAME", "VECTORS_NAME"]
 
@@ -178,10 +178,13 @@ class Index:
         return summary
 
     def search(
-        self, text: str, k: int = 10, *, candidates: int = DEFAULT_CANDIDATES, rerank: bool = True
+        self, text: str, k: int = 10, *, candidates: int = DEFAULT_CANDIDATES, rerank: bool = True,
+        rerank_precision: RerankPrecision = "float32",
     ) -> list[SearchResult]:
-        """Top-k images for a text query: FAISS top-`candidates`, then cross-attention re-ranking."""
-        return search(self.model, self.store, self.vectors, text, k=k, candidates=candidates, rerank=rerank)
+        """Top-k images for a text query: FAISS top-`candidates`, then cross-attention re-ranking
+        (rerank_precision: see search.searcher.search)."""
+        return search(self.model, self.store, self.vectors, text, k=k, candidates=candidates, rerank=rerank,
+                      rerank_precision=rerank_precision)
 
     def info(self) -> dict:
         counts = self.store.counts()
