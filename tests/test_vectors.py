@@ -57,7 +57,7 @@ def test_ivf_scanning_every_list_is_exact(collection):
 def test_choice_by_size_and_memory_budget():
     assert choose_spec(EXACT_LIMIT - 1, 256).kind == "flat"
     large = choose_spec(1_000_000, 256)
-    assert (large.kind, large.nlist, large.nprobe) == ("ivf_flat", 4096, 64)
+    assert (large.kind, large.nlist, large.nprobe) == ("ivf_flat", 4096, 128)
     assert choose_spec(EXACT_LIMIT, 256).kind == "ivf_flat"
     assert 1_000_000 * large.bytes_per_vector(256) <= DEFAULT_MEMORY_BUDGET
     small_budget = choose_spec(1_000_000, 256, memory_budget=512 * 1024**2)
@@ -96,7 +96,7 @@ def test_index_switches_to_ivf_when_it_grows_past_the_threshold(tmp_path, model_
         assert index.vectors.spec.kind == "ivf_flat" and index.vectors.spec.nlist == 3
         flat = VectorIndex.build(*index.store.global_vectors(), index.manifest.embed_dim, IndexSpec("flat"))
         query = index.store.global_vectors()[1][0]
-        # 3 lists, all scanned (nprobe floor 16): the same answer as exact search
+        # 3 lists, all scanned (nprobe floor 64): the same answer as exact search
         np.testing.assert_array_equal(index.vectors.search(query, 5)[1], flat.search(query, 5)[1])
     with Index.open(tmp_path / "idx", device="cpu") as reopened:  # the FAISS file is in step: not rebuilt
-        assert reopened.vectors.spec == IndexSpec("ivf_flat", nlist=3, nprobe=16)
+        assert reopened.vectors.spec == IndexSpec("ivf_flat", nlist=3, nprobe=64)
