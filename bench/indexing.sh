@@ -5,7 +5,7 @@
 #   bench/indexing.sh [IMAGES_DIR] [-- extra bench/indexing.py options]
 #
 # IMAGES_DIR defaults to ../shared/data/flickr8k/images (224x224 JPEGs). About 5 minutes
-# on a 2-core CPU with the default sizes (64 images for VGG16, 800 and 1200 for the small ones).
+# on a 2-core CPU with the default sizes (64 images for VGG16, 1200 and 2400 for the small ones).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 images=${1:-../shared/data/flickr8k/images}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,13 +153,14 @@ def index_files(
             progress(done, len(todo))
 
     pending = None  # the previous batch, whose outputs may still be on their way from the GPU
-    for batch in loader:
-        encoded = _launch_batch(batch, encoder, device)
+    with _threads_beside_workers(device, workers):
+        for batch in loader:
+            encoded = _launch_batch(batch, encoder, device)
+            if pending is not None:
+                finish(*pending)
+            pending = (batch, encoded)
         if pending is not None:
             finish(*pending)
-        pending = (batch, encoded)
-    if pending is not None:
-        finish(*pending)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -169,6 +171,20 @@ def _unchanged(path: Path, size: int | None, mtime: float | None) -> bool:
     except OSError:
         return False
     return stat.st_size == size and stat.st_mtime == mtime
+
+
+@contextmanager
+def _threads_beside_workers(device: torch.device, workers: int):
+    """On the CPU, leave the decode workers their cores: torch threads = cores - workers.
+    Oversubscribed OpenMP threads wait on each other; on a busy 2-core machine two
+    threads ran the small backbone 2-6x slower than one (bench/RESULTS.md)."""
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
