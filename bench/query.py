@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="timed whole queries per size")
     parser.add_argument("--recall-queries", type=int, default=1000)
     parser.add_argument("--store-rows", type=int, default=20_000)
-    parser.add_argument("--sweep", default="16,32,64,128", help="nprobe values tried at the largest size")
+    parser.add_argument("--sweep", default="32,64,128,256", help="nprobe values tried at the largest size")
     parser.add_argument("--report", default="bench/RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
