@@ -11,4 +11,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python=${PYTHON:-python}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && python=.venv/bin/python
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+# Decode workers hand batches over through /dev/shm (about 40 MB per 256-image batch, 4 batches
+# ahead per worker); a container's 64 MB default makes workers die with a bus error.
+df -h /dev/shm 2>/dev/null | tail -1 || true
 timeout 470 "$python" bench/gpu_check.py "$@"
