@@ -33,7 +33,7 @@ from indexer.pipeline import AddSummary, ProgressCallback, StopCheck, index_file
 from indexer.store import SCHEMA_VERSION, Store
 from indexer.vectors import VectorIndex
 from search.alignment import AlignmentConfig, AlignmentModel
-from search.searcher import DEFAULT_CANDIDATES, SearchResult, search
+from search.searcher import DEFAULT_CANDIDATES, RerankPrecision, SearchResult, search
 
 __all__ = ["Index", "DB_NAME", "VECTORS_NAME"]
 
@@ -234,6 +234,9 @@ class Index:
                     paths, self.store, self.vectors, encoder, batch_size=batch_size, workers=workers,
                     progress=progress, prune=prune, should_stop=should_stop,
                 )
+                if not self.vectors.fits():  # grew past a size step: exact --> IVF, or more IVF lists
+                    log.info("rebuilding %s for %d images", VECTORS_NAME, len(self.vectors))
+                    self._build_vectors(save=False)
                 self._save_vectors()
             finally:
                 # Back to reading a snapshot; after an error (a batch rolled back after its
@@ -261,10 +264,13 @@ class Index:
         return vectors
 
     def search(
-        self, text: str, k: int = 10, *, candidates: int = DEFAULT_CANDIDATES, rerank: bool = True
+        self, text: str, k: int = 10, *, candidates: int = DEFAULT_CANDIDATES, rerank: bool = True,
+        rerank_precision: RerankPrecision = "float32",
     ) -> list[SearchResult]:
-        """Top-k images for a text query: FAISS top-`candidates`, then cross-attention re-ranking."""
-        return search(self.model, self.store, self.vectors, text, k=k, candidates=candidates, rerank=rerank)
+        """Top-k images for a text query: FAISS top-`candidates`, then cross-attention re-ranking
+        (rerank_precision: see search.searcher.search)."""
+        return search(self.model, self.store, self.vectors, text, k=k, candidates=candidates, rerank=rerank,
+                      rerank_precision=rerank_precision)
 
     def info(self) -> dict:
         counts = self.store.counts()

@@ -20,7 +20,7 @@ from indexer.checkpoint import load_module_state, read_config, read_tensors
 from indexer.device import resolve_device
 from indexer.projection import ProjectionHead, l2_normalize
 
-__all__ = ["ImageEncoder", "ImageEmbedding", "preprocess"]
+__all__ = ["ImageEncoder", "ImageEmbedding", "preprocess", "resize_uint8", "normalize_pixels"]
 
 
 @dataclass
@@ -75,15 +75,26 @@ class ImageEncoder(nn.Module):
         return encoder.eval().to(resolve_device(device))
 
 
-_MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
-_STD = np.array(IMAGENET_STD, dtype=np.float32)
+_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)  # (1, 3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def resize_uint8(image: Image.Image, size: int) -> torch.Tensor:
+    """RGB image --> (3, size, size) uint8, resized whole (no crop).
+
+    The whole frame is kept, so that every part of the photo lands in the region grid.
+    Decode workers send these (4x smaller than float pixels); normalize_pixels runs on
+    the whole batch where the model runs.
+    """
+    resized = image.resize((size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1).copy())  # (S, S, 3) --> (3, S, S)
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, S, S) --> float32 (B, 3, S, S), ImageNet-normalised, on the pixels' device."""
+    return (pixels.float() / 255.0 - _MEAN.to(pixels.device)) / _STD.to(pixels.device)
 
 
 def preprocess(image: Image.Image, size: int) -> torch.Tensor:
-    """RGB image --> (3, size, size) float tensor, resized whole (no crop) and ImageNet-normalised.
-
-    The whole frame is kept, so that every part of the photo lands in the region grid.
-    """
-    resized = image.resize((size, size), Image.Resampling.BILINEAR)
-    array = (np.asarray(resized, dtype=np.float32) / 255.0 - _MEAN) / _STD  # (S, S, 3)
-    return torch.from_numpy(array.transpose(2, 0, 1).copy())  # (3, S, S)
+    """RGB image --> (3, size, size) float tensor, resized whole and ImageNet-normalised."""
+    return normalize_pixels(resize_uint8(image, size)[None])[0]

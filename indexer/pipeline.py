@@ -1,7 +1,8 @@
 """The indexing run: files --> plan --> decoded images --> encoder --> store (+ FAISS).
 
-Decoding happens in DataLoader worker processes while the encoder runs on the
-previous batch. Each batch is committed to SQLite in one transaction, then
+Decoding and resizing happen in DataLoader worker processes (uint8 pixels, 4x
+less to ship than floats) while the encoder runs on earlier batches; the encoder
+runs under inference mode, channels-last, and on a GPU under float16 autocast. Each batch is committed to SQLite in one transaction, then
 mirrored into the in-memory FAISS index, so a run killed at any moment leaves
 every finished batch stored and nothing half-written; the next run skips what
 is stored and finishes the rest. Content is identified by its sha256: a file
@@ -15,6 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from indexer.decode import DecodeResult, decode_file
 from indexer.files import iter_image_files
-from indexer.image_encoder import ImageEncoder, preprocess
+from indexer.image_encoder import ImageEncoder, normalize_pixels, resize_uint8
 from indexer.lock import close_inherited_locks
 from indexer.paths import path_to_text
 from indexer.plan import RunPlan, plan_run
@@ -66,8 +68,8 @@ class AddSummary:
 
 
 def default_workers() -> int:
-    """One decoding process per spare core, at most 8; none on a single core."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    """One decoding process per spare core, at most 16; none on a single core."""
+    return max(0, min(16, (os.cpu_count() or 1) - 1))
 
 
 class _DecodeDataset(Dataset):
@@ -83,15 +85,30 @@ class _DecodeDataset(Dataset):
         pixels = None
         if result.image is not None:
             try:
-                pixels = preprocess(result.image, self.image_size)  # (3, S, S)
+                pixels = resize_uint8(result.image, self.image_size)  # (3, S, S) uint8
             except Exception as exc:  # a decoder may defer errors until pixels are read
                 result.error = f"cannot decode image: {exc}"
             result.image = None  # do not ship pixels twice between processes
         return result, pixels
 
 
-def _collate(items):
-    return items
+@dataclass
+class _Batch:
+    """What a decode worker hands over: every file's result, and the good ones' pixels stacked."""
+
+    results: list[DecodeResult]
+    pixels: torch.Tensor | None  # (B_good, 3, S, S) uint8, in the order of the good results
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def pin_memory(self) -> "_Batch":  # called by the DataLoader's pinning thread (GPU runs)
+        return _Batch(self.results, None if self.pixels is None else self.pixels.pin_memory())
+
+
+def _collate(items: list[tuple[DecodeResult, torch.Tensor | None]]) -> _Batch:
+    good = [pixels for result, pixels in items if result.error is None]
+    return _Batch([result for result, _ in items], torch.stack(good) if good else None)
 
 
 def _init_worker(_worker_id: int) -> None:
@@ -124,6 +141,7 @@ def index_files(
     summary = AddSummary(unchanged=plan.unchanged)
 
     device = next(encoder.parameters()).device
+    encoder.to(memory_format=torch.channels_last)
     num_workers = default_workers() if workers is None else workers
     loader = DataLoader(
         _DecodeDataset(plan.todo, encoder.image_size),
@@ -131,19 +149,22 @@ def index_files(
         num_workers=num_workers,
         collate_fn=_collate,
         worker_init_fn=_init_worker if num_workers else None,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if num_workers else None,  # batches decoded ahead, per worker
     )
     done = 0
-    for batch in loader:
-        changes = _reconcile(batch, plan, store, encoder, device, summary)
-        applied = store.apply(changes)
-        vectors.remove(applied.removed_ids)
-        vectors.add(applied.added_ids, applied.added_vectors)  # (n,), (n, d)
-        done += len(batch)
-        if progress is not None:
-            progress(done, len(plan.todo))
-        if should_stop is not None and should_stop() and done < len(plan.todo):
-            summary.interrupted = True
-            break
+    with _threads_beside_workers(device, num_workers):
+        for batch in loader:
+            changes = _reconcile(batch, plan, store, encoder, device, summary)
+            applied = store.apply(changes)
+            vectors.remove(applied.removed_ids)
+            vectors.add(applied.added_ids, applied.added_vectors)  # (n,), (n, d)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(plan.todo))
+            if should_stop is not None and should_stop() and done < len(plan.todo):
+                summary.interrupted = True
+                break
     if not summary.interrupted:  # an unfinished run keeps vanished rows: later files may be their moves
         gone = plan.remaining_vanished()
         vectors.remove(store.remove([row.id for row in gone]))
@@ -153,8 +174,22 @@ def index_files(
     return summary
 
 
+@contextmanager
+def _threads_beside_workers(device: torch.device, workers: int):
+    """On the CPU, leave the decode workers their cores: torch threads = cores - workers.
+    Oversubscribed OpenMP threads wait on each other; on a busy 2-core machine two
+    threads ran the small backbone 2-6x slower than one (bench/RESULTS.md)."""
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _reconcile(
-    batch: list[tuple[DecodeResult, torch.Tensor | None]],
+    batch: _Batch,
     plan: RunPlan,
     store: Store,
     encoder: ImageEncoder,
@@ -163,8 +198,10 @@ def _reconcile(
 ) -> list[Change]:
     """Decide what each decoded file means for the store; embed only content not stored yet."""
     changes: list[Change] = []
-    to_embed: dict[str, tuple[Put, torch.Tensor]] = {}  # one Put per new content carries its vectors
-    for result, pixels in batch:
+    to_embed: dict[str, tuple[Put, int]] = {}  # one Put per new content carries its vectors: (Put, row in pixels)
+    good_row = -1  # row of the current result in batch.pixels
+    for result in batch.results:
+        good_row += result.error is None
         text = path_to_text(result.path)
         stored = plan.stored.get(text)
         if result.error is not None:
@@ -187,22 +224,23 @@ def _reconcile(
         else:
             summary.updated += 1
         if result.sha256 not in to_embed and not store.has_content(result.sha256):
-            to_embed[result.sha256] = (put, pixels)
+            to_embed[result.sha256] = (put, good_row)
     if to_embed:
         puts = [put for put, _ in to_embed.values()]
-        global_, regions = _encode([pixels for _, pixels in to_embed.values()], encoder, device)
+        rows = torch.tensor([row for _, row in to_embed.values()])
+        global_, regions = _encode(batch.pixels[rows], encoder, device)
         for row, put in enumerate(puts):
             put.global_, put.regions = global_[row], regions[row]
         summary.embedded += len(puts)
     return changes
 
 
-def _encode(
-    pixels: list[torch.Tensor], encoder: ImageEncoder, device: torch.device
-) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocessed images, each (3, S, S) --> global vectors (B, d) float32, regions (B, R, d) float16."""
-    batch = torch.stack(pixels).to(device)  # (B, 3, S, S)
-    with torch.inference_mode():
+def _encode(pixels: torch.Tensor, encoder: ImageEncoder, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (B, 3, S, S) --> global vectors (B, d) float32, regions (B, R, d) float16."""
+    cuda = device.type == "cuda"
+    batch = pixels.to(device, non_blocking=cuda)  # (B, 3, S, S) uint8
+    batch = normalize_pixels(batch).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
         out = encoder(batch)
     regions = out.regions.to(torch.float16).cpu().numpy()  # (B, R, d)
     global_ = out.global_.float().cpu().numpy()  # (B, d)

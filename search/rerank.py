@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from search.fast_scorer import score_candidates_fast
 from search.scorer import CrossAttentionScorer
 
 __all__ = ["rerank_scores"]
@@ -18,17 +19,21 @@ def rerank_scores(
     first_stage: np.ndarray,
     fusion_weight: float = 0.0,
     chunk: int = 256,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """Final scores of C candidates: scorer logit + fusion_weight * first-stage cosine.
 
     query_tokens (T, d), query_mask (T,), regions (C, R, d) float16, first_stage (C,)
     --> (C,) float32. Candidates are scored in batches of `chunk`, never one by one.
+    compute_dtype: of the scorer's matrix products; float32 gives the reference
+    scores, bfloat16 is about 4x faster where the hardware runs it natively
+    (search/fast_scorer.py, default_compute_dtype).
     """
     device = query_tokens.device
     logits = []
     with torch.inference_mode():
         for start in range(0, len(regions), chunk):
             block = torch.from_numpy(regions[start : start + chunk]).to(device, torch.float32)  # (c, R, d)
-            logits.append(scorer.score_candidates(query_tokens, query_mask, block).float().cpu())
+            logits.append(score_candidates_fast(scorer, query_tokens, query_mask, block, compute_dtype).float().cpu())
     scores = torch.cat(logits).numpy() if logits else np.zeros(0, np.float32)
     return scores + np.float32(fusion_weight) * first_stage.astype(np.float32)

@@ -1,0 +1,210 @@
+"""The GPU benchmarks in one run (bench/gpu_check.sh): VGG16 at 224px, random init (timing only).
+
+    python bench/gpu_check.py [--images 20000] [--batch-size 256] [--device auto] [--out DIR]
+
+1. Writes --images synthetic 224x224 JPEGs (smooth colour fields with shapes and noise,
+   15-25 KB each, like photos) into a temp folder, in parallel.
+2. Forward-only images/s (uint8 pixels already on the device; normalise, channels-last,
+   float16 autocast, outputs copied back), and the same in float32.
+3. End to end through indexer.pipeline.index_files (CPU decode workers, the GPU encoder,
+   SQLite store, FAISS): images/s from the JPEG files to stored vectors.
+4. GPU JPEG decoding (torchvision.io.decode_jpeg on the device, workers only read bytes),
+   then resize, normalise and forward: images/s. Not the product path: its resize differs
+   from the indexer's Pillow resize, so it shows what GPU decoding would give.
+5. Re-ranking K=100 candidates (49 regions x 256, 2 layers) on the device: the reference
+   scorer and the fast path in float32 and bfloat16, p50 ms.
+Prints a short table and writes it to OUT/gpu_check.md when --out (or $OUT) is set.
+On a machine without a GPU it runs the same code paths on the CPU (use small sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image, ImageDraw, ImageFilter
+
+from bench.machine import describe, percentiles_ms
+from indexer.backbone import BackboneConfig
+from indexer.device import resolve_device
+from indexer.image_encoder import ImageEncoder, normalize_pixels
+from indexer.pipeline import default_workers, index_files
+from indexer.store import Store
+from indexer.vectors import VectorIndex
+from search.fast_scorer import score_candidates_fast
+from search.scorer import CrossAttentionScorer, ScorerConfig
+
+SIZE = 224
+
+
+def write_jpeg(args: tuple[Path, int]) -> int:
+    path, seed = args
+    rng = np.random.default_rng(seed)
+    field = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)  # a coarse colour field, smoothly upscaled
+    image = Image.fromarray(field).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(3):
+        x, y, w = (int(v) for v in rng.integers(0, SIZE - 40, 3))
+        draw.ellipse((x, y, x + 20 + w // 4, y + 20 + w // 4), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    noisy = np.asarray(image.filter(ImageFilter.SMOOTH), dtype=np.int16) + rng.integers(-12, 12, (SIZE, SIZE, 3))
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
+    return path.stat().st_size
+
+
+def make_jpegs(folder: Path, count: int) -> tuple[list[Path], float]:
+    paths = [folder / f"{i:06d}.jpg" for i in range(count)]
+    with Pool(max(1, os.cpu_count() or 1)) as pool:
+        sizes = pool.map(write_jpeg, [(p, i) for i, p in enumerate(paths)], chunksize=64)
+    return paths, float(np.mean(sizes))
+
+
+def forward_only(encoder: ImageEncoder, device: torch.device, count: int, batch_size: int, half: bool) -> float:
+    pixels = torch.randint(0, 256, (batch_size, 3, SIZE, SIZE), dtype=torch.uint8, device=device)
+    encoder.to(memory_format=torch.channels_last)
+
+    def step():
+        x = normalize_pixels(pixels).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=half):
+            out = encoder(x)
+            return out.regions.to(torch.float16).cpu(), out.global_.float().cpu()
+
+    for _ in range(2):
+        step()
+    batches = max(1, count // batch_size)
+    started = time.perf_counter()
+    for _ in range(batches):
+        step()
+    _sync(device)
+    return batches * batch_size / (time.perf_counter() - started)
+
+
+def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, workers: int) -> float:
+    with tempfile.TemporaryDirectory(prefix="imgsearch-gpu-index-") as work:
+        store = Store(Path(work) / "index.db", encoder.embed_dim, encoder.num_regions)
+        summary = index_files(files, store, VectorIndex.empty(encoder.embed_dim), encoder,
+                              batch_size=batch_size, workers=workers)
+        store.close()
+    if summary.failed or summary.added != len(files):
+        raise RuntimeError(f"indexing failed: {summary.to_dict()}")
+    return summary.images_per_second
+
+
+class _Bytes(torch.utils.data.Dataset):
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.frombuffer(bytearray(self.files[i].read_bytes()), dtype=torch.uint8)  # (n_bytes,)
+
+
+def gpu_decode(encoder: ImageEncoder, files: list[Path], device: torch.device, batch_size: int, workers: int) -> float:
+    loader = torch.utils.data.DataLoader(_Bytes(files), batch_size=batch_size, num_workers=workers,
+                                         collate_fn=list, prefetch_factor=4 if workers else None)
+    half = device.type == "cuda"
+    started = time.perf_counter()
+    count = 0
+    for data in loader:
+        images = torchvision.io.decode_jpeg(data, device=device)  # list of (3, H, W) uint8
+        batch = torch.stack([F.interpolate(im[None].float(), size=(SIZE, SIZE), mode="bilinear",
+                                           antialias=True, align_corners=False)[0] for im in images])  # (B, 3, S, S)
+        x = normalize_pixels(batch.round().clamp(0, 255).to(torch.uint8)).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=half):
+            out = encoder(x)
+            out.regions.to(torch.float16).cpu(), out.global_.float().cpu()
+        count += len(images)
+    _sync(device)
+    return count / (time.perf_counter() - started)
+
+
+def rerank_latency(device: torch.device, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    scorer = CrossAttentionScorer(ScorerConfig(max_regions=49), 256).eval().to(device)
+    tokens, mask = torch.randn(14, 256, device=device), torch.ones(14, dtype=torch.bool, device=device)
+    regions = torch.tanh(torch.randn(100, 49, 256, device=device))  # (K, R, d)
+    runs = {
+        "reference": lambda: scorer.score_candidates(tokens, mask, regions),
+        "fast float32": lambda: score_candidates_fast(scorer, tokens, mask, regions, torch.float32),
+        "fast bfloat16": lambda: score_candidates_fast(scorer, tokens, mask, regions, torch.bfloat16),
+    }
+    out = {}
+    with torch.inference_mode():
+        for name, run in runs.items():
+            run()
+            seconds = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                run().float().cpu()
+                seconds.append(time.perf_counter() - started)
+            out[name] = percentiles_ms(seconds)[0]
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=os.environ.get("OUT"))
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    workers = default_workers() if args.workers is None else args.workers
+    torch.backends.cudnn.benchmark = True
+    lines = [f"Machine: {describe()}", f"Device: {device}; {workers} decode workers; batch {args.batch_size}; "
+             f"{args.images} synthetic {SIZE}px JPEGs", ""]
+    with tempfile.TemporaryDirectory(prefix="imgsearch-gpu-jpegs-") as folder:
+        started = time.perf_counter()
+        files, mean_bytes = make_jpegs(Path(folder), args.images)
+        lines.append(f"JPEGs written in {time.perf_counter() - started:.1f} s, {mean_bytes / 1024:.1f} KB each")
+        torch.manual_seed(0)
+        encoder = ImageEncoder(BackboneConfig(name="vgg16", weights=None), 256).eval().to(device)
+        half = device.type == "cuda"
+        runs = [
+            ("forward-only, float16 autocast" if half else "forward-only, float32",
+             lambda: forward_only(encoder, device, args.images, args.batch_size, half)),
+            ("end to end (index_files: CPU decode workers)",
+             lambda: end_to_end(encoder, files, args.batch_size, workers)),
+            ("GPU JPEG decode + forward (not the product path)",
+             lambda: gpu_decode(encoder, files, device, args.batch_size, workers)),
+        ]
+        if half:
+            runs.insert(1, ("forward-only, float32",
+                            lambda: forward_only(encoder, device, min(args.images, 4 * args.batch_size),
+                                                 args.batch_size, False)))
+        results = []
+        for name, run in runs:
+            print(f"{name} ...", file=sys.stderr, flush=True)
+            results.append((name, run()))
+            print(f"  {results[-1][1]:.0f} images/s", file=sys.stderr, flush=True)
+        lines += ["| VGG16 224px | images/s |", "|---|---|"]
+        lines += [f"| {name} | {value:.0f} |" for name, value in results]
+    lines += ["", "| re-rank K=100, 49 regions x 256 | p50 ms |", "|---|---|"]
+    lines += [f"| {name} | {ms:.2f} |" for name, ms in rerank_latency(device, 50).items()]
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "gpu_check.md").write_text(table + "\n")
+    print("target: end to end >= 3000 images/s on an H100-class GPU", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""One line that says where a benchmark ran: CPU model, cores, GPU, library versions, load."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+import faiss
+import numpy as np
+import torch
+import torchvision
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def describe() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu_model()} ({platform.machine()}, {os.cpu_count()} cores), {gpu}; torch {torch.__version__}, "
+            f"torchvision {torchvision.__version__}, faiss {faiss.__version__}, numpy {np.__version__}; "
+            f"load average {load_average()}")
+
+
+def percentiles_ms(seconds: list[float]) -> tuple[float, float, float]:
+    """p50, p95, p99 in milliseconds."""
+    p = np.percentile(np.asarray(seconds) * 1e3, [50, 95, 99])
+    return float(p[0]), float(p[1]), float(p[2])
