@@ -120,10 +120,15 @@ def index_command(paths, index_dir, model, batch_size, workers, prune, device, q
     help="First-stage candidates handed to the re-ranker.",
 )
 @click.option("--no-rerank", is_flag=True, help="Skip cross-attention re-ranking; rank by the first stage alone.")
+@click.option(
+    "--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+    help="Re-ranker arithmetic: auto is bfloat16 where the hardware runs it natively (a GPU, a CPU with "
+         "AVX512-BF16 or AMX), about 3x faster; float32 gives the reference scores.",
+)
 @device_option
 @json_option
 @user_errors
-def search_command(query, index_dir, model, k, candidates, no_rerank, device, as_json) -> None:
+def search_command(query, index_dir, model, k, candidates, no_rerank, precision, device, as_json) -> None:
     """Find the images that best match a text description.
 
     \b
@@ -131,7 +136,7 @@ def search_command(query, index_dir, model, k, candidates, no_rerank, device, as
       imgsearch search "a small red circle left of a blue square" --index demo-out/index -k 5
     """
     with Index.open(index_dir, model, device) as index:
-        results = index.search(query, k, candidates=candidates, rerank=not no_rerank)
+        results = index.search(query, k, candidates=candidates, rerank=not no_rerank, rerank_precision=precision)
     if as_json:
         click.echo(json.dumps({"query": query, "reranked": not no_rerank,
                                "results": [r.to_dict() for r in results]}, indent=2))

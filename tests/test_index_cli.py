@@ -134,10 +134,12 @@ def test_search_json_fields_and_order(indexed, image_folder):
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
 
-    # The CLI is a thin twin of the library call.
+    # The CLI is a thin twin of the library call, precision included (the CLI's default is auto).
+    exact = run_json("search", "a red circle", "--index", index_dir, "-k", 5, "--candidates", 8, "--device", "cpu",
+                     "--precision", "float32")["results"]
     with Index.open(index_dir, device="cpu") as index:
-        library = index.search("a red circle", 5, candidates=8)
-    assert [r.to_dict() for r in library] == results
+        assert [r.to_dict() for r in index.search("a red circle", 5, candidates=8, rerank_precision="auto")] == results
+        assert [r.to_dict() for r in index.search("a red circle", 5, candidates=8)] == exact
 
 
 def test_search_no_rerank_orders_by_first_stage(indexed):
