@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench-flickr8k clean
+.PHONY: demo test setup bench-flickr8k bench-losses bench-indexing bench-query bench-compact clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,19 @@ test: $(STAMP)
 
 bench-flickr8k: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/flickr8k.sh
+
+bench-losses: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/compare_losses.sh
+
+bench-indexing: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/indexing.sh
+
+# bench-query and bench-compact use the model bench-flickr8k trains (bench/out/flickr8k/model)
+bench-query: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/query.sh
+
+bench-compact: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/compact_features.sh
 
 clean:
 	rm -rf demo-out
