@@ -82,9 +82,20 @@ def test_sigkill_at_many_points_then_resume_equals_an_uninterrupted_run(tmp_path
     db_path = index_dir / "index.db"
     args = ["index", folder, "--index", index_dir, "--model", model_dir, "--device", "cpu",
             "--workers", 0, "--batch-size", 1, "-q", "--json"]
-    # Kill points: three during start-up (by time), then at rows spread over the whole
-    # run, then twice once every row is in (while vectors.faiss is saved, or later).
-    points = [{"seconds": s} for s in (0.0, 0.03, 0.1)]
+    # Kill points: three during start-up (by time, each into a new index: on an idle
+    # machine the whole run can finish within 0.1 s, which would leave no rows to spread
+    # the later kills over), then at rows spread over the whole run, then twice once every
+    # row is in (while vectors.faiss is saved, or later).
+    for n, seconds in enumerate((0.0, 0.03, 0.1)):
+        startup_dir = tmp_path / f"startup{n}"
+        startup_args = [startup_dir if a == index_dir else a for a in args]
+        child = CliProcess(startup_args, tmp_path / f"startup{n}.txt")
+        if kill_when(child, startup_dir / "index.db", seconds=seconds) is not None and \
+                (startup_dir / "manifest.json").exists():
+            with open_index(startup_dir) as index:  # opens cleanly, whatever the kill interrupted
+                check_consistent(index)
+                assert_rows_match(rows_of(index), expected, subset=True)
+    points = [{"rows": 0}]  # as soon as the child runs: before or while the index is created
     points += [{"rows": round(j * total / 20)} for j in range(1, 20)]
     points += [{"rows": total}, {"rows": total}]
     killed_at: list[int] = []
