@@ -133,7 +133,7 @@ def format_report(rows, machine, device, workers, args) -> str:
     out = [f"\n## Indexing throughput, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC (bench/indexing.sh)\n",
            f"Machine: {machine}. Device: {device}; {workers} decode worker(s); batch {args.batch_size}; "
            f"torch threads: forward-only at the faster of 1 and {torch.get_num_threads()} (shown in brackets), "
-           f"end to end at cores minus decode workers. Files: JPEGs from {args.images} (random-init weights, "
+           f"end to end at all of torch's threads beside the decode workers. Files: JPEGs from {args.images} (random-init weights, "
            "timing only). Forward-only = normalise + encoder + outputs to CPU from pixels in memory "
            "(channels-last, as the pipeline runs it), measured before and after the end-to-end run.\n",
            "| config | input | grid | images | forward-only contiguous img/s (default threads) | forward-only before (threads) | "

@@ -16,7 +16,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,18 +152,20 @@ def index_files(
         prefetch_factor=4 if num_workers else None,  # batches decoded ahead, per worker
     )
     done = 0
-    with _threads_beside_workers(device, num_workers):
-        for batch in loader:
-            changes = _reconcile(batch, plan, store, encoder, device, summary)
-            applied = store.apply(changes)
-            vectors.remove(applied.removed_ids)
-            vectors.add(applied.added_ids, applied.added_vectors)  # (n,), (n, d)
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(plan.todo))
-            if should_stop is not None and should_stop() and done < len(plan.todo):
-                summary.interrupted = True
-                break
+    # torch keeps all its threads beside the decode workers: on an idle 2-core machine that
+    # indexed VGG16 at 224px at 94% of forward-only, against 54% with one thread left to
+    # torch (bench/RESULTS.md, the two idle-machine indexing runs); decoding needs far less than a core.
+    for batch in loader:
+        changes = _reconcile(batch, plan, store, encoder, device, summary)
+        applied = store.apply(changes)
+        vectors.remove(applied.removed_ids)
+        vectors.add(applied.added_ids, applied.added_vectors)  # (n,), (n, d)
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(plan.todo))
+        if should_stop is not None and should_stop() and done < len(plan.todo):
+            summary.interrupted = True
+            break
     if not summary.interrupted:  # an unfinished run keeps vanished rows: later files may be their moves
         gone = plan.remaining_vanished()
         vectors.remove(store.remove([row.id for row in gone]))
@@ -172,20 +173,6 @@ def index_files(
     store.drop_unused_contents()
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-@contextmanager
-def _threads_beside_workers(device: torch.device, workers: int):
-    """On the CPU, leave the decode workers their cores: torch threads = cores - workers.
-    Oversubscribed OpenMP threads wait on each other; on a busy 2-core machine two
-    threads ran the small backbone 2-6x slower than one (bench/RESULTS.md)."""
-    before = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - workers)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _reconcile(
