@@ -8,19 +8,5 @@
 # MODEL_DIR: a trained model (default bench/out/flickr8k/model); DATA_DIR: Flickr8k
 # (default ../shared/data/flickr8k). The model's embeddings of Flickr8k are cached in
 # bench/out/ (not committed). About 10 minutes on a 2-core CPU.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-model=${1:-bench/out/flickr8k/model}
-data=${2:-../shared/data/flickr8k}
-shift $(( $# < 2 ? $# : 2 ))
-[ "${1:-}" = "--" ] && shift
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
-mkdir -p bench/out
-if [ ! -f "$model/model.safetensors" ]; then
-  echo "Error: no trained model in $model; run make bench-flickr8k first, or pass a model directory." >&2
-  exit 1
-fi
-# keyed by the weights, so a retrained model never reuses another's embeddings
-cache="bench/out/flickr8k-embeddings-$(sha256sum "$model/model.safetensors" | cut -c1-16).npz"
-[ -f "$cache" ] || python bench/flickr8k_embeddings.py "$model" "$data" "$cache"
+source "$(dirname "$0")/flickr8k_cache.sh"
 python bench/query.py "$cache" "$model" "$@"
