@@ -58,6 +58,8 @@ def _read(captions, images, only, split):
               help="Share of the re-ranker's negatives mined from the first stage (the rest are uniform).")
 @click.option("--scorer-lr", default=5e-4, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Learning rate of the second stage.")
+@click.option("--val-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 0.5),
+              help="Share of the images held out to choose the re-ranker's epoch and fusion weight (0: none).")
 @click.option("--no-augment", is_flag=True, help="No random resized crops.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--time-limit", default=None, type=click.FloatRange(min=0, min_open=True), help="Stop after this many minutes.")
@@ -65,7 +67,7 @@ def _read(captions, images, only, split):
 @click.option("--resume", is_flag=True, help="Continue from OUT/training-state.pt.")
 @user_errors
 def train_command(captions, images, only, split, out, preset_name, text_encoder, backbone_mode, epochs, batch_size,
-                  lr, loss, itm_weight, local_weight, scorer_epochs, hard_share, scorer_lr, no_augment, seed, time_limit, workers, resume) -> None:
+                  lr, loss, itm_weight, local_weight, scorer_epochs, hard_share, scorer_lr, val_fraction, no_augment, seed, time_limit, workers, resume) -> None:
     """Train an alignment model on captioned images and save it to --out.
 
     CAPTIONS is a TSV/CSV (image and caption columns), JSON Lines, a
@@ -93,7 +95,7 @@ def train_command(captions, images, only, split, out, preset_name, text_encoder,
     model = AlignmentModel.initialize(config)
     train_config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, itm_weight=itm_weight, local_weight=local_weight, scorer_epochs=scorer_epochs,
-        scorer_lr=scorer_lr, hard_share=hard_share,
+        scorer_lr=scorer_lr, hard_share=hard_share, val_fraction=val_fraction,
         backbone_mode=backbone_mode or default_mode, augment=not no_augment, seed=seed, workers=workers,
         time_limit_s=time_limit * 60 if time_limit else None,
     )

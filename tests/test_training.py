@@ -8,6 +8,7 @@ whole file runs in seconds on a CPU.
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -344,7 +345,8 @@ def naive_rerank_t2i(model, sim, image_of, tokens, mask, regions, depth) -> list
             continue
         fused = {i: pair_score(model, tokens[c], mask[c], regions[i]) + model.config.fusion_weight * float(sim[c, i])
                  for i in candidates}
-        ranks.append(sum(1 for i in candidates if fused[i] > fused[image_of[c]]))
+        reordered = sorted(candidates, key=lambda i: -fused[i])  # stable: ties keep the first-stage order
+        ranks.append(reordered.index(image_of[c]))
     return ranks
 
 
@@ -358,8 +360,8 @@ def naive_rerank_i2t(model, sim, captions_of, tokens, mask, regions, depth) -> l
             continue
         fused = {c: pair_score(model, tokens[c], mask[c], regions[i]) + model.config.fusion_weight * float(column[c])
                  for c in candidates}
-        best = max(fused[c] for c in candidates if c in own)
-        ranks.append(sum(1 for c in candidates if fused[c] > best))
+        reordered = sorted(candidates, key=lambda c: -fused[c])  # stable: ties keep the first-stage order
+        ranks.append(min(reordered.index(c) for c in own if c in candidates))
     return ranks
 
 
@@ -403,6 +405,22 @@ def test_rerank_with_a_huge_fusion_weight_keeps_the_first_stage_order(rerank_inp
     i2t = rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, 5)
     assert t2i.tolist() == t2i_ranks(sim, image_of).tolist()
     assert i2t.tolist() == i2t_ranks(sim, captions_of).tolist()
+
+
+def test_rerank_with_a_constant_scorer_keeps_the_first_stage_order(rerank_inputs):
+    """Equal scores must not count in the correct item's favour (a dead scorer is no re-ranker)."""
+    model, sim, image_of, captions_of, tokens, mask, regions = rerank_inputs
+    constant = copy.deepcopy(model)
+    constant.config = dataclasses.replace(model.config, fusion_weight=0.0)
+    with torch.no_grad():
+        constant.scorer.head.weight.zero_()
+        constant.scorer.head.bias.fill_(0.25)
+        constant.scorer.alignment_scale.zero_()
+    t2i = rerank_t2i_ranks(constant, sim, image_of, tokens, mask, regions, 5)
+    i2t = rerank_i2t_ranks(constant, sim, captions_of, tokens, mask, regions, 5)
+    assert t2i.tolist() == t2i_ranks(sim, image_of).tolist()
+    assert i2t.tolist() == i2t_ranks(sim, captions_of).tolist()
+    assert ((t2i > 0) & (t2i < 5)).any()  # not vacuous: some matches sit inside the list, below its top
 
 
 def test_evaluate_matches_direct_encoding_and_brute_force(model_dir):

@@ -2,8 +2,9 @@
 
 Ranks are 0-based: rank r means r gallery items scored strictly higher than
 the best correct one. Re-ranking reorders each query's top-`depth` first-stage
-candidates by the scorer (plus fusion); a query whose match lies deeper keeps
-its first-stage rank.
+candidates by the scorer (plus fusion), a stable sort: candidates with equal
+fused scores keep their first-stage order. A query whose match lies deeper
+keeps its first-stage rank.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from training.data import CaptionBank, normalize
 
 __all__ = [
     "recall_at_k", "t2i_ranks", "i2t_ranks", "rerank_t2i_ranks", "rerank_i2t_ranks",
+    "t2i_candidate_scores", "fused_t2i_ranks",
     "embed_images", "embed_captions", "evaluate", "format_table", "KS",
 ]
 
@@ -74,25 +76,54 @@ def _scores(model: AlignmentModel, tokens, mask, regions) -> np.ndarray:
         return model.scorer(tokens.to(device), mask.to(device), regions.to(device, torch.float32)).float().cpu().numpy()
 
 
-def rerank_t2i_ranks(model, sim, image_of, tokens, mask, regions, depth: int, pairs_per_call: int = 2048) -> np.ndarray:
-    """Re-rank each caption's top-`depth` images; sim (Nc, Ni), tokens (Nc, T, d), regions (Ni, R, d)."""
+def t2i_candidate_scores(model, sim, tokens, mask, regions, depth: int, pairs_per_call: int = 2048):
+    """The scorer's logits for each caption's top-`depth` first-stage images.
+
+    sim (Nc, Ni), tokens (Nc, T, d), mask (Nc, T), regions (Ni, R, d) -->
+    candidates (Nc, depth) image indices, best first, and scores (Nc, depth) float32.
+    Fusing them with a weight is then cheap (fused_t2i_ranks), so that many fusion
+    weights can be tried on one scoring pass.
+    """
     depth = min(depth, sim.shape[1])
-    ranks = t2i_ranks(sim, image_of)
     top = np.argsort(-sim, axis=1, kind="stable")[:, :depth]  # (Nc, depth)
+    scores = np.empty(top.shape, dtype=np.float32)
     queries_per_call = max(1, pairs_per_call // depth)
     for start in range(0, len(sim), queries_per_call):
         rows = np.arange(start, min(start + queries_per_call, len(sim)))
-        cand = top[rows]  # (q, depth)
         q = len(rows)
         t = tokens[rows].unsqueeze(1).expand(-1, depth, -1, -1).reshape(q * depth, *tokens.shape[1:])  # (q*depth, T, d)
         m = mask[rows].unsqueeze(1).expand(-1, depth, -1).reshape(q * depth, -1)  # (q*depth, T)
-        r = regions[torch.from_numpy(cand.reshape(-1))]  # (q*depth, R, d)
-        fused = _scores(model, t, m, r).reshape(q, depth) + model.config.fusion_weight * np.take_along_axis(sim[rows], cand, 1)
-        for j, row in enumerate(rows):
-            hit = np.nonzero(cand[j] == image_of[row])[0]
-            if len(hit):
-                ranks[row] = (fused[j] > fused[j, hit[0]]).sum()
+        r = regions[torch.from_numpy(top[rows].reshape(-1))]  # (q*depth, R, d)
+        scores[rows] = _scores(model, t, m, r).reshape(q, depth)
+    return top, scores
+
+
+def fused_t2i_ranks(sim, image_of, top, scores, fusion_weight: float) -> np.ndarray:
+    """Ranks after re-ordering each caption's candidates by scores + fusion_weight * sim;
+    a caption whose image is not among its candidates keeps its first-stage rank."""
+    ranks = t2i_ranks(sim, image_of)
+    fused = scores + fusion_weight * np.take_along_axis(sim, top, 1)  # (Nc, depth)
+    for row in range(len(sim)):
+        rank = _rank_in_list(fused[row], top[row] == image_of[row])
+        if rank is not None:
+            ranks[row] = rank
     return ranks
+
+
+def _rank_in_list(fused: np.ndarray, correct: np.ndarray) -> int | None:
+    """Position of the first correct candidate once the list (first-stage order) is sorted
+    by fused score, stably: equal scores keep the first-stage order, so a scorer that
+    cannot tell candidates apart leaves the ranking as it was. None if none is correct."""
+    if not correct.any():
+        return None
+    order = np.argsort(-fused, kind="stable")  # (depth,)
+    return int(np.argmax(correct[order]))
+
+
+def rerank_t2i_ranks(model, sim, image_of, tokens, mask, regions, depth: int, pairs_per_call: int = 2048) -> np.ndarray:
+    """Re-rank each caption's top-`depth` images; sim (Nc, Ni), tokens (Nc, T, d), regions (Ni, R, d)."""
+    top, scores = t2i_candidate_scores(model, sim, tokens, mask, regions, depth, pairs_per_call)
+    return fused_t2i_ranks(sim, image_of, top, scores, model.config.fusion_weight)
 
 
 def rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, depth: int, pairs_per_call: int = 2048) -> np.ndarray:
@@ -110,9 +141,9 @@ def rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, depth: int,
         r = regions[torch.from_numpy(rows)].unsqueeze(1).expand(-1, depth, -1, -1).reshape(q * depth, *regions.shape[1:])
         fused = _scores(model, tokens[flat], mask[flat], r).reshape(q, depth) + model.config.fusion_weight * np.take_along_axis(by_image[rows], cand, 1)
         for j, row in enumerate(rows):
-            own = np.isin(cand[j], captions_of[row])
-            if own.any():
-                ranks[row] = (fused[j] > fused[j][own].max()).sum()
+            rank = _rank_in_list(fused[j], np.isin(cand[j], captions_of[row]))
+            if rank is not None:
+                ranks[row] = rank
     return ranks
 
 

@@ -32,6 +32,7 @@ from training.data import CaptionBank, encode_captions, group_batches, load_imag
 from training.evaluate import evaluate, format_table
 from training.losses import alignment_matrix, infonce_loss, itm_loss, vsepp_loss
 from training.rerank_stage import train_scorer
+from training.selection import RerankerSelection
 
 __all__ = ["TrainConfig", "train", "split_validation"]
 
@@ -64,7 +65,7 @@ class TrainConfig:
     time_limit_s: float | None = None  # stop (and save) after this much training time
     val_fraction: float = 0.05  # share of training images held out to choose fusion_weight
     rerank_depth: int = 20
-    fusion_grid: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 20.0)
+    fusion_grid: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0)
     log_every: int = 20
     # Second stage: the re-ranker on the frozen dual encoder.
     scorer_epochs: int = 20
@@ -241,8 +242,15 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
             break
 
     scorer_history: list[dict] = []  # validation during the re-ranker stage
+    selection = (RerankerSelection(val_images.pixels, val_bank, config.rerank_depth, config.fusion_grid)
+                 if val_images is not None else None)
     if config.scorer_epochs > 0:
-        def report(epoch: int) -> None:
+        def after_epoch(epoch: int) -> None:
+            if selection is None:
+                return
+            choice = selection.consider(model, epoch + 1)
+            _log(f"re-ranker epoch {epoch + 1}: validation t2i R@1 after re-ranking {choice.t2i_r1:.1f} "
+                 f"(fusion weight {choice.fusion_weight:g})")
             if (epoch + 1) % 5 == 0 or epoch + 1 == config.scorer_epochs:
                 result = evaluate(model, val_images.pixels, val_bank, config.rerank_depth)
                 scorer_history.append({"epoch": epoch + 1, "val": {"first_stage": result["first_stage"],
@@ -257,37 +265,42 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
             if config.local_weight > 0:  # keep what the alignment term learned in the first stage
                 model.scorer.region_position.data.copy_(trained_positions)
                 model.scorer.alignment_scale.data.fill_(local_scale.exp().item())
+                # A zero output head: the scorer starts as exactly its trained alignment term,
+                # a re-ranker already (candidate "epoch 0"), and the attention layers add to it.
+                torch.nn.init.zeros_(model.scorer.head.weight)
+                torch.nn.init.zeros_(model.scorer.head.bias)
+                if selection is not None:
+                    choice = selection.consider(model, 0)
+                    _log(f"re-ranker before the second stage (its alignment term alone): validation t2i R@1 "
+                         f"after re-ranking {choice.t2i_r1:.1f} (fusion weight {choice.fusion_weight:g})")
         train_scorer(model, train_images.pixels, bank, epochs=config.scorer_epochs, lr=config.scorer_lr,
                      heads_from_global=config.local_weight == 0,
                      batch_size=config.batch_size, mine_depth=config.mine_depth, hard_share=config.hard_share,
-                     seed=config.seed, on_epoch=report if val_images is not None else None)
+                     seed=config.seed, on_epoch=after_epoch)
         elapsed += time.perf_counter() - scorer_started
 
     model.eval()
     scorer_trained = config.scorer_epochs > 0 or config.itm_weight > 0
     if not scorer_trained:
         _log("the re-ranker was not trained (--scorer-epochs 0): search this model with --no-rerank")
-    fusion = _choose_fusion(model, val_images, val_bank, config) if val_images is not None and scorer_trained else 0.0
+    kept = None
+    if scorer_trained and selection is not None:
+        if not selection.history:  # re-ranker trained jointly in the first stage (--itm-weight)
+            selection.consider(model, 0)
+        kept = selection.restore(model)
+        _log(f"kept the re-ranker of second-stage epoch {kept.epoch} with fusion weight {kept.fusion_weight:g} "
+             f"(validation t2i R@1 after re-ranking {kept.t2i_r1:.1f})")
+    fusion = kept.fusion_weight if kept is not None else 0.0
     model.config = dataclasses.replace(model.config, fusion_weight=fusion)
     model.save_pretrained(out_dir)
     summary = {"train_images": len(train_images.items), "train_captions": len(bank.captions),
                "val_images": len(val_images.items) if val_images else 0, "steps": step,
                "train_seconds": round(elapsed, 1), "stopped_early": stopped_early, "fusion_weight": fusion,
+               "reranker_kept": kept.to_dict() if kept is not None else None,
+               "reranker_candidates": [c.to_dict() for c in selection.history] if selection is not None else [],
                "config": {k: v for k, v in dataclasses.asdict(config).items()}, "history": history, "scorer_history": scorer_history}
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _choose_fusion(model, val_images, val_bank, config: TrainConfig) -> float:
-    """Pick the fusion weight with the best validation text->image R@1 after re-ranking."""
-    best, best_r1 = 0.0, -1.0
-    for weight in config.fusion_grid:
-        model.config = dataclasses.replace(model.config, fusion_weight=weight)
-        r1 = evaluate(model, val_images.pixels, val_bank, config.rerank_depth)["reranked"]["t2i"]["R@1"]
-        _log(f"fusion_weight {weight}: validation t2i R@1 after re-ranking {r1:.1f}")
-        if r1 > best_r1:
-            best, best_r1 = weight, r1
-    return best
 
 
 def _backbone_features(model: AlignmentModel, pixels: torch.Tensor, out_dir: Path):
