@@ -22,7 +22,7 @@ rm -rf "$out"
 mkdir -p "$out"
 start=$(date +%s)
 imgsearch train "$data/captions.tsv" --images "$data/images" --only "$data/train.txt" \
-  --preset small --epochs 200 --time-limit "$minutes" --local-weight 1.0 --scorer-epochs 4 --batch-size 128 --lr 2e-3 --workers 1 \
+  --preset small --epochs 200 --time-limit "$minutes" --local-weight 2.0 --scorer-epochs 3 --val-fraction 0.15 --batch-size 128 --lr 2e-3 --workers 1 \
   --out "$out/model" > "$out/train.json"
 trained=$(date +%s)
 imgsearch eval "$data/captions.tsv" --images "$data/images" --only "$data/dev.txt" \
