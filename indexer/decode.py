@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from indexer.files import file_signature
 
@@ -40,7 +40,14 @@ class DecodeResult:
     error: str | None = None
 
 
-def decode_file(path: Path) -> DecodeResult:
+def decode_file(path: Path, min_size: int | None = None) -> DecodeResult:
+    """Read, fingerprint and decode one file.
+
+    With `min_size`, a JPEG is decoded at a reduced scale (libjpeg's 1/2, 1/4 or 1/8,
+    through Pillow's draft mode) that keeps both sides at least min_size: the model
+    resizes to min_size x min_size anyway, and a 12 MP photo decodes about 20x faster
+    at 1/8. width and height still report the full image.
+    """
     result = DecodeResult(path=path)
     signature = file_signature(path)
     if signature is not None:  # for a broken link, the link's own: it is retried once it changes
@@ -66,12 +73,11 @@ def decode_file(path: Path) -> DecodeResult:
     result.size = len(data)
     result.sha256 = hashlib.sha256(data).hexdigest()
     try:
-        image = _open_checked(data)
+        image, (result.width, result.height) = _open_checked(data, min_size)
         result.image = to_rgb(image)
     except Exception as exc:  # Pillow raises many types for bad data; all mean "cannot decode".
         result.error = _describe(exc)
         return result
-    result.width, result.height = result.image.size
     return result
 
 
@@ -94,7 +100,12 @@ def _unreadable_reason(path: Path) -> str | None:
     return None
 
 
-def _open_checked(data: bytes) -> Image.Image:
+# EXIF orientations that turn the stored image by 90 degrees (width and height swap).
+_QUARTER_TURNS = {5, 6, 7, 8}
+
+
+def _open_checked(data: bytes, min_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decoded image, upright, and its full (width, height) upright."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = Image.open(io.BytesIO(data))
@@ -102,8 +113,12 @@ def _open_checked(data: bytes) -> Image.Image:
     if width * height > MAX_PIXELS:
         raise _TooLarge(f"image too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
     image.seek(0)  # first frame of animations
+    if min_size:
+        image.draft(None, (min_size, min_size))  # JPEG only; other formats ignore it
     image.load()
-    return ImageOps.exif_transpose(image)
+    if image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS:
+        width, height = height, width
+    return ImageOps.exif_transpose(image), (width, height)
 
 
 class _TooLarge(ValueError):

@@ -80,7 +80,7 @@ class _DecodeDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[DecodeResult, torch.Tensor | None]:
-        result = decode_file(self.paths[i])
+        result = decode_file(self.paths[i], min_size=self.image_size)  # JPEGs at a reduced scale
         pixels = None
         if result.image is not None:
             try:

@@ -35,13 +35,13 @@ def _child(args: list[str], output: str, pause_before: str | None, pause: str | 
 
         decode = indexer.pipeline.decode_file
 
-        def decode_with_pause(path):
+        def decode_with_pause(path, **options):
             if Path(path).name == pause_before:
                 Path(pause + ".reached").touch()
                 deadline = time.monotonic() + 120
                 while not Path(pause + ".go").exists() and time.monotonic() < deadline:
                     time.sleep(0.005)
-            return decode(path)
+            return decode(path, **options)
 
         indexer.pipeline.decode_file = decode_with_pause
     from imgsearch.cli import main

@@ -312,3 +312,44 @@ def test_decompression_bomb_header_is_refused(tmp_path, side):
     path.write_bytes(png_declaring(side, side))
     assert path.stat().st_size < 200
     assert_failed(decode_file(path), "too large")
+
+
+# --------------------------------------------------------------------------------------
+# Reduced-scale JPEG decoding (min_size): what the indexer and the trainer use.
+# --------------------------------------------------------------------------------------
+
+def smooth_photo(width: int, height: int) -> Image.Image:
+    """A photo-like image: smooth gradients plus a few sharp-edged blocks."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    array = np.stack([255 * x / width, 255 * y / height, 128 + 100 * np.sin(x / 37.0) * np.cos(y / 23.0)], axis=-1)
+    array[height // 4 : height // 2, width // 5 : width // 2] = (20, 200, 40)
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "RGB")
+
+
+@pytest.mark.parametrize("orientation, upright", [(1, (800, 600)), (6, (600, 800)), (8, (600, 800)), (3, (800, 600))])
+def test_min_size_decodes_a_large_jpeg_at_a_reduced_scale_with_the_full_size_reported(tmp_path, orientation, upright):
+    path = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    smooth_photo(800, 600).save(path, quality=92, exif=exif.tobytes())
+
+    full, reduced = decode_file(path), decode_file(path, min_size=96)
+
+    assert (full.width, full.height) == (reduced.width, reduced.height) == upright
+    assert full.image.size == upright
+    # 800x600 with sides >= 96: libjpeg's 1/4 scale (the largest reduction that keeps both sides)
+    assert reduced.image.size == (upright[0] // 4, upright[1] // 4)
+    assert reduced.sha256 == full.sha256 and reduced.size == full.size
+    # the model sees nearly the same pixels either way
+    a = np.asarray(full.image.resize((96, 96), Image.Resampling.BILINEAR), dtype=np.float32)
+    b = np.asarray(reduced.image.resize((96, 96), Image.Resampling.BILINEAR), dtype=np.float32)
+    assert np.abs(a - b).mean() < 3.0
+
+
+def test_min_size_never_decodes_below_it_and_leaves_other_formats_alone(tmp_path):
+    jpeg, png = tmp_path / "small.jpg", tmp_path / "big.png"
+    smooth_photo(150, 140).save(jpeg, quality=92)
+    smooth_photo(800, 600).save(png)
+    assert decode_file(jpeg, min_size=96).image.size == (150, 140)  # 1/2 would give 75x70 < 96
+    assert decode_file(jpeg, min_size=70).image.size == (75, 70)
+    assert np.array_equal(np.asarray(decode_file(png, min_size=96).image), np.asarray(decode_file(png).image))

@@ -44,9 +44,9 @@ class Spy:
         self.embedded = 0
         decode = indexer.pipeline.decode_file
 
-        def counting_decode(path):
+        def counting_decode(path, **options):
             self.read.append(Path(path).name)
-            return decode(path)
+            return decode(path, **options)
 
         monkeypatch.setattr(indexer.pipeline, "decode_file", counting_decode)
         index.image_encoder.register_forward_hook(lambda module, args, out: self._count(args[0]))

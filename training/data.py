@@ -41,7 +41,7 @@ class _ResizeDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int):
-        result = decode_file(self.items[i].path)
+        result = decode_file(self.items[i].path, min_size=self.size)  # as the indexer decodes
         if result.image is None:
             return i, None, result.error
         resized = result.image.resize((self.size, self.size), Image.Resampling.BILINEAR)
