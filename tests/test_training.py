@@ -423,6 +423,24 @@ def test_rerank_with_a_constant_scorer_keeps_the_first_stage_order(rerank_inputs
     assert ((t2i > 0) & (t2i < 5)).any()  # not vacuous: some matches sit inside the list, below its top
 
 
+def test_rerank_i2t_counts_a_word_for_word_copy_of_an_own_caption_as_correct(rerank_inputs):
+    """Two images share a caption text: its copies tie exactly, and either one describes both."""
+    model, _, _, _, tokens, mask, regions = rerank_inputs
+    constant = copy.deepcopy(model)
+    constant.config = dataclasses.replace(model.config, fusion_weight=0.0)
+    with torch.no_grad():
+        constant.scorer.head.weight.zero_()
+        constant.scorer.alignment_scale.zero_()
+    texts = ["a red circle", "a red circle", "a blue square"]  # captions 0 and 1 are copies
+    captions_of = [[0], [1], [2]]
+    sim = np.array([[0.9, 0.9, 0.1], [0.9, 0.9, 0.1], [0.2, 0.1, 0.8]], dtype=np.float32)  # (Nc, Ni)
+    t, m = tokens[:1].expand(3, -1, -1).clone(), mask[:1].expand(3, -1).clone()
+    by_index = rerank_i2t_ranks(constant, sim, captions_of, t, m, regions[:3], 3)
+    by_text = rerank_i2t_ranks(constant, sim, captions_of, t, m, regions[:3], 3, texts=texts)
+    assert by_index.tolist() == [0, 1, 0]  # image 1's own caption sits behind the tied copy
+    assert by_text.tolist() == [0, 0, 0]
+
+
 def test_evaluate_matches_direct_encoding_and_brute_force(model_dir):
     model = AlignmentModel.from_pretrained(model_dir, device="cpu", fusion_weight=2.0)
     items = [CaptionedImage(Path(f"img{i}.png"), [f"picture {i} caption {k}" for k in range(1 + i % 3)])

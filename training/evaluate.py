@@ -126,8 +126,11 @@ def rerank_t2i_ranks(model, sim, image_of, tokens, mask, regions, depth: int, pa
     return fused_t2i_ranks(sim, image_of, top, scores, model.config.fusion_weight)
 
 
-def rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, depth: int, pairs_per_call: int = 2048) -> np.ndarray:
-    """Re-rank each image's top-`depth` captions."""
+def rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, depth: int, pairs_per_call: int = 2048,
+                     texts: list[str] | None = None) -> np.ndarray:
+    """Re-rank each image's top-`depth` captions. With `texts` (every caption's text), a
+    candidate whose text is one of the image's own captions counts as correct too: two
+    images may share a caption word for word, and its copies score exactly alike."""
     by_image = sim.T  # (Ni, Nc)
     depth = min(depth, by_image.shape[1])
     ranks = i2t_ranks(sim, captions_of)
@@ -141,7 +144,12 @@ def rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, depth: int,
         r = regions[torch.from_numpy(rows)].unsqueeze(1).expand(-1, depth, -1, -1).reshape(q * depth, *regions.shape[1:])
         fused = _scores(model, tokens[flat], mask[flat], r).reshape(q, depth) + model.config.fusion_weight * np.take_along_axis(by_image[rows], cand, 1)
         for j, row in enumerate(rows):
-            rank = _rank_in_list(fused[j], np.isin(cand[j], captions_of[row]))
+            if texts is None:
+                correct = np.isin(cand[j], captions_of[row])
+            else:
+                own = {texts[c] for c in captions_of[row]}
+                correct = np.array([texts[c] in own for c in cand[j]])
+            rank = _rank_in_list(fused[j], correct)
             if rank is not None:
                 ranks[row] = rank
     return ranks
@@ -157,7 +165,8 @@ def evaluate(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, dep
     first = {"t2i": recall_at_k(t2i_ranks(sim, bank.image_of)), "i2t": recall_at_k(i2t_ranks(sim, bank.captions_of))}
     reranked = {
         "t2i": recall_at_k(rerank_t2i_ranks(model, sim, bank.image_of, tokens, mask, regions, depth)),
-        "i2t": recall_at_k(rerank_i2t_ranks(model, sim, bank.captions_of, tokens, mask, regions, depth)),
+        "i2t": recall_at_k(rerank_i2t_ranks(model, sim, bank.captions_of, tokens, mask, regions, depth,
+                                            texts=bank.captions)),
     } if rerank else None
     for block in (first, reranked) if rerank else (first,):
         block["mean_recall"] = float(np.mean([v for d in ("t2i", "i2t") for v in block[d].values()]))
