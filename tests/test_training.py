@@ -407,15 +407,21 @@ def test_rerank_with_a_huge_fusion_weight_keeps_the_first_stage_order(rerank_inp
     assert i2t.tolist() == i2t_ranks(sim, captions_of).tolist()
 
 
-def test_rerank_with_a_constant_scorer_keeps_the_first_stage_order(rerank_inputs):
-    """Equal scores must not count in the correct item's favour (a dead scorer is no re-ranker)."""
-    model, sim, image_of, captions_of, tokens, mask, regions = rerank_inputs
+def constant_scorer(model: AlignmentModel) -> AlignmentModel:
+    """A copy whose scorer gives every pair 0.25, with no fusion: a re-ranker that tells nothing apart."""
     constant = copy.deepcopy(model)
     constant.config = dataclasses.replace(model.config, fusion_weight=0.0)
     with torch.no_grad():
         constant.scorer.head.weight.zero_()
         constant.scorer.head.bias.fill_(0.25)
         constant.scorer.alignment_scale.zero_()
+    return constant
+
+
+def test_rerank_with_a_constant_scorer_keeps_the_first_stage_order(rerank_inputs):
+    """Equal scores must not count in the correct item's favour (a dead scorer is no re-ranker)."""
+    model, sim, image_of, captions_of, tokens, mask, regions = rerank_inputs
+    constant = constant_scorer(model)
     t2i = rerank_t2i_ranks(constant, sim, image_of, tokens, mask, regions, 5)
     i2t = rerank_i2t_ranks(constant, sim, captions_of, tokens, mask, regions, 5)
     assert t2i.tolist() == t2i_ranks(sim, image_of).tolist()
@@ -426,11 +432,7 @@ def test_rerank_with_a_constant_scorer_keeps_the_first_stage_order(rerank_inputs
 def test_rerank_i2t_counts_a_word_for_word_copy_of_an_own_caption_as_correct(rerank_inputs):
     """Two images share a caption text: its copies tie exactly, and either one describes both."""
     model, _, _, _, tokens, mask, regions = rerank_inputs
-    constant = copy.deepcopy(model)
-    constant.config = dataclasses.replace(model.config, fusion_weight=0.0)
-    with torch.no_grad():
-        constant.scorer.head.weight.zero_()
-        constant.scorer.alignment_scale.zero_()
+    constant = constant_scorer(model)
     texts = ["a red circle", "a red circle", "a blue square"]  # captions 0 and 1 are copies
     captions_of = [[0], [1], [2]]
     sim = np.array([[0.9, 0.9, 0.1], [0.9, 0.9, 0.1], [0.2, 0.1, 0.8]], dtype=np.float32)  # (Nc, Ni)
