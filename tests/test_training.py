@@ -29,7 +29,7 @@ from search.alignment import AlignmentModel
 from training.captions import CaptionedImage, CaptionFileError, read_captions
 from training.data import encode_captions, group_batches, load_images, normalize
 from training.evaluate import (
-    evaluate, i2t_ranks, recall_at_k, rerank_i2t_ranks, rerank_t2i_ranks, t2i_ranks,
+    captions_describing, evaluate, i2t_ranks, recall_at_k, rerank_i2t_ranks, rerank_t2i_ranks, t2i_ranks,
 )
 from search.scorer import CrossAttentionScorer
 from training.losses import _negative_weights, alignment_matrix, infonce_loss, itm_loss, vsepp_loss
@@ -438,7 +438,9 @@ def test_rerank_i2t_counts_a_word_for_word_copy_of_an_own_caption_as_correct(rer
     sim = np.array([[0.9, 0.9, 0.1], [0.9, 0.9, 0.1], [0.2, 0.1, 0.8]], dtype=np.float32)  # (Nc, Ni)
     t, m = tokens[:1].expand(3, -1, -1).clone(), mask[:1].expand(3, -1).clone()
     by_index = rerank_i2t_ranks(constant, sim, captions_of, t, m, regions[:3], 3)
-    by_text = rerank_i2t_ranks(constant, sim, captions_of, t, m, regions[:3], 3, texts=texts)
+    describing = captions_describing(texts, captions_of)
+    assert describing == [[0, 1], [0, 1], [2]]
+    by_text = rerank_i2t_ranks(constant, sim, describing, t, m, regions[:3], 3)
     assert by_index.tolist() == [0, 1, 0]  # image 1's own caption sits behind the tied copy
     assert by_text.tolist() == [0, 0, 0]
 

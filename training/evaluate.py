@@ -17,7 +17,7 @@ from training.data import CaptionBank, normalize
 
 __all__ = [
     "recall_at_k", "t2i_ranks", "i2t_ranks", "rerank_t2i_ranks", "rerank_i2t_ranks",
-    "t2i_candidate_scores", "fused_t2i_ranks",
+    "t2i_candidate_scores", "fused_t2i_ranks", "captions_describing",
     "embed_images", "embed_captions", "evaluate", "format_table", "KS",
 ]
 
@@ -33,6 +33,15 @@ def t2i_ranks(sim: np.ndarray, image_of: np.ndarray) -> np.ndarray:
     """sim (Nc, Ni), image_of (Nc,) --> (Nc,) rank of each caption's image."""
     correct = sim[np.arange(len(sim)), image_of][:, None]  # (Nc, 1)
     return (sim > correct).sum(axis=1)
+
+
+def captions_describing(texts: list[str], captions_of: list[list[int]]) -> list[list[int]]:
+    """Per image, every caption whose text is one of its own, word for word: two images may
+    share a caption, and either copy describes both (image->text counts it as correct)."""
+    by_text: dict[str, list[int]] = {}
+    for index, text in enumerate(texts):
+        by_text.setdefault(text, []).append(index)
+    return [sorted({c for own in captions for c in by_text[texts[own]]}) for captions in captions_of]
 
 
 def i2t_ranks(sim: np.ndarray, captions_of: list[list[int]]) -> np.ndarray:
@@ -126,11 +135,8 @@ def rerank_t2i_ranks(model, sim, image_of, tokens, mask, regions, depth: int, pa
     return fused_t2i_ranks(sim, image_of, top, scores, model.config.fusion_weight)
 
 
-def rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, depth: int, pairs_per_call: int = 2048,
-                     texts: list[str] | None = None) -> np.ndarray:
-    """Re-rank each image's top-`depth` captions. With `texts` (every caption's text), a
-    candidate whose text is one of the image's own captions counts as correct too: two
-    images may share a caption word for word, and its copies score exactly alike."""
+def rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, depth: int, pairs_per_call: int = 2048) -> np.ndarray:
+    """Re-rank each image's top-`depth` captions."""
     by_image = sim.T  # (Ni, Nc)
     depth = min(depth, by_image.shape[1])
     ranks = i2t_ranks(sim, captions_of)
@@ -144,12 +150,7 @@ def rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, depth: int,
         r = regions[torch.from_numpy(rows)].unsqueeze(1).expand(-1, depth, -1, -1).reshape(q * depth, *regions.shape[1:])
         fused = _scores(model, tokens[flat], mask[flat], r).reshape(q, depth) + model.config.fusion_weight * np.take_along_axis(by_image[rows], cand, 1)
         for j, row in enumerate(rows):
-            if texts is None:
-                correct = np.isin(cand[j], captions_of[row])
-            else:
-                own = {texts[c] for c in captions_of[row]}
-                correct = np.array([texts[c] in own for c in cand[j]])
-            rank = _rank_in_list(fused[j], correct)
+            rank = _rank_in_list(fused[j], np.isin(cand[j], captions_of[row]))
             if rank is not None:
                 ranks[row] = rank
     return ranks
@@ -162,11 +163,11 @@ def evaluate(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, dep
     image_global, regions = embed_images(model, pixels)
     text_global, tokens, mask = embed_captions(model, bank.captions)
     sim = text_global @ image_global.T  # (Nc, Ni)
-    first = {"t2i": recall_at_k(t2i_ranks(sim, bank.image_of)), "i2t": recall_at_k(i2t_ranks(sim, bank.captions_of))}
+    describing = captions_describing(bank.captions, bank.captions_of)  # per image, for image->text
+    first = {"t2i": recall_at_k(t2i_ranks(sim, bank.image_of)), "i2t": recall_at_k(i2t_ranks(sim, describing))}
     reranked = {
         "t2i": recall_at_k(rerank_t2i_ranks(model, sim, bank.image_of, tokens, mask, regions, depth)),
-        "i2t": recall_at_k(rerank_i2t_ranks(model, sim, bank.captions_of, tokens, mask, regions, depth,
-                                            texts=bank.captions)),
+        "i2t": recall_at_k(rerank_i2t_ranks(model, sim, describing, tokens, mask, regions, depth)),
     } if rerank else None
     for block in (first, reranked) if rerank else (first,):
         block["mean_recall"] = float(np.mean([v for d in ("t2i", "i2t") for v in block[d].values()]))
