@@ -6,14 +6,19 @@
    15-25 KB each, like photos) into a temp folder, in parallel.
 2. Forward-only images/s (uint8 pixels already on the device; normalise, channels-last,
    float16 autocast, outputs copied back), and the same in float32.
-3. End to end through indexer.pipeline.index_files (CPU decode workers, the GPU encoder,
-   SQLite store, FAISS): images/s from the JPEG files to stored vectors.
-4. GPU JPEG decoding (torchvision.io.decode_jpeg on the device, workers only read bytes),
+3. The decode workers alone (index_files' DataLoader, no model): the CPU side's ceiling.
+4. End to end through indexer.pipeline.index_files (CPU decode workers, the GPU encoder,
+   SQLite store, FAISS): images/s from the JPEG files to stored vectors; also with the
+   store/GPU overlap turned off (each batch waited for, then stored), and at batch 64.
+   Then a check that the stored vectors are the right ones: each of 256 files' stored
+   global vector against a float32 forward pass of the same file, as cosine similarity.
+5. GPU JPEG decoding (torchvision.io.decode_jpeg on the device, workers only read bytes),
    then resize, normalise and forward: images/s. Not the product path: its resize differs
    from the indexer's Pillow resize, so it shows what GPU decoding would give.
-5. Re-ranking K=100 candidates (49 regions x 256, 2 layers) on the device: the reference
+6. Re-ranking K=100 candidates (49 regions x 256, 2 layers) on the device: the reference
    scorer and the fast path in float32 and bfloat16, p50 ms.
-Prints a short table and writes it to OUT/gpu_check.md when --out (or $OUT) is set.
+Prints a short table; with --out (or $OUT) each line also goes to OUT/gpu_check.md as soon as
+it is measured, so a run cut short keeps what it measured.
 On a machine without a GPU it runs the same code paths on the CPU (use small sizes).
 """
 
@@ -38,6 +43,9 @@ from bench.machine import describe, percentiles_ms
 from indexer.backbone import BackboneConfig
 from indexer.device import resolve_device
 from indexer.image_encoder import ImageEncoder, normalize_pixels
+import indexer.pipeline
+from indexer.decode import decode_file
+from indexer.image_encoder import resize_uint8
 from indexer.pipeline import default_workers, index_files
 from indexer.store import Store
 from indexer.vectors import VectorIndex
@@ -88,15 +96,61 @@ def forward_only(encoder: ImageEncoder, device: torch.device, count: int, batch_
     return batches * batch_size / (time.perf_counter() - started)
 
 
-def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, workers: int) -> float:
-    with tempfile.TemporaryDirectory(prefix="imgsearch-gpu-index-") as work:
-        store = Store(Path(work) / "index.db", encoder.embed_dim, encoder.num_regions)
-        summary = index_files(files, store, VectorIndex.empty(encoder.embed_dim), encoder,
-                              batch_size=batch_size, workers=workers)
-        store.close()
+def decode_only(files: list[Path], image_size: int, batch_size: int, workers: int) -> float:
+    """index_files' decode workers with nothing downstream: images/s the CPU side can feed."""
+    loader = torch.utils.data.DataLoader(
+        indexer.pipeline._DecodeDataset(files, image_size), batch_size=batch_size, num_workers=workers,
+        collate_fn=indexer.pipeline._collate, worker_init_fn=indexer.pipeline._init_worker if workers else None,
+        prefetch_factor=4 if workers else None)
+    started = time.perf_counter()
+    count = sum(len(batch) for batch in loader)
+    return count / (time.perf_counter() - started)
+
+
+def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, workers: int, *,
+               overlap: bool = True, check_vectors: int = 0) -> float | tuple[float, float]:
+    """Images/s through index_files. overlap=False waits for each batch's vectors before
+    storing it (no GPU work while SQLite writes). With check_vectors=N, also returns the
+    lowest cosine similarity between the stored and a float32 forward pass, over N files."""
+    start = indexer.pipeline._start_encoding
+
+    def waited(*args):
+        global_, regions, ready = start(*args)
+        if ready is not None:
+            ready.synchronize()
+        return global_, regions, None
+
+    indexer.pipeline._start_encoding = start if overlap else waited
+    try:
+        with tempfile.TemporaryDirectory(prefix="imgsearch-gpu-index-") as work:
+            store = Store(Path(work) / "index.db", encoder.embed_dim, encoder.num_regions)
+            summary = index_files(files, store, VectorIndex.empty(encoder.embed_dim), encoder,
+                                  batch_size=batch_size, workers=workers)
+            lowest = stored_against_forward(store, encoder, files[:check_vectors]) if check_vectors else None
+            store.close()
+    finally:
+        indexer.pipeline._start_encoding = start
     if summary.failed or summary.added != len(files):
         raise RuntimeError(f"indexing failed: {summary.to_dict()}")
-    return summary.images_per_second
+    return summary.images_per_second if lowest is None else (summary.images_per_second, lowest)
+
+
+def stored_against_forward(store: Store, encoder: ImageEncoder, files: list[Path]) -> float:
+    """Lowest cosine similarity between each file's stored global vector and a float32
+    forward pass of the same file, one image at a time (a row mix-up gives about 0)."""
+    device = next(encoder.parameters()).device
+    ids, vectors = store.global_vectors()  # (N,), (N, d)
+    row_of = {int(i): row for row, i in enumerate(ids)}
+    lowest = 1.0
+    with torch.inference_mode():
+        for path in files:
+            image = decode_file(path, min_size=encoder.image_size).image
+            pixels = resize_uint8(image, encoder.image_size)[None].to(device)  # (1, 3, S, S) uint8
+            expected = encoder(normalize_pixels(pixels)).global_[0].float().cpu().numpy()  # (d,)
+            stored = vectors[row_of[store.get(str(path)).id]]
+            cosine = float(expected @ stored / (np.linalg.norm(expected) * np.linalg.norm(stored)))
+            lowest = min(lowest, cosine)
+    return lowest
 
 
 class _Bytes(torch.utils.data.Dataset):
@@ -152,6 +206,23 @@ def rerank_latency(device: torch.device, repeats: int) -> dict[str, float]:
     return out
 
 
+class Table:
+    """Lines of the report; each is also appended to OUT/gpu_check.md as soon as it is added."""
+
+    def __init__(self, out: str | None) -> None:
+        self.file = None
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            self.file = Path(out) / "gpu_check.md"
+            self.file.write_text("")
+
+    def add(self, *lines: str) -> None:
+        print("\n".join(lines), flush=True)
+        if self.file is not None:
+            with self.file.open("a") as f:
+                f.write("".join(line + "\n" for line in lines))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -168,41 +239,50 @@ def main() -> None:
     device = resolve_device(args.device)
     workers = default_workers() if args.workers is None else args.workers
     torch.backends.cudnn.benchmark = True
-    lines = [f"Machine: {describe()}", f"Device: {device}; {workers} decode workers; batch {args.batch_size}; "
-             f"{args.images} synthetic {SIZE}px JPEGs", ""]
+    table = Table(args.out)
+    table.add(f"Machine: {describe()}", f"Device: {device}; {workers} decode workers; batch {args.batch_size}; "
+              f"{args.images} synthetic {SIZE}px JPEGs", "")
     with tempfile.TemporaryDirectory(prefix="imgsearch-gpu-jpegs-") as folder:
         started = time.perf_counter()
         files, mean_bytes = make_jpegs(Path(folder), args.images)
-        lines.append(f"JPEGs written in {time.perf_counter() - started:.1f} s, {mean_bytes / 1024:.1f} KB each")
+        table.add(f"JPEGs written in {time.perf_counter() - started:.1f} s, {mean_bytes / 1024:.1f} KB each", "")
         torch.manual_seed(0)
         encoder = ImageEncoder(BackboneConfig(name="vgg16", weights=None), 256).eval().to(device)
         half = device.type == "cuda"
+        short = min(args.images, 8 * args.batch_size)
         runs = [
             ("forward-only, float16 autocast" if half else "forward-only, float32",
              lambda: forward_only(encoder, device, args.images, args.batch_size, half)),
-            ("end to end (index_files: CPU decode workers)",
+            ("decode workers alone (no model)",
+             lambda: decode_only(files, SIZE, args.batch_size, workers)),
+            ("end to end (index_files, the product path)",
              lambda: end_to_end(encoder, files, args.batch_size, workers)),
+            ("end to end, store/GPU overlap off",
+             lambda: end_to_end(encoder, files, args.batch_size, workers, overlap=False)),
+            ("end to end, batch 64",
+             lambda: end_to_end(encoder, files, 64, workers)),
             ("GPU JPEG decode + forward (not the product path)",
              lambda: gpu_decode(encoder, files, device, args.batch_size, workers)),
         ]
         if half:
             runs.insert(1, ("forward-only, float32",
-                            lambda: forward_only(encoder, device, min(args.images, 4 * args.batch_size),
-                                                 args.batch_size, False)))
-        results = []
+                            lambda: forward_only(encoder, device, short, args.batch_size, False)))
+        table.add("| VGG16 224px | images/s |", "|---|---|")
         for name, run in runs:
             print(f"{name} ...", file=sys.stderr, flush=True)
-            results.append((name, run()))
-            print(f"  {results[-1][1]:.0f} images/s", file=sys.stderr, flush=True)
-        lines += ["| VGG16 224px | images/s |", "|---|---|"]
-        lines += [f"| {name} | {value:.0f} |" for name, value in results]
-    lines += ["", "| re-rank K=100, 49 regions x 256 | p50 ms |", "|---|---|"]
-    lines += [f"| {name} | {ms:.2f} |" for name, ms in rerank_latency(device, 50).items()]
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "gpu_check.md").write_text(table + "\n")
+            try:
+                table.add(f"| {name} | {run():.0f} |")
+            except Exception as exc:  # one broken stage must not cost the others' numbers
+                table.add(f"| {name} | failed: {type(exc).__name__}: {exc} |")
+        try:
+            checked = min(256, short)
+            _, lowest = end_to_end(encoder, files[:short], args.batch_size, workers, check_vectors=checked)
+            table.add("", f"Stored global vectors against a float32 forward pass of the same file, "
+                          f"{checked} files: lowest cosine similarity {lowest:.4f}")
+        except Exception as exc:
+            table.add("", f"Stored-vector check failed: {type(exc).__name__}: {exc}")
+    table.add("", "| re-rank K=100, 49 regions x 256 | p50 ms |", "|---|---|")
+    table.add(*[f"| {name} | {ms:.2f} |" for name, ms in rerank_latency(device, 50).items()])
     print("target: end to end >= 3000 images/s on an H100-class GPU", file=sys.stderr)
 
 

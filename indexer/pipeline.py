@@ -2,7 +2,9 @@
 
 Decoding and resizing happen in DataLoader worker processes (uint8 pixels, 4x
 less to ship than floats) while the encoder runs on earlier batches; the encoder
-runs under inference mode, channels-last, and on a GPU under float16 autocast. Each batch is committed to SQLite in one transaction, then
+runs under inference mode, channels-last, and on a GPU under float16 autocast,
+asynchronously: batch n is written to the store while the GPU encodes batch n+1.
+Each batch is committed to SQLite in one transaction, then
 mirrored into the in-memory FAISS index, so a run killed at any moment leaves
 every finished batch stored and nothing half-written; the next run skips what
 is stored and finishes the rest. Content is identified by its sha256: a file
@@ -15,11 +17,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -152,20 +154,42 @@ def index_files(
         prefetch_factor=4 if num_workers else None,  # batches decoded ahead, per worker
     )
     done = 0
+
+    def store_batch(encoding: _Encoding) -> None:
+        nonlocal done
+        applied = store.apply(encoding.changes_with_vectors())
+        vectors.remove(applied.removed_ids)
+        vectors.add(applied.added_ids, applied.added_vectors)  # (n,), (n, d)
+        done += encoding.files
+        if progress is not None:
+            progress(done, len(plan.todo))
+
     # torch keeps all its threads beside the decode workers: on an idle 2-core machine that
     # indexed VGG16 at 224px at 94% of forward-only, against 54% with one thread left to
     # torch (bench/RESULTS.md, the two idle-machine indexing runs); decoding needs far less than a core.
-    for batch in loader:
-        changes = _reconcile(batch, plan, store, encoder, device, summary)
-        applied = store.apply(changes)
-        vectors.remove(applied.removed_ids)
-        vectors.add(applied.added_ids, applied.added_vectors)  # (n,), (n, d)
-        done += len(batch)
-        if progress is not None:
-            progress(done, len(plan.todo))
-        if should_stop is not None and should_stop() and done < len(plan.todo):
-            summary.interrupted = True
-            break
+    # On a GPU the forward pass runs asynchronously, and batch n is stored while the GPU
+    # encodes batch n+1: writing 256 images to SQLite takes about 28 ms of CPU time (2-core
+    # EPYC), as long as VGG16's forward pass on thousands of images/s. On the CPU the
+    # vectors are ready when _reconcile returns, and the batch is stored at once.
+    pending: _Encoding | None = None
+    with _cudnn_autotuned(device):
+        for batch in loader:
+            in_flight = pending.contents if pending is not None else frozenset()
+            current = _reconcile(batch, plan, store, encoder, device, summary, in_flight)
+            if pending is not None:
+                store_batch(pending)
+                pending = None
+            if current.ready is None:
+                store_batch(current)
+            else:
+                pending = current
+            if should_stop is not None and should_stop():
+                finished = done + (pending.files if pending is not None else 0)  # the pending one is stored below
+                if finished < len(plan.todo):
+                    summary.interrupted = True
+                    break
+        if pending is not None:
+            store_batch(pending)
     if not summary.interrupted:  # an unfinished run keeps vanished rows: later files may be their moves
         gone = plan.remaining_vanished()
         vectors.remove(store.remove([row.id for row in gone]))
@@ -175,6 +199,36 @@ def index_files(
     return summary
 
 
+@dataclass
+class _Encoding:
+    """One batch's changes, whose new contents' vectors the encoder may still be computing.
+
+    On a GPU the forward pass and the copies back to (pinned) host memory are queued
+    asynchronously; `changes_with_vectors` waits for them. On the CPU they are done already.
+    """
+
+    changes: list[Change]
+    files: int  # files of the batch, for progress
+    puts: list[Put]  # the Puts that carry new content, in the encoder's row order
+    global_: torch.Tensor | None = None  # (n, d) float32, host memory
+    regions: torch.Tensor | None = None  # (n, R, d) float16, host memory
+    ready: torch.cuda.Event | None = None  # fires when global_ and regions are filled (GPU)
+
+    @property
+    def contents(self) -> frozenset[str]:
+        """sha256 of the contents being embedded: not in the store until this batch is stored."""
+        return frozenset(put.sha256 for put in self.puts)
+
+    def changes_with_vectors(self) -> list[Change]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        if self.puts:
+            global_, regions = self.global_.numpy(), self.regions.numpy()  # (n, d), (n, R, d)
+            for row, put in enumerate(self.puts):
+                put.global_, put.regions = global_[row], regions[row]
+        return self.changes
+
+
 def _reconcile(
     batch: _Batch,
     plan: RunPlan,
@@ -182,8 +236,10 @@ def _reconcile(
     encoder: ImageEncoder,
     device: torch.device,
     summary: AddSummary,
-) -> list[Change]:
-    """Decide what each decoded file means for the store; embed only content not stored yet."""
+    in_flight: frozenset[str],
+) -> _Encoding:
+    """Decide what each decoded file means for the store; start embedding the content
+    that is neither stored nor `in_flight` (being embedded in the batch before)."""
     changes: list[Change] = []
     to_embed: dict[str, tuple[Put, int]] = {}  # one Put per new content carries its vectors: (Put, row in pixels)
     good_row = -1  # row of the current result in batch.pixels
@@ -210,25 +266,47 @@ def _reconcile(
             summary.added += 1
         else:
             summary.updated += 1
-        if result.sha256 not in to_embed and not store.has_content(result.sha256):
+        if (result.sha256 not in to_embed and result.sha256 not in in_flight
+                and not store.has_content(result.sha256)):
             to_embed[result.sha256] = (put, good_row)
+    encoding = _Encoding(changes, len(batch), [put for put, _ in to_embed.values()])
     if to_embed:
-        puts = [put for put, _ in to_embed.values()]
         rows = torch.tensor([row for _, row in to_embed.values()])
-        global_, regions = _encode(batch.pixels[rows], encoder, device)
-        for row, put in enumerate(puts):
-            put.global_, put.regions = global_[row], regions[row]
-        summary.embedded += len(puts)
-    return changes
+        encoding.global_, encoding.regions, encoding.ready = _start_encoding(batch.pixels, rows, encoder, device)
+        summary.embedded += len(to_embed)
+    return encoding
 
 
-def _encode(pixels: torch.Tensor, encoder: ImageEncoder, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (B, 3, S, S) --> global vectors (B, d) float32, regions (B, R, d) float16."""
+def _start_encoding(
+    pixels: torch.Tensor, rows: torch.Tensor, encoder: ImageEncoder, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]:
+    """uint8 images (B, 3, S, S), rows to embed (n,) --> global vectors (n, d) float32 and
+    regions (n, R, d) float16 in host memory, and on a GPU the event that says they are there."""
     cuda = device.type == "cuda"
-    batch = pixels.to(device, non_blocking=cuda)  # (B, 3, S, S) uint8
-    batch = normalize_pixels(batch).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-        out = encoder(batch)
-    regions = out.regions.to(torch.float16).cpu().numpy()  # (B, R, d)
-    global_ = out.global_.float().cpu().numpy()  # (B, d)
-    return global_, regions
+    with torch.inference_mode():
+        batch = pixels.to(device, non_blocking=cuda)[rows.to(device)]  # (n, 3, S, S) uint8; pinned on a GPU run
+        batch = normalize_pixels(batch).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+            out = encoder(batch)
+        regions = out.regions.to(torch.float16)  # (n, R, d)
+        global_ = out.global_.float()  # (n, d)
+        if not cuda:
+            return global_, regions, None
+        regions_host = torch.empty(regions.shape, dtype=torch.float16, pin_memory=True)
+        global_host = torch.empty(global_.shape, dtype=torch.float32, pin_memory=True)
+        regions_host.copy_(regions, non_blocking=True)
+        global_host.copy_(global_, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+    return global_host, regions_host, ready
+
+
+@contextmanager
+def _cudnn_autotuned(device: torch.device) -> Iterator[None]:
+    """On a GPU, let cuDNN pick its fastest convolution algorithms: every batch has the same shape."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous

@@ -143,6 +143,62 @@ def test_old_content_reappearing_under_a_new_path_in_the_same_run_is_not_re_embe
     assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
 
 
+class DeferredEncoding:
+    """Makes the CPU take the GPU's path: each batch's vectors are 'ready' only when waited for,
+    so batch n is stored after batch n+1 is started. Records the stored rows at each start."""
+
+    def __init__(self, index: Index, monkeypatch) -> None:
+        self.rows_at_start: list[int] = []
+        self.waits = 0
+        start = indexer.pipeline._start_encoding
+
+        def deferred(pixels, rows, encoder, device):
+            self.rows_at_start.append(index.store.counts()["ok"])
+            global_, regions, ready = start(pixels, rows, encoder, device)
+            assert ready is None  # on the CPU
+            return global_, regions, self
+
+        monkeypatch.setattr(indexer.pipeline, "_start_encoding", deferred)
+
+    def synchronize(self) -> None:  # the torch.cuda.Event method the pipeline calls
+        self.waits += 1
+
+
+def test_the_gpus_deferred_storing_stores_what_the_cpu_path_stores(tmp_path, model_dir, index, monkeypatch):
+    photos = make_photos(tmp_path / "photos", range(7))
+    shutil.copyfile(photos / "img_001.png", photos / "img_002_copy.png")
+    spy = Spy(index, monkeypatch)
+    deferred = DeferredEncoding(index, monkeypatch)
+
+    # Batches of 3: img_000 img_001 img_002 | img_002_copy img_003 img_004 | img_005 img_006.
+    # The copy's content is in the pending batch, not yet in the store: it must not be embedded again.
+    summary = index.add([photos], workers=0, batch_size=3)
+
+    assert spy.embedded == summary.embedded == 7 and summary.added == 8
+    assert deferred.rows_at_start == [0, 0, 3]  # batch n+1 starts before batch n is stored
+    assert deferred.waits == 3
+    check_consistent(index)
+    assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
+
+
+def test_a_stop_on_the_gpus_path_stores_the_pending_batch_then_resumes(tmp_path, model_dir, index, monkeypatch):
+    photos = make_photos(tmp_path / "photos", range(9))
+    DeferredEncoding(index, monkeypatch)
+    asked = []
+
+    def stop_after_two_batches() -> bool:
+        asked.append(index.store.counts()["ok"])
+        return len(asked) == 2
+
+    summary = index.add([photos], workers=0, batch_size=3, should_stop=stop_after_two_batches)
+
+    assert asked == [0, 3]  # asked after each batch is started; batch 2 was still pending
+    assert summary.interrupted and summary.added == 6 and index.info()["images"] == 6
+    check_consistent(index)
+    index.add([photos], workers=0, batch_size=3)
+    assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
+
+
 def run_json(*args):
     result = CliRunner().invoke(cli, [str(a) for a in args] + ["--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
