@@ -9,7 +9,9 @@
 3. The decode workers alone (index_files' DataLoader, no model): the CPU side's ceiling.
 4. End to end through indexer.pipeline.index_files (CPU decode workers, the GPU encoder,
    SQLite store, FAISS): images/s from the JPEG files to stored vectors; also with the
-   store/GPU overlap turned off (each batch waited for, then stored), and at batch 64.
+   writer thread off (each batch waited for, then stored on the main thread), with pinned
+   memory off, and at batch 64; one more run under cProfile (OUT/index_profile.txt), and
+   Store.apply alone for a batch of new images (SQLite's share).
    Then a check that the stored vectors are the right ones: each of 256 files' stored
    global vector against a float32 forward pass of the same file, as cosine similarity.
 5. GPU JPEG decoding (torchvision.io.decode_jpeg on the device, workers only read bytes),
@@ -25,7 +27,11 @@ On a machine without a GPU it runs the same code paths on the CPU (use small siz
 from __future__ import annotations
 
 import argparse
+import cProfile
+import functools
+import hashlib
 import io
+import pstats
 import os
 import sys
 import tempfile
@@ -47,7 +53,7 @@ import indexer.pipeline
 from indexer.decode import decode_file
 from indexer.image_encoder import resize_uint8
 from indexer.pipeline import default_workers, index_files
-from indexer.store import Store
+from indexer.store import Put, Store
 from indexer.vectors import VectorIndex
 from search.fast_scorer import score_candidates_fast
 from search.scorer import CrossAttentionScorer, ScorerConfig
@@ -108,11 +114,14 @@ def decode_only(files: list[Path], image_size: int, batch_size: int, workers: in
 
 
 def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, workers: int, *,
-               overlap: bool = True, check_vectors: int = 0) -> float | tuple[float, float]:
-    """Images/s through index_files. overlap=False waits for each batch's vectors before
-    storing it (no GPU work while SQLite writes). With check_vectors=N, also returns the
-    lowest cosine similarity between the stored and a float32 forward pass, over N files."""
-    start = indexer.pipeline._start_encoding
+               writer_thread: bool = True, pin_memory: bool = True, profile: Path | None = None,
+               check_vectors: int = 0) -> float | tuple[float, float]:
+    """Images/s through index_files, the product path. Variants for finding the bottleneck:
+    writer_thread=False waits for each batch's vectors and stores it on the main thread;
+    pin_memory=False hands the DataLoader's batches over unpinned; `profile` writes the main
+    thread's cProfile statistics there. With check_vectors=N, also returns the lowest cosine
+    similarity between the stored and a float32 forward pass, over the first N files."""
+    start, loader = indexer.pipeline._start_encoding, indexer.pipeline.DataLoader
 
     def waited(*args):
         global_, regions, ready = start(*args)
@@ -120,19 +129,46 @@ def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, worker
             ready.synchronize()
         return global_, regions, None
 
-    indexer.pipeline._start_encoding = start if overlap else waited
+    indexer.pipeline._start_encoding = start if writer_thread else waited
+    indexer.pipeline.DataLoader = loader if pin_memory else functools.partial(loader, pin_memory=False)
+    profiler = cProfile.Profile() if profile else None
     try:
         with tempfile.TemporaryDirectory(prefix="imgsearch-gpu-index-") as work:
             store = Store(Path(work) / "index.db", encoder.embed_dim, encoder.num_regions)
+            if profiler:
+                profiler.enable()
             summary = index_files(files, store, VectorIndex.empty(encoder.embed_dim), encoder,
                                   batch_size=batch_size, workers=workers)
+            if profiler:
+                profiler.disable()
             lowest = stored_against_forward(store, encoder, files[:check_vectors]) if check_vectors else None
             store.close()
     finally:
-        indexer.pipeline._start_encoding = start
+        indexer.pipeline._start_encoding, indexer.pipeline.DataLoader = start, loader
     if summary.failed or summary.added != len(files):
         raise RuntimeError(f"indexing failed: {summary.to_dict()}")
+    if profiler:
+        with profile.open("w") as f:
+            pstats.Stats(profiler, stream=f).sort_stats("tottime").print_stats(40)
     return summary.images_per_second if lowest is None else (summary.images_per_second, lowest)
+
+
+def store_apply_ms(batch_size: int, embed_dim: int, num_regions: int, batches: int = 20) -> float:
+    """Median ms of Store.apply for a batch of new images with VGG16's vectors (SQLite alone)."""
+    rng = np.random.default_rng(0)
+    global_ = rng.standard_normal((batch_size, embed_dim)).astype(np.float32)
+    regions = rng.standard_normal((batch_size, num_regions, embed_dim)).astype(np.float16)
+    seconds = []
+    with tempfile.TemporaryDirectory(prefix="imgsearch-gpu-store-") as work:
+        store = Store(Path(work) / "index.db", embed_dim, num_regions)
+        for b in range(batches):
+            puts = [Put(f"/photos/{b}/{i}.jpg", 20_000, 1.0, 1.0, hashlib.sha256(f"{b}/{i}".encode()).hexdigest(),
+                        SIZE, SIZE, global_[i], regions[i]) for i in range(batch_size)]
+            started = time.perf_counter()
+            store.apply(puts)
+            seconds.append(time.perf_counter() - started)
+        store.close()
+    return float(np.median(seconds[2:]) * 1e3)
 
 
 def stored_against_forward(store: Store, encoder: ImageEncoder, files: list[Path]) -> float:
@@ -257,8 +293,10 @@ def main() -> None:
              lambda: decode_only(files, SIZE, args.batch_size, workers)),
             ("end to end (index_files, the product path)",
              lambda: end_to_end(encoder, files, args.batch_size, workers)),
-            ("end to end, store/GPU overlap off",
-             lambda: end_to_end(encoder, files, args.batch_size, workers, overlap=False)),
+            ("end to end, writer thread off (wait for the GPU, store on the main thread)",
+             lambda: end_to_end(encoder, files, args.batch_size, workers, writer_thread=False)),
+            ("end to end, pinned memory off",
+             lambda: end_to_end(encoder, files, args.batch_size, workers, pin_memory=False)),
             ("end to end, batch 64",
              lambda: end_to_end(encoder, files, 64, workers)),
             ("GPU JPEG decode + forward (not the product path)",
@@ -274,6 +312,15 @@ def main() -> None:
                 table.add(f"| {name} | {run():.0f} |")
             except Exception as exc:  # one broken stage must not cost the others' numbers
                 table.add(f"| {name} | failed: {type(exc).__name__}: {exc} |")
+        if args.out:
+            profile = Path(args.out) / "index_profile.txt"
+            try:
+                rate = end_to_end(encoder, files, args.batch_size, workers, profile=profile)
+                table.add("", f"Main thread profiled (cProfile, {rate:.0f} images/s under it): {profile.name}")
+            except Exception as exc:
+                table.add("", f"Profiled run failed: {type(exc).__name__}: {exc}")
+        table.add("", f"Store.apply of {args.batch_size} new images (49 x 256 fp16 regions each), median: "
+                      f"{store_apply_ms(args.batch_size, encoder.embed_dim, encoder.num_regions):.1f} ms")
         try:
             checked = min(256, short)
             _, lowest = end_to_end(encoder, files[:short], args.batch_size, workers, check_vectors=checked)

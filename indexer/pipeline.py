@@ -3,7 +3,7 @@
 Decoding and resizing happen in DataLoader worker processes (uint8 pixels, 4x
 less to ship than floats) while the encoder runs on earlier batches; the encoder
 runs under inference mode, channels-last, and on a GPU under float16 autocast,
-asynchronously: batch n is written to the store while the GPU encodes batch n+1.
+asynchronously, with a writer thread storing finished batches meanwhile.
 Each batch is committed to SQLite in one transaction, then
 mirrored into the in-memory FAISS index, so a run killed at any moment leaves
 every finished batch stored and nothing half-written; the next run skips what
@@ -15,7 +15,9 @@ through the backbone again. A failure in one file is recorded and the run goes o
 from __future__ import annotations
 
 import os
+import queue
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -153,43 +155,22 @@ def index_files(
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers else None,  # batches decoded ahead, per worker
     )
-    done = 0
-
-    def store_batch(encoding: _Encoding) -> None:
-        nonlocal done
-        applied = store.apply(encoding.changes_with_vectors())
-        vectors.remove(applied.removed_ids)
-        vectors.add(applied.added_ids, applied.added_vectors)  # (n,), (n, d)
-        done += encoding.files
-        if progress is not None:
-            progress(done, len(plan.todo))
-
+    known_contents = store.content_hashes()  # grows with every content embedded in this run
+    writer = _StoreWriter(store, vectors, len(plan.todo), progress)
     # torch keeps all its threads beside the decode workers: on an idle 2-core machine that
     # indexed VGG16 at 224px at 94% of forward-only, against 54% with one thread left to
     # torch (bench/RESULTS.md, the two idle-machine indexing runs); decoding needs far less than a core.
-    # On a GPU the forward pass runs asynchronously, and batch n is stored while the GPU
-    # encodes batch n+1: writing 256 images to SQLite takes about 28 ms of CPU time (2-core
-    # EPYC), as long as VGG16's forward pass on thousands of images/s. On the CPU the
-    # vectors are ready when _reconcile returns, and the batch is stored at once.
-    pending: _Encoding | None = None
-    with _cudnn_autotuned(device):
-        for batch in loader:
-            in_flight = pending.contents if pending is not None else frozenset()
-            current = _reconcile(batch, plan, store, encoder, device, summary, in_flight)
-            if pending is not None:
-                store_batch(pending)
-                pending = None
-            if current.ready is None:
-                store_batch(current)
-            else:
-                pending = current
-            if should_stop is not None and should_stop():
-                finished = done + (pending.files if pending is not None else 0)  # the pending one is stored below
-                if finished < len(plan.todo):
+    try:
+        with _cudnn_autotuned(device):
+            for batch in loader:
+                writer.submit(_reconcile(batch, plan, encoder, device, summary, known_contents))
+                if should_stop is not None and should_stop() and writer.submitted < len(plan.todo):
                     summary.interrupted = True
                     break
-        if pending is not None:
-            store_batch(pending)
+    except BaseException:
+        writer.close(reraise=False)  # the batches already handed over are stored; this error wins
+        raise
+    writer.close()
     if not summary.interrupted:  # an unfinished run keeps vanished rows: later files may be their moves
         gone = plan.remaining_vanished()
         vectors.remove(store.remove([row.id for row in gone]))
@@ -214,11 +195,6 @@ class _Encoding:
     regions: torch.Tensor | None = None  # (n, R, d) float16, host memory
     ready: torch.cuda.Event | None = None  # fires when global_ and regions are filled (GPU)
 
-    @property
-    def contents(self) -> frozenset[str]:
-        """sha256 of the contents being embedded: not in the store until this batch is stored."""
-        return frozenset(put.sha256 for put in self.puts)
-
     def changes_with_vectors(self) -> list[Change]:
         if self.ready is not None:
             self.ready.synchronize()
@@ -229,17 +205,75 @@ class _Encoding:
         return self.changes
 
 
+class _StoreWriter:
+    """Stores encoded batches in the order given: each at once while encodings are
+    synchronous (CPU), and from the first asynchronous one (GPU) on a thread of its own.
+
+    On a GPU the main thread would otherwise wait for SQLite: writing 256 VGG16 images
+    (49 fp16 regions x 256 each) takes about 29 ms on a 2-core EPYC, half of it in the WAL
+    checkpoint, which releases the GIL. On the thread it overlaps decoding and the GPU.
+    """
+
+    def __init__(self, store: Store, vectors: VectorIndex, total: int, progress: ProgressCallback | None) -> None:
+        self.store, self.vectors, self.total, self.progress = store, vectors, total, progress
+        self.submitted = 0  # files handed over
+        self.done = 0  # files stored
+        self.error: BaseException | None = None
+        self.queue: queue.Queue[_Encoding | None] = queue.Queue(maxsize=2)  # batches waiting, at most
+        self.thread: threading.Thread | None = None
+
+    def submit(self, encoding: _Encoding) -> None:
+        self._raise_error()
+        self.submitted += encoding.files
+        if self.thread is None and encoding.ready is None:
+            self._store(encoding)
+            return
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="imgsearch-store-writer", daemon=True)
+            self.thread.start()
+        self.queue.put(encoding)
+
+    def close(self, *, reraise: bool = True) -> None:
+        """Wait until every batch handed over is stored (or the writer failed)."""
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+        if reraise:
+            self._raise_error()
+
+    def _run(self) -> None:
+        while (encoding := self.queue.get()) is not None:
+            if self.error is None:  # after an error, batches are dropped: the main thread stops at its next submit
+                try:
+                    self._store(encoding)
+                except BaseException as exc:
+                    self.error = exc
+
+    def _store(self, encoding: _Encoding) -> None:
+        applied = self.store.apply(encoding.changes_with_vectors())
+        self.vectors.remove(applied.removed_ids)
+        self.vectors.add(applied.added_ids, applied.added_vectors)  # (n,), (n, d)
+        self.done += encoding.files
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
 def _reconcile(
     batch: _Batch,
     plan: RunPlan,
-    store: Store,
     encoder: ImageEncoder,
     device: torch.device,
     summary: AddSummary,
-    in_flight: frozenset[str],
+    known_contents: set[str],
 ) -> _Encoding:
-    """Decide what each decoded file means for the store; start embedding the content
-    that is neither stored nor `in_flight` (being embedded in the batch before)."""
+    """Decide what each decoded file means for the store; start embedding the contents not in
+    `known_contents` (stored, or embedded earlier in this run), and add them to it."""
     changes: list[Change] = []
     to_embed: dict[str, tuple[Put, int]] = {}  # one Put per new content carries its vectors: (Put, row in pixels)
     good_row = -1  # row of the current result in batch.pixels
@@ -266,8 +300,8 @@ def _reconcile(
             summary.added += 1
         else:
             summary.updated += 1
-        if (result.sha256 not in to_embed and result.sha256 not in in_flight
-                and not store.has_content(result.sha256)):
+        if result.sha256 not in known_contents:
+            known_contents.add(result.sha256)
             to_embed[result.sha256] = (put, good_row)
     encoding = _Encoding(changes, len(batch), [put for put, _ in to_embed.values()])
     if to_embed:

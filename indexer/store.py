@@ -284,6 +284,10 @@ class Store:
         rows = self.db.query("SELECT * FROM images")
         return {r["path"]: _stored(r) for r in rows}
 
+    def content_hashes(self) -> set[str]:
+        """sha256 of every stored content (vectors kept, whether or not a row uses them now)."""
+        return {row[0] for row in self.db.execute("SELECT sha256 FROM embeddings")}
+
     def has_content(self, sha256: str) -> bool:
         return self.db.execute("SELECT 1 FROM embeddings WHERE sha256 = ?", [sha256]).fetchone() is not None
 

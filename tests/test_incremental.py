@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from imgsearch.cli import cli
 from imgsearch.index import Index
 from index_oracle import assert_rows_match, assert_same_results, check_consistent, rows_of, search_results
 from indexer.errors import StoreWriteFailed
+from indexer.store import Store
 
 QUERIES = ["a red circle", "a blue square"]
 
@@ -145,15 +147,13 @@ def test_old_content_reappearing_under_a_new_path_in_the_same_run_is_not_re_embe
 
 class DeferredEncoding:
     """Makes the CPU take the GPU's path: each batch's vectors are 'ready' only when waited for,
-    so batch n is stored after batch n+1 is started. Records the stored rows at each start."""
+    so batches are stored by the writer thread while the next ones are decoded and encoded."""
 
-    def __init__(self, index: Index, monkeypatch) -> None:
-        self.rows_at_start: list[int] = []
+    def __init__(self, monkeypatch) -> None:
         self.waits = 0
         start = indexer.pipeline._start_encoding
 
         def deferred(pixels, rows, encoder, device):
-            self.rows_at_start.append(index.store.counts()["ok"])
             global_, regions, ready = start(pixels, rows, encoder, device)
             assert ready is None  # on the CPU
             return global_, regions, self
@@ -164,36 +164,57 @@ class DeferredEncoding:
         self.waits += 1
 
 
-def test_the_gpus_deferred_storing_stores_what_the_cpu_path_stores(tmp_path, model_dir, index, monkeypatch):
+def test_the_gpus_writer_thread_stores_what_the_cpu_path_stores(tmp_path, model_dir, index, monkeypatch):
     photos = make_photos(tmp_path / "photos", range(7))
     shutil.copyfile(photos / "img_001.png", photos / "img_002_copy.png")
     spy = Spy(index, monkeypatch)
-    deferred = DeferredEncoding(index, monkeypatch)
+    deferred = DeferredEncoding(monkeypatch)
+    progress = []
 
     # Batches of 3: img_000 img_001 img_002 | img_002_copy img_003 img_004 | img_005 img_006.
-    # The copy's content is in the pending batch, not yet in the store: it must not be embedded again.
-    summary = index.add([photos], workers=0, batch_size=3)
+    # The copy's content may not be stored yet when its batch is read: it must not be embedded again.
+    summary = index.add([photos], workers=0, batch_size=3,
+                        progress=lambda done, total: progress.append((done, total, threading.current_thread().name)))
 
     assert spy.embedded == summary.embedded == 7 and summary.added == 8
-    assert deferred.rows_at_start == [0, 0, 3]  # batch n+1 starts before batch n is stored
     assert deferred.waits == 3
+    assert progress == [(3, 8, "imgsearch-store-writer"), (6, 8, "imgsearch-store-writer"),
+                        (8, 8, "imgsearch-store-writer")]
     check_consistent(index)
     assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
 
 
-def test_a_stop_on_the_gpus_path_stores_the_pending_batch_then_resumes(tmp_path, model_dir, index, monkeypatch):
+def test_a_stop_on_the_gpus_path_stores_every_batch_handed_over_then_resumes(tmp_path, model_dir, index, monkeypatch):
     photos = make_photos(tmp_path / "photos", range(9))
-    DeferredEncoding(index, monkeypatch)
+    DeferredEncoding(monkeypatch)
     asked = []
 
-    def stop_after_two_batches() -> bool:
-        asked.append(index.store.counts()["ok"])
-        return len(asked) == 2
+    summary = index.add([photos], workers=0, batch_size=3, should_stop=lambda: asked.append(1) or len(asked) == 2)
 
-    summary = index.add([photos], workers=0, batch_size=3, should_stop=stop_after_two_batches)
-
-    assert asked == [0, 3]  # asked after each batch is started; batch 2 was still pending
     assert summary.interrupted and summary.added == 6 and index.info()["images"] == 6
+    check_consistent(index)
+    index.add([photos], workers=0, batch_size=3)
+    assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
+
+
+def test_a_write_error_on_the_gpus_writer_thread_reaches_the_caller(tmp_path, model_dir, index, monkeypatch):
+    photos = make_photos(tmp_path / "photos", range(9))
+    DeferredEncoding(monkeypatch)
+    apply = Store.apply
+    calls = []
+
+    def fail_second_batch(self, changes):
+        calls.append(len(changes))
+        if len(calls) == 2:
+            raise StoreWriteFailed("simulated: disk full")
+        return apply(self, changes)
+
+    monkeypatch.setattr(Store, "apply", fail_second_batch)
+    with pytest.raises(StoreWriteFailed, match="simulated"):
+        index.add([photos], workers=0, batch_size=3)
+    monkeypatch.setattr(Store, "apply", apply)
+
+    assert index.info()["images"] == 3  # the first batch; none after the failed one
     check_consistent(index)
     index.add([photos], workers=0, batch_size=3)
     assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
