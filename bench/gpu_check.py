@@ -9,9 +9,10 @@
 3. The decode workers alone (index_files' DataLoader, no model): the CPU side's ceiling.
 4. End to end through indexer.pipeline.index_files (CPU decode workers, the GPU encoder,
    SQLite store, FAISS): images/s from the JPEG files to stored vectors; also with the
-   writer thread off (each batch waited for, then stored on the main thread), with pinned
-   memory off, and at batch 64; one more run under cProfile (OUT/index_profile.txt), and
-   Store.apply alone for a batch of new images (SQLite's share).
+   writer thread off (each batch waited for, then stored on the main thread); at batch 32,
+   64, 128 and 256 with pinned memory on and off; once with tensors shared through files;
+   with --profile, one more run under cProfile (OUT/index_profile.txt); and Store.apply
+   alone for a batch of new images (SQLite's share).
    Then a check that the stored vectors are the right ones: each of 256 files' stored
    global vector against a float32 forward pass of the same file, as cosine similarity.
 5. GPU JPEG decoding (torchvision.io.decode_jpeg on the device, workers only read bytes),
@@ -153,6 +154,16 @@ def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, worker
     return summary.images_per_second if lowest is None else (summary.images_per_second, lowest)
 
 
+def with_sharing_strategy(strategy: str, run, *args, **kwargs):
+    """run(*args, **kwargs) with torch.multiprocessing's tensor sharing strategy set to `strategy`."""
+    previous = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy(strategy)
+    try:
+        return run(*args, **kwargs)
+    finally:
+        torch.multiprocessing.set_sharing_strategy(previous)
+
+
 def store_apply_ms(batch_size: int, embed_dim: int, num_regions: int, batches: int = 20) -> float:
     """Median ms of Store.apply for a batch of new images with VGG16's vectors (SQLite alone)."""
     rng = np.random.default_rng(0)
@@ -271,6 +282,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=os.environ.get("OUT"))
+    parser.add_argument("--profile", action="store_true", help="one more end-to-end run under cProfile")
     args = parser.parse_args()
     device = resolve_device(args.device)
     workers = default_workers() if args.workers is None else args.workers
@@ -295,10 +307,14 @@ def main() -> None:
              lambda: end_to_end(encoder, files, args.batch_size, workers)),
             ("end to end, writer thread off (wait for the GPU, store on the main thread)",
              lambda: end_to_end(encoder, files, args.batch_size, workers, writer_thread=False)),
-            ("end to end, pinned memory off",
-             lambda: end_to_end(encoder, files, args.batch_size, workers, pin_memory=False)),
-            ("end to end, batch 64",
-             lambda: end_to_end(encoder, files, 64, workers)),
+        ]
+        for batch_size in (32, 64, 128, 256):
+            for pinned in (True, False):
+                runs.append((f"end to end, batch {batch_size}, pinned memory {'on' if pinned else 'off'}",
+                             functools.partial(end_to_end, encoder, files, batch_size, workers, pin_memory=pinned)))
+        runs += [
+            ("end to end, batch 64, pinned memory off, tensors shared through files",
+             lambda: with_sharing_strategy("file_system", end_to_end, encoder, files, 64, workers, pin_memory=False)),
             ("GPU JPEG decode + forward (not the product path)",
              lambda: gpu_decode(encoder, files, device, args.batch_size, workers)),
         ]
@@ -312,7 +328,7 @@ def main() -> None:
                 table.add(f"| {name} | {run():.0f} |")
             except Exception as exc:  # one broken stage must not cost the others' numbers
                 table.add(f"| {name} | failed: {type(exc).__name__}: {exc} |")
-        if args.out:
+        if args.out and args.profile:
             profile = Path(args.out) / "index_profile.txt"
             try:
                 rate = end_to_end(encoder, files, args.batch_size, workers, profile=profile)

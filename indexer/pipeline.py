@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from indexer.decode import DecodeResult, decode_file
+from indexer.decode import decode_file
 from indexer.files import iter_image_files
 from indexer.image_encoder import ImageEncoder, normalize_pixels, resize_uint8
 from indexer.lock import close_inherited_locks
@@ -75,6 +76,20 @@ def default_workers() -> int:
     return max(0, min(16, (os.cpu_count() or 1) - 1))
 
 
+class _Decoded(NamedTuple):
+    """One file's facts, as a decode worker sends them: plain values, no image and no Path
+    object, so that unpickling a batch costs the main process little."""
+
+    text: str  # the path as stored (path_to_text)
+    size: int | None
+    mtime: float | None
+    ctime: float | None
+    sha256: str | None
+    width: int | None
+    height: int | None
+    error: str | None
+
+
 class _DecodeDataset(Dataset):
     def __init__(self, paths: list[Path], image_size: int) -> None:
         self.paths = paths
@@ -83,7 +98,7 @@ class _DecodeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[DecodeResult, torch.Tensor | None]:
+    def __getitem__(self, i: int) -> tuple[_Decoded, torch.Tensor | None]:
         result = decode_file(self.paths[i], min_size=self.image_size)  # JPEGs at a reduced scale
         pixels = None
         if result.image is not None:
@@ -91,15 +106,16 @@ class _DecodeDataset(Dataset):
                 pixels = resize_uint8(result.image, self.image_size)  # (3, S, S) uint8
             except Exception as exc:  # a decoder may defer errors until pixels are read
                 result.error = f"cannot decode image: {exc}"
-            result.image = None  # do not ship pixels twice between processes
-        return result, pixels
+        decoded = _Decoded(path_to_text(result.path), result.size, result.mtime, result.ctime, result.sha256,
+                           result.width, result.height, result.error)
+        return decoded, pixels
 
 
 @dataclass
 class _Batch:
-    """What a decode worker hands over: every file's result, and the good ones' pixels stacked."""
+    """What a decode worker hands over: every file's facts, and the good ones' pixels stacked."""
 
-    results: list[DecodeResult]
+    results: list[_Decoded]
     pixels: torch.Tensor | None  # (B_good, 3, S, S) uint8, in the order of the good results
 
     def __len__(self) -> int:
@@ -109,7 +125,7 @@ class _Batch:
         return _Batch(self.results, None if self.pixels is None else self.pixels.pin_memory())
 
 
-def _collate(items: list[tuple[DecodeResult, torch.Tensor | None]]) -> _Batch:
+def _collate(items: list[tuple[_Decoded, torch.Tensor | None]]) -> _Batch:
     good = [pixels for result, pixels in items if result.error is None]
     return _Batch([result for result, _ in items], torch.stack(good) if good else None)
 
@@ -279,7 +295,7 @@ def _reconcile(
     good_row = -1  # row of the current result in batch.pixels
     for result in batch.results:
         good_row += result.error is None
-        text = path_to_text(result.path)
+        text = result.text
         stored = plan.stored.get(text)
         if result.error is not None:
             changes.append(Fail(text, result.error, result.size, result.mtime, result.ctime, result.sha256))
