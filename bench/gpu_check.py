@@ -9,10 +9,9 @@
 3. The decode workers alone (index_files' DataLoader, no model): the CPU side's ceiling.
 4. End to end through indexer.pipeline.index_files (CPU decode workers, the GPU encoder,
    SQLite store, FAISS): images/s from the JPEG files to stored vectors; also with the
-   writer thread off (each batch waited for, then stored on the main thread); at batch 32,
-   64, 128 and 256 with pinned memory on and off; once with tensors shared through files;
-   with --profile, one more run under cProfile (OUT/index_profile.txt); and Store.apply
-   alone for a batch of new images (SQLite's share).
+   writer thread off (each batch waited for, then stored on the main thread); at batch 32
+   (the CLI's default), 64 and 128; with --profile, one more run under cProfile
+   (OUT/index_profile.txt); and Store.apply alone for a batch of new images (SQLite's share).
    Then a check that the stored vectors are the right ones: each of 256 files' stored
    global vector against a float32 forward pass of the same file, as cosine similarity.
 5. GPU JPEG decoding (torchvision.io.decode_jpeg on the device, workers only read bytes),
@@ -115,14 +114,13 @@ def decode_only(files: list[Path], image_size: int, batch_size: int, workers: in
 
 
 def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, workers: int, *,
-               writer_thread: bool = True, pin_memory: bool = True, profile: Path | None = None,
+               writer_thread: bool = True, profile: Path | None = None,
                check_vectors: int = 0) -> float | tuple[float, float]:
     """Images/s through index_files, the product path. Variants for finding the bottleneck:
     writer_thread=False waits for each batch's vectors and stores it on the main thread;
-    pin_memory=False hands the DataLoader's batches over unpinned; `profile` writes the main
-    thread's cProfile statistics there. With check_vectors=N, also returns the lowest cosine
+    `profile` writes the main thread's cProfile statistics there. With check_vectors=N, also returns the lowest cosine
     similarity between the stored and a float32 forward pass, over the first N files."""
-    start, loader = indexer.pipeline._start_encoding, indexer.pipeline.DataLoader
+    start = indexer.pipeline._start_encoding
 
     def waited(*args):
         global_, regions, ready = start(*args)
@@ -131,7 +129,6 @@ def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, worker
         return global_, regions, None
 
     indexer.pipeline._start_encoding = start if writer_thread else waited
-    indexer.pipeline.DataLoader = loader if pin_memory else functools.partial(loader, pin_memory=False)
     profiler = cProfile.Profile() if profile else None
     try:
         with tempfile.TemporaryDirectory(prefix="imgsearch-gpu-index-") as work:
@@ -145,23 +142,13 @@ def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, worker
             lowest = stored_against_forward(store, encoder, files[:check_vectors]) if check_vectors else None
             store.close()
     finally:
-        indexer.pipeline._start_encoding, indexer.pipeline.DataLoader = start, loader
+        indexer.pipeline._start_encoding = start
     if summary.failed or summary.added != len(files):
         raise RuntimeError(f"indexing failed: {summary.to_dict()}")
     if profiler:
         with profile.open("w") as f:
             pstats.Stats(profiler, stream=f).sort_stats("tottime").print_stats(40)
     return summary.images_per_second if lowest is None else (summary.images_per_second, lowest)
-
-
-def with_sharing_strategy(strategy: str, run, *args, **kwargs):
-    """run(*args, **kwargs) with torch.multiprocessing's tensor sharing strategy set to `strategy`."""
-    previous = torch.multiprocessing.get_sharing_strategy()
-    torch.multiprocessing.set_sharing_strategy(strategy)
-    try:
-        return run(*args, **kwargs)
-    finally:
-        torch.multiprocessing.set_sharing_strategy(previous)
 
 
 def store_apply_ms(batch_size: int, embed_dim: int, num_regions: int, batches: int = 20) -> float:
@@ -308,13 +295,9 @@ def main() -> None:
             ("end to end, writer thread off (wait for the GPU, store on the main thread)",
              lambda: end_to_end(encoder, files, args.batch_size, workers, writer_thread=False)),
         ]
-        for batch_size in (32, 64, 128, 256):
-            for pinned in (True, False):
-                runs.append((f"end to end, batch {batch_size}, pinned memory {'on' if pinned else 'off'}",
-                             functools.partial(end_to_end, encoder, files, batch_size, workers, pin_memory=pinned)))
+        runs += [(f"end to end, batch {batch_size}", functools.partial(end_to_end, encoder, files, batch_size, workers))
+                 for batch_size in (32, 64, 128)]
         runs += [
-            ("end to end, batch 64, pinned memory off, tensors shared through files",
-             lambda: with_sharing_strategy("file_system", end_to_end, encoder, files, 64, workers, pin_memory=False)),
             ("GPU JPEG decode + forward (not the product path)",
              lambda: gpu_decode(encoder, files, device, args.batch_size, workers)),
         ]
