@@ -63,6 +63,7 @@ def _migration_2(db: sqlite_utils.Database) -> None:
 # Migration N upgrades a store from version N-1 to N. Append; never edit a released one.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1, _migration_2)
 SCHEMA_VERSION = len(MIGRATIONS)
+PAGE_SIZE = 8192  # bytes, for new stores
 
 
 @dataclass
@@ -152,6 +153,10 @@ class Store:
         try:
             conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
             self.db = sqlite_utils.Database(conn)
+            # 8 KiB pages in a new store (an existing one keeps its own: the pragma is then a
+            # no-op): each image's 25 KB of fp16 regions spans 4 overflow pages instead of 7,
+            # which makes writing a batch about 28% cheaper at the same size on disk (bench/RESULTS.md).
+            self.db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = NORMAL")
             self._migrate()

@@ -72,3 +72,34 @@ def test_a_migration_that_fails_half_way_leaves_the_old_schema(schema_1_index, m
     monkeypatch.undo()
     with Index.open(index_dir, device="cpu") as index:
         assert_rows_match(rows_of(index), before)
+
+
+def page_size(db_path) -> int:
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_new_store_uses_large_pages_and_an_old_one_keeps_its_own(tmp_path, model_dir):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(6):
+        draw_image(i).save(photos / f"img_{i}.png")
+    with Index.create(tmp_path / "new", model_dir, device="cpu") as index:
+        index.add([photos], workers=0)
+        expected = rows_of(index)
+    assert page_size(tmp_path / "new" / "index.db") == indexer.store.PAGE_SIZE
+
+    old_dir = tmp_path / "old"  # a store written with SQLite's default 4 KiB pages, as before
+    old_dir.mkdir()
+    conn = sqlite3.connect(old_dir / "index.db")
+    conn.execute("PRAGMA page_size = 4096")
+    conn.execute("VACUUM")
+    conn.close()
+    with Index.create(old_dir, model_dir, device="cpu") as index:
+        index.add([photos], workers=0)
+        check_consistent(index)
+        assert_rows_match(rows_of(index), expected)
+    assert page_size(old_dir / "index.db") == 4096
