@@ -270,6 +270,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=os.environ.get("OUT"))
     parser.add_argument("--profile", action="store_true", help="one more end-to-end run under cProfile")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated parts of run names: only the runs of the table that contain one")
     args = parser.parse_args()
     device = resolve_device(args.device)
     workers = default_workers() if args.workers is None else args.workers
@@ -304,6 +306,8 @@ def main() -> None:
         if half:
             runs.insert(1, ("forward-only, float32",
                             lambda: forward_only(encoder, device, short, args.batch_size, False)))
+        if args.only:
+            runs = [(name, run) for name, run in runs if any(part in name for part in args.only.split(","))]
         table.add("| VGG16 224px | images/s |", "|---|---|")
         for name, run in runs:
             print(f"{name} ...", file=sys.stderr, flush=True)
