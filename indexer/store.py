@@ -154,8 +154,9 @@ class Store:
             conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
             self.db = sqlite_utils.Database(conn)
             # 8 KiB pages in a new store (an existing one keeps its own: the pragma is then a
-            # no-op): each image's 25 KB of fp16 regions spans 4 overflow pages instead of 7,
-            # which makes writing a batch about 28% cheaper at the same size on disk (bench/RESULTS.md).
+            # no-op): each image's 18-25 KB of fp16 regions spans 3-4 overflow pages instead of
+            # 5-7, which made writing a batch 20-28% cheaper at the same size on disk on a 2-core
+            # EPYC (bench/store_write.py; no change measured on the H200 machine's Xeon).
             self.db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = NORMAL")
