@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU benchmarks in one call, under 8 minutes on an H100: VGG16 at 224px (random init,
-# timing only) forward-only and end to end from synthetic JPEGs, GPU JPEG decoding, and
-# re-ranking K=100 on the device. Prints a short table (also OUT/gpu_check.md when $OUT is set).
+# The GPU benchmarks in one call (about 2 minutes on an H200, well under 8): VGG16 at 224px
+# (random init, timing only) forward-only and end to end from synthetic JPEGs, GPU JPEG
+# decoding, and re-ranking K=100 on the device. Prints a short table (also OUT/gpu_check.md
+# when $OUT is set). On a machine without faiss-cpu or sqlite-utils, install them first.
 #
 #   bench/gpu_check.sh [-- bench/gpu_check.py options]     e.g. -- --images 256 --device cpu
 set -euo pipefail
