@@ -72,6 +72,14 @@ def draw_image(seed: int, size: int = 48) -> Image.Image:
     return image
 
 
+def make_photos(root: Path, seeds, prefix: str = "img") -> Path:
+    """One generated PNG per seed in `root` (made if missing), named PREFIX_SEED.png."""
+    root.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        draw_image(seed).save(root / f"{prefix}_{seed:03d}.png")
+    return root
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """12 small generated images in nested folders, in several formats."""

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import indexer.pipeline
-from conftest import draw_image, needs_enforced_permissions
+from conftest import draw_image, make_photos, needs_enforced_permissions
 from imgsearch.cli import cli
 from imgsearch.index import Index
 from index_oracle import assert_rows_match, assert_same_results, check_consistent, rows_of, search_results
@@ -22,13 +22,6 @@ from indexer.errors import StoreWriteFailed
 from indexer.store import Store
 
 QUERIES = ["a red circle", "a blue square"]
-
-
-def make_photos(root: Path, seeds, prefix: str = "img") -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for seed in seeds:
-        draw_image(seed).save(root / f"{prefix}_{seed:03d}.png")
-    return root
 
 
 def fresh_rows(tmp_path: Path, model_dir: Path, folders: list[Path], name: str = "oracle"):

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 import indexer.store
-from conftest import draw_image
+from conftest import draw_image, make_photos
 from imgsearch.index import Index
 from index_oracle import assert_rows_match, check_consistent, rows_of
 
@@ -83,10 +83,7 @@ def page_size(db_path) -> int:
 
 
 def test_a_new_store_uses_large_pages_and_an_old_one_keeps_its_own(tmp_path, model_dir):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(6):
-        draw_image(i).save(photos / f"img_{i}.png")
+    photos = make_photos(tmp_path / "photos", range(6))
     with Index.create(tmp_path / "new", model_dir, device="cpu") as index:
         index.add([photos], workers=0)
         expected = rows_of(index)
