@@ -9,7 +9,11 @@ pixels already in memory, then indexing images/s through indexer.pipeline.index_
 (decode workers, encoder, SQLite store, FAISS), then forward-only again; the ratio is
 end-to-end over the mean of the two forward-only runs (the sandwich evens out load
 changes from other jobs on a shared machine). Also forward-only in the default
-(contiguous) memory format, to show what channels-last buys.
+(contiguous) memory format, to show what channels-last buys; and on the CPU, the ceiling
+that decoding leaves: decoding alone on one core (D images/s, the indexer's own decode and
+resize) costs 1/D core-seconds per image that forward-only never pays, so on C cores end to
+end can reach at most C / (C/F + 1/D) images/s, a ratio of 1 / (1 + F/(C*D)) (store and
+bookkeeping left out: the true ceiling is lower still).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from bench.machine import describe
 from indexer.backbone import BackboneConfig
 from indexer.device import resolve_device
 from indexer.image_encoder import ImageEncoder, normalize_pixels
-from indexer.pipeline import default_workers, index_files
+from indexer.pipeline import _DecodeDataset, default_workers, index_files
 from indexer.store import Store
 from indexer.vectors import VectorIndex
 from training.presets import PRESETS
@@ -80,6 +84,15 @@ def best_forward_only(encoder, count: int, batch_size: int, device: torch.device
     return best
 
 
+def decode_one_core(files: list[Path], image_size: int) -> float:
+    """Images/s of the indexer's decoding (read, hash, decode, resize) on one core, in this process."""
+    dataset = _DecodeDataset(files, image_size)
+    started = time.perf_counter()
+    for i in range(len(dataset)):
+        dataset[i]
+    return len(dataset) / (time.perf_counter() - started)
+
+
 def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, workers: int) -> float:
     with tempfile.TemporaryDirectory(prefix="imgsearch-index-bench-") as work:
         store = Store(Path(work) / "index.db", encoder.embed_dim, encoder.num_regions)
@@ -118,8 +131,12 @@ def main() -> None:
         e2e = end_to_end(encoder, files, args.batch_size, workers)
         after = best_forward_only(encoder, count, args.batch_size, device)
         ceiling = (before[0] + after[0]) / 2
+        bound = None
+        if device.type == "cpu":
+            cores = os.cpu_count() or 1
+            bound = 1 / (1 + ceiling / (cores * decode_one_core(files, backbone.image_size)))
         rows.append((name, backbone.image_size, backbone.grid_side, count, contiguous, before, e2e, after,
-                     e2e / ceiling, os.getloadavg()[0]))
+                     e2e / ceiling, bound, os.getloadavg()[0]))
         print(f"{name}: forward-only {before[0]:.1f} / {after[0]:.1f} img/s, end to end {e2e:.1f} img/s "
               f"({100 * e2e / ceiling:.0f}%)", file=sys.stderr)
     report = format_report(rows, machine, device, workers, args)
@@ -137,11 +154,13 @@ def format_report(rows, machine, device, workers, args) -> str:
            "timing only). Forward-only = normalise + encoder + outputs to CPU from pixels in memory "
            "(channels-last, as the pipeline runs it), measured before and after the end-to-end run.\n",
            "| config | input | grid | images | forward-only contiguous img/s (default threads) | forward-only before (threads) | "
-           "end to end img/s | forward-only after | end to end / forward-only | load (1 min) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, size, grid, count, contiguous, before, e2e, after, ratio, load in rows:
+           "end to end img/s | forward-only after | end to end / forward-only | ceiling decoding leaves (CPU) | "
+           "load (1 min) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, size, grid, count, contiguous, before, e2e, after, ratio, bound, load in rows:
         out.append(f"| {name} | {size}px | {grid}x{grid} | {count} | {contiguous:.1f} | {before[0]:.1f} ({before[1]}) | "
-                   f"{e2e:.1f} | {after[0]:.1f} ({after[1]}) | {100 * ratio:.0f}% | {load:.2f} |")
+                   f"{e2e:.1f} | {after[0]:.1f} ({after[1]}) | {100 * ratio:.0f}% | "
+                   f"{'-' if bound is None else f'{100 * bound:.0f}%'} | {load:.2f} |")
     return "\n".join(out) + "\n"
 
 
