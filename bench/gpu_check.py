@@ -30,7 +30,6 @@ import argparse
 import cProfile
 import functools
 import hashlib
-import io
 import pstats
 import os
 import sys

@@ -31,7 +31,7 @@ import torch
 
 from bench.machine import describe, percentiles_ms
 from indexer.store import Put, Store
-from indexer.vectors import IndexSpec, VectorIndex, choose_spec
+from indexer.vectors import IndexSpec, VectorIndex
 from search.alignment import AlignmentModel
 from search.rerank import rerank_scores
 
