@@ -122,10 +122,10 @@ def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, worker
     start = indexer.pipeline._start_encoding
 
     def waited(*args):
-        global_, regions, ready = start(*args)
-        if ready is not None:
-            ready.synchronize()
-        return global_, regions, None
+        started = start(*args)
+        if started.ready is not None:
+            started.ready.synchronize()
+        return started._replace(ready=None)
 
     indexer.pipeline._start_encoding = start if writer_thread else waited
     profiler = cProfile.Profile() if profile else None

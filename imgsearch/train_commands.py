@@ -39,7 +39,12 @@ def _read(captions, images, only, split):
 @split_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the trained model.")
 @click.option("--preset", "preset_name", default="small", show_default=True,
-              type=click.Choice(["scenes", "small", "vgg16"]), help="Starting model configuration.")
+              type=click.Choice(["scenes", "small", "mobilenet_v2", "vgg16"]), help="Starting model configuration.")
+@click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Pretrained backbone weights (mobilenet_v2: the TFLite file or its converted .safetensors).")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Class names of the backbone's classifier, one a line (mobilenet_v2: imagenet_labels.txt), "
+              "stored in the model so that indexed images get labels.")
 @click.option("--text-encoder", default=None, help="Transformers name or local directory of a BERT-family encoder.")
 @click.option("--backbone-mode", type=click.Choice(["scratch", "finetune", "frozen"]), default=None,
               help="Train the backbone from scratch, fine-tune it, or freeze it (default: the preset's).")
@@ -66,7 +71,7 @@ def _read(captions, images, only, split):
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Decoding processes.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/training-state.pt.")
 @user_errors
-def train_command(captions, images, only, split, out, preset_name, text_encoder, backbone_mode, epochs, batch_size,
+def train_command(captions, images, only, split, out, preset_name, backbone_weights, labels_file, text_encoder, backbone_mode, epochs, batch_size,
                   lr, loss, itm_weight, local_weight, scorer_epochs, hard_share, scorer_lr, val_fraction, no_augment, seed, time_limit, workers, resume) -> None:
     """Train an alignment model on captioned images and save it to --out.
 
@@ -92,7 +97,25 @@ def train_command(captions, images, only, split, out, preset_name, text_encoder,
     if text_encoder:
         config = dataclasses.replace(config, text=dataclasses.replace(config.text, name_or_path=text_encoder))
     torch.manual_seed(seed)
-    model = AlignmentModel.initialize(config)
+    backbone_state = None
+    if backbone_weights is not None:
+        if config.backbone.name != "mobilenet_v2":
+            raise ImgsearchError(
+                f"--backbone-weights is for the mobilenet_v2 preset; the {preset_name} preset's backbone "
+                "gets its weights elsewhere (see README, Models)."
+            )
+        from training.backbone_weights import load_backbone_weights
+
+        backbone_state = load_backbone_weights(backbone_weights)
+        config = dataclasses.replace(
+            config, backbone=dataclasses.replace(config.backbone, weights=f"converted from {Path(backbone_weights).name}")
+        )
+    if labels_file is not None:
+        if not config.backbone.has_classifier:
+            raise ImgsearchError(f"--labels needs a backbone with a classifier (mobilenet_v2), not {preset_name}.")
+        labels = tuple(line.strip() for line in Path(labels_file).read_text().splitlines() if line.strip())
+        config = dataclasses.replace(config, image_labels=labels)
+    model = AlignmentModel.initialize(config, backbone_state)
     train_config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, itm_weight=itm_weight, local_weight=local_weight, scorer_epochs=scorer_epochs,
         scorer_lr=scorer_lr, hard_share=hard_share, val_fraction=val_fraction,

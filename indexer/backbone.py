@@ -1,11 +1,14 @@
-"""Stage 3 of indexing: a VGG-family CNN that turns pixels into a region grid and a global vector.
+"""Stage 3 of indexing: a CNN that turns pixels into a region grid and a global vector.
 
-Two kinds of backbone, chosen by BackboneConfig.name:
-- "vgg16": torchvision's VGG16. Its pretrained weights come from the
-  torchvision weights enum named in the config (pinned, never DEFAULT), or
-  from the alignment checkpoint when it carries a fine-tuned copy.
+Three kinds of backbone, chosen by BackboneConfig.name:
+- "vgg16": torchvision's VGG16, the design's reference backbone. Its pretrained
+  weights come from the torchvision weights enum named in the config (pinned,
+  never DEFAULT), or from the alignment checkpoint when it carries a fine-tuned copy.
 - "vgg": a VGG-style stack of 3x3 convolutions and max-pools of any width,
   for small or from-scratch models; its weights always live in the checkpoint.
+- "mobilenet_v2": an ImageNet-trained MobileNetV2 converted from TFLite
+  (indexer/mobilenet_v2.py); its weights live in the checkpoint. Besides regions
+  and the pooled vector it has its ImageNet classifier, for image labels.
 """
 
 from __future__ import annotations
@@ -19,10 +22,16 @@ from torch import nn
 
 from indexer.errors import ModelConfigError, WeightsMissing
 
-__all__ = ["BackboneConfig", "VGGBackbone", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["BackboneConfig", "VGGBackbone", "MobileNetV2Backbone", "build_backbone", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The TFLite MobileNetV2 takes uint8 q as (q - 128) / 128: in [0, 1] units, mean = std = 128/255.
+MOBILENET_MEAN = (128 / 255,) * 3
+MOBILENET_STD = (128 / 255,) * 3
+MOBILENET_POOLS = 5  # total stride 32: 224px --> a 7x7 grid
+MOBILENET_CHANNELS = 1280  # Conv_1, the last feature map
+BACKBONES = ("vgg16", "vgg", "mobilenet_v2")
 
 # torchvision's VGG16 layer list ("M" is a 2x2 max-pool); five pools: 224px --> 7x7 pool5 grid.
 VGG16_LAYERS: tuple[int | str, ...] = (
@@ -32,9 +41,10 @@ VGG16_LAYERS: tuple[int | str, ...] = (
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    name: Literal["vgg16", "vgg"] = "vgg16"
+    name: Literal["vgg16", "vgg", "mobilenet_v2"] = "vgg16"
     # For "vgg16": a member of torchvision.models.VGG16_Weights, or None when the
-    # checkpoint carries the backbone weights. Ignored for "vgg".
+    # checkpoint carries the backbone weights. Ignored for "vgg". For "mobilenet_v2":
+    # where the converted weights came from (a description; the checkpoint carries them).
     weights: str | None = "IMAGENET1K_V1"
     # For "vgg": conv widths and "M" pools, as in torchvision's VGG configs.
     layers: tuple[int | str, ...] = field(default=VGG16_LAYERS)
@@ -45,25 +55,47 @@ class BackboneConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
-        if self.name not in ("vgg16", "vgg"):
-            raise ModelConfigError(f"unknown backbone {self.name!r}; use 'vgg16' or 'vgg'.")
+        if self.name not in BACKBONES:
+            raise ModelConfigError(f"unknown backbone {self.name!r}; use one of {', '.join(BACKBONES)}.")
         if self.global_pool not in ("fc7", "mean"):
             raise ModelConfigError(f"unknown global_pool {self.global_pool!r}; use 'fc7' or 'mean'.")
         if self.global_pool == "fc7" and self.name != "vgg16":
             raise ModelConfigError("global_pool 'fc7' needs the 'vgg16' backbone; use 'mean'.")
-        pools = sum(1 for layer in self.layers if layer == "M")
+        pools = self._pools
         if self.image_size % (2**pools):
             raise ModelConfigError(
                 f"image_size {self.image_size} is not divisible by 2^{pools} (one per pool)."
             )
 
     @property
+    def _pools(self) -> int:
+        if self.name == "mobilenet_v2":
+            return MOBILENET_POOLS
+        return sum(1 for layer in self.layers if layer == "M")
+
+    @property
     def region_dim(self) -> int:
+        if self.name == "mobilenet_v2":
+            return MOBILENET_CHANNELS
         return [layer for layer in self.layers if layer != "M"][-1]
 
     @property
     def grid_side(self) -> int:
-        return self.image_size // 2 ** sum(1 for layer in self.layers if layer == "M")
+        return self.image_size // 2**self._pools
+
+    @property
+    def pixel_mean(self) -> tuple[float, float, float]:
+        """Per-channel mean, in [0, 1] pixel units, that the backbone's input is normalised with."""
+        return MOBILENET_MEAN if self.name == "mobilenet_v2" else IMAGENET_MEAN
+
+    @property
+    def pixel_std(self) -> tuple[float, float, float]:
+        return MOBILENET_STD if self.name == "mobilenet_v2" else IMAGENET_STD
+
+    @property
+    def has_classifier(self) -> bool:
+        """Whether the backbone keeps an ImageNet classifier (for image labels)."""
+        return self.name == "mobilenet_v2"
 
     @property
     def global_dim(self) -> int:
@@ -72,12 +104,19 @@ class BackboneConfig:
     def describe(self) -> str:
         if self.name == "vgg16" and self.weights:
             return f"torchvision vgg16 VGG16_Weights.{self.weights}"
+        if self.name == "mobilenet_v2":
+            return f"mobilenet_v2 ImageNet ({self.weights or 'weights in checkpoint'}) @{self.image_size}px"
         return f"{self.name} {list(self.layers)} @{self.image_size}px (weights in checkpoint)"
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["layers"] = list(self.layers)
         return data
+
+
+def build_backbone(config: BackboneConfig) -> nn.Module:
+    """The backbone module a config names: forward(pixels) --> (regions (B, R, C), global (B, G))."""
+    return MobileNetV2Backbone(config) if config.name == "mobilenet_v2" else VGGBackbone(config)
 
 
 class VGGBackbone(nn.Module):
@@ -152,3 +191,31 @@ def _make_layers(layers: tuple[int | str, ...], batch_norm: bool) -> nn.Sequenti
         modules.append(nn.ReLU(inplace=True))
         channels = int(layer)
     return nn.Sequential(*modules)
+
+
+class MobileNetV2Backbone(nn.Module):
+    """pixels (B, 3, S, S) --> regions (B, G*G, 1280) and global (B, 1280), G = S/32.
+
+    The global vector is the mean of the regions, as MobileNetV2's own average pool;
+    classify() applies its ImageNet classifier to it (linear, so it commutes with the mean).
+    """
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        from indexer.mobilenet_v2 import MobileNetV2
+
+        self.config = config
+        self.net = MobileNetV2()
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = self.net.features(pixels)  # (B, 1280, G, G)
+        regions = grid.flatten(2).transpose(1, 2)  # (B, 1280, G*G) --> (B, G*G, 1280)
+        return regions, regions.mean(dim=1)  # (B, 1280)
+
+    def classify(self, global_features: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, 1280) --> ImageNet logits (B, 1001); class 0 is "background"."""
+        return self.net.classify(global_features[:, :, None, None])  # (B, 1280, 1, 1) --> (B, 1001)
+
+    def load_pretrained(self) -> None:
+        """Nothing to fetch: an alignment checkpoint carries the converted weights.
+        training/convert_mobilenet_v2.py makes them from the TFLite file."""

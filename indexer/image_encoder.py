@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from indexer.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, VGGBackbone
+from indexer.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, build_backbone
 from indexer.checkpoint import load_module_state, read_config, read_tensors
 from indexer.device import resolve_device
 from indexer.projection import ProjectionHead, l2_normalize
@@ -27,14 +27,18 @@ __all__ = ["ImageEncoder", "ImageEmbedding", "preprocess", "resize_uint8", "norm
 class ImageEmbedding:
     regions: torch.Tensor  # (B, R, d): projected region features, tanh-bounded
     global_: torch.Tensor  # (B, d): projected global vector, L2-normalised
+    # (B, num_classes): the backbone's ImageNet class posteriors, when it has a classifier
+    class_probs: torch.Tensor | None = None
 
 
 class ImageEncoder(nn.Module):
-    def __init__(self, backbone: BackboneConfig, embed_dim: int) -> None:
+    def __init__(self, backbone: BackboneConfig, embed_dim: int, labels: tuple[str, ...] | None = None) -> None:
         super().__init__()
         self.backbone_config = backbone
         self.embed_dim = embed_dim
-        self.backbone = VGGBackbone(backbone)
+        # Names of the backbone classifier's classes (index-aligned with class_probs), when it has one.
+        self.labels = labels
+        self.backbone = build_backbone(backbone)
         self.region_head = ProjectionHead(backbone.region_dim, embed_dim)
         self.global_head = ProjectionHead(backbone.global_dim, embed_dim)
 
@@ -46,9 +50,18 @@ class ImageEncoder(nn.Module):
     def num_regions(self) -> int:
         return self.backbone_config.grid_side**2
 
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S) --> float32 (B, 3, S, S), normalised as this backbone expects."""
+        config = self.backbone_config
+        return normalize_pixels(pixels, config.pixel_mean, config.pixel_std)
+
     def forward(self, pixels: torch.Tensor) -> ImageEmbedding:
         regions, global_features = self.backbone(pixels)  # (B, R, C), (B, global_dim)
-        return self.project(regions, global_features)
+        embedding = self.project(regions, global_features)
+        if self.backbone_config.has_classifier:
+            logits = self.backbone.classify(global_features)  # (B, global_dim) --> (B, num_classes)
+            embedding.class_probs = logits.float().softmax(dim=-1)
+        return embedding
 
     def project(self, regions: torch.Tensor, global_features: torch.Tensor) -> ImageEmbedding:
         """Backbone outputs --> the shared space (used directly when backbone features are cached)."""
@@ -62,7 +75,7 @@ class ImageEncoder(nn.Module):
         come from torchvision when the checkpoint does not carry them."""
         carries_backbone = any(k.startswith("backbone.") for k in tensors)
         if not carries_backbone:
-            if self.backbone_config.name == "vgg":
+            if self.backbone_config.name != "vgg16":
                 load_module_state(self, tensors)  # reports the missing backbone keys
             self.backbone.load_pretrained()
         load_module_state(self, tensors, provided_elsewhere=() if carries_backbone else ("backbone.",))
@@ -70,13 +83,12 @@ class ImageEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "auto") -> "ImageEncoder":
         config = read_config(directory)
-        encoder = cls(BackboneConfig(**config["image"]["backbone"]), int(config["embed_dim"]))
+        labels = config["image"].get("labels")
+        encoder = cls(BackboneConfig(**config["image"]["backbone"]), int(config["embed_dim"]),
+                      tuple(labels) if labels else None)
         encoder.load_weights(read_tensors(Path(directory), "image."))
         return encoder.eval().to(resolve_device(device))
 
-
-_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)  # (1, 3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def resize_uint8(image: Image.Image, size: int) -> torch.Tensor:
@@ -90,11 +102,20 @@ def resize_uint8(image: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1).copy())  # (S, S, 3) --> (3, S, S)
 
 
-def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, S, S) --> float32 (B, 3, S, S), ImageNet-normalised, on the pixels' device."""
-    return (pixels.float() / 255.0 - _MEAN.to(pixels.device)) / _STD.to(pixels.device)
+def normalize_pixels(
+    pixels: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> torch.Tensor:
+    """uint8 (B, 3, S, S) --> float32 (B, 3, S, S), normalised with per-channel mean and std
+    (in [0, 1] pixel units; ImageNet's by default), on the pixels' device."""
+    mean_t = torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1)  # (1, 3, 1, 1)
+    std_t = torch.tensor(std, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels.float() / 255.0 - mean_t) / std_t
 
 
-def preprocess(image: Image.Image, size: int) -> torch.Tensor:
-    """RGB image --> (3, size, size) float tensor, resized whole and ImageNet-normalised."""
-    return normalize_pixels(resize_uint8(image, size)[None])[0]
+def preprocess(image: Image.Image, size: int, config: BackboneConfig | None = None) -> torch.Tensor:
+    """RGB image --> (3, size, size) float tensor, resized whole and normalised for the
+    backbone `config` describes (ImageNet mean and std when None)."""
+    pixels = resize_uint8(image, size)[None]
+    if config is None:
+        return normalize_pixels(pixels)[0]
+    return normalize_pixels(pixels, config.pixel_mean, config.pixel_std)[0]

@@ -10,6 +10,8 @@ every finished batch stored and nothing half-written; the next run skips what
 is stored and finishes the rest. Content is identified by its sha256: a file
 whose content is already stored (a copy, a move, a `touch`) is never run
 through the backbone again. A failure in one file is recorded and the run goes on.
+With a backbone that has a classifier (mobilenet_v2), each new content's top
+TOP_LABELS classes (class 0, "background", skipped) are stored with its vectors.
 """
 
 from __future__ import annotations
@@ -29,15 +31,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from indexer.decode import decode_file
+from indexer.errors import ModelConfigError
 from indexer.files import iter_image_files
-from indexer.image_encoder import ImageEncoder, normalize_pixels, resize_uint8
+from indexer.image_encoder import ImageEncoder, resize_uint8
 from indexer.lock import close_inherited_locks
 from indexer.paths import path_to_text
 from indexer.plan import RunPlan, plan_run
 from indexer.store import Change, Fail, Move, Put, Store, Touch
 from indexer.vectors import VectorIndex
 
-__all__ = ["AddSummary", "index_files", "default_workers"]
+__all__ = ["AddSummary", "index_files", "default_workers", "TOP_LABELS"]
+
+TOP_LABELS = 5  # classifier classes stored per content, best first
 
 ProgressCallback = Callable[[int, int], None]  # (files done, files to process)
 StopCheck = Callable[[], bool]  # asked after each batch: stop the run now, keeping what is done?
@@ -209,7 +214,11 @@ class _Encoding:
     puts: list[Put]  # the Puts that carry new content, in the encoder's row order
     global_: torch.Tensor | None = None  # (n, d) float32, host memory
     regions: torch.Tensor | None = None  # (n, R, d) float16, host memory
-    ready: torch.cuda.Event | None = None  # fires when global_ and regions are filled (GPU)
+    ready: torch.cuda.Event | None = None  # fires when global_, regions and the top classes are filled (GPU)
+    # With a classifier: each row's top classes, best first, in host memory, and the class names.
+    top_probs: torch.Tensor | None = None  # (n, TOP_LABELS) float32
+    top_classes: torch.Tensor | None = None  # (n, TOP_LABELS) int64, indices into label_names
+    label_names: tuple[str, ...] | None = None
 
     def changes_with_vectors(self) -> list[Change]:
         if self.ready is not None:
@@ -218,6 +227,11 @@ class _Encoding:
             global_, regions = self.global_.numpy(), self.regions.numpy()  # (n, d), (n, R, d)
             for row, put in enumerate(self.puts):
                 put.global_, put.regions = global_[row], regions[row]
+            if self.top_probs is not None:
+                names = self.label_names
+                probs, classes = self.top_probs.tolist(), self.top_classes.tolist()  # (n, TOP_LABELS) each
+                for row, put in enumerate(self.puts):
+                    put.labels = [(names[c], round(p, 4)) for c, p in zip(classes[row], probs[row])]
         return self.changes
 
 
@@ -324,33 +338,67 @@ def _reconcile(
     encoding = _Encoding(changes, len(batch), [put for put, _ in to_embed.values()])
     if to_embed:
         rows = torch.tensor([row for _, row in to_embed.values()])
-        encoding.global_, encoding.regions, encoding.ready = _start_encoding(batch.pixels, rows, encoder, device)
+        started = _start_encoding(batch.pixels, rows, encoder, device)
+        encoding.global_, encoding.regions, encoding.ready = started.global_, started.regions, started.ready
+        if started.top_probs is not None:
+            encoding.top_probs, encoding.top_classes = started.top_probs, started.top_classes
+            encoding.label_names = encoder.labels
         summary.embedded += len(to_embed)
     return encoding
 
 
-def _start_encoding(
-    pixels: torch.Tensor, rows: torch.Tensor, encoder: ImageEncoder, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]:
-    """uint8 images (B, 3, S, S), rows to embed (n,) --> global vectors (n, d) float32 and
-    regions (n, R, d) float16 in host memory, and on a GPU the event that says they are there."""
+class _Started(NamedTuple):
+    """What _start_encoding hands back: host tensors, filled once `ready` fires (GPU; None on the CPU)."""
+
+    global_: torch.Tensor  # (n, d) float32
+    regions: torch.Tensor  # (n, R, d) float16
+    ready: torch.cuda.Event | None
+    top_probs: torch.Tensor | None = None  # (n, TOP_LABELS) float32, best first; None without a classifier
+    top_classes: torch.Tensor | None = None  # (n, TOP_LABELS) int64 class indices (never 0, "background")
+
+
+def _start_encoding(pixels: torch.Tensor, rows: torch.Tensor, encoder: ImageEncoder, device: torch.device) -> _Started:
+    """uint8 images (B, 3, S, S), rows to embed (n,) --> global vectors (n, d) float32,
+    regions (n, R, d) float16 and, with a classifier, the top classes, in host memory,
+    and on a GPU the event that says they are there."""
     cuda = device.type == "cuda"
     with torch.inference_mode():
         batch = pixels.to(device)[rows.to(device)]  # (n, 3, S, S) uint8
-        batch = normalize_pixels(batch).contiguous(memory_format=torch.channels_last)
+        batch = encoder.normalize(batch).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
             out = encoder(batch)
         regions = out.regions.to(torch.float16)  # (n, R, d)
         global_ = out.global_.float()  # (n, d)
+        top_probs = top_classes = None
+        if out.class_probs is not None and encoder.labels is not None:
+            top_probs, top_classes = _top_classes(out.class_probs, encoder.labels)  # (n, k), (n, k)
         if not cuda:
-            return global_, regions, None
+            return _Started(global_, regions, None, top_probs, top_classes)
         regions_host = torch.empty(regions.shape, dtype=torch.float16, pin_memory=True)
         global_host = torch.empty(global_.shape, dtype=torch.float32, pin_memory=True)
         regions_host.copy_(regions, non_blocking=True)
         global_host.copy_(global_, non_blocking=True)
+        if top_probs is not None:
+            probs_host = torch.empty(top_probs.shape, dtype=torch.float32, pin_memory=True)
+            classes_host = torch.empty(top_classes.shape, dtype=torch.int64, pin_memory=True)
+            probs_host.copy_(top_probs, non_blocking=True)
+            classes_host.copy_(top_classes, non_blocking=True)
+            top_probs, top_classes = probs_host, classes_host
         ready = torch.cuda.Event()
         ready.record()
-    return global_host, regions_host, ready
+    return _Started(global_host, regions_host, ready, top_probs, top_classes)
+
+
+def _top_classes(class_probs: torch.Tensor, labels: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax posteriors (n, C) --> the TOP_LABELS most probable classes other than class 0
+    ("background"), best first: probabilities (n, k) float32 and class indices (n, k) int64."""
+    if class_probs.shape[1] != len(labels):
+        raise ModelConfigError(
+            f"the model's classifier has {class_probs.shape[1]} classes but its config names "
+            f"{len(labels)} labels; fix image.labels in its config.json."
+        )
+    probs, classes = class_probs[:, 1:].float().topk(min(TOP_LABELS, class_probs.shape[1] - 1), dim=1)
+    return probs, classes + 1  # back to indices into `labels`
 
 
 @contextmanager

@@ -7,12 +7,15 @@ Tables (schema version in PRAGMA user_version, upgraded by numbered migrations):
   against this table by its id set alone.
 - embeddings: one row per distinct content (sha256): the projected global
   vector (float32) and projected region features (float16, R x d), which
-  re-ranking reads. Identical files under several paths share one row.
+  re-ranking reads, and the backbone classifier's top classes ("labels", JSON
+  [[name, prob], ...], best first; NULL when the model has no classifier or the
+  content was stored before schema 3). Identical files under several paths share one row.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -60,8 +63,14 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE images ADD COLUMN ctime REAL")
 
 
+def _migration_3(db: sqlite_utils.Database) -> None:
+    # The backbone classifier's top classes per content, JSON [[name, prob], ...] best first.
+    # Rows stored before, and models without a classifier, keep NULL: no labels.
+    db.execute("ALTER TABLE embeddings ADD COLUMN labels TEXT")
+
+
 # Migration N upgrades a store from version N-1 to N. Append; never edit a released one.
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1, _migration_2)
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1, _migration_2, _migration_3)
 SCHEMA_VERSION = len(MIGRATIONS)
 PAGE_SIZE = 8192  # bytes, for new stores
 
@@ -118,6 +127,9 @@ class Put:
     height: int
     global_: np.ndarray | None = None  # (d,) float32, L2-normalised
     regions: np.ndarray | None = None  # (R, d) float16
+    # The classifier's top classes, best first: [(name, prob rounded to 4 decimals), ...];
+    # None when the model has no classifier (stored as NULL). Written with the vectors.
+    labels: list[tuple[str, float]] | None = None
 
 
 @dataclass
@@ -240,6 +252,36 @@ class Store:
             out[row] = np.frombuffer(by_id[image_id], dtype=np.float16).reshape(self.num_regions, self.embed_dim)
         return out
 
+    def labels(self, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
+        """Stored classifier labels of `ids`: [(name, prob), ...] best first; [] when none are stored."""
+        found: dict[int, list[tuple[str, float]]] = {}
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            cursor = self.db.execute(
+                "SELECT images.id, embeddings.labels FROM images JOIN embeddings USING (sha256) "
+                f"WHERE images.id IN ({marks})",
+                chunk,
+            )
+            for image_id, text in cursor:
+                found[image_id] = [(str(name), float(prob)) for name, prob in json.loads(text)] if text else []
+        return {image_id: found.get(image_id, []) for image_id in ids}
+
+    def top_label_counts(self, limit: int = 10) -> tuple[int, list[tuple[str, int]]]:
+        """How many indexed images have stored labels, and the `limit` most frequent top-1
+        labels among them with their image counts (most first, then by name)."""
+        labeled = self.db.execute(
+            "SELECT count(*) FROM images JOIN embeddings USING (sha256) "
+            "WHERE images.status = 'ok' AND embeddings.labels IS NOT NULL"
+        ).fetchone()[0]
+        rows = self.db.execute(
+            "SELECT top, count(*) AS n FROM (SELECT json_extract(embeddings.labels, '$[0][0]') AS top "
+            "FROM images JOIN embeddings USING (sha256) "
+            "WHERE images.status = 'ok' AND embeddings.labels IS NOT NULL) "
+            "WHERE top IS NOT NULL GROUP BY top ORDER BY n DESC, top LIMIT ?",
+            [limit],
+        ).fetchall()
+        return labeled, [(str(name), int(n)) for name, n in rows]
+
     def counts(self) -> dict[str, int]:
         counts = {"ok": 0, "error": 0}
         counts.update(dict(self.db.execute("SELECT status, count(*) FROM images GROUP BY status").fetchall()))
@@ -309,9 +351,10 @@ class Store:
             for change in changes:  # contents first, so that any row of the batch may use them
                 if isinstance(change, Put) and change.global_ is not None:
                     self.db.execute(
-                        "INSERT OR IGNORE INTO embeddings (sha256, global, regions) VALUES (?, ?, ?)",
+                        "INSERT OR IGNORE INTO embeddings (sha256, global, regions, labels) VALUES (?, ?, ?, ?)",
                         [change.sha256, _blob(change.global_, np.float32, (self.embed_dim,)),
-                         _blob(change.regions, np.float16, (self.num_regions, self.embed_dim))],
+                         _blob(change.regions, np.float16, (self.num_regions, self.embed_dim)),
+                         _labels_json(change.labels)],
                     )
             for change in changes:
                 if isinstance(change, Touch):
@@ -389,6 +432,13 @@ class Store:
 
 def _stored(row: dict) -> StoredImage:
     return StoredImage(**{k: row[k] for k in StoredImage.__dataclass_fields__})
+
+
+def _labels_json(labels: Sequence[tuple[str, float]] | None) -> str | None:
+    """[(name, prob), ...] --> JSON [[name, prob], ...] (prob rounded to 4 decimals); None stays NULL."""
+    if labels is None:
+        return None
+    return json.dumps([[str(name), round(float(prob), 4)] for name, prob in labels], ensure_ascii=False)
 
 
 def _blob(array: np.ndarray, dtype: type, shape: tuple[int, ...]) -> bytes:

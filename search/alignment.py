@@ -21,7 +21,7 @@ from torch import nn
 from indexer.backbone import BackboneConfig
 from indexer.checkpoint import load_module_state, read_config, read_tensors, write_checkpoint
 from indexer.device import resolve_device
-from indexer.errors import ModelConfigError
+from indexer.errors import ModelConfigError, WeightsMissing
 from indexer.image_encoder import ImageEncoder
 from search.scorer import CrossAttentionScorer, ScorerConfig
 from search.text_encoder import TextEncoder, TextEncoderConfig, load_bert
@@ -37,6 +37,8 @@ class AlignmentConfig:
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     # Final re-ranked score = scorer logit + fusion_weight * first-stage cosine.
     fusion_weight: float = 0.0
+    # Class names of the backbone's classifier (mobilenet_v2: ImageNet's 1,001), for image labels.
+    image_labels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.scorer.num_heads:
@@ -52,7 +54,8 @@ class AlignmentConfig:
     def to_dict(self) -> dict:
         return {
             "embed_dim": self.embed_dim,
-            "image": {"backbone": self.backbone.to_dict()},
+            "image": {"backbone": self.backbone.to_dict(),
+                      **({"labels": list(self.image_labels)} if self.image_labels else {})},
             "text": dataclasses.asdict(self.text),
             "scorer": dataclasses.asdict(self.scorer),
             "rerank": {"fusion_weight": self.fusion_weight},
@@ -67,6 +70,7 @@ class AlignmentConfig:
                 text=TextEncoderConfig(**data["text"]),
                 scorer=ScorerConfig(**data["scorer"]),
                 fusion_weight=float(data.get("rerank", {}).get("fusion_weight", 0.0)),
+                image_labels=tuple(data["image"]["labels"]) if data["image"].get("labels") else None,
             )
         except (KeyError, TypeError) as exc:
             raise ModelConfigError(f"alignment model config is incomplete or has unknown fields: {exc}") from exc
@@ -76,17 +80,30 @@ class AlignmentModel(nn.Module):
     def __init__(self, config: AlignmentConfig, text: TextEncoder) -> None:
         super().__init__()
         self.config = config
-        self.image = ImageEncoder(config.backbone, config.embed_dim)
+        self.image = ImageEncoder(config.backbone, config.embed_dim, config.image_labels)
         self.text = text
         self.scorer = CrossAttentionScorer(config.scorer, config.embed_dim)
 
     @classmethod
-    def initialize(cls, config: AlignmentConfig) -> "AlignmentModel":
+    def initialize(
+        cls, config: AlignmentConfig, backbone_state: dict[str, torch.Tensor] | None = None
+    ) -> "AlignmentModel":
         """A new model for training: pretrained backbone and text encoder where the
-        config names them, freshly initialised heads and scorer. On the CPU."""
+        config names them, freshly initialised heads and scorer. On the CPU.
+
+        `backbone_state` gives the backbone's weights directly (the converted
+        MobileNetV2, which has no download); a mobilenet_v2 config needs it."""
         tokenizer, bert = load_bert(config.text.name_or_path)
         model = cls(config, TextEncoder(config.text, tokenizer, bert, config.embed_dim))
-        model.image.backbone.load_pretrained()
+        if backbone_state is not None:
+            load_module_state(model.image.backbone, backbone_state)
+        elif config.backbone.name == "mobilenet_v2":
+            raise WeightsMissing(
+                "the mobilenet_v2 backbone needs its ImageNet weights: pass the TFLite file or its "
+                "converted .safetensors (`imgsearch train --backbone-weights FILE`)."
+            )
+        else:
+            model.image.backbone.load_pretrained()
         return model
 
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -39,6 +39,9 @@ class SearchResult:
     height: int | None
     size: int | None
     sha256: str | None
+    # The backbone classifier's top classes for this image, best first: {"label": name, "score": prob}
+    # (probabilities, 4 decimals); empty when the model has no classifier or none are stored.
+    labels: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +100,7 @@ def search(
         final, reranked = first_scores, None
         order = np.arange(min(k, len(ids)))
     rows = store.images(ids[order].tolist())
+    labels = store.labels(ids[order].tolist())
     results = []
     for rank, position in enumerate(order, start=1):
         row = rows[int(ids[position])]
@@ -107,6 +111,7 @@ def search(
                 rerank_score=None if reranked is None else float(reranked[position]),
                 first_stage_rank=int(position) + 1,
                 width=row.width, height=row.height, size=row.size, sha256=row.sha256,
+                labels=[{"label": name, "score": prob} for name, prob in labels[row.id]],
             )
         )
     return results

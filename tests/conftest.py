@@ -110,3 +110,37 @@ needs_enforced_permissions = pytest.mark.skipif(
     reason="this user reads any file (root): run as a user without CAP_DAC_OVERRIDE, e.g. under "
     "setpriv --bounding-set=-dac_override,-dac_read_search --inh-caps=-dac_override,-dac_read_search",
 )
+
+
+MOBILENET_64 = BackboneConfig(name="mobilenet_v2", weights=None, image_size=64, global_pool="mean")  # 2x2 grid
+BACKGROUND_BIAS = 10.5  # added to class 0's logit: "background" then often beats every real class
+
+
+def mobilenet_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random MobileNetV2 weights whose classes depend on the image: PyTorch's default init (and no
+    batch norm) makes every image's features equal, so convolutions get He init and zero biases.
+    Class 0's bias is raised so that skipping "background" matters."""
+    from torch import nn
+
+    from indexer.backbone import MobileNetV2Backbone
+
+    torch.manual_seed(seed)
+    backbone = MobileNetV2Backbone(MOBILENET_64)
+    for module in backbone.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    with torch.no_grad():
+        backbone.net.classifier.bias[0] = BACKGROUND_BIAS
+    return backbone.state_dict()
+
+
+@pytest.fixture(scope="session")
+def mobilenet_model_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    """A 64px mobilenet_v2 alignment model (random weights) with 1,001 labels "class 0" ... "class 1000"."""
+    config = small_config(tiny_bert_dir, backbone=MOBILENET_64, scorer=ScorerConfig(num_heads=4, max_regions=49),
+                          image_labels=tuple(f"class {i}" for i in range(1001)))
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("mobilenet-model")
+    AlignmentModel.initialize(config, backbone_state=mobilenet_state()).save_pretrained(directory)
+    return directory

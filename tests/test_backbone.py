@@ -12,6 +12,7 @@ import torchvision
 
 from indexer.backbone import VGG16_LAYERS, BackboneConfig, VGGBackbone
 from indexer.errors import ModelConfigError, WeightsMissing
+from indexer.mobilenet_v2 import MobileNetV2
 
 
 @pytest.fixture
@@ -134,3 +135,77 @@ def test_no_download_when_weights_are_not_named(offline_vgg16_download):
     config = BackboneConfig(name="vgg", weights="IMAGENET1K_V1", layers=(4, "M"), image_size=8, global_pool="mean")
     VGGBackbone(config).load_pretrained()  # "vgg" never downloads, whatever `weights` says
     assert offline_vgg16_download == []
+
+
+# ---- mobilenet_v2: the converted ImageNet backbone (its oracle test is tests/test_mobilenet_v2.py) ----
+
+MOBILENET = BackboneConfig(name="mobilenet_v2", weights=None, image_size=64, global_pool="mean")
+
+
+def test_mobilenet_config_dimensions_follow_the_input_size():
+    assert (MOBILENET.grid_side, MOBILENET.region_dim, MOBILENET.global_dim) == (2, 1280, 1280)
+    big = BackboneConfig(name="mobilenet_v2", weights=None, image_size=288, global_pool="mean")
+    assert big.grid_side == 9
+    assert BackboneConfig(**MOBILENET.to_dict()) == MOBILENET
+    with pytest.raises(ModelConfigError, match="use 'mean'"):
+        BackboneConfig(name="mobilenet_v2", weights=None)  # fc7 is VGG16's
+    with pytest.raises(ModelConfigError, match="not divisible"):
+        BackboneConfig(name="mobilenet_v2", weights=None, image_size=100, global_pool="mean")
+
+
+def test_mobilenet_backbone_regions_global_and_classifier_agree_with_the_network():
+    from indexer.backbone import MobileNetV2Backbone, build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone(MOBILENET).eval()
+    assert isinstance(backbone, MobileNetV2Backbone)
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.inference_mode():
+        regions, global_ = backbone(pixels)
+        grid, logits = backbone.net(pixels)  # (2, 1280, 2, 2), (2, 1001)
+        classified = backbone.classify(global_)
+    assert regions.shape == (2, 4, 1280) and global_.shape == (2, 1280)
+    # region r is grid cell (r // 2, r % 2), row-major
+    assert torch.equal(regions[:, 3], grid[:, :, 1, 1])
+    assert torch.equal(regions[:, 1], grid[:, :, 0, 1])
+    assert torch.allclose(global_, grid.mean(dim=(2, 3)), atol=1e-6)
+    assert torch.allclose(classified, logits, atol=1e-4)
+
+
+def test_mobilenet_input_is_normalised_as_the_tflite_input():
+    from indexer.image_encoder import ImageEncoder
+
+    encoder = ImageEncoder(MOBILENET, embed_dim=8)
+    pixels = torch.tensor([0, 1, 127, 128, 200, 255], dtype=torch.uint8).repeat(3, 1).view(1, 3, 2, 3)
+    expected = (pixels.float() - 128.0) / 128.0  # uint8 q --> (q - 128) / 128, as the TFLite file's input
+    assert torch.allclose(encoder.normalize(pixels), expected, atol=1e-6)
+    vgg = ImageEncoder(BackboneConfig(name="vgg", weights=None, layers=(4, "M"), image_size=8, global_pool="mean"), 8)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert torch.allclose(vgg.normalize(pixels), (pixels / 255.0 - mean) / std, atol=1e-6)
+
+
+def test_mobilenet_model_needs_its_weights_and_saves_them(tiny_bert_dir, tmp_path):
+    from search.alignment import AlignmentConfig, AlignmentModel
+    from search.scorer import ScorerConfig
+    from search.text_encoder import TextEncoderConfig
+
+    config = AlignmentConfig(embed_dim=16, backbone=MOBILENET, text=TextEncoderConfig(name_or_path=str(tiny_bert_dir)),
+                             scorer=ScorerConfig(num_layers=1, num_heads=2, max_regions=4),
+                             image_labels=tuple(f"class {i}" for i in range(1001)))
+    with pytest.raises(WeightsMissing, match="--backbone-weights"):
+        AlignmentModel.initialize(config)  # never random ImageNet weights
+    torch.manual_seed(1)
+    state = {f"net.{k}": v for k, v in MobileNetV2().state_dict().items()}
+    model = AlignmentModel.initialize(config, backbone_state=state)
+    model.save_pretrained(tmp_path / "m")
+    loaded = AlignmentModel.from_pretrained(tmp_path / "m", device="cpu")
+    for key, value in state.items():
+        assert torch.equal(loaded.image.backbone.state_dict()[key], value), key
+    assert loaded.image.labels == config.image_labels
+    pixels = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        out = loaded.image(loaded.image.normalize(pixels))
+        logits = loaded.image.backbone.net(loaded.image.normalize(pixels))[1]
+    assert out.class_probs.shape == (2, 1001)
+    assert torch.allclose(out.class_probs, logits.softmax(-1), atol=1e-5)

@@ -147,9 +147,9 @@ class DeferredEncoding:
         start = indexer.pipeline._start_encoding
 
         def deferred(pixels, rows, encoder, device):
-            global_, regions, ready = start(pixels, rows, encoder, device)
-            assert ready is None  # on the CPU
-            return global_, regions, self
+            started = start(pixels, rows, encoder, device)
+            assert started.ready is None  # on the CPU
+            return started._replace(ready=self)
 
         monkeypatch.setattr(indexer.pipeline, "_start_encoding", deferred)
 

@@ -27,7 +27,7 @@ from imgsearch.cli import cli
 from indexer.checkpoint import WEIGHTS_NAME
 from search.alignment import AlignmentModel
 from training.captions import CaptionedImage, CaptionFileError, read_captions
-from training.data import encode_captions, group_batches, load_images, normalize
+from training.data import encode_captions, group_batches, load_images
 from training.evaluate import (
     captions_describing, evaluate, i2t_ranks, recall_at_k, rerank_i2t_ranks, rerank_t2i_ranks, t2i_ranks,
 )
@@ -454,7 +454,7 @@ def test_evaluate_matches_direct_encoding_and_brute_force(model_dir):
     result = evaluate(model, pixels, bank, depth=3)
 
     with torch.inference_mode():
-        image = model.image(normalize(pixels))
+        image = model.image(model.image.normalize(pixels))
         text = model.text.encode(bank.captions)
     sim = (text.global_ @ image.global_.T).numpy()
     assert bank.image_of.tolist() == [i for i, item in enumerate(items) for _ in item.captions]
@@ -914,7 +914,7 @@ def test_train_frozen_backbone_is_unchanged_and_its_features_cached(tmp_path, ti
     pixels = load_images(train_items, 32).pixels
     model = new_model(tiny_bert_dir, backbone=backbone).eval()
     with torch.inference_mode():
-        want_regions, want_global = model.image.backbone(normalize(pixels))
+        want_regions, want_global = model.image.backbone(model.image.normalize(pixels))
     assert regions.dtype == torch.float16 and regions.shape == want_regions.shape
     torch.testing.assert_close(regions.float(), want_regions.to(torch.float16).float())
     torch.testing.assert_close(global_.float(), want_global.to(torch.float16).float())

@@ -18,12 +18,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from indexer.backbone import IMAGENET_MEAN, IMAGENET_STD
 from indexer.decode import decode_file
 from search.text_encoder import TextEncoder
 from training.captions import CaptionedImage, CaptionFileError
 
-__all__ = ["ImageBank", "CaptionBank", "load_images", "encode_captions", "group_batches", "normalize"]
+__all__ = ["ImageBank", "CaptionBank", "load_images", "encode_captions", "group_batches"]
 
 
 @dataclass
@@ -64,15 +63,6 @@ def load_images(items: list[CaptionedImage], size: int, workers: int = 0) -> Ima
             f"(first: {failures[0][0]}: {failures[0][1]}); check --images."
         )
     return ImageBank(kept, torch.stack(tensors), failures)
-
-
-_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-
-
-def normalize(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, S, S) --> float, ImageNet-normalised (as indexer.image_encoder.preprocess does)."""
-    return (pixels.float() / 255.0 - _MEAN.to(pixels.device)) / _STD.to(pixels.device)
 
 
 @dataclass

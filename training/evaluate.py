@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from search.alignment import AlignmentModel
-from training.data import CaptionBank, normalize
+from training.data import CaptionBank
 
 __all__ = [
     "recall_at_k", "t2i_ranks", "i2t_ranks", "rerank_t2i_ranks", "rerank_i2t_ranks",
@@ -60,7 +60,7 @@ def embed_images(model: AlignmentModel, pixels: torch.Tensor, batch_size: int = 
     globals_, regions = [], []
     with torch.inference_mode():
         for start in range(0, len(pixels), batch_size):
-            out = model.image(normalize(pixels[start : start + batch_size].to(device)))
+            out = model.image(model.image.normalize(pixels[start : start + batch_size].to(device)))
             globals_.append(out.global_.float().cpu())
             regions.append(out.regions.to(torch.float16).cpu())
     return torch.cat(globals_).numpy(), torch.cat(regions)

@@ -40,7 +40,18 @@ PRESETS: dict[str, tuple[AlignmentConfig, str]] = {
         ),
         "scratch",
     ),
-    # The product default: ImageNet VGG16 (7x7 pool5 grid, fc7 global), frozen; needs its weights.
+    # Real photos with the ImageNet MobileNetV2 converted from TFLite (frozen; its weights
+    # come from --backbone-weights): a 7x7 grid of 1280-d regions at 224px, mean-pooled global.
+    "mobilenet_v2": (
+        AlignmentConfig(
+            embed_dim=256,
+            backbone=BackboneConfig(name="mobilenet_v2", weights=None, image_size=224, global_pool="mean"),
+            text=TextEncoderConfig(max_length=40),
+            scorer=ScorerConfig(num_layers=2, num_heads=4, max_regions=49),
+        ),
+        "frozen",
+    ),
+    # The design's reference: ImageNet VGG16 (7x7 pool5 grid, fc7 global), frozen; needs its weights.
     "vgg16": (
         AlignmentConfig(embed_dim=256, text=TextEncoderConfig(max_length=40), scorer=ScorerConfig(max_regions=49)),
         "frozen",

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from search.alignment import AlignmentModel
-from training.data import CaptionBank, normalize
+from training.data import CaptionBank
 
 __all__ = ["train_scorer", "mine_negatives"]
 
@@ -47,13 +47,22 @@ def mine_negatives(sim: torch.Tensor, is_match, depth: int) -> list[list[int]]:
     return [[j for j in row if not is_match(q, j)][:depth] for q, row in enumerate(top)]
 
 
-def _frozen_inputs(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, batch_size: int = 128):
-    """Backbone regions (N, R, C) float16, image vectors (N, d), caption vectors (Nc, d)."""
+def _frozen_inputs(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, batch_size: int = 128,
+                   backbone_features: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Backbone regions (N, R, C) float16, image vectors (N, d), caption vectors (Nc, d).
+
+    `backbone_features`: the backbone's (regions (N, R, C), global (N, G)) for `pixels`, when a
+    frozen backbone's outputs are cached already; else the backbone runs here."""
     device = model.device
     raw_regions, image_global, text_global = [], [], []
     with torch.inference_mode():
         for start in range(0, len(pixels), batch_size):
-            regions, global_features = model.image.backbone(normalize(pixels[start : start + batch_size].to(device)))
+            if backbone_features is not None:
+                regions = backbone_features[0][start : start + batch_size].float().to(device)
+                global_features = backbone_features[1][start : start + batch_size].float().to(device)
+            else:
+                regions, global_features = model.image.backbone(
+                    model.image.normalize(pixels[start : start + batch_size].to(device)))
             raw_regions.append(regions.to(torch.float16).cpu())
             image_global.append(model.image.project(regions, global_features).global_.float().cpu())
         for start in range(0, len(bank.captions), 1024):
@@ -64,11 +73,12 @@ def _frozen_inputs(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBan
 
 def train_scorer(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, *, epochs: int, lr: float,
                  batch_size: int, mine_depth: int, hard_share: float, seed: int, negatives: int = 3,
-                 heads_from_global: bool = True, on_epoch=None) -> None:
+                 heads_from_global: bool = True, on_epoch=None,
+                 backbone_features: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     rng = random.Random(seed)
     model.eval()
     started = time.perf_counter()
-    raw_regions, image_global, text_global = _frozen_inputs(model, pixels, bank)
+    raw_regions, image_global, text_global = _frozen_inputs(model, pixels, bank, backbone_features=backbone_features)
     caption_sets = [set(bank.captions[c] for c in own) for own in bank.captions_of]
 
     def describes(caption: int, image: int) -> bool:

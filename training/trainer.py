@@ -27,7 +27,7 @@ from indexer.errors import ImgsearchError
 from search.alignment import AlignmentModel
 from search.scorer import CrossAttentionScorer
 from training.captions import CaptionedImage
-from training.data import CaptionBank, encode_captions, group_batches, load_images, normalize
+from training.data import CaptionBank, encode_captions, group_batches, load_images
 from training.evaluate import evaluate, format_table
 from training.losses import alignment_matrix, infonce_loss, itm_loss, vsepp_loss
 from training.rerank_stage import train_scorer
@@ -186,7 +186,7 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
                 pixels = train_images.pixels[images]  # (B, 3, S, S) uint8
                 if config.augment:
                     pixels = torch.stack([crop(p) for p in pixels])
-                image = model.image(normalize(pixels.to(device)))
+                image = model.image(model.image.normalize(pixels.to(device)))
             states = bank.states[captions].float().to(device)  # (B, T, h)
             mask = bank.mask[captions].to(device)  # (B, T)
             tokens, text_global = model.text.project(states, mask)
@@ -275,7 +275,7 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
         train_scorer(model, train_images.pixels, bank, epochs=config.scorer_epochs, lr=config.scorer_lr,
                      heads_from_global=config.local_weight == 0,
                      batch_size=config.batch_size, mine_depth=config.mine_depth, hard_share=config.hard_share,
-                     seed=config.seed, on_epoch=after_epoch)
+                     seed=config.seed, on_epoch=after_epoch, backbone_features=cached)
         elapsed += time.perf_counter() - scorer_started
 
     model.eval()
@@ -311,12 +311,12 @@ def _backbone_features(model: AlignmentModel, pixels: torch.Tensor, out_dir: Pat
     digest.update(pixels.numpy().tobytes())
     path = out_dir / f"backbone-features-{digest.hexdigest()[:16]}.pt"
     if path.exists():
-        return torch.load(path)
+        return torch.load(path, weights_only=True)
     model.image.backbone.eval()
     regions, globals_ = [], []
     with torch.inference_mode():
         for start in range(0, len(pixels), 64):
-            r, g = model.image.backbone(normalize(pixels[start : start + 64].to(model.device)))
+            r, g = model.image.backbone(model.image.normalize(pixels[start : start + 64].to(model.device)))
             regions.append(r.to(torch.float16).cpu())
             globals_.append(g.to(torch.float16).cpu())
     features = (torch.cat(regions), torch.cat(globals_))
