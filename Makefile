@@ -1,5 +1,7 @@
 # Two entry points on a fresh machine (see README.md):
-#   make demo   set up .venv, index generated scenes with data/demo-model, run searches
+#   make demo   set up .venv, index the sample photos (data/photos) with the packaged
+#               photo model into demo-out/index, run searches (bench/scenes_demo.sh: the
+#               synthetic-scenes demo with data/demo-model)
 #   make test   set up .venv, run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -40,4 +42,4 @@ bench-compact: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/compact_features.sh
 
 clean:
-	rm -rf demo-out
+	rm -rf demo-out bench/out/scenes_demo

@@ -12,23 +12,59 @@ import sys
 import click
 
 from imgsearch.common import CONTEXT, json_option, user_errors
-from imgsearch.index import Index
+from imgsearch.index import Index, default_index_dir
+from imgsearch.models import default_model_dir
 from imgsearch.interrupt import stop_on_interrupt
 from imgsearch.progress import ProgressBar
 from imgsearch.train_commands import eval_command, train_command
+from indexer.errors import ModelNotFound
 from search.searcher import DEFAULT_CANDIDATES
 
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
+
+
+class _DefaultIndexDir:
+    """--index's default, read when a command runs (HOME and XDG_DATA_HOME then); --help shows it."""
+
+    def __call__(self) -> str:
+        return str(default_index_dir())
+
+    def __str__(self) -> str:
+        return self()
+
+
+class _PackagedModel:
+    """--model's default: none, so an existing index uses its recorded model and a new one
+    the packaged photo model (Index.open_or_create decides); --help shows that model's path."""
+
+    def __call__(self) -> None:
+        return None
+
+    def __str__(self) -> str:
+        try:
+            return f"the packaged photo model, {default_model_dir()}"
+        except ModelNotFound:
+            return "the packaged photo model (missing from this installation)"
+
+
 index_option = click.option(
-    "--index", "index_dir", required=True, envvar="IMGSEARCH_INDEX", metavar="DIR",
-    type=click.Path(file_okay=False), help="Index directory (env IMGSEARCH_INDEX).",
+    "--index", "index_dir", default=_DefaultIndexDir(), show_default=True, envvar="IMGSEARCH_INDEX",
+    metavar="DIR", type=click.Path(file_okay=False),
+    help="Index directory (env IMGSEARCH_INDEX); without either, $XDG_DATA_HOME/imgsearch/index, "
+    "else ~/.local/share/imgsearch/index.",
+)
+create_model_option = click.option(
+    "--model", envvar="IMGSEARCH_MODEL", metavar="DIR", default=_PackagedModel(), show_default=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Alignment model directory (env IMGSEARCH_MODEL) for a new index. An existing index uses "
+    "the model it was made with (a different one is refused).",
 )
 model_option = click.option(
     "--model", envvar="IMGSEARCH_MODEL", metavar="DIR", default=None,
     type=click.Path(exists=True, file_okay=False),
-    help="Alignment model directory (env IMGSEARCH_MODEL). Needed to create an index; "
-    "later commands use the model recorded in the index.",
+    help="Alignment model directory (env IMGSEARCH_MODEL). By default the one the index records; "
+    "a different one is refused.",
 )
 device_option = click.option(
     "--device", default="auto", show_default=True, help="'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."
@@ -41,10 +77,14 @@ device_option = click.option(
 def cli(verbose: bool) -> None:
     """Find images in your photo folders by describing them in words.
 
+    Without --index, the index lives in $XDG_DATA_HOME/imgsearch/index
+    (~/.local/share/imgsearch/index); a new index uses the photo model packaged
+    with imgsearch unless --model says otherwise.
+
     \b
     Example:
-      imgsearch index ~/Pictures --index ~/.imgsearch --model data/demo-model
-      imgsearch search "a dog running on the beach" --index ~/.imgsearch
+      imgsearch index ~/Pictures
+      imgsearch search "a dog running on the beach"
     """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr, format="%(levelname)s: %(message)s"
@@ -58,7 +98,7 @@ def cli(verbose: bool) -> None:
 @cli.command("index", context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @index_option
-@model_option
+@create_model_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes (default: spare cores).")
 @click.option(
@@ -73,7 +113,8 @@ def cli(verbose: bool) -> None:
 def index_command(paths, index_dir, model, batch_size, workers, prune, device, quiet, as_json) -> None:
     """Index image files and folders (recursively) into an index directory.
 
-    Creates the index on first use (then --model is needed). Runs are
+    Creates the index on first use, with --model or else the packaged photo
+    model; later runs use the model the index records. Runs are
     incremental: files with the same size and mtime are skipped, and a file
     whose content is already indexed (a copy, a move or a rename, told by its
     sha256) keeps its vectors without re-running the model. Files that are gone
@@ -84,7 +125,8 @@ def index_command(paths, index_dir, model, batch_size, workers, prune, device, q
 
     \b
     Example:
-      imgsearch index ~/Pictures /mnt/photos --index ~/.imgsearch --model data/demo-model
+      imgsearch index ~/Pictures /mnt/photos
+      imgsearch index data/photos --index demo-out/index --model my-model
     """
     with Index.open_or_create(index_dir, model, device) as index:
         bar = ProgressBar(sys.stderr, quiet=quiet)
@@ -133,7 +175,8 @@ def search_command(query, index_dir, model, k, candidates, no_rerank, precision,
 
     \b
     Example:
-      imgsearch search "a small red circle left of a blue square" --index demo-out/index -k 5
+      imgsearch search "a dog on the beach" -k 5
+      imgsearch search "a parrot" --index demo-out/index -k 3 --json
     """
     with Index.open(index_dir, model, device) as index:
         results = index.search(query, k, candidates=candidates, rerank=not no_rerank, rerank_precision=precision)
@@ -144,7 +187,19 @@ def search_command(query, index_dir, model, k, candidates, no_rerank, precision,
     if not results:
         click.echo("no images in the index yet; add some with `imgsearch index`.", err=True)
     for r in results:
-        click.echo(f"{r.rank:3d}  {r.score:8.4f}  (first stage {r.first_stage_score:.4f}, #{r.first_stage_rank})  {r.path}")
+        click.echo(f"{r.rank:3d}  {r.score:8.4f}  (first stage {r.first_stage_score:.4f}, #{r.first_stage_rank})  "
+                   f"{r.path}{_label_note(r.labels)}")
+
+
+SHOWN_LABELS = 2  # at most, in the search table
+SHOWN_LABEL_MIN_SCORE = 0.1  # classifier probability a label needs to be shown there
+
+
+def _label_note(labels: list[dict]) -> str:
+    """'  [golden retriever 82%, tabby 12%]': the image's top 1-2 labels with probability >= 0.1, or ''."""
+    shown = [f"{item['label']} {item['score']:.0%}" for item in labels
+             if item["score"] >= SHOWN_LABEL_MIN_SCORE][:SHOWN_LABELS]
+    return f"  [{', '.join(shown)}]" if shown else ""
 
 
 @cli.command("info", context_settings=CONTEXT)
@@ -156,7 +211,8 @@ def info_command(index_dir, as_json) -> None:
 
     \b
     Example:
-      imgsearch info --index ~/.imgsearch --json
+      imgsearch info
+      imgsearch info --index demo-out/index --json
     """
     with Index.open(index_dir) as index:
         info = index.info()
@@ -170,10 +226,20 @@ def info_command(index_dir, as_json) -> None:
         click.echo(f"            {count:6d} failed: {reason}")
     click.echo(f"vectors:    {info['vectors']} x {manifest['embed_dim']} ({manifest['metric']}), "
                f"{manifest['num_regions']} regions per image ({manifest['region_dtype']})")
-    click.echo(f"model:      {manifest['model']['path']} ({manifest['model']['fingerprint'][:12]})")
+    click.echo(f"labels:     {_labels_summary(info['labels'], info['images'])}")
+    click.echo(f"model:      {manifest['model']['path']} ({manifest['model']['fingerprint'][:12]}"
+               f"{_packaged_note(manifest['model']['path'])})")
     click.echo(f"backbone:   {manifest['model']['backbone']}")
     click.echo(f"text:       {manifest['model']['text_encoder']}")
     click.echo(f"disk:       {sum(info['bytes_on_disk'].values()):,} bytes")
+
+
+def _labels_summary(labels: dict, images: int) -> str:
+    """'golden retriever (12), tabby (3), ... (top-1, 15 of 16 images labelled)', or why there are none."""
+    if not labels["top1"]:
+        return "none stored (the model has no classifier, or the images were indexed before labels were kept)"
+    counts = ", ".join(f"{item['label']} ({item['images']})" for item in labels["top1"])
+    return f"{counts} (top-1, {labels['labeled_images']} of {images} images labelled)"
 
 
 @cli.command("errors", context_settings=CONTEXT)
@@ -185,7 +251,7 @@ def errors_command(index_dir, as_json) -> None:
 
     \b
     Example:
-      imgsearch errors --index ~/.imgsearch
+      imgsearch errors
     """
     with Index.open(index_dir) as index:
         failures = index.failures()
@@ -194,6 +260,13 @@ def errors_command(index_dir, as_json) -> None:
         return
     for failure in failures:
         click.echo(f"{failure['path']}: {failure['error']}")
+
+
+def _packaged_note(model_path: str) -> str:
+    try:
+        return ", the packaged photo model" if str(default_model_dir()) == model_path else ""
+    except ModelNotFound:
+        return ""
 
 
 cli.add_command(train_command)

@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
+from imgsearch.models import default_model_dir
 from indexer.checkpoint import fingerprint, read_config
 from indexer.device import resolve_device
 from indexer.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound
@@ -35,12 +36,26 @@ from indexer.vectors import VectorIndex
 from search.alignment import AlignmentConfig, AlignmentModel
 from search.searcher import DEFAULT_CANDIDATES, RerankPrecision, SearchResult, search
 
-__all__ = ["Index", "DB_NAME", "VECTORS_NAME"]
+__all__ = ["Index", "DB_NAME", "VECTORS_NAME", "default_index_dir"]
 
 DB_NAME = "index.db"
 VECTORS_NAME = "vectors.faiss"
 
 log = logging.getLogger("imgsearch")
+
+
+def default_index_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The per-user index: $XDG_DATA_HOME/imgsearch/index, else ~/.local/share/imgsearch/index.
+
+    As the XDG base directory spec says, an empty or relative XDG_DATA_HOME is ignored.
+    (The CLI's --index, then IMGSEARCH_INDEX, come before this.)
+    """
+    environ = os.environ if environ is None else environ
+    data_home = environ.get("XDG_DATA_HOME", "")
+    if not data_home or not os.path.isabs(data_home):
+        home = environ.get("HOME") or str(Path.home())
+        data_home = os.path.join(home, ".local", "share")
+    return Path(data_home) / "imgsearch" / "index"
 
 
 class Index:
@@ -63,14 +78,17 @@ class Index:
     # ---- opening -----------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: str | os.PathLike, model: str | os.PathLike, device: str = "auto") -> "Index":
-        """Create an empty index in `directory` for the alignment model in `model`."""
+    def create(
+        cls, directory: str | os.PathLike, model: str | os.PathLike | None = None, device: str = "auto"
+    ) -> "Index":
+        """Create an empty index in `directory` for the alignment model in `model`
+        (by default the photo model packaged with imgsearch: imgsearch.models.default_model_dir())."""
         directory = Path(directory)
         if (directory / MANIFEST_NAME).exists():
             raise IndexExists(f"{directory} already holds an index; open it instead, or pick a new directory.")
         if directory.exists() and not directory.is_dir():
             raise IndexExists(f"{directory} exists and is not a directory; pick another --index path.")
-        model_dir = Path(model).resolve()
+        model_dir = (default_model_dir() if model is None else Path(model)).resolve()
         config = AlignmentConfig.from_dict(read_config(model_dir))
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
@@ -102,8 +120,9 @@ class Index:
         try:
             manifest = Manifest.read(directory)
         except FileNotFoundError:
+            where = "" if directory == default_index_dir() else f" --index {directory}"
             raise IndexNotFound(
-                f"no index at {directory}; create one with `imgsearch index PHOTOS --index {directory} --model MODEL`."
+                f"no index at {directory}; create one with `imgsearch index PHOTOS{where}`."
             ) from None
         if model is None:
             return cls(directory, manifest, Path(manifest.model.path), device, model_checked=False)
@@ -112,14 +131,13 @@ class Index:
         return cls(directory, manifest, model_dir, device)
 
     @classmethod
-    def open_or_create(cls, directory: str | os.PathLike, model: str | os.PathLike | None, device: str = "auto") -> "Index":
+    def open_or_create(
+        cls, directory: str | os.PathLike, model: str | os.PathLike | None = None, device: str = "auto"
+    ) -> "Index":
+        """Open the index in `directory` (with its recorded model unless `model` is given), or
+        create it with `model`, by default the packaged photo model."""
         if (Path(directory) / MANIFEST_NAME).exists():
             return cls.open(directory, model, device)
-        if model is None:
-            raise ModelNotFound(
-                f"{directory} holds no index yet, so a model is needed to create it: pass --model DIR "
-                "(the repository ships data/demo-model) or set IMGSEARCH_MODEL."
-            )
         return cls.create(directory, model, device)
 
     def _open_snapshot(self) -> VectorIndex:
@@ -283,6 +301,7 @@ class Index:
             "failures_by_reason": _count_reasons(self.store.failures()),
             "distinct_contents": counts["distinct_contents"],
             "vectors": len(self.vectors),
+            "labels": self._label_counts(),
             "manifest": {
                 "schema_version": self.manifest.schema_version,
                 "embed_dim": self.manifest.embed_dim,
@@ -295,6 +314,12 @@ class Index:
             },
             "bytes_on_disk": files,
         }
+
+    def _label_counts(self, top: int = 10) -> dict:
+        """The classifier's top-1 labels over the indexed images: how many images have labels
+        stored, and the `top` most frequent top-1 labels with their image counts."""
+        labeled, counts = self.store.top_label_counts(top)
+        return {"labeled_images": labeled, "top1": [{"label": name, "images": n} for name, n in counts]}
 
     def failures(self) -> list[dict]:
         return [{"path": f.path, "error": f.error} for f in self.store.failures()]

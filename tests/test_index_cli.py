@@ -5,15 +5,28 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from conftest import make_model_dir, small_config
+from conftest import make_model_dir, make_photos, small_config
+from imgsearch import models
 from imgsearch.cli import cli
-from imgsearch.index import Index
+from imgsearch.index import Index, default_index_dir
+from imgsearch.models import default_model_dir
+from indexer.checkpoint import fingerprint
 from indexer.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound, StoreCorrupt
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path, monkeypatch):
+    """Commands without --index use the per-user index: keep it in tmp_path, never in the real home."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.delenv("IMGSEARCH_INDEX", raising=False)
+    monkeypatch.delenv("IMGSEARCH_MODEL", raising=False)
 
 
 def run(*args, env=None):
@@ -113,7 +126,7 @@ def test_index_dir_from_environment(indexed):
 
 
 FIELDS = {"rank", "id", "path", "score", "first_stage_score", "rerank_score", "first_stage_rank",
-          "width", "height", "size", "sha256"}
+          "width", "height", "size", "sha256", "labels"}
 
 
 def test_search_json_fields_and_order(indexed, image_folder):
@@ -131,6 +144,7 @@ def test_search_json_fields_and_order(indexed, image_folder):
         assert -1.0 - 1e-5 <= r["first_stage_score"] <= 1.0 + 1e-5
         assert 1 <= r["first_stage_rank"] <= 8
         assert (r["width"], r["height"]) == (48, 48)
+        assert r["labels"] == []  # the VGG test model has no classifier
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
 
@@ -239,10 +253,98 @@ def test_moved_model_needs_model_option(tmp_path, model_dir, image_folder):
     assert len(out["results"]) == 2
 
 
-def test_creating_an_index_needs_a_model(tmp_path, image_folder):
+def test_a_new_index_without_model_uses_the_packaged_photo_model(tmp_path):
+    photos = make_photos(tmp_path / "photos", range(2))
+    summary = run_json("index", photos, "--index", tmp_path / "ix", "--workers", 0)
+    assert summary["added"] == 2
+    recorded = json.loads((tmp_path / "ix" / "manifest.json").read_text())["model"]
+    assert recorded["path"] == str(default_model_dir())
+    assert recorded["fingerprint"] == fingerprint(default_model_dir())
+    assert "the packaged photo model" in run("info", "--index", tmp_path / "ix").stdout
+
+
+def test_a_new_index_without_model_or_packaged_model_says_to_pass_one(tmp_path, image_folder, monkeypatch):
+    monkeypatch.setattr(models, "_candidates", lambda: [tmp_path / "site-packages" / "imgsearch" / "photo_model"])
     result = run("index", image_folder, "--index", tmp_path / "ix", "--workers", 0)
-    assert_user_error(result, "--model")
+    assert_user_error(result, "packaged", "--model", str(tmp_path / "site-packages"))
     assert not (tmp_path / "ix" / "manifest.json").exists()
+
+
+def test_model_from_environment_makes_the_new_index(tmp_path, model_dir, image_folder):
+    result = run("index", image_folder, "--index", tmp_path / "ix", "--workers", 0, "--json",
+                 env={"IMGSEARCH_MODEL": str(model_dir)})
+    assert result.exit_code == 0, result.output
+    assert run_json("info", "--index", tmp_path / "ix")["manifest"]["model"]["path"] == str(model_dir.resolve())
+
+
+# ---- the default index location -----------------------------------------------------------
+
+
+def test_index_defaults_to_xdg_data_home(tmp_path, model_dir, image_folder):
+    summary = run_json("index", image_folder, "--model", model_dir, "--workers", 0)
+    default = tmp_path / "xdg-data" / "imgsearch" / "index"
+    assert (default / "manifest.json").is_file()
+    assert summary["added"] == 12
+    # every command finds it without --index
+    assert run_json("info")["directory"] == str(default)
+    assert len(run_json("search", "a red circle", "-k", 3)["results"]) == 3
+    assert run_json("errors") == []
+    assert not (tmp_path / "home" / ".local").exists()
+
+
+@pytest.mark.parametrize("xdg", [None, "", "relative/dir"])
+def test_index_defaults_to_local_share_without_a_usable_xdg_data_home(tmp_path, model_dir, image_folder,
+                                                                      monkeypatch, xdg):
+    if xdg is None:
+        monkeypatch.delenv("XDG_DATA_HOME")
+    else:
+        monkeypatch.setenv("XDG_DATA_HOME", xdg)  # the XDG spec: empty or relative --> ignored
+    run_json("index", image_folder, "--model", model_dir, "--workers", 0)
+    default = tmp_path / "home" / ".local" / "share" / "imgsearch" / "index"
+    assert (default / "manifest.json").is_file()
+    assert default_index_dir() == default
+    assert run_json("info")["images"] == 12
+
+
+def test_first_search_without_the_default_index_says_how_to_make_it(tmp_path):
+    result = run("search", "a dog on the beach")
+    assert_user_error(result, str(tmp_path / "xdg-data" / "imgsearch" / "index"), "`imgsearch index PHOTOS`.")
+
+
+def test_index_option_beats_environment_beats_default(tmp_path, model_dir, image_folder, monkeypatch):
+    default = tmp_path / "xdg-data" / "imgsearch" / "index"
+    from_env, from_flag = tmp_path / "env-index", tmp_path / "flag-index"
+    monkeypatch.setenv("IMGSEARCH_INDEX", str(from_env))
+    run_json("index", image_folder, "--model", model_dir, "--workers", 0)
+    assert (from_env / "manifest.json").is_file() and not default.exists()
+    run_json("index", image_folder, "--index", from_flag, "--model", model_dir, "--workers", 0)
+    assert (from_flag / "manifest.json").is_file() and not default.exists()
+    assert run_json("info")["directory"] == str(from_env)
+    assert run_json("info", "--index", from_flag)["directory"] == str(from_flag)
+
+
+def test_help_shows_the_default_index_and_model(tmp_path):
+    squeeze = "".join  # --help wraps long paths (at hyphens too): compare without whitespace
+    for command in ("index", "search", "info", "errors"):
+        result = run(command, "--help")
+        assert squeeze(str(tmp_path / "xdg-data" / "imgsearch" / "index").split()) in squeeze(result.stdout.split())
+        assert "IMGSEARCH_INDEX" in result.stdout
+    index_help = squeeze(run("index", "--help").stdout.split())
+    assert squeeze(str(default_model_dir()).split()) in index_help
+
+
+def test_an_index_made_with_another_model_keeps_it(tmp_path):
+    """An index made with data/demo-model goes on with it: no --model needed, none imposed."""
+    demo_model = (Path(__file__).parents[1] / "data" / "demo-model").resolve()
+    photos = make_photos(tmp_path / "photos", range(3))
+    run_json("index", photos, "--model", demo_model, "--workers", 0)
+    make_photos(photos, range(3, 5))
+    again = run_json("index", photos, "--workers", 0)
+    assert (again["added"], again["unchanged"]) == (2, 3)
+    info = run_json("info")
+    assert info["manifest"]["model"]["path"] == str(demo_model)
+    assert info["images"] == 5
+    assert len(run_json("search", "a small red circle", "-k", 2)["results"]) == 2
 
 
 def test_indexing_a_missing_path(tmp_path, model_dir):
