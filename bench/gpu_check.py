@@ -47,7 +47,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from bench.machine import describe, percentiles_ms
 from indexer.backbone import BackboneConfig
 from indexer.device import resolve_device
-from indexer.image_encoder import ImageEncoder, normalize_pixels
+from indexer.image_encoder import ImageEncoder
 import indexer.pipeline
 from indexer.decode import decode_file
 from indexer.image_encoder import resize_uint8
@@ -86,7 +86,7 @@ def forward_only(encoder: ImageEncoder, device: torch.device, count: int, batch_
     encoder.to(memory_format=torch.channels_last)
 
     def step():
-        x = normalize_pixels(pixels).contiguous(memory_format=torch.channels_last)
+        x = encoder.normalize(pixels).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=half):
             out = encoder(x)
             return out.regions.to(torch.float16).cpu(), out.global_.float().cpu()
@@ -179,7 +179,7 @@ def stored_against_forward(store: Store, encoder: ImageEncoder, files: list[Path
         for path in files:
             image = decode_file(path, min_size=encoder.image_size).image
             pixels = resize_uint8(image, encoder.image_size)[None].to(device)  # (1, 3, S, S) uint8
-            expected = encoder(normalize_pixels(pixels)).global_[0].float().cpu().numpy()  # (d,)
+            expected = encoder(encoder.normalize(pixels)).global_[0].float().cpu().numpy()  # (d,)
             stored = vectors[row_of[store.get(str(path)).id]]
             cosine = float(expected @ stored / (np.linalg.norm(expected) * np.linalg.norm(stored)))
             lowest = min(lowest, cosine)
@@ -207,7 +207,7 @@ def gpu_decode(encoder: ImageEncoder, files: list[Path], device: torch.device, b
         images = torchvision.io.decode_jpeg(data, device=device)  # list of (3, H, W) uint8
         batch = torch.stack([F.interpolate(im[None].float(), size=(SIZE, SIZE), mode="bilinear",
                                            antialias=True, align_corners=False)[0] for im in images])  # (B, 3, S, S)
-        x = normalize_pixels(batch.round().clamp(0, 255).to(torch.uint8)).contiguous(memory_format=torch.channels_last)
+        x = encoder.normalize(batch.round().clamp(0, 255).to(torch.uint8)).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=half):
             out = encoder(x)
             out.regions.to(torch.float16).cpu(), out.global_.float().cpu()

@@ -1,9 +1,10 @@
 """Indexing throughput from JPEG files to stored vectors, next to the backbone's forward-only
 throughput (the practical ceiling), measured in one run on the same machine.
 
-    python bench/indexing.py IMAGES_DIR [--configs vgg16,small,scenes] [--images 64,600,1200]
+    python bench/indexing.py IMAGES_DIR [--configs photo,vgg16,small,scenes] [--images-per-config 600,64,1200,2400]
 
-For each configuration (random-init weights: timing only; the product never indexes with
+For each configuration ("photo": the packaged photo model, MobileNetV2 224px, its real
+weights; the others random-init weights, timing only: the product never indexes with
 random weights): forward-only images/s of the encoder (backbone + projection heads) on
 pixels already in memory, then indexing images/s through indexer.pipeline.index_files
 (decode workers, encoder, SQLite store, FAISS), then forward-only again; the ratio is
@@ -31,13 +32,15 @@ import torch
 from bench.machine import describe
 from indexer.backbone import BackboneConfig
 from indexer.device import resolve_device
-from indexer.image_encoder import ImageEncoder, normalize_pixels
+from imgsearch.models import default_model_dir
+from indexer.image_encoder import ImageEncoder
 from indexer.pipeline import _DecodeDataset, default_workers, index_files
 from indexer.store import Store
 from indexer.vectors import VectorIndex
 from training.presets import PRESETS
 
 CONFIGS = {
+    "photo": None,  # the packaged photo model (data/photo-model), loaded with its weights
     "vgg16": (BackboneConfig(name="vgg16", weights=None), 256),  # 224px, 7x7 grid, fc7 global
     "small": (PRESETS["small"][0].backbone, PRESETS["small"][0].embed_dim),  # 96px, 6x6
     "scenes": (PRESETS["scenes"][0].backbone, PRESETS["scenes"][0].embed_dim),  # 64px, 8x8
@@ -56,7 +59,7 @@ def forward_only(encoder: ImageEncoder, count: int, batch_size: int, device: tor
     cuda = device.type == "cuda"
 
     def step():
-        x = normalize_pixels(pixels.to(device, non_blocking=cuda)).contiguous(memory_format=memory_format)
+        x = encoder.normalize(pixels.to(device, non_blocking=cuda)).contiguous(memory_format=memory_format)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
             out = encoder(x)
             out.regions.to(torch.float16).cpu(), out.global_.float().cpu()
@@ -107,8 +110,8 @@ def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, worker
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", type=Path, help="a folder of JPEG files")
-    parser.add_argument("--configs", default="vgg16,small,scenes")
-    parser.add_argument("--images-per-config", default="64,1200,2400", help="images indexed, per config")
+    parser.add_argument("--configs", default="photo,vgg16,small,scenes")
+    parser.add_argument("--images-per-config", default="600,64,1200,2400", help="images indexed, per config")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="decode workers (default: one per spare core)")
     parser.add_argument("--device", default="auto")
@@ -120,9 +123,13 @@ def main() -> None:
     machine = describe()
     rows = []
     for name, count in zip(args.configs.split(","), [int(c) for c in args.images_per_config.split(",")]):
-        backbone, embed_dim = CONFIGS[name]
-        torch.manual_seed(0)
-        encoder = ImageEncoder(backbone, embed_dim).eval().to(device)
+        if CONFIGS[name] is None:
+            encoder = ImageEncoder.from_pretrained(default_model_dir(), device=device)
+            backbone = encoder.backbone_config
+        else:
+            backbone, embed_dim = CONFIGS[name]
+            torch.manual_seed(0)
+            encoder = ImageEncoder(backbone, embed_dim).eval().to(device)
         files = all_files[:count]
         if len(files) < count:
             raise SystemExit(f"Error: {args.images} has {len(files)} JPEG files; {count} are needed for {name}.")
@@ -150,8 +157,8 @@ def format_report(rows, machine, device, workers, args) -> str:
     out = [f"\n## Indexing throughput, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC (bench/indexing.sh)\n",
            f"Machine: {machine}. Device: {device}; {workers} decode worker(s); batch {args.batch_size}; "
            f"torch threads: forward-only at the faster of 1 and {torch.get_num_threads()} (shown in brackets), "
-           f"end to end at all of torch's threads beside the decode workers. Files: JPEGs from {args.images} (random-init weights, "
-           "timing only). Forward-only = normalise + encoder + outputs to CPU from pixels in memory "
+           f"end to end at all of torch's threads beside the decode workers. Files: JPEGs from {args.images} (photo: the "
+           "packaged model's weights; the others random-init weights, timing only). Forward-only = normalise + encoder + outputs to CPU from pixels in memory "
            "(channels-last, as the pipeline runs it), measured before and after the end-to-end run.\n",
            "| config | input | grid | images | forward-only contiguous img/s (default threads) | forward-only before (threads) | "
            "end to end img/s | forward-only after | end to end / forward-only | ceiling decoding leaves (CPU) | "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Indexing throughput (JPEG files --> stored vectors) next to forward-only throughput, in one
-# run, for VGG16 at 224px and the small presets; appends a section to bench/RESULTS.md.
+# run, for the packaged photo model (MobileNetV2 224px), VGG16 at 224px and the small presets; appends a section to bench/RESULTS.md.
 #
 #   bench/indexing.sh [IMAGES_DIR] [-- extra bench/indexing.py options]
 #

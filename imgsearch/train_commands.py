@@ -57,6 +57,9 @@ def _read(captions, images, only, split):
               help="Weight of a joint ITM loss in the first stage (0: the scorer trains in the second stage only).")
 @click.option("--local-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of a first-stage contrastive loss on the re-ranker's token-region alignment term.")
+@click.option("--scorer-layers", default=None, type=click.IntRange(min=0),
+              help="Attention layers of the re-ranker (default: the preset's). 0 keeps only its "
+              "token-region alignment term (with --local-weight, trained in the first stage).")
 @click.option("--scorer-epochs", default=20, show_default=True, type=click.IntRange(min=0),
               help="Epochs of the second stage: the re-ranker on the frozen dual encoder.")
 @click.option("--hard-share", default=0.5, show_default=True, type=click.FloatRange(0, 1),
@@ -71,7 +74,7 @@ def _read(captions, images, only, split):
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Decoding processes.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/training-state.pt.")
 @user_errors
-def train_command(captions, images, only, split, out, preset_name, backbone_weights, labels_file, text_encoder, backbone_mode, epochs, batch_size,
+def train_command(captions, images, only, split, out, preset_name, backbone_weights, labels_file, text_encoder, backbone_mode, epochs, batch_size, scorer_layers,
                   lr, loss, itm_weight, local_weight, scorer_epochs, hard_share, scorer_lr, val_fraction, no_augment, seed, time_limit, workers, resume) -> None:
     """Train an alignment model on captioned images and save it to --out.
 
@@ -94,6 +97,8 @@ def train_command(captions, images, only, split, out, preset_name, backbone_weig
         raise ImgsearchError(f"{out} already holds a model; choose another --out, or pass --resume.")
     items = _read(captions, images, only, split)
     config, default_mode = preset(preset_name)
+    if scorer_layers is not None:
+        config = dataclasses.replace(config, scorer=dataclasses.replace(config.scorer, num_layers=scorer_layers))
     if text_encoder:
         config = dataclasses.replace(config, text=dataclasses.replace(config.text, name_or_path=text_encoder))
     torch.manual_seed(seed)

@@ -12,6 +12,7 @@ import torch
 
 from conftest import draw_image, small_config
 from search.alignment import AlignmentModel
+from search.scorer import ScorerConfig
 from training.captions import CaptionedImage, read_captions
 from training.data import encode_captions, load_images
 from training.evaluate import embed_captions, embed_images, evaluate, t2i_ranks
@@ -142,3 +143,38 @@ def test_train_with_local_weight_considers_the_scorer_before_its_stage(tmp_path,
     bank = encode_captions(model.text, images.items, cache_states=False)
     result = evaluate(model, images.pixels, bank, config.rerank_depth)
     assert result["reranked"]["t2i"]["R@1"] == pytest.approx(kept["val_t2i_R@1"])
+
+
+def test_train_with_local_weight_and_no_scorer_stage_keeps_the_alignment_term(tmp_path, tiny_bert_dir):
+    """--scorer-epochs 0 with the alignment loss (and no attention layers): the re-ranker is the
+    trained alignment term alone, chosen with its fusion weight on validation, and saved so."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rows = []
+    for i in range(16):
+        draw_image(700 + i, 32).save(folder / f"i{i}.png")
+        rows += [f"i{i}.png\tpicture {i} view {k}\n" for k in range(2)]
+    (folder / "captions.tsv").write_text("image\tcaption\n" + "".join(rows))
+    config = TrainConfig(epochs=1, batch_size=8, val_fraction=0.25, rerank_depth=4, warmup_steps=1, lr=3e-3,
+                         local_weight=1.0, scorer_epochs=0, fusion_grid=GRID)
+    torch.manual_seed(0)
+    items = read_captions(folder / "captions.tsv")
+    no_layers = small_config(tiny_bert_dir, scorer=ScorerConfig(num_layers=0, num_heads=2, max_regions=16, dropout=0.0))
+    summary = train(AlignmentModel.initialize(no_layers), items, tmp_path / "model", config)
+    assert [c["epoch"] for c in summary["reranker_candidates"]] == [0]
+    assert summary["reranker_kept"] == summary["reranker_candidates"][0]
+    model = AlignmentModel.from_pretrained(tmp_path / "model", device="cpu")
+    assert model.config.fusion_weight == summary["fusion_weight"] == summary["reranker_kept"]["fusion_weight"]
+    assert len(model.scorer.layers) == 0
+    assert torch.count_nonzero(model.scorer.head.weight) == 0 and torch.count_nonzero(model.scorer.head.bias) == 0
+    # the scorer's logit is exactly its scaled alignment term (an independent recomputation)
+    tokens, mask = torch.randn(3, 5, 32), torch.tensor([[True] * 5, [True] * 3 + [False] * 2, [True] + [False] * 4])
+    regions = torch.randn(3, 16, 32)
+    with torch.inference_mode():
+        logits = model.scorer(tokens, mask, regions)
+    positioned = regions + model.scorer.region_position[:16]
+    for c in range(3):
+        t = tokens[c][mask[c]]
+        cos = torch.nn.functional.normalize(t, dim=-1) @ torch.nn.functional.normalize(positioned[c], dim=-1).T
+        expected = model.scorer.alignment_scale * cos.max(dim=1).values.mean()
+        assert logits[c].item() == pytest.approx(expected.item(), abs=1e-4)

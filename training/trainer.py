@@ -243,43 +243,46 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
     scorer_history: list[dict] = []  # validation during the re-ranker stage
     selection = (RerankerSelection(val_images.pixels, val_bank, config.rerank_depth, config.fusion_grid)
                  if val_images is not None else None)
-    if config.scorer_epochs > 0:
-        def after_epoch(epoch: int) -> None:
-            if selection is None:
-                return
-            choice = selection.consider(model, epoch + 1)
-            _log(f"re-ranker epoch {epoch + 1}: validation t2i R@1 after re-ranking {choice.t2i_r1:.1f} "
-                 f"(fusion weight {choice.fusion_weight:g})")
-            if (epoch + 1) % 5 == 0 or epoch + 1 == config.scorer_epochs:
-                result = evaluate(model, val_images.pixels, val_bank, config.rerank_depth)
-                scorer_history.append({"epoch": epoch + 1, "val": {"first_stage": result["first_stage"],
-                                                                   "reranked": result["reranked"]}})
-                _log(format_table(result))
 
-        scorer_started = time.perf_counter()
-        if config.itm_weight == 0:  # the first stage did not train the scorer: start it fresh, seeded
-            trained_positions = model.scorer.region_position.detach().clone()
-            torch.manual_seed(config.seed)
-            model.scorer = CrossAttentionScorer(model.config.scorer, model.config.embed_dim).to(model.device)
-            if config.local_weight > 0:  # keep what the alignment term learned in the first stage
-                model.scorer.region_position.data.copy_(trained_positions)
-                model.scorer.alignment_scale.data.fill_(local_scale.exp().item())
-                # A zero output head: the scorer starts as exactly its trained alignment term,
-                # a re-ranker already (candidate "epoch 0"), and the attention layers add to it.
-                torch.nn.init.zeros_(model.scorer.head.weight)
-                torch.nn.init.zeros_(model.scorer.head.bias)
-                if selection is not None:
-                    choice = selection.consider(model, 0)
-                    _log(f"re-ranker before the second stage (its alignment term alone): validation t2i R@1 "
-                         f"after re-ranking {choice.t2i_r1:.1f} (fusion weight {choice.fusion_weight:g})")
+    def after_epoch(epoch: int) -> None:
+        if selection is None:
+            return
+        choice = selection.consider(model, epoch + 1)
+        _log(f"re-ranker epoch {epoch + 1}: validation t2i R@1 after re-ranking {choice.t2i_r1:.1f} "
+             f"(fusion weight {choice.fusion_weight:g})")
+        if (epoch + 1) % 5 == 0 or epoch + 1 == config.scorer_epochs:
+            result = evaluate(model, val_images.pixels, val_bank, config.rerank_depth)
+            scorer_history.append({"epoch": epoch + 1, "val": {"first_stage": result["first_stage"],
+                                                               "reranked": result["reranked"]}})
+            _log(format_table(result))
+
+    scorer_started = time.perf_counter()
+    if config.itm_weight == 0 and (config.scorer_epochs > 0 or config.local_weight > 0):
+        # The first stage did not train the scorer: start it fresh, seeded.
+        trained_positions = model.scorer.region_position.detach().clone()
+        torch.manual_seed(config.seed)
+        model.scorer = CrossAttentionScorer(model.config.scorer, model.config.embed_dim).to(model.device)
+        if config.local_weight > 0:  # keep what the alignment term learned in the first stage
+            model.scorer.region_position.data.copy_(trained_positions)
+            model.scorer.alignment_scale.data.fill_(local_scale.exp().item())
+            # A zero output head: the scorer starts as exactly its trained alignment term,
+            # a re-ranker already (candidate "epoch 0"), and the attention layers add to it.
+            torch.nn.init.zeros_(model.scorer.head.weight)
+            torch.nn.init.zeros_(model.scorer.head.bias)
+            if selection is not None:
+                choice = selection.consider(model, 0)
+                _log(f"re-ranker before the second stage (its alignment term alone): validation t2i R@1 "
+                     f"after re-ranking {choice.t2i_r1:.1f} (fusion weight {choice.fusion_weight:g})")
+    if config.scorer_epochs > 0:
         train_scorer(model, train_images.pixels, bank, epochs=config.scorer_epochs, lr=config.scorer_lr,
                      heads_from_global=config.local_weight == 0,
                      batch_size=config.batch_size, mine_depth=config.mine_depth, hard_share=config.hard_share,
                      seed=config.seed, on_epoch=after_epoch, backbone_features=cached)
-        elapsed += time.perf_counter() - scorer_started
+    elapsed += time.perf_counter() - scorer_started
 
     model.eval()
-    scorer_trained = config.scorer_epochs > 0 or config.itm_weight > 0
+    # --local-weight trains the alignment term, which alone is a re-ranker (a zero output head).
+    scorer_trained = config.scorer_epochs > 0 or config.itm_weight > 0 or config.local_weight > 0
     if not scorer_trained:
         _log("the re-ranker was not trained (--scorer-epochs 0): search this model with --no-rerank")
     kept = None
