@@ -57,6 +57,9 @@ def _read(captions, images, only, split):
               help="Weight of a joint ITM loss in the first stage (0: the scorer trains in the second stage only).")
 @click.option("--local-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of a first-stage contrastive loss on the re-ranker's token-region alignment term.")
+@click.option("--zero-shot-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of the zero-shot ImageNet score in the first stage (needs --labels; "
+              "search/zero_shot.py). Stored in the model; it does not change training.")
 @click.option("--scorer-layers", default=None, type=click.IntRange(min=0),
               help="Attention layers of the re-ranker (default: the preset's). 0 keeps only its "
               "token-region alignment term (with --local-weight, trained in the first stage).")
@@ -74,7 +77,7 @@ def _read(captions, images, only, split):
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Decoding processes.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/training-state.pt.")
 @user_errors
-def train_command(captions, images, only, split, out, preset_name, backbone_weights, labels_file, text_encoder, backbone_mode, epochs, batch_size, scorer_layers,
+def train_command(captions, images, only, split, out, preset_name, backbone_weights, labels_file, text_encoder, backbone_mode, epochs, batch_size, scorer_layers, zero_shot_weight,
                   lr, loss, itm_weight, local_weight, scorer_epochs, hard_share, scorer_lr, val_fraction, no_augment, seed, time_limit, workers, resume) -> None:
     """Train an alignment model on captioned images and save it to --out.
 
@@ -120,6 +123,10 @@ def train_command(captions, images, only, split, out, preset_name, backbone_weig
             raise ImgsearchError(f"--labels needs a backbone with a classifier (mobilenet_v2), not {preset_name}.")
         labels = tuple(line.strip() for line in Path(labels_file).read_text().splitlines() if line.strip())
         config = dataclasses.replace(config, image_labels=labels)
+    if zero_shot_weight:
+        if not config.image_labels:
+            raise ImgsearchError("--zero-shot-weight needs the classifier's class names: pass --labels FILE.")
+        config = dataclasses.replace(config, zero_shot_weight=zero_shot_weight)
     model = AlignmentModel.initialize(config, backbone_state)
     train_config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, itm_weight=itm_weight, local_weight=local_weight, scorer_epochs=scorer_epochs,

@@ -37,6 +37,9 @@ class AlignmentConfig:
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     # Final re-ranked score = scorer logit + fusion_weight * first-stage cosine.
     fusion_weight: float = 0.0
+    # Weight of the zero-shot ImageNet score added to each candidate's first-stage cosine
+    # (search/zero_shot.py); 0 turns it off. Needs image_labels and labels in the index.
+    zero_shot_weight: float = 0.0
     # Class names of the backbone's classifier (mobilenet_v2: ImageNet's 1,001), for image labels.
     image_labels: tuple[str, ...] | None = None
 
@@ -58,7 +61,7 @@ class AlignmentConfig:
                       **({"labels": list(self.image_labels)} if self.image_labels else {})},
             "text": dataclasses.asdict(self.text),
             "scorer": dataclasses.asdict(self.scorer),
-            "rerank": {"fusion_weight": self.fusion_weight},
+            "rerank": {"fusion_weight": self.fusion_weight, "zero_shot_weight": self.zero_shot_weight},
         }
 
     @classmethod
@@ -70,6 +73,7 @@ class AlignmentConfig:
                 text=TextEncoderConfig(**data["text"]),
                 scorer=ScorerConfig(**data["scorer"]),
                 fusion_weight=float(data.get("rerank", {}).get("fusion_weight", 0.0)),
+                zero_shot_weight=float(data.get("rerank", {}).get("zero_shot_weight", 0.0)),
                 image_labels=tuple(data["image"]["labels"]) if data["image"].get("labels") else None,
             )
         except (KeyError, TypeError) as exc:

@@ -16,6 +16,7 @@ from indexer.vectors import VectorIndex
 from search.alignment import AlignmentModel
 from search.fast_scorer import default_compute_dtype
 from search.rerank import rerank_scores
+from search.zero_shot import sentence_vectors, zero_shot_scores
 
 __all__ = ["SearchResult", "search", "DEFAULT_CANDIDATES"]
 
@@ -32,7 +33,9 @@ class SearchResult:
     id: int
     path: str
     score: float  # final score: re-ranked, or the first-stage score with rerank off
-    first_stage_score: float  # cosine similarity of query and image vectors
+    # cosine similarity of query and image vectors, plus zero_shot_weight * zero_shot_score
+    # when the model uses the zero-shot ImageNet term
+    first_stage_score: float
     rerank_score: float | None
     first_stage_rank: int  # 1-based rank before re-ranking
     width: int | None
@@ -42,6 +45,8 @@ class SearchResult:
     # The backbone classifier's top classes for this image, best first: {"label": name, "score": prob}
     # (probabilities, 4 decimals); empty when the model has no classifier or none are stored.
     labels: list[dict] = field(default_factory=list)
+    # The zero-shot ImageNet score (search/zero_shot.py) when the model uses it, else None.
+    zero_shot_score: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,13 +85,22 @@ def search(
         raise InvalidQuery(f"rerank_precision must be float32, bfloat16 or auto (got {rerank_precision!r}).")
     if candidates < 1:
         raise InvalidQuery(f"candidates must be at least 1 (got {candidates}).")
-    depth = max(k, candidates) if rerank else k
+    zero_shot_weight = model.config.zero_shot_weight if model.config.image_labels else 0.0
+    depth = max(k, candidates) if rerank or zero_shot_weight else k
     with _one_thread(), torch.inference_mode():
         query = model.text.encode([text])
     if query.truncated[0]:
         log.warning("the query is longer than the text encoder's %d tokens; the rest was ignored",
                     model.text.config.max_length)
-    first_scores, ids = vectors.search(query.global_[0].float().cpu().numpy(), depth)  # (C,), (C,)
+    cosines, ids = vectors.search(query.global_[0].float().cpu().numpy(), depth)  # (C,), (C,)
+    zero_shot = None
+    first_scores = cosines
+    if zero_shot_weight and len(ids):
+        with _one_thread():
+            sentence = sentence_vectors(model, [text])[0].numpy()  # (h,)
+            candidate_labels = store.labels(ids.tolist())
+            zero_shot = zero_shot_scores(model, sentence, [candidate_labels[int(i)] for i in ids])  # (C,)
+        first_scores = cosines + np.float32(zero_shot_weight) * zero_shot  # the fused first stage
     if rerank and len(ids):
         mask = query.mask[0]  # (T,)
         with _one_thread():
@@ -98,7 +112,9 @@ def search(
         order = np.argsort(-final, kind="stable")[:k]
     else:
         final, reranked = first_scores, None
-        order = np.arange(min(k, len(ids)))
+        order = np.argsort(-final, kind="stable")[:k]
+    first_rank = np.empty(len(ids), dtype=np.int64)
+    first_rank[np.argsort(-first_scores, kind="stable")] = np.arange(len(ids))  # position --> 0-based first-stage rank
     rows = store.images(ids[order].tolist())
     labels = store.labels(ids[order].tolist())
     results = []
@@ -109,7 +125,8 @@ def search(
                 rank=rank, id=row.id, path=row.path, score=float(final[position]),
                 first_stage_score=float(first_scores[position]),
                 rerank_score=None if reranked is None else float(reranked[position]),
-                first_stage_rank=int(position) + 1,
+                first_stage_rank=int(first_rank[position]) + 1,
+                zero_shot_score=None if zero_shot is None else float(zero_shot[position]),
                 width=row.width, height=row.height, size=row.size, sha256=row.sha256,
                 labels=[{"label": name, "score": prob} for name, prob in labels[row.id]],
             )

@@ -125,7 +125,7 @@ def test_index_dir_from_environment(indexed):
 # ---- search ---------------------------------------------------------------------------
 
 
-FIELDS = {"rank", "id", "path", "score", "first_stage_score", "rerank_score", "first_stage_rank",
+FIELDS = {"rank", "id", "path", "score", "first_stage_score", "rerank_score", "first_stage_rank", "zero_shot_score",
           "width", "height", "size", "sha256", "labels"}
 
 

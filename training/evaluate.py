@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from search.alignment import AlignmentModel
+from indexer.pipeline import TOP_LABELS
+from search.zero_shot import class_name_vectors, sentence_vectors
 from training.data import CaptionBank
 
 __all__ = [
@@ -54,16 +56,34 @@ def i2t_ranks(sim: np.ndarray, captions_of: list[list[int]]) -> np.ndarray:
     return ranks
 
 
-def embed_images(model: AlignmentModel, pixels: torch.Tensor, batch_size: int = 128):
-    """uint8 (N, 3, S, S) --> global (N, d) float32 and regions (N, R, d) float16, as the indexer stores them."""
+def embed_images(model: AlignmentModel, pixels: torch.Tensor, batch_size: int = 128, *, with_class_probs: bool = False):
+    """uint8 (N, 3, S, S) --> global (N, d) float32 and regions (N, R, d) float16, as the indexer stores them,
+    and with `with_class_probs` the classifier's posteriors (N, C) float32 (None without a classifier)."""
     device = model.device
-    globals_, regions = [], []
+    globals_, regions, probs = [], [], []
     with torch.inference_mode():
         for start in range(0, len(pixels), batch_size):
             out = model.image(model.image.normalize(pixels[start : start + batch_size].to(device)))
             globals_.append(out.global_.float().cpu())
             regions.append(out.regions.to(torch.float16).cpu())
+            if out.class_probs is not None:
+                probs.append(out.class_probs.float().cpu())
+    if with_class_probs:
+        return torch.cat(globals_).numpy(), torch.cat(regions), torch.cat(probs) if probs else None
     return torch.cat(globals_).numpy(), torch.cat(regions)
+
+
+def zero_shot_matrix(model: AlignmentModel, class_probs: torch.Tensor, captions: list[str]) -> np.ndarray:
+    """(Nc, Ni) zero-shot scores (search/zero_shot.py) from each image's top classes, as the index
+    stores them (TOP_LABELS best non-background classes, probabilities to 4 decimals)."""
+    names = class_name_vectors(model)
+    label_vectors = torch.from_numpy(np.stack([names[name] for name in model.config.image_labels]))  # (C, h)
+    probs = class_probs.clone()
+    probs[:, 0] = 0  # "background" is never stored
+    top, index = probs.topk(TOP_LABELS, dim=1)  # (Ni, TOP_LABELS)
+    sparse = torch.zeros_like(probs).scatter_(1, index, torch.round(top * 1e4) / 1e4)  # (Ni, C)
+    image_side = sparse @ label_vectors  # (Ni, C) x (C, h) --> (Ni, h)
+    return (sentence_vectors(model, captions) @ image_side.T).numpy()  # (Nc, h) x (h, Ni) --> (Nc, Ni)
 
 
 def embed_captions(model: AlignmentModel, captions: list[str], batch_size: int = 256):
@@ -160,9 +180,12 @@ def evaluate(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, dep
              rerank: bool = True) -> dict:
     """Recall@1/5/10 both directions, first stage and re-ranked (None with rerank=False), plus mean recall."""
     model.eval()
-    image_global, regions = embed_images(model, pixels)
+    image_global, regions, class_probs = embed_images(model, pixels, with_class_probs=True)
     text_global, tokens, mask = embed_captions(model, bank.captions)
     sim = text_global @ image_global.T  # (Nc, Ni)
+    if model.config.zero_shot_weight and model.config.image_labels and class_probs is not None:
+        # the first stage as search() scores it: cosine + weight * zero-shot ImageNet score
+        sim = sim + np.float32(model.config.zero_shot_weight) * zero_shot_matrix(model, class_probs, bank.captions)
     describing = captions_describing(bank.captions, bank.captions_of)  # per image, for image->text
     first = {"t2i": recall_at_k(t2i_ranks(sim, bank.image_of)), "i2t": recall_at_k(i2t_ranks(sim, describing))}
     reranked = {

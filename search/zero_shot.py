@@ -1,0 +1,59 @@
+"""Zero-shot ImageNet evidence for the first stage: how well the query matches the image's labels.
+
+zero_shot(query, image) = sum over the image's stored top classes c (indexer: top 5,
+background left out) of p(c | image) * cos(s(query), s(name of c)), where s() is the
+frozen text encoder's mean-pooled, L2-normalised sentence vector (all-MiniLM-L6-v2 for
+the photo model). It needs no training and knows the 1,000 ImageNet classes, which
+Flickr8k's captions (mostly people and dogs) rarely name: a dragonfly, an owl, a hot dog.
+search() adds zero_shot_weight * zero_shot to each candidate's first-stage cosine
+(bench/zero_shot.py measured the weight on Flickr8k dev and on the sample photos).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from search.alignment import AlignmentModel
+
+__all__ = ["zero_shot_scores", "class_name_vectors", "sentence_vectors"]
+
+
+def sentence_vectors(model: AlignmentModel, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """Mean-pooled, L2-normalised states of the model's (frozen) BERT: (N, h) float32."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch, _ = model.text.tokenize(texts[start : start + batch_size], model.device)
+            states = model.text.bert(**batch).last_hidden_state  # (b, T, h)
+            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)  # (b, T, 1)
+            out.append(F.normalize((states * mask).sum(1) / mask.sum(1).clamp_min(1.0), dim=-1).float().cpu())
+    return torch.cat(out)
+
+
+def class_name_vectors(model: AlignmentModel) -> dict[str, np.ndarray]:
+    """Sentence vector of each class name of the model's classifier, computed once per model."""
+    cached = getattr(model, "_class_name_vectors", None)
+    if cached is None:
+        names = sorted(set(model.config.image_labels or ()))
+        vectors = sentence_vectors(model, names).numpy() if names else np.zeros((0, 0), np.float32)
+        cached = {name: vectors[i] for i, name in enumerate(names)}
+        model._class_name_vectors = cached
+    return cached
+
+
+def zero_shot_scores(
+    model: AlignmentModel, query_sentence: np.ndarray, labels: list[list[tuple[str, float]]]
+) -> np.ndarray:
+    """query_sentence (h,) L2-normalised, per candidate its [(class name, prob), ...] --> (C,) float32.
+
+    A candidate without stored labels (or a name the model does not know) scores 0 for it."""
+    names = class_name_vectors(model)
+    scores = np.zeros(len(labels), dtype=np.float32)
+    for i, image_labels in enumerate(labels):
+        for name, prob in image_labels:
+            vector = names.get(name)
+            if vector is not None:
+                scores[i] += np.float32(prob) * float(vector @ query_sentence)
+    return scores

@@ -1,0 +1,114 @@
+"""The zero-shot ImageNet term of the first stage (search/zero_shot.py), against naive oracles.
+
+zero_shot(query, image) = sum over the image's stored top classes of p(class) * cos(s(query),
+s(class name)), s() the text encoder's mean-pooled, L2-normalised BERT state. The oracle
+encodes every text alone (no padding, no batching) and reads the stored global vectors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_photos
+from imgsearch import Index
+from search.alignment import AlignmentModel
+
+WEIGHT = 0.7
+QUERIES = ["class 3", "a picture of class 17 and class 250", "something red"]
+
+
+@pytest.fixture(scope="module")
+def zero_shot_model_dir(tmp_path_factory, mobilenet_model_dir):
+    model = AlignmentModel.from_pretrained(mobilenet_model_dir, device="cpu")
+    model.config = dataclasses.replace(model.config, zero_shot_weight=WEIGHT)
+    directory = tmp_path_factory.mktemp("zero-shot-model")
+    model.save_pretrained(directory)
+    return directory
+
+
+def _sentence(model: AlignmentModel, text: str) -> np.ndarray:
+    """One text alone through the tokenizer and BERT: mean of its states, L2-normalised."""
+    ids = model.text.tokenizer(text, truncation=True, max_length=model.config.text.max_length, return_tensors="pt")
+    with torch.inference_mode():
+        states = model.text.bert(input_ids=ids["input_ids"]).last_hidden_state[0]  # (T, h)
+    vector = states.mean(0).numpy()
+    return vector / np.linalg.norm(vector)
+
+
+@pytest.mark.parametrize("rerank", [False, True])
+def test_first_stage_is_cosine_plus_weighted_zero_shot(tmp_path, zero_shot_model_dir, rerank):
+    photos = make_photos(tmp_path / "photos", range(12))
+    with Index.create(tmp_path / "index", zero_shot_model_dir, device="cpu") as index:
+        index.add([photos])
+        model = index.model
+        ids, stored = index.store.global_vectors()  # (N,), (N, d)
+        vector_of = {int(i): stored[n] for n, i in enumerate(ids)}
+        for query in QUERIES:
+            results = index.search(query, k=12, candidates=12, rerank=rerank)
+            assert len(results) == 12
+            with torch.inference_mode():
+                query_vector = model.text.encode([query]).global_[0].numpy()  # (d,)
+            sentence = _sentence(model, query)
+            expected_first = {}
+            for r in results:
+                assert r.labels, "every image of a classifier model has labels"
+                zero_shot = sum(label["score"] * float(_sentence(model, label["label"]) @ sentence)
+                                for label in r.labels)
+                assert r.zero_shot_score == pytest.approx(zero_shot, abs=1e-4)
+                cosine = float(query_vector @ vector_of[r.id])
+                expected_first[r.id] = cosine + WEIGHT * zero_shot
+                assert r.first_stage_score == pytest.approx(expected_first[r.id], abs=1e-4)
+            # first-stage ranks follow the fused first-stage score (brute force over all images)
+            by_first = [r.id for r in sorted(results, key=lambda r: -expected_first[r.id])]
+            assert [r.id for r in sorted(results, key=lambda r: r.first_stage_rank)] == by_first
+            if not rerank:
+                assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+                assert all(r.score == r.first_stage_score for r in results)
+            else:
+                fusion = model.config.fusion_weight
+                for r in results:
+                    assert r.score == pytest.approx(r.rerank_score + fusion * r.first_stage_score, abs=1e-3)
+
+
+def test_zero_shot_is_off_for_models_without_the_weight(tmp_path, mobilenet_model_dir):
+    photos = make_photos(tmp_path / "photos", range(4))
+    with Index.create(tmp_path / "index", mobilenet_model_dir, device="cpu") as index:
+        index.add([photos])
+        results = index.search("class 3", k=4, rerank=False)
+    assert all(r.zero_shot_score is None for r in results)
+
+
+def test_eval_first_stage_matches_search_with_zero_shot(tmp_path, mobilenet_model_dir):
+    """`imgsearch eval`'s first stage (training/evaluate.py) scores as search() does: recall
+    computed from search results over the same images equals evaluate()'s. A large weight makes
+    the zero-shot term decide, so leaving it out of either would change the numbers."""
+    from training.captions import CaptionedImage
+    from training.data import encode_captions, load_images
+    from training.evaluate import evaluate
+
+    model = AlignmentModel.from_pretrained(mobilenet_model_dir, device="cpu")
+    model.config = dataclasses.replace(model.config, zero_shot_weight=50.0)
+    model.save_pretrained(tmp_path / "model")
+    photos = make_photos(tmp_path / "photos", range(10))
+    captions = {f"img_{i:03d}.png": [f"class {i * 7} photo", f"a picture of class {i * 31 % 1000}"] for i in range(10)}
+    items = [CaptionedImage(photos / name, texts) for name, texts in captions.items()]
+    images = load_images(items, model.config.backbone.image_size)
+    bank = encode_captions(model.text, images.items, cache_states=False)
+    result = evaluate(model, images.pixels, bank, depth=4)
+    model.config = dataclasses.replace(model.config, zero_shot_weight=0.0)
+    without = evaluate(model, images.pixels, bank, depth=4)
+    assert without["first_stage"]["t2i"] != result["first_stage"]["t2i"]  # the term matters here
+    with Index.create(tmp_path / "index", tmp_path / "model", device="cpu") as index:
+        index.add([photos])
+        ranks = []
+        for name, texts in captions.items():
+            for text in texts:
+                order = [r.path for r in index.search(text, k=10, candidates=10, rerank=False)]
+                ranks.append(order.index(str(photos / name)))
+    ranks = np.array(ranks)
+    for k in (1, 5, 10):
+        assert result["first_stage"]["t2i"][f"R@{k}"] == pytest.approx(100.0 * np.mean(ranks < k))
