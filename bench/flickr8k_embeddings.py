@@ -38,7 +38,7 @@ def main(model_dir: str, data_dir: str, out: str) -> None:
     globals_, regions = [], []
     with torch.inference_mode():
         for start in range(0, len(names), 128):
-            pixels = torch.stack([preprocess(Image.open(data / "images" / n).convert("RGB"), size)
+            pixels = torch.stack([preprocess(Image.open(data / "images" / n).convert("RGB"), size, model.config.backbone)
                                   for n in names[start : start + 128]])  # (B, 3, S, S)
             emb = model.image(pixels)
             globals_.append(emb.global_.numpy())

