@@ -89,6 +89,8 @@ class _Graph:
     def __init__(self, tflite, data: bytes) -> None:
         self.tflite = tflite
         self.data = data
+        if data[4:8] != b"TFL3":  # the flatbuffer file identifier of the TFLite schema
+            raise ConversionError("not a TFLite model file (no TFL3 identifier)")
         self.model = tflite.Model.GetRootAsModel(data, 0)
         if self.model.SubgraphsLength() != 1:
             raise ConversionError(f"expected 1 subgraph, found {self.model.SubgraphsLength()}")
