@@ -197,7 +197,7 @@ SHOWN_LABEL_MIN_SCORE = 0.1  # classifier probability a label needs to be shown 
 
 def _label_note(labels: list[dict]) -> str:
     """'  [golden retriever 82%, tabby 12%]': the image's top 1-2 labels with probability >= 0.1, or ''."""
-    shown = [f"{item['label']} {item['score']:.0%}" for item in labels
+    shown = [f"{_short(item['label'])} {item['score']:.0%}" for item in labels
              if item["score"] >= SHOWN_LABEL_MIN_SCORE][:SHOWN_LABELS]
     return f"  [{', '.join(shown)}]" if shown else ""
 
@@ -234,11 +234,17 @@ def info_command(index_dir, as_json) -> None:
     click.echo(f"disk:       {sum(info['bytes_on_disk'].values()):,} bytes")
 
 
+def _short(label: str) -> str:
+    """An ImageNet class name's first synonym ('hotdog, hot dog, red hot' --> 'hotdog') for the
+    terminal; --json keeps the full name."""
+    return label.split(",")[0].strip() or label
+
+
 def _labels_summary(labels: dict, images: int) -> str:
     """'golden retriever (12), tabby (3), ... (top-1, 15 of 16 images labelled)', or why there are none."""
     if not labels["top1"]:
         return "none stored (the model has no classifier, or the images were indexed before labels were kept)"
-    counts = ", ".join(f"{item['label']} ({item['images']})" for item in labels["top1"])
+    counts = ", ".join(f"{_short(item['label'])} ({item['images']})" for item in labels["top1"])
     return f"{counts} (top-1, {labels['labeled_images']} of {images} images labelled)"
 
 

@@ -272,3 +272,10 @@ def test_store_top1_counts_over_many_labels(tmp_path):
     assert store.top_label_counts(10) == (labeled, ranked[:10])
     assert store.top_label_counts(3) == (labeled, ranked[:3])
     store.close()
+
+
+def test_the_terminal_shows_an_imagenet_name_by_its_first_synonym():
+    from imgsearch.cli import _label_note
+
+    labels = [{"label": "hotdog, hot dog, red hot", "score": 0.82}, {"label": "tabby, tabby cat", "score": 0.12}]
+    assert _label_note(labels) == "  [hotdog 82%, tabby 12%]"
