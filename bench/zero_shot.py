@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from indexer.decode import decode_file  # noqa: E402
 from indexer.image_encoder import resize_uint8  # noqa: E402
 from search.alignment import AlignmentModel  # noqa: E402
+from search.zero_shot import sentence_vectors  # noqa: E402
 from training.evaluate import recall_at_k, t2i_ranks  # noqa: E402
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
@@ -47,18 +48,6 @@ PHOTO_QUERIES = {
     "kites over a beach": {"kite_and_cold.jpg"},
     "two dogs": {"pets.jpg"},
 }
-
-
-def sentence_vectors(model: AlignmentModel, texts: list[str]) -> torch.Tensor:
-    """Mean-pooled, L2-normalised states of the frozen text encoder: (N, h)."""
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), 256):
-            batch, _ = model.text.tokenize(texts[start : start + 256])
-            states = model.text.bert(**batch).last_hidden_state  # (b, T, h)
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            out.append(F.normalize((states * mask).sum(1) / mask.sum(1), dim=-1))
-    return torch.cat(out)
 
 
 def top_posteriors(probs: torch.Tensor, top: int) -> torch.Tensor:
