@@ -93,7 +93,7 @@ def search(
         log.warning("the query is longer than the text encoder's %d tokens; the rest was ignored",
                     model.text.config.max_length)
     cosines, ids = vectors.search(query.global_[0].float().cpu().numpy(), depth)  # (C,), (C,)
-    zero_shot = None
+    zero_shot, candidate_labels = None, None
     first_scores = cosines
     if zero_shot_weight and len(ids):
         with _one_thread():
@@ -116,7 +116,7 @@ def search(
     first_rank = np.empty(len(ids), dtype=np.int64)
     first_rank[np.argsort(-first_scores, kind="stable")] = np.arange(len(ids))  # position --> 0-based first-stage rank
     rows = store.images(ids[order].tolist())
-    labels = store.labels(ids[order].tolist())
+    labels = candidate_labels if candidate_labels is not None else store.labels(ids[order].tolist())
     results = []
     for rank, position in enumerate(order, start=1):
         row = rows[int(ids[position])]
