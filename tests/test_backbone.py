@@ -209,3 +209,17 @@ def test_mobilenet_model_needs_its_weights_and_saves_them(tiny_bert_dir, tmp_pat
         logits = loaded.image.backbone.net(loaded.image.normalize(pixels))[1]
     assert out.class_probs.shape == (2, 1001)
     assert torch.allclose(out.class_probs, logits.softmax(-1), atol=1e-5)
+
+
+def test_backbone_weights_without_the_tflite_package_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    from training.backbone_weights import load_backbone_weights
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"\0" * 16)
+    monkeypatch.setitem(sys.modules, "tflite", None)  # import tflite now raises ImportError
+    with pytest.raises(WeightsMissing, match="imgsearch\\[convert\\]"):
+        load_backbone_weights(model)
+    with pytest.raises(WeightsMissing, match="not found"):
+        load_backbone_weights(tmp_path / "missing.tflite")

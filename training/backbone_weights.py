@@ -21,7 +21,10 @@ def load_backbone_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".tflite":
         from training.convert_mobilenet_v2 import convert
 
-        state = convert(path)
+        try:
+            state = convert(path)
+        except ImportError as exc:  # the converter's parser is an optional extra
+            raise WeightsMissing(f"reading {path} needs the tflite package: pip install 'imgsearch[convert]' ({exc}).") from exc
     elif path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
