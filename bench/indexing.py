@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from bench.machine import describe
+from indexer.allocator import heap_block_limit, keep_freed_memory
 from indexer.backbone import BackboneConfig
 from indexer.device import resolve_device
 from imgsearch.models import default_model_dir
@@ -59,9 +60,8 @@ def forward_only(encoder: ImageEncoder, count: int, batch_size: int, device: tor
     cuda = device.type == "cuda"
 
     def step():
-        x = encoder.normalize(pixels.to(device, non_blocking=cuda)).contiguous(memory_format=memory_format)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-            out = encoder(x)
+            out = encoder.encode(pixels.to(device, non_blocking=cuda), memory_format)  # as the pipeline runs it
             out.regions.to(torch.float16).cpu(), out.global_.float().cpu()
 
     step()  # warm-up: kernel choice, allocations
@@ -116,8 +116,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="decode workers (default: one per spare core)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--report", default="bench/RESULTS.md")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc as it is (the indexer keeps freed memory: indexer/allocator.py)")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if device.type == "cpu" and not args.default_allocator:
+        keep_freed_memory()  # what index_files does; set before any forward pass, for both columns
     workers = default_workers() if args.workers is None else args.workers
     all_files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
     machine = describe()
@@ -157,7 +161,8 @@ def format_report(rows, machine, device, workers, args) -> str:
     out = [f"\n## Indexing throughput, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC (bench/indexing.sh)\n",
            f"Machine: {machine}. Device: {device}; {workers} decode worker(s); batch {args.batch_size}; "
            f"torch threads: forward-only at the faster of 1 and {torch.get_num_threads()} (shown in brackets), "
-           f"end to end at all of torch's threads beside the decode workers. Files: JPEGs from {args.images} (photo: the "
+           f"end to end at all of torch's threads beside the decode workers. Allocator: "
+           f"{'glibc default' if heap_block_limit() is None else 'freed memory kept (indexer/allocator.py)'}. Files: JPEGs from {args.images} (photo: the "
            "packaged model's weights; the others random-init weights, timing only). Forward-only = normalise + encoder + outputs to CPU from pixels in memory "
            "(channels-last, as the pipeline runs it), measured before and after the end-to-end run.\n",
            "| config | input | grid | images | forward-only contiguous img/s (default threads) | forward-only before (threads) | "

@@ -7,6 +7,7 @@ this half from a model directory (config "image" section, "image.*" tensors).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from indexer.allocator import heap_block_limit, keep_freed_memory
 from indexer.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, build_backbone
 from indexer.checkpoint import load_module_state, read_config, read_tensors
 from indexer.device import resolve_device
@@ -30,6 +32,17 @@ class ImageEmbedding:
     # (B, num_classes): the backbone's ImageNet class posteriors, when it has a classifier
     class_probs: torch.Tensor | None = None
 
+    @staticmethod
+    def cat(parts: list["ImageEmbedding"]) -> "ImageEmbedding":
+        """Embeddings of consecutive chunks of a batch --> the batch's embedding."""
+        if len(parts) == 1:
+            return parts[0]
+        return ImageEmbedding(
+            regions=torch.cat([p.regions for p in parts]),
+            global_=torch.cat([p.global_ for p in parts]),
+            class_probs=None if parts[0].class_probs is None else torch.cat([p.class_probs for p in parts]),
+        )
+
 
 class ImageEncoder(nn.Module):
     def __init__(self, backbone: BackboneConfig, embed_dim: int, labels: tuple[str, ...] | None = None) -> None:
@@ -41,6 +54,7 @@ class ImageEncoder(nn.Module):
         self.backbone = build_backbone(backbone)
         self.region_head = ProjectionHead(backbone.region_dim, embed_dim)
         self.global_head = ProjectionHead(backbone.global_dim, embed_dim)
+        self._activation_bytes: int | None = None  # largest activation per image, measured on first use
 
     @property
     def image_size(self) -> int:
@@ -62,6 +76,55 @@ class ImageEncoder(nn.Module):
             logits = self.backbone.classify(global_features)  # (B, global_dim) --> (B, num_classes)
             embedding.class_probs = logits.float().softmax(dim=-1)
         return embedding
+
+    def encode(self, pixels: torch.Tensor, memory_format: torch.memory_format = torch.channels_last) -> ImageEmbedding:
+        """Inference on uint8 pixels (B, 3, S, S): normalise, run channels-last (by default), embed.
+
+        On the CPU this makes the process keep freed memory (indexer/allocator.py; glibc only)
+        and runs the batch in chunks whose largest activation fits under the allocator's heap
+        block limit (6 images for the photo model at 224px): larger blocks would be mapped and
+        unmapped on every pass, at the cost of a page fault per 4 KiB (2.6x slower,
+        bench/RESULTS.md).
+        """
+        return ImageEmbedding.cat([self(part) for part in self._normalized_chunks(pixels, memory_format)])
+
+    def backbone_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference on uint8 pixels (B, 3, S, S) --> the backbone's regions (B, R, C) and global
+        features (B, global_dim), before projection (what training caches), in chunks as encode() runs."""
+        outputs = [self.backbone(part) for part in self._normalized_chunks(pixels, torch.channels_last)]
+        return torch.cat([r for r, _ in outputs]), torch.cat([g for _, g in outputs])
+
+    def _normalized_chunks(self, pixels: torch.Tensor, memory_format: torch.memory_format) -> Iterator[torch.Tensor]:
+        """uint8 (B, 3, S, S) --> normalised float chunks (b, 3, S, S), b sized for the allocator on the CPU."""
+        limit = None
+        if pixels.device.type == "cpu" and keep_freed_memory():
+            limit = heap_block_limit()
+        chunk = len(pixels) if limit is None else limit // self._largest_activation_bytes()
+        for part in pixels.split(max(1, chunk)):
+            yield self.normalize(part).contiguous(memory_format=memory_format)
+
+    def _largest_activation_bytes(self) -> int:
+        """Bytes of the largest tensor any layer takes or gives for one image (measured once, on the CPU)."""
+        if self._activation_bytes is None:
+            largest = 0
+
+            def watch(_module, inputs, output):
+                nonlocal largest
+                for t in (*inputs, output):
+                    if isinstance(t, torch.Tensor):
+                        largest = max(largest, t.numel() * t.element_size())
+
+            leaves = [m for m in self.modules() if not list(m.children())]
+            hooks = [m.register_forward_hook(watch) for m in leaves]
+            try:
+                size = self.image_size
+                with torch.inference_mode():
+                    self(torch.zeros(1, 3, size, size, device=next(self.parameters()).device))
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            self._activation_bytes = max(1, largest)
+        return self._activation_bytes
 
     def project(self, regions: torch.Tensor, global_features: torch.Tensor) -> ImageEmbedding:
         """Backbone outputs --> the shared space (used directly when backbone features are cached)."""

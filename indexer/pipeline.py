@@ -364,9 +364,8 @@ def _start_encoding(pixels: torch.Tensor, rows: torch.Tensor, encoder: ImageEnco
     cuda = device.type == "cuda"
     with torch.inference_mode():
         batch = pixels.to(device)[rows.to(device)]  # (n, 3, S, S) uint8
-        batch = encoder.normalize(batch).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-            out = encoder(batch)
+            out = encoder.encode(batch)
         regions = out.regions.to(torch.float16)  # (n, R, d)
         global_ = out.global_.float()  # (n, d)
         top_probs = top_classes = None

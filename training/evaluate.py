@@ -63,7 +63,7 @@ def embed_images(model: AlignmentModel, pixels: torch.Tensor, batch_size: int = 
     globals_, regions, probs = [], [], []
     with torch.inference_mode():
         for start in range(0, len(pixels), batch_size):
-            out = model.image(model.image.normalize(pixels[start : start + batch_size].to(device)))
+            out = model.image.encode(pixels[start : start + batch_size].to(device))  # as the indexer runs it
             globals_.append(out.global_.float().cpu())
             regions.append(out.regions.to(torch.float16).cpu())
             if out.class_probs is not None:

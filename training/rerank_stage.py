@@ -61,8 +61,7 @@ def _frozen_inputs(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBan
                 regions = backbone_features[0][start : start + batch_size].float().to(device)
                 global_features = backbone_features[1][start : start + batch_size].float().to(device)
             else:
-                regions, global_features = model.image.backbone(
-                    model.image.normalize(pixels[start : start + batch_size].to(device)))
+                regions, global_features = model.image.backbone_features(pixels[start : start + batch_size].to(device))
             raw_regions.append(regions.to(torch.float16).cpu())
             image_global.append(model.image.project(regions, global_features).global_.float().cpu())
         for start in range(0, len(bank.captions), 1024):

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import pickle
 import random
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import Literal
 import torch
 from torchvision.transforms import v2
 
+from indexer.durable import replace_durably
 from indexer.errors import ImgsearchError
 from search.alignment import AlignmentModel
 from search.scorer import CrossAttentionScorer
@@ -154,7 +156,7 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
     start_epoch, step, elapsed, history = 0, 0, 0.0, []
     state_path = out_dir / STATE_NAME
     if resume and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = _load_state(state_path)
         model.load_state_dict(state["model"], strict=False)
         if state["epoch"] < config.epochs:  # the first stage goes on: its optimizer state is needed
             try:
@@ -239,7 +241,7 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
             "logit_scale": logit_scale.detach(), "local_scale": local_scale.detach(), "epoch": epoch + 1, "step": step, "elapsed": elapsed,
             "history": history, "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
         }, state_path.with_name(STATE_NAME + ".tmp"))
-        state_path.with_name(STATE_NAME + ".tmp").replace(state_path)
+        replace_durably(state_path.with_name(STATE_NAME + ".tmp"), state_path)
         if stopped_early:
             _log(f"time limit reached after {elapsed:.0f}s, in epoch {epoch + 1}")
             break
@@ -309,6 +311,19 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
     return summary
 
 
+def _load_state(path: Path) -> dict:
+    """The training state saved after an epoch: tensors and plain data only. weights_only=True
+    (explicit: older torch versions default to False) refuses pickled objects, which could run
+    code from a planted or shared --out folder."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ImgsearchError(
+            f"{path} holds more than tensors and plain data, so it was not loaded (loading it could "
+            "run code). Resume only from a state imgsearch wrote, or start again in a new --out directory."
+        ) from exc
+
+
 def _backbone_features(model: AlignmentModel, pixels: torch.Tensor, out_dir: Path):
     """Backbone outputs for every image, computed once and cached on disk:
     regions (N, R, C) float16 and global (N, G) float16."""
@@ -323,10 +338,10 @@ def _backbone_features(model: AlignmentModel, pixels: torch.Tensor, out_dir: Pat
     regions, globals_ = [], []
     with torch.inference_mode():
         for start in range(0, len(pixels), 64):
-            r, g = model.image.backbone(model.image.normalize(pixels[start : start + 64].to(model.device)))
+            r, g = model.image.backbone_features(pixels[start : start + 64].to(model.device))
             regions.append(r.to(torch.float16).cpu())
             globals_.append(g.to(torch.float16).cpu())
     features = (torch.cat(regions), torch.cat(globals_))
     torch.save(features, path.with_name(path.name + ".tmp"))
-    path.with_name(path.name + ".tmp").replace(path)
+    replace_durably(path.with_name(path.name + ".tmp"), path)
     return features

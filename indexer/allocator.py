@@ -1,0 +1,53 @@
+"""Keep freed memory in the process, so that a CPU forward pass does not pay page faults.
+
+glibc's malloc hands blocks above its mmap threshold straight to the kernel and returns
+them on free; every fresh block then costs a page fault per 4 KiB touched. A CNN forward
+pass allocates and frees the same large activations batch after batch, so by default it
+spends much of its time in the kernel: the photo model ran 48 images/s forward-only on
+2 cores, and 126 with freed memory kept (bench/RESULTS.md, "Photo model speed").
+
+Two settings fix it. The trim threshold keeps freed memory at the top of the heap in the
+process. The mmap threshold moves large blocks onto the heap, but mallopt() caps it at
+32 MiB on 64-bit machines; a forward pass on the CPU therefore runs in chunks whose
+largest activation stays under that cap (ImageEncoder.encode sizes them with
+`heap_block_limit()`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+__all__ = ["keep_freed_memory", "heap_block_limit"]
+
+_M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, from glibc's <malloc.h>
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's cap for M_MMAP_THRESHOLD on 64-bit
+_TRIM_THRESHOLD = 1024 * 1024 * 1024  # freed memory the heap keeps before returning any
+
+_kept = False
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed memory (once per process). False where the C
+    library is not glibc (macOS, Windows, musl): nothing changes there."""
+    global _kept
+    if _kept:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    _kept = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    return _kept
+
+
+def heap_block_limit() -> int | None:
+    """The largest block (bytes) that stays on the heap once keep_freed_memory() has run,
+    or None where it has not (no limit is worth keeping to then)."""
+    return _MMAP_THRESHOLD_MAX if _kept else None

@@ -1,0 +1,51 @@
+"""The CPU forward pass in allocator-sized chunks (indexer/allocator.py, ImageEncoder.encode)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import indexer.image_encoder as image_encoder_module
+from indexer.allocator import heap_block_limit, keep_freed_memory
+from indexer.backbone import BackboneConfig
+from indexer.image_encoder import ImageEncoder
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux only")
+def test_keep_freed_memory_takes_effect_on_glibc():
+    assert keep_freed_memory() is True
+    assert keep_freed_memory() is True  # idempotent
+    assert heap_block_limit() == 32 * 1024 * 1024
+
+
+def _encoder(name: str) -> ImageEncoder:
+    torch.manual_seed(0)
+    layers = (8, "M", 16, "M") if name == "vgg" else ()
+    backbone = BackboneConfig(name=name, image_size=64, weights=None, global_pool="mean", **({"layers": layers} if layers else {}))
+    return ImageEncoder(backbone, embed_dim=16).eval()
+
+
+@pytest.mark.parametrize("name", ["vgg", "mobilenet_v2"])
+def test_chunked_encode_equals_one_whole_batch_forward(name, monkeypatch):
+    encoder = _encoder(name)
+    pixels = torch.randint(0, 256, (7, 3, 64, 64), dtype=torch.uint8)  # (B, 3, S, S)
+    with torch.inference_mode():
+        whole = encoder(encoder.normalize(pixels))  # the oracle: one forward over the batch
+        largest = encoder._largest_activation_bytes()
+        # a limit that fits two images' largest activation: chunks of 2, 2, 2, 1
+        monkeypatch.setattr(image_encoder_module, "keep_freed_memory", lambda: True)
+        monkeypatch.setattr(image_encoder_module, "heap_block_limit", lambda: 2 * largest + 1)
+        chunked = encoder.encode(pixels)
+    torch.testing.assert_close(chunked.global_, whole.global_, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(chunked.regions, whole.regions, atol=1e-5, rtol=1e-4)
+    if whole.class_probs is not None:
+        torch.testing.assert_close(chunked.class_probs, whole.class_probs, atol=1e-6, rtol=1e-4)
+
+
+def test_largest_activation_is_the_widest_layer():
+    # mobilenet_v2 at 64px: the first block's expansion to 96 channels at 32x32, float32,
+    # padded by one row and column on the way into the stride-2 depthwise convolution
+    encoder = _encoder("mobilenet_v2")
+    assert encoder._largest_activation_bytes() == 96 * 33 * 33 * 4
