@@ -30,6 +30,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from indexer.allocator import keep_freed_memory
 from indexer.decode import decode_file
 from indexer.errors import ModelConfigError
 from indexer.files import iter_image_files
@@ -162,6 +163,8 @@ def index_files(
     summary = AddSummary(unchanged=plan.unchanged)
 
     device = next(encoder.parameters()).device
+    if device.type == "cpu":
+        keep_freed_memory()  # before the decode workers start (encode() would do it at the first batch)
     encoder.to(memory_format=torch.channels_last)
     num_workers = default_workers() if workers is None else workers
     loader = DataLoader(
