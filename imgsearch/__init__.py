@@ -1,9 +1,40 @@
-"""imgsearch: find images in photo folders by describing them in words."""
+"""imgsearch: find images in photo folders by describing them in words.
 
-from imgsearch.index import Index
-from indexer.errors import ImgsearchError
-from indexer.pipeline import AddSummary
-from search.alignment import AlignmentConfig, AlignmentModel
-from search.searcher import SearchResult
+`from imgsearch import Index` works as always; the names below load on first use, so
+that `import imgsearch` (and the command line's --help) does not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __all__ = ["Index", "AddSummary", "SearchResult", "AlignmentModel", "AlignmentConfig", "ImgsearchError"]
+
+_WHERE = {  # public name --> the module that defines it
+    "Index": "imgsearch.index",
+    "AddSummary": "indexer.pipeline",
+    "SearchResult": "search.searcher",
+    "AlignmentModel": "search.alignment",
+    "AlignmentConfig": "search.alignment",
+    "ImgsearchError": "indexer.errors",
+}
+
+if TYPE_CHECKING:
+    from imgsearch.index import Index
+    from indexer.errors import ImgsearchError
+    from indexer.pipeline import AddSummary
+    from search.alignment import AlignmentConfig, AlignmentModel
+    from search.searcher import SearchResult
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'imgsearch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from indexer.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from indexer.model_files import CONFIG_NAME, WEIGHTS_NAME
 from indexer.errors import ModelNotFound
 
 __all__ = ["PHOTO_MODEL_PACKAGE", "PHOTO_MODEL_SOURCE", "default_model_dir"]

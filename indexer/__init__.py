@@ -1,10 +1,5 @@
-"""The write side of imgsearch: files --> decoded images --> VGG features --> store."""
+"""The write side of imgsearch: files --> decoded images --> backbone features --> store.
 
-from indexer.backbone import BackboneConfig, VGGBackbone
-from indexer.errors import ImgsearchError
-from indexer.image_encoder import ImageEncoder
-from indexer.pipeline import AddSummary, index_files
-from indexer.store import Store
-from indexer.vectors import VectorIndex
-
-__all__ = ["BackboneConfig", "VGGBackbone", "ImageEncoder", "AddSummary", "index_files", "Store", "VectorIndex", "ImgsearchError"]
+Import the stage modules themselves (indexer.pipeline, indexer.store, ...): this package
+imports nothing, so that light modules (errors, model_files) load without torch.
+"""

@@ -14,13 +14,13 @@ from indexer.errors import InvalidQuery
 from indexer.store import Store
 from indexer.vectors import VectorIndex
 from search.alignment import AlignmentModel
+from search.defaults import DEFAULT_CANDIDATES
 from search.fast_scorer import default_compute_dtype
 from search.rerank import rerank_scores
 from search.zero_shot import sentence_vectors, zero_shot_scores
 
 __all__ = ["SearchResult", "search", "DEFAULT_CANDIDATES"]
 
-DEFAULT_CANDIDATES = 100  # first-stage depth K that the re-ranker sees
 
 RerankPrecision = Literal["float32", "bfloat16", "auto"]
 

