@@ -1,15 +1,13 @@
-"""`imgsearch train` and `imgsearch eval`. Training code is imported only when they run."""
+"""`imgsearch train` and `imgsearch eval`: options --> training/run.py --> printed results.
+Training code is imported only when they run."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from pathlib import Path
 
 import click
 
 from imgsearch.common import CONTEXT, json_option, user_errors
-from indexer.errors import ImgsearchError
 
 captions_argument = click.argument("captions", type=click.Path(exists=True, dir_okay=False))
 images_option = click.option(
@@ -21,15 +19,6 @@ only_option = click.option(
     help="File listing the image names to use, one per line (e.g. Flickr8k's train.txt).",
 )
 split_option = click.option("--split", default=None, help="Karpathy JSON split to use (train, val, test, restval).")
-
-
-def _read(captions, images, only, split):
-    from training.captions import read_captions
-
-    names = None
-    if only is not None:
-        names = {line.strip() for line in Path(only).read_text().splitlines() if line.strip()}
-    return read_captions(captions, images, split=split, only=names)
 
 
 @click.command("train", context_settings=CONTEXT)
@@ -90,51 +79,21 @@ def train_command(captions, images, only, split, out, preset_name, backbone_weig
       python data/scenes.py scenes --count 3000 --swaps
       imgsearch train scenes/captions.tsv --preset scenes --epochs 40 --out my-model
     """
-    import torch
+    from training.run import TrainConfig, build_model, check_output_dir, read_dataset, train_model
 
-    from search.alignment import AlignmentModel
-    from training.presets import preset
-    from training.trainer import TrainConfig, train
-
-    if (Path(out) / "config.json").exists() and not resume:
-        raise ImgsearchError(f"{out} already holds a model; choose another --out, or pass --resume.")
-    items = _read(captions, images, only, split)
-    config, default_mode = preset(preset_name)
-    if scorer_layers is not None:
-        config = dataclasses.replace(config, scorer=dataclasses.replace(config.scorer, num_layers=scorer_layers))
-    if text_encoder:
-        config = dataclasses.replace(config, text=dataclasses.replace(config.text, name_or_path=text_encoder))
-    torch.manual_seed(seed)
-    backbone_state = None
-    if backbone_weights is not None:
-        if config.backbone.name != "mobilenet_v2":
-            raise ImgsearchError(
-                f"--backbone-weights is for the mobilenet_v2 preset; the {preset_name} preset's backbone "
-                "gets its weights elsewhere (see README, Models)."
-            )
-        from training.backbone_weights import load_backbone_weights
-
-        backbone_state = load_backbone_weights(backbone_weights)
-        config = dataclasses.replace(
-            config, backbone=dataclasses.replace(config.backbone, weights=f"converted from {Path(backbone_weights).name}")
-        )
-    if labels_file is not None:
-        if not config.backbone.has_classifier:
-            raise ImgsearchError(f"--labels needs a backbone with a classifier (mobilenet_v2), not {preset_name}.")
-        labels = tuple(line.strip() for line in Path(labels_file).read_text().splitlines() if line.strip())
-        config = dataclasses.replace(config, image_labels=labels)
-    if zero_shot_weight:
-        if not config.image_labels:
-            raise ImgsearchError("--zero-shot-weight needs the classifier's class names: pass --labels FILE.")
-        config = dataclasses.replace(config, zero_shot_weight=zero_shot_weight)
-    model = AlignmentModel.initialize(config, backbone_state)
+    check_output_dir(out, resume)  # before reading a large dataset
+    dataset = read_dataset(captions, images, only, split)
+    model, default_mode = build_model(
+        preset_name, backbone_weights=backbone_weights, labels_file=labels_file, text_encoder=text_encoder,
+        scorer_layers=scorer_layers, zero_shot_weight=zero_shot_weight, seed=seed,
+    )
     train_config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, itm_weight=itm_weight, local_weight=local_weight, scorer_epochs=scorer_epochs,
-        scorer_lr=scorer_lr, hard_share=hard_share, val_fraction=val_fraction,
+        epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, itm_weight=itm_weight, local_weight=local_weight,
+        scorer_epochs=scorer_epochs, scorer_lr=scorer_lr, hard_share=hard_share, val_fraction=val_fraction,
         backbone_mode=backbone_mode or default_mode, augment=not no_augment, seed=seed, workers=workers,
         time_limit_s=time_limit * 60 if time_limit else None,
     )
-    summary = train(model, items, out, train_config, resume=resume)
+    summary = train_model(model, dataset, out, train_config, resume=resume)
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
 
 
@@ -155,18 +114,13 @@ def eval_command(captions, model, images, only, split, rerank_depth, device, wor
 
     \b
     Example:
-      imgsearch eval ../shared/data/flickr8k/captions.tsv --images ../shared/data/flickr8k/images \\
-          --only ../shared/data/flickr8k/dev.txt --model my-model
+      imgsearch eval flickr8k/captions.tsv --images flickr8k/images \\
+          --only flickr8k/dev.txt --model my-model
     """
-    from search.alignment import AlignmentModel
-    from training.data import encode_captions, load_images
-    from training.evaluate import evaluate, format_table
+    from training.evaluate import format_table
+    from training.run import evaluate_model, read_dataset
 
-    items = _read(captions, images, only, split)
-    loaded = AlignmentModel.from_pretrained(model, device=device)
-    bank_images = load_images(items, loaded.config.backbone.image_size, workers)
-    for path, error in bank_images.failures:
-        click.echo(f"skipped {path}: {error}", err=True)
-    bank = encode_captions(loaded.text, bank_images.items, cache_states=False)
-    result = evaluate(loaded, bank_images.pixels, bank, rerank_depth)
+    result = evaluate_model(model, read_dataset(captions, images, only, split), rerank_depth=rerank_depth,
+                            device=device, workers=workers,
+                            on_skip=lambda path, error: click.echo(f"skipped {path}: {error}", err=True))
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))

@@ -916,8 +916,10 @@ def test_train_frozen_backbone_is_unchanged_and_its_features_cached(tmp_path, ti
     with torch.inference_mode():
         want_regions, want_global = model.image.backbone(model.image.normalize(pixels))
     assert regions.dtype == torch.float16 and regions.shape == want_regions.shape
-    torch.testing.assert_close(regions.float(), want_regions.to(torch.float16).float())
-    torch.testing.assert_close(global_.float(), want_global.to(torch.float16).float())
+    # the cache runs channels-last in chunks (ImageEncoder.backbone_features): float32 rounding
+    # may move a value across a float16 step, hence one float16 step of tolerance
+    torch.testing.assert_close(regions.float(), want_regions.to(torch.float16).float(), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(global_.float(), want_global.to(torch.float16).float(), rtol=1e-3, atol=1e-4)
 
 
 # --------------------------------------------------------------------------------------
