@@ -7,7 +7,8 @@ this half from a model directory (config "image" section, "image.*" tensors).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,7 @@ class ImageEncoder(nn.Module):
         self.backbone = build_backbone(backbone)
         self.region_head = ProjectionHead(backbone.region_dim, embed_dim)
         self.global_head = ProjectionHead(backbone.global_dim, embed_dim)
-        self._activation_bytes: int | None = None  # largest activation per image, measured on first use
+        self._activation_bytes: int | None = None  # largest activation per image, measured on the first CPU batch
 
     @property
     def image_size(self) -> int:
@@ -86,45 +87,52 @@ class ImageEncoder(nn.Module):
         unmapped on every pass, at the cost of a page fault per 4 KiB (2.6x slower,
         bench/RESULTS.md).
         """
-        return ImageEmbedding.cat([self(part) for part in self._normalized_chunks(pixels, memory_format)])
+        return ImageEmbedding.cat(self._in_chunks(pixels, memory_format, self))
 
     def backbone_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference on uint8 pixels (B, 3, S, S) --> the backbone's regions (B, R, C) and global
         features (B, global_dim), before projection (what training caches), in chunks as encode() runs."""
-        outputs = [self.backbone(part) for part in self._normalized_chunks(pixels, torch.channels_last)]
+        outputs = self._in_chunks(pixels, torch.channels_last, self.backbone)
         return torch.cat([r for r, _ in outputs]), torch.cat([g for _, g in outputs])
 
-    def _normalized_chunks(self, pixels: torch.Tensor, memory_format: torch.memory_format) -> Iterator[torch.Tensor]:
-        """uint8 (B, 3, S, S) --> normalised float chunks (b, 3, S, S), b sized for the allocator on the CPU."""
+    def _in_chunks(self, pixels: torch.Tensor, memory_format: torch.memory_format, run: Callable) -> list:
+        """run(normalised chunk) for consecutive chunks (b, 3, S, S) of uint8 pixels (B, 3, S, S),
+        b sized for the allocator on the CPU (the whole batch elsewhere). The first call on the CPU
+        runs one image alone and measures its largest activation, which sizes the chunks after it."""
         limit = None
         if pixels.device.type == "cpu" and keep_freed_memory():
             limit = heap_block_limit()
-        chunk = len(pixels) if limit is None else limit // self._largest_activation_bytes()
-        for part in pixels.split(max(1, chunk)):
-            yield self.normalize(part).contiguous(memory_format=memory_format)
-
-    def _largest_activation_bytes(self) -> int:
-        """Bytes of the largest tensor any layer takes or gives for one image (measured once, on the CPU)."""
+        if limit is None or len(pixels) == 0:
+            return [run(self.normalize(pixels).contiguous(memory_format=memory_format))]
+        outputs, start = [], 0
         if self._activation_bytes is None:
-            largest = 0
+            with self._measuring_activations():
+                outputs.append(run(self.normalize(pixels[:1]).contiguous(memory_format=memory_format)))
+            start = 1
+        chunk = max(1, limit // self._activation_bytes)
+        for part in pixels[start:].split(chunk):
+            outputs.append(run(self.normalize(part).contiguous(memory_format=memory_format)))
+        return outputs
 
-            def watch(_module, inputs, output):
-                nonlocal largest
-                for t in (*inputs, output):
-                    if isinstance(t, torch.Tensor):
-                        largest = max(largest, t.numel() * t.element_size())
+    @contextmanager
+    def _measuring_activations(self) -> Iterator[None]:
+        """Record in self._activation_bytes the largest tensor any layer takes or gives in the
+        forward pass run inside (of one image: bytes per image)."""
+        largest = 0
 
-            leaves = [m for m in self.modules() if not list(m.children())]
-            hooks = [m.register_forward_hook(watch) for m in leaves]
-            try:
-                size = self.image_size
-                with torch.inference_mode():
-                    self(torch.zeros(1, 3, size, size, device=next(self.parameters()).device))
-            finally:
-                for hook in hooks:
-                    hook.remove()
-            self._activation_bytes = max(1, largest)
-        return self._activation_bytes
+        def watch(_module, inputs, output):
+            nonlocal largest
+            for t in (*inputs, output):
+                if isinstance(t, torch.Tensor):
+                    largest = max(largest, t.numel() * t.element_size())
+
+        hooks = [m.register_forward_hook(watch) for m in self.modules() if not list(m.children())]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+        self._activation_bytes = max(1, largest)
 
     def project(self, regions: torch.Tensor, global_features: torch.Tensor) -> ImageEmbedding:
         """Backbone outputs --> the shared space (used directly when backbone features are cached)."""

@@ -33,19 +33,41 @@ def test_chunked_encode_equals_one_whole_batch_forward(name, monkeypatch):
     pixels = torch.randint(0, 256, (7, 3, 64, 64), dtype=torch.uint8)  # (B, 3, S, S)
     with torch.inference_mode():
         whole = encoder(encoder.normalize(pixels))  # the oracle: one forward over the batch
-        largest = encoder._largest_activation_bytes()
-        # a limit that fits two images' largest activation: chunks of 2, 2, 2, 1
+        largest = _largest_activation(encoder)
+    seen = []
+    encoder.backbone.register_forward_hook(lambda _m, inputs, _o: seen.append(len(inputs[0])))
+    with torch.inference_mode():
+        # a limit that fits two images' largest activation: the first image alone (it is
+        # measured), then chunks of 2, 2, 2
         monkeypatch.setattr(image_encoder_module, "keep_freed_memory", lambda: True)
         monkeypatch.setattr(image_encoder_module, "heap_block_limit", lambda: 2 * largest + 1)
         chunked = encoder.encode(pixels)
+    assert seen == [1, 2, 2, 2]  # and no extra forward pass to measure
     torch.testing.assert_close(chunked.global_, whole.global_, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(chunked.regions, whole.regions, atol=1e-5, rtol=1e-4)
     if whole.class_probs is not None:
         torch.testing.assert_close(chunked.class_probs, whole.class_probs, atol=1e-6, rtol=1e-4)
 
 
-def test_largest_activation_is_the_widest_layer():
+def _largest_activation(encoder: ImageEncoder) -> int:
+    """Bytes per image of the largest tensor a layer takes or gives: a brute-force walk over every
+    leaf module's inputs and outputs, for one image."""
+    largest = []
+    hooks = [m.register_forward_hook(lambda _m, i, o: largest.extend(t.numel() * t.element_size()
+                                                                     for t in (*i, o) if isinstance(t, torch.Tensor)))
+             for m in encoder.modules() if not list(m.children())]
+    encoder(encoder.normalize(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)))
+    for hook in hooks:
+        hook.remove()
+    return max(largest)
+
+
+def test_the_first_cpu_batch_measures_the_widest_layer(monkeypatch):
     # mobilenet_v2 at 64px: the first block's expansion to 96 channels at 32x32, float32,
     # padded by one row and column on the way into the stride-2 depthwise convolution
     encoder = _encoder("mobilenet_v2")
-    assert encoder._largest_activation_bytes() == 96 * 33 * 33 * 4
+    monkeypatch.setattr(image_encoder_module, "keep_freed_memory", lambda: True)
+    monkeypatch.setattr(image_encoder_module, "heap_block_limit", lambda: 32 * 1024 * 1024)
+    with torch.inference_mode():
+        encoder.encode(torch.zeros(3, 3, 64, 64, dtype=torch.uint8))
+    assert encoder._activation_bytes == 96 * 33 * 33 * 4 == _largest_activation(encoder)
