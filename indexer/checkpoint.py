@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from indexer.durable import replace_durably
 from indexer.errors import ModelConfigError, ModelNotFound
 
 __all__ = [
@@ -72,8 +73,8 @@ def write_checkpoint(directory: str | os.PathLike, config: dict, tensors: dict[s
     config_tmp = directory / (CONFIG_NAME + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(weights_tmp))
     config_tmp.write_text(json.dumps({"format": FORMAT, **config}, indent=2) + "\n")
-    os.replace(weights_tmp, directory / WEIGHTS_NAME)
-    os.replace(config_tmp, directory / CONFIG_NAME)
+    replace_durably(weights_tmp, directory / WEIGHTS_NAME)
+    replace_durably(config_tmp, directory / CONFIG_NAME)
 
 
 def fingerprint(directory: str | os.PathLike) -> str:

@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from indexer.durable import write_text_durably
 from indexer.errors import StoreCorrupt
 
 __all__ = ["Manifest", "ModelRecord", "MANIFEST_NAME"]
@@ -37,10 +38,7 @@ class Manifest:
     )
 
     def write(self, directory: str | os.PathLike) -> None:
-        path = Path(directory) / MANIFEST_NAME
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_text_durably(Path(directory) / MANIFEST_NAME, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def read(cls, directory: str | os.PathLike) -> "Manifest":

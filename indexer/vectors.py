@@ -27,6 +27,8 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from indexer.durable import replace_durably
+
 __all__ = ["VectorIndex", "IndexSpec", "choose_spec", "EXACT_LIMIT", "DEFAULT_MEMORY_BUDGET"]
 
 # Below this many vectors the index is exact: a single-thread scan of 50k x 256-d
@@ -97,7 +99,7 @@ class VectorIndex:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         faiss.write_index(self.index, str(tmp))
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
 
     @property
     def dim(self) -> int:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from indexer.durable import replace_durably
 from indexer.errors import ImgsearchError
 from indexer.mobilenet_v2 import MobileNetV2
 
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
         save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, args.out)
+        replace_durably(tmp, args.out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
