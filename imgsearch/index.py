@@ -6,6 +6,7 @@ An index directory holds:
                 index.db whenever it is missing or out of step
 - manifest.json schema version, dims, metric and the model that made the vectors
 - write.lock    held (flock) by the one process writing; names it for the others
+- vectors.lock  held while vectors.faiss is saved (by a writer, or a search that rebuilt it)
 
 An open Index reads one consistent snapshot of the store (a SQLite read
 transaction), so a search never sees half of a concurrent writer's work;
@@ -26,8 +27,8 @@ import numpy as np
 from imgsearch.models import default_model_dir
 from indexer.checkpoint import fingerprint, read_config
 from indexer.device import resolve_device
-from indexer.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound
-from indexer.lock import WriterLock
+from indexer.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound, StoreCorrupt
+from indexer.lock import VECTORS_LOCK_NAME, FileLock, WriterLock
 from indexer.image_encoder import ImageEncoder
 from indexer.manifest import MANIFEST_NAME, Manifest, ModelRecord
 from indexer.pipeline import AddSummary, ProgressCallback, StopCheck, index_files
@@ -40,6 +41,9 @@ __all__ = ["Index", "DB_NAME", "VECTORS_NAME", "default_index_dir"]
 
 DB_NAME = "index.db"
 VECTORS_NAME = "vectors.faiss"
+
+# How long a writer waits for a search that is saving its rebuilt vectors.faiss.
+VECTORS_LOCK_WAIT_S = 60.0
 
 log = logging.getLogger("imgsearch")
 
@@ -71,6 +75,7 @@ class Index:
         self.device = resolve_device(device)
         self.store = Store(directory / DB_NAME, manifest.embed_dim, manifest.num_regions)
         self.lock = WriterLock(directory)
+        self.vectors_lock = FileLock(directory / VECTORS_LOCK_NAME)
         self.vectors = self._open_snapshot()
         self._image_encoder: ImageEncoder | None = None
         self._model: AlignmentModel | None = None
@@ -144,41 +149,45 @@ class Index:
         """Start a read snapshot of the store and load the FAISS index that matches it.
 
         vectors.faiss is derived: when it is missing, unreadable or out of step (a
-        writer was killed, or is running now), it is rebuilt from the snapshot. The
-        rebuilt file is saved only if no writer is running (the lock is free, and is
-        held just for the rebuild): the snapshot is then the newest state, and
-        nobody else is writing the file.
+        writer was killed, or is running now), it is rebuilt from the snapshot, without
+        the writer lock, so an `imgsearch index` started meanwhile is not refused. The
+        rebuilt file is saved (under vectors.lock) only if no writer was running just
+        before the snapshot was taken: it is then the newest state. Should a writer
+        commit before the save, the file is out of step again, which the next open sees.
         """
         self.store.begin_snapshot()
-        vectors = self._saved_vectors_in_step()
+        vectors, problem = self._saved_vectors_in_step()
         if vectors is not None:
             return vectors
-        held_before = self.lock.held
-        if not self.lock.try_acquire():  # a writer is running: rebuild in memory only
-            return self._build_vectors(save=False)
-        try:
-            self.store.begin_snapshot()  # the newest state: nobody can commit while we hold the lock
-            vectors = self._saved_vectors_in_step()  # a writer may have saved it meanwhile
-            if vectors is not None:
-                return vectors
-            log.warning("%s is missing, unreadable or out of step with index.db; rebuilding it",
-                        self.directory / VECTORS_NAME)
-            vectors = self._build_vectors(save=False)
-            self._save_vectors()
+        path = self.directory / VECTORS_NAME
+        if self.lock.busy():  # a writer is running; it saves vectors.faiss when it ends
+            log.info("%s %s while a writer runs; rebuilding it in memory", path, problem)
+            return self._build_vectors()
+        self.store.begin_snapshot()  # the newest state, taken after the check
+        vectors, problem = self._saved_vectors_in_step()  # a writer may have saved it meanwhile
+        if vectors is not None:
             return vectors
-        finally:
-            if not held_before:
-                self.lock.release()
+        log.warning("%s %s; rebuilding it from index.db", path, problem)
+        vectors = self._build_vectors()
+        self._save_vectors()
+        return vectors
 
-    def _saved_vectors_in_step(self) -> VectorIndex | None:
-        """vectors.faiss if it holds exactly the snapshot's indexed images, else None."""
+    def _saved_vectors_in_step(self) -> tuple[VectorIndex | None, str]:
+        """vectors.faiss if it holds exactly the snapshot's indexed images; else None and why not."""
+        path = self.directory / VECTORS_NAME
+        if not path.exists():
+            return None, "is missing"
         try:
-            vectors = VectorIndex.load(self.directory / VECTORS_NAME)
-        except Exception:  # missing or unreadable: it is derived, so it will be rebuilt
-            return None
-        if vectors.dim == self.manifest.embed_dim and np.array_equal(vectors.ids(), self.store.ok_ids()):
-            return vectors
-        return None
+            vectors = VectorIndex.load(path)
+        except (RuntimeError, OSError) as exc:  # faiss reports unreadable files as RuntimeError
+            return None, f"is unreadable ({_faiss_reason(exc)})"
+        if vectors.dim != self.manifest.embed_dim:
+            return None, f"holds {vectors.dim}-d vectors, not the index's {self.manifest.embed_dim}-d"
+        expected = self.store.ok_ids()
+        if not np.array_equal(vectors.ids(), expected):
+            return None, (f"is out of step with index.db ({len(vectors)} vectors for "
+                          f"{len(expected)} indexed images, not the same ids)")
+        return vectors, ""
 
     def refresh(self) -> None:
         """See everything committed since this Index was opened (or last refreshed)."""
@@ -188,13 +197,13 @@ class Index:
         """Rebuild vectors.faiss from the SQLite store and save it."""
         with self.lock:
             self.store.begin_snapshot()
-            return self._build_vectors(save=True)
+            index = self._build_vectors()
+            self._write_vectors()
+            return index
 
-    def _build_vectors(self, *, save: bool) -> VectorIndex:
+    def _build_vectors(self) -> VectorIndex:
         ids, vectors = self.store.global_vectors()
         index = VectorIndex.build(ids, vectors, self.manifest.embed_dim)
-        if save:
-            index.save(self.directory / VECTORS_NAME)
         self.vectors = index
         return index
 
@@ -254,7 +263,7 @@ class Index:
                 )
                 if not self.vectors.fits():  # grew past a size step: exact --> IVF, or more IVF lists
                     log.info("rebuilding %s for %d images", VECTORS_NAME, len(self.vectors))
-                    self._build_vectors(save=False)
+                    self._build_vectors()
                 self._save_vectors()
             finally:
                 # Back to reading a snapshot; after an error (a batch rolled back after its
@@ -265,10 +274,21 @@ class Index:
     def _save_vectors(self) -> None:
         """Save vectors.faiss; it is derived, so a failure (disk full) only costs a rebuild later."""
         try:
-            self.vectors.save(self.directory / VECTORS_NAME)
-        except (OSError, RuntimeError) as exc:  # faiss reports write errors as RuntimeError
+            self._write_vectors()
+        except (OSError, RuntimeError, StoreCorrupt) as exc:  # faiss reports write errors as RuntimeError
             log.warning("could not save %s (%s); it will be rebuilt from index.db when next opened",
                         self.directory / VECTORS_NAME, exc)
+
+    def _write_vectors(self) -> None:
+        """Write vectors.faiss under vectors.lock. The writer waits for a search that is saving
+        its rebuild (a moment); a search gives up at once: the file is being saved anyway."""
+        if not self.vectors_lock.try_acquire_within(VECTORS_LOCK_WAIT_S if self.lock.held else 0.0):
+            log.info("%s is being saved by another process; not saving it", self.directory / VECTORS_NAME)
+            return
+        try:
+            self.vectors.save(self.directory / VECTORS_NAME)
+        finally:
+            self.vectors_lock.release()
 
     def _open_snapshot_locked(self) -> VectorIndex:
         """As _open_snapshot, for the lock holder: the newest state, rebuilt and saved if needed."""
@@ -277,7 +297,7 @@ class Index:
         if np.array_equal(self.vectors.ids(), expected):
             return self.vectors
         log.info("vectors.faiss is out of step with index.db; rebuilding it (%d images)", len(expected))
-        vectors = self._build_vectors(save=False)
+        vectors = self._build_vectors()
         self._save_vectors()
         return vectors
 
@@ -326,13 +346,19 @@ class Index:
 
     def close(self) -> None:
         self.store.close()
-        self.lock.release()
+        self.lock.close()
+        self.vectors_lock.close()
 
     def __enter__(self) -> "Index":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _faiss_reason(exc: Exception) -> str:
+    """faiss's message without its C++ location prefix ("Error in ... at file.cpp:12: ")."""
+    return re.sub(r"^Error in .*? at \S+:\d+: ", "", str(exc)).strip() or type(exc).__name__
 
 
 def _count_reasons(failures) -> dict[str, int]:
