@@ -9,7 +9,9 @@ Accepted inputs (chosen by content, not only by suffix):
 - COCO captions JSON ({"images": [...], "annotations": [...]}).
 - Karpathy-split JSON (dataset_coco.json / dataset_flickr8k.json: {"images":
   [{"filename", "split", "sentences": [{"raw"}]}]}), filtered by `split`.
-Image paths are resolved against `image_root` (default: the captions file's folder).
+Image paths are resolved against `image_root` (default: the captions file's folder)
+and must stay inside it: an absolute name, or one that climbs out with `..`, is
+refused with an error naming its line (or JSON record).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def read_captions(
     root = Path(image_root) if image_root is not None else path.parent
     rows = _parse(text, path)
     images: dict[str, CaptionedImage] = {}
-    for name, caption, group, row_split in rows:
+    for name, caption, group, row_split, where in rows:
         if split is not None and row_split is not None and row_split != split:
             continue
         if only is not None and name not in only and Path(name).name not in only:
@@ -70,7 +72,9 @@ def read_captions(
         caption = " ".join(caption.split())
         if not caption:
             continue
-        item = images.setdefault(name, CaptionedImage(root / name, group=group))
+        if name not in images:
+            images[name] = CaptionedImage(_inside(root, name, where), group=group)
+        item = images[name]
         if caption not in item.captions:
             item.captions.append(caption)
     if not images:
@@ -83,7 +87,26 @@ def read_captions(
     return list(images.values())
 
 
-Row = tuple[str, str, str | None, str | None]  # (image name, caption, group, split)
+Row = tuple[str, str, str | None, str | None, str]  # (image name, caption, group, split, where: "FILE:LINE")
+
+
+def _inside(root: Path, name: str, where: str) -> Path:
+    """root / name, refused unless it stays inside root once `..` and absolute parts are applied.
+    (Links inside the images folder are the folder owner's choice and are followed as usual.)"""
+    path = root / name
+    if os.path.isabs(name) or os.path.splitdrive(name)[0] or not _within(root, path):
+        raise CaptionFileError(
+            f"{where}: image {name!r} is outside the images folder {root}; image names must be "
+            "paths relative to it (no absolute paths, no `..` out of it). Fix that line, or pass "
+            "the folder that holds the images with --images."
+        )
+    return path
+
+
+def _within(root: Path, path: Path) -> bool:
+    base = os.path.normpath(os.path.abspath(root))
+    target = os.path.normpath(os.path.abspath(path))
+    return os.path.commonpath([base, target]) == base
 
 
 def _parse(text: str, path: Path) -> list[Row]:
@@ -111,14 +134,16 @@ def _parse_json(data, path: Path) -> list[Row]:
     if "annotations" in data:  # COCO
         names = {image["id"]: image["file_name"] for image in data["images"]}
         try:
-            return [(names[a["image_id"]], a["caption"], None, None) for a in data["annotations"]]
+            return [(names[a["image_id"]], a["caption"], None, None, f"{path}: annotations[{n}]")
+                    for n, a in enumerate(data["annotations"])]
         except KeyError as exc:
             raise CaptionFileError(f"{path}: COCO annotation refers to unknown image or lacks {exc}.") from exc
     rows: list[Row] = []  # Karpathy
-    for image in data["images"]:
+    for n, image in enumerate(data["images"]):
         name = os.path.join(image.get("filepath", ""), image["filename"])
         for sentence in image.get("sentences", []):
-            rows.append((name, sentence.get("raw") or " ".join(sentence.get("tokens", [])), None, image.get("split")))
+            rows.append((name, sentence.get("raw") or " ".join(sentence.get("tokens", [])), None, image.get("split"),
+                         f"{path}: images[{n}]"))
     return rows
 
 
@@ -134,7 +159,8 @@ def _parse_jsonl(text: str, path: Path) -> list[Row]:
             raise CaptionFileError(f"{path}:{number}: expected a JSON object with an image field ({exc}).") from exc
         captions = record.get("captions") or [next((record[c] for c in CAPTION_COLUMNS if c in record), "")]
         group = record.get("group")
-        rows += [(str(name), str(c), None if group is None else str(group), record.get("split")) for c in captions]
+        rows += [(str(name), str(c), None if group is None else str(group), record.get("split"), f"{path}:{number}")
+                 for c in captions]
     return rows
 
 
@@ -146,7 +172,7 @@ def _parse_flickr_tokens(text: str, path: Path) -> list[Row]:
         match = _FLICKR_TOKEN.match(line)
         if match is None:
             raise CaptionFileError(f"{path}:{number}: expected `name.jpg#N<TAB>caption`.")
-        rows.append((match.group(1), match.group(2), None, None))
+        rows.append((match.group(1), match.group(2), None, None, f"{path}:{number}"))
     return rows
 
 
@@ -170,7 +196,8 @@ def _parse_table(text: str, path: Path) -> list[Row]:
             continue
         if len(record) <= max(image_col, caption_col):
             raise CaptionFileError(f"{path}:{number}: too few columns.")
-        rows.append((record[image_col], record[caption_col], _cell(record, group_col), _cell(record, split_col)))
+        rows.append((record[image_col], record[caption_col], _cell(record, group_col), _cell(record, split_col),
+                     f"{path}:{number}"))
     return rows
 
 
