@@ -5,8 +5,11 @@ Everything is made here, offline, in temporary directories.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 
@@ -105,11 +108,45 @@ def permissions_are_enforced() -> bool:
         return False
 
 
-needs_enforced_permissions = pytest.mark.skipif(
-    not permissions_are_enforced(),
-    reason="this user reads any file (root): run as a user without CAP_DAC_OVERRIDE, e.g. under "
-    "setpriv --bounding-set=-dac_override,-dac_read_search --inh-caps=-dac_override,-dac_read_search",
-)
+# Linux capabilities that let root read, list and search any file whatever its mode.
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+@contextlib.contextmanager
+def file_permissions_enforced():
+    """Within the block, this thread cannot read past a file's mode bits, even as root (as CI runs):
+    CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH leave its effective set (they stay permitted, and
+    come back after). The uid does not change, so the test's own files stay its own. Linux
+    capabilities are per thread: the code under test must do its file work on this thread."""
+    if permissions_are_enforced():  # an ordinary user already: nothing to drop
+        yield
+        return
+    if not sys.platform.startswith("linux"):
+        pytest.skip("this user reads any file, and dropping that right is done here only on Linux")
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    saved = [_CapData(d.effective, d.permitted, d.inheritable) for d in data]
+    data[0].effective &= ~((1 << _CAP_DAC_OVERRIDE) | (1 << _CAP_DAC_READ_SEARCH))
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+    try:
+        assert permissions_are_enforced(), "dropping CAP_DAC_OVERRIDE did not take effect"
+        yield
+    finally:
+        restore = (_CapData * 2)(*saved)
+        if libc.capset(ctypes.byref(_CapHeader(_CAPABILITY_VERSION_3, 0)), restore) != 0:
+            raise OSError(ctypes.get_errno(), "capset (restoring) failed")
 
 
 MOBILENET_64 = BackboneConfig(name="mobilenet_v2", weights=None, image_size=64, global_pool="mean")  # 2x2 grid

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import indexer.pipeline
-from conftest import draw_image, make_photos, needs_enforced_permissions
+from conftest import draw_image, file_permissions_enforced, make_photos
 from imgsearch.cli import cli
 from imgsearch.index import Index
 from index_oracle import assert_rows_match, assert_same_results, check_consistent, rows_of, search_results
@@ -246,6 +246,38 @@ def test_prune_removes_only_files_gone_from_the_folders_given(tmp_path, model_di
         assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [pictures, mnt])[0])
 
 
+def test_prune_leaves_a_sibling_folder_whose_name_starts_the_same_alone(tmp_path, model_dir):
+    photos = make_photos(tmp_path / "photos", range(3))
+    photos2 = make_photos(tmp_path / "photos2", range(10, 13))  # "photos" is a prefix of its name
+    base = ["--index", tmp_path / "index", "--model", model_dir, "--workers", 0, "-q"]
+    run_json("index", photos, photos2, *base)
+    (photos2 / "img_011.png").unlink()
+
+    summary = run_json("index", photos, *base)  # only photos/ is looked at
+
+    assert (summary["removed"], summary["unchanged"]) == (0, 3)
+    with Index.open(tmp_path / "index") as index:
+        assert f"{photos2}/img_011.png" in set(index.store.all_images())  # kept: not under photos/
+    assert run_json("index", photos2, *base)["removed"] == 1  # pruned when its own folder is given
+
+
+@pytest.mark.parametrize("source, target", [("photos2", "photos"), ("photos", "photos2")])
+def test_a_move_between_sibling_folders_is_not_taken_from_a_folder_not_given(tmp_path, model_dir, source, target):
+    folders = {name: make_photos(tmp_path / name, seeds, name) for name, seeds in
+               (("photos", range(3)), ("photos2", range(10, 13)))}
+    base = ["--index", tmp_path / "index", "--model", model_dir, "--workers", 0, "-q"]
+    run_json("index", *folders.values(), *base)
+    moved_from = next(iter(sorted(folders[source].iterdir())))
+    moved_to = folders[target] / moved_from.name
+    os.rename(moved_from, moved_to)
+
+    summary = run_json("index", folders[target], *base)  # the source folder is not given
+
+    assert (summary["added"], summary["moved"], summary["removed"], summary["embedded"]) == (1, 0, 0, 0)
+    with Index.open(tmp_path / "index") as index:
+        assert {str(moved_from), str(moved_to)} <= set(index.store.all_images())  # the old row is kept
+
+
 def test_with_no_prune_a_moved_file_is_added_and_the_old_path_kept(tmp_path, model_dir):
     photos = make_photos(tmp_path / "photos", range(3))
     base = ["--index", tmp_path / "index", "--model", model_dir, "--workers", 0, "-q"]
@@ -325,14 +357,14 @@ def test_an_error_mid_run_keeps_the_store_and_the_open_index_in_step(tmp_path, m
     assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
 
 
-@needs_enforced_permissions
 def test_files_in_a_folder_that_cannot_be_listed_are_not_pruned(tmp_path, model_dir, index, caplog):
     photos = make_photos(tmp_path / "photos", range(2))
     make_photos(photos / "private", range(10, 13))
     index.add([photos], workers=0)
     (photos / "private").chmod(0)  # still there, but neither listable nor stat-able
     try:
-        summary = index.add([photos], workers=0)
+        with file_permissions_enforced():  # even as root, as CI runs
+            summary = index.add([photos], workers=0)
     finally:
         (photos / "private").chmod(0o755)
     assert (summary.removed, summary.unchanged) == (0, 2)

@@ -12,6 +12,7 @@ import pty
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cli_process import CliProcess
@@ -58,8 +59,20 @@ UNICODE = ["café crème", "日本の赤い丸", "🐶🏖️ on a beach", "مر
 
 @pytest.mark.parametrize("query", UNICODE)
 def test_any_unicode_query_works(index, query):
-    results = index.search(query, 3, candidates=8)
-    assert len(results) == 3
+    """The query reaches the text encoder as written (a lone surrogate, from undecodable terminal
+    bytes, as U+FFFD): its first stage equals brute force with the encoder's own vector for it."""
+    as_encoded = query.replace("\udce9", "\ufffd")
+    with torch.inference_mode():
+        vector = index.model.text.encode([as_encoded]).global_[0].numpy()  # (d,)
+    ids, stored = index.store.global_vectors()  # (N,), (N, d)
+    cosines = stored @ vector  # (N, d) x (d,) --> (N,)
+    expected = sorted(zip(-cosines, ids.tolist()))[:3]
+
+    results = index.search(query, 3, rerank=False)
+
+    np.testing.assert_allclose([r.score for r in results], [-score for score, _ in expected], atol=1e-5)
+    assert {r.id for r in results} == {image_id for _, image_id in expected}  # no near-ties among 8 images
+    assert len(index.search(query, 3, candidates=8)) == 3  # the re-ranker takes it too
 
 
 @pytest.mark.parametrize("query", [UNICODE[2], UNICODE[-1]])  # each CLI call loads the model: two suffice

@@ -5,6 +5,7 @@ re-indexing is incremental."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -16,8 +17,6 @@ from PIL import Image
 
 from conftest import draw_image, make_model_dir, small_config
 from imgsearch.index import VECTORS_NAME, Index
-from indexer.decode import decode_file
-from indexer.image_encoder import preprocess
 from indexer.vectors import VectorIndex
 from search.rerank import rerank_scores
 from search.scorer import CrossAttentionScorer, ScorerConfig
@@ -264,6 +263,27 @@ def reference_rerank(index, text, candidate_ids):
     return np.array(logits, dtype=np.float32)
 
 
+# ImageNet's per-channel mean and std, written out here rather than taken from the package.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def expected_pixels(path, size: int) -> torch.Tensor:
+    """The model input for one test image, by plain PIL and numpy, apart from the pipeline's code:
+    the whole frame resized (bilinear) to size x size, scaled to [0, 1], normalised with ImageNet's
+    mean and std. (The test images have no EXIF orientation and no transparency.)"""
+    with Image.open(path) as image:
+        rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    pixels = (np.asarray(rgb, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD  # (S, S, 3)
+    return torch.from_numpy(pixels.transpose(2, 0, 1).copy())[None]  # (S, S, 3) --> (1, 3, S, S)
+
+
+def encode_file(encoder, path) -> torch.Tensor:
+    assert encoder.backbone_config.name == "vgg"  # ImageNet normalisation, as expected_pixels does
+    with torch.inference_mode():
+        return encoder.project(*encoder.backbone(expected_pixels(path, encoder.image_size)))
+
+
 def test_stored_vectors_equal_the_encoder_on_each_file(built, image_folder):
     index, summary = built
     assert (summary.added, summary.failed, summary.unchanged, summary.updated) == (12, 0, 0, 0)
@@ -272,11 +292,10 @@ def test_stored_vectors_equal_the_encoder_on_each_file(built, image_folder):
     assert len(stored_ids) == 12
     for image_id, vector in zip(stored_ids, stored):
         row = index.store.images([int(image_id)])[int(image_id)]
-        decoded = decode_file(row.path)
-        assert (row.width, row.height, row.sha256) == (decoded.width, decoded.height, decoded.sha256)
-        pixels = preprocess(decoded.image, encoder.image_size)[None]  # (1, 3, S, S)
-        with torch.inference_mode():
-            expected = encoder(pixels)
+        with Image.open(row.path) as image:
+            assert (row.width, row.height) == image.size
+        assert row.sha256 == hashlib.sha256(open(row.path, "rb").read()).hexdigest()
+        expected = encode_file(encoder, row.path)
         np.testing.assert_allclose(vector, expected.global_[0].numpy(), atol=ATOL)
         np.testing.assert_allclose(np.linalg.norm(vector), 1.0, atol=ATOL)
         regions = index.store.regions([int(image_id)])[0].astype(np.float32)  # float16 on disk
@@ -438,10 +457,32 @@ def test_intact_vectors_file_is_not_rebuilt(built, caplog, monkeypatch):
     index, _ = built
     directory = index.directory
     index.close()
-    monkeypatch.setattr(Index, "rebuild_vectors", lambda self: pytest.fail("rebuilt an intact index"))
+    saved = (directory / VECTORS_NAME).read_bytes()
+    # Every rebuild, saved or in memory only, logged or not, builds through VectorIndex.build.
+    monkeypatch.setattr(VectorIndex, "build", lambda *args, **kwargs: pytest.fail("rebuilt an intact index"))
+    with caplog.at_level(logging.INFO, logger="imgsearch"):
+        with Index.open(directory, device="cpu") as reopened:
+            assert len(reopened.search("a red circle", k=3)) == 3
+    assert "rebuilding" not in caplog.text
+    assert (directory / VECTORS_NAME).read_bytes() == saved
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (damage_missing, "is missing"),
+    (damage_garbage, 'is unreadable (Index type 0x73696874 ("this") not recognized)'),
+    (damage_empty, "is unreadable (Error: 'ret == (1)' failed: read error in"),
+    (damage_drop_one, "is out of step with index.db (11 vectors for 12 indexed images"),
+    (damage_wrong_dim, "holds 5-d vectors, not the index's 32-d"),
+])
+def test_why_vectors_faiss_is_rebuilt_is_logged(built, caplog, damage, reason):
+    index, _ = built
+    directory, ids = index.directory, index.store.ok_ids()
+    index.close()
+    damage(directory / VECTORS_NAME, ids)
     with caplog.at_level(logging.WARNING, logger="imgsearch"):
         Index.open(directory, device="cpu").close()
-    assert "rebuilding" not in caplog.text
+    assert f"{directory / VECTORS_NAME} {reason}" in caplog.text
+    assert "rebuilding it from index.db" in caplog.text
 
 
 # ---- (5) re-indexing is incremental ----------------------------------------------------
@@ -488,9 +529,7 @@ def test_rewritten_file_is_updated_under_a_new_id(built, image_folder):
     assert np.array_equal(index.vectors.ids(), index.store.ok_ids())
     # The new vector is the new content's, and search finds the new id.
     ids, vectors = index.store.global_vectors()
-    encoder = index.image_encoder
-    with torch.inference_mode():
-        expected = encoder(preprocess(decode_file(target).image, encoder.image_size)[None]).global_[0].numpy()
+    expected = encode_file(index.image_encoder, target).global_[0].numpy()
     np.testing.assert_allclose(vectors[ids.tolist().index(new.id)], expected, atol=ATOL)
     scores, found = index.vectors.search(expected, 1)
     assert found.tolist() == [new.id]

@@ -8,6 +8,7 @@ whole file runs in seconds on a CPU.
 
 from __future__ import annotations
 
+import ast
 import copy
 import csv
 import dataclasses
@@ -23,8 +24,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from conftest import SMALL_BACKBONE, draw_image, small_config
+from fsync_spy import FsyncSpy
 from imgsearch.cli import cli
-from indexer.checkpoint import WEIGHTS_NAME
+from indexer.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from indexer.errors import ImgsearchError
 from search.alignment import AlignmentModel
 from training.captions import CaptionedImage, CaptionFileError, read_captions
 from training.data import encode_captions, group_batches, load_images
@@ -250,6 +253,43 @@ def test_read_captions_malformed_inputs_raise_clear_errors(tmp_path, name, conte
         read_captions(path)
     for word in words:
         assert word in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("name, content, where", [
+    ("up.tsv", "image\tcaption\na.jpg\ta dog\n../secret.jpg\ta cat\n", "up.tsv:3"),
+    ("absolute.csv", "image,caption\n/etc/passwd,a file\n", "absolute.csv:2"),
+    ("deep.jsonl", '{"image": "a.jpg", "caption": "x"}\n{"image": "sub/../../b.jpg", "caption": "y"}\n',
+     "deep.jsonl:2"),
+    ("flickr.token", "a.jpg#0\ta dog\n../../b.jpg#0\ta cat\n", "flickr.token:2"),
+    ("coco.json", json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "/b.jpg"}],
+                              "annotations": [{"image_id": 1, "caption": "x"}, {"image_id": 2, "caption": "y"}]}),
+     "coco.json: annotations[1]"),
+    ("karpathy.json", json.dumps({"images": [{"filepath": "..", "filename": "b.jpg", "split": "train",
+                                              "sentences": [{"raw": "y"}]}]}), "karpathy.json: images[0]"),
+])
+def test_read_captions_refuses_images_outside_the_images_folder(tmp_path, name, content, where):
+    path = tmp_path / "data" / name
+    path.parent.mkdir()
+    path.write_text(content)
+    with pytest.raises(CaptionFileError, match="is outside the images folder") as info:
+        read_captions(path, tmp_path / "data")
+    assert str(info.value).startswith(f"{tmp_path / 'data' / where}: image ")
+
+
+def test_read_captions_keeps_names_that_stay_inside_the_images_folder(tmp_path):
+    path = tmp_path / "captions.tsv"
+    path.write_text("image\tcaption\nsub/../a.jpg\ta dog\n./b.jpg\ta cat\nsub/c..jpg\ta cow\n")
+    assert [item.path for item in read_captions(path, tmp_path / "images")] == [
+        tmp_path / "images" / "sub/../a.jpg", tmp_path / "images" / "b.jpg", tmp_path / "images" / "sub/c..jpg"]
+
+
+def test_eval_names_the_line_of_an_image_outside_images(trained, captioned_images, tmp_path):
+    captions = tmp_path / "captions.tsv"
+    captions.write_text("image\tcaption\nimg_00.png\ta picture\n../../etc/hostname\tnot a picture\n")
+    result = invoke("eval", captions, "--images", captioned_images, "--model", trained[0], "--device", "cpu")
+    assert result.exit_code == 1, result.output
+    assert f"Error: {captions}:3: image '../../etc/hostname' is outside the images folder" in result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_read_captions_empty_selection_and_unreadable_file(tmp_path):
@@ -824,11 +864,15 @@ def test_train_is_reproducible_with_the_same_seed(trained, tmp_path, tiny_bert_d
     assert strip_times(again) == strip_times(summary)
 
 
-def test_train_resume_continues_the_history(tmp_path, tiny_bert_dir, captioned_images):
+def test_train_resume_continues_the_history(tmp_path, tiny_bert_dir, captioned_images, monkeypatch):
     out = tmp_path / "model"
+    spy = FsyncSpy(monkeypatch)
     first = run_training(tiny_bert_dir, captioned_images, out, dataclasses.replace(TINY_RUN, epochs=1))
+    for name in (STATE_NAME, WEIGHTS_NAME, CONFIG_NAME):  # a power cut leaves the old file or the new one
+        spy.assert_durable(out / name)
+    monkeypatch.undo()
     assert [h["epoch"] for h in first["history"]] == [1]
-    state = torch.load(out / STATE_NAME, weights_only=False)
+    state = torch.load(out / STATE_NAME, weights_only=True)  # tensors and plain data only
     assert state["epoch"] == 1 and state["step"] == first["steps"] == 3
 
     resumed = run_training(tiny_bert_dir, captioned_images, out, TINY_RUN, resume=True)
@@ -841,6 +885,45 @@ def test_train_resume_continues_the_history(tmp_path, tiny_bert_dir, captioned_i
     # resuming a finished run trains nothing more
     again = run_training(tiny_bert_dir, captioned_images, out, TINY_RUN, resume=True)
     assert again["steps"] == 6 and len(again["history"]) == 2
+
+
+class Planted:
+    """Unpickling this runs code: it creates the file `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_train_resume_refuses_a_state_file_that_would_run_code(tmp_path, tiny_bert_dir, captioned_images):
+    out, marker = tmp_path / "model", tmp_path / "code-ran"
+    out.mkdir()
+    torch.save({"model": Planted(marker), "epoch": 1}, out / STATE_NAME)  # planted in a shared --out folder
+
+    with pytest.raises(ImgsearchError, match="holds more than tensors and plain data.*new --out directory"):
+        run_training(tiny_bert_dir, captioned_images, out, TINY_RUN, resume=True)
+
+    assert not marker.exists()
+    assert not (out / WEIGHTS_NAME).exists()
+
+
+def test_every_torch_load_passes_weights_only_true():
+    """torch versions the project allows still default to weights_only=False (unpickling), so
+    every torch.load says weights_only=True itself. (bench/ is left out until its loads do.)"""
+    root = Path(__file__).parents[1]
+    calls = []
+    for package in ("imgsearch", "indexer", "search", "training", "data", "scripts", "tests"):
+        for path in sorted((root / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                    where = f"{path.relative_to(root)}:{node.lineno}"
+                    flags = {k.arg: k.value for k in node.keywords}
+                    safe = isinstance(flags.get("weights_only"), ast.Constant) and flags["weights_only"].value is True
+                    calls.append((where, safe))
+    assert any(where.startswith("training/trainer.py") for where, _ in calls)
+    assert [where for where, safe in calls if not safe] == []
 
 
 class Interrupted(Exception):
@@ -864,7 +947,7 @@ def test_train_resumed_after_an_interruption_equals_an_uninterrupted_run(trained
     with pytest.raises(Interrupted):
         run_training(tiny_bert_dir, captioned_images, out)
     monkeypatch.undo()
-    assert torch.load(out / STATE_NAME, weights_only=False)["epoch"] == 1 and not (out / "training.json").exists()
+    assert torch.load(out / STATE_NAME, weights_only=True)["epoch"] == 1 and not (out / "training.json").exists()
 
     resumed = run_training(tiny_bert_dir, captioned_images, out, resume=True)
     # the optimizer, schedule, temperature and both random generators continue where they stopped
@@ -908,7 +991,7 @@ def test_train_frozen_backbone_is_unchanged_and_its_features_cached(tmp_path, ti
 
     caches = list(out.glob("backbone-features-*.pt"))
     assert len(caches) == 1 and not list(out.glob("*.tmp"))
-    regions, global_ = torch.load(caches[0])
+    regions, global_ = torch.load(caches[0], weights_only=True)
     # the cache holds the backbone's outputs for the training images, in training order
     train_items, _ = split_validation(read_captions(captioned_images / "captions.tsv"), 0.25, 0)
     pixels = load_images(train_items, 32).pixels
