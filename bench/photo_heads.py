@@ -59,7 +59,7 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
-    cache = torch.load(Path(__file__).parent / "out" / f"photo-features-{args.size}.pt", weights_only=False)
+    cache = torch.load(Path(__file__).parent / "out" / f"photo-features-{args.size}.pt", weights_only=True)
     train, dev = cache["train"], cache["dev"]
 
     def image_input(split):

@@ -15,7 +15,7 @@ def read_run(directory: Path) -> dict:
     """training.json of a finished run; for a run stopped early, what its training-state.pt holds."""
     if (directory / "training.json").exists():
         return json.loads((directory / "training.json").read_text())
-    state = torch.load(directory / "training-state.pt", weights_only=False)
+    state = torch.load(directory / "training-state.pt", weights_only=True)
     return {"history": state["history"], "train_seconds": state["elapsed"], "config": None, "val_images": None}
 
 

@@ -69,7 +69,7 @@ def main() -> None:
     names = sentence_vectors(model, list(model.config.image_labels))  # (C, h)
 
     # Flickr8k dev, from the cached backbone outputs and text states
-    dev = torch.load(ROOT / "bench" / "out" / "photo-features-224.pt", weights_only=False)["dev"]
+    dev = torch.load(ROOT / "bench" / "out" / "photo-features-224.pt", weights_only=True)["dev"]
     with torch.inference_mode():
         image = model.image.project(dev["regions"].float(), dev["pooled"]).global_  # (Ni, d)
         tokens_mask = dev["mask"]
