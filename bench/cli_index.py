@@ -24,9 +24,9 @@ import torch
 
 from bench.gpu_check import make_jpegs
 from bench.machine import describe
-from indexer.backbone import BackboneConfig
-from search.alignment import AlignmentConfig, AlignmentModel
-from search.text_encoder import PACKAGED_MINILM, TextEncoderConfig
+from imgsearch.model.backbone import BackboneConfig
+from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
+from imgsearch.model.text_encoder import PACKAGED_MINILM, TextEncoderConfig
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from bench.machine import describe
-from search.alignment import AlignmentModel
-from search.fast_scorer import score_candidates_fast
-from training.evaluate import recall_at_k, t2i_ranks
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.model.fast_scorer import score_candidates_fast
+from imgsearch.training.evaluate import recall_at_k, t2i_ranks
 
 
 def int8_round_trip(regions: np.ndarray) -> np.ndarray:

@@ -24,8 +24,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe  # noqa: E402
-from indexer.decode import decode_file  # noqa: E402
-from indexer.image_encoder import resize_uint8  # noqa: E402
+from imgsearch.indexer.decode import decode_file  # noqa: E402
+from imgsearch.model.image_encoder import resize_uint8  # noqa: E402
 
 
 def photo(seed: int, width: int = 4000, height: int = 3000) -> Image.Image:

@@ -29,6 +29,6 @@ trained=$(date +%s)
 imgsearch eval "$data/captions.tsv" --images "$data/images" --only "$data/dev.txt" \
   --model "$out/model" --rerank-depth 20 --json > "$out/eval.json"
 done_at=$(date +%s)
-python -c "import json, sys; from training.evaluate import format_table; print(format_table(json.load(open(sys.argv[1]))))" "$out/eval.json"
+python -c "import json, sys; from imgsearch.training.evaluate import format_table; print(format_table(json.load(open(sys.argv[1]))))" "$out/eval.json"
 python bench/report_flickr8k.py "$out" $((trained - start)) $((done_at - trained)) "$data" >> bench/RESULTS.md
 echo "appended to bench/RESULTS.md" >&2

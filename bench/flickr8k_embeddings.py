@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from indexer.image_encoder import preprocess
-from search.alignment import AlignmentModel
-from training.evaluate import embed_captions
+from imgsearch.model.image_encoder import preprocess
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.training.evaluate import embed_captions
 
 
 def main(model_dir: str, data_dir: str, out: str) -> None:

@@ -7,7 +7,7 @@
 2. Forward-only images/s (uint8 pixels already on the device; normalise, channels-last,
    float16 autocast, outputs copied back), and the same in float32.
 3. The decode workers alone (index_files' DataLoader, no model): the CPU side's ceiling.
-4. End to end through indexer.pipeline.index_files (CPU decode workers, the GPU encoder,
+4. End to end through imgsearch.indexer.pipeline.index_files (CPU decode workers, the GPU encoder,
    SQLite store, FAISS): images/s from the JPEG files to stored vectors; also with the
    writer thread off (each batch waited for, then stored on the main thread); at batch 32
    (the CLI's default), 64 and 128; with --profile, one more run under cProfile
@@ -45,17 +45,17 @@ import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
 from bench.machine import describe, percentiles_ms
-from indexer.backbone import BackboneConfig
-from indexer.device import resolve_device
-from indexer.image_encoder import ImageEncoder
-import indexer.pipeline
-from indexer.decode import decode_file
-from indexer.image_encoder import resize_uint8
-from indexer.pipeline import default_workers, index_files
-from indexer.store import Put, Store
-from indexer.vectors import VectorIndex
-from search.fast_scorer import score_candidates_fast
-from search.scorer import CrossAttentionScorer, ScorerConfig
+from imgsearch.model.backbone import BackboneConfig
+from imgsearch.model.device import resolve_device
+from imgsearch.model.image_encoder import ImageEncoder
+import imgsearch.indexer.pipeline
+from imgsearch.indexer.decode import decode_file
+from imgsearch.model.image_encoder import resize_uint8
+from imgsearch.indexer.pipeline import default_workers, index_files
+from imgsearch.indexer.store import Put, Store
+from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.model.fast_scorer import score_candidates_fast
+from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig
 
 SIZE = 224
 
@@ -104,8 +104,8 @@ def forward_only(encoder: ImageEncoder, device: torch.device, count: int, batch_
 def decode_only(files: list[Path], image_size: int, batch_size: int, workers: int) -> float:
     """index_files' decode workers with nothing downstream: images/s the CPU side can feed."""
     loader = torch.utils.data.DataLoader(
-        indexer.pipeline._DecodeDataset(files, image_size), batch_size=batch_size, num_workers=workers,
-        collate_fn=indexer.pipeline._collate, worker_init_fn=indexer.pipeline._init_worker if workers else None,
+        imgsearch.indexer.pipeline._DecodeDataset(files, image_size), batch_size=batch_size, num_workers=workers,
+        collate_fn=imgsearch.indexer.pipeline._collate, worker_init_fn=imgsearch.indexer.pipeline._init_worker if workers else None,
         prefetch_factor=4 if workers else None)
     started = time.perf_counter()
     count = sum(len(batch) for batch in loader)
@@ -119,7 +119,7 @@ def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, worker
     writer_thread=False waits for each batch's vectors and stores it on the main thread;
     `profile` writes the main thread's cProfile statistics there. With check_vectors=N, also returns the lowest cosine
     similarity between the stored and a float32 forward pass, over the first N files."""
-    start = indexer.pipeline._start_encoding
+    start = imgsearch.indexer.pipeline._start_encoding
 
     def waited(*args):
         started = start(*args)
@@ -127,7 +127,7 @@ def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, worker
             started.ready.synchronize()
         return started._replace(ready=None)
 
-    indexer.pipeline._start_encoding = start if writer_thread else waited
+    imgsearch.indexer.pipeline._start_encoding = start if writer_thread else waited
     profiler = cProfile.Profile() if profile else None
     try:
         with tempfile.TemporaryDirectory(prefix="imgsearch-gpu-index-") as work:
@@ -141,7 +141,7 @@ def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, worker
             lowest = stored_against_forward(store, encoder, files[:check_vectors]) if check_vectors else None
             store.close()
     finally:
-        indexer.pipeline._start_encoding = start
+        imgsearch.indexer.pipeline._start_encoding = start
     if summary.failed or summary.added != len(files):
         raise RuntimeError(f"indexing failed: {summary.to_dict()}")
     if profiler:

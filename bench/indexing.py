@@ -6,7 +6,7 @@ throughput (the practical ceiling), measured in one run on the same machine.
 For each configuration ("photo": the packaged photo model, MobileNetV2 224px, its real
 weights; the others random-init weights, timing only: the product never indexes with
 random weights): forward-only images/s of the encoder (backbone + projection heads) on
-pixels already in memory, then indexing images/s through indexer.pipeline.index_files
+pixels already in memory, then indexing images/s through imgsearch.indexer.pipeline.index_files
 (decode workers, encoder, SQLite store, FAISS), then forward-only again; the ratio is
 end-to-end over the mean of the two forward-only runs (the sandwich evens out load
 changes from other jobs on a shared machine). Also forward-only in the default
@@ -30,15 +30,15 @@ from pathlib import Path
 import torch
 
 from bench.machine import describe
-from indexer.allocator import heap_block_limit, keep_freed_memory
-from indexer.backbone import BackboneConfig
-from indexer.device import resolve_device
-from imgsearch.models import default_model_dir
-from indexer.image_encoder import ImageEncoder
-from indexer.pipeline import _DecodeDataset, default_workers, index_files
-from indexer.store import Store
-from indexer.vectors import VectorIndex
-from training.presets import PRESETS
+from imgsearch.model.allocator import heap_block_limit, keep_freed_memory
+from imgsearch.model.backbone import BackboneConfig
+from imgsearch.model.device import resolve_device
+from imgsearch.model.packaged import default_model_dir
+from imgsearch.model.image_encoder import ImageEncoder
+from imgsearch.indexer.pipeline import _DecodeDataset, default_workers, index_files
+from imgsearch.indexer.store import Store
+from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.training.presets import PRESETS
 
 CONFIGS = {
     "photo": None,  # the packaged photo model (data/photo-model), loaded with its weights
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--report", default="bench/RESULTS.md")
     parser.add_argument("--default-allocator", action="store_true",
-                        help="leave glibc's malloc as it is (the indexer keeps freed memory: indexer/allocator.py)")
+                        help="leave glibc's malloc as it is (the indexer keeps freed memory: model/allocator.py)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     if device.type == "cpu" and not args.default_allocator:
@@ -162,7 +162,7 @@ def format_report(rows, machine, device, workers, args) -> str:
            f"Machine: {machine}. Device: {device}; {workers} decode worker(s); batch {args.batch_size}; "
            f"torch threads: forward-only at the faster of 1 and {torch.get_num_threads()} (shown in brackets), "
            f"end to end at all of torch's threads beside the decode workers. Allocator: "
-           f"{'glibc default' if heap_block_limit() is None else 'freed memory kept (indexer/allocator.py)'}. Files: JPEGs from {args.images} (photo: the "
+           f"{'glibc default' if heap_block_limit() is None else 'freed memory kept (model/allocator.py)'}. Files: JPEGs from {args.images} (photo: the "
            "packaged model's weights; the others random-init weights, timing only). Forward-only = normalise + encoder + outputs to CPU from pixels in memory "
            "(channels-last, as the pipeline runs it), measured before and after the end-to-end run.\n",
            "| config | input | grid | images | forward-only contiguous img/s (default threads) | forward-only before (threads) | "

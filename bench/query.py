@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from bench.machine import describe, percentiles_ms
-from indexer.store import Put, Store
-from indexer.vectors import IndexSpec, VectorIndex
-from search.alignment import AlignmentModel
-from search.rerank import rerank_scores
+from imgsearch.indexer.store import Put, Store
+from imgsearch.indexer.vectors import IndexSpec, VectorIndex
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.search.rerank import rerank_scores
 
 NOISE_SCALE = 0.5
 CANDIDATES = 100

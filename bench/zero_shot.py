@@ -23,11 +23,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
 
-from indexer.decode import decode_file  # noqa: E402
-from indexer.image_encoder import resize_uint8  # noqa: E402
-from search.alignment import AlignmentModel  # noqa: E402
-from search.zero_shot import sentence_vectors  # noqa: E402
-from training.evaluate import recall_at_k, t2i_ranks  # noqa: E402
+from imgsearch.indexer.decode import decode_file  # noqa: E402
+from imgsearch.model.image_encoder import resize_uint8  # noqa: E402
+from imgsearch.model.alignment import AlignmentModel  # noqa: E402
+from imgsearch.model.zero_shot import sentence_vectors  # noqa: E402
+from imgsearch.training.evaluate import recall_at_k, t2i_ranks  # noqa: E402
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 # query --> the sample photos that it describes (data/photos; tests/test_photo_demo.py has the first eight)

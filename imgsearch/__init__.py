@@ -13,19 +13,19 @@ __all__ = ["Index", "AddSummary", "SearchResult", "AlignmentModel", "AlignmentCo
 
 _WHERE = {  # public name --> the module that defines it
     "Index": "imgsearch.index",
-    "AddSummary": "indexer.pipeline",
-    "SearchResult": "search.searcher",
-    "AlignmentModel": "search.alignment",
-    "AlignmentConfig": "search.alignment",
-    "ImgsearchError": "indexer.errors",
+    "AddSummary": "imgsearch.indexer.pipeline",
+    "SearchResult": "imgsearch.search.searcher",
+    "AlignmentModel": "imgsearch.model.alignment",
+    "AlignmentConfig": "imgsearch.model.alignment",
+    "ImgsearchError": "imgsearch.errors",
 }
 
 if TYPE_CHECKING:
     from imgsearch.index import Index
-    from indexer.errors import ImgsearchError
-    from indexer.pipeline import AddSummary
-    from search.alignment import AlignmentConfig, AlignmentModel
-    from search.searcher import SearchResult
+    from imgsearch.errors import ImgsearchError
+    from imgsearch.indexer.pipeline import AddSummary
+    from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
+    from imgsearch.search.searcher import SearchResult
 
 
 def __getattr__(name: str):

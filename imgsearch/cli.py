@@ -13,10 +13,10 @@ import click
 
 from imgsearch.common import CONTEXT, json_option, user_errors
 from imgsearch.locations import default_index_dir
-from imgsearch.models import default_model_dir
+from imgsearch.model.packaged import default_model_dir
 from imgsearch.train_commands import eval_command, train_command
-from indexer.errors import ModelNotFound
-from search.defaults import DEFAULT_CANDIDATES
+from imgsearch.errors import ModelNotFound
+from imgsearch.search.defaults import DEFAULT_CANDIDATES
 
 # Only light modules above: `imgsearch --help`, `--version` and `CMD -h` answer without
 # loading torch (tests/test_cli_start.py). Each command imports what it runs.

@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from indexer.errors import ImgsearchError
+from imgsearch.errors import ImgsearchError
 
 __all__ = ["CONTEXT", "json_option", "user_errors"]
 

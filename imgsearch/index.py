@@ -24,18 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-from imgsearch.models import default_model_dir
-from indexer.checkpoint import fingerprint, read_config
-from indexer.device import resolve_device
-from indexer.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound, StoreCorrupt
-from indexer.lock import VECTORS_LOCK_NAME, FileLock, WriterLock
-from indexer.image_encoder import ImageEncoder
-from indexer.manifest import MANIFEST_NAME, Manifest, ModelRecord
-from indexer.pipeline import AddSummary, ProgressCallback, StopCheck, index_files
-from indexer.store import SCHEMA_VERSION, Store
-from indexer.vectors import VectorIndex
-from search.alignment import AlignmentConfig, AlignmentModel
-from search.searcher import DEFAULT_CANDIDATES, RerankPrecision, SearchResult, search
+from imgsearch.model.packaged import default_model_dir
+from imgsearch.model.checkpoint import fingerprint, read_config
+from imgsearch.model.device import resolve_device
+from imgsearch.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound, StoreCorrupt
+from imgsearch.indexer.lock import VECTORS_LOCK_NAME, FileLock, WriterLock
+from imgsearch.model.image_encoder import ImageEncoder
+from imgsearch.indexer.manifest import MANIFEST_NAME, Manifest, ModelRecord
+from imgsearch.indexer.pipeline import AddSummary, ProgressCallback, StopCheck, index_files
+from imgsearch.indexer.store import SCHEMA_VERSION, Store
+from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
+from imgsearch.search.searcher import DEFAULT_CANDIDATES, RerankPrecision, SearchResult, search
 
 __all__ = ["Index", "DB_NAME", "VECTORS_NAME", "default_index_dir"]
 
@@ -87,7 +87,7 @@ class Index:
         cls, directory: str | os.PathLike, model: str | os.PathLike | None = None, device: str = "auto"
     ) -> "Index":
         """Create an empty index in `directory` for the alignment model in `model`
-        (by default the photo model packaged with imgsearch: imgsearch.models.default_model_dir())."""
+        (by default the photo model packaged with imgsearch: imgsearch.model.packaged.default_model_dir())."""
         directory = Path(directory)
         if (directory / MANIFEST_NAME).exists():
             raise IndexExists(f"{directory} already holds an index; open it instead, or pick a new directory.")
@@ -306,7 +306,7 @@ class Index:
         rerank_precision: RerankPrecision = "float32",
     ) -> list[SearchResult]:
         """Top-k images for a text query: FAISS top-`candidates`, then cross-attention re-ranking
-        (rerank_precision: see search.searcher.search)."""
+        (rerank_precision: see imgsearch.search.searcher.search)."""
         return search(self.model, self.store, self.vectors, text, k=k, candidates=candidates, rerank=rerank,
                       rerank_precision=rerank_precision)
 

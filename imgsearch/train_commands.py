@@ -48,7 +48,7 @@ split_option = click.option("--split", default=None, help="Karpathy JSON split t
               help="Weight of a first-stage contrastive loss on the re-ranker's token-region alignment term.")
 @click.option("--zero-shot-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of the zero-shot ImageNet score in the first stage (needs --labels; "
-              "search/zero_shot.py). Stored in the model; it does not change training.")
+              "model/zero_shot.py). Stored in the model; it does not change training.")
 @click.option("--scorer-layers", default=None, type=click.IntRange(min=0),
               help="Attention layers of the re-ranker (default: the preset's). 0 keeps only its "
               "token-region alignment term (with --local-weight, trained in the first stage).")
@@ -79,7 +79,7 @@ def train_command(captions, images, only, split, out, preset_name, backbone_weig
       python data/scenes.py scenes --count 3000 --swaps
       imgsearch train scenes/captions.tsv --preset scenes --epochs 40 --out my-model
     """
-    from training.run import TrainConfig, build_model, check_output_dir, read_dataset, train_model
+    from imgsearch.training.run import TrainConfig, build_model, check_output_dir, read_dataset, train_model
 
     check_output_dir(out, resume)  # before reading a large dataset
     dataset = read_dataset(captions, images, only, split)
@@ -117,8 +117,8 @@ def eval_command(captions, model, images, only, split, rerank_depth, device, wor
       imgsearch eval flickr8k/captions.tsv --images flickr8k/images \\
           --only flickr8k/dev.txt --model my-model
     """
-    from training.evaluate import format_table
-    from training.run import evaluate_model, read_dataset
+    from imgsearch.training.evaluate import format_table
+    from imgsearch.training.run import evaluate_model, read_dataset
 
     result = evaluate_model(model, read_dataset(captions, images, only, split), rerank_depth=rerank_depth,
                             device=device, workers=workers,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from indexer.files import file_signature
+from imgsearch.indexer.files import file_signature
 
 __all__ = ["DecodeResult", "MAX_PIXELS", "decode_file", "to_rgb"]
 

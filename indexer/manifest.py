@@ -8,8 +8,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from indexer.durable import write_text_durably
-from indexer.errors import StoreCorrupt
+from imgsearch.durable import write_text_durably
+from imgsearch.errors import StoreCorrupt
 
 __all__ = ["Manifest", "ModelRecord", "MANIFEST_NAME"]
 

@@ -30,16 +30,16 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from indexer.allocator import keep_freed_memory
-from indexer.decode import decode_file
-from indexer.errors import ModelConfigError
-from indexer.files import iter_image_files
-from indexer.image_encoder import ImageEncoder, resize_uint8
-from indexer.lock import close_inherited_locks
-from indexer.paths import path_to_text
-from indexer.plan import RunPlan, plan_run
-from indexer.store import Change, Fail, Move, Put, Store, Touch
-from indexer.vectors import VectorIndex
+from imgsearch.model.allocator import keep_freed_memory
+from imgsearch.indexer.decode import decode_file
+from imgsearch.errors import ModelConfigError
+from imgsearch.indexer.files import iter_image_files
+from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
+from imgsearch.indexer.lock import close_inherited_locks
+from imgsearch.indexer.paths import path_to_text
+from imgsearch.indexer.plan import RunPlan, plan_run
+from imgsearch.indexer.store import Change, Fail, Move, Put, Store, Touch
+from imgsearch.indexer.vectors import VectorIndex
 
 __all__ = ["AddSummary", "index_files", "default_workers", "TOP_LABELS"]
 

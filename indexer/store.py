@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from indexer.errors import StoreCorrupt, StoreWriteFailed
+from imgsearch.errors import StoreCorrupt, StoreWriteFailed
 
 __all__ = ["Store", "StoredImage", "Touch", "Move", "Put", "Fail", "Change", "Applied", "SCHEMA_VERSION"]
 

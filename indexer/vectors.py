@@ -27,7 +27,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from indexer.durable import replace_durably
+from imgsearch.durable import replace_durably
 
 __all__ = ["VectorIndex", "IndexSpec", "choose_spec", "EXACT_LIMIT", "DEFAULT_MEMORY_BUDGET"]
 

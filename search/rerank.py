@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from search.fast_scorer import score_candidates_fast
-from search.scorer import CrossAttentionScorer
+from imgsearch.model.fast_scorer import score_candidates_fast
+from imgsearch.model.scorer import CrossAttentionScorer
 
 __all__ = ["rerank_scores"]
 
@@ -27,7 +27,7 @@ def rerank_scores(
     --> (C,) float32. Candidates are scored in batches of `chunk`, never one by one.
     compute_dtype: of the scorer's matrix products; float32 gives the reference
     scores, bfloat16 is about 4x faster where the hardware runs it natively
-    (search/fast_scorer.py, default_compute_dtype).
+    (model/fast_scorer.py, default_compute_dtype).
     """
     device = query_tokens.device
     logits = []

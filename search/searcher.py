@@ -10,14 +10,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from indexer.errors import InvalidQuery
-from indexer.store import Store
-from indexer.vectors import VectorIndex
-from search.alignment import AlignmentModel
-from search.defaults import DEFAULT_CANDIDATES
-from search.fast_scorer import default_compute_dtype
-from search.rerank import rerank_scores
-from search.zero_shot import sentence_vectors, zero_shot_scores
+from imgsearch.errors import InvalidQuery
+from imgsearch.indexer.store import Store
+from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.search.defaults import DEFAULT_CANDIDATES
+from imgsearch.model.fast_scorer import default_compute_dtype
+from imgsearch.search.rerank import rerank_scores
+from imgsearch.model.zero_shot import sentence_vectors, zero_shot_scores
 
 __all__ = ["SearchResult", "search", "DEFAULT_CANDIDATES"]
 
@@ -45,7 +45,7 @@ class SearchResult:
     # The backbone classifier's top classes for this image, best first: {"label": name, "score": prob}
     # (probabilities, 4 decimals); empty when the model has no classifier or none are stored.
     labels: list[dict] = field(default_factory=list)
-    # The zero-shot ImageNet score (search/zero_shot.py) when the model uses it, else None.
+    # The zero-shot ImageNet score (model/zero_shot.py) when the model uses it, else None.
     zero_shot_score: float | None = None
 
     def to_dict(self) -> dict:

@@ -31,9 +31,9 @@ def _child(args: list[str], output: str, pause_before: str | None, pause: str | 
     # DataLoader's decode workers) the same slow way; a CLI process forks them, as here.
     multiprocessing.set_start_method("fork", force=True)
     if pause_before is not None:
-        import indexer.pipeline
+        import imgsearch.indexer.pipeline
 
-        decode = indexer.pipeline.decode_file
+        decode = imgsearch.indexer.pipeline.decode_file
 
         def decode_with_pause(path, **options):
             if Path(path).name == pause_before:
@@ -43,7 +43,7 @@ def _child(args: list[str], output: str, pause_before: str | None, pause: str | 
                     time.sleep(0.005)
             return decode(path, **options)
 
-        indexer.pipeline.decode_file = decode_with_pause
+        imgsearch.indexer.pipeline.decode_file = decode_with_pause
     from imgsearch.cli import main
 
     sys.argv = ["imgsearch", *args]

@@ -18,10 +18,10 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from indexer.backbone import BackboneConfig
-from search.alignment import AlignmentConfig, AlignmentModel
-from search.scorer import ScorerConfig
-from search.text_encoder import TextEncoderConfig, resolve_name, PACKAGED_MINILM
+from imgsearch.model.backbone import BackboneConfig
+from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
+from imgsearch.model.scorer import ScorerConfig
+from imgsearch.model.text_encoder import TextEncoderConfig, resolve_name, PACKAGED_MINILM
 
 SMALL_BACKBONE = BackboneConfig(
     name="vgg", weights=None, layers=(8, "M", 16, "M", 16, "M"), image_size=32, global_pool="mean"
@@ -159,7 +159,7 @@ def mobilenet_state(seed: int = 0) -> dict[str, torch.Tensor]:
     Class 0's bias is raised so that skipping "background" matters."""
     from torch import nn
 
-    from indexer.backbone import MobileNetV2Backbone
+    from imgsearch.model.backbone import MobileNetV2Backbone
 
     torch.manual_seed(seed)
     backbone = MobileNetV2Backbone(MOBILENET_64)

@@ -1,4 +1,4 @@
-"""The CPU forward pass in allocator-sized chunks (indexer/allocator.py, ImageEncoder.encode)."""
+"""The CPU forward pass in allocator-sized chunks (model/allocator.py, ImageEncoder.encode)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-import indexer.image_encoder as image_encoder_module
-from indexer.allocator import heap_block_limit, keep_freed_memory
-from indexer.backbone import BackboneConfig
-from indexer.image_encoder import ImageEncoder
+import imgsearch.model.image_encoder as image_encoder_module
+from imgsearch.model.allocator import heap_block_limit, keep_freed_memory
+from imgsearch.model.backbone import BackboneConfig
+from imgsearch.model.image_encoder import ImageEncoder
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux only")

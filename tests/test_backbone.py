@@ -10,9 +10,9 @@ import pytest
 import torch
 import torchvision
 
-from indexer.backbone import VGG16_LAYERS, BackboneConfig, VGGBackbone
-from indexer.errors import ModelConfigError, WeightsMissing
-from indexer.mobilenet_v2 import MobileNetV2
+from imgsearch.model.backbone import VGG16_LAYERS, BackboneConfig, VGGBackbone
+from imgsearch.errors import ModelConfigError, WeightsMissing
+from imgsearch.model.mobilenet_v2 import MobileNetV2
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def test_mobilenet_config_dimensions_follow_the_input_size():
 
 
 def test_mobilenet_backbone_regions_global_and_classifier_agree_with_the_network():
-    from indexer.backbone import MobileNetV2Backbone, build_backbone
+    from imgsearch.model.backbone import MobileNetV2Backbone, build_backbone
 
     torch.manual_seed(0)
     backbone = build_backbone(MOBILENET).eval()
@@ -173,7 +173,7 @@ def test_mobilenet_backbone_regions_global_and_classifier_agree_with_the_network
 
 
 def test_mobilenet_input_is_normalised_as_the_tflite_input():
-    from indexer.image_encoder import ImageEncoder
+    from imgsearch.model.image_encoder import ImageEncoder
 
     encoder = ImageEncoder(MOBILENET, embed_dim=8)
     pixels = torch.tensor([0, 1, 127, 128, 200, 255], dtype=torch.uint8).repeat(3, 1).view(1, 3, 2, 3)
@@ -186,9 +186,9 @@ def test_mobilenet_input_is_normalised_as_the_tflite_input():
 
 
 def test_mobilenet_model_needs_its_weights_and_saves_them(tiny_bert_dir, tmp_path):
-    from search.alignment import AlignmentConfig, AlignmentModel
-    from search.scorer import ScorerConfig
-    from search.text_encoder import TextEncoderConfig
+    from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
+    from imgsearch.model.scorer import ScorerConfig
+    from imgsearch.model.text_encoder import TextEncoderConfig
 
     config = AlignmentConfig(embed_dim=16, backbone=MOBILENET, text=TextEncoderConfig(name_or_path=str(tiny_bert_dir)),
                              scorer=ScorerConfig(num_layers=1, num_heads=2, max_regions=4),
@@ -214,7 +214,7 @@ def test_mobilenet_model_needs_its_weights_and_saves_them(tiny_bert_dir, tmp_pat
 def test_backbone_weights_without_the_tflite_package_is_a_clear_error(tmp_path, monkeypatch):
     import sys
 
-    from training.backbone_weights import load_backbone_weights
+    from imgsearch.model.backbone_weights import load_backbone_weights
 
     model = tmp_path / "m.tflite"
     model.write_bytes(b"\0" * 16)

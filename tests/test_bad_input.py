@@ -17,12 +17,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageOps
 
-import indexer.pipeline
+import imgsearch.indexer.pipeline
 from conftest import draw_image, file_permissions_enforced
 from imgsearch.cli import cli
 from imgsearch.index import Index
 from index_oracle import ATOL, check_consistent
-from indexer.paths import path_to_text, text_to_path
+from imgsearch.indexer.paths import path_to_text, text_to_path
 
 
 def png_bytes(color_type: int, bit_depth: int, pixels: np.ndarray) -> bytes:
@@ -180,19 +180,19 @@ def test_a_file_that_vanishes_between_listing_and_reading(tmp_path, model_dir, m
     photos.mkdir()
     for i in range(4):
         draw_image(i).save(photos / f"img_{i}.png")
-    listing = indexer.pipeline.iter_image_files
+    listing = imgsearch.indexer.pipeline.iter_image_files
 
     def list_then_delete(paths):
         listed = list(listing(paths))
         (photos / "img_2.png").unlink()  # gone after the folder was listed, before it is read
         return iter(listed)
 
-    monkeypatch.setattr(indexer.pipeline, "iter_image_files", list_then_delete)
+    monkeypatch.setattr(imgsearch.indexer.pipeline, "iter_image_files", list_then_delete)
     with Index.create(tmp_path / "index", model_dir, device="cpu") as index:
         summary = index.add([photos], workers=0)
         assert (summary.added, summary.failed) == (3, 1)
         assert summary.failures == [(f"{photos}/img_2.png", "file not found (it vanished after the folder was listed)")]
-        monkeypatch.setattr(indexer.pipeline, "iter_image_files", listing)
+        monkeypatch.setattr(imgsearch.indexer.pipeline, "iter_image_files", listing)
         again = index.add([photos], workers=0)
         assert (again.removed, again.unchanged, again.failed) == (1, 3, 0)  # its record goes with it
         assert index.failures() == []

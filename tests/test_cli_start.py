@@ -50,7 +50,7 @@ def test_library_names_load_on_first_use():
 
 def test_opening_a_model_prints_nothing(model_dir):
     # transformers draws a "Loading weights" bar on stderr for every load; a library open stays quiet
-    probe = ("import sys; from search.alignment import AlignmentModel; "
+    probe = ("import sys; from imgsearch.model.alignment import AlignmentModel; "
              f"AlignmentModel.from_pretrained({str(model_dir)!r}, device='cpu')")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

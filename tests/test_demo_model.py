@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from search.alignment import AlignmentModel
-from training.captions import read_captions
-from training.data import encode_captions, load_images
-from training.evaluate import evaluate
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.training.captions import read_captions
+from imgsearch.training.data import encode_captions, load_images
+from imgsearch.training.evaluate import evaluate
 
 ROOT = Path(__file__).parents[1]
 DEMO_MODEL = ROOT / "data" / "demo-model"

@@ -9,10 +9,10 @@ import torch
 from conftest import make_photos
 from fsync_spy import FsyncSpy
 from imgsearch.index import DB_NAME, VECTORS_NAME, Index
-from indexer.checkpoint import CONFIG_NAME, WEIGHTS_NAME, write_checkpoint
-from indexer.manifest import MANIFEST_NAME, Manifest
-from indexer.store import Store
-from indexer.vectors import VectorIndex
+from imgsearch.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, write_checkpoint
+from imgsearch.indexer.manifest import MANIFEST_NAME, Manifest
+from imgsearch.indexer.store import Store
+from imgsearch.indexer.vectors import VectorIndex
 
 
 def test_manifest_is_written_durably(tmp_path, model_dir, monkeypatch):

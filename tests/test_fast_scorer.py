@@ -1,4 +1,4 @@
-"""The re-ranking hot path (search/fast_scorer.py) against the reference CrossAttentionScorer."""
+"""The re-ranking hot path (model/fast_scorer.py) against the reference CrossAttentionScorer."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from search.fast_scorer import score_candidates_fast
-from search.scorer import CrossAttentionScorer, ScorerConfig
+from imgsearch.model.fast_scorer import score_candidates_fast
+from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig
 
 
 def make_scorer(layers: int = 2, seed: int = 0) -> CrossAttentionScorer:
@@ -71,7 +71,7 @@ def test_refuses_training_mode_and_too_many_regions():
 
 def test_index_search_in_bfloat16_matches_float32_top_results(tmp_path, model_dir, image_folder):
     from imgsearch import Index
-    from indexer.errors import InvalidQuery
+    from imgsearch.errors import InvalidQuery
 
     with Index.create(tmp_path / "idx", model=model_dir, device="cpu") as index:
         index.add([image_folder], workers=0)

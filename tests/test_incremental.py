@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import indexer.pipeline
+import imgsearch.indexer.pipeline
 from conftest import draw_image, file_permissions_enforced, make_photos
 from imgsearch.cli import cli
 from imgsearch.index import Index
 from index_oracle import assert_rows_match, assert_same_results, check_consistent, rows_of, search_results
-from indexer.errors import StoreWriteFailed
-from indexer.store import Store
+from imgsearch.errors import StoreWriteFailed
+from imgsearch.indexer.store import Store
 
 QUERIES = ["a red circle", "a blue square"]
 
@@ -37,13 +37,13 @@ class Spy:
     def __init__(self, index: Index, monkeypatch) -> None:
         self.read: list[str] = []
         self.embedded = 0
-        decode = indexer.pipeline.decode_file
+        decode = imgsearch.indexer.pipeline.decode_file
 
         def counting_decode(path, **options):
             self.read.append(Path(path).name)
             return decode(path, **options)
 
-        monkeypatch.setattr(indexer.pipeline, "decode_file", counting_decode)
+        monkeypatch.setattr(imgsearch.indexer.pipeline, "decode_file", counting_decode)
         index.image_encoder.register_forward_hook(lambda module, args, out: self._count(args[0]))
 
     def _count(self, pixels) -> None:
@@ -144,14 +144,14 @@ class DeferredEncoding:
 
     def __init__(self, monkeypatch) -> None:
         self.waits = 0
-        start = indexer.pipeline._start_encoding
+        start = imgsearch.indexer.pipeline._start_encoding
 
         def deferred(pixels, rows, encoder, device):
             started = start(pixels, rows, encoder, device)
             assert started.ready is None  # on the CPU
             return started._replace(ready=self)
 
-        monkeypatch.setattr(indexer.pipeline, "_start_encoding", deferred)
+        monkeypatch.setattr(imgsearch.indexer.pipeline, "_start_encoding", deferred)
 
     def synchronize(self) -> None:  # the torch.cuda.Event method the pipeline calls
         self.waits += 1
@@ -337,7 +337,7 @@ def test_a_failed_file_is_retried_only_when_it_changes(tmp_path, model_dir, inde
 def test_an_error_mid_run_keeps_the_store_and_the_open_index_in_step(tmp_path, model_dir, index, monkeypatch):
     photos = make_photos(tmp_path / "photos", range(6))
     calls = []
-    add = indexer.pipeline.VectorIndex.add
+    add = imgsearch.indexer.pipeline.VectorIndex.add
 
     def fail_on_third_batch(self, ids, vectors):
         calls.append(len(ids))
@@ -345,10 +345,10 @@ def test_an_error_mid_run_keeps_the_store_and_the_open_index_in_step(tmp_path, m
             raise RuntimeError("simulated failure")
         return add(self, ids, vectors)
 
-    monkeypatch.setattr(indexer.pipeline.VectorIndex, "add", fail_on_third_batch)
+    monkeypatch.setattr(imgsearch.indexer.pipeline.VectorIndex, "add", fail_on_third_batch)
     with pytest.raises(RuntimeError, match="simulated"):
         index.add([photos], workers=0, batch_size=2)
-    monkeypatch.setattr(indexer.pipeline.VectorIndex, "add", add)
+    monkeypatch.setattr(imgsearch.indexer.pipeline.VectorIndex, "add", add)
 
     check_consistent(index)  # the open index's vectors match what was committed
     assert index.info()["images"] == 6

@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_model_dir, make_photos, small_config
-from imgsearch import models
+from imgsearch.model import packaged as models
 from imgsearch.cli import cli
 from imgsearch.index import Index, default_index_dir
-from imgsearch.models import default_model_dir
-from indexer.checkpoint import fingerprint
-from indexer.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound, StoreCorrupt
+from imgsearch.model.packaged import default_model_dir
+from imgsearch.model.checkpoint import fingerprint
+from imgsearch.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound, StoreCorrupt
 
 
 @pytest.fixture(autouse=True)

@@ -21,13 +21,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import indexer.pipeline
+import imgsearch.indexer.pipeline
 from conftest import draw_image, make_photos
 from imgsearch.cli import cli
 from imgsearch.index import Index
-from indexer.decode import decode_file
-from indexer.image_encoder import ImageEncoder, resize_uint8
-from indexer.store import Fail, Put, Store
+from imgsearch.indexer.decode import decode_file
+from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
+from imgsearch.indexer.store import Fail, Put, Store
 
 TOP = 5
 PROB_ATOL = 1.5e-4  # stored probabilities are rounded to 4 decimals; batches differ in the last float bits
@@ -97,14 +97,14 @@ class DeferredEncoding:
 
     def __init__(self, monkeypatch) -> None:
         self.waits = 0
-        start = indexer.pipeline._start_encoding
+        start = imgsearch.indexer.pipeline._start_encoding
 
         def deferred(pixels, rows, encoder, device):
             started = start(pixels, rows, encoder, device)
             assert started.ready is None and started.top_probs is not None
             return started._replace(ready=self)
 
-        monkeypatch.setattr(indexer.pipeline, "_start_encoding", deferred)
+        monkeypatch.setattr(imgsearch.indexer.pipeline, "_start_encoding", deferred)
 
     def synchronize(self) -> None:
         self.waits += 1

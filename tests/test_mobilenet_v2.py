@@ -1,4 +1,4 @@
-"""indexer.mobilenet_v2 with weights from training.convert_mobilenet_v2, against the TFLite interpreter.
+"""imgsearch.model.mobilenet_v2 with weights from imgsearch.model.convert_mobilenet_v2, against the TFLite interpreter.
 
 The oracle is ai-edge-litert running the original 8-bit file on the same uint8 pixels;
 its intermediate tensors are read with experimental_preserve_all_tensors and dequantized.
@@ -28,9 +28,9 @@ if not SHARED.is_dir():
 pytest.importorskip("tflite", reason="needs the tflite package: pip install tflite==2.18.0")
 litert = pytest.importorskip("ai_edge_litert.interpreter", reason="needs ai-edge-litert: pip install ai-edge-litert")
 
-from indexer import mobilenet_v2  # noqa: E402
-from indexer.mobilenet_v2 import MobileNetV2, pixels_from_uint8  # noqa: E402
-from training.convert_mobilenet_v2 import ConversionError, convert, load_labels, main  # noqa: E402
+from imgsearch.model import mobilenet_v2  # noqa: E402
+from imgsearch.model.mobilenet_v2 import MobileNetV2, pixels_from_uint8  # noqa: E402
+from imgsearch.model.convert_mobilenet_v2 import ConversionError, convert, load_labels, main  # noqa: E402
 
 MODEL_DIR = SHARED / "models" / "mobilenet_v2_imagenet"
 TFLITE = MODEL_DIR / "mobilenet_v2_1.0_224_quant.tflite"

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from indexer.checkpoint import CONFIG_NAME, WEIGHTS_NAME, fingerprint, read_tensors
-from indexer.errors import ModelConfigError, ModelNotFound, WeightsMissing
-from indexer.image_encoder import ImageEncoder
-from search.alignment import AlignmentModel
+from imgsearch.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, fingerprint, read_tensors
+from imgsearch.errors import ModelConfigError, ModelNotFound, WeightsMissing
+from imgsearch.model.image_encoder import ImageEncoder
+from imgsearch.model.alignment import AlignmentModel
 from conftest import make_model_dir, small_config
 
 QUERIES = ["a red circle", "two blue squares next to a green triangle, on a white background"]
@@ -223,9 +223,9 @@ def test_vgg16_model_without_cached_weights_fails_instead_of_random_weights(
     """A checkpoint that relies on torchvision's VGG16 download must not silently run random weights."""
     import torchvision
 
-    from indexer.backbone import BackboneConfig
-    from search.scorer import ScorerConfig
-    from search.text_encoder import TextEncoder, load_bert
+    from imgsearch.model.backbone import BackboneConfig
+    from imgsearch.model.scorer import ScorerConfig
+    from imgsearch.model.text_encoder import TextEncoder, load_bert
 
     config = small_config(tiny_bert_dir, backbone=BackboneConfig(name="vgg16", image_size=32),
                           scorer=ScorerConfig(num_layers=1, num_heads=2, max_regions=1, dropout=0.0))

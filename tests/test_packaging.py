@@ -1,7 +1,7 @@
 """The packaged photo model: found through the installed imgsearch package, shipped in the wheel.
 
 data/photo-model/ is mapped to the data-only package imgsearch.photo_model
-(pyproject.toml); imgsearch.models.default_model_dir() finds it in an editable
+(pyproject.toml); imgsearch.model.packaged.default_model_dir() finds it in an editable
 install (this checkout's .venv) and in an installed wheel.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from imgsearch import models
-from imgsearch.models import PHOTO_MODEL_PACKAGE, PHOTO_MODEL_SOURCE, default_model_dir
-from indexer.errors import ModelNotFound
+from imgsearch.model import packaged as models
+from imgsearch.model.packaged import PHOTO_MODEL_PACKAGE, PHOTO_MODEL_SOURCE, default_model_dir
+from imgsearch.errors import ModelNotFound
 
 ROOT = Path(__file__).parents[1]
 WHEEL_LIMIT = 30 * 2**20  # the model is under 20 MB, the code well under 1 MB
@@ -59,7 +59,7 @@ def wheel(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "photos", "*.tmp")
-    for name in ("imgsearch", "indexer", "search", "training", "data"):
+    for name in ("imgsearch", "indexer", "search", "model", "training", "data"):
         shutil.copytree(ROOT / name, source / name, ignore=skip)
     out = work / "dist"
     subprocess.run(
@@ -75,7 +75,7 @@ def test_wheel_ships_the_photo_model_but_not_the_photos(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"imgsearch/photo_model/config.json", "imgsearch/photo_model/model.safetensors",
             "imgsearch/photo_model/LICENSE"} <= names
-    assert "imgsearch/models.py" in names
+    assert "imgsearch/model/packaged.py" in names
     assert not [n for n in names if n.lower().endswith((".jpg", ".jpeg", ".png"))]
     assert not [n for n in names if "demo-model" in n or "demo_model" in n or n.endswith("scenes.py")]
     assert wheel.stat().st_size < WHEEL_LIMIT
@@ -90,10 +90,59 @@ def test_installed_wheel_finds_its_photo_model(wheel, tmp_path):
                     str(wheel)], check=True, capture_output=True, text=True)
     # Run from elsewhere with the installed copy first on the path: not this checkout.
     env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
-    code = ("import imgsearch, imgsearch.models as m; "
+    code = ("import imgsearch, imgsearch.model.packaged as m; "
             "print(imgsearch.__file__); print(m.default_model_dir())")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
                             capture_output=True, text=True)
     package_file, model = result.stdout.splitlines()[-2:]
     assert Path(package_file).is_relative_to(site)
     assert Path(model) == (site / "imgsearch" / "photo_model").resolve()
+
+
+def test_the_wheel_installs_only_the_imgsearch_namespace(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"imgsearch"}
+    for package in ("indexer", "search", "model", "training"):  # each top-level folder, mapped inside
+        assert f"imgsearch/{package}/__init__.py" in names
+
+
+SHADOWING_PROBE = """
+import sys
+import imgsearch.cli
+from imgsearch import Index
+import imgsearch.search.searcher, imgsearch.indexer.pipeline, imgsearch.training.trainer, imgsearch.model.alignment
+mine = {name: getattr(module, "__file__", None) for name, module in sys.modules.items()
+        if name.split(".")[0] in ("search", "indexer", "training", "model")}
+print(Index.__module__, sorted(mine))
+"""
+
+
+def _plant_shadows(folder: Path) -> None:
+    """What a user may well have in the folder they run from: scripts and data folders named
+    like the repository's top-level folders. Importing any of them would fail loudly."""
+    for name in ("search", "indexer", "model"):
+        (folder / f"{name}.py").write_text(f"raise SystemExit('the user\'s {name}.py was imported')\n")
+    (folder / "training").mkdir()
+    (folder / "training" / "__init__.py").write_text("raise SystemExit('the user\'s training/ was imported')\n")
+
+
+def test_user_files_named_like_the_folders_change_nothing_in_a_wheel_install(wheel, tmp_path):
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),
+                    str(wheel)], check=True, capture_output=True, text=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    _plant_shadows(work)
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", SHADOWING_PROBE], cwd=work, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["imgsearch.index", "[]"]
+
+
+def test_user_files_named_like_the_folders_change_nothing_in_this_checkout(tmp_path):
+    _plant_shadows(tmp_path)
+    result = subprocess.run([sys.executable, "-c", SHADOWING_PROBE], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["imgsearch.index", "[]"]

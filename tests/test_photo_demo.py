@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from imgsearch import Index
-from imgsearch.models import default_model_dir
-from indexer.errors import ModelNotFound
+from imgsearch.model.packaged import default_model_dir
+from imgsearch.errors import ModelNotFound
 
 PHOTOS = Path(__file__).parents[1] / "data" / "photos"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.rerank_stage import _draw, mine_negatives
+from imgsearch.training.rerank_stage import _draw, mine_negatives
 
 
 @pytest.mark.parametrize("depth", [1, 3, 10])

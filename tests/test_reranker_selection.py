@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from conftest import draw_image, small_config
-from search.alignment import AlignmentModel
-from search.scorer import ScorerConfig
-from training.captions import CaptionedImage, read_captions
-from training.data import encode_captions, load_images
-from training.evaluate import embed_captions, embed_images, evaluate, t2i_ranks
-import training.selection as selection_module
-from training.selection import RerankerSelection
-from training.trainer import TrainConfig, split_validation, train
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.model.scorer import ScorerConfig
+from imgsearch.training.captions import CaptionedImage, read_captions
+from imgsearch.training.data import encode_captions, load_images
+from imgsearch.training.evaluate import embed_captions, embed_images, evaluate, t2i_ranks
+import imgsearch.training.selection as selection_module
+from imgsearch.training.selection import RerankerSelection
+from imgsearch.training.trainer import TrainConfig, split_validation, train
 
 GRID = (0.0, 0.5, 3.0, 50.0)
 DEPTH = 8

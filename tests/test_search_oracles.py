@@ -17,9 +17,9 @@ from PIL import Image
 
 from conftest import draw_image, make_model_dir, small_config
 from imgsearch.index import VECTORS_NAME, Index
-from indexer.vectors import VectorIndex
-from search.rerank import rerank_scores
-from search.scorer import CrossAttentionScorer, ScorerConfig
+from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.search.rerank import rerank_scores
+from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig
 
 ATOL = 1e-5
 

@@ -26,17 +26,17 @@ from safetensors.torch import load_file
 from conftest import SMALL_BACKBONE, draw_image, small_config
 from fsync_spy import FsyncSpy
 from imgsearch.cli import cli
-from indexer.checkpoint import CONFIG_NAME, WEIGHTS_NAME
-from indexer.errors import ImgsearchError
-from search.alignment import AlignmentModel
-from training.captions import CaptionedImage, CaptionFileError, read_captions
-from training.data import encode_captions, group_batches, load_images
-from training.evaluate import (
+from imgsearch.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from imgsearch.errors import ImgsearchError
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.training.captions import CaptionedImage, CaptionFileError, read_captions
+from imgsearch.training.data import encode_captions, group_batches, load_images
+from imgsearch.training.evaluate import (
     captions_describing, evaluate, i2t_ranks, recall_at_k, rerank_i2t_ranks, rerank_t2i_ranks, t2i_ranks,
 )
-from search.scorer import CrossAttentionScorer
-from training.losses import _negative_weights, alignment_matrix, infonce_loss, itm_loss, vsepp_loss
-from training.trainer import STATE_NAME, TrainConfig, split_validation, train
+from imgsearch.model.scorer import CrossAttentionScorer
+from imgsearch.training.losses import _negative_weights, alignment_matrix, infonce_loss, itm_loss, vsepp_loss
+from imgsearch.training.trainer import STATE_NAME, TrainConfig, split_validation, train
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -932,7 +932,7 @@ class Interrupted(Exception):
 
 def test_train_resumed_after_an_interruption_equals_an_uninterrupted_run(trained, tmp_path, tiny_bert_dir,
                                                                         captioned_images, monkeypatch):
-    import training.trainer as trainer
+    import imgsearch.training.trainer as trainer
 
     calls = []
 

@@ -1,4 +1,4 @@
-"""The zero-shot ImageNet term of the first stage (search/zero_shot.py), against naive oracles.
+"""The zero-shot ImageNet term of the first stage (model/zero_shot.py), against naive oracles.
 
 zero_shot(query, image) = sum over the image's stored top classes of p(class) * cos(s(query),
 s(class name)), s() the text encoder's mean-pooled, L2-normalised BERT state. The oracle
@@ -15,7 +15,7 @@ import torch
 
 from conftest import make_photos
 from imgsearch import Index
-from search.alignment import AlignmentModel
+from imgsearch.model.alignment import AlignmentModel
 
 WEIGHT = 0.7
 QUERIES = ["class 3", "a picture of class 17 and class 250", "something red"]
@@ -86,9 +86,9 @@ def test_eval_first_stage_matches_search_with_zero_shot(tmp_path, mobilenet_mode
     """`imgsearch eval`'s first stage (training/evaluate.py) scores as search() does: recall
     computed from search results over the same images equals evaluate()'s. A large weight makes
     the zero-shot term decide, so leaving it out of either would change the numbers."""
-    from training.captions import CaptionedImage
-    from training.data import encode_captions, load_images
-    from training.evaluate import evaluate
+    from imgsearch.training.captions import CaptionedImage
+    from imgsearch.training.data import encode_captions, load_images
+    from imgsearch.training.evaluate import evaluate
 
     model = AlignmentModel.from_pretrained(mobilenet_model_dir, device="cpu")
     model.config = dataclasses.replace(model.config, zero_shot_weight=50.0)

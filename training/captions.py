@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer.errors import ImgsearchError
+from imgsearch.errors import ImgsearchError
 
 __all__ = ["CaptionedImage", "CaptionFileError", "read_captions"]
 

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from indexer.decode import decode_file
-from search.text_encoder import TextEncoder
-from training.captions import CaptionedImage, CaptionFileError
+from imgsearch.indexer.decode import decode_file
+from imgsearch.model.text_encoder import TextEncoder
+from imgsearch.training.captions import CaptionedImage, CaptionFileError
 
 __all__ = ["ImageBank", "CaptionBank", "load_images", "encode_captions", "group_batches"]
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from search.alignment import AlignmentModel
-from indexer.pipeline import TOP_LABELS
-from search.zero_shot import class_name_vectors, sentence_vectors
-from training.data import CaptionBank
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.indexer.pipeline import TOP_LABELS
+from imgsearch.model.zero_shot import class_name_vectors, sentence_vectors
+from imgsearch.training.data import CaptionBank
 
 __all__ = [
     "recall_at_k", "t2i_ranks", "i2t_ranks", "rerank_t2i_ranks", "rerank_i2t_ranks",
@@ -74,7 +74,7 @@ def embed_images(model: AlignmentModel, pixels: torch.Tensor, batch_size: int = 
 
 
 def zero_shot_matrix(model: AlignmentModel, class_probs: torch.Tensor, captions: list[str]) -> np.ndarray:
-    """(Nc, Ni) zero-shot scores (search/zero_shot.py) from each image's top classes, as the index
+    """(Nc, Ni) zero-shot scores (model/zero_shot.py) from each image's top classes, as the index
     stores them (TOP_LABELS best non-background classes, probabilities to 4 decimals)."""
     names = class_name_vectors(model)
     label_vectors = torch.from_numpy(np.stack([names[name] for name in model.config.image_labels]))  # (C, h)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from search.scorer import CrossAttentionScorer
+from imgsearch.model.scorer import CrossAttentionScorer
 
 __all__ = ["infonce_loss", "vsepp_loss", "itm_loss", "alignment_matrix"]
 

@@ -6,10 +6,10 @@ of widths and input sizes is explained in bench/RESULTS.md.
 
 from __future__ import annotations
 
-from indexer.backbone import BackboneConfig
-from search.alignment import AlignmentConfig
-from search.scorer import ScorerConfig
-from search.text_encoder import TextEncoderConfig
+from imgsearch.model.backbone import BackboneConfig
+from imgsearch.model.alignment import AlignmentConfig
+from imgsearch.model.scorer import ScorerConfig
+from imgsearch.model.text_encoder import TextEncoderConfig
 
 __all__ = ["PRESETS", "preset"]
 

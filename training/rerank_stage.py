@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from search.alignment import AlignmentModel
-from training.data import CaptionBank
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.training.data import CaptionBank
 
 __all__ = ["train_scorer", "mine_negatives"]
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from indexer.errors import ImgsearchError
-from indexer.model_files import CONFIG_NAME
-from search.alignment import AlignmentModel
-from training.captions import CaptionedImage, read_captions
-from training.presets import preset
-from training.trainer import TrainConfig, train
+from imgsearch.errors import ImgsearchError
+from imgsearch.model.model_files import CONFIG_NAME
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.training.captions import CaptionedImage, read_captions
+from imgsearch.training.presets import preset
+from imgsearch.training.trainer import TrainConfig, train
 
 __all__ = ["read_dataset", "build_model", "train_model", "check_output_dir", "evaluate_model", "TrainConfig"]
 
@@ -59,7 +59,7 @@ def build_model(preset_name: str = "small", *, backbone_weights: str | os.PathLi
                 f"--backbone-weights is for the mobilenet_v2 preset; the {preset_name} preset's backbone "
                 "gets its weights elsewhere (see README, Models)."
             )
-        from training.backbone_weights import load_backbone_weights
+        from imgsearch.model.backbone_weights import load_backbone_weights
 
         backbone_state = load_backbone_weights(backbone_weights)
         config = dataclasses.replace(
@@ -97,8 +97,8 @@ def evaluate_model(model_dir: str | os.PathLike, dataset: list[CaptionedImage], 
     """Recall@1/5/10 (text->image, image->text), first stage and re-ranked, of the model in
     `model_dir` on `dataset`. Images that cannot be read are skipped, each reported to
     `on_skip(path, reason)`."""
-    from training.data import encode_captions, load_images
-    from training.evaluate import evaluate
+    from imgsearch.training.data import encode_captions, load_images
+    from imgsearch.training.evaluate import evaluate
 
     model = AlignmentModel.from_pretrained(model_dir, device=device)
     bank_images = load_images(dataset, model.config.backbone.image_size, workers)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from search.alignment import AlignmentModel
-from training.data import CaptionBank
-from training.evaluate import embed_captions, embed_images, fused_t2i_ranks, recall_at_k, t2i_candidate_scores
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.training.data import CaptionBank
+from imgsearch.training.evaluate import embed_captions, embed_images, fused_t2i_ranks, recall_at_k, t2i_candidate_scores
 
 __all__ = ["RerankerChoice", "RerankerSelection"]
 

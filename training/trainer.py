@@ -24,16 +24,16 @@ from typing import Literal
 import torch
 from torchvision.transforms import v2
 
-from indexer.durable import replace_durably
-from indexer.errors import ImgsearchError
-from search.alignment import AlignmentModel
-from search.scorer import CrossAttentionScorer
-from training.captions import CaptionedImage
-from training.data import CaptionBank, encode_captions, group_batches, load_images
-from training.evaluate import evaluate, format_table
-from training.losses import alignment_matrix, infonce_loss, itm_loss, vsepp_loss
-from training.rerank_stage import train_scorer
-from training.selection import RerankerSelection
+from imgsearch.durable import replace_durably
+from imgsearch.errors import ImgsearchError
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.model.scorer import CrossAttentionScorer
+from imgsearch.training.captions import CaptionedImage
+from imgsearch.training.data import CaptionBank, encode_captions, group_batches, load_images
+from imgsearch.training.evaluate import evaluate, format_table
+from imgsearch.training.losses import alignment_matrix, infonce_loss, itm_loss, vsepp_loss
+from imgsearch.training.rerank_stage import train_scorer
+from imgsearch.training.selection import RerankerSelection
 
 __all__ = ["TrainConfig", "train", "split_validation"]
 

@@ -1,6 +1,6 @@
 """MobileNetV2 1.0 (ImageNet, 1,001 classes) in plain torch, as the TFLite graph computes it.
 
-The weights are not trained here: training/convert_mobilenet_v2.py dequantizes them
+The weights are not trained here: model/convert_mobilenet_v2.py dequantizes them
 from the 8-bit TFLite file `mobilenet_v2_1.0_224_quant.tflite` (shared/models/
 mobilenet_v2_imagenet/) into a state dict of this module, usually saved as safetensors.
 That file comes from the public repository google-coral/test_data and is under the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from indexer.errors import ModelConfigError
+from imgsearch.errors import ModelConfigError
 
 __all__ = ["resolve_device"]
 

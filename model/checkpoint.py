@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from indexer.durable import replace_durably
-from indexer.errors import ModelConfigError, ModelNotFound
+from imgsearch.durable import replace_durably
+from imgsearch.errors import ModelConfigError, ModelNotFound
 
 __all__ = [
     "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT", "read_config", "read_tensors",

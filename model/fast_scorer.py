@@ -1,7 +1,7 @@
 """The re-ranking hot path: CrossAttentionScorer's forward for one query against C candidates,
 with the same parameters and math, minus work that does not depend on the candidate.
 
-What differs from calling the module (search/scorer.py stays the reference):
+What differs from calling the module (model/scorer.py stays the reference):
 - The first layer's token self-attention and its cross-attention queries depend only on
   the query, so they are computed once, not C times.
 - Attention runs on plain tensors (no nn.MultiheadAttention expand/copy overhead).
@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from search.scorer import CrossAttentionScorer, _FusionLayer
+from imgsearch.model.scorer import CrossAttentionScorer, _FusionLayer
 
 __all__ = ["score_candidates_fast", "default_compute_dtype"]
 

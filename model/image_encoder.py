@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from indexer.allocator import heap_block_limit, keep_freed_memory
-from indexer.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, build_backbone
-from indexer.checkpoint import load_module_state, read_config, read_tensors
-from indexer.device import resolve_device
-from indexer.projection import ProjectionHead, l2_normalize
+from imgsearch.model.allocator import heap_block_limit, keep_freed_memory
+from imgsearch.model.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, build_backbone
+from imgsearch.model.checkpoint import load_module_state, read_config, read_tensors
+from imgsearch.model.device import resolve_device
+from imgsearch.model.projection import ProjectionHead, l2_normalize
 
 __all__ = ["ImageEncoder", "ImageEmbedding", "preprocess", "resize_uint8", "normalize_pixels"]
 
@@ -81,7 +81,7 @@ class ImageEncoder(nn.Module):
     def encode(self, pixels: torch.Tensor, memory_format: torch.memory_format = torch.channels_last) -> ImageEmbedding:
         """Inference on uint8 pixels (B, 3, S, S): normalise, run channels-last (by default), embed.
 
-        On the CPU this makes the process keep freed memory (indexer/allocator.py; glibc only)
+        On the CPU this makes the process keep freed memory (model/allocator.py; glibc only)
         and runs the batch in chunks whose largest activation fits under the allocator's heap
         block limit (6 images for the photo model at 224px): larger blocks would be mapped and
         unmapped on every pass, at the cost of a page fault per 4 KiB (2.6x slower,

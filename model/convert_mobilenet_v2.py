@@ -1,7 +1,7 @@
 """Convert the 8-bit TFLite MobileNetV2 (google-coral/test_data, Apache-2.0) into
-indexer.mobilenet_v2.MobileNetV2 weights.
+imgsearch.model.mobilenet_v2.MobileNetV2 weights.
 
-    python -m training.convert_mobilenet_v2 mobilenet_v2_1.0_224_quant.tflite out.safetensors
+    python -m imgsearch.model.convert_mobilenet_v2 mobilenet_v2_1.0_224_quant.tflite out.safetensors
 
 The operators are walked in graph order and checked against the torch module
 (op kind, data flow, strides, SAME padding, fused activation, kernel and channel
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.durable import replace_durably
-from indexer.errors import ImgsearchError
-from indexer.mobilenet_v2 import MobileNetV2
+from imgsearch.durable import replace_durably
+from imgsearch.errors import ImgsearchError
+from imgsearch.model.mobilenet_v2 import MobileNetV2
 
 __all__ = ["ConversionError", "convert", "load_labels", "main"]
 
@@ -267,8 +267,8 @@ def load_labels(path: str | os.PathLike) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m training.convert_mobilenet_v2",
-        description="Convert the 8-bit TFLite MobileNetV2 into float32 safetensors for indexer.mobilenet_v2.",
+        prog="python -m imgsearch.model.convert_mobilenet_v2",
+        description="Convert the 8-bit TFLite MobileNetV2 into float32 safetensors for imgsearch.model.mobilenet_v2.",
     )
     parser.add_argument("tflite", type=Path, help="mobilenet_v2_1.0_224_quant.tflite")
     parser.add_argument("out", type=Path, help="output .safetensors file")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from search.alignment import AlignmentModel
+from imgsearch.model.alignment import AlignmentModel
 
 __all__ = ["zero_shot_scores", "class_name_vectors", "sentence_vectors"]
 

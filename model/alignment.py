@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from indexer.backbone import BackboneConfig
-from indexer.checkpoint import load_module_state, read_config, read_tensors, write_checkpoint
-from indexer.device import resolve_device
-from indexer.errors import ModelConfigError, WeightsMissing
-from indexer.image_encoder import ImageEncoder
-from search.scorer import CrossAttentionScorer, ScorerConfig
-from search.text_encoder import TextEncoder, TextEncoderConfig, load_bert
+from imgsearch.model.backbone import BackboneConfig
+from imgsearch.model.checkpoint import load_module_state, read_config, read_tensors, write_checkpoint
+from imgsearch.model.device import resolve_device
+from imgsearch.errors import ModelConfigError, WeightsMissing
+from imgsearch.model.image_encoder import ImageEncoder
+from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig
+from imgsearch.model.text_encoder import TextEncoder, TextEncoderConfig, load_bert
 
 __all__ = ["AlignmentConfig", "AlignmentModel"]
 
@@ -38,7 +38,7 @@ class AlignmentConfig:
     # Final re-ranked score = scorer logit + fusion_weight * first-stage cosine.
     fusion_weight: float = 0.0
     # Weight of the zero-shot ImageNet score added to each candidate's first-stage cosine
-    # (search/zero_shot.py); 0 turns it off. Needs image_labels and labels in the index.
+    # (model/zero_shot.py); 0 turns it off. Needs image_labels and labels in the index.
     zero_shot_weight: float = 0.0
     # Class names of the backbone's classifier (mobilenet_v2: ImageNet's 1,001), for image labels.
     image_labels: tuple[str, ...] | None = None

@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from indexer.model_files import CONFIG_NAME, WEIGHTS_NAME
-from indexer.errors import ModelNotFound
+from imgsearch.model.model_files import CONFIG_NAME, WEIGHTS_NAME
+from imgsearch.errors import ModelNotFound
 
 __all__ = ["PHOTO_MODEL_PACKAGE", "PHOTO_MODEL_SOURCE", "default_model_dir"]
 

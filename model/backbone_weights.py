@@ -1,5 +1,5 @@
 """Pretrained backbone weights given as a file: a TFLite MobileNetV2 (converted here)
-or a .safetensors state dict (e.g. written by `python -m training.convert_mobilenet_v2`)."""
+or a .safetensors state dict (e.g. written by `python -m imgsearch.model.convert_mobilenet_v2`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from indexer.errors import WeightsMissing
+from imgsearch.errors import WeightsMissing
 
 __all__ = ["load_backbone_weights"]
 
@@ -19,7 +19,7 @@ def load_backbone_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsMissing(f"backbone weights {path} not found; give a .tflite or .safetensors file.")
     if path.suffix == ".tflite":
-        from training.convert_mobilenet_v2 import convert
+        from imgsearch.model.convert_mobilenet_v2 import convert
 
         try:
             state = convert(path)
@@ -31,5 +31,5 @@ def load_backbone_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         state = load_file(str(path))
     else:
         raise WeightsMissing(f"backbone weights {path}: expected a .tflite or .safetensors file.")
-    # The backbone module holds the network as `net` (indexer.backbone.MobileNetV2Backbone).
+    # The backbone module holds the network as `net` (imgsearch.model.backbone.MobileNetV2Backbone).
     return {k if k.startswith("net.") else f"net.{k}": v for k, v in state.items()}

@@ -7,7 +7,7 @@ Three kinds of backbone, chosen by BackboneConfig.name:
 - "vgg": a VGG-style stack of 3x3 convolutions and max-pools of any width,
   for small or from-scratch models; its weights always live in the checkpoint.
 - "mobilenet_v2": an ImageNet-trained MobileNetV2 converted from TFLite
-  (indexer/mobilenet_v2.py); its weights live in the checkpoint. Besides regions
+  (model/mobilenet_v2.py); its weights live in the checkpoint. Besides regions
   and the pooled vector it has its ImageNet classifier, for image labels.
 """
 
@@ -20,7 +20,7 @@ import torch
 import torchvision
 from torch import nn
 
-from indexer.errors import ModelConfigError, WeightsMissing
+from imgsearch.errors import ModelConfigError, WeightsMissing
 
 __all__ = ["BackboneConfig", "VGGBackbone", "MobileNetV2Backbone", "build_backbone", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -202,7 +202,7 @@ class MobileNetV2Backbone(nn.Module):
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
-        from indexer.mobilenet_v2 import MobileNetV2
+        from imgsearch.model.mobilenet_v2 import MobileNetV2
 
         self.config = config
         self.net = MobileNetV2()
@@ -218,4 +218,4 @@ class MobileNetV2Backbone(nn.Module):
 
     def load_pretrained(self) -> None:
         """Nothing to fetch: an alignment checkpoint carries the converted weights.
-        training/convert_mobilenet_v2.py makes them from the TFLite file."""
+        model/convert_mobilenet_v2.py makes them from the TFLite file."""

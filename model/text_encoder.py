@@ -13,8 +13,8 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from indexer.errors import ModelConfigError, WeightsMissing
-from indexer.projection import ProjectionHead, l2_normalize
+from imgsearch.errors import ModelConfigError, WeightsMissing
+from imgsearch.model.projection import ProjectionHead, l2_normalize
 
 __all__ = ["TextEncoderConfig", "TextEncoder", "TextEmbedding", "PACKAGED_MINILM", "load_bert"]
 
