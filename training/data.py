@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from imgsearch.indexer.decode import decode_file
+from imgsearch.model.image_encoder import resize_uint8
 from imgsearch.model.text_encoder import TextEncoder
 from imgsearch.training.captions import CaptionedImage, CaptionFileError
 
@@ -43,8 +43,7 @@ class _ResizeDataset(Dataset):
         result = decode_file(self.items[i].path, min_size=self.size)  # as the indexer decodes
         if result.image is None:
             return i, None, result.error
-        resized = result.image.resize((self.size, self.size), Image.Resampling.BILINEAR)
-        return i, torch.from_numpy(np.asarray(resized).transpose(2, 0, 1).copy()), None  # (3, S, S) uint8
+        return i, resize_uint8(result.image, self.size), None  # (3, S, S) uint8, as the indexer resizes
 
 
 def load_images(items: list[CaptionedImage], size: int, workers: int = 0) -> ImageBank:
