@@ -34,6 +34,7 @@ from imgsearch.indexer.store import Put, Store
 from imgsearch.indexer.vectors import IndexSpec, VectorIndex
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.search.rerank import rerank_scores
+from imgsearch.threads import QUERY_THREADS, use_threads
 
 NOISE_SCALE = 0.5
 CANDIDATES = 100
@@ -98,7 +99,7 @@ def main() -> None:
     parser.add_argument("--sweep", default="32,64,128,256", help="nprobe values tried at the largest size")
     parser.add_argument("--report", default="bench/RESULTS.md")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    use_threads(QUERY_THREADS)  # as `imgsearch search` runs
     machine_before = describe()
 
     data = np.load(args.embeddings)

@@ -194,7 +194,9 @@ def search_command(query, index_dir, model, k, candidates, no_rerank, precision,
       imgsearch search "a parrot" --index demo-out/index -k 3 --json
     """
     from imgsearch.index import Index
+    from imgsearch.threads import QUERY_THREADS, use_threads
 
+    use_threads(QUERY_THREADS)  # one query is small work (imgsearch/threads.py)
     with Index.open(index_dir, model, device) as index:
         results = index.search(query, k, candidates=candidates, rerank=not no_rerank, rerank_precision=precision)
     if as_json:

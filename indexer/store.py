@@ -15,9 +15,11 @@ Tables (schema version in PRAGMA user_version, upgraded by numbered migrations):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -156,8 +158,25 @@ class Applied:
     added_vectors: np.ndarray  # (n, d) float32
 
 
+def _serialized(method):
+    """Run a Store method under the store's lock: one connection, one caller at a time."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Store:
+    """One SQLite connection, shared by the threads of a process (the indexer's store writer,
+    a server's request threads): every public method runs under one lock and returns
+    materialised results, so calls never interleave on the connection, and all of them read
+    the one snapshot begin_snapshot() took (SQLite keeps a snapshot per connection)."""
+
     def __init__(self, path: str | os.PathLike, embed_dim: int, num_regions: int) -> None:
+        self._lock = threading.RLock()
         self.path = Path(path)
         self.embed_dim = embed_dim
         self.num_regions = num_regions
@@ -199,6 +218,7 @@ class Store:
                     version += 1
                     self.db.execute(f"PRAGMA user_version = {version}")
 
+    @_serialized
     def close(self) -> None:
         self.end_snapshot()
         self.db.conn.close()
@@ -206,10 +226,12 @@ class Store:
 
     # ---- reads -------------------------------------------------------------
 
+    @_serialized
     def get(self, path: str) -> StoredImage | None:
         rows = list(self.db.query("SELECT * FROM images WHERE path = ?", [path]))
         return _stored(rows[0]) if rows else None
 
+    @_serialized
     def images(self, ids: Sequence[int]) -> dict[int, StoredImage]:
         found: dict[int, StoredImage] = {}
         for chunk in _chunks(list(ids)):
@@ -218,10 +240,12 @@ class Store:
                 found[row["id"]] = _stored(row)
         return found
 
+    @_serialized
     def ok_ids(self) -> np.ndarray:
         rows = self.db.execute("SELECT id FROM images WHERE status = 'ok' ORDER BY id").fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
+    @_serialized
     def global_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """ids (N,) int64 and vectors (N, d) float32 of every indexed image, by id."""
         cursor = self.db.execute(
@@ -236,6 +260,7 @@ class Store:
             return np.zeros(0, np.int64), np.zeros((0, self.embed_dim), np.float32)
         return np.array(ids, dtype=np.int64), np.stack(vectors)
 
+    @_serialized
     def regions(self, ids: Sequence[int]) -> np.ndarray:
         """Region features of `ids`, in that order: (C, R, d) float16."""
         by_id: dict[int, bytes] = {}
@@ -255,6 +280,7 @@ class Store:
             out[row] = np.frombuffer(by_id[image_id], dtype=np.float16).reshape(self.num_regions, self.embed_dim)
         return out
 
+    @_serialized
     def labels(self, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
         """Stored classifier labels of `ids`: [(name, prob), ...] best first; [] when none are stored."""
         found: dict[int, list[tuple[str, float]]] = {}
@@ -269,6 +295,7 @@ class Store:
                 found[image_id] = [(str(name), float(prob)) for name, prob in json.loads(text)] if text else []
         return {image_id: found.get(image_id, []) for image_id in ids}
 
+    @_serialized
     def top_label_counts(self, limit: int = 10) -> tuple[int, list[tuple[str, int]]]:
         """How many indexed images have stored labels, and the `limit` most frequent top-1
         labels among them with their image counts (most first, then by name)."""
@@ -285,18 +312,21 @@ class Store:
         ).fetchall()
         return labeled, [(str(name), int(n)) for name, n in rows]
 
+    @_serialized
     def counts(self) -> dict[str, int]:
         counts = {"ok": 0, "error": 0}
         counts.update(dict(self.db.execute("SELECT status, count(*) FROM images GROUP BY status").fetchall()))
         counts["distinct_contents"] = self.db.execute("SELECT count(*) FROM embeddings").fetchone()[0]
         return counts
 
+    @_serialized
     def failures(self) -> list[StoredImage]:
         rows = self.db.query("SELECT * FROM images WHERE status = 'error' ORDER BY path")
         return [_stored(r) for r in rows]
 
     # ---- snapshots --------------------------------------------------------------
 
+    @_serialized
     def begin_snapshot(self) -> None:
         """Start a read transaction: every read until end_snapshot() sees the store as it
         is now, whatever a concurrent writer commits meanwhile (SQLite WAL)."""
@@ -304,6 +334,7 @@ class Store:
         self.db.execute("BEGIN")
         self.db.execute("SELECT count(*) FROM images").fetchone()  # BEGIN alone takes no snapshot
 
+    @_serialized
     def end_snapshot(self) -> None:
         if not self.closed and self.db.conn.in_transaction:
             self.db.conn.rollback()
@@ -330,18 +361,22 @@ class Store:
                 "Free disk space or fix the permissions, then run the same command again."
             ) from exc
 
+    @_serialized
     def all_images(self) -> dict[str, StoredImage]:
         """Every row, by path."""
         rows = self.db.query("SELECT * FROM images")
         return {r["path"]: _stored(r) for r in rows}
 
+    @_serialized
     def content_hashes(self) -> set[str]:
         """sha256 of every stored content (vectors kept, whether or not a row uses them now)."""
         return {row[0] for row in self.db.execute("SELECT sha256 FROM embeddings")}
 
+    @_serialized
     def has_content(self, sha256: str) -> bool:
         return self.db.execute("SELECT 1 FROM embeddings WHERE sha256 = ?", [sha256]).fetchone() is not None
 
+    @_serialized
     def apply(self, changes: Sequence[Change]) -> Applied:
         """Write one batch of changes in a single transaction: all of it, or (on a crash) none.
 
@@ -388,6 +423,7 @@ class Store:
             ids, vectors = self._global_vectors_of(added)
         return Applied(removed, ids, vectors)
 
+    @_serialized
     def remove(self, ids: Sequence[int]) -> list[int]:
         """Delete rows (files gone from disk) in one transaction; returns the ids that were searchable."""
         removed: list[int] = []
@@ -399,6 +435,7 @@ class Store:
                 self.db.execute(f"DELETE FROM images WHERE id IN ({marks})", chunk)
         return removed
 
+    @_serialized
     def drop_unused_contents(self) -> int:
         """Delete stored vectors that no indexed image uses any more; returns how many.
 

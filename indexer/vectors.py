@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -146,8 +145,7 @@ class VectorIndex:
         k = min(k, len(self))
         if k == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        with _one_thread():
-            scores, ids = self.index.search(np.ascontiguousarray(query[None, :], np.float32), k)  # (1, k)
+        scores, ids = self.index.search(np.ascontiguousarray(query[None, :], np.float32), k)  # (1, k)
         keep = ids[0] >= 0
         return scores[0][keep], ids[0][keep]
 
@@ -177,15 +175,3 @@ def _as_ivf(index: faiss.Index) -> faiss.IndexIVF | None:
         return faiss.extract_index_ivf(index)
     except RuntimeError:
         return None
-
-
-@contextmanager
-def _one_thread():
-    """One query is too little work to share: on a busy 2-core machine, FAISS's OpenMP
-    threads waiting for each other cost 30 ms per query (bench/query.sh)."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)

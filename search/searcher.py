@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -87,7 +86,7 @@ def search(
         raise InvalidQuery(f"candidates must be at least 1 (got {candidates}).")
     zero_shot_weight = model.config.zero_shot_weight if model.config.image_labels else 0.0
     depth = max(k, candidates) if rerank or zero_shot_weight else k
-    with _one_thread(), torch.inference_mode():
+    with torch.inference_mode():
         query = model.text.encode([text])
     if query.truncated[0]:
         log.warning("the query is longer than the text encoder's %d tokens; the rest was ignored",
@@ -96,18 +95,16 @@ def search(
     zero_shot, candidate_labels = None, None
     first_scores = cosines
     if zero_shot_weight and len(ids):
-        with _one_thread():
-            sentence = sentence_vectors(model, [text])[0].numpy()  # (h,)
-            candidate_labels = store.labels(ids.tolist())
-            zero_shot = zero_shot_scores(model, sentence, [candidate_labels[int(i)] for i in ids])  # (C,)
+        sentence = sentence_vectors(model, [text])[0].numpy()  # (h,)
+        candidate_labels = store.labels(ids.tolist())
+        zero_shot = zero_shot_scores(model, sentence, [candidate_labels[int(i)] for i in ids])  # (C,)
         first_scores = cosines + np.float32(zero_shot_weight) * zero_shot  # the fused first stage
     if rerank and len(ids):
         mask = query.mask[0]  # (T,)
-        with _one_thread():
-            final = rerank_scores(
-                model.scorer, query.tokens[0], mask, store.regions(ids.tolist()), first_scores,
-                model.config.fusion_weight, compute_dtype=_compute_dtype(rerank_precision, query.tokens.device),
-            )
+        final = rerank_scores(
+            model.scorer, query.tokens[0], mask, store.regions(ids.tolist()), first_scores,
+            model.config.fusion_weight, compute_dtype=_compute_dtype(rerank_precision, query.tokens.device),
+        )
         reranked = final - np.float32(model.config.fusion_weight) * first_scores
         order = np.argsort(-final, kind="stable")[:k]
     else:
@@ -138,16 +135,3 @@ def _compute_dtype(precision: RerankPrecision, device: torch.device) -> torch.dt
     if precision == "auto":
         return default_compute_dtype(device)
     return torch.bfloat16 if precision == "bfloat16" else torch.float32
-
-
-@contextmanager
-def _one_thread():
-    """One query is small work: on a busy 2-core machine, two torch threads waiting on each
-    other made text encoding 500 ms instead of 10 ms and re-ranking 2x slower (bench/query.sh
-    runs on one thread)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -1,0 +1,107 @@
+"""An open index used from several threads at once (what a server does): the store's reads
+and Index.search give what one thread alone gets (the oracle)."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import make_photos
+from imgsearch import Index
+
+THREADS = 4
+ROUNDS = 60
+
+
+def run_together(work, threads: int = THREADS) -> list:
+    """Run work(i) on `threads` threads started together; the errors they raised, if any."""
+    start = threading.Barrier(threads)
+    errors = []
+
+    def one(i):
+        start.wait()
+        try:
+            work(i)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+
+    pool = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return errors
+
+
+@pytest.fixture
+def index(tmp_path, model_dir):
+    photos = make_photos(tmp_path / "photos", range(30))
+    with Index.create(tmp_path / "index", model_dir, device="cpu") as index:
+        index.add([photos], workers=0)
+        index.refresh()
+        yield index
+
+
+def test_store_reads_from_several_threads_equal_one_thread_alone(index):
+    store = index.store
+    ids = [int(i) for i in store.ok_ids()]
+    want_rows = store.images(ids)
+    want_regions = store.regions(ids)
+    want_vectors = store.global_vectors()
+
+    def reader(seed):
+        rng = random.Random(seed)
+        for _ in range(ROUNDS):
+            chosen = rng.sample(ids, 7)
+            assert store.images(chosen) == {i: want_rows[i] for i in chosen}
+            np.testing.assert_array_equal(store.regions(chosen), want_regions[[ids.index(i) for i in chosen]])
+            got_ids, got_vectors = store.global_vectors()
+            np.testing.assert_array_equal(got_ids, want_vectors[0])
+            np.testing.assert_array_equal(got_vectors, want_vectors[1])
+            if seed == 0:
+                store.begin_snapshot()  # a refresh in the middle of the others' reads
+
+    assert run_together(reader) == []
+
+
+def test_searches_from_several_threads_equal_sequential_searches(index):
+    queries = ["a red circle", "green", "a blue square on white", "something yellow"]
+    want = {q: [(r.id, round(r.score, 5)) for r in index.search(q, k=5, candidates=12)] for q in queries}
+
+    def searcher(i):
+        for round_ in range(4):
+            query = queries[(i + round_) % len(queries)]
+            got = [(r.id, round(r.score, 5)) for r in index.search(query, k=5, candidates=12)]
+            assert got == want[query], query
+
+    assert run_together(searcher) == []
+
+
+def test_a_search_leaves_the_thread_counts_alone(index, monkeypatch):
+    import faiss
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("torch", n)))
+    monkeypatch.setattr(faiss, "omp_set_num_threads", lambda n: calls.append(("faiss", n)))
+    index.search("a red circle", k=3, candidates=8)
+    assert calls == []  # set once per process (imgsearch.threads), never flipped per query
+
+
+def test_use_threads_sets_torch_and_faiss_once():
+    import faiss
+    import torch
+
+    from imgsearch.threads import use_threads
+
+    before = torch.get_num_threads()
+    try:
+        use_threads(1)
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (1, 1)
+        with pytest.raises(ValueError, match="at least 1"):
+            use_threads(0)
+    finally:
+        use_threads(before)
