@@ -19,16 +19,17 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 
 from imgsearch.model.packaged import default_model_dir
 from imgsearch.model.checkpoint import fingerprint, read_config
 from imgsearch.model.device import resolve_device
-from imgsearch.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound, StoreCorrupt
-from imgsearch.indexer.lock import VECTORS_LOCK_NAME, FileLock, WriterLock
+from imgsearch.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound
+from imgsearch.indexer.lock import LOCK_NAME, VECTORS_LOCK_NAME, WriterLock
+from imgsearch.indexer.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
+from imgsearch.locations import default_index_dir
 from imgsearch.model.image_encoder import ImageEncoder
 from imgsearch.indexer.manifest import MANIFEST_NAME, Manifest, ModelRecord
 from imgsearch.indexer.pipeline import AddSummary, ProgressCallback, StopCheck, index_files
@@ -39,27 +40,7 @@ from imgsearch.search.searcher import DEFAULT_CANDIDATES, RerankPrecision, Searc
 
 __all__ = ["Index", "DB_NAME", "VECTORS_NAME", "default_index_dir"]
 
-DB_NAME = "index.db"
-VECTORS_NAME = "vectors.faiss"
-
-# How long a writer waits for a search that is saving its rebuilt vectors.faiss.
-VECTORS_LOCK_WAIT_S = 60.0
-
 log = logging.getLogger("imgsearch")
-
-
-def default_index_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The per-user index: $XDG_DATA_HOME/imgsearch/index, else ~/.local/share/imgsearch/index.
-
-    As the XDG base directory spec says, an empty or relative XDG_DATA_HOME is ignored.
-    (The CLI's --index, then IMGSEARCH_INDEX, come before this.)
-    """
-    environ = os.environ if environ is None else environ
-    data_home = environ.get("XDG_DATA_HOME", "")
-    if not data_home or not os.path.isabs(data_home):
-        home = environ.get("HOME") or str(Path.home())
-        data_home = os.path.join(home, ".local", "share")
-    return Path(data_home) / "imgsearch" / "index"
 
 
 class Index:
@@ -73,12 +54,12 @@ class Index:
         # happens on first use, so that info and errors work when the model has moved.
         self._model_checked = model_checked
         self.device = resolve_device(device)
-        self.store = Store(directory / DB_NAME, manifest.embed_dim, manifest.num_regions)
         self.lock = WriterLock(directory)
-        self.vectors_lock = FileLock(directory / VECTORS_LOCK_NAME)
-        self.vectors = self._open_snapshot()
+        self.data = StoredIndex(directory, manifest.embed_dim, manifest.num_regions, self.lock)
         self._image_encoder: ImageEncoder | None = None
         self._model: AlignmentModel | None = None
+        # Set by create(): the folders it made (deepest first), for discard_if_empty().
+        self._created: list[Path] | None = None
 
     # ---- opening -----------------------------------------------------------
 
@@ -88,12 +69,12 @@ class Index:
     ) -> "Index":
         """Create an empty index in `directory` for the alignment model in `model`
         (by default the photo model packaged with imgsearch: imgsearch.model.packaged.default_model_dir())."""
-        directory = Path(directory)
+        directory = _user_path(directory)
         if (directory / MANIFEST_NAME).exists():
             raise IndexExists(f"{directory} already holds an index; open it instead, or pick a new directory.")
         if directory.exists() and not directory.is_dir():
             raise IndexExists(f"{directory} exists and is not a directory; pick another --index path.")
-        model_dir = (default_model_dir() if model is None else Path(model)).resolve()
+        model_dir = (default_model_dir() if model is None else _user_path(model)).resolve()
         config = AlignmentConfig.from_dict(read_config(model_dir))
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
@@ -104,6 +85,7 @@ class Index:
                 backbone=config.backbone.describe(), text_encoder=config.text.name_or_path,
             ),
         )
+        made_folders = [folder for folder in (directory, *directory.parents) if not folder.exists()]
         directory.mkdir(parents=True, exist_ok=True)
         with WriterLock(directory):
             if (directory / MANIFEST_NAME).exists():  # another process created it meanwhile
@@ -111,7 +93,9 @@ class Index:
             Store(directory / DB_NAME, manifest.embed_dim, manifest.num_regions).close()
             VectorIndex.empty(manifest.embed_dim).save(directory / VECTORS_NAME)
             manifest.write(directory)  # written last: its presence means the index is complete
-        return cls(directory, manifest, model_dir, device)
+        index = cls(directory, manifest, model_dir, device)
+        index._created = made_folders
+        return index
 
     @classmethod
     def open(
@@ -121,7 +105,7 @@ class Index:
         a model other than the one that built the index is refused. A given `model` is
         checked now; the recorded one when first used, so info() and failures() work
         without it."""
-        directory = Path(directory)
+        directory = _user_path(directory)
         try:
             manifest = Manifest.read(directory)
         except FileNotFoundError:
@@ -131,7 +115,7 @@ class Index:
             ) from None
         if model is None:
             return cls(directory, manifest, Path(manifest.model.path), device, model_checked=False)
-        model_dir = Path(model).resolve()
+        model_dir = _user_path(model).resolve()
         _check_model(directory, manifest, model_dir)
         return cls(directory, manifest, model_dir, device)
 
@@ -141,71 +125,50 @@ class Index:
     ) -> "Index":
         """Open the index in `directory` (with its recorded model unless `model` is given), or
         create it with `model`, by default the packaged photo model."""
-        if (Path(directory) / MANIFEST_NAME).exists():
+        if (_user_path(directory) / MANIFEST_NAME).exists():
             return cls.open(directory, model, device)
         return cls.create(directory, model, device)
 
-    def _open_snapshot(self) -> VectorIndex:
-        """Start a read snapshot of the store and load the FAISS index that matches it.
+    def discard_if_empty(self) -> bool:
+        """Remove an index that create() made (in this object) and that holds nothing yet: no
+        image, no failure, no stored content. Its files go, and the folders create() made. So a
+        first `index` run that fails (a bad path, a bad model) leaves nothing behind. Returns
+        whether it was removed; an index that holds anything, or was opened, is never touched."""
+        if self._created is None:
+            return False
+        with self.lock:
+            self.store.begin_snapshot()
+            if any(self.store.counts().values()):
+                return False
+            self.data.close()
+            (self.directory / MANIFEST_NAME).unlink()  # first: without it, no index is there
+            for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", VECTORS_NAME, VECTORS_LOCK_NAME):
+                (self.directory / name).unlink(missing_ok=True)
+        self.lock.close()
+        (self.directory / LOCK_NAME).unlink(missing_ok=True)
+        for folder in self._created:  # deepest first; stops at the first that is not empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        return True
 
-        vectors.faiss is derived: when it is missing, unreadable or out of step (a
-        writer was killed, or is running now), it is rebuilt from the snapshot, without
-        the writer lock, so an `imgsearch index` started meanwhile is not refused. The
-        rebuilt file is saved (under vectors.lock) only if no writer was running just
-        before the snapshot was taken: it is then the newest state. Should a writer
-        commit before the save, the file is out of step again, which the next open sees.
-        """
-        self.store.begin_snapshot()
-        vectors, problem = self._saved_vectors_in_step()
-        if vectors is not None:
-            return vectors
-        path = self.directory / VECTORS_NAME
-        if self.lock.busy():  # a writer is running; it saves vectors.faiss when it ends
-            log.info("%s %s while a writer runs; rebuilding it in memory", path, problem)
-            return self._build_vectors()
-        self.store.begin_snapshot()  # the newest state, taken after the check
-        vectors, problem = self._saved_vectors_in_step()  # a writer may have saved it meanwhile
-        if vectors is not None:
-            return vectors
-        log.warning("%s %s; rebuilding it from index.db", path, problem)
-        vectors = self._build_vectors()
-        self._save_vectors()
-        return vectors
+    @property
+    def store(self) -> Store:
+        return self.data.store
 
-    def _saved_vectors_in_step(self) -> tuple[VectorIndex | None, str]:
-        """vectors.faiss if it holds exactly the snapshot's indexed images; else None and why not."""
-        path = self.directory / VECTORS_NAME
-        if not path.exists():
-            return None, "is missing"
-        try:
-            vectors = VectorIndex.load(path)
-        except (RuntimeError, OSError) as exc:  # faiss reports unreadable files as RuntimeError
-            return None, f"is unreadable ({_faiss_reason(exc)})"
-        if vectors.dim != self.manifest.embed_dim:
-            return None, f"holds {vectors.dim}-d vectors, not the index's {self.manifest.embed_dim}-d"
-        expected = self.store.ok_ids()
-        if not np.array_equal(vectors.ids(), expected):
-            return None, (f"is out of step with index.db ({len(vectors)} vectors for "
-                          f"{len(expected)} indexed images, not the same ids)")
-        return vectors, ""
+    @property
+    def vectors(self) -> VectorIndex:
+        return self.data.vectors
 
     def refresh(self) -> None:
         """See everything committed since this Index was opened (or last refreshed)."""
-        self.vectors = self._open_snapshot()
+        self.data.open_snapshot()
 
     def rebuild_vectors(self) -> VectorIndex:
         """Rebuild vectors.faiss from the SQLite store and save it."""
         with self.lock:
-            self.store.begin_snapshot()
-            index = self._build_vectors()
-            self._write_vectors()
-            return index
-
-    def _build_vectors(self) -> VectorIndex:
-        ids, vectors = self.store.global_vectors()
-        index = VectorIndex.build(ids, vectors, self.manifest.embed_dim)
-        self.vectors = index
-        return index
+            return self.data.rebuild_and_write()
 
     # ---- models, loaded on first use -----------------------------------------
 
@@ -254,7 +217,7 @@ class Index:
         """
         with self.lock:  # first, so that a second writer is told at once
             encoder = self.image_encoder
-            self.vectors = self._open_snapshot_locked()
+            self.data.open_snapshot_locked()
             self.store.end_snapshot()
             try:
                 summary = index_files(
@@ -263,43 +226,13 @@ class Index:
                 )
                 if not self.vectors.fits():  # grew past a size step: exact --> IVF, or more IVF lists
                     log.info("rebuilding %s for %d images", VECTORS_NAME, len(self.vectors))
-                    self._build_vectors()
-                self._save_vectors()
+                    self.data.rebuild()
+                self.data.save_vectors()
             finally:
                 # Back to reading a snapshot; after an error (a batch rolled back after its
                 # vectors were added), this also brings the vectors back in step.
-                self.vectors = self._open_snapshot_locked()
+                self.data.open_snapshot_locked()
         return summary
-
-    def _save_vectors(self) -> None:
-        """Save vectors.faiss; it is derived, so a failure (disk full) only costs a rebuild later."""
-        try:
-            self._write_vectors()
-        except (OSError, RuntimeError, StoreCorrupt) as exc:  # faiss reports write errors as RuntimeError
-            log.warning("could not save %s (%s); it will be rebuilt from index.db when next opened",
-                        self.directory / VECTORS_NAME, exc)
-
-    def _write_vectors(self) -> None:
-        """Write vectors.faiss under vectors.lock. The writer waits for a search that is saving
-        its rebuild (a moment); a search gives up at once: the file is being saved anyway."""
-        if not self.vectors_lock.try_acquire_within(VECTORS_LOCK_WAIT_S if self.lock.held else 0.0):
-            log.info("%s is being saved by another process; not saving it", self.directory / VECTORS_NAME)
-            return
-        try:
-            self.vectors.save(self.directory / VECTORS_NAME)
-        finally:
-            self.vectors_lock.release()
-
-    def _open_snapshot_locked(self) -> VectorIndex:
-        """As _open_snapshot, for the lock holder: the newest state, rebuilt and saved if needed."""
-        self.store.begin_snapshot()
-        expected = self.store.ok_ids()
-        if np.array_equal(self.vectors.ids(), expected):
-            return self.vectors
-        log.info("vectors.faiss is out of step with index.db; rebuilding it (%d images)", len(expected))
-        vectors = self._build_vectors()
-        self._save_vectors()
-        return vectors
 
     def search(
         self, text: str, k: int = 10, *, candidates: int = DEFAULT_CANDIDATES, rerank: bool = True,
@@ -345,9 +278,8 @@ class Index:
         return [{"path": f.path, "error": f.error} for f in self.store.failures()]
 
     def close(self) -> None:
-        self.store.close()
+        self.data.close()
         self.lock.close()
-        self.vectors_lock.close()
 
     def __enter__(self) -> "Index":
         return self
@@ -356,9 +288,9 @@ class Index:
         self.close()
 
 
-def _faiss_reason(exc: Exception) -> str:
-    """faiss's message without its C++ location prefix ("Error in ... at file.cpp:12: ")."""
-    return re.sub(r"^Error in .*? at \S+:\d+: ", "", str(exc)).strip() or type(exc).__name__
+def _user_path(path: str | os.PathLike) -> Path:
+    """A path as a user wrote it, "~" expanded as a shell would."""
+    return Path(os.path.expanduser(os.fspath(path)))
 
 
 def _count_reasons(failures) -> dict[str, int]:
