@@ -126,15 +126,20 @@ def index_command(paths, index_dir, model, batch_size, workers, prune, device, q
       imgsearch index data/photos --index demo-out/index --model my-model
     """
     from imgsearch.index import Index
+    from imgsearch.indexer.files import input_roots
     from imgsearch.interrupt import stop_on_interrupt
     from imgsearch.progress import ProgressBar
 
+    input_roots(paths)  # a path that does not exist is an error before any index is made
     with Index.open_or_create(index_dir, model, device) as index:
         bar = ProgressBar(sys.stderr, quiet=quiet)
         with stop_on_interrupt() as stop:
             try:
                 summary = index.add(paths, batch_size=batch_size, workers=workers, progress=bar,
                                     prune=prune, should_stop=stop)
+            except BaseException:
+                index.discard_if_empty()  # a failed first run leaves no empty index behind
+                raise
             finally:
                 bar.finish()
     if as_json:

@@ -1,4 +1,4 @@
-"""Stage 1 of indexing: turn the user's paths into a sorted list of image files."""
+"""Indexing, files stage: turn the user's paths into a sorted list of image files."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import NamedTuple
 
 from imgsearch.errors import InputPathNotFound
 
-__all__ = ["IMAGE_EXTENSIONS", "FileSignature", "file_signature", "is_image_name", "iter_image_files"]
+__all__ = ["IMAGE_EXTENSIONS", "FileSignature", "file_signature", "is_image_name", "input_roots", "iter_image_files"]
 
-log = logging.getLogger("imgsearch")
+log = logging.getLogger(__name__)
 
 # Lower-case suffixes the indexer picks up when walking a folder. A file named
 # explicitly on the command line is always tried, whatever its suffix.
@@ -45,6 +45,16 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def input_roots(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The files and folders to index, as absolute paths ("~" expanded, as a shell would).
+    Raises InputPathNotFound, naming the first, if any of them does not exist."""
+    roots = [Path(os.path.abspath(os.path.expanduser(os.fspath(p)))) for p in paths]
+    for root in roots:
+        if not os.path.lexists(root):
+            raise InputPathNotFound(f"{root} does not exist; check the path and try again.")
+    return roots
+
+
 def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
     """Yield absolute paths of image files under `paths`, each folder walked recursively.
 
@@ -53,10 +63,7 @@ def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
     like files and fail later, with a reason, if they are broken.
     Raises InputPathNotFound before yielding anything if a path does not exist.
     """
-    roots = [Path(os.path.abspath(p)) for p in paths]
-    for root in roots:
-        if not os.path.lexists(root):
-            raise InputPathNotFound(f"{root} does not exist; check the path and try again.")
+    roots = input_roots(paths)
     seen: set[Path] = set()
     for root in roots:
         for path in _walk_one(root):

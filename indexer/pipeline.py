@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from imgsearch.model.allocator import keep_freed_memory
 from imgsearch.indexer.decode import decode_file
 from imgsearch.errors import ModelConfigError
-from imgsearch.indexer.files import iter_image_files
+from imgsearch.indexer.files import input_roots, iter_image_files
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
 from imgsearch.indexer.lock import close_inherited_locks
 from imgsearch.indexer.paths import path_to_text
@@ -157,7 +157,7 @@ def index_files(
     removed at the end of the run (never files under other folders).
     """
     started = time.perf_counter()
-    roots = [Path(os.path.abspath(p)) for p in paths]
+    roots = input_roots(paths)
     listed = list(iter_image_files(roots))
     plan = plan_run(listed, store.all_images(), roots, prune=prune)
     summary = AddSummary(unchanged=plan.unchanged)
