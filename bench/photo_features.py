@@ -11,6 +11,7 @@ float16 with their mask. Everything the head and re-ranker experiments need, com
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -74,4 +75,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # encode_captions' progress
     main()

@@ -1,6 +1,8 @@
 """Typed errors of the library. Only the CLI turns them into `Error: ...` messages.
 
-Every message says what went wrong and what to do next.
+Every message says what went wrong and what to do next. Every exception class of
+imgsearch lives here, including ImageTooLarge, which never leaves the decode stage
+(it becomes that file's recorded failure) and so is not in __all__.
 """
 
 __all__ = [
@@ -16,6 +18,8 @@ __all__ = [
     "InvalidQuery",
     "IndexLocked",
     "StoreWriteFailed",
+    "CaptionFileError",
+    "ConversionError",
 ]
 
 
@@ -65,3 +69,15 @@ class IndexLocked(ImgsearchError):
 
 class StoreWriteFailed(ImgsearchError):
     """A write to the index failed (disk full, read-only, busy); what was stored before is kept."""
+
+
+class CaptionFileError(ImgsearchError):
+    """A captions file cannot be read, holds no usable rows, or names no image that decodes."""
+
+
+class ConversionError(ImgsearchError):
+    """The TFLite file is not the MobileNetV2 graph the converter expects."""
+
+
+class ImageTooLarge(ValueError):
+    """An image has more pixels than decoding allows; decode records it as that file's failure."""

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 __all__ = ["StopRequest", "stop_on_interrupt"]
 
-log = logging.getLogger("imgsearch")
+log = logging.getLogger(__name__)
 
 
 class StopRequest:

@@ -1,9 +1,11 @@
 """`imgsearch train` and `imgsearch eval`: options --> training/run.py --> printed results.
-Training code is imported only when they run."""
+Training code is imported only when they run. Training progress is logged (imgsearch.training
+at INFO) and shown on stderr without -v; the summary goes to stdout."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import click
 
@@ -81,6 +83,7 @@ def train_command(captions, images, only, split, out, preset_name, backbone_weig
     """
     from imgsearch.training.run import TrainConfig, build_model, check_output_dir, read_dataset, train_model
 
+    show_training_progress()
     check_output_dir(out, resume)  # before reading a large dataset
     dataset = read_dataset(captions, images, only, split)
     model, default_mode = build_model(
@@ -95,6 +98,14 @@ def train_command(captions, images, only, split, out, preset_name, backbone_weig
     )
     summary = train_model(model, dataset, out, train_config, resume=resume)
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+
+
+def show_training_progress() -> None:
+    """Let training's INFO lines (epochs, validation, the kept re-ranker) through the CLI's
+    WARNING-level logging: a training run is long and its progress is what the user waits for."""
+    training_log = logging.getLogger("imgsearch.training")
+    if training_log.getEffectiveLevel() > logging.INFO:
+        training_log.setLevel(logging.INFO)
 
 
 @click.command("eval", context_settings=CONTEXT)

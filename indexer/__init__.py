@@ -1,5 +1,5 @@
-"""The write side of imgsearch: files --> decoded images --> backbone features --> store.
+"""The write side of imgsearch, indexing: files --> plan --> decode --> encode (model) --> store + vectors.
 
 Import the stage modules themselves (imgsearch.indexer.pipeline, imgsearch.indexer.store, ...): this package
-imports nothing, so that light modules (errors, model_files) load without torch.
+imports nothing, so that light modules (files, paths, lock, manifest) load without torch.
 """

@@ -1,4 +1,4 @@
-"""Stage 2 of indexing: read one file, fingerprint it, decode it to an upright RGB image.
+"""Indexing, decode stage: read one file, fingerprint it, decode it to an upright RGB image.
 
 Failures never raise: they come back as a DecodeResult with `error` set, so one
 bad file cannot stop a run.
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from imgsearch.errors import ImageTooLarge
 from imgsearch.indexer.files import file_signature
 
 __all__ = ["DecodeResult", "MAX_PIXELS", "decode_file", "to_rgb"]
@@ -111,7 +112,7 @@ def _open_checked(data: bytes, min_size: int | None = None) -> tuple[Image.Image
         image = Image.open(io.BytesIO(data))
     width, height = image.size
     if width * height > MAX_PIXELS:
-        raise _TooLarge(f"image too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
+        raise ImageTooLarge(f"image too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
     image.seek(0)  # first frame of animations
     if min_size:
         image.draft(None, (min_size, min_size))  # JPEG only; other formats ignore it
@@ -119,10 +120,6 @@ def _open_checked(data: bytes, min_size: int | None = None) -> tuple[Image.Image
     if image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS:
         width, height = height, width
     return ImageOps.exif_transpose(image), (width, height)
-
-
-class _TooLarge(ValueError):
-    pass
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -142,7 +139,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, _TooLarge):
+    if isinstance(exc, ImageTooLarge):
         return str(exc)
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return f"image too large (decompression bomb): {exc}"

@@ -1,4 +1,4 @@
-"""Stage 1b of indexing: compare the files on disk with the store, before reading any of them.
+"""Indexing, plan stage: compare the files on disk with the store, before reading any of them.
 
 Only the file system's facts are used here (size, mtime, and ctime for failed
 files), so an unchanged collection costs one stat per file. The result says

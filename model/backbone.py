@@ -1,4 +1,4 @@
-"""Stage 3 of indexing: a CNN that turns pixels into a region grid and a global vector.
+"""Backbone (model core, inside the image encoder): a CNN that turns pixels into a region grid and a global vector.
 
 Three kinds of backbone, chosen by BackboneConfig.name:
 - "vgg16": torchvision's VGG16, the design's reference backbone. Its pretrained

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import sys
 import tempfile
@@ -29,16 +30,14 @@ import numpy as np
 import torch
 
 from imgsearch.durable import replace_durably
-from imgsearch.errors import ImgsearchError
+from imgsearch.errors import ConversionError
 from imgsearch.model.mobilenet_v2 import MobileNetV2
 
-__all__ = ["ConversionError", "convert", "load_labels", "main"]
+__all__ = ["convert", "load_labels", "main"]
+
+log = logging.getLogger(__name__)
 
 SOURCE = "google-coral/test_data mobilenet_v2_1.0_224_quant.tflite (Apache-2.0)"
-
-
-class ConversionError(ImgsearchError):
-    """The TFLite file is not the MobileNetV2 graph this converter expects."""
 
 
 def _import_tflite():
@@ -278,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         state = convert(args.tflite)
     except (ConversionError, ImportError, OSError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        log.error("Error: %s", exc)
         return 1
     metadata = {
         "format": "pt",
@@ -303,4 +302,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(format="%(message)s")  # errors on stderr as `Error: ...`
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""Stage 3 of indexing: pixels --> backbone --> projection into the shared space.
+"""Image encoder (model core; indexing's encode stage): pixels --> backbone --> projection into the shared space.
 
 ImageEncoder is the image half of an alignment model. The indexer loads only
 this half from a model directory (config "image" section, "image.*" tensors).

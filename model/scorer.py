@@ -1,4 +1,4 @@
-"""The cross-attention re-ranker: query tokens attend over a candidate's region features.
+"""The cross-attention scorer (model core; search's re-rank stage): query tokens attend over a candidate's regions.
 
 Each layer (as in ALBEF's fusion encoder) is token self-attention, then
 cross-attention (queries: text tokens; keys/values: regions plus a learned

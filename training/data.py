@@ -1,4 +1,4 @@
-"""Training data in memory: decoded images as uint8 tensors, cached BERT states, batches.
+"""Training, images/caption states stage: decoded images as uint8 tensors, cached BERT states, batches.
 
 Images are decoded once, resized to the backbone's input size and kept as
 uint8 (N, 3, S, S). With a frozen text encoder its states are computed once
@@ -9,20 +9,26 @@ meet in the same batch, where the ITM loss mines them.
 
 from __future__ import annotations
 
+import logging
 import random
-import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from imgsearch.errors import CaptionFileError
 from imgsearch.indexer.decode import decode_file
 from imgsearch.model.image_encoder import resize_uint8
 from imgsearch.model.text_encoder import TextEncoder
-from imgsearch.training.captions import CaptionedImage, CaptionFileError
+from imgsearch.training.captions import CaptionedImage
 
 __all__ = ["ImageBank", "CaptionBank", "load_images", "encode_captions", "group_batches"]
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 30.0  # at most one "encoding captions" line this often
 
 
 @dataclass
@@ -86,13 +92,16 @@ def encode_captions(
         batch, _ = text.tokenize(captions)
         ids, attention = batch["input_ids"], batch["attention_mask"]  # (Nc, T)
         chunks = []
+        started = last = time.perf_counter()
+        log.info("encoding %d captions with the text encoder", len(captions))
         with torch.inference_mode():
             for start in range(0, len(captions), batch_size):
                 out = text.bert(input_ids=ids[start : start + batch_size], attention_mask=attention[start : start + batch_size])
                 chunks.append(out.last_hidden_state.to(torch.float16))  # (b, T, h)
-                print(f"\rencoding captions {min(start + batch_size, len(captions))}/{len(captions)}",
-                      end="", file=sys.stderr)
-        print(file=sys.stderr)
+                if time.perf_counter() - last >= PROGRESS_EVERY_S:
+                    last = time.perf_counter()
+                    log.info("encoding captions %d/%d", min(start + batch_size, len(captions)), len(captions))
+        log.info("encoded %d captions in %.0fs", len(captions), time.perf_counter() - started)
         states, mask = torch.cat(chunks), attention.bool()
     return CaptionBank(captions, np.array(image_of), captions_of, states, mask)
 

@@ -1,4 +1,4 @@
-"""Training objectives: contrastive alignment of the dual encoder, ITM for the scorer."""
+"""Training, first stage objectives: contrastive alignment of the dual encoder, ITM for the scorer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 2 of training: the re-ranker, on a frozen dual encoder.
+"""Training, second stage (re-ranker): the cross-attention scorer, on the frozen dual encoder.
 
 Once the dual encoder has learned the shared space, the backbone's outputs and
 BERT's states are fixed inputs; only the region and token heads and the
@@ -21,8 +21,8 @@ constant-prediction level for hundreds of steps while the features moved.)
 
 from __future__ import annotations
 
+import logging
 import random
-import sys
 import time
 
 import numpy as np
@@ -34,9 +34,7 @@ from imgsearch.training.data import CaptionBank
 
 __all__ = ["train_scorer", "mine_negatives"]
 
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 def mine_negatives(sim: torch.Tensor, is_match, depth: int) -> list[list[int]]:
@@ -85,7 +83,7 @@ def train_scorer(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank,
 
     hard_images = mine_negatives(text_global @ image_global.T, describes, mine_depth)  # per caption
     hard_captions = mine_negatives(image_global @ text_global.T, lambda i, c: describes(c, i), mine_depth)
-    _log(f"re-ranker stage: mined negatives in {time.perf_counter() - started:.0f}s")
+    log.info("re-ranker stage: mined negatives in %.0fs", time.perf_counter() - started)
 
     # Start the region and token heads from the trained global heads: they read the
     # same inputs (backbone channels, BERT states), so token-region cosines begin in
@@ -130,8 +128,8 @@ def train_scorer(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank,
             correct += int((logits.argmax(1) == 0).sum())
             seen += 2 * b
         model.eval()
-        _log(f"re-ranker epoch {epoch + 1}/{epochs}: listwise loss {np.mean(losses):.3f}, "
-             f"match ranked first in {correct / max(seen, 1):.3f} of lists of {negatives + 1}")
+        log.info("re-ranker epoch %d/%d: listwise loss %.3f, match ranked first in %.3f of lists of %d",
+                 epoch + 1, epochs, np.mean(losses), correct / max(seen, 1), negatives + 1)
         if on_epoch is not None:
             on_epoch(epoch)
 

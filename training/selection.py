@@ -1,4 +1,4 @@
-"""Choosing the re-ranker on held-out images: which second-stage epoch to keep, and its fusion weight.
+"""Training, second stage: choose the re-ranker on held-out images (which epoch to keep, its fusion weight).
 
 The re-ranker is trained on images the first stage has already fitted, so its
 training loss says little about how it ranks new images: on Flickr8k, second-stage

@@ -1,10 +1,12 @@
-"""Training the alignment model: contrastive dual encoder + ITM cross-attention scorer.
+"""Training, first stage (dual encoder), and the run from images/caption states to the model directory.
 
-One step: a batch of images (groups kept together) each with one of its
-captions drawn at random; image and caption pass through their encoders and
-projection heads; the contrastive loss aligns the global vectors; the scorer
-learns image-text matching on the positives and on hard negatives mined from
-the batch's similarity matrix. BERT is frozen and its states are computed once.
+One first-stage step: a batch of images (groups kept together) each with one of
+its captions drawn at random; image and caption pass through their encoders and
+projection heads; the contrastive loss aligns the global vectors (optionally also
+the re-ranker's token-region alignment term, --local-weight, and image-text
+matching on hard negatives mined from the batch, --itm-weight). BERT is frozen and
+its states are computed once. Then the second stage trains the re-ranker
+(rerank_stage.py), selection.py keeps its best epoch, and the model directory is written.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import pickle
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,8 @@ from imgsearch.training.rerank_stage import train_scorer
 from imgsearch.training.selection import RerankerSelection
 
 __all__ = ["TrainConfig", "train", "split_validation"]
+
+log = logging.getLogger(__name__)
 
 STATE_NAME = "training-state.pt"
 
@@ -75,10 +79,6 @@ class TrainConfig:
     hard_share: float = 0.5  # share of mined (vs uniform) negatives
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def split_validation(items: list[CaptionedImage], fraction: float, seed: int):
     """Hold out whole groups: (train, validation)."""
     groups: dict[object, list[CaptionedImage]] = {}
@@ -107,11 +107,11 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
     rng = random.Random(config.seed)
     train_items, val_items = split_validation(items, config.val_fraction, config.seed)
     size = model.config.backbone.image_size
-    _log(f"loading {len(train_items)} training and {len(val_items)} validation images at {size}px")
+    log.info("loading %d training and %d validation images at %dpx", len(train_items), len(val_items), size)
     train_images = load_images(train_items, size, config.workers)
     val_images = load_images(val_items, size, config.workers) if val_items else None
     for path, error in train_images.failures:
-        _log(f"skipped {path}: {error}")
+        log.warning("skipped %s: %s", path, error)
     bank = encode_captions(model.text, train_images.items, cache_states=True)
     val_bank = encode_captions(model.text, val_images.items, cache_states=False) if val_images else None
 
@@ -172,7 +172,7 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
         start_epoch, step, elapsed, history = state["epoch"], state["step"], state["elapsed"], state["history"]
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
-        _log(f"resumed from {state_path} at epoch {start_epoch}, step {step}")
+        log.info("resumed from %s at epoch %d, step %d", state_path, start_epoch, step)
 
     device = model.device
     stopped_early = False
@@ -221,10 +221,9 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
             step += 1
             if step % config.log_every == 0:
                 rate = (batch_number + 1) * config.batch_size / (time.perf_counter() - epoch_start)
-                _log(f"epoch {epoch + 1} step {step}/{total_steps}: contrastive {contrastive.item():.3f} "
-                     f"local {local.item():.3f} itm {matching.item():.3f} (acc {accuracy:.2f}) "
-                     f"temp {1 / logit_scale.exp().item():.3f} "
-                     f"{rate:.0f} img/s")
+                log.info("epoch %d step %d/%d: contrastive %.3f local %.3f itm %.3f (acc %.2f) temp %.3f %.0f img/s",
+                         epoch + 1, step, total_steps, contrastive.item(), local.item(), matching.item(), accuracy,
+                         1 / logit_scale.exp().item(), rate)
             if config.time_limit_s is not None and elapsed + time.perf_counter() - epoch_start > config.time_limit_s:
                 stopped_early = True
                 break
@@ -233,7 +232,7 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
         if val_images is not None:
             result = evaluate(model, val_images.pixels, val_bank, config.rerank_depth, rerank=config.itm_weight > 0)
             record["val"] = {"first_stage": result["first_stage"], "reranked": result["reranked"]}
-            _log(f"epoch {epoch + 1} validation ({elapsed:.0f}s):\n{format_table(result)}")
+            log.info("epoch %d validation (%.0fs):\n%s", epoch + 1, elapsed, format_table(result))
         history.append(record)
         torch.save({
             "model": {k: v for k, v in model.state_dict().items() if not k.startswith("text.bert.")},
@@ -243,7 +242,7 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
         }, state_path.with_name(STATE_NAME + ".tmp"))
         replace_durably(state_path.with_name(STATE_NAME + ".tmp"), state_path)
         if stopped_early:
-            _log(f"time limit reached after {elapsed:.0f}s, in epoch {epoch + 1}")
+            log.info("time limit reached after %.0fs, in epoch %d", elapsed, epoch + 1)
             break
 
     scorer_history: list[dict] = []  # validation during the re-ranker stage
@@ -254,13 +253,13 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
         if selection is None:
             return
         choice = selection.consider(model, epoch + 1)
-        _log(f"re-ranker epoch {epoch + 1}: validation t2i R@1 after re-ranking {choice.t2i_r1:.1f} "
-             f"(fusion weight {choice.fusion_weight:g})")
+        log.info("re-ranker epoch %d: validation t2i R@1 after re-ranking %.1f (fusion weight %g)",
+                 epoch + 1, choice.t2i_r1, choice.fusion_weight)
         if (epoch + 1) % 5 == 0 or epoch + 1 == config.scorer_epochs:
             result = evaluate(model, val_images.pixels, val_bank, config.rerank_depth)
             scorer_history.append({"epoch": epoch + 1, "val": {"first_stage": result["first_stage"],
                                                                "reranked": result["reranked"]}})
-            _log(format_table(result))
+            log.info("%s", format_table(result))
 
     scorer_started = time.perf_counter()
     if config.itm_weight == 0 and (config.scorer_epochs > 0 or config.local_weight > 0):
@@ -277,8 +276,8 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
             torch.nn.init.zeros_(model.scorer.head.bias)
             if selection is not None:
                 choice = selection.consider(model, 0)
-                _log(f"re-ranker before the second stage (its alignment term alone): validation t2i R@1 "
-                     f"after re-ranking {choice.t2i_r1:.1f} (fusion weight {choice.fusion_weight:g})")
+                log.info("re-ranker before the second stage (its alignment term alone): validation t2i R@1 "
+                         "after re-ranking %.1f (fusion weight %g)", choice.t2i_r1, choice.fusion_weight)
     if config.scorer_epochs > 0:
         train_scorer(model, train_images.pixels, bank, epochs=config.scorer_epochs, lr=config.scorer_lr,
                      heads_from_global=config.local_weight == 0,
@@ -290,14 +289,14 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
     # --local-weight trains the alignment term, which alone is a re-ranker (a zero output head).
     scorer_trained = config.scorer_epochs > 0 or config.itm_weight > 0 or config.local_weight > 0
     if not scorer_trained:
-        _log("the re-ranker was not trained (--scorer-epochs 0): search this model with --no-rerank")
+        log.warning("the re-ranker was not trained (--scorer-epochs 0): search this model with --no-rerank")
     kept = None
     if scorer_trained and selection is not None:
         if not selection.history:  # re-ranker trained jointly in the first stage (--itm-weight)
             selection.consider(model, 0)
         kept = selection.restore(model)
-        _log(f"kept the re-ranker of second-stage epoch {kept.epoch} with fusion weight {kept.fusion_weight:g} "
-             f"(validation t2i R@1 after re-ranking {kept.t2i_r1:.1f})")
+        log.info("kept the re-ranker of second-stage epoch %d with fusion weight %g "
+                 "(validation t2i R@1 after re-ranking %.1f)", kept.epoch, kept.fusion_weight, kept.t2i_r1)
     fusion = kept.fusion_weight if kept is not None else 0.0
     model.config = dataclasses.replace(model.config, fusion_weight=fusion)
     model.save_pretrained(out_dir)

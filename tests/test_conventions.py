@@ -1,0 +1,128 @@
+"""Conventions the whole code base keeps, checked on the source (AST), not by running it.
+
+- The library packages report through `logging`, never by writing to stderr themselves:
+  only the command line (imgsearch/cli.py and its command modules) owns stderr.
+- Every exception class is defined in imgsearch/errors.py, each with a one-line docstring.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+PACKAGES = ("imgsearch", "indexer", "search", "model", "training")  # all of imgsearch.*
+LIBRARY = ("indexer", "search", "model", "training")  # no command-line code in these
+ERRORS = ROOT / "imgsearch" / "errors.py"
+
+
+def sources(folders) -> list[Path]:
+    files = [path for folder in folders for path in sorted((ROOT / folder).rglob("*.py"))]
+    assert files, f"no sources under {folders}"
+    return files
+
+
+def parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def where(path: Path, node: ast.AST) -> str:
+    return f"{path.relative_to(ROOT)}:{node.lineno}"
+
+
+def is_stderr(node: ast.AST) -> bool:
+    """sys.stderr or sys.__stderr__."""
+    return (isinstance(node, ast.Attribute) and node.attr in ("stderr", "__stderr__")
+            and isinstance(node.value, ast.Name) and node.value.id == "sys")
+
+
+def stderr_writes(tree: ast.Module) -> list[ast.AST]:
+    """print(..., file=<anything but sys.stdout>), and any use of sys.stderr (its .write,
+    passing it on, `from sys import stderr`)."""
+    found, print_targets = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            for keyword in node.keywords:
+                target = keyword.value
+                to_stdout = (isinstance(target, ast.Attribute) and target.attr == "stdout"
+                             and isinstance(target.value, ast.Name) and target.value.id == "sys")
+                if keyword.arg == "file" and not to_stdout:
+                    found.append(node)
+                    print_targets.add(id(target))  # reported once, as the print
+    for node in ast.walk(tree):
+        if is_stderr(node) and id(node) not in print_targets:
+            found.append(node)
+        elif isinstance(node, ast.ImportFrom) and node.module == "sys":
+            if any(alias.name in ("stderr", "__stderr__") for alias in node.names):
+                found.append(node)
+    return sorted(found, key=lambda node: node.lineno)
+
+
+def test_library_packages_log_and_never_write_to_stderr():
+    offenders = [f"{where(path, node)}: {ast.unparse(node)[:80]}"
+                 for path in sources(LIBRARY) for node in stderr_writes(parse(path))]
+    assert not offenders, "use `log = logging.getLogger(__name__)` instead:\n" + "\n".join(offenders)
+
+
+def test_the_stderr_scan_finds_what_it_should():
+    tree = ast.parse("import sys\nprint('x', file=sys.stderr)\nsys.stderr.write('y')\n"
+                     "print('z', end='', file=err)\nfrom sys import stderr\nprint('ok')\nprint('ok', file=sys.stdout)\n")
+    assert [node.lineno for node in stderr_writes(tree)] == [2, 3, 4, 5]
+
+
+BUILTIN_EXCEPTIONS = {name for name, value in vars(builtins).items()
+                      if isinstance(value, type) and issubclass(value, BaseException)}
+
+
+def base_name(node: ast.expr) -> str:
+    """`ValueError` --> "ValueError"; `Image.DecompressionBombError` --> "DecompressionBombError"."""
+    if isinstance(node, ast.Subscript):
+        node = node.value
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def exception_classes(tree: ast.Module, known: set[str]) -> list[ast.ClassDef]:
+    """Classes (at any depth) deriving from an exception: a builtin one, one of `known`
+    (imgsearch.errors), one named *Error/*Exception/*Warning, or one of these found earlier
+    in the same module."""
+    classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+    exceptions = set(known) | BUILTIN_EXCEPTIONS
+    found: list[ast.ClassDef] = []
+    changed = True
+    while changed:  # a local subclass of a local exception class
+        changed = False
+        for node in classes:
+            if node in found:
+                continue
+            names = [base_name(base) for base in node.bases]
+            if any(name in exceptions or name.endswith(("Error", "Exception", "Warning")) for name in names):
+                found.append(node)
+                exceptions.add(node.name)
+                changed = True
+    return found
+
+
+def test_every_exception_class_is_defined_in_the_errors_module():
+    errors = parse(ERRORS)
+    defined = {node.name for node in exception_classes(errors, set())}
+    assert "ImgsearchError" in defined
+    offenders = [f"{where(path, node)}: class {node.name}"
+                 for path in sources(PACKAGES) if path != ERRORS
+                 for node in exception_classes(parse(path), defined)]
+    assert not offenders, "move these to imgsearch/errors.py:\n" + "\n".join(offenders)
+
+
+def test_every_error_class_has_a_one_line_docstring():
+    for node in exception_classes(parse(ERRORS), set()):
+        doc = ast.get_docstring(node)
+        assert doc and "\n" not in doc.strip(), f"{node.name}: {doc!r}"
+
+
+def test_the_exception_scan_finds_what_it_should():
+    tree = ast.parse("class A(ValueError): pass\nclass B(A): pass\nclass C(ImgsearchError): pass\n"
+                     "class D(Image.DecompressionBombError): pass\nclass E: pass\nclass F(nn.Module): pass\n"
+                     "def f():\n    class G(OSError): pass\n")
+    assert sorted(node.name for node in exception_classes(tree, {"ImgsearchError"})) == ["A", "B", "C", "D", "G"]
