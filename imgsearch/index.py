@@ -40,7 +40,7 @@ from imgsearch.search.searcher import DEFAULT_CANDIDATES, RerankPrecision, Searc
 
 __all__ = ["Index", "DB_NAME", "VECTORS_NAME", "default_index_dir"]
 
-log = logging.getLogger("imgsearch")
+log = logging.getLogger(__name__)
 
 
 class Index:

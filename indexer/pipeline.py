@@ -1,4 +1,4 @@
-"""The indexing run: files --> plan --> decoded images --> encoder --> store (+ FAISS).
+"""The indexing run: files --> plan --> decode --> encode (model) --> store + vectors.
 
 Decoding and resizing happen in DataLoader worker processes (uint8 pixels, 4x
 less to ship than floats) while the encoder runs on earlier batches; the encoder

@@ -1,4 +1,4 @@
-"""Stage 4 of indexing: the SQLite store, the source of truth of an index.
+"""Indexing, store stage: the SQLite store, the source of truth of an index.
 
 Tables (schema version in PRAGMA user_version, upgraded by numbered migrations):
 - images: one row per file path, with size, mtime, sha256, width, height and

@@ -1,4 +1,4 @@
-"""The query pipeline: text --> BERT --> FAISS candidates --> re-rank --> results."""
+"""The search run: query --> text encoder (model) --> FAISS candidates --> re-rank (model scorer) --> results."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ __all__ = ["SearchResult", "search", "DEFAULT_CANDIDATES"]
 
 RerankPrecision = Literal["float32", "bfloat16", "auto"]
 
-log = logging.getLogger("imgsearch")
+log = logging.getLogger(__name__)
 
 
 @dataclass
