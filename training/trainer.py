@@ -31,7 +31,7 @@ from imgsearch.errors import ImgsearchError
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.model.scorer import CrossAttentionScorer
 from imgsearch.training.captions import CaptionedImage
-from imgsearch.training.data import CaptionBank, encode_captions, group_batches, load_images
+from imgsearch.training.data import CaptionBank, ImageBank, encode_captions, group_batches, load_images
 from imgsearch.training.evaluate import evaluate, format_table
 from imgsearch.training.losses import alignment_matrix, infonce_loss, itm_loss, vsepp_loss
 from imgsearch.training.rerank_stage import train_scorer
@@ -99,12 +99,60 @@ def _positives(bank: CaptionBank, images: list[int], captions: list[int]) -> tor
     return torch.tensor([[bank.captions[c] in own for c in captions] for own in texts])
 
 
+@dataclass
+class _Data:
+    """What training reads: the images (uint8 pixels) and their captions' BERT states, split
+    into training and validation, and with a frozen backbone its cached features."""
+
+    train_images: ImageBank
+    bank: CaptionBank
+    val_images: ImageBank | None
+    val_bank: CaptionBank | None
+    cached: tuple[torch.Tensor, torch.Tensor] | None  # (N, R, C), (N, G) float16, frozen backbone only
+
+
+@dataclass
+class _FirstStage:
+    """The first stage's trainable state beside the model, and how far it has come."""
+
+    groups: list[dict]  # optimizer parameter groups, each clipped on its own
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    logit_scale: torch.nn.Parameter  # log inverse temperature of the contrastive loss
+    local_scale: torch.nn.Parameter  # the same, of the alignment-term loss
+    total_steps: int
+    clock: dict  # {"elapsed": training seconds so far}, read by the schedule
+    epoch: int = 0
+    step: int = 0
+    elapsed: float = 0.0
+    history: list = dataclasses.field(default_factory=list)
+    stopped_early: bool = False
+
+
 def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Path,
           config: TrainConfig = TrainConfig(), *, resume: bool = False) -> dict:
+    """Train `model` on captioned images and write it to `out_dir`; returns the summary that
+    is also written there as training.json. Stages: data --> first stage (dual encoder, a
+    checkpoint after every epoch) --> second stage (re-ranker) --> model directory."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
+    data = _load_data(model, items, out_dir, config)
+    stage = _first_stage(model, data, config)
+    state_path = out_dir / STATE_NAME
+    if resume and state_path.exists():
+        _resume(model, stage, rng, state_path, config)
+    _train_first_stage(model, data, stage, rng, state_path, config)
+    scorer_started = time.perf_counter()
+    kept, selection, scorer_history = _train_second_stage(model, data, stage, config)
+    stage.elapsed += time.perf_counter() - scorer_started
+    return _write_model(model, out_dir, data, stage, config, kept, selection, scorer_history)
+
+
+def _load_data(model: AlignmentModel, items: list[CaptionedImage], out_dir: Path, config: TrainConfig) -> _Data:
+    """Images decoded and resized once, captions through the frozen BERT once, and with a
+    frozen backbone its features once (cached on disk)."""
     train_items, val_items = split_validation(items, config.val_fraction, config.seed)
     size = model.config.backbone.image_size
     log.info("loading %d training and %d validation images at %dpx", len(train_items), len(val_items), size)
@@ -114,11 +162,16 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
         log.warning("skipped %s: %s", path, error)
     bank = encode_captions(model.text, train_images.items, cache_states=True)
     val_bank = encode_captions(model.text, val_images.items, cache_states=False) if val_images else None
-
     model.text.bert.requires_grad_(False)
     frozen = config.backbone_mode == "frozen"
     cached = _backbone_features(model, train_images.pixels, out_dir) if frozen else None
     model.image.backbone.requires_grad_(not frozen)
+    return _Data(train_images, bank, val_images, val_bank, cached)
+
+
+def _first_stage(model: AlignmentModel, data: _Data, config: TrainConfig) -> _FirstStage:
+    """The optimizer (a parameter group per part, see below), the warm-up + cosine schedule
+    and the temperatures, before the first step."""
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     local_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))  # temperature of the alignment-term loss
     backbone_params = list(model.image.backbone.parameters())
@@ -133,11 +186,11 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
     groups = [{"params": head_params, "lr": config.lr},
               {"params": local_params, "lr": config.lr},
               {"params": scorer_params, "lr": config.lr * config.scorer_lr_scale}]
-    if not frozen:
+    if config.backbone_mode != "frozen":
         scale = config.backbone_lr_scale if config.backbone_mode == "finetune" else 1.0
         groups.append({"params": backbone_params, "lr": config.lr * scale})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    steps_per_epoch = len(group_batches(train_images.items, config.batch_size, random.Random(0)))
+    steps_per_epoch = len(group_batches(data.train_images.items, config.batch_size, random.Random(0)))
     total_steps = max(1, steps_per_epoch * config.epochs)
     clock = {"elapsed": 0.0}  # training seconds so far, updated every step
 
@@ -151,103 +204,131 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
     schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 0
         optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * progress(s)))
     )
+    return _FirstStage(groups, optimizer, schedule, logit_scale, local_scale, total_steps, clock)
+
+
+def _resume(model: AlignmentModel, stage: _FirstStage, rng: random.Random, state_path: Path,
+            config: TrainConfig) -> None:
+    """Continue from the checkpoint the last finished epoch wrote."""
+    state = _load_state(state_path)
+    model.load_state_dict(state["model"], strict=False)
+    if state["epoch"] < config.epochs:  # the first stage goes on: its optimizer state is needed
+        try:
+            stage.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:
+            raise ImgsearchError(
+                f"{state_path} was written by a different model or version ({exc}); "
+                "start again in a new --out directory."
+            ) from exc
+        stage.schedule.load_state_dict(state["schedule"])
+    stage.logit_scale.data.copy_(state["logit_scale"])
+    stage.local_scale.data.copy_(state.get("local_scale", stage.local_scale.detach()))
+    stage.epoch, stage.step, stage.elapsed, stage.history = state["epoch"], state["step"], state["elapsed"], state["history"]
+    rng.setstate(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    log.info("resumed from %s at epoch %d, step %d", state_path, stage.epoch, stage.step)
+
+
+def _train_first_stage(model: AlignmentModel, data: _Data, stage: _FirstStage, rng: random.Random,
+                       state_path: Path, config: TrainConfig) -> None:
+    """The dual encoder's epochs, from stage.epoch on: steps, then validation and a checkpoint
+    after each epoch; stops early at the time limit."""
+    size = model.config.backbone.image_size
     crop = v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.85, 1.18), antialias=True)
-
-    start_epoch, step, elapsed, history = 0, 0, 0.0, []
-    state_path = out_dir / STATE_NAME
-    if resume and state_path.exists():
-        state = _load_state(state_path)
-        model.load_state_dict(state["model"], strict=False)
-        if state["epoch"] < config.epochs:  # the first stage goes on: its optimizer state is needed
-            try:
-                optimizer.load_state_dict(state["optimizer"])
-            except ValueError as exc:
-                raise ImgsearchError(
-                    f"{state_path} was written by a different model or version ({exc}); "
-                    "start again in a new --out directory."
-                ) from exc
-            schedule.load_state_dict(state["schedule"])
-        logit_scale.data.copy_(state["logit_scale"])
-        local_scale.data.copy_(state.get("local_scale", local_scale.detach()))
-        start_epoch, step, elapsed, history = state["epoch"], state["step"], state["elapsed"], state["history"]
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        log.info("resumed from %s at epoch %d, step %d", state_path, start_epoch, step)
-
-    device = model.device
-    stopped_early = False
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(stage.epoch, config.epochs):
         model.train()
         model.text.bert.eval()
-        if frozen:
+        if data.cached is not None:
             model.image.backbone.eval()
         epoch_start = time.perf_counter()
-        batches = group_batches(train_images.items, config.batch_size, rng)
+        batches = group_batches(data.train_images.items, config.batch_size, rng)
         for batch_number, images in enumerate(batches):
-            captions = [rng.choice(bank.captions_of[i]) for i in images]
-            if cached is not None:
-                regions_raw, global_raw = cached[0][images].float(), cached[1][images].float()
-                image = model.image.project(regions_raw.to(device), global_raw.to(device))
-            else:
-                pixels = train_images.pixels[images]  # (B, 3, S, S) uint8
-                if config.augment:
-                    pixels = torch.stack([crop(p) for p in pixels])
-                image = model.image(model.image.normalize(pixels.to(device)))
-            states = bank.states[captions].float().to(device)  # (B, T, h)
-            mask = bank.mask[captions].to(device)  # (B, T)
-            tokens, text_global = model.text.project(states, mask)
-            sim = image.global_ @ text_global.T  # (B, d) x (d, B) --> (B, B)
-            positives = _positives(bank, images, captions).to(device)
-            if config.loss == "infonce":
-                contrastive = infonce_loss(sim, logit_scale, positives)
-            else:
-                contrastive = vsepp_loss(sim, positives)
-            loss, matching, accuracy, local = contrastive, torch.zeros(()), float("nan"), torch.zeros(())
-            if config.local_weight > 0:
-                positioned = image.regions + model.scorer.region_position[: image.regions.shape[1]]  # (B, R, d)
-                local = infonce_loss(alignment_matrix(tokens, mask, positioned), local_scale, positives)
-                loss = loss + config.local_weight * local
-            if config.itm_weight > 0:
-                matching, accuracy = itm_loss(model.scorer, image.regions, tokens, mask, sim.detach(), positives,
-                                              hard_share=config.hard_share)
-                loss = contrastive + config.itm_weight * matching
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for group in groups:  # per group, so large encoder gradients do not shrink the scorer's
+            captions = [rng.choice(data.bank.captions_of[i]) for i in images]
+            losses = _first_stage_losses(model, data, stage, config, images, captions, crop)
+            stage.optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            for group in stage.groups:  # per group, so large encoder gradients do not shrink the scorer's
                 torch.nn.utils.clip_grad_norm_(group["params"], 5.0)
-            optimizer.step()
-            clock["elapsed"] = elapsed + time.perf_counter() - epoch_start
-            schedule.step()
-            step += 1
-            if step % config.log_every == 0:
+            stage.optimizer.step()
+            stage.clock["elapsed"] = stage.elapsed + time.perf_counter() - epoch_start
+            stage.schedule.step()
+            stage.step += 1
+            if stage.step % config.log_every == 0:
                 rate = (batch_number + 1) * config.batch_size / (time.perf_counter() - epoch_start)
                 log.info("epoch %d step %d/%d: contrastive %.3f local %.3f itm %.3f (acc %.2f) temp %.3f %.0f img/s",
-                         epoch + 1, step, total_steps, contrastive.item(), local.item(), matching.item(), accuracy,
-                         1 / logit_scale.exp().item(), rate)
-            if config.time_limit_s is not None and elapsed + time.perf_counter() - epoch_start > config.time_limit_s:
-                stopped_early = True
+                         epoch + 1, stage.step, stage.total_steps, losses["contrastive"].item(),
+                         losses["local"].item(), losses["matching"].item(), losses["accuracy"],
+                         1 / stage.logit_scale.exp().item(), rate)
+            if config.time_limit_s is not None and stage.elapsed + time.perf_counter() - epoch_start > config.time_limit_s:
+                stage.stopped_early = True
                 break
-        elapsed += time.perf_counter() - epoch_start
-        record = {"epoch": epoch + 1, "step": step, "elapsed_s": round(elapsed, 1)}
-        if val_images is not None:
-            result = evaluate(model, val_images.pixels, val_bank, config.rerank_depth, rerank=config.itm_weight > 0)
+        stage.elapsed += time.perf_counter() - epoch_start
+        record = {"epoch": epoch + 1, "step": stage.step, "elapsed_s": round(stage.elapsed, 1)}
+        if data.val_images is not None:
+            result = evaluate(model, data.val_images.pixels, data.val_bank, config.rerank_depth,
+                              rerank=config.itm_weight > 0)
             record["val"] = {"first_stage": result["first_stage"], "reranked": result["reranked"]}
-            log.info("epoch %d validation (%.0fs):\n%s", epoch + 1, elapsed, format_table(result))
-        history.append(record)
-        torch.save({
-            "model": {k: v for k, v in model.state_dict().items() if not k.startswith("text.bert.")},
-            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-            "logit_scale": logit_scale.detach(), "local_scale": local_scale.detach(), "epoch": epoch + 1, "step": step, "elapsed": elapsed,
-            "history": history, "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
-        }, state_path.with_name(STATE_NAME + ".tmp"))
-        replace_durably(state_path.with_name(STATE_NAME + ".tmp"), state_path)
-        if stopped_early:
-            log.info("time limit reached after %.0fs, in epoch %d", elapsed, epoch + 1)
+            log.info("epoch %d validation (%.0fs):\n%s", epoch + 1, stage.elapsed, format_table(result))
+        stage.history.append(record)
+        _save_state(model, stage, rng, epoch + 1, state_path)
+        if stage.stopped_early:
+            log.info("time limit reached after %.0fs, in epoch %d", stage.elapsed, epoch + 1)
             break
 
+
+def _first_stage_losses(model: AlignmentModel, data: _Data, stage: _FirstStage, config: TrainConfig,
+                        images: list[int], captions: list[int], crop) -> dict:
+    """One batch's first-stage loss ("loss") and its parts, for the log."""
+    device = model.device
+    if data.cached is not None:
+        regions_raw, global_raw = data.cached[0][images].float(), data.cached[1][images].float()
+        image = model.image.project(regions_raw.to(device), global_raw.to(device))
+    else:
+        pixels = data.train_images.pixels[images]  # (B, 3, S, S) uint8
+        if config.augment:
+            pixels = torch.stack([crop(p) for p in pixels])
+        image = model.image(model.image.normalize(pixels.to(device)))
+    states = data.bank.states[captions].float().to(device)  # (B, T, h)
+    mask = data.bank.mask[captions].to(device)  # (B, T)
+    tokens, text_global = model.text.project(states, mask)
+    sim = image.global_ @ text_global.T  # (B, d) x (d, B) --> (B, B)
+    positives = _positives(data.bank, images, captions).to(device)
+    if config.loss == "infonce":
+        contrastive = infonce_loss(sim, stage.logit_scale, positives)
+    else:
+        contrastive = vsepp_loss(sim, positives)
+    loss, matching, accuracy, local = contrastive, torch.zeros(()), float("nan"), torch.zeros(())
+    if config.local_weight > 0:
+        positioned = image.regions + model.scorer.region_position[: image.regions.shape[1]]  # (B, R, d)
+        local = infonce_loss(alignment_matrix(tokens, mask, positioned), stage.local_scale, positives)
+        loss = loss + config.local_weight * local
+    if config.itm_weight > 0:
+        matching, accuracy = itm_loss(model.scorer, image.regions, tokens, mask, sim.detach(), positives,
+                                      hard_share=config.hard_share)
+        loss = contrastive + config.itm_weight * matching
+    return {"loss": loss, "contrastive": contrastive, "local": local, "matching": matching, "accuracy": accuracy}
+
+
+def _save_state(model: AlignmentModel, stage: _FirstStage, rng: random.Random, epochs_done: int,
+                state_path: Path) -> None:
+    """The checkpoint --resume continues from (BERT left out: it is frozen and loads from its name)."""
+    torch.save({
+        "model": {k: v for k, v in model.state_dict().items() if not k.startswith("text.bert.")},
+        "optimizer": stage.optimizer.state_dict(), "schedule": stage.schedule.state_dict(),
+        "logit_scale": stage.logit_scale.detach(), "local_scale": stage.local_scale.detach(),
+        "epoch": epochs_done, "step": stage.step, "elapsed": stage.elapsed,
+        "history": stage.history, "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+    }, state_path.with_name(STATE_NAME + ".tmp"))
+    replace_durably(state_path.with_name(STATE_NAME + ".tmp"), state_path)
+
+
+def _train_second_stage(model: AlignmentModel, data: _Data, stage: _FirstStage, config: TrainConfig):
+    """The re-ranker on the frozen dual encoder (rerank_stage.py), validated after each epoch;
+    the best epoch and fusion weight are kept (selection.py). Returns (the kept choice or None,
+    the selection or None, the validation history)."""
     scorer_history: list[dict] = []  # validation during the re-ranker stage
-    selection = (RerankerSelection(val_images.pixels, val_bank, config.rerank_depth, config.fusion_grid)
-                 if val_images is not None else None)
+    selection = (RerankerSelection(data.val_images.pixels, data.val_bank, config.rerank_depth, config.fusion_grid)
+                 if data.val_images is not None else None)
 
     def after_epoch(epoch: int) -> None:
         if selection is None:
@@ -256,12 +337,11 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
         log.info("re-ranker epoch %d: validation t2i R@1 after re-ranking %.1f (fusion weight %g)",
                  epoch + 1, choice.t2i_r1, choice.fusion_weight)
         if (epoch + 1) % 5 == 0 or epoch + 1 == config.scorer_epochs:
-            result = evaluate(model, val_images.pixels, val_bank, config.rerank_depth)
+            result = evaluate(model, data.val_images.pixels, data.val_bank, config.rerank_depth)
             scorer_history.append({"epoch": epoch + 1, "val": {"first_stage": result["first_stage"],
                                                                "reranked": result["reranked"]}})
             log.info("%s", format_table(result))
 
-    scorer_started = time.perf_counter()
     if config.itm_weight == 0 and (config.scorer_epochs > 0 or config.local_weight > 0):
         # The first stage did not train the scorer: start it fresh, seeded.
         trained_positions = model.scorer.region_position.detach().clone()
@@ -269,7 +349,7 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
         model.scorer = CrossAttentionScorer(model.config.scorer, model.config.embed_dim).to(model.device)
         if config.local_weight > 0:  # keep what the alignment term learned in the first stage
             model.scorer.region_position.data.copy_(trained_positions)
-            model.scorer.alignment_scale.data.fill_(local_scale.exp().item())
+            model.scorer.alignment_scale.data.fill_(stage.local_scale.exp().item())
             # A zero output head: the scorer starts as exactly its trained alignment term,
             # a re-ranker already (candidate "epoch 0"), and the attention layers add to it.
             torch.nn.init.zeros_(model.scorer.head.weight)
@@ -279,11 +359,10 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
                 log.info("re-ranker before the second stage (its alignment term alone): validation t2i R@1 "
                          "after re-ranking %.1f (fusion weight %g)", choice.t2i_r1, choice.fusion_weight)
     if config.scorer_epochs > 0:
-        train_scorer(model, train_images.pixels, bank, epochs=config.scorer_epochs, lr=config.scorer_lr,
+        train_scorer(model, data.train_images.pixels, data.bank, epochs=config.scorer_epochs, lr=config.scorer_lr,
                      heads_from_global=config.local_weight == 0,
                      batch_size=config.batch_size, mine_depth=config.mine_depth, hard_share=config.hard_share,
-                     seed=config.seed, on_epoch=after_epoch, backbone_features=cached)
-    elapsed += time.perf_counter() - scorer_started
+                     seed=config.seed, on_epoch=after_epoch, backbone_features=data.cached)
 
     model.eval()
     # --local-weight trains the alignment term, which alone is a re-ranker (a zero output head).
@@ -297,15 +376,23 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Pat
         kept = selection.restore(model)
         log.info("kept the re-ranker of second-stage epoch %d with fusion weight %g "
                  "(validation t2i R@1 after re-ranking %.1f)", kept.epoch, kept.fusion_weight, kept.t2i_r1)
+    return kept, selection, scorer_history
+
+
+def _write_model(model: AlignmentModel, out_dir: Path, data: _Data, stage: _FirstStage, config: TrainConfig,
+                 kept, selection, scorer_history: list[dict]) -> dict:
+    """The model directory (with the kept fusion weight) and training.json; returns the summary."""
     fusion = kept.fusion_weight if kept is not None else 0.0
     model.config = dataclasses.replace(model.config, fusion_weight=fusion)
     model.save_pretrained(out_dir)
-    summary = {"train_images": len(train_images.items), "train_captions": len(bank.captions),
-               "val_images": len(val_images.items) if val_images else 0, "steps": step,
-               "train_seconds": round(elapsed, 1), "stopped_early": stopped_early, "fusion_weight": fusion,
+    summary = {"train_images": len(data.train_images.items), "train_captions": len(data.bank.captions),
+               "val_images": len(data.val_images.items) if data.val_images else 0, "steps": stage.step,
+               "train_seconds": round(stage.elapsed, 1), "stopped_early": stage.stopped_early,
+               "fusion_weight": fusion,
                "reranker_kept": kept.to_dict() if kept is not None else None,
                "reranker_candidates": [c.to_dict() for c in selection.history] if selection is not None else [],
-               "config": {k: v for k, v in dataclasses.asdict(config).items()}, "history": history, "scorer_history": scorer_history}
+               "config": {k: v for k, v in dataclasses.asdict(config).items()}, "history": stage.history,
+               "scorer_history": scorer_history}
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
