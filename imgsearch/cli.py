@@ -187,11 +187,12 @@ def _speed_note(summary) -> str:
 def search_command(query, index_dir, model, k, candidates, no_rerank, precision, device, as_json) -> None:
     """Find the images that best match a text description.
 
-    The table shows each result's rank, the re-ranker's score (query words
-    attending over the image's regions; it orders the list, on its own scale),
-    and the first stage's score (cosine similarity of query and image in the
-    shared space, plus the weighted label score where the model has one) with the
-    rank the first stage gave it. With --no-rerank, the first stage's score only.
+    The table shows each result's rank; its score, which orders the list (the
+    re-ranker's score, query words attending over the image's regions, plus the
+    model's fusion weight times the first stage's score); and the first stage's
+    score (cosine similarity of query and image in the shared space, plus the
+    weighted label score where the model has one) with the rank the first stage
+    gave it. With --no-rerank, the first stage's score only. --json has each part.
 
     \b
     Example:
@@ -216,9 +217,9 @@ def search_command(query, index_dir, model, k, candidates, no_rerank, precision,
 
 def _results_table(results, *, reranked: bool) -> str:
     """The search results as a table with a header. Re-ranked, two scores on their own scales:
-    the re-ranker's (ordering this list) and the first stage's, with the rank it gave."""
+    the final one (ordering this list) and the first stage's, with the rank it gave."""
     if reranked:
-        lines = [f"{'rank':>4}  {'re-rank':>8}  {'first stage (rank)':>18}  path  [labels]"]
+        lines = [f"{'rank':>4}  {'score':>8}  {'first stage (rank)':>18}  path  [labels]"]
         for r in results:
             first = f"{r.first_stage_score:.4f} (#{r.first_stage_rank})"
             lines.append(f"{r.rank:4d}  {r.score:8.4f}  {first:>18}  {r.path}{_label_note(r.labels)}")

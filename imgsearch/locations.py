@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["default_index_dir"]
+__all__ = ["default_index_dir", "default_cache_dir"]
 
 
 def default_index_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -21,3 +21,14 @@ def default_index_dir(environ: Mapping[str, str] | None = None) -> Path:
         home = environ.get("HOME") or str(Path.home())
         data_home = os.path.join(home, ".local", "share")
     return Path(data_home) / "imgsearch" / "index"
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Per-user cache of things worth not recomputing (class-name vectors):
+    $XDG_CACHE_HOME/imgsearch, else ~/.cache/imgsearch. Safe to delete."""
+    environ = os.environ if environ is None else environ
+    cache_home = environ.get("XDG_CACHE_HOME", "")
+    if not cache_home or not os.path.isabs(cache_home):
+        home = environ.get("HOME") or str(Path.home())
+        cache_home = os.path.join(home, ".cache")
+    return Path(cache_home) / "imgsearch"

@@ -23,6 +23,19 @@ from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
 from imgsearch.model.scorer import ScorerConfig
 from imgsearch.model.text_encoder import TextEncoderConfig, resolve_name, PACKAGED_MINILM
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """The per-user cache (class-name vectors) in a folder of this run, for every test and
+    every process they start: the suite never writes to ~/.cache."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 SMALL_BACKBONE = BackboneConfig(
     name="vgg", weights=None, layers=(8, "M", 16, "M", 16, "M"), image_size=32, global_pool="mean"
 )  # 32px --> 4x4 grid of 16-d regions

@@ -194,7 +194,7 @@ def test_search_text_output(indexed):
     result = run("search", "a red circle", "--index", index_dir, "--top", 2)
     assert result.exit_code == 0, result.output
     header, *rows = result.stdout.strip().splitlines()
-    assert header.split() == ["rank", "re-rank", "first", "stage", "(rank)", "path", "[labels]"]
+    assert header.split() == ["rank", "score", "first", "stage", "(rank)", "path", "[labels]"]
     expected = run_json("search", "a red circle", "--index", index_dir, "--top", 2)["results"]
     assert len(rows) == 2
     for row, want in zip(rows, expected):

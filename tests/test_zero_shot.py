@@ -112,3 +112,44 @@ def test_eval_first_stage_matches_search_with_zero_shot(tmp_path, mobilenet_mode
     ranks = np.array(ranks)
     for k in (1, 5, 10):
         assert result["first_stage"]["t2i"][f"R@{k}"] == pytest.approx(100.0 * np.mean(ranks < k))
+
+
+def test_class_name_vectors_are_cached_per_text_encoder_and_equal_a_fresh_encoding(
+        tmp_path, zero_shot_model_dir, monkeypatch):
+    import imgsearch.model.zero_shot as zero_shot
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    encoded = []
+    real = zero_shot.sentence_vectors
+    monkeypatch.setattr(zero_shot, "sentence_vectors", lambda model, texts: encoded.append(len(texts)) or real(model, texts))
+
+    first = zero_shot.class_name_vectors(AlignmentModel.from_pretrained(zero_shot_model_dir, device="cpu"))
+    assert len(encoded) == 1 and len(list((tmp_path / "cache" / "imgsearch").glob("class-names-*.npz"))) == 1
+    model = AlignmentModel.from_pretrained(zero_shot_model_dir, device="cpu")  # as the next process would
+    second = zero_shot.class_name_vectors(model)
+    assert len(encoded) == 1  # read from the cache, not encoded again
+    fresh = real(model, sorted(second))  # the oracle: the names encoded now
+    assert sorted(first) == sorted(second)
+    for i, name in enumerate(sorted(second)):
+        np.testing.assert_array_equal(second[name], fresh[i].numpy())
+
+    # Another text encoder (one weight changed): another cache entry, encoded anew.
+    other = AlignmentModel.from_pretrained(zero_shot_model_dir, device="cpu")
+    with torch.no_grad():
+        other.text.bert.embeddings.word_embeddings.weight[100, 0] += 1.0
+    zero_shot.class_name_vectors(other)
+    assert len(encoded) == 2 and len(list((tmp_path / "cache" / "imgsearch").glob("class-names-*.npz"))) == 2
+
+
+def test_an_unreadable_class_name_cache_is_encoded_again(tmp_path, zero_shot_model_dir, monkeypatch):
+    import imgsearch.model.zero_shot as zero_shot
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    want = zero_shot.class_name_vectors(AlignmentModel.from_pretrained(zero_shot_model_dir, device="cpu"))
+    (cache_file,) = (tmp_path / "cache" / "imgsearch").glob("class-names-*.npz")
+    cache_file.write_bytes(b"not an npz file")
+    got = zero_shot.class_name_vectors(AlignmentModel.from_pretrained(zero_shot_model_dir, device="cpu"))
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    assert cache_file.read_bytes()[:2] == b"PK"  # written again, whole
