@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
-__all__ = ["keep_freed_memory", "heap_block_limit"]
+__all__ = ["keep_freed_memory", "heap_block_limit", "DEFAULT_MALLOC_ENV"]
+
+DEFAULT_MALLOC_ENV = "IMGSEARCH_DEFAULT_MALLOC"  # "1": leave glibc's malloc as it is
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, from glibc's <malloc.h>
 _M_MMAP_THRESHOLD = -3
@@ -31,11 +34,12 @@ _kept = False
 
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed memory (once per process). False where the C
-    library is not glibc (macOS, Windows, musl): nothing changes there."""
+    library is not glibc (macOS, Windows, musl), or when IMGSEARCH_DEFAULT_MALLOC=1 asks
+    to leave malloc as it is (a process then returns freed memory sooner, and runs slower)."""
     global _kept
     if _kept:
         return True
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or os.environ.get(DEFAULT_MALLOC_ENV) == "1":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -71,3 +71,14 @@ def test_the_first_cpu_batch_measures_the_widest_layer(monkeypatch):
     with torch.inference_mode():
         encoder.encode(torch.zeros(3, 3, 64, 64, dtype=torch.uint8))
     assert encoder._activation_bytes == 96 * 33 * 33 * 4 == _largest_activation(encoder)
+
+
+def test_the_environment_can_leave_malloc_alone():
+    # a fresh process: the setting is made once per process
+    import subprocess
+
+    probe = ("from imgsearch.model.allocator import keep_freed_memory, heap_block_limit; "
+             "print(keep_freed_memory(), heap_block_limit())")
+    env = {**__import__("os").environ, "IMGSEARCH_DEFAULT_MALLOC": "1"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "None"]
