@@ -126,3 +126,44 @@ def test_the_exception_scan_finds_what_it_should():
                      "class D(Image.DecompressionBombError): pass\nclass E: pass\nclass F(nn.Module): pass\n"
                      "def f():\n    class G(OSError): pass\n")
     assert sorted(node.name for node in exception_classes(tree, {"ImgsearchError"})) == ["A", "B", "C", "D", "G"]
+
+
+# ---- layering: the model core imports no side; the write side does not import the read side ----
+
+MAY_NOT_IMPORT = {  # folder --> the imgsearch packages its modules never import
+    "model": ("imgsearch.indexer", "imgsearch.search", "imgsearch.training"),
+    "indexer": ("imgsearch.search", "imgsearch.training"),
+    "search": ("imgsearch.training",),
+}
+
+
+def imported_modules(tree: ast.Module) -> list[tuple[ast.AST, str]]:
+    """(node, module) for every import in the tree, at any depth (imports inside functions too)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node, node.module))
+            found += [(node, f"{node.module}.{alias.name}") for alias in node.names]
+    return found
+
+
+def layering_violations(folder: str) -> list[str]:
+    banned = MAY_NOT_IMPORT[folder]
+    return [f"{where(path, node)} imports {name}"
+            for path in sources([folder]) for node, name in imported_modules(parse(path))
+            if any(name == b or name.startswith(b + ".") for b in banned)]
+
+
+def test_the_model_core_and_the_write_side_import_only_downwards():
+    assert {folder: layering_violations(folder) for folder in MAY_NOT_IMPORT} == {
+        folder: [] for folder in MAY_NOT_IMPORT}
+
+
+def test_the_layering_scan_sees_imports_inside_functions():
+    tree = ast.parse("def f():\n    from imgsearch.search.searcher import search\n"
+                     "import imgsearch.training.trainer as t\nfrom imgsearch.search import searcher\n")
+    names = [name for _, name in imported_modules(tree)]
+    assert "imgsearch.search.searcher" in names and "imgsearch.training.trainer" in names
+    assert "imgsearch.search.searcher" in [n for n in names if n.endswith("searcher")]
