@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as transformers_logging
@@ -41,6 +42,9 @@ class TextEmbedding:
     mask: torch.Tensor  # (B, T) bool, True on real tokens
     global_: torch.Tensor  # (B, d): L2-normalised query vector for the first stage
     truncated: list[bool]  # per text: was it cut to max_length?
+    # (B, h): the frozen BERT's mean-pooled states, L2-normalised, before any head: the
+    # sentence vector the zero-shot label score compares with class names (model/zero_shot.py)
+    sentence: torch.Tensor | None = None
 
 
 def resolve_name(name_or_path: str) -> str:
@@ -101,8 +105,7 @@ class TextEncoder(nn.Module):
 
     def project(self, states: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """BERT states (B, T, h) --> token features (B, T, d) and the query vector (B, d)."""
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
-        pooled = (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # (B, T, h) --> (B, h)
+        pooled = mean_pool(states, attention_mask)  # (B, T, h) --> (B, h)
         return self.token_head(states), l2_normalize(self.global_head(pooled))  # (B, T, d), (B, d)
 
     def tokenize(self, texts: list[str], device: torch.device | None = None) -> tuple[dict, list[bool]]:
@@ -117,8 +120,16 @@ class TextEncoder(nn.Module):
     def encode(self, texts: list[str]) -> TextEmbedding:
         device = next(self.parameters()).device
         batch, truncated = self.tokenize(texts, device)
-        tokens, global_ = self(batch["input_ids"], batch["attention_mask"])
-        return TextEmbedding(tokens, batch["attention_mask"].bool(), global_, truncated)
+        states = self.bert(**batch).last_hidden_state  # (B, T, h)
+        tokens, global_ = self.project(states, batch["attention_mask"])
+        sentence = F.normalize(mean_pool(states, batch["attention_mask"]), dim=-1)  # (B, h)
+        return TextEmbedding(tokens, batch["attention_mask"].bool(), global_, truncated, sentence)
+
+
+def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """BERT states (B, T, h) --> their mean over the real tokens (B, h)."""
+    mask = attention_mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
+    return (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
 @contextmanager

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from imgsearch.durable import replace_durably
 from imgsearch.locations import default_cache_dir
 from imgsearch.model.alignment import AlignmentModel
+from imgsearch.model.text_encoder import mean_pool
 
 __all__ = ["zero_shot_scores", "class_name_vectors", "sentence_vectors"]
 
@@ -37,8 +38,7 @@ def sentence_vectors(model: AlignmentModel, texts: list[str], batch_size: int = 
         for start in range(0, len(texts), batch_size):
             batch, _ = model.text.tokenize(texts[start : start + batch_size], model.device)
             states = model.text.bert(**batch).last_hidden_state  # (b, T, h)
-            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)  # (b, T, 1)
-            out.append(F.normalize((states * mask).sum(1) / mask.sum(1).clamp_min(1.0), dim=-1).float().cpu())
+            out.append(F.normalize(mean_pool(states, batch["attention_mask"]), dim=-1).float().cpu())  # (b, h)
     return torch.cat(out)
 
 

@@ -16,7 +16,7 @@ from imgsearch.model.alignment import AlignmentModel
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
 from imgsearch.model.fast_scorer import default_compute_dtype
 from imgsearch.search.rerank import rerank_scores
-from imgsearch.model.zero_shot import sentence_vectors, zero_shot_scores
+from imgsearch.model.zero_shot import zero_shot_scores
 
 __all__ = ["SearchResult", "search", "DEFAULT_CANDIDATES"]
 
@@ -95,7 +95,7 @@ def search(
     zero_shot, candidate_labels = None, None
     first_scores = cosines
     if zero_shot_weight and len(ids):
-        sentence = sentence_vectors(model, [text])[0].numpy()  # (h,)
+        sentence = query.sentence[0].float().cpu().numpy()  # (h,): the BERT run above, mean-pooled
         candidate_labels = store.labels(ids.tolist())
         zero_shot = zero_shot_scores(model, sentence, [candidate_labels[int(i)] for i in ids])  # (C,)
         first_scores = cosines + np.float32(zero_shot_weight) * zero_shot  # the fused first stage

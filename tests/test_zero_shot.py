@@ -153,3 +153,14 @@ def test_an_unreadable_class_name_cache_is_encoded_again(tmp_path, zero_shot_mod
     for name in want:
         np.testing.assert_array_equal(got[name], want[name])
     assert cache_file.read_bytes()[:2] == b"PK"  # written again, whole
+
+
+def test_the_querys_sentence_vector_is_its_own_bert_run_mean_pooled(zero_shot_model_dir):
+    # search reuses the text encoder's BERT run for the label score instead of running BERT again
+    from imgsearch.model.zero_shot import sentence_vectors
+
+    model = AlignmentModel.from_pretrained(zero_shot_model_dir, device="cpu")
+    texts = ["a dog running in the water", "a hot dog"]
+    with torch.inference_mode():
+        encoded = model.text.encode(texts)
+    torch.testing.assert_close(encoded.sentence.float(), sentence_vectors(model, texts), rtol=0, atol=1e-6)
