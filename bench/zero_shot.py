@@ -13,6 +13,7 @@ the photo it describes among the 24 (data/photos).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -30,24 +31,8 @@ from imgsearch.model.zero_shot import sentence_vectors  # noqa: E402
 from imgsearch.training.evaluate import recall_at_k, t2i_ranks  # noqa: E402
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
-# query --> the sample photos that it describes (data/photos; tests/test_photo_demo.py has the first eight)
-PHOTO_QUERIES = {
-    "a parrot": {"parrot.jpg"},
-    "a cat": {"cat.jpg", "cat_720p.jpg", "cat_test_0.jpg", "cat_train_0.jpg"},
-    "a sunflower": {"sunflower.jpg"},
-    "a hot dog": {"hot_dog.jpg", "hotdog_test_0.jpg", "hotdog_train_0.jpg"},
-    "a dog running in the water": {"dog_train_0.jpg"},
-    "a couple walking in the snow": {"couple_in_snow.jpg"},
-    "cars on a highway": {"traffic_frame.jpg"},
-    "a woman in a naval uniform": {"grace_hopper.jpg"},
-    "a dragonfly": {"dragonfly.jpg"},
-    "an owl": {"owl.jpg"},
-    "a bird": {"bird.jpg", "owl.jpg", "parrot.jpg"},
-    "a bag of potato chips": {"missvickie_potato_chips.jpg"},
-    "a man doing a squat": {"squat.jpg"},
-    "kites over a beach": {"kite_and_cold.jpg"},
-    "two dogs": {"pets.jpg"},
-}
+# query --> the sample photos that it describes (data/photos/queries.json; the first eight are make demo's)
+PHOTO_QUERIES = {query: set(names) for query, names in json.loads((ROOT / "data" / "photos" / "queries.json").read_text()).items()}
 
 
 def top_posteriors(probs: torch.Tensor, top: int) -> torch.Tensor:

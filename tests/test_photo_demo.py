@@ -30,16 +30,9 @@ from imgsearch.errors import ModelNotFound
 
 PHOTOS = Path(__file__).parents[1] / "data" / "photos"
 
-FIRST = {
-    "a parrot": {"parrot.jpg"},
-    "a cat": {"cat.jpg", "cat_720p.jpg", "cat_test_0.jpg", "cat_train_0.jpg"},
-    "a sunflower": {"sunflower.jpg"},
-    "a hot dog": {"hot_dog.jpg", "hotdog_test_0.jpg", "hotdog_train_0.jpg"},
-    "a dog running in the water": {"dog_train_0.jpg"},
-    "a couple walking in the snow": {"couple_in_snow.jpg"},
-    "cars on a highway": {"traffic_frame.jpg"},
-    "a woman in a naval uniform": {"grace_hopper.jpg"},
-}
+# make demo's eight queries (the first eight of data/photos/queries.json) --> the photos each describes
+FIRST = {query: set(names) for query, names in
+         list(json.loads((PHOTOS / "queries.json").read_text()).items())[:8]}
 
 
 def _not_the_photo_model() -> str | None:

@@ -113,16 +113,21 @@ def test_selection_needs_a_grid_and_a_candidate(validation):
         RerankerSelection(pixels, bank, DEPTH, GRID).restore(model)
 
 
-def test_train_with_local_weight_considers_the_scorer_before_its_stage(tmp_path, tiny_bert_dir):
-    """With the alignment loss, the re-ranker stage starts from a zero output head (the scorer
-    is its alignment term) and that start is candidate epoch 0; the saved model is the kept one."""
-    folder = tmp_path / "images"
+def _captioned_images(folder, first_seed: int):
+    """16 generated 32px images with two captions each, and their captions.tsv, in `folder`."""
     folder.mkdir()
     rows = []
     for i in range(16):
-        draw_image(500 + i, 32).save(folder / f"i{i}.png")
+        draw_image(first_seed + i, 32).save(folder / f"i{i}.png")
         rows += [f"i{i}.png\tpicture {i} view {k}\n" for k in range(2)]
     (folder / "captions.tsv").write_text("image\tcaption\n" + "".join(rows))
+    return folder
+
+
+def test_train_with_local_weight_considers_the_scorer_before_its_stage(tmp_path, tiny_bert_dir):
+    """With the alignment loss, the re-ranker stage starts from a zero output head (the scorer
+    is its alignment term) and that start is candidate epoch 0; the saved model is the kept one."""
+    folder = _captioned_images(tmp_path / "images", first_seed=500)
     config = TrainConfig(epochs=1, batch_size=8, val_fraction=0.25, rerank_depth=4, warmup_steps=1, lr=3e-3,
                          local_weight=1.0, scorer_epochs=2, fusion_grid=GRID)
     torch.manual_seed(0)
@@ -148,13 +153,7 @@ def test_train_with_local_weight_considers_the_scorer_before_its_stage(tmp_path,
 def test_train_with_local_weight_and_no_scorer_stage_keeps_the_alignment_term(tmp_path, tiny_bert_dir):
     """--scorer-epochs 0 with the alignment loss (and no attention layers): the re-ranker is the
     trained alignment term alone, chosen with its fusion weight on validation, and saved so."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rows = []
-    for i in range(16):
-        draw_image(700 + i, 32).save(folder / f"i{i}.png")
-        rows += [f"i{i}.png\tpicture {i} view {k}\n" for k in range(2)]
-    (folder / "captions.tsv").write_text("image\tcaption\n" + "".join(rows))
+    folder = _captioned_images(tmp_path / "images", first_seed=700)
     config = TrainConfig(epochs=1, batch_size=8, val_fraction=0.25, rerank_depth=4, warmup_steps=1, lr=3e-3,
                          local_weight=1.0, scorer_epochs=0, fusion_grid=GRID)
     torch.manual_seed(0)
