@@ -166,53 +166,143 @@ def _speed_note(summary) -> str:
             f"{summary.images_per_second:.1f} images/s")
 
 
+precision_option = click.option(
+    "--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+    help="Re-ranker arithmetic: auto is bfloat16 where the hardware runs it natively (a GPU, a CPU with "
+         "AVX512-BF16 or AMX), about 3x faster; float32 gives the reference scores.",
+)
+
+
 @cli.command("search", context_settings=CONTEXT)
-@click.argument("query")
+@click.argument("query", required=False)
+@click.option("--image", "image", metavar="PATH", type=click.Path(exists=True, dir_okay=False),
+              help="Search with a photo instead of words: images that look like it.")
+@click.option("--like", "like", metavar="PATH_OR_ID",
+              help="More like an indexed image, given by its path or its id (--json shows ids); it is left out.")
 @index_option
 @model_option
 @click.option("-k", "--top", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Results to show.")
+@click.option("--under", "under", metavar="FOLDER", type=click.Path(file_okay=False),
+              help="Only images inside this folder (and its subfolders).")
+@click.option("--after", "taken_after", metavar="DATE",
+              help="Only photos taken on or after DATE (YYYY-MM-DD; EXIF date, else the file's mtime).")
+@click.option("--before", "taken_before", metavar="DATE", help="Only photos taken on or before DATE (YYYY-MM-DD).")
+@click.option("--min-score", type=float, metavar="SCORE",
+              help="Only images whose first-stage score (the second column) is at least SCORE.")
 @click.option(
     "--candidates", default=DEFAULT_CANDIDATES, show_default=True, type=click.IntRange(min=1),
     help="First-stage candidates handed to the re-ranker.",
 )
 @click.option("--no-rerank", is_flag=True, help="Skip cross-attention re-ranking; rank by the first stage alone.")
-@click.option(
-    "--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
-    help="Re-ranker arithmetic: auto is bfloat16 where the hardware runs it natively (a GPU, a CPU with "
-         "AVX512-BF16 or AMX), about 3x faster; float32 gives the reference scores.",
-)
+@precision_option
 @device_option
 @json_option
 @user_errors
-def search_command(query, index_dir, model, k, candidates, no_rerank, precision, device, as_json) -> None:
-    """Find the images that best match a text description.
+def search_command(query, image, like, index_dir, model, k, under, taken_after, taken_before, min_score,
+                   candidates, no_rerank, precision, device, as_json) -> None:
+    """Find the images that best match a text description, a photo (--image),
+    or an indexed image (--like).
 
     The table shows each result's rank; its score, which orders the list (the
     re-ranker's score, query words attending over the image's regions, plus the
     model's fusion weight times the first stage's score); and the first stage's
     score (cosine similarity of query and image in the shared space, plus the
     weighted label score where the model has one) with the rank the first stage
-    gave it. With --no-rerank, the first stage's score only. --json has each part.
+    gave it. With --no-rerank, --image or --like, the first stage's score only
+    (the re-ranker reads words). --json has each part.
 
     \b
     Example:
       imgsearch search "a dog on the beach" -k 5
       imgsearch search "a parrot" --index demo-out/index -k 3 --json
+      imgsearch search "birthday cake" --under ~/Pictures/2023 --after 2023-06-01
+      imgsearch search --image ~/Downloads/beach.jpg
+      imgsearch search --like ~/Pictures/cat.jpg
     """
+    given = [name for name, value in (("QUERY", query), ("--image", image), ("--like", like)) if value is not None]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of QUERY, --image PATH or --like PATH_OR_ID"
+                               + (f" (got {' and '.join(given)})." if given else "."))
     from imgsearch.index import Index
     from imgsearch.threads import QUERY_THREADS, use_threads
 
     use_threads(QUERY_THREADS)  # one query is small work (imgsearch/threads.py)
     with Index.open(index_dir, model, device) as index:
-        results = index.search(query, k, candidates=candidates, rerank=not no_rerank, rerank_precision=precision)
+        page = index.search_page(
+            query, k, image=image, like=None if like is None else _image_ref(like), under=under,
+            taken_after=taken_after, taken_before=taken_before, min_score=min_score, candidates=candidates,
+            rerank=not no_rerank, rerank_precision=precision,
+        )
     if as_json:
-        click.echo(json.dumps({"query": query, "reranked": not no_rerank,
-                               "results": [r.to_dict() for r in results]}, indent=2))
+        asked = {"query": query} if query is not None else {"image": image} if image is not None else {"like": like}
+        click.echo(json.dumps({**asked, "reranked": page.reranked, "results": [r.to_dict() for r in page.results],
+                               "timings_ms": page.timings_ms}, indent=2))
         return
-    if not results:
-        click.echo("no images in the index yet; add some with `imgsearch index`.", err=True)
+    if not page.results:
+        click.echo("no images match; add some with `imgsearch index`, or loosen the filters." if min_score is not None
+                   or under or taken_after or taken_before else
+                   "no images in the index yet; add some with `imgsearch index`.", err=True)
     else:
-        click.echo(_results_table(results, reranked=not no_rerank))
+        click.echo(_results_table(page.results, reranked=page.reranked))
+
+
+@cli.command("rerank", context_settings=CONTEXT)
+@click.argument("query")
+@click.argument("images", nargs=-1, required=True, metavar="PATH_OR_ID...")
+@index_option
+@model_option
+@precision_option
+@device_option
+@json_option
+@user_errors
+def rerank_command(query, images, index_dir, model, precision, device, as_json) -> None:
+    """Order the given images for a text description with the cross-attention
+    re-ranker alone. Indexed images (by path or id) are scored from their stored
+    regions; other image files are read and encoded now. The table is search's.
+
+    \b
+    Example:
+      imgsearch rerank "a dog on the beach" ~/Pictures/a.jpg ~/Pictures/b.jpg 17
+    """
+    from imgsearch.index import Index
+    from imgsearch.threads import QUERY_THREADS, use_threads
+
+    use_threads(QUERY_THREADS)
+    with Index.open(index_dir, model, device) as index:
+        results = index.rerank(query, [_image_ref(item) for item in images], rerank_precision=precision)
+    if as_json:
+        click.echo(json.dumps({"query": query, "reranked": True, "results": [r.to_dict() for r in results]}, indent=2))
+    else:
+        click.echo(_results_table(results, reranked=True))
+
+
+@cli.command("serve", context_settings=CONTEXT)
+@index_option
+@model_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but loopback lets others on the network see every indexed photo.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(min=0, max=65535), help="TCP port.")
+@device_option
+@user_errors
+def serve_command(index_dir, model, host, port, device) -> None:
+    """Serve the index as a web page and a JSON API (docs at /docs), read-only.
+
+    The model loads once; open the printed address in a browser. New images that
+    `imgsearch index` adds to the same index meanwhile show up in searches.
+
+    \b
+    Example:
+      imgsearch serve
+      imgsearch serve --index demo-out/index --port 8080
+    """
+    from imgsearch.server.run import serve
+
+    serve(index_dir, model=model, host=host, port=port, device=device)
+
+
+def _image_ref(text: str) -> int | str:
+    """A PATH_OR_ID argument: digits alone are an image id (write ./123 for a file named 123)."""
+    return int(text) if text.isdigit() else text
 
 
 def _results_table(results, *, reranked: bool) -> str:

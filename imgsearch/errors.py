@@ -20,6 +20,8 @@ __all__ = [
     "StoreWriteFailed",
     "CaptionFileError",
     "ConversionError",
+    "InvalidImage",
+    "ImageNotFound",
 ]
 
 
@@ -81,3 +83,12 @@ class ConversionError(ImgsearchError):
 
 class ImageTooLarge(ValueError):
     """An image has more pixels than decoding allows; decode records it as that file's failure."""
+
+
+class InvalidImage(ImgsearchError):
+    """An image given as a query (an upload, a file) is not a usable image: not an image at
+    all, too many pixels (a likely decompression bomb), or truncated."""
+
+
+class ImageNotFound(ImgsearchError):
+    """An image id the index does not hold, or a file it may not serve (outside the indexed folders)."""

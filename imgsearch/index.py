@@ -19,14 +19,18 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 
 from imgsearch.model.packaged import default_model_dir
 from imgsearch.model.checkpoint import fingerprint, read_config
 from imgsearch.model.device import resolve_device
-from imgsearch.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound
+from imgsearch.errors import ImageNotFound, IndexExists, IndexNotFound, InvalidQuery, ModelMismatch, ModelNotFound
 from imgsearch.indexer.lock import LOCK_NAME, VECTORS_LOCK_NAME, WriterLock
 from imgsearch.indexer.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
 from imgsearch.locations import default_index_dir
@@ -36,7 +40,15 @@ from imgsearch.indexer.pipeline import AddSummary, ProgressCallback, StopCheck, 
 from imgsearch.indexer.store import SCHEMA_VERSION, Store
 from imgsearch.indexer.vectors import VectorIndex
 from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
-from imgsearch.search.searcher import DEFAULT_CANDIDATES, RerankPrecision, SearchResult, search
+from imgsearch.indexer.paths import path_to_text, text_to_path
+from imgsearch.rwlock import ReadWriteLock
+from imgsearch.search.explain import Explanation, explain_regions
+from imgsearch.search.filters import DateLike, SearchFilters
+from imgsearch.search.queries import ImageInput, encode_image, load_image
+from imgsearch.search.searcher import (
+    DEFAULT_CANDIDATES, RerankPrecision, SearchPage, SearchResult, check_search_arguments, encode_text_query,
+    score_pool, search_page,
+)
 
 __all__ = ["Index", "DB_NAME", "VECTORS_NAME", "default_index_dir"]
 
@@ -60,6 +72,9 @@ class Index:
         self._model: AlignmentModel | None = None
         # Set by create(): the folders it made (deepest first), for discard_if_empty().
         self._created: list[Path] | None = None
+        # Reads (searches) share the snapshot; refresh() moves it, alone (threads of one process).
+        self._snapshot_lock = ReadWriteLock()
+        self._seen_files = self._store_files_signature()
 
     # ---- opening -----------------------------------------------------------
 
@@ -163,7 +178,34 @@ class Index:
 
     def refresh(self) -> None:
         """See everything committed since this Index was opened (or last refreshed)."""
-        self.data.open_snapshot()
+        with self._snapshot_lock.writing():
+            self._seen_files = self._store_files_signature()
+            self.data.open_snapshot()
+
+    def refresh_if_changed(self) -> bool:
+        """See what another process (an `imgsearch index` run) committed since the last look,
+        if anything: cheap when nothing changed (two stat calls), and when something did, the
+        FAISS index in memory takes the new and removed ids instead of being reloaded. Safe to
+        call from any thread while others search. Returns whether the snapshot moved."""
+        if self._store_files_signature() == self._seen_files:
+            return False
+        with self._snapshot_lock.writing():
+            self._seen_files = self._store_files_signature()  # before the snapshot: a later commit is seen next time
+            added, removed = self.data.catch_up()
+        log.info("index changed on disk: %d images added, %d removed", added, removed)
+        return True
+
+    def _store_files_signature(self) -> tuple:
+        """What changes on disk with every commit to index.db (WAL mode: the -wal file grows,
+        or a checkpoint rewrites the database file)."""
+        signature = []
+        for name in (DB_NAME, DB_NAME + "-wal"):
+            try:
+                st = os.stat(self.directory / name)
+                signature.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except FileNotFoundError:
+                signature.append(None)
+        return tuple(signature)
 
     def rebuild_vectors(self) -> VectorIndex:
         """Rebuild vectors.faiss from the SQLite store and save it."""
@@ -235,13 +277,172 @@ class Index:
         return summary
 
     def search(
-        self, text: str, k: int = 10, *, candidates: int = DEFAULT_CANDIDATES, rerank: bool = True,
+        self,
+        query: str | None = None,
+        k: int = 10,
+        *,
+        image: ImageInput | None = None,
+        like: int | str | os.PathLike | None = None,
+        under: str | os.PathLike | None = None,
+        taken_after: DateLike | None = None,
+        taken_before: DateLike | None = None,
+        min_score: float | None = None,
+        offset: int = 0,
+        candidates: int = DEFAULT_CANDIDATES,
+        rerank: bool = True,
         rerank_precision: RerankPrecision = "float32",
     ) -> list[SearchResult]:
-        """Top-k images for a text query: FAISS top-`candidates`, then cross-attention re-ranking
-        (rerank_precision: see imgsearch.search.searcher.search)."""
-        return search(self.model, self.store, self.vectors, text, k=k, candidates=candidates, rerank=rerank,
-                      rerank_precision=rerank_precision)
+        """Top-k images for exactly one of: a text `query`, an `image` (a path, the bytes of an
+        image file, or a PIL image) or `like` (an indexed image's id or path; "more like this",
+        the image itself left out). Text queries: FAISS top-`candidates`, then cross-attention
+        re-ranking (rerank_precision: see imgsearch.search.searcher.search_page); image queries
+        rank by cosine in the shared space alone.
+
+        Filters: `under` a folder; `taken_after`/`taken_before` dates (inclusive; EXIF
+        DateTimeOriginal, else the file's mtime); `min_score` the least first-stage score.
+        `offset` skips that many results (paging; the order is the same on every page)."""
+        return self.search_page(
+            query, k, image=image, like=like, under=under, taken_after=taken_after, taken_before=taken_before,
+            min_score=min_score, offset=offset, candidates=candidates, rerank=rerank,
+            rerank_precision=rerank_precision,
+        ).results
+
+    def search_page(
+        self,
+        query: str | None = None,
+        k: int = 10,
+        *,
+        image: ImageInput | None = None,
+        like: int | str | os.PathLike | None = None,
+        under: str | os.PathLike | None = None,
+        taken_after: DateLike | None = None,
+        taken_before: DateLike | None = None,
+        min_score: float | None = None,
+        offset: int = 0,
+        candidates: int = DEFAULT_CANDIDATES,
+        rerank: bool = True,
+        rerank_precision: RerankPrecision = "float32",
+    ) -> SearchPage:
+        """search(), with what a page of results needs besides them: the offset of the next page,
+        whether the results were re-ranked, and per-stage timings."""
+        given = [name for name, value in (("query", query), ("image", image), ("like", like)) if value is not None]
+        if len(given) != 1:
+            raise InvalidQuery(
+                "give exactly one of a text query, an image or an indexed image to find more like it"
+                + (f" (got {' and '.join(given)})." if given else ".")
+            )
+        check_search_arguments(k, candidates, rerank_precision, offset)
+        filters = SearchFilters.parse(under, taken_after, taken_before, min_score)
+        model = self.model
+        with self._snapshot_lock.reading():
+            started = time.perf_counter()
+            exclude_id = None
+            if query is not None:
+                encoded = encode_text_query(model, query)
+            elif image is not None:
+                encoded = encode_image(model.image, load_image(image)).global_
+            else:
+                exclude_id = self._indexed_id(like)
+                encoded = self.store.global_vectors_of([exclude_id])[0]
+            encode_ms = (time.perf_counter() - started) * 1000
+            return search_page(
+                model, self.store, self.vectors, encoded, k=k, offset=offset, candidates=candidates, rerank=rerank,
+                filters=filters, exclude_id=exclude_id, rerank_precision=rerank_precision, encode_ms=encode_ms,
+            )
+
+    def rerank(
+        self, query: str, items: Iterable[int | str | os.PathLike], *, rerank_precision: RerankPrecision = "float32"
+    ) -> list[SearchResult]:
+        """Order the given images for a text query by the cross-attention scorer, as search's
+        re-rank stage orders its candidates. Items are indexed image ids, or paths: an indexed
+        file is scored from its stored regions, any other image file is encoded now.
+        Raises ImageNotFound for an id the index does not hold, InvalidImage for a file that
+        is not a usable image."""
+        items = list(items)
+        if not items:
+            raise InvalidQuery("give at least one image to re-rank.")
+        check_search_arguments(1, 1, rerank_precision)
+        model = self.model
+        with self._snapshot_lock.reading():
+            text = encode_text_query(model, query)
+            found = [self._image_features(item) for item in items]
+            vector = text.global_[0].float().cpu().numpy()  # (d,)
+            globals_ = np.stack([f.global_ for f in found])  # (n, d)
+            regions = np.stack([f.regions for f in found])  # (n, R, d) float16
+            scores = score_pool(model, text, globals_ @ vector, regions, [f.labels for f in found], rerank_precision)
+        order = np.argsort(-scores.final, kind="stable")
+        first_rank = np.empty(len(found), np.int64)
+        first_rank[np.argsort(-scores.first_stage, kind="stable")] = np.arange(1, len(found) + 1)
+        return [
+            SearchResult(
+                rank=rank, id=found[i].id, path=found[i].path, score=float(scores.final[i]),
+                first_stage_score=float(scores.first_stage[i]), rerank_score=float(scores.reranked[i]),
+                first_stage_rank=int(first_rank[i]), width=found[i].width, height=found[i].height,
+                size=found[i].size, sha256=found[i].sha256, taken_at=found[i].taken_at,
+                zero_shot_score=None if scores.zero_shot is None else float(scores.zero_shot[i]),
+                labels=[{"label": name, "score": prob} for name, prob in found[i].labels],
+            )
+            for rank, i in enumerate(order.tolist(), start=1)
+        ]
+
+    def explain(self, query: str, item: int | str | os.PathLike) -> Explanation:
+        """Why `item` (an indexed id, or an image file's path) matches the text `query`: per word,
+        the weight of each region of the image (imgsearch.search.explain)."""
+        model = self.model
+        with self._snapshot_lock.reading():
+            text = encode_text_query(model, query)
+            features = self._image_features(item)
+        side = int(round(len(features.regions) ** 0.5))
+        return Explanation(query, explain_regions(model, text, query, features.regions), (side, side),
+                           features.id, features.path)
+
+    def original_path(self, image_id: int) -> Path:
+        """The file of indexed image `image_id`, for serving it: only an image that decoded, only
+        a regular file, and only when its real path (links resolved) lies inside a file or folder
+        an `index` run was given. Raises ImageNotFound otherwise."""
+        with self._snapshot_lock.reading():
+            row = self.store.images([image_id]).get(image_id) if isinstance(image_id, int) else None
+            folders = self.store.folders()
+        if row is None or row.status != "ok":
+            raise ImageNotFound(f"no image with id {image_id} in this index.")
+        path = text_to_path(row.path)
+        real = Path(os.path.realpath(path))
+        if not real.is_file() or not any(_inside(real, text_to_path(folder)) for folder in folders):
+            raise ImageNotFound(f"image {image_id} is not a file inside the indexed folders any more.")
+        return real
+
+    def _indexed_id(self, item: int | str | os.PathLike) -> int:
+        """An indexed image's id, from its id or its path. Raises ImageNotFound."""
+        if isinstance(item, bool) or not isinstance(item, (int, np.integer, str, os.PathLike)):
+            raise InvalidQuery(f"an indexed image is given by its id or its path (got {item!r}).")
+        if isinstance(item, (int, np.integer)):
+            row = self.store.images([int(item)]).get(int(item))
+        else:
+            row = self.store.get(path_to_text(os.path.abspath(os.path.expanduser(os.fspath(item)))))
+        if row is None or row.status != "ok":
+            raise ImageNotFound(f"{item} is not an image in this index; index it first, or give its id.")
+        return row.id
+
+    def _image_features(self, item: int | str | os.PathLike) -> "_ImageFeatures":
+        """Global vector, regions and labels of an indexed image (by id or path: from the store),
+        or of another image file (encoded now)."""
+        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            image_id = self._indexed_id(item)
+        else:
+            text = path_to_text(os.path.abspath(os.path.expanduser(os.fspath(item))))
+            row = self.store.get(text)
+            image_id = row.id if row is not None and row.status == "ok" else None
+        if image_id is not None:
+            row = self.store.images([image_id])[image_id]
+            return _ImageFeatures(
+                image_id, row.path, self.store.global_vectors_of([image_id])[0], self.store.regions([image_id])[0],
+                self.store.labels([image_id])[image_id], row.width, row.height, row.size, row.sha256, row.taken_at,
+            )
+        path = Path(os.path.abspath(os.path.expanduser(os.fspath(item))))
+        picture = load_image(path)
+        encoded = encode_image(self.model.image, picture)
+        return _ImageFeatures(None, path_to_text(path), encoded.global_, encoded.regions, encoded.labels,
+                              picture.width, picture.height, path.stat().st_size, None, None)
 
     def info(self) -> dict:
         counts = self.store.counts()
@@ -286,6 +487,27 @@ class Index:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@dataclass
+class _ImageFeatures:
+    """What re-ranking and explaining read of one image, indexed (id set) or not (id None)."""
+
+    id: int | None
+    path: str  # as stored (path_to_text)
+    global_: np.ndarray  # (d,) float32
+    regions: np.ndarray  # (R, d) float16
+    labels: list[tuple[str, float]]
+    width: int | None
+    height: int | None
+    size: int | None
+    sha256: str | None
+    taken_at: str | None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Is `path` (resolved) `folder` itself or inside it, once the folder's links are resolved too?"""
+    return path.is_relative_to(os.path.realpath(folder))
 
 
 def _user_path(path: str | os.PathLike) -> Path:

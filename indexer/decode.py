@@ -6,6 +6,7 @@ bad file cannot stop a run.
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import hashlib
 import io
@@ -18,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from imgsearch.errors import ImageTooLarge
+from imgsearch.errors import ImageTooLarge, InvalidImage
 from imgsearch.indexer.files import file_signature
 
-__all__ = ["DecodeResult", "MAX_PIXELS", "decode_file", "to_rgb"]
+__all__ = ["DecodeResult", "MAX_PIXELS", "decode_file", "decode_image_bytes", "exif_taken_at", "to_rgb"]
 
 # Images with more pixels than this are refused as likely decompression bombs
 # (a small file that declares huge dimensions). 8K x 8K, about 4x a 48 MP photo.
@@ -39,6 +40,8 @@ class DecodeResult:
     height: int | None = None
     image: Image.Image | None = None  # RGB, upright; None when error is set
     error: str | None = None
+    # EXIF DateTimeOriginal as ISO text ("2021-06-01T12:00:00", the camera's wall clock), or None
+    taken_at: str | None = None
 
 
 def decode_file(path: Path, min_size: int | None = None) -> DecodeResult:
@@ -75,11 +78,48 @@ def decode_file(path: Path, min_size: int | None = None) -> DecodeResult:
     result.sha256 = hashlib.sha256(data).hexdigest()
     try:
         image, (result.width, result.height) = _open_checked(data, min_size)
+        result.taken_at = exif_taken_at(image)
         result.image = to_rgb(image)
     except Exception as exc:  # Pillow raises many types for bad data; all mean "cannot decode".
         result.error = _describe(exc)
         return result
     return result
+
+
+def decode_image_bytes(data: bytes) -> Image.Image:
+    """The bytes of an image file (an upload, a query photo) --> an upright RGB image, with the
+    indexer's guards: the pixel limit, decompression bombs, non-images, truncated data.
+    Raises InvalidImage with the reason."""
+    if not data:
+        raise InvalidImage("the image is empty (0 bytes).")
+    try:
+        image, _ = _open_checked(data)
+        return to_rgb(image)
+    except Exception as exc:  # Pillow raises many types for bad data; all mean "cannot decode".
+        raise InvalidImage(f"{_describe(exc)}; give a JPEG, PNG, WebP, GIF, BMP or TIFF photo.") from exc
+
+
+# EXIF tags: DateTimeOriginal in the Exif sub-IFD, DateTime in IFD0 (when the file was last written).
+_DATE_TIME_ORIGINAL = 0x9003
+
+
+def exif_taken_at(image: Image.Image) -> str | None:
+    """When the photo was taken, from its EXIF DateTimeOriginal ("2021:06:01 12:00:00"), as
+    ISO text "2021-06-01T12:00:00" (the camera's wall clock; EXIF has no time zone); None when
+    the image has no such tag or it is not a valid date."""
+    try:
+        value = image.getexif().get_ifd(ExifTags.IFD.Exif).get(_DATE_TIME_ORIGINAL)
+    except Exception:  # a damaged EXIF block is not the image's failure
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if not isinstance(value, str):
+        return None
+    try:
+        taken = dt.datetime.strptime(value.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:  # "0000:00:00 00:00:00" and other placeholders cameras write
+        return None
+    return taken.isoformat(timespec="seconds")
 
 
 def _unreadable_reason(path: Path) -> str | None:

@@ -41,7 +41,7 @@ from imgsearch.indexer.plan import RunPlan, plan_run
 from imgsearch.indexer.store import Change, Fail, Move, Put, Store, Touch
 from imgsearch.indexer.vectors import VectorIndex
 
-__all__ = ["AddSummary", "index_files", "default_workers", "TOP_LABELS"]
+__all__ = ["AddSummary", "index_files", "default_workers", "TOP_LABELS", "top_labels"]
 
 TOP_LABELS = 5  # classifier classes stored per content, best first
 
@@ -94,6 +94,7 @@ class _Decoded(NamedTuple):
     width: int | None
     height: int | None
     error: str | None
+    taken_at: str | None = None  # EXIF DateTimeOriginal, ISO text
 
 
 class _DecodeDataset(Dataset):
@@ -113,7 +114,7 @@ class _DecodeDataset(Dataset):
             except Exception as exc:  # a decoder may defer errors until pixels are read
                 result.error = f"cannot decode image: {exc}"
         decoded = _Decoded(path_to_text(result.path), result.size, result.mtime, result.ctime, result.sha256,
-                           result.width, result.height, result.error)
+                           result.width, result.height, result.error, result.taken_at)
         return decoded, pixels
 
 
@@ -158,6 +159,7 @@ def index_files(
     """
     started = time.perf_counter()
     roots = input_roots(paths)
+    store.record_folders([path_to_text(root) for root in roots])  # what the service may serve from
     listed = list(iter_image_files(roots))
     plan = plan_run(listed, store.all_images(), roots, prune=prune)
     summary = AddSummary(unchanged=plan.unchanged)
@@ -329,7 +331,8 @@ def _reconcile(
             changes.append(Move(source.id, text, result.size, result.mtime, result.ctime))
             summary.moved += 1
             continue
-        put = Put(text, result.size, result.mtime, result.ctime, result.sha256, result.width, result.height)
+        put = Put(text, result.size, result.mtime, result.ctime, result.sha256, result.width, result.height,
+                  taken_at=result.taken_at)
         changes.append(put)
         if stored is None:
             summary.added += 1
@@ -389,6 +392,14 @@ def _start_encoding(pixels: torch.Tensor, rows: torch.Tensor, encoder: ImageEnco
         ready = torch.cuda.Event()
         ready.record()
     return _Started(global_host, regions_host, ready, top_probs, top_classes)
+
+
+def top_labels(class_probs: torch.Tensor, labels: tuple[str, ...]) -> list[list[tuple[str, float]]]:
+    """Posteriors (n, C) --> per image its TOP_LABELS classes, best first, as the store keeps
+    them: [(name, prob rounded to 4 decimals), ...]."""
+    probs, classes = _top_classes(class_probs, labels)  # (n, k), (n, k)
+    return [[(labels[c], round(p, 4)) for c, p in zip(row_classes, row_probs)]
+            for row_classes, row_probs in zip(classes.tolist(), probs.tolist())]
 
 
 def _top_classes(class_probs: torch.Tensor, labels: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,10 @@ Tables (schema version in PRAGMA user_version, upgraded by numbered migrations):
   re-ranking reads, and the backbone classifier's top classes ("labels", JSON
   [[name, prob], ...], best first; NULL when the model has no classifier or the
   content was stored before schema 3). Identical files under several paths share one row.
+- images.exif_taken_at (schema 4): the photo's EXIF DateTimeOriginal as ISO text, NULL when it
+  has none; an image's taken_at is that, else its mtime in local time (TAKEN_AT_SQL).
+- folders (schema 4): every file and folder an `index` run was given (absolute, as given):
+  the originals the service may serve lie inside them.
 """
 
 from __future__ import annotations
@@ -20,15 +24,18 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import sqlite_utils
+from PIL import Image
 
 from imgsearch.errors import StoreCorrupt, StoreWriteFailed
+from imgsearch.indexer.decode import exif_taken_at
+from imgsearch.indexer.paths import path_to_text, text_to_path
 
 __all__ = ["Store", "StoredImage", "Touch", "Move", "Put", "Fail", "Change", "Applied", "SCHEMA_VERSION"]
 
@@ -71,10 +78,48 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE embeddings ADD COLUMN labels TEXT")
 
 
+def _migration_4(db: sqlite_utils.Database) -> None:
+    # When each photo was taken (EXIF), and the folders that were indexed. Both are filled for
+    # the rows already stored: the EXIF dates read from the files (one file per content; a file
+    # that is gone keeps NULL, i.e. its mtime), the folders as the ones holding indexed images.
+    db.execute("ALTER TABLE images ADD COLUMN exif_taken_at TEXT")
+    db.execute("CREATE TABLE folders (path TEXT PRIMARY KEY)")
+    rows = db.execute("SELECT id, path FROM images WHERE status = 'ok'").fetchall()
+    for image_id, text in rows:
+        taken = _read_exif_taken_at(text_to_path(text))
+        if taken is not None:
+            db.execute("UPDATE images SET exif_taken_at = ? WHERE id = ?", [taken, image_id])
+    for folder in _covering_folders(text_to_path(text).parent for _, text in rows):
+        db.execute("INSERT OR IGNORE INTO folders (path) VALUES (?)", [path_to_text(folder)])
+
+
+def _read_exif_taken_at(path: Path) -> str | None:
+    """The EXIF DateTimeOriginal of the image file at `path` (ISO text), or None (none, or unreadable)."""
+    try:
+        with Image.open(path) as image:
+            return exif_taken_at(image)
+    except Exception:  # a file gone or damaged since it was indexed keeps its mtime as its date
+        return None
+
+
+def _covering_folders(folders: Iterable[Path]) -> list[Path]:
+    """The fewest folders that hold all of `folders`: each one not inside another."""
+    kept: list[Path] = []
+    for folder in sorted(set(folders), key=lambda f: len(f.parts)):
+        if not any(folder.is_relative_to(outer) for outer in kept):
+            kept.append(folder)
+    return sorted(kept)
+
+
 # Migration N upgrades a store from version N-1 to N. Append; never edit a released one.
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1, _migration_2, _migration_3)
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _migration_1, _migration_2, _migration_3, _migration_4,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 PAGE_SIZE = 8192  # bytes, for new stores
+# An image's taken_at: its EXIF DateTimeOriginal, else its file's mtime in local time; ISO text,
+# so that comparing the text compares the times.
+TAKEN_AT_SQL = "COALESCE(exif_taken_at, strftime('%Y-%m-%dT%H:%M:%S', mtime, 'unixepoch', 'localtime'))"
 
 
 @dataclass
@@ -89,6 +134,7 @@ class StoredImage:
     status: str
     error: str | None
     ctime: float | None = None
+    taken_at: str | None = None  # ISO text (TAKEN_AT_SQL); None for rows read without it
 
 
 # ---- the changes one indexing batch makes; Store.apply writes them in one transaction ----
@@ -132,6 +178,7 @@ class Put:
     # The classifier's top classes, best first: [(name, prob rounded to 4 decimals), ...];
     # None when the model has no classifier (stored as NULL). Written with the vectors.
     labels: list[tuple[str, float]] | None = None
+    taken_at: str | None = None  # EXIF DateTimeOriginal, ISO text; None when the file has none
 
 
 @dataclass
@@ -236,7 +283,7 @@ class Store:
         found: dict[int, StoredImage] = {}
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
-            for row in self.db.query(f"SELECT * FROM images WHERE id IN ({marks})", chunk):
+            for row in self.db.query(f"SELECT *, {TAKEN_AT_SQL} AS taken_at FROM images WHERE id IN ({marks})", chunk):
                 found[row["id"]] = _stored(row)
         return found
 
@@ -259,6 +306,43 @@ class Store:
         if not ids:
             return np.zeros(0, np.int64), np.zeros((0, self.embed_dim), np.float32)
         return np.array(ids, dtype=np.int64), np.stack(vectors)
+
+    @_serialized
+    def global_vectors_of(self, ids: Sequence[int]) -> np.ndarray:
+        """Global vectors of indexed images `ids`, in that order: (n, d) float32."""
+        return self._global_vectors_of(list(ids))[1]
+
+    @_serialized
+    def filtered_ids(
+        self, *, under: str | None = None, taken_after: str | None = None, taken_before: str | None = None
+    ) -> np.ndarray:
+        """Ids (sorted, int64) of the indexed images inside folder `under` (a path as stored,
+        path_to_text), taken at or after `taken_after` and at or before `taken_before` (ISO text)."""
+        where, args = ["status = 'ok'"], []
+        if under is not None:
+            prefix = under.rstrip("/") + "/"
+            where.append("substr(path, 1, ?) = ?")
+            args += [len(prefix), prefix]
+        if taken_after is not None:
+            where.append(f"{TAKEN_AT_SQL} >= ?")
+            args.append(taken_after)
+        if taken_before is not None:
+            where.append(f"{TAKEN_AT_SQL} <= ?")
+            args.append(taken_before)
+        rows = self.db.execute(f"SELECT id FROM images WHERE {' AND '.join(where)} ORDER BY id", args).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    @_serialized
+    def folders(self) -> list[str]:
+        """The files and folders `index` runs were given (paths as stored), sorted."""
+        return [r[0] for r in self.db.execute("SELECT path FROM folders ORDER BY path")]
+
+    @_serialized
+    def record_folders(self, paths: Sequence[str]) -> None:
+        """Remember files and folders an `index` run was given (paths as stored)."""
+        with self._write_transaction():
+            for path in paths:
+                self.db.execute("INSERT OR IGNORE INTO folders (path) VALUES (?)", [path])
 
     @_serialized
     def regions(self, ids: Sequence[int]) -> np.ndarray:
@@ -408,9 +492,9 @@ class Store:
                         raise StoreCorrupt(f"no stored vectors for content {change.sha256[:12]} of {change.path}")
                     cursor = self.db.execute(
                         "INSERT INTO images (path, size, mtime, ctime, sha256, width, height, status, error, "
-                        "indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'ok', NULL, ?)",
+                        "indexed_at, exif_taken_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'ok', NULL, ?, ?)",
                         [change.path, change.size, change.mtime, change.ctime, change.sha256,
-                         change.width, change.height, now],
+                         change.width, change.height, now, change.taken_at],
                     )
                     added.append(cursor.lastrowid)
                 else:
@@ -471,7 +555,7 @@ class Store:
 
 
 def _stored(row: dict) -> StoredImage:
-    return StoredImage(**{k: row[k] for k in StoredImage.__dataclass_fields__})
+    return StoredImage(**{k: row.get(k) for k in StoredImage.__dataclass_fields__})
 
 
 def _labels_json(labels: Sequence[tuple[str, float]] | None) -> str | None:

@@ -72,6 +72,23 @@ class StoredIndex:
         self.rebuild()
         self.save_vectors()
 
+    def catch_up(self) -> tuple[int, int]:
+        """Move to a new snapshot of the store and bring the FAISS index in memory in step with
+        it by adding and removing the ids that changed (a concurrent writer's batches), instead
+        of reloading or rebuilding it. Rebuilds when the change crosses a size step
+        (VectorIndex.fits). Returns how many ids were added and removed."""
+        self.store.begin_snapshot()
+        expected = self.store.ok_ids()
+        current = self.vectors.ids()
+        added = np.setdiff1d(expected, current, assume_unique=True)
+        removed = np.setdiff1d(current, expected, assume_unique=True)
+        if len(added) or len(removed):
+            self.vectors.remove(removed)
+            self.vectors.add(added, self.store.global_vectors_of(added.tolist()))
+            if not self.vectors.fits():
+                self.rebuild()
+        return len(added), len(removed)
+
     def _saved_vectors_in_step(self) -> tuple[VectorIndex | None, str]:
         """vectors.faiss if it holds exactly the snapshot's indexed images; else None and why not."""
         path = self.vectors_path

@@ -139,13 +139,26 @@ class VectorIndex:
         if len(ids):
             self.index.remove_ids(np.asarray(ids, dtype=np.int64))
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of one query vector (d,): scores (k',) and ids (k',), best first,
-        with FAISS's -1 padding (fewer than k vectors, or IVF lists too short) dropped."""
-        k = min(k, len(self))
+        with FAISS's -1 padding (fewer than k vectors, or IVF lists too short) dropped.
+
+        allowed: ids (int64) the search is restricted to, inside FAISS (an ID selector). An
+        IVF index then scans more lists, in proportion to how much of it the subset leaves
+        out, so that a subset's top-k is found about as well as the whole index's."""
+        k = min(k, len(self) if allowed is None else len(allowed))
         if k == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        scores, ids = self.index.search(np.ascontiguousarray(query[None, :], np.float32), k)  # (1, k)
+        params = None
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, np.int64))
+            ivf = _as_ivf(self.index)
+            if ivf is None:
+                params = faiss.SearchParameters(sel=selector)
+            else:
+                share = max(len(allowed), 1) / max(len(self), 1)
+                params = faiss.SearchParametersIVF(sel=selector, nprobe=min(ivf.nlist, math.ceil(ivf.nprobe / share)))
+        scores, ids = self.index.search(np.ascontiguousarray(query[None, :], np.float32), k, params=params)  # (1, k)
         keep = ids[0] >= 0
         return scores[0][keep], ids[0][keep]
 

@@ -1,8 +1,15 @@
-"""The search run: query --> text encoder (model) --> FAISS candidates --> re-rank (model scorer) --> results."""
+"""The search run: query --> encoder (model) --> FAISS candidates (filtered) --> first-stage
+scores (+ zero-shot term) --> re-rank (model scorer) --> one page of results.
+
+The order is the same on every page: the top max(k, candidates) candidates (the pool) by
+final score, then the candidates past the pool in FAISS order. Text queries are re-ranked;
+image queries (a photo, or "more like this") rank by cosine alone: the scorer reads words.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -15,10 +22,14 @@ from imgsearch.indexer.vectors import VectorIndex
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
 from imgsearch.model.fast_scorer import default_compute_dtype
+from imgsearch.search.candidates import nearest
+from imgsearch.search.filters import SearchFilters
 from imgsearch.search.rerank import rerank_scores
+from imgsearch.model.text_encoder import TextEmbedding
 from imgsearch.model.zero_shot import zero_shot_scores
 
-__all__ = ["SearchResult", "search", "DEFAULT_CANDIDATES"]
+__all__ = ["SearchResult", "SearchPage", "PoolScores", "search", "search_page", "encode_text_query", "score_pool",
+           "DEFAULT_CANDIDATES"]
 
 
 RerankPrecision = Literal["float32", "bfloat16", "auto"]
@@ -29,7 +40,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class SearchResult:
     rank: int  # 1-based
-    id: int
+    id: int | None  # None for a file that is not in the index (Index.rerank of other files)
     path: str
     score: float  # final score: re-ranked, or the first-stage score with rerank off
     # cosine similarity of query and image vectors, plus zero_shot_weight * zero_shot_score
@@ -46,6 +57,8 @@ class SearchResult:
     labels: list[dict] = field(default_factory=list)
     # The zero-shot ImageNet score (model/zero_shot.py) when the model uses it, else None.
     zero_shot_score: float | None = None
+    # When the photo was taken: EXIF DateTimeOriginal, else the file's mtime (local time), ISO text.
+    taken_at: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +67,81 @@ class SearchResult:
 def _valid_unicode(text: str) -> str:
     """Lone surrogates (undecodable bytes from a non-UTF-8 terminal) become U+FFFD."""
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+@dataclass
+class SearchPage:
+    results: list[SearchResult]
+    next_offset: int | None  # the offset of the next page; None on the last page
+    reranked: bool  # were text results re-ranked by the cross-attention scorer?
+    # milliseconds per stage: encode, vector_search, first_stage, rerank, total
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PoolScores:
+    """Scores of C candidates of one text query, in their given order, each (C,) float32."""
+
+    first_stage: np.ndarray  # cosine + zero_shot_weight * zero-shot score
+    final: np.ndarray  # re-ranked (scorer logit + fusion_weight * first_stage), or first_stage
+    reranked: np.ndarray | None  # final - fusion_weight * first_stage; None without re-ranking
+    zero_shot: np.ndarray | None  # None when the model has no zero-shot term
+
+
+def check_search_arguments(k: int, candidates: int, rerank_precision: str, offset: int = 0) -> None:
+    if k < 1:
+        raise InvalidQuery(f"k must be at least 1 (got {k}).")
+    if candidates < 1:
+        raise InvalidQuery(f"candidates must be at least 1 (got {candidates}).")
+    if offset < 0:
+        raise InvalidQuery(f"offset must be 0 or more (got {offset}).")
+    if rerank_precision not in ("float32", "bfloat16", "auto"):
+        raise InvalidQuery(f"rerank_precision must be float32, bfloat16 or auto (got {rerank_precision!r}).")
+
+
+def encode_text_query(model: AlignmentModel, text: str) -> TextEmbedding:
+    """A text query --> its embedding (one row). Raises InvalidQuery for text the encoder cannot read."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidQuery("the query is empty; describe the image you are looking for.")
+    text = _valid_unicode(text)
+    if not model.text.tokenizer(text, add_special_tokens=False)["input_ids"]:
+        raise InvalidQuery(
+            f"the query {text!r} has no characters the text encoder can read (only control or "
+            "invisible characters); describe the image in words."
+        )
+    with torch.inference_mode():
+        query = model.text.encode([text])
+    if query.truncated[0]:
+        log.warning("the query is longer than the text encoder's %d tokens; the rest was ignored",
+                    model.text.config.max_length)
+    return query
+
+
+def score_pool(
+    model: AlignmentModel,
+    query: TextEmbedding,
+    cosines: np.ndarray,
+    regions: np.ndarray | None,
+    labels: list[list[tuple[str, float]]] | None,
+    rerank_precision: RerankPrecision = "float32",
+) -> PoolScores:
+    """The scores of C candidates of a text query: cosines (C,) of the global vectors, the
+    candidates' regions (C, R, d) float16 (None: no re-ranking) and stored labels (None: none
+    read). Search's pool and Index.rerank both score through here."""
+    zero_shot_weight = model.config.zero_shot_weight if model.config.image_labels else 0.0
+    first = cosines.astype(np.float32)
+    zero_shot = None
+    if zero_shot_weight and labels is not None and len(first):
+        sentence = query.sentence[0].float().cpu().numpy()  # (h,): the BERT run of the query, mean-pooled
+        zero_shot = zero_shot_scores(model, sentence, labels)  # (C,)
+        first = first + np.float32(zero_shot_weight) * zero_shot  # the fused first stage
+    if regions is None or not len(first):
+        return PoolScores(first, first, None, zero_shot)
+    final = rerank_scores(
+        model.scorer, query.tokens[0], query.mask[0], regions, first, model.config.fusion_weight,
+        compute_dtype=_compute_dtype(rerank_precision, query.tokens.device),
+    )
+    return PoolScores(first, final, final - np.float32(model.config.fusion_weight) * first, zero_shot)
 
 
 def search(
@@ -67,68 +155,152 @@ def search(
     rerank: bool = True,
     rerank_precision: RerankPrecision = "float32",
 ) -> list[SearchResult]:
-    """rerank_precision: "float32" gives the reference scorer's scores; "bfloat16" runs the
+    """The top-k images for a text query (the first page of search_page)."""
+    check_search_arguments(k, candidates, rerank_precision)
+    query = encode_text_query(model, text)
+    return search_page(model, store, vectors, query, k=k, candidates=candidates, rerank=rerank,
+                       rerank_precision=rerank_precision).results
+
+
+def search_page(
+    model: AlignmentModel,
+    store: Store,
+    vectors: VectorIndex,
+    query: TextEmbedding | np.ndarray,
+    *,
+    k: int = 10,
+    offset: int = 0,
+    candidates: int = DEFAULT_CANDIDATES,
+    rerank: bool = True,
+    filters: SearchFilters = SearchFilters(),
+    exclude_id: int | None = None,
+    rerank_precision: RerankPrecision = "float32",
+    encode_ms: float = 0.0,
+) -> SearchPage:
+    """One page (results offset .. offset+k-1) for a query: a text embedding (one row), or an
+    image query's global vector (d,) in the shared space (never re-ranked).
+
+    rerank_precision: "float32" gives the reference scorer's scores; "bfloat16" runs the
     scorer's matrix products in bfloat16 (about 3x faster on CPUs with AVX512-BF16, logits
-    within about 1% of their spread); "auto" picks bfloat16 where the hardware runs it natively."""
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidQuery("the query is empty; describe the image you are looking for.")
-    text = _valid_unicode(text)
-    if not model.text.tokenizer(text, add_special_tokens=False)["input_ids"]:
-        raise InvalidQuery(
-            f"the query {text!r} has no characters the text encoder can read (only control or "
-            "invisible characters); describe the image in words."
-        )
-    if k < 1:
-        raise InvalidQuery(f"k must be at least 1 (got {k}).")
-    if rerank_precision not in ("float32", "bfloat16", "auto"):
-        raise InvalidQuery(f"rerank_precision must be float32, bfloat16 or auto (got {rerank_precision!r}).")
-    if candidates < 1:
-        raise InvalidQuery(f"candidates must be at least 1 (got {candidates}).")
-    zero_shot_weight = model.config.zero_shot_weight if model.config.image_labels else 0.0
-    depth = max(k, candidates) if rerank or zero_shot_weight else k
-    with torch.inference_mode():
-        query = model.text.encode([text])
-    if query.truncated[0]:
-        log.warning("the query is longer than the text encoder's %d tokens; the rest was ignored",
-                    model.text.config.max_length)
-    cosines, ids = vectors.search(query.global_[0].float().cpu().numpy(), depth)  # (C,), (C,)
-    zero_shot, candidate_labels = None, None
-    first_scores = cosines
-    if zero_shot_weight and len(ids):
-        sentence = query.sentence[0].float().cpu().numpy()  # (h,): the BERT run above, mean-pooled
-        candidate_labels = store.labels(ids.tolist())
-        zero_shot = zero_shot_scores(model, sentence, [candidate_labels[int(i)] for i in ids])  # (C,)
-        first_scores = cosines + np.float32(zero_shot_weight) * zero_shot  # the fused first stage
-    if rerank and len(ids):
-        mask = query.mask[0]  # (T,)
-        final = rerank_scores(
-            model.scorer, query.tokens[0], mask, store.regions(ids.tolist()), first_scores,
-            model.config.fusion_weight, compute_dtype=_compute_dtype(rerank_precision, query.tokens.device),
-        )
-        reranked = final - np.float32(model.config.fusion_weight) * first_scores
-        order = np.argsort(-final, kind="stable")[:k]
-    else:
-        final, reranked = first_scores, None
-        order = np.argsort(-final, kind="stable")[:k]
-    first_rank = np.empty(len(ids), dtype=np.int64)
-    first_rank[np.argsort(-first_scores, kind="stable")] = np.arange(len(ids))  # position --> 0-based first-stage rank
-    rows = store.images(ids[order].tolist())
-    labels = candidate_labels if candidate_labels is not None else store.labels(ids[order].tolist())
+    within about 1% of their spread); "auto" picks bfloat16 where the hardware runs it natively.
+    exclude_id: an image left out of the results ("more like this" of that image).
+    """
+    check_search_arguments(k, candidates, rerank_precision, offset)
+    clock = _Clock(encode_ms)
+    text = query if isinstance(query, TextEmbedding) else None
+    vector = text.global_[0].float().cpu().numpy() if text is not None else np.asarray(query, np.float32)
+    uses_zero_shot = text is not None and bool(model.config.zero_shot_weight and model.config.image_labels)
+    pool_size = max(k, candidates) if text is not None and (rerank or uses_zero_shot) else 0
+    allowed = filters.allowed_ids(store)
+    clock.lap("first_stage")
+
+    # Fetch deeper until the page (and one more, to know whether a next page exists) survives
+    # min_score, or nothing is left to fetch.
+    limit = len(vectors) if allowed is None else len(allowed)
+    depth = max(offset + k + 1, pool_size) + (exclude_id is not None)
+    while True:
+        cosines, ids = nearest(vectors, store, vector, depth, allowed)  # (n,), (n,)
+        clock.lap("vector_search")
+        if exclude_id is not None:
+            keep = ids != exclude_id
+            cosines, ids = cosines[keep], ids[keep]
+        labels = store.labels(ids.tolist()) if uses_zero_shot else None  # every candidate's, for the zero-shot term
+        scores = _first_stage_order(model, text, cosines, ids, labels, pool_size, store, rerank, rerank_precision, clock)
+        kept = scores.kept(filters.min_score)
+        if len(kept) > offset + k or depth >= limit:
+            break
+        depth = min(limit, depth * 2)
+    page = kept[offset : offset + k]
+    rows = store.images(ids[page].tolist())
+    if labels is None:
+        labels = store.labels(ids[page].tolist())
     results = []
-    for rank, position in enumerate(order, start=1):
+    for rank, position in enumerate(page.tolist(), start=offset + 1):
         row = rows[int(ids[position])]
-        results.append(
-            SearchResult(
-                rank=rank, id=row.id, path=row.path, score=float(final[position]),
-                first_stage_score=float(first_scores[position]),
-                rerank_score=None if reranked is None else float(reranked[position]),
-                first_stage_rank=int(first_rank[position]) + 1,
-                zero_shot_score=None if zero_shot is None else float(zero_shot[position]),
-                width=row.width, height=row.height, size=row.size, sha256=row.sha256,
-                labels=[{"label": name, "score": prob} for name, prob in labels[row.id]],
-            )
-        )
-    return results
+        results.append(SearchResult(
+            rank=rank, id=row.id, path=row.path, score=float(scores.final[position]),
+            first_stage_score=float(scores.first_stage[position]),
+            rerank_score=None if scores.reranked is None or np.isnan(scores.reranked[position])
+            else float(scores.reranked[position]),
+            first_stage_rank=int(scores.first_stage_rank[position]),
+            zero_shot_score=None if scores.zero_shot is None else float(scores.zero_shot[position]),
+            width=row.width, height=row.height, size=row.size, sha256=row.sha256, taken_at=row.taken_at,
+            labels=[{"label": name, "score": prob} for name, prob in labels[row.id]],
+        ))
+    clock.lap("first_stage")
+    next_offset = offset + k if len(kept) > offset + k else None
+    return SearchPage(results, next_offset, scores.reranked is not None, clock.timings())
+
+
+@dataclass
+class _Ranked:
+    """Scores of the fetched candidates (n,) in FAISS order, and the final order over them."""
+
+    first_stage: np.ndarray
+    final: np.ndarray
+    reranked: np.ndarray | None  # NaN past the pool
+    zero_shot: np.ndarray | None
+    order: np.ndarray  # (n,) positions, best first: the pool by final score, then the rest
+    first_stage_rank: np.ndarray  # (n,) 1-based: the pool by first-stage score, then the rest
+
+    def kept(self, min_score: float | None) -> np.ndarray:
+        """`order` without the candidates whose first-stage score is under min_score."""
+        if min_score is None:
+            return self.order
+        return self.order[self.first_stage[self.order] >= np.float32(min_score)]
+
+
+def _first_stage_order(
+    model: AlignmentModel, text: TextEmbedding | None, cosines: np.ndarray, ids: np.ndarray, labels: dict | None,
+    pool_size: int, store: Store, rerank: bool, rerank_precision: RerankPrecision, clock: "_Clock",
+) -> _Ranked:
+    """Score and order fetched candidates: the pool (the first pool_size, re-ranked for text
+    queries) by final score, then the rest in FAISS order with their first-stage scores."""
+    count = len(ids)
+    pool = min(pool_size, count)
+    first = cosines.astype(np.float32).copy()
+    final, reranked, zero_shot = first.copy(), None, None
+    if text is not None and count:
+        label_list = None if labels is None else [labels[int(i)] for i in ids]
+        pool_labels = None if label_list is None else label_list[:pool]
+        regions = store.regions(ids[:pool].tolist()) if rerank and pool else None  # (P, R, d) float16
+        clock.lap("first_stage")
+        scored = score_pool(model, text, cosines[:pool], regions, pool_labels, rerank_precision)
+        clock.lap("rerank" if regions is not None else "first_stage")
+        first[:pool], final[:pool] = scored.first_stage, scored.final
+        if label_list is not None and scored.zero_shot is not None:
+            zero_shot = np.zeros(count, np.float32)
+            zero_shot[:pool] = scored.zero_shot
+            rest = zero_shot_scores(model, text.sentence[0].float().cpu().numpy(), label_list[pool:])
+            zero_shot[pool:] = rest
+            first[pool:] += np.float32(model.config.zero_shot_weight) * rest
+            final[pool:] = first[pool:]
+        if scored.reranked is not None:
+            reranked = np.full(count, np.nan, np.float32)
+            reranked[:pool] = scored.reranked
+    pool_order = np.argsort(-final[:pool], kind="stable")
+    order = np.concatenate([pool_order, np.arange(pool, count)]).astype(np.int64)
+    first_rank = np.empty(count, np.int64)
+    first_rank[np.argsort(-first[:pool], kind="stable")] = np.arange(1, pool + 1)
+    first_rank[pool:] = np.arange(pool + 1, count + 1)
+    return _Ranked(first, final, reranked, zero_shot, order, first_rank)
+
+
+class _Clock:
+    """Milliseconds spent per stage of one search, summed over laps."""
+
+    def __init__(self, encode_ms: float) -> None:
+        self.spent = {"encode": encode_ms, "vector_search": 0.0, "first_stage": 0.0, "rerank": 0.0}
+        self.started = self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.spent[stage] += (now - self.last) * 1000
+        self.last = now
+
+    def timings(self) -> dict[str, float]:
+        total = self.spent["encode"] + (time.perf_counter() - self.started) * 1000
+        return {name: round(ms, 2) for name, ms in {**self.spent, "total": total}.items()}
 
 
 def _compute_dtype(precision: RerankPrecision, device: torch.device) -> torch.dtype:

@@ -1,6 +1,6 @@
 """Schema migrations: a store written by an earlier release (schema 1: no ctime; schema 2: no
-labels) opens and is upgraded in place with nothing lost, and a migration that fails half-way
-leaves the old schema intact."""
+labels; schema 3: no EXIF dates, no folders) opens and is upgraded in place with nothing lost,
+and a migration that fails half-way leaves the old schema intact."""
 
 from __future__ import annotations
 
@@ -15,8 +15,19 @@ from imgsearch.index import Index
 from index_oracle import assert_rows_match, check_consistent, rows_of
 
 
+def downgrade_to_schema_3(db_path) -> None:
+    """What schema 3 stores hold: no exif_taken_at column, no folders table, user_version 3."""
+    conn = sqlite3.connect(db_path)
+    conn.execute("ALTER TABLE images DROP COLUMN exif_taken_at")
+    conn.execute("DROP TABLE folders")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+
+
 def downgrade_to_schema_2(db_path) -> None:
     """What schema 2 stores hold: no labels column in embeddings, user_version 2."""
+    downgrade_to_schema_3(db_path)
     conn = sqlite3.connect(db_path)
     conn.execute("ALTER TABLE embeddings DROP COLUMN labels")
     conn.execute("PRAGMA user_version = 2")
@@ -52,7 +63,8 @@ def schema_of(conn: sqlite3.Connection) -> dict:
     }
 
 
-@pytest.mark.parametrize("version, downgrade", [(1, downgrade_to_schema_1), (2, downgrade_to_schema_2)])
+@pytest.mark.parametrize("version, downgrade",
+                         [(1, downgrade_to_schema_1), (2, downgrade_to_schema_2), (3, downgrade_to_schema_3)])
 def test_a_downgraded_store_has_the_schema_of_the_earlier_migrations(tmp_path, version, downgrade):
     """The downgrade helpers below stand for stores written by earlier releases: check them against
     a store made by the first `version` migrations alone."""
@@ -159,7 +171,7 @@ def test_a_schema_2_store_is_upgraded_and_its_images_have_no_labels(schema_2_ind
     index_dir, photos, before = schema_2_index
     assert "labels" not in columns(index_dir / "index.db", "embeddings")
     with Index.open(index_dir, device="cpu") as index:
-        assert index.store.db.execute("PRAGMA user_version").fetchone()[0] == imgsearch.indexer.store.SCHEMA_VERSION == 3
+        assert index.store.db.execute("PRAGMA user_version").fetchone()[0] == imgsearch.indexer.store.SCHEMA_VERSION == 4
         assert "labels" in columns(index_dir / "index.db", "embeddings")
         check_consistent(index)
         assert_rows_match(rows_of(index), before)

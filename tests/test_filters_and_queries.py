@@ -1,0 +1,351 @@
+"""Issue 14's library side, each against an oracle:
+- filters (folder, date taken, min score) equal a brute force that filters, then ranks;
+- paging: the pages put together are the one long list;
+- image queries and "more like this" rank by cosine of stored vectors, leaving the image out;
+- Index.rerank equals search's re-rank stage on the same candidates;
+- explain equals a naive loop over tokens and regions;
+- taken_at is the EXIF DateTimeOriginal, else the mtime; original_path serves only indexed folders;
+- refresh_if_changed sees what another writer committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import draw_image
+from imgsearch.errors import ImageNotFound, InvalidImage, InvalidQuery
+from imgsearch.index import Index
+from imgsearch.indexer.vectors import IndexSpec, VectorIndex
+from imgsearch.search.explain import SHARPNESS, overlay_png
+
+ATOL = 1e-4
+TEXT = "a red circle"
+
+
+def save_with_exif_date(image: Image.Image, path, when: str) -> None:
+    """A JPEG whose EXIF DateTimeOriginal is `when` ("YYYY:MM:DD HH:MM:SS")."""
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = when  # Exif IFD: DateTimeOriginal
+    image.save(path, "JPEG", quality=95, exif=exif)
+
+
+@pytest.fixture(scope="module")
+def dated_photos(tmp_path_factory):
+    """18 images in three folders; the 'camera' ones carry EXIF dates, the others have set mtimes.
+    Returns the root and {file name: expected taken_at}."""
+    root = tmp_path_factory.mktemp("dated") / "photos"
+    expected = {}
+    for i in range(6):
+        folder = root / "camera"
+        folder.mkdir(parents=True, exist_ok=True)
+        when = f"2020:0{i + 1}:15 10:30:00"
+        save_with_exif_date(draw_image(i), folder / f"cam_{i}.jpg", when)
+        expected[f"cam_{i}.jpg"] = f"2020-0{i + 1}-15T10:30:00"
+    for folder_name, offset in (("scans", 10), ("scans-old", 20)):  # scans-old shares a prefix with scans
+        folder = root / folder_name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(6):
+            path = folder / f"scan_{i}.png"
+            draw_image(offset + i).save(path)
+            moment = dt.datetime(2019 + i % 3, 3, 1 + i, 8, 0, 0)
+            os.utime(path, (moment.timestamp(), moment.timestamp()))
+            expected[f"{folder_name}/scan_{i}.png"] = moment.isoformat(timespec="seconds")
+    return root, expected
+
+
+@pytest.fixture(scope="module")
+def dated_index(tmp_path_factory, dated_photos, model_dir):
+    root, _ = dated_photos
+    index = Index.create(tmp_path_factory.mktemp("dated-index") / "index", model_dir, device="cpu")
+    index.add([root], workers=0)
+    yield index
+    index.close()
+
+
+def all_rows(index):
+    rows = index.store.images(index.store.ok_ids().tolist())
+    return rows
+
+
+def brute_force(index, vector, *, keep=lambda row: True, exclude=None):
+    """(ids, cosines) of the images `keep` allows, best first: numpy over the SQLite vectors."""
+    ids, vectors = index.store.global_vectors()
+    rows = all_rows(index)
+    allowed = np.array([keep(rows[int(i)]) and int(i) != exclude for i in ids], bool)
+    scores = vectors[allowed] @ vector
+    order = np.argsort(-scores, kind="stable")
+    return ids[allowed][order], scores[order]
+
+
+def text_vector(index, text=TEXT):
+    with torch.inference_mode():
+        return index.model.text.encode([text]).global_[0].numpy()
+
+
+def relative(root, row):
+    return os.path.relpath(row.path, root)
+
+
+# ---- taken_at --------------------------------------------------------------------------
+
+
+def test_taken_at_is_the_exif_date_else_the_mtime(dated_index, dated_photos):
+    root, expected = dated_photos
+    got = {relative(root, row).removeprefix("camera/"): row.taken_at for row in all_rows(dated_index).values()}
+    assert got == expected
+
+
+# ---- filters against a brute force ------------------------------------------------------
+
+
+FILTERS = [
+    dict(under="scans"),
+    dict(under="camera", taken_after="2020-03-01"),
+    dict(taken_before="2019-12-31"),
+    dict(taken_after="2020-02-15T10:30:00", taken_before="2020-04-15"),  # inclusive at both ends
+    dict(under="scans-old", taken_after=dt.date(2020, 1, 1)),
+    dict(min_score=0.0),
+    dict(under="nowhere"),
+]
+
+
+def oracle_keep(root, filters):
+    def keep(row):
+        if "under" in filters and not row.path.startswith(str(root / filters["under"]) + os.sep):
+            return False
+        after, before = filters.get("taken_after"), filters.get("taken_before")
+        if after is not None and row.taken_at < str(after):
+            return False
+        if before is not None:
+            bound = str(before) + ("T23:59:59" if len(str(before)) == 10 else "")
+            if row.taken_at > bound:
+                return False
+        return True
+    return keep
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+def test_filtered_first_stage_equals_brute_force(dated_index, dated_photos, filters):
+    root, _ = dated_photos
+    arguments = dict(filters)
+    if "under" in arguments:
+        arguments["under"] = root / arguments["under"]
+    ids, scores = brute_force(dated_index, text_vector(dated_index), keep=oracle_keep(root, filters))
+    if "min_score" in filters:
+        ids, scores = ids[scores >= filters["min_score"]], scores[scores >= filters["min_score"]]
+    results = dated_index.search(TEXT, k=50, rerank=False, **arguments)
+    assert [r.id for r in results] == ids.tolist()
+    np.testing.assert_allclose([r.first_stage_score for r in results], scores, atol=ATOL)
+
+
+def test_filtered_rerank_reranks_the_filtered_pool(dated_index, dated_photos):
+    root, _ = dated_photos
+    ids, _ = brute_force(dated_index, text_vector(dated_index), keep=oracle_keep(root, {"under": "scans"}))
+    pool = dated_index.rerank(TEXT, ids[:4].tolist())  # the filtered subset's top 4, re-ranked alone
+    results = dated_index.search(TEXT, k=4, candidates=4, under=root / "scans")
+    assert [(r.id, round(r.score, 4)) for r in results] == [(r.id, round(r.score, 4)) for r in pool]
+
+
+def test_faiss_id_selector_equals_brute_force_on_flat_and_ivf():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 3
+    allowed = np.sort(rng.choice(ids, 400, replace=False))
+    query = vectors[5]
+    mask = np.isin(ids, allowed)
+    expected = np.argsort(-(vectors[mask] @ query), kind="stable")[:20]
+    for spec in (IndexSpec("flat"), IndexSpec("ivf_flat", nlist=16, nprobe=16)):  # IVF scanning every list: exact
+        index = VectorIndex.build(ids, vectors, 16, spec)
+        scores, found = index.search(query, 20, allowed)
+        assert found.tolist() == ids[mask][expected].tolist()
+        np.testing.assert_allclose(scores, (vectors[mask] @ query)[expected], atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(taken_after="last tuesday"), "not a date"),
+    (dict(taken_after="2021-05-01", taken_before="2021-01-01"), "later than"),
+    (dict(min_score="high"), "must be a number"),
+    (dict(under="  "), "folder filter is empty"),
+    (dict(offset=-1), "offset"),
+])
+def test_bad_filters_are_clear_errors(dated_index, bad, message):
+    with pytest.raises(InvalidQuery, match=message):
+        dated_index.search(TEXT, **bad)
+
+
+# ---- paging ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rerank", [True, False])
+def test_pages_put_together_are_the_long_list(dated_index, rerank):
+    whole = dated_index.search_page(TEXT, 5, candidates=7, rerank=rerank)
+    pages, offset = [], 0
+    while offset is not None:
+        page = dated_index.search_page(TEXT, 5, candidates=7, rerank=rerank, offset=offset)
+        pages += page.results
+        offset = page.next_offset
+    assert len(pages) == 18
+    assert [r.rank for r in pages] == list(range(1, 19))
+    assert [r.id for r in pages[:5]] == [r.id for r in whole.results]
+    # Past the pool (max(k, candidates) = 7) the order is the first stage's, not re-ranked.
+    first_stage_ids, _ = brute_force(dated_index, text_vector(dated_index))
+    assert [r.id for r in pages[7:]] == first_stage_ids[7:].tolist()
+    assert all(r.rerank_score is None for r in pages[7:])
+    assert sorted(r.id for r in pages) == sorted(first_stage_ids.tolist())
+    assert set(page.timings_ms) == {"encode", "vector_search", "first_stage", "rerank", "total"}
+
+
+# ---- image queries -------------------------------------------------------------------------
+
+
+def test_like_ranks_by_cosine_and_leaves_the_image_out(dated_index, dated_photos):
+    root, _ = dated_photos
+    source = dated_index.store.get(str(root / "scans" / "scan_2.png"))
+    vector = dated_index.store.global_vectors_of([source.id])[0]
+    ids, scores = brute_force(dated_index, vector, exclude=source.id)
+    page = dated_index.search_page(like=source.id, k=50)
+    assert not page.reranked
+    assert [r.id for r in page.results] == ids.tolist()
+    np.testing.assert_allclose([r.score for r in page.results], scores, atol=ATOL)
+    assert all(r.rerank_score is None for r in page.results)
+    by_path = dated_index.search(like=root / "scans" / "scan_2.png", k=50)
+    assert [r.id for r in by_path] == ids.tolist()
+
+
+def test_an_image_query_finds_that_image_first(dated_index, dated_photos, tmp_path):
+    root, _ = dated_photos
+    outside = tmp_path / "query.png"
+    shutil.copy(root / "scans" / "scan_4.png", outside)
+    expected = dated_index.store.get(str(root / "scans" / "scan_4.png")).id
+    for query in (outside, outside.read_bytes(), Image.open(outside)):
+        results = dated_index.search(image=query, k=3)
+        assert results[0].id == expected and results[0].score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_exactly_one_query_kind(dated_index, tmp_path):
+    with pytest.raises(InvalidQuery, match="exactly one"):
+        dated_index.search()
+    with pytest.raises(InvalidQuery, match="query and like"):
+        dated_index.search(TEXT, like=1)
+    with pytest.raises(ImageNotFound):
+        dated_index.search(like=999_999)
+    (tmp_path / "notes.txt").write_text("not a photo")
+    with pytest.raises(InvalidImage, match="not an image"):
+        dated_index.search(image=tmp_path / "notes.txt")
+    with pytest.raises(InvalidImage, match="does not exist"):
+        dated_index.search(image=tmp_path / "missing.jpg")
+
+
+# ---- re-ranking on its own ---------------------------------------------------------------
+
+
+def test_rerank_equals_searchs_rerank_stage(dated_index, dated_photos, tmp_path):
+    root, _ = dated_photos
+    searched = dated_index.search(TEXT, k=9, candidates=9)
+    pool_ids = [r.id for r in sorted(searched, key=lambda r: r.first_stage_rank)]
+    reranked = dated_index.rerank(TEXT, pool_ids)
+    assert [r.id for r in reranked] == [r.id for r in searched]
+    for got, want in zip(reranked, searched):
+        assert got.score == pytest.approx(want.score, abs=ATOL)
+        assert got.rerank_score == pytest.approx(want.rerank_score, abs=ATOL)
+        assert got.first_stage_rank == want.first_stage_rank
+    # An image outside the index is encoded now: a copy of an indexed PNG scores as the original.
+    copy = tmp_path / "elsewhere.png"
+    shutil.copy(root / "scans" / "scan_1.png", copy)
+    original = dated_index.store.get(str(root / "scans" / "scan_1.png")).id
+    both = {r.id: r for r in dated_index.rerank(TEXT, [original, copy])}
+    assert both[None].path == str(copy)
+    assert both[None].score == pytest.approx(both[original].score, abs=1e-3)
+
+
+# ---- explain -------------------------------------------------------------------------------
+
+
+def naive_explanation(index, text, image_id):
+    """Per word, softmax over regions of SHARPNESS * cosine(token, positioned region), averaged over
+    the word's tokens, by loops: the tokenizer's word ids say which tokens make a word."""
+    model = index.model
+    with torch.inference_mode():
+        query = model.text.encode([text])
+    regions = index.store.regions([image_id])[0].astype(np.float32) + model.scorer.region_position.detach().numpy()[:16]
+    encoding = model.text.tokenizer(text)
+    words: dict[int, list[np.ndarray]] = {}
+    for position, word in enumerate(encoding.word_ids()):
+        if word is None:
+            continue
+        token = query.tokens[0][position].numpy()
+        cosines = np.array([token @ r / (np.linalg.norm(token) * np.linalg.norm(r)) for r in regions])
+        weights = np.exp(SHARPNESS * cosines - (SHARPNESS * cosines).max())
+        words.setdefault(word, []).append(weights / weights.sum())
+    return [np.mean(parts, axis=0) / np.mean(parts, axis=0).sum() for parts in words.values()]
+
+
+def test_explain_equals_a_naive_loop(dated_index):
+    image_id = int(dated_index.store.ok_ids()[3])
+    text = "a reddish circle above squares"
+    explanation = dated_index.explain(text, image_id)
+    assert explanation.grid == (4, 4) and explanation.image_id == image_id
+    assert [w["word"] for w in explanation.words] == text.split()
+    for got, want in zip(explanation.words, naive_explanation(dated_index, text, image_id)):
+        assert sum(got["weights"]) == pytest.approx(1.0, abs=1e-4)
+        np.testing.assert_allclose(got["weights"], want, atol=1e-4)
+    png = overlay_png(draw_image(1), explanation.words[1]["weights"], explanation.grid)
+    with Image.open(__import__("io").BytesIO(png)) as overlay:
+        assert overlay.format == "PNG" and overlay.size == (48, 48)
+
+
+# ---- serving originals ----------------------------------------------------------------------
+
+
+def test_original_path_only_inside_indexed_folders(tmp_path, model_dir):
+    inside = tmp_path / "photos"
+    inside.mkdir()
+    outside = tmp_path / "private"
+    outside.mkdir()
+    draw_image(1).save(inside / "a.png")
+    draw_image(2).save(outside / "secret.png")
+    (inside / "link.png").symlink_to(outside / "secret.png")
+    with Index.create(tmp_path / "index", model_dir, device="cpu") as index:
+        index.add([inside], workers=0)
+        ids = {os.path.basename(row.path): row.id for row in index.store.all_images().values()}
+        assert index.original_path(ids["a.png"]) == inside / "a.png"
+        with pytest.raises(ImageNotFound):  # indexed through a link, but its file lies outside
+            index.original_path(ids["link.png"])
+        with pytest.raises(ImageNotFound):
+            index.original_path(10_000)
+        (inside / "a.png").unlink()
+        (inside / "a.png").symlink_to("/etc/passwd")  # swapped for a link after indexing
+        with pytest.raises(ImageNotFound):
+            index.original_path(ids["a.png"])
+
+
+# ---- a server's reader sees a writer's commits -------------------------------------------------
+
+
+def test_refresh_if_changed_sees_another_writers_images(tmp_path, model_dir):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        draw_image(i).save(photos / f"a_{i}.png")
+    Index.create(tmp_path / "index", model_dir, device="cpu").close()
+    with Index.open(tmp_path / "index", device="cpu") as reader, Index.open(tmp_path / "index", device="cpu") as writer:
+        assert reader.refresh_if_changed() is False
+        writer.add([photos], workers=0)
+        assert len(reader.vectors) == 0
+        assert reader.refresh_if_changed() is True
+        assert reader.refresh_if_changed() is False
+        assert np.array_equal(reader.vectors.ids(), writer.store.ok_ids())
+        (photos / "a_0.png").unlink()
+        draw_image(9).save(photos / "b.png")
+        writer.add([photos], workers=0)
+        assert reader.refresh_if_changed() is True
+        assert np.array_equal(reader.vectors.ids(), writer.store.ok_ids())
+        assert [r.id for r in reader.search(TEXT, k=5)] == [r.id for r in writer.search(TEXT, k=5)]
