@@ -2,12 +2,12 @@
 #   make demo   set up .venv, index the sample photos (data/photos) with the packaged
 #               photo model into demo-out/index, run searches (bench/scenes_demo.sh: the
 #               synthetic-scenes demo with data/demo-model)
-#   make test   set up .venv, run the test suite
+#   make test   set up .venv (and Debian's chromium for the browser tests, when root), run the test suite
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench-flickr8k bench-losses bench-indexing bench-query bench-compact clean
+.PHONY: demo test setup bench-flickr8k bench-losses bench-indexing bench-query bench-compact bench-serve clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,7 @@ demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 scripts/demo.sh
 
 test: $(STAMP)
+	scripts/ensure_chromium.sh
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
 
 bench-flickr8k: $(STAMP)
@@ -33,6 +34,9 @@ bench-losses: $(STAMP)
 
 bench-indexing: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/indexing.sh
+
+bench-serve: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/serve_load.sh
 
 # bench-query and bench-compact use the model bench-flickr8k trains (bench/out/flickr8k/model)
 bench-query: $(STAMP)

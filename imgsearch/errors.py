@@ -86,8 +86,7 @@ class ImageTooLarge(ValueError):
 
 
 class InvalidImage(ImgsearchError):
-    """An image given as a query (an upload, a file) is not a usable image: not an image at
-    all, too many pixels (a likely decompression bomb), or truncated."""
+    """An image given as a query or upload is unusable: not an image, too many pixels, or truncated."""
 
 
 class ImageNotFound(ImgsearchError):

@@ -138,7 +138,7 @@ def test_index_dir_from_environment(indexed):
 
 
 FIELDS = {"rank", "id", "path", "score", "first_stage_score", "rerank_score", "first_stage_rank", "zero_shot_score",
-          "width", "height", "size", "sha256", "labels"}
+          "width", "height", "size", "sha256", "labels", "taken_at"}
 
 
 def test_search_json_fields_and_order(indexed, image_folder):
