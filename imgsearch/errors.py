@@ -22,6 +22,7 @@ __all__ = [
     "ConversionError",
     "InvalidImage",
     "ImageNotFound",
+    "ServeFailed",
 ]
 
 
@@ -91,3 +92,7 @@ class InvalidImage(ImgsearchError):
 
 class ImageNotFound(ImgsearchError):
     """An image id the index does not hold, or a file it may not serve (outside the indexed folders)."""
+
+
+class ServeFailed(ImgsearchError):
+    """`imgsearch serve` cannot listen on the host and port asked for."""

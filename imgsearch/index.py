@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 from imgsearch.model.packaged import default_model_dir
 from imgsearch.model.checkpoint import fingerprint, read_config
 from imgsearch.model.device import resolve_device
-from imgsearch.errors import ImageNotFound, IndexExists, IndexNotFound, InvalidQuery, ModelMismatch, ModelNotFound
+from imgsearch.errors import ImageNotFound, IndexExists, InvalidImage, IndexNotFound, InvalidQuery, ModelMismatch, ModelNotFound
 from imgsearch.indexer.lock import LOCK_NAME, VECTORS_LOCK_NAME, WriterLock
 from imgsearch.indexer.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
 from imgsearch.locations import default_index_dir
@@ -351,11 +352,13 @@ class Index:
             )
 
     def rerank(
-        self, query: str, items: Iterable[int | str | os.PathLike], *, rerank_precision: RerankPrecision = "float32"
+        self, query: str, items: Iterable[int | str | os.PathLike | ImageInput], *,
+        rerank_precision: RerankPrecision = "float32",
     ) -> list[SearchResult]:
         """Order the given images for a text query by the cross-attention scorer, as search's
         re-rank stage orders its candidates. Items are indexed image ids, or paths: an indexed
-        file is scored from its stored regions, any other image file is encoded now.
+        file is scored from its stored regions, any other image (a path, the bytes of an image
+        file, a PIL image) is encoded now (its result has id None; path "" unless given).
         Raises ImageNotFound for an id the index does not hold, InvalidImage for a file that
         is not a usable image."""
         items = list(items)
@@ -385,16 +388,28 @@ class Index:
             for rank, i in enumerate(order.tolist(), start=1)
         ]
 
-    def explain(self, query: str, item: int | str | os.PathLike) -> Explanation:
-        """Why `item` (an indexed id, or an image file's path) matches the text `query`: per word,
-        the weight of each region of the image (imgsearch.search.explain)."""
+    def explain(self, query: str, item: int | str | os.PathLike | ImageInput) -> Explanation:
+        """Why `item` (an indexed id or path, or another image: a path, bytes, a PIL image) matches
+        the text `query`: per word, the weight of each region of the image
+        (imgsearch.search.explain; with a classifier model, from the picture itself, read again
+        from its file, else from the stored regions)."""
         model = self.model
         with self._snapshot_lock.reading():
             text = encode_text_query(model, query)
             features = self._image_features(item)
+            picture = features.picture
+            if picture is None and features.id is not None and model.config.image_labels:
+                picture = self._indexed_picture(features.id)
         side = int(round(len(features.regions) ** 0.5))
-        return Explanation(query, explain_regions(model, text, query, features.regions), (side, side),
-                           features.id, features.path)
+        method, words = explain_regions(model, text, query, features.regions, picture)
+        return Explanation(query, words, (side, side), features.id, features.path, method)
+
+    def _indexed_picture(self, image_id: int):
+        """The decoded file of an indexed image, or None when it is gone or no longer decodes."""
+        try:
+            return load_image(self.original_path(image_id))
+        except (ImageNotFound, InvalidImage):
+            return None
 
     def original_path(self, image_id: int) -> Path:
         """The file of indexed image `image_id`, for serving it: only an image that decoded, only
@@ -423,26 +438,30 @@ class Index:
             raise ImageNotFound(f"{item} is not an image in this index; index it first, or give its id.")
         return row.id
 
-    def _image_features(self, item: int | str | os.PathLike) -> "_ImageFeatures":
+    def _image_features(self, item: int | str | os.PathLike | ImageInput) -> "_ImageFeatures":
         """Global vector, regions and labels of an indexed image (by id or path: from the store),
-        or of another image file (encoded now)."""
+        or of another image (a path, the bytes of an image file, a PIL image: encoded now)."""
+        image_id, path = None, None
         if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
             image_id = self._indexed_id(item)
-        else:
-            text = path_to_text(os.path.abspath(os.path.expanduser(os.fspath(item))))
-            row = self.store.get(text)
+        elif isinstance(item, (str, os.PathLike)):
+            path = Path(os.path.abspath(os.path.expanduser(os.fspath(item))))
+            row = self.store.get(path_to_text(path))
             image_id = row.id if row is not None and row.status == "ok" else None
+        elif not isinstance(item, (bytes, bytearray, memoryview, Image.Image)):
+            raise InvalidQuery(f"an image is given by its id, a path, the bytes of its file or a PIL image "
+                               f"(got {type(item).__name__}).")
         if image_id is not None:
             row = self.store.images([image_id])[image_id]
             return _ImageFeatures(
                 image_id, row.path, self.store.global_vectors_of([image_id])[0], self.store.regions([image_id])[0],
                 self.store.labels([image_id])[image_id], row.width, row.height, row.size, row.sha256, row.taken_at,
             )
-        path = Path(os.path.abspath(os.path.expanduser(os.fspath(item))))
-        picture = load_image(path)
+        picture = load_image(item if path is None else path)
         encoded = encode_image(self.model.image, picture)
-        return _ImageFeatures(None, path_to_text(path), encoded.global_, encoded.regions, encoded.labels,
-                              picture.width, picture.height, path.stat().st_size, None, None)
+        size = path.stat().st_size if path is not None else len(item) if not isinstance(item, Image.Image) else None
+        return _ImageFeatures(None, "" if path is None else path_to_text(path), encoded.global_, encoded.regions,
+                              encoded.labels, picture.width, picture.height, size, None, None, picture)
 
     def info(self) -> dict:
         counts = self.store.counts()
@@ -503,6 +522,7 @@ class _ImageFeatures:
     size: int | None
     sha256: str | None
     taken_at: str | None
+    picture: "Image.Image | None" = None  # the decoded image, when it was read now (not indexed)
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -86,17 +86,20 @@ def decode_file(path: Path, min_size: int | None = None) -> DecodeResult:
     return result
 
 
-def decode_image_bytes(data: bytes) -> Image.Image:
+def decode_image_bytes(data: bytes, min_size: int | None = None) -> Image.Image:
     """The bytes of an image file (an upload, a query photo) --> an upright RGB image, with the
     indexer's guards: the pixel limit, decompression bombs, non-images, truncated data.
+    With `min_size`, a JPEG is decoded at a reduced scale that keeps both sides at least
+    min_size (as decode_file does; a thumbnail needs no 12 MP decode).
     Raises InvalidImage with the reason."""
     if not data:
         raise InvalidImage("the image is empty (0 bytes).")
     try:
-        image, _ = _open_checked(data)
+        image, _ = _open_checked(data, min_size)
         return to_rgb(image)
     except Exception as exc:  # Pillow raises many types for bad data; all mean "cannot decode".
-        raise InvalidImage(f"{_describe(exc)}; give a JPEG, PNG, WebP, GIF, BMP or TIFF photo.") from exc
+        reason = _describe(exc).rstrip(". ")
+        raise InvalidImage(f"{reason}; give a JPEG, PNG, WebP, GIF, BMP or TIFF photo.") from exc
 
 
 # EXIF tags: DateTimeOriginal in the Exif sub-IFD, DateTime in IFD0 (when the file was last written).

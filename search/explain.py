@@ -1,11 +1,20 @@
 """Search, explain stage: why an image matched a text query, word by word.
 
-Every scorer has the token-region alignment term (model/scorer.py, alignment_score): each
-query token's best cosine with a region (positions included). Its explanation is the
-softmax over regions of those cosines, sharpened as SCAN's text-to-image attention is, per
-token; the tokens of one word (WordPiece pieces) are averaged. The grid is the backbone's
-last feature map over the whole frame (images are resized whole, never cropped), so region
-(r, c) covers rows r/rows .. (r+1)/rows and columns c/cols .. (c+1)/cols of the photo.
+Two ways, by what the model has:
+- "classes" (a backbone with an ImageNet classifier, e.g. the photo model): the label part of
+  the first-stage score compares the query with the names of the classes the classifier sees.
+  The classifier is linear over mean-pooled regions, so a class's logit is the mean of its
+  logits on each region (a class activation map). Per word: the class names nearest to the
+  word (softmax of their MiniLM cosines over CLASS_TEMPERATURE) weight the per-region class
+  logits, and a softmax over regions makes the map. Each word also names its nearest classes,
+  e.g. "dog" ~ "Irish water spaniel".
+- "alignment" (any scorer, and whenever the image's pixels are not at hand): the re-ranker's
+  token-region alignment term (model/scorer.py, alignment_score), each token's cosine with
+  each region, positions included, as a softmax over regions sharpened as SCAN's
+  text-to-image attention is.
+Tokens of one word (WordPiece pieces) are averaged. The grid is the backbone's last feature
+map over the whole frame (images are resized whole, never cropped), so region (r, c) covers
+rows r/rows .. (r+1)/rows and columns c/cols .. (c+1)/cols of the photo.
 """
 
 from __future__ import annotations
@@ -15,32 +24,57 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from imgsearch.model.alignment import AlignmentModel
+from imgsearch.model.image_encoder import resize_uint8
 from imgsearch.model.text_encoder import TextEmbedding
+from imgsearch.model.zero_shot import class_name_vectors
 
-__all__ = ["Explanation", "explain_regions", "overlay_png", "SHARPNESS"]
+__all__ = ["Explanation", "explain_regions", "overlay_png", "SHARPNESS", "CLASS_TEMPERATURE", "SHOWN_CLASSES"]
 
 # Inverse temperature of the softmax over regions (SCAN's lambda for text-to-image attention is 9-10).
 SHARPNESS = 10.0
+# Temperature of the softmax over class-name cosines that picks a word's classes.
+CLASS_TEMPERATURE = 0.05
+SHOWN_CLASSES = 3  # nearest class names listed per word
 
 
 @dataclass
 class Explanation:
     query: str
-    words: list[dict]  # [{"word": text, "weights": [float] * rows*cols, row-major, summing to 1}]
+    # [{"word": text, "weights": [float] * rows*cols, row-major, summing to 1,
+    #   "classes": [{"label", "similarity"}] nearest class names ("classes" method; else [])}]
+    words: list[dict]
     grid: tuple[int, int]  # (rows, cols)
     image_id: int | None  # None for a file that is not in the index
     path: str
+    method: str = "alignment"  # "classes" or "alignment" (see the module docstring)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def explain_regions(model: AlignmentModel, query: TextEmbedding, text: str, regions: np.ndarray) -> list[dict]:
+def explain_regions(
+    model: AlignmentModel, query: TextEmbedding, text: str, regions: np.ndarray, image: Image.Image | None = None
+) -> tuple[str, list[dict]]:
     """Per word of `text`, the weight of each region: query is text's embedding (one row),
-    regions (R, d) float16 as stored --> [{"word", "weights": R floats summing to 1}]."""
+    regions (R, d) float16 as stored, image the picture itself (RGB) when at hand -->
+    (method, [{"word", "weights": R floats summing to 1, "classes"}])."""
+    words = _words(model, text, int(query.mask[0].sum()))
+    if image is not None and model.config.image_labels and model.image.backbone_config.has_classifier:
+        return "classes", _class_maps(model, text, words, image)
+    per_token = _alignment_per_token(model, query, regions)  # (T, R)
+    out = []
+    for word, positions in words:
+        weights = per_token[positions].mean(axis=0)  # (R,)
+        out.append({"word": word, "weights": _rounded(weights / weights.sum()), "classes": []})
+    return "alignment", out
+
+
+def _alignment_per_token(model: AlignmentModel, query: TextEmbedding, regions: np.ndarray) -> np.ndarray:
+    """Softmax over regions of SHARPNESS * cosine(token, positioned region): (T, R)."""
     scorer = model.scorer
     with torch.inference_mode():
         tokens = query.tokens[0].float()  # (T, d)
@@ -48,12 +82,37 @@ def explain_regions(model: AlignmentModel, query: TextEmbedding, text: str, regi
         positioned = region_t + scorer.region_position[: len(region_t)]  # (R, d), as the scorer sees them
         t = tokens / tokens.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         r = positioned / positioned.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        per_token = (SHARPNESS * (t @ r.T)).softmax(dim=-1).cpu().numpy()  # (T, d) x (d, R) --> (T, R)
-    words = []
-    for word, positions in _words(model, text, int(query.mask[0].sum())):
-        weights = per_token[positions].mean(axis=0)  # (R,)
-        words.append({"word": word, "weights": [round(float(w), 6) for w in weights / weights.sum()]})
-    return words
+        return (SHARPNESS * (t @ r.T)).softmax(dim=-1).cpu().numpy()  # (T, d) x (d, R) --> (T, R)
+
+
+def _class_maps(model: AlignmentModel, text: str, words: list[tuple[str, list[int]]], image: Image.Image) -> list[dict]:
+    """The "classes" explanation (module docstring) of each word."""
+    encoder = model.image
+    labels = list(model.config.image_labels)
+    names = class_name_vectors(model)
+    name_vectors = torch.from_numpy(np.stack([names[label] for label in labels]))  # (C, h)
+    with torch.inference_mode():
+        pixels = encoder.normalize(resize_uint8(image, encoder.image_size)[None].to(model.device))  # (1, 3, S, S)
+        regions, _ = encoder.backbone(pixels)  # (1, R, C_feat)
+        region_logits = encoder.backbone.classify(regions[0]).float().cpu()  # (R, C_feat) --> (R, C): a CAM per class
+        batch, _ = model.text.tokenize([text], model.device)
+        states = model.text.bert(**batch).last_hidden_state[0].float().cpu()  # (T, h)
+    out = []
+    for word, positions in words:
+        word_vector = F.normalize(states[positions].mean(dim=0), dim=-1)  # (h,), as class names are pooled
+        similarity = name_vectors @ word_vector  # (C,)
+        similarity[0] = -1.0  # class 0, "background", names nothing
+        class_weights = ((similarity - similarity.max()) / CLASS_TEMPERATURE).softmax(dim=0)  # (C,)
+        region_scores = region_logits @ class_weights  # (R, C) x (C,) --> (R,)
+        weights = region_scores.softmax(dim=0).numpy()
+        nearest = similarity.argsort(descending=True)[:SHOWN_CLASSES].tolist()
+        out.append({"word": word, "weights": _rounded(weights),
+                    "classes": [{"label": labels[c], "similarity": round(float(similarity[c]), 4)} for c in nearest]})
+    return out
+
+
+def _rounded(weights: np.ndarray) -> list[float]:
+    return [round(float(w), 6) for w in weights]
 
 
 def _words(model: AlignmentModel, text: str, length: int) -> list[tuple[str, list[int]]]:

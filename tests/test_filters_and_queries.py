@@ -349,3 +349,50 @@ def test_refresh_if_changed_sees_another_writers_images(tmp_path, model_dir):
         assert reader.refresh_if_changed() is True
         assert np.array_equal(reader.vectors.ids(), writer.store.ok_ids())
         assert [r.id for r in reader.search(TEXT, k=5)] == [r.id for r in writer.search(TEXT, k=5)]
+
+
+def test_explain_by_classes_equals_a_class_activation_map(tmp_path, mobilenet_model_dir):
+    """With a classifier: per word, the class names nearest the word weight the classifier's
+    logits on each region, here from the 1x1 convolution run over the whole feature map."""
+    from imgsearch.model.image_encoder import resize_uint8
+    from imgsearch.model.zero_shot import sentence_vectors
+    from imgsearch.search.explain import CLASS_TEMPERATURE
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        draw_image(i, size=80).save(photos / f"p_{i}.png")
+    with Index.create(tmp_path / "index", mobilenet_model_dir, device="cpu") as index:
+        index.add([photos], workers=0)
+        image_id = index.store.get(str(photos / "p_1.png")).id
+        text = "class 5 beside class 7"
+        explanation = index.explain(text, image_id)
+        assert explanation.method == "classes" and explanation.grid == (2, 2)
+
+        model = index.model
+        labels = list(model.config.image_labels)
+        names = sentence_vectors(model, labels).numpy()  # (C, h)
+        with Image.open(photos / "p_1.png") as image, torch.inference_mode():
+            pixels = model.image.normalize(resize_uint8(image.convert("RGB"), model.image.image_size)[None])
+            grid = model.image.backbone.net.features(pixels)  # (1, 1280, G, G)
+            cam = model.image.backbone.net.classifier(grid)[0].flatten(1).T.numpy()  # (C, G, G) --> (G*G, C)
+            batch, _ = model.text.tokenize([text])
+            states = model.text.bert(**batch).last_hidden_state[0].numpy()  # (T, h)
+        words: dict[int, list[int]] = {}
+        for position, word in enumerate(model.text.tokenizer(text).word_ids()):
+            if word is not None:
+                words.setdefault(word, []).append(position)
+        assert [w["word"] for w in explanation.words] == text.split()
+        for got, positions in zip(explanation.words, words.values()):
+            vector = states[positions].mean(axis=0)
+            similarity = names @ (vector / np.linalg.norm(vector))
+            similarity[0] = -1.0
+            class_weights = np.exp((similarity - similarity.max()) / CLASS_TEMPERATURE)
+            class_weights /= class_weights.sum()
+            scores = cam @ class_weights
+            expected = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+            np.testing.assert_allclose(got["weights"], expected, atol=1e-4)
+            assert got["classes"][0]["label"] == labels[int(np.argmax(similarity))]
+        # Without the picture (the file is gone), the stored regions explain it by alignment.
+        (photos / "p_1.png").unlink()
+        assert index.explain(text, image_id).method == "alignment"

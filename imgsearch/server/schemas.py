@@ -1,0 +1,123 @@
+"""Serving stage, the API's shapes: request fields (validated), responses, and the OpenAPI
+description of bodies that come as JSON or as multipart/form-data."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from imgsearch.search.defaults import DEFAULT_CANDIDATES
+
+__all__ = ["MAX_QUERY_CHARS", "SearchRequest", "RerankRequest", "SearchItem", "SearchResponse",
+           "ExplainResponse", "Health", "search_body_doc", "rerank_body_doc"]
+
+MAX_QUERY_CHARS = 1000  # the model reads 40 tokens; this only stops huge bodies from being tokenized
+MAX_CANDIDATES = 1000  # re-ranked per request: bounds one request's work
+MAX_RERANK_ITEMS = 1000
+
+
+class SearchRequest(BaseModel):
+    """POST /api/search: exactly one of query, like, or an uploaded `image` file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str | None = Field(None, max_length=MAX_QUERY_CHARS, description="describe the photo in words")
+    like: int | None = Field(None, ge=1, description="an indexed image id: find images like it")
+    k: int = Field(24, ge=1, le=200, description="results per page")
+    candidates: int = Field(DEFAULT_CANDIDATES, ge=1, le=MAX_CANDIDATES,
+                            description="first-stage results the re-ranker orders")
+    rerank: bool = Field(True, description="re-rank text queries with the cross-attention scorer")
+    cursor: str | None = Field(None, max_length=20, description="next_cursor from the previous page")
+    page: int | None = Field(None, ge=1, description="1-based page number (instead of a cursor)")
+    folder: str | None = Field(None, max_length=4096, description="only images inside this folder (absolute path)")
+    taken_after: str | None = Field(None, max_length=40, description="ISO date or date-time, inclusive")
+    taken_before: str | None = Field(None, max_length=40, description="ISO date or date-time, inclusive")
+    min_score: float | None = Field(None, description="the least first-stage score")
+
+
+class RerankRequest(BaseModel):
+    """POST /api/rerank: a text query and indexed image ids (uploaded `images` files beside them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="describe the photo in words")
+    ids: list[int] = Field(default_factory=list, max_length=MAX_RERANK_ITEMS,
+                           description="indexed image ids (in a form: comma-separated)")
+
+
+class Label(BaseModel):
+    label: str
+    score: float
+
+
+class SearchItem(BaseModel):
+    id: int | None = Field(description="null for an uploaded image that is not in the index")
+    path: str | None
+    rank: int
+    score: float
+    first_stage_score: float | None
+    rerank_score: float | None
+    first_stage_rank: int | None
+    width: int | None
+    height: int | None
+    size: int | None = None
+    sha256: str | None = None
+    taken_at: str | None = None
+    labels: list[Label] = []
+    zero_shot_score: float | None = None
+    thumbnail_url: str | None
+    image_url: str | None
+
+
+class SearchResponse(BaseModel):
+    items: list[SearchItem]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+    reranked: bool
+    timings_ms: dict[str, float]
+
+
+class ExplainWord(BaseModel):
+    word: str
+    weights: list[float] = Field(description="grid rows x cols, row-major, summing to 1")
+    overlay_url: str = Field(description="this word's heatmap over the image (PNG)")
+
+
+class ExplainResponse(BaseModel):
+    query: str
+    words: list[ExplainWord]
+    grid: tuple[int, int]
+    image_id: int | None
+    path: str | None
+
+
+class Health(BaseModel):
+    status: str
+    images: int
+
+
+_FILE = {"type": "string", "format": "binary"}
+
+
+def _body_doc(json_schema: dict, form_schema: dict) -> dict[str, Any]:
+    """openapi_extra for an endpoint that reads its body itself, as JSON or a multipart form."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": json_schema},
+        "multipart/form-data": {"schema": form_schema},
+    }}}
+
+
+def search_body_doc() -> dict[str, Any]:
+    json_schema = SearchRequest.model_json_schema()
+    form = copy.deepcopy(json_schema)
+    form["properties"]["image"] = {**_FILE, "description": "a photo to search with (instead of query or like)"}
+    return _body_doc(json_schema, form)
+
+
+def rerank_body_doc() -> dict[str, Any]:
+    json_schema = RerankRequest.model_json_schema()
+    form = copy.deepcopy(json_schema)
+    form["properties"]["ids"] = {"type": "string", "description": "comma-separated image ids, e.g. 3,5,9"}
+    form["properties"]["images"] = {"type": "array", "items": _FILE, "description": "photos that need not be indexed"}
+    return _body_doc(json_schema, form)

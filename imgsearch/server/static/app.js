@@ -1,0 +1,507 @@
+// imgsearch web page: search box, result grid, detail view with the explanation heatmap.
+// Plain ES modules (api.js, dom.js, heatmap.js beside this one), no build step. Every node is
+// built with createElement/textContent: paths and labels are data and may hold markup (a folder
+// can be named "<script>").
+
+import { api, ApiError } from "./api.js";
+import { baseName, el, fmt, formatBytes, formatDate, parentName, percent } from "./dom.js";
+import { drawHeatmap } from "./heatmap.js";
+
+const PAGE_SIZE = 24;
+const $ = (id) => document.getElementById(id);
+
+const els = {
+  form: $("search-form"), q: $("q"), file: $("file"),
+  queryPhoto: $("query-photo"), queryPhotoImg: $("query-photo-img"),
+  queryPhotoLabel: $("query-photo-label"), queryPhotoClear: $("query-photo-clear"),
+  filters: $("filters"), filterCount: $("filter-count"), filtersClear: $("filters-clear"),
+  folder: $("folder"), after: $("after"), before: $("before"), min: $("min"),
+  error: $("error"), status: $("status"), timings: $("timings"), empty: $("empty"),
+  grid: $("grid"), loadMore: $("load-more"), drop: $("drop"),
+  detail: $("detail"), detailImg: $("detail-img"), heatmap: $("heatmap"),
+  detailPos: $("detail-pos"), detailPath: $("detail-path"), facts: $("detail-facts"),
+  explain: $("explain"), words: $("words"), explainNote: $("explain-note"),
+  prev: $("prev"), next: $("next"), close: $("close"),
+  detailLike: $("detail-like"), detailOpen: $("detail-open"),
+};
+
+// The current search. query: {kind: "text", text} | {kind: "like", id, name} | {kind: "image", upload, name}
+const state = { query: null, filters: {}, items: [], nextCursor: null, timings: null, reranked: false, detail: -1, word: null };
+const uploads = new Map(); // upload number --> {file, url}: photo queries are kept for back/forward
+let uploadCount = 0;
+let inflight = null; // AbortController of the running search
+const explanations = new Map(); // "id\nquery" --> Promise of the explanation JSON
+
+// ---------- URL <--> state ----------
+
+const FILTER_PARAMS = { folder: "folder", after: "taken_after", before: "taken_before", min: "min_score" };
+
+function readFilters() {
+  return { folder: els.folder.value.trim(), after: els.after.value, before: els.before.value, min: els.min.value.trim() };
+}
+
+function showFilters(filters) {
+  for (const name of Object.keys(FILTER_PARAMS)) els[name].value = filters[name] || "";
+  const count = Object.values(filters).filter(Boolean).length;
+  els.filterCount.textContent = count ? ` (${count})` : "";
+  if (count) els.filters.open = true;
+}
+
+function urlFor(query, filters) {
+  const params = new URLSearchParams();
+  if (query && query.kind === "text") params.set("q", query.text);
+  if (query && query.kind === "like") params.set("like", String(query.id));
+  for (const name of Object.keys(FILTER_PARAMS)) if (filters[name]) params.set(name, filters[name]);
+  const search = params.toString();
+  return search ? `?${search}` : location.pathname;
+}
+
+function fromLocation(historyState) {
+  const params = new URLSearchParams(location.search);
+  const filters = {};
+  for (const name of Object.keys(FILTER_PARAMS)) filters[name] = params.get(name) || "";
+  let query = null;
+  if (params.get("q")) query = { kind: "text", text: params.get("q") };
+  else if (params.get("like")) query = { kind: "like", id: params.get("like"), name: historyState && historyState.name };
+  else if (historyState && historyState.upload && uploads.has(historyState.upload)) {
+    query = { kind: "image", upload: historyState.upload, name: historyState.name };
+  }
+  return { query, filters };
+}
+
+function historyStateFor(query) {
+  if (!query) return null;
+  if (query.kind === "image") return { upload: query.upload, name: query.name };
+  if (query.kind === "like") return { name: query.name };
+  return null;
+}
+
+// ---------- searching ----------
+
+function requestFor(query, filters, cursor) {
+  const fields = { k: PAGE_SIZE };
+  for (const [name, param] of Object.entries(FILTER_PARAMS)) if (filters[name]) fields[param] = filters[name];
+  if (filters.min) fields.min_score = Number(filters.min);
+  if (cursor) fields.cursor = cursor;
+  if (query.kind === "image") {
+    const form = new FormData();
+    form.append("image", uploads.get(query.upload).file, query.name || "photo");
+    for (const [name, value] of Object.entries(fields)) form.append(name, String(value));
+    return { method: "POST", body: form };
+  }
+  if (query.kind === "text") fields.query = query.text;
+  else fields.like = Number(query.id);
+  return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(fields) };
+}
+
+// Start a new search (history: "push" for the user's own searches, "replace" on load, "none" on back/forward).
+async function search(query, filters, history = "push") {
+  state.query = query;
+  state.filters = filters;
+  showQuery(query);
+  showFilters(filters);
+  const url = urlFor(query, filters);
+  const historyState = historyStateFor(query);
+  const unchanged = new URL(url, location.href).href === location.href
+    && JSON.stringify(historyState) === JSON.stringify(window.history.state);
+  if (history === "push" && !unchanged) { // the same search again adds no history entry
+    window.history.pushState(historyState, "", url);
+  } else if (history === "replace") {
+    window.history.replaceState(historyState, "", url);
+  }
+  state.items = [];
+  state.nextCursor = null;
+  state.timings = null;
+  state.word = null; // a new query has its own words
+  closeDetail();
+  if (!query) { render(); return; }
+  await fetchPage(null);
+}
+
+async function fetchPage(cursor) {
+  if (inflight) inflight.abort();
+  const controller = new AbortController();
+  inflight = controller;
+  const { query, filters } = state;
+  showError(null);
+  document.body.classList.add("busy");
+  els.status.textContent = cursor ? "Loading more…" : "Searching…";
+  els.loadMore.disabled = true;
+  try {
+    const page = await api("api/search", { ...requestFor(query, filters, cursor), signal: controller.signal });
+    if (controller !== inflight) return;
+    state.items = cursor ? state.items.concat(page.items) : page.items;
+    state.nextCursor = page.next_cursor ?? null;
+    state.timings = page.timings_ms || null;
+    state.reranked = page.reranked;
+    render(cursor ? page.items.length : null);
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    if (controller !== inflight) return;
+    let message = error instanceof ApiError ? error.message : `Something went wrong: ${error.message}`;
+    if (query.kind === "image") message = `Could not search with ${query.name || "that photo"}: ${message}`;
+    showError(message);
+    if (!cursor) { state.items = []; state.nextCursor = null; state.timings = null; render(); }
+    els.status.textContent = "";
+  } finally {
+    if (controller === inflight) {
+      inflight = null;
+      document.body.classList.remove("busy");
+      els.loadMore.disabled = false;
+    }
+  }
+}
+
+function showError(message) {
+  els.error.hidden = !message;
+  els.error.textContent = message || "";
+}
+
+// ---------- rendering the page ----------
+
+function showQuery(query) {
+  if (!query || query.kind === "text") {
+    els.queryPhoto.hidden = true;
+    els.queryPhotoImg.removeAttribute("src");
+    els.q.value = query ? query.text : "";
+    return;
+  }
+  els.q.value = "";
+  els.queryPhoto.hidden = false;
+  if (query.kind === "image") {
+    els.queryPhotoImg.src = uploads.get(query.upload).url;
+    els.queryPhotoLabel.textContent = query.name ? `Like ${query.name}` : "Like your photo";
+  } else {
+    els.queryPhotoImg.src = `api/images/${encodeURIComponent(query.id)}/thumbnail`;
+    els.queryPhotoLabel.textContent = query.name ? `Like ${query.name}` : `Like photo #${query.id}`;
+  }
+  els.queryPhotoImg.alt = els.queryPhotoLabel.textContent;
+}
+
+function describeQuery(query) {
+  if (query.kind === "text") return `for “${query.text}”`;
+  return query.name ? `like ${query.name}` : "like this one";
+}
+
+function render(appended = null) {
+  const { query, items } = state;
+  els.empty.hidden = Boolean(query);
+  if (appended === null) els.grid.replaceChildren();
+  const start = appended === null ? 0 : items.length - appended;
+  items.slice(start).forEach((item, i) => els.grid.append(card(item, start + i)));
+  els.loadMore.hidden = !state.nextCursor;
+  if (!query) { els.status.textContent = ""; els.timings.textContent = ""; return; }
+  if (!items.length) {
+    const filtered = Object.values(state.filters).some(Boolean);
+    els.status.textContent = `No photos ${describeQuery(query)}.` +
+      (filtered ? " Try removing a filter (folder, dates, min score)." : " Try other words.");
+  } else {
+    const count = `${items.length}${state.nextCursor ? "+" : ""} ${items.length === 1 ? "photo" : "photos"}`;
+    els.status.textContent = `${count} ${describeQuery(query)}`;
+  }
+  els.timings.textContent = timingsText(state.timings, state.reranked);
+}
+
+function timingsText(t, pageReranked) {
+  if (!t) return "";
+  const parts = [["encode", "encode"], ["vector_search", "vector search"], ["first_stage", "first stage"], ["rerank", "re-rank"]]
+    .filter(([key]) => t[key] !== undefined && t[key] !== null && (key !== "rerank" || pageReranked))
+    .map(([key, name]) => `${name} ${fmt(t[key], 1)}`);
+  return `${fmt(t.total, 1)} ms` + (parts.length ? ` (${parts.join(" · ")} ms)` : "");
+}
+
+const isReranked = (item) => item.rerank_score !== null && item.rerank_score !== undefined;
+const textQuery = () => Boolean(state.query && state.query.kind === "text");
+
+function scoreText(item) {
+  if (isReranked(item)) return `score ${fmt(item.score, 2)} · first stage ${fmt(item.first_stage_score, 3)}`;
+  if (textQuery()) return `first stage ${fmt(item.first_stage_score, 3)} · not re-ranked`;
+  return `similarity ${fmt(item.first_stage_score, 3)}`;
+}
+
+function scoreTitle(item) {
+  if (isReranked(item)) return `Final score after re-ranking; the first stage (vector search) ranked it #${item.first_stage_rank}`;
+  if (textQuery()) return "Past the re-ranked candidates: ordered by the first stage (vector search)";
+  return "Cosine similarity with the query photo";
+}
+
+function topLabel(item) {
+  const label = item.labels && item.labels[0];
+  return label ? `${label.label} ${percent(label.score)}` : null;
+}
+
+function card(item, index) {
+  const name = baseName(item.path);
+  const folder = parentName(item.path);
+  const img = el("img", { src: item.thumbnail_url, alt: name, loading: "lazy", decoding: "async" });
+  if (item.width && item.height) { img.width = item.width; img.height = item.height; }
+  return el("li", { class: "card", dataset: { id: String(item.id), path: item.path, rank: String(item.rank) } },
+    el("button", { type: "button", class: "thumb", title: item.path, "aria-label": `Open ${name} (result ${index + 1})`,
+                   onclick: () => openDetail(index) }, img),
+    el("div", { class: "meta" },
+      el("div", { class: "name", title: item.path }, el("span", { class: "file", text: name }),
+         folder ? el("span", { class: "folder", text: ` in ${folder}` }) : null),
+      el("div", { class: "scores", text: scoreText(item), title: scoreTitle(item) }),
+      topLabel(item) ? el("div", { class: "label", text: topLabel(item) }) : null),
+    el("button", { type: "button", class: "like quiet", text: "More like this", onclick: () => moreLike(item) }));
+}
+
+function moreLike(item) {
+  search({ kind: "like", id: item.id, name: baseName(item.path) }, state.filters);
+  els.q.focus();
+}
+
+function photoQuery(file) {
+  if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) {
+    showError(`${file.name} is not an image: drop a photo (JPEG, PNG, WebP, ...).`);
+    return;
+  }
+  uploadCount += 1;
+  uploads.set(uploadCount, { file, url: URL.createObjectURL(file) });
+  for (const old of [...uploads.keys()].filter((n) => n <= uploadCount - 10)) { // keep the last 10 for back/forward
+    URL.revokeObjectURL(uploads.get(old).url);
+    uploads.delete(old);
+  }
+  search({ kind: "image", upload: uploadCount, name: file.name || null }, readFilters());
+}
+
+// ---------- the detail view ----------
+
+function openDetail(index) {
+  const item = state.items[index];
+  if (!item) return;
+  state.detail = index;
+  const name = baseName(item.path);
+  els.detailImg.src = item.thumbnail_url; // shown at once, replaced by the original when it has loaded
+  els.detailImg.alt = name;
+  if (item.image_url) {
+    const full = new Image();
+    full.onload = () => { if (state.items[state.detail] === item) els.detailImg.src = item.image_url; };
+    full.src = item.image_url;
+  }
+  els.heatmap.hidden = true;
+  els.detailPos.textContent = `${index + 1} of ${state.items.length}${state.nextCursor ? "+" : ""}`;
+  els.prev.disabled = index === 0;
+  els.next.disabled = index === state.items.length - 1 && !state.nextCursor;
+  els.detailPath.textContent = item.path;
+  els.detailPath.title = item.path;
+  els.facts.replaceChildren(...facts(item));
+  if (item.image_url) els.detailOpen.href = item.image_url; else els.detailOpen.removeAttribute("href");
+  els.detail.dataset.id = String(item.id);
+  showExplanation(item);
+  if (!els.detail.open) els.detail.showModal();
+  fitImage();
+}
+
+// The photo as large as the figure allows (small photos are enlarged, at most 3x their own
+// size); its aspect comes from the loaded image, which the browser has turned upright (EXIF).
+function fitImage() {
+  const img = els.detailImg;
+  const item = state.items[state.detail];
+  if (!els.detail.open || !item || !img.naturalWidth) return;
+  const figure = img.closest(".detail-figure");
+  const style = getComputedStyle(figure);
+  const padX = parseFloat(style.paddingLeft) + parseFloat(style.paddingRight);
+  const padY = parseFloat(style.paddingTop) + parseFloat(style.paddingBottom);
+  const narrow = window.matchMedia("(max-width: 720px)").matches;
+  const boxW = figure.clientWidth - padX;
+  const boxH = narrow ? window.innerHeight * 0.6 : figure.clientHeight - padY;
+  const longest = Math.max(item.width || 0, item.height || 0, img.naturalWidth, img.naturalHeight);
+  const scale = Math.min(boxW / img.naturalWidth, boxH / img.naturalHeight,
+                         (3 * longest) / Math.max(img.naturalWidth, img.naturalHeight));
+  img.style.width = `${Math.floor(img.naturalWidth * scale)}px`;
+  img.style.height = `${Math.floor(img.naturalHeight * scale)}px`;
+}
+
+function facts(item) {
+  const rows = [];
+  const add = (term, value) => { if (value !== null && value !== undefined && value !== "") rows.push(el("dt", { text: term }), el("dd", { text: value })); };
+  add("Taken", formatDate(item.taken_at));
+  const pixels = item.width && item.height ? `${item.width} × ${item.height} px` : null;
+  add("Size", [pixels, formatBytes(item.size)].filter(Boolean).join(", "));
+  if (!isReranked(item)) {
+    add(textQuery() ? "First stage" : "Similarity", fmt(item.first_stage_score, 3));
+  } else {
+    add("Score", fmt(item.score, 2));
+    add("First stage", `${fmt(item.first_stage_score, 3)} (rank ${item.first_stage_rank})`);
+  }
+  add("Rank", String(item.rank));
+  if (item.labels && item.labels.length) {
+    const list = el("ul", { class: "labels" });
+    for (const label of item.labels) list.append(el("li", { text: `${label.label} ${percent(label.score)}` }));
+    rows.push(el("dt", { text: "Labels" }), el("dd", {}, list));
+  }
+  return rows;
+}
+
+function closeDetail() {
+  if (els.detail.open) els.detail.close();
+}
+
+async function moveDetail(step) {
+  const target = state.detail + step;
+  if (target < 0) return;
+  if (target >= state.items.length) {
+    if (!state.nextCursor || inflight) return;
+    await fetchPage(state.nextCursor);
+    if (target >= state.items.length) return;
+  }
+  openDetail(target);
+  const thumb = els.grid.children[target] && els.grid.children[target].querySelector(".thumb");
+  if (thumb) thumb.scrollIntoView({ block: "nearest" });
+}
+
+function explanationFor(item, text) {
+  const key = `${item.id}\n${text}`;
+  if (!explanations.has(key)) {
+    const url = `api/images/${encodeURIComponent(item.id)}/explain?query=${encodeURIComponent(text)}`;
+    const promise = api(url);
+    promise.catch(() => explanations.delete(key)); // a failure is not remembered
+    explanations.set(key, promise);
+  }
+  return explanations.get(key);
+}
+
+async function showExplanation(item) {
+  const query = state.query;
+  els.words.replaceChildren();
+  els.explainNote.textContent = "";
+  els.explain.hidden = !query || query.kind !== "text";
+  if (els.explain.hidden) return;
+  els.explainNote.textContent = "Reading the match…";
+  let explanation;
+  try {
+    explanation = await explanationFor(item, query.text);
+  } catch (error) {
+    if (state.items[state.detail] === item) els.explainNote.textContent = `No explanation: ${error.message}`;
+    return;
+  }
+  if (state.items[state.detail] !== item || state.query !== query) return; // moved on meanwhile
+  els.explainNote.textContent = "";
+  const words = explanation.words || [];
+  if (!words.length) { els.explainNote.textContent = "The model gave no per-word weights for this query."; return; }
+  words.forEach((word, i) => {
+    els.words.append(el("button", {
+      type: "button", class: "word", text: word.word, "aria-pressed": "false", dataset: { word: String(i) },
+      onclick: () => selectWord(item, explanation, state.word === i ? null : i),
+    }));
+  });
+  // Keep the chosen word while moving between results, when this query has it too.
+  selectWord(item, explanation, state.word !== null && state.word < words.length ? state.word : null);
+}
+
+function selectWord(item, explanation, index) {
+  state.word = index;
+  for (const chip of els.words.children) chip.setAttribute("aria-pressed", String(chip.dataset.word === String(index)));
+  if (index === null) {
+    els.heatmap.hidden = true;
+    delete els.heatmap.dataset.word;
+    els.explainNote.textContent = "";
+    return;
+  }
+  const word = explanation.words[index];
+  drawHeatmap(els.heatmap, word.weights, explanation.grid,
+              (els.detailImg.naturalHeight || 1) / (els.detailImg.naturalWidth || 1));
+  els.heatmap.dataset.word = word.word;
+  els.heatmap.hidden = false;
+  els.explainNote.textContent = `Brighter areas matched “${word.word}” more. Click it again to hide.`;
+}
+
+// ---------- events ----------
+
+els.form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = els.q.value.trim();
+  const filters = readFilters();
+  if (text) search({ kind: "text", text }, filters);
+  else if (state.query && state.query.kind !== "text") search(state.query, filters);
+  else { showError("Type what you are looking for, or drop a photo on the page."); els.q.focus(); }
+});
+
+els.filtersClear.addEventListener("click", () => {
+  showFilters({});
+  if (state.query) search(state.query, {});
+});
+
+els.file.addEventListener("change", () => {
+  photoQuery(els.file.files[0]);
+  els.file.value = ""; // the same file again is a new search
+});
+
+// A photo the browser cannot show (not an image after all): no broken-image icon; the API's message says why.
+els.queryPhotoImg.addEventListener("error", () => { els.queryPhotoImg.hidden = true; });
+els.queryPhotoImg.addEventListener("load", () => { els.queryPhotoImg.hidden = false; });
+els.queryPhotoClear.addEventListener("click", () => { search(null, state.filters); els.q.focus(); });
+els.loadMore.addEventListener("click", () => { if (state.nextCursor) fetchPage(state.nextCursor); });
+
+window.addEventListener("popstate", (event) => {
+  const { query, filters } = fromLocation(event.state);
+  search(query, filters, "none");
+});
+
+document.addEventListener("keydown", (event) => {
+  if (els.detail.open) {
+    if (event.key === "ArrowLeft") { event.preventDefault(); moveDetail(-1); }
+    else if (event.key === "ArrowRight") { event.preventDefault(); moveDetail(1); }
+    return; // Esc: the dialog closes itself
+  }
+  const typing = event.target.closest && event.target.closest("input, textarea, select, [contenteditable]");
+  if (event.key === "/" && !typing && !event.ctrlKey && !event.metaKey && !event.altKey) {
+    event.preventDefault();
+    els.q.focus();
+    els.q.select();
+  }
+});
+
+els.detailImg.addEventListener("load", fitImage);
+window.addEventListener("resize", fitImage);
+els.prev.addEventListener("click", () => moveDetail(-1));
+els.next.addEventListener("click", () => moveDetail(1));
+els.close.addEventListener("click", closeDetail);
+els.detail.addEventListener("click", (event) => { if (event.target === els.detail) closeDetail(); }); // the backdrop
+els.detail.addEventListener("close", () => {
+  const thumb = els.grid.children[state.detail] && els.grid.children[state.detail].querySelector(".thumb");
+  if (thumb) thumb.focus();
+});
+els.detailLike.addEventListener("click", () => {
+  const item = state.items[state.detail];
+  if (item) moreLike(item);
+});
+
+// Drag and drop a photo anywhere; paste one too.
+let dragDepth = 0;
+const hasFiles = (event) => event.dataTransfer && [...event.dataTransfer.types].includes("Files");
+document.addEventListener("dragenter", (event) => { if (!hasFiles(event)) return; dragDepth += 1; els.drop.hidden = false; });
+document.addEventListener("dragover", (event) => { if (hasFiles(event)) event.preventDefault(); });
+document.addEventListener("dragleave", () => { dragDepth = Math.max(0, dragDepth - 1); if (!dragDepth) els.drop.hidden = true; });
+document.addEventListener("drop", (event) => {
+  if (!hasFiles(event)) return;
+  event.preventDefault();
+  dragDepth = 0;
+  els.drop.hidden = true;
+  photoQuery(event.dataTransfer.files[0]);
+});
+document.addEventListener("paste", (event) => {
+  const file = [...(event.clipboardData ? event.clipboardData.files : [])].find((f) => f.type.startsWith("image/"));
+  if (file) { event.preventDefault(); photoQuery(file); }
+});
+
+// ---------- start ----------
+
+async function start() {
+  const { query, filters } = fromLocation(window.history.state);
+  search(query, filters, "replace");
+  try {
+    const health = await api("api/health");
+    const note = el("p", { class: "hint", id: "collection" });
+    note.textContent = health.images
+      ? `Searching ${health.images.toLocaleString()} ${health.images === 1 ? "photo" : "photos"}.`
+      : "The index holds no photos yet: run `imgsearch index ~/Pictures`, then reload this page.";
+    els.empty.append(note);
+  } catch (error) {
+    if (!state.query) showError(error.message);
+  }
+}
+
+start();

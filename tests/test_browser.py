@@ -1,0 +1,360 @@
+"""The web page in a real browser: Debian's chromium driven by Playwright against a live server.
+
+The sample photos (data/photos) are copied to a temporary folder, with one more photo in a
+folder whose path holds markup (`<b>x</b>`) and whose file name holds an `<img onerror>`;
+they are indexed with the packaged photo model, and `create_app(index)` is served by uvicorn
+on 127.0.0.1 in a background thread. In the browser: a text search (the cat photo first, the
+query in the URL), load more, a result's detail with a word's heatmap, arrow keys and Esc,
+more like this, back and forward, a photo uploaded and one dropped on the page, an API error
+shown in the API's words, a narrow window; then a shared URL with a folder filter, whose
+markup must show as text, and a date filter that leaves nothing. No page may log an error
+(CSP violations included) or open a dialog.
+
+Screenshots of each step go to $IMGSEARCH_SCREENSHOTS (default: the test's tmp_path).
+Skipped, with the reason, only when the playwright package or /usr/bin/chromium is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+CHROMIUM = "/usr/bin/chromium"
+if not shutil.which(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is missing (install Debian's chromium: apt-get install chromium)", allow_module_level=True)
+
+import uvicorn  # noqa: E402
+
+from imgsearch import Index  # noqa: E402
+from imgsearch.model.packaged import default_model_dir  # noqa: E402
+from imgsearch.server.app import create_app  # noqa: E402
+
+expect = sync_api.expect
+
+PHOTOS = Path(__file__).parents[1] / "data" / "photos"
+CATS = set(json.loads((PHOTOS / "queries.json").read_text())["a cat"])  # the photos "a cat" describes
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MARKUP_FOLDER = "<b>x</b>"  # a path holding it: folders "<b>x<" then "b>"
+MARKUP_NAME = "dog <img src=x onerror=alert(1)>.jpg"
+WAIT_MS = 60_000  # the first search of a fresh server also encodes the class names (seconds on 2 cores)
+
+
+@pytest.fixture(scope="module")
+def photo_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("browser") / "photos"
+    root.mkdir()
+    for photo in PHOTOS.glob("*.jpg"):
+        shutil.copy(photo, root / photo.name)
+    odd = root / MARKUP_FOLDER
+    odd.mkdir(parents=True)
+    with Image.open(PHOTOS / "dog.jpg") as image:  # mirrored: its own content, not a copy of dog.jpg
+        ImageOps.mirror(image.convert("RGB")).save(odd / MARKUP_NAME, quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(photo_root, tmp_path_factory):
+    """Base URL of a live server over an index of the photos."""
+    with Index.create(tmp_path_factory.mktemp("browser-index") / "index", model=default_model_dir(),
+                      device="cpu") as index:
+        summary = index.add([photo_root], workers=0)
+        assert (summary.added, summary.failed) == (25, 0)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))  # a free port, held from here on: no race with another process
+        port = sock.getsockname()[1]
+        uv = uvicorn.Server(uvicorn.Config(create_app(index), log_level="warning"))
+        thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        base = f"http://127.0.0.1:{port}/"
+        try:
+            _wait_for_health(base, thread)
+            yield base
+        finally:
+            uv.should_exit = True
+            thread.join(timeout=30)
+            sock.close()
+
+
+def _wait_for_health(base: str, thread: threading.Thread, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(base + "api/health", timeout=5) as response:
+                assert json.load(response)["status"] == "ok"
+                return
+        except OSError:
+            if not thread.is_alive():
+                pytest.fail("the server thread ended before /api/health answered")
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)  # polling the condition, not a fixed wait
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("IMGSEARCH_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class Problems:
+    """What a page reported that it should not have: script errors, console errors (CSP
+    violations land there), alert() dialogs."""
+
+    def __init__(self, page, expected_statuses=()):
+        self.items: list[str] = []
+        self.expected = list(expected_statuses)  # "status of 415" etc.: console lines of API errors the test asks for
+        page.on("pageerror", lambda error: self.items.append(f"page error: {error}"))
+        page.on("console", self._console)
+        page.on("dialog", self._dialog)
+
+    def _console(self, message):
+        if message.type == "error" and not any(s in message.text for s in self.expected):
+            self.items.append(f"console: {message.text}")
+
+    def _dialog(self, dialog):
+        self.items.append(f"dialog: {dialog.message}")
+        dialog.dismiss()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(WAIT_MS)
+    expect.set_options(timeout=WAIT_MS)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def _names(page, count: int | None = None) -> list[str]:
+    paths = page.locator("#grid .card").evaluate_all("cards => cards.map(c => c.dataset.path)")
+    return [Path(p).name for p in paths[:count]]
+
+
+def _wait_for_images(page) -> None:
+    """Every <img> shown in the window has loaded (and decoded to a real size)."""
+    page.wait_for_function("""() => [...document.images]
+        .filter((i) => i.src && i.checkVisibility() && i.getBoundingClientRect().top < window.innerHeight)
+        .every((i) => i.complete && i.naturalWidth > 0)""")
+
+
+def _shot(page, shots: Path, name: str) -> None:
+    _wait_for_images(page)
+    page.screenshot(path=shots / f"{name}.png")
+
+
+def _heatmap_pixels(page) -> int:
+    """How many of the heatmap canvas's pixels are drawn (alpha > 0)."""
+    return page.evaluate("""() => {
+        const c = document.getElementById('heatmap');
+        const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
+        return n;
+    }""")
+
+
+def test_search_explain_more_like_this_and_upload(server, page, shots, photo_root):
+    problems = Problems(page)
+    page.goto(server)
+    search_box = page.locator("#q")
+    expect(search_box).to_be_focused()  # autofocus
+    expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator("#empty")).to_contain_text("Searching 25 photos")
+    _shot(page, shots, "01-empty")
+
+    # "/" brings the focus back to the search box.
+    page.locator("#empty h1").click()
+    expect(search_box).not_to_be_focused()
+    page.keyboard.press("/")
+    expect(search_box).to_be_focused()
+
+    # A text query: the cat photo among the first results, the query in the URL.
+    search_box.type("a cat")
+    search_box.press("Enter")
+    expect(page.locator("#status")).to_contain_text("for “a cat”")
+    expect(page).to_have_url(re.compile(r"\?q=a(\+|%20)cat$"))
+    top = _names(page, 3)
+    assert top[0] in CATS and set(top) <= CATS, f"first three for 'a cat': {top}"
+    first = page.locator("#grid .card").first
+    expect(first.locator("img")).to_have_attribute("alt", top[0])
+    expect(first.locator(".scores")).to_contain_text(re.compile(r"score -?\d+\.\d\d · first stage -?\d\.\d{3}"))
+    expect(page.locator("#timings")).to_contain_text(re.compile(r"\d+\.\d ms \(encode .* re-rank .* ms\)"))
+    _shot(page, shots, "02-results-a-cat")
+
+    # Load more: the next page follows, nothing twice (25 photos, 24 a page).
+    page.locator("#load-more").click()
+    expect(page.locator("#grid .card")).to_have_count(25)
+    expect(page.locator("#load-more")).to_be_hidden()
+    ids = page.locator("#grid .card").evaluate_all("cards => cards.map(c => c.dataset.id)")
+    assert len(set(ids)) == 25, ids
+
+    # The detail view: path and facts; a word's heatmap appears when the word is clicked.
+    first.locator(".thumb").click()
+    detail = page.locator("#detail")
+    expect(detail).to_be_visible()
+    expect(page.locator("#detail-path")).to_have_text(str(photo_root / top[0]))
+    expect(page.locator("#detail-facts")).to_contain_text("Taken")
+    heatmap = page.locator("#heatmap")
+    expect(heatmap).to_be_hidden()
+    cat_chip = page.locator("#words .word", has_text=re.compile(r"^cat$"))
+    expect(cat_chip).to_have_count(1)
+    _shot(page, shots, "03-detail")
+    cat_chip.click()
+    expect(heatmap).to_be_visible()
+    expect(heatmap).to_have_attribute("data-word", "cat")
+    expect(cat_chip).to_have_attribute("aria-pressed", "true")
+    assert _heatmap_pixels(page) > 0, "the heatmap canvas is blank"
+    box, image_box = heatmap.bounding_box(), page.locator("#detail-img").bounding_box()
+    assert box == pytest.approx(image_box, abs=1.5), "the heatmap does not lie over the photo"
+    _shot(page, shots, "04-detail-heatmap-cat")
+
+    # Right arrow: the next result, same word; Esc closes.
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#detail-path")).to_have_text(str(photo_root / top[1]))
+    expect(page.locator("#detail-pos")).to_contain_text("2 of")
+    expect(heatmap).to_be_visible()
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#detail-path")).to_have_text(str(photo_root / top[0]))
+    page.keyboard.press("Escape")
+    expect(detail).to_be_hidden()
+    expect(first.locator(".thumb")).to_be_focused()  # back where the person was
+
+    # More like this: the source photo is left out of its results.
+    source_id = first.get_attribute("data-id")
+    first.locator(".like").click()
+    expect(page.locator("#status")).to_contain_text(f"like {top[0]}")
+    expect(page).to_have_url(re.compile(rf"\?like={source_id}$"))
+    expect(page.locator("#query-photo")).to_be_visible()
+    ids = page.locator("#grid .card").evaluate_all("cards => cards.map(c => c.dataset.id)")
+    assert ids and source_id not in ids, f"more like #{source_id}: {ids}"
+    expect(page.locator("#grid .card").first.locator(".scores")).to_contain_text("similarity")
+    _shot(page, shots, "05-more-like-this")
+
+    # Back: the text query again, from the URL.
+    page.go_back()
+    expect(page).to_have_url(re.compile(r"\?q=a(\+|%20)cat$"))
+    expect(page.locator("#status")).to_contain_text("for “a cat”")
+    expect(search_box).to_have_value("a cat")
+    assert _names(page, 3) == top
+    page.go_forward()
+    expect(page.locator("#status")).to_contain_text(f"like {top[0]}")
+
+    # Upload a photo: it comes first (the same picture is indexed), with a preview of the query.
+    page.set_input_files("#file", str(PHOTOS / "sunflower.jpg"))
+    expect(page.locator("#status")).to_contain_text("like sunflower.jpg")
+    expect(page.locator("#grid .card").first).to_have_attribute("data-path", str(photo_root / "sunflower.jpg"))
+    preview = page.locator("#query-photo-img")
+    expect(preview).to_be_visible()
+    expect(preview).to_have_attribute("src", re.compile(r"^blob:"))
+    _shot(page, shots, "06-upload-sunflower")
+
+    # Drag and drop a photo onto the page: the drop zone shows while dragging, then the search runs.
+    dropped = page.evaluate_handle("""([b64, name]) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+        return transfer;
+    }""", [base64.b64encode((PHOTOS / "owl.jpg").read_bytes()).decode(), "owl.jpg"])
+    page.dispatch_event("#grid", "dragenter", {"dataTransfer": dropped})
+    expect(page.locator("#drop")).to_be_visible()
+    _shot(page, shots, "07-dragging-owl")
+    page.dispatch_event("#grid", "drop", {"dataTransfer": dropped})
+    expect(page.locator("#drop")).to_be_hidden()
+    expect(page.locator("#status")).to_contain_text("like owl.jpg")
+    expect(page.locator("#grid .card").first).to_have_attribute("data-path", str(photo_root / "owl.jpg"))
+
+    # An upload that is not an image: the API's own message is shown.
+    status, api_detail = _api_error(server, b"not a photo")
+    problems.expected.append(f"status of {status}")  # the browser logs the failed request
+    page.set_input_files("#file", files=[{"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"not a photo"}])
+    expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#error")).to_have_text(f"Could not search with notes.jpg: {api_detail}")
+    _shot(page, shots, "08-error-not-an-image")
+
+    # A narrow window: nothing wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 800})
+    search_box.fill("a dog running in the water")
+    search_box.press("Enter")
+    expect(page.locator("#status")).to_contain_text("for “a dog running in the water”")
+    expect(page.locator("#error")).to_be_hidden()
+    assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    _shot(page, shots, "09-narrow-results")
+    page.locator("#grid .card .thumb").first.click()
+    page.locator("#words .word", has_text=re.compile(r"^water$")).click()
+    expect(page.locator("#heatmap")).to_be_visible()
+    _shot(page, shots, "10-narrow-detail-heatmap-water")
+    assert not problems.items, problems.items
+
+
+def _api_error(base: str, data: bytes) -> tuple[int, str]:
+    """The status and `detail` the API gives for an upload of these bytes (an oracle for the page's message)."""
+    boundary = "imgsearchtestboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"notes.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(base + "api/search", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=60)
+    assert 400 <= caught.value.code < 500
+    return caught.value.code, json.load(caught.value)["detail"]
+
+
+def test_shared_url_with_a_folder_filter_shows_markup_as_text(server, page, shots, photo_root):
+    problems = Problems(page)
+    folder = photo_root / MARKUP_FOLDER
+    odd = folder / MARKUP_NAME
+    query = urllib.parse.urlencode({"q": "a dog", "folder": str(folder)})
+    page.goto(f"{server}?{query}")  # a shared link runs its search
+    expect(page.locator("#status")).to_contain_text("for “a dog”")
+    expect(page.locator("#folder")).to_have_value(str(folder))
+    expect(page.locator("#filters")).to_have_attribute("open", "")
+    cards = page.locator("#grid .card")
+    expect(cards).to_have_count(1)
+    expect(cards.first).to_have_attribute("data-path", str(odd))
+    expect(cards.first.locator(".name")).to_have_text(f"{MARKUP_NAME} in b>")
+    cards.first.locator(".thumb").click()
+    expect(page.locator("#detail-path")).to_have_text(str(odd))
+    _shot(page, shots, "11-markup-in-path")
+    # Shown as text: none of it became an element, and nothing ran.
+    assert page.locator("main b, dialog b").count() == 0
+    assert page.locator("img[src='x']").count() == 0
+
+    # A date filter that leaves nothing: the page says so and what to do; clearing brings results back.
+    page.keyboard.press("Escape")
+    later = (datetime.date.today() + datetime.timedelta(days=2)).isoformat()
+    page.locator("#after").fill(later)
+    page.locator("#after").press("Enter")
+    expect(page.locator("#status")).to_have_text("No photos for “a dog”. Try removing a filter (folder, dates, min score).")
+    expect(page).to_have_url(re.compile(rf"[?&]after={later}(&|$)"))
+    expect(page.locator("#grid .card")).to_have_count(0)
+    _shot(page, shots, "12-no-results")
+    page.locator("#filters-clear").click()
+    expect(page.locator("#grid .card")).to_have_count(24)
+    expect(page).to_have_url(re.compile(r"\?q=a(\+|%20)dog$"))
+    assert not problems.items, problems.items
