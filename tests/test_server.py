@@ -358,7 +358,12 @@ def test_openapi_documents_json_and_multipart_bodies(client):
         assert "query" in content["application/json"]["schema"]["properties"]
     assert {"/api/images/{image_id}/thumbnail", "/api/images/{image_id}/explain.png", "/api/index",
             "/api/health"} <= set(schema["paths"])
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # The docs render offline: Swagger UI's own files are served here, and nothing is loaded from elsewhere.
+    assert "cdn" not in docs.text.lower() and "https://" not in docs.text
+    for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
+        assert asset in docs.text and client.get(asset).status_code == 200
 
 
 # ---- a writer beside the server -------------------------------------------------------------

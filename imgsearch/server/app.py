@@ -65,7 +65,7 @@ def create_app(index, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         raise ValueError(f"max_upload_bytes must be at least 1 (got {max_upload_bytes}).")
     app = SecureApp(
         title="imgsearch", summary="Find photos by describing them: a read-only API over one index.",
-        docs_url="/docs", redoc_url=None,
+        docs_url=None, redoc_url=None,  # /docs is _add_docs's: Swagger UI from local files, no CDN
     )
     app.state.index = index
     app.state.allowed_hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
@@ -73,8 +73,25 @@ def create_app(index, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     app.state.thumbnails = ThumbnailCache.for_index(index.directory)
     _add_error_handlers(app)
     app.include_router(router)
+    _add_docs(app)
     _add_page(app, None if static_dir is None else Path(static_dir))
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs, its files from the swagger-ui-bundle package at /docs-assets/: the
+    API docs render offline (FastAPI's default loads them from a CDN)."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title="imgsearch API", swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
 
 def _add_page(app: FastAPI, static_dir: Path | None) -> None:

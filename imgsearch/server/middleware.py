@@ -13,14 +13,13 @@ from starlette.datastructures import MutableHeaders
 __all__ = ["CONTENT_SECURITY_POLICY", "DOCS_CONTENT_SECURITY_POLICY", "SecurityHeaders", "HostCheck", "SecureApp"]
 
 CONTENT_SECURITY_POLICY = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; frame-ancestors 'none'"
-# /docs is FastAPI's Swagger UI: an inline script and its files from the jsdelivr CDN (so it
-# needs the network to render; the schema itself is always at /openapi.json).
-_CDN = "https://cdn.jsdelivr.net"
+# /docs is Swagger UI (app.py, _add_docs): its page starts it with an inline script; its files
+# come from this server (/docs-assets/), never a CDN.
 DOCS_CONTENT_SECURITY_POLICY = (
-    f"default-src 'self'; script-src 'self' 'unsafe-inline' {_CDN}; style-src 'self' 'unsafe-inline' {_CDN}; "
-    "img-src 'self' data: https://fastapi.tiangolo.com; object-src 'none'; frame-ancestors 'none'"
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; object-src 'none'; frame-ancestors 'none'"
 )
-_DOCS_PATHS = ("/docs", "/docs/oauth2-redirect")
+_DOCS_PATHS = ("/docs",)
 
 
 class SecurityHeaders:
