@@ -277,36 +277,14 @@ class Index:
                 self.data.open_snapshot_locked()
         return summary
 
-    def search(
-        self,
-        query: str | None = None,
-        k: int = 10,
-        *,
-        image: ImageInput | None = None,
-        like: int | str | os.PathLike | None = None,
-        under: str | os.PathLike | None = None,
-        taken_after: DateLike | None = None,
-        taken_before: DateLike | None = None,
-        min_score: float | None = None,
-        offset: int = 0,
-        candidates: int = DEFAULT_CANDIDATES,
-        rerank: bool = True,
-        rerank_precision: RerankPrecision = "float32",
-    ) -> list[SearchResult]:
+    def search(self, query: str | None = None, k: int = 10, **options) -> list[SearchResult]:
         """Top-k images for exactly one of: a text `query`, an `image` (a path, the bytes of an
         image file, or a PIL image) or `like` (an indexed image's id or path; "more like this",
         the image itself left out). Text queries: FAISS top-`candidates`, then cross-attention
-        re-ranking (rerank_precision: see imgsearch.search.searcher.search_page); image queries
-        rank by cosine in the shared space alone.
-
-        Filters: `under` a folder; `taken_after`/`taken_before` dates (inclusive; EXIF
-        DateTimeOriginal, else the file's mtime); `min_score` the least first-stage score.
-        `offset` skips that many results (paging; the order is the same on every page)."""
-        return self.search_page(
-            query, k, image=image, like=like, under=under, taken_after=taken_after, taken_before=taken_before,
-            min_score=min_score, offset=offset, candidates=candidates, rerank=rerank,
-            rerank_precision=rerank_precision,
-        ).results
+        re-ranking; image queries rank by cosine in the shared space alone. The options, and
+        the filters (`under`, `taken_after`, `taken_before`, `min_score`) and paging
+        (`offset`): see search_page, which this returns the results of."""
+        return self.search_page(query, k, **options).results
 
     def search_page(
         self,
@@ -324,8 +302,13 @@ class Index:
         rerank: bool = True,
         rerank_precision: RerankPrecision = "float32",
     ) -> SearchPage:
-        """search(), with what a page of results needs besides them: the offset of the next page,
-        whether the results were re-ranked, and per-stage timings."""
+        """One page of search results (see search), with the offset of the next page, whether the
+        results were re-ranked, and per-stage timings.
+
+        Filters: `under` a folder; `taken_after`/`taken_before` dates (inclusive; EXIF
+        DateTimeOriginal, else the file's mtime); `min_score` the least first-stage score.
+        `offset` skips that many results (the order is the same on every page).
+        rerank_precision: see imgsearch.search.searcher.search_page."""
         given = [name for name, value in (("query", query), ("image", image), ("like", like)) if value is not None]
         if len(given) != 1:
             raise InvalidQuery(

@@ -6,7 +6,8 @@ Two ways, by what the model has:
   The classifier is linear over mean-pooled regions, so a class's logit is the mean of its
   logits on each region (a class activation map). Per word: the class names nearest to the
   word (softmax of their MiniLM cosines over CLASS_TEMPERATURE) weight the per-region class
-  logits, and a softmax over regions makes the map. Each word also names its nearest classes,
+  logits; the regions above their mean, by how much, make the map (as CAMs are shown: a
+  softmax over regions lit one region where the object covers many). Each word also names its nearest classes,
   e.g. "dog" ~ "Irish water spaniel".
 - "alignment" (any scorer, and whenever the image's pixels are not at hand): the re-ranker's
   token-region alignment term (model/scorer.py, alignment_score), each token's cosine with
@@ -104,7 +105,8 @@ def _class_maps(model: AlignmentModel, text: str, words: list[tuple[str, list[in
         similarity[0] = -1.0  # class 0, "background", names nothing
         class_weights = ((similarity - similarity.max()) / CLASS_TEMPERATURE).softmax(dim=0)  # (C,)
         region_scores = region_logits @ class_weights  # (R, C) x (C,) --> (R,)
-        weights = region_scores.softmax(dim=0).numpy()
+        weights = (region_scores - region_scores.mean()).clamp_min(0).numpy()
+        weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(weights), 1 / len(weights))
         nearest = similarity.argsort(descending=True)[:SHOWN_CLASSES].tolist()
         out.append({"word": word, "weights": _rounded(weights),
                     "classes": [{"label": labels[c], "similarity": round(float(similarity[c]), 4)} for c in nearest]})

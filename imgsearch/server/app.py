@@ -79,18 +79,20 @@ def create_app(index, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 
 
 def _add_docs(app: FastAPI) -> None:
-    """Swagger UI at /docs, its files from the swagger-ui-bundle package at /docs-assets/: the
-    API docs render offline (FastAPI's default loads them from a CDN)."""
-    import swagger_ui_bundle
+    """Swagger UI at /docs, its files (Swagger UI 5, which reads FastAPI's OpenAPI 3.1) from the
+    fastapi-offline package at /docs-assets/: the API docs render offline (FastAPI's default
+    loads them from a CDN)."""
+    import fastapi_offline
     from fastapi.openapi.docs import get_swagger_ui_html
 
-    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+    assets = Path(fastapi_offline.__file__).with_name("static")
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> Response:
         return get_swagger_ui_html(
             openapi_url="/openapi.json", title="imgsearch API", swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-            swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="/docs-assets/favicon.png",
         )
 
 

@@ -78,9 +78,16 @@ class SearchResponse(BaseModel):
     timings_ms: dict[str, float]
 
 
+class ExplainClass(BaseModel):
+    label: str
+    similarity: float = Field(description="cosine of the word and the class name (MiniLM sentence vectors)")
+
+
 class ExplainWord(BaseModel):
     word: str
     weights: list[float] = Field(description="grid rows x cols, row-major, summing to 1")
+    classes: list[ExplainClass] = Field(
+        description="method 'classes': the ImageNet class names nearest the word, whose regions the map shows")
     overlay_url: str = Field(description="this word's heatmap over the image (PNG)")
 
 
@@ -90,6 +97,8 @@ class ExplainResponse(BaseModel):
     grid: tuple[int, int]
     image_id: int | None
     path: str | None
+    method: str = Field(description="'classes' (class activation maps of the classifier, keyed by the word) "
+                                    "or 'alignment' (the re-ranker's token-region alignment); see docs/api.md")
 
 
 class Health(BaseModel):

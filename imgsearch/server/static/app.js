@@ -405,7 +405,16 @@ function selectWord(item, explanation, index) {
               (els.detailImg.naturalHeight || 1) / (els.detailImg.naturalWidth || 1));
   els.heatmap.dataset.word = word.word;
   els.heatmap.hidden = false;
-  els.explainNote.textContent = `Brighter areas matched “${word.word}” more. Click it again to hide.`;
+  els.explainNote.textContent = `Brighter areas matched “${word.word}” more${classNote(word)}. Click it again to hide.`;
+}
+
+// "classes" explanations name the ImageNet classes nearest the word: the map shows where the
+// classifier sees them.
+function classNote(word) {
+  const nearest = (word.classes || [])[0];
+  if (!nearest) return "";
+  const name = nearest.label.split(",")[0].trim();
+  return ` (the nearest class it knows: “${name}”)`;
 }
 
 // ---------- events ----------
