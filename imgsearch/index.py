@@ -409,6 +409,17 @@ class Index:
             raise ImageNotFound(f"image {image_id} is not a file inside the indexed folders any more.")
         return real
 
+    def image_info(self, image_id: int) -> dict:
+        """What the index holds of one image: id, path, width, height, size, sha256, taken_at
+        and labels (as in search results). Raises ImageNotFound."""
+        with self._snapshot_lock.reading():
+            image_id = self._indexed_id(image_id)
+            row = self.store.images([image_id])[image_id]
+            labels = self.store.labels([image_id])[image_id]
+        return {"id": row.id, "path": row.path, "width": row.width, "height": row.height, "size": row.size,
+                "sha256": row.sha256, "taken_at": row.taken_at,
+                "labels": [{"label": name, "score": prob} for name, prob in labels]}
+
     def _indexed_id(self, item: int | str | os.PathLike) -> int:
         """An indexed image's id, from its id or its path. Raises ImageNotFound."""
         if isinstance(item, bool) or not isinstance(item, (int, np.integer, str, os.PathLike)):

@@ -264,6 +264,9 @@ def test_search_explain_more_like_this_and_upload(server, page, shots, photo_roo
     assert _names(page, 3) == top
     page.go_forward()
     expect(page.locator("#status")).to_contain_text(f"like {top[0]}")
+    # The same "more like this" URL opened afresh (shared, bookmarked) names its source photo.
+    page.goto(page.url)
+    expect(page.locator("#query-photo-label")).to_have_text(f"Like {top[0]}")
 
     # Upload a photo: it comes first (the same picture is indexed), with a preview of the query.
     page.set_input_files("#file", str(PHOTOS / "sunflower.jpg"))

@@ -263,6 +263,16 @@ def test_original_file_is_served_as_it_is(client, index, photos):
     assert response.content == (photos / "birds" / "parrot.jpg").read_bytes()
 
 
+def test_image_info_is_what_the_index_holds(client, index):
+    parrot = _id_of(index, "parrot.jpg")
+    info = client.get(f"/api/images/{parrot}/info").json()
+    assert {k: v for k, v in info.items() if not k.endswith("_url")} == index.image_info(parrot)
+    searched = [item for item in client.post("/api/search", json={"query": "a parrot", "k": 24}).json()["items"]
+                if item["id"] == parrot][0]
+    assert {k: searched[k] for k in info} == info  # the same facts a search result gives
+    assert client.get("/api/images/999999/info").status_code == 404
+
+
 def _cache_files(index) -> set[Path]:
     return set((index.directory / "thumbnails").rglob("*.jpg"))
 

@@ -304,6 +304,14 @@ def original(image_id: ImageId, index=Depends(current_index)) -> FileResponse:
     return FileResponse(path, media_type=_media_type(path), headers={"Cache-Control": "private, no-cache"})
 
 
+@router.get("/images/{image_id}/info", responses={404: _ERRORS[404]})
+def image_info(request: Request, image_id: ImageId, index=Depends(current_index)) -> dict:
+    """What the index holds of one image (as a search item, without scores), with its URLs."""
+    info = index.image_info(image_id)
+    root = request.scope.get("root_path", "")
+    return {**info, "thumbnail_url": f"{root}/api/images/{image_id}/thumbnail", "image_url": f"{root}/api/images/{image_id}"}
+
+
 @router.get("/images/{image_id}/thumbnail", response_class=Response, responses={404: _ERRORS[404]})
 def thumbnail(request: Request, image_id: ImageId, index=Depends(current_index)) -> Response:
     """A JPEG of the image, upright, longest side 320 px (smaller images keep their size), cached."""

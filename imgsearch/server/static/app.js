@@ -174,8 +174,21 @@ function showQuery(query) {
   } else {
     els.queryPhotoImg.src = `api/images/${encodeURIComponent(query.id)}/thumbnail`;
     els.queryPhotoLabel.textContent = query.name ? `Like ${query.name}` : `Like photo #${query.id}`;
+    if (!query.name) nameLikeSource(query);
   }
   els.queryPhotoImg.alt = els.queryPhotoLabel.textContent;
+}
+
+// A "more like this" URL opened afresh knows only the id: ask the API for the photo's name.
+async function nameLikeSource(query) {
+  try {
+    const info = await api(`api/images/${encodeURIComponent(query.id)}/info`);
+    query.name = baseName(info.path);
+    if (state.query === query) {
+      els.queryPhotoLabel.textContent = `Like ${query.name}`;
+      els.queryPhotoImg.alt = els.queryPhotoLabel.textContent;
+    }
+  } catch { /* the id is gone: the search itself says so */ }
 }
 
 function describeQuery(query) {
