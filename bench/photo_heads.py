@@ -53,12 +53,20 @@ def main() -> None:
     p.add_argument("--standardize", action="store_true", help="inputs minus train mean, over train std")
     p.add_argument("--flip-aug", action="store_true", help="train on the mirrored image's features half the time")
     p.add_argument("--cosine", action="store_true", help="cosine learning-rate decay to 0")
+    p.add_argument("--warmup", type=int, default=0, help="linear warm-up steps (times the cosine, as the trainer does)")
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--attnpool", action="store_true", help="image input: mean + learned attention pool of the regions")
     p.add_argument("--maxpool", action="store_true", help="append the max over regions to the image input")
     p.add_argument("--logits", action="store_true", help="append the ImageNet log-posteriors to the image input")
+    p.add_argument("--block320", action="store_true",
+                   help="append the mean-pooled 320-channel block output (bench/out/photo-block320-{size}.pt)")
+    p.add_argument("--text-attnpool", action="store_true",
+                   help="text input: a learned attention pool over the MiniLM token states instead of the mean")
+    p.add_argument("--multi-positive", action="store_true",
+                   help="every caption of each batch image in the batch; an image's 5 captions are all its positives")
     args = p.parse_args()
     torch.manual_seed(args.seed)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     cache = torch.load(Path(__file__).parent / "out" / f"photo-features-{args.size}.pt", weights_only=True)
     train, dev = cache["train"], cache["dev"]
 
@@ -76,6 +84,12 @@ def main() -> None:
         xi = torch.cat([xi, train["logits"].log_softmax(-1)], 1)
         di = torch.cat([di, dev["logits"].log_softmax(-1)], 1)
         xm = torch.cat([xm, train["logits"].log_softmax(-1)], 1)
+    if args.block320:
+        block = torch.load(Path(__file__).parent / "out" / f"photo-block320-{args.size}.pt", weights_only=True)
+        assert block["train"]["names"] == train["names"] and block["dev"]["names"] == dev["names"]
+        xi = torch.cat([xi, block["train"]["pooled"]], 1)  # (N, 1280 + 320)
+        di = torch.cat([di, block["dev"]["pooled"]], 1)
+        xm = torch.cat([xm, block["train"]["pooled"]], 1)  # (not mirrored: --flip-aug untested with it)
     if args.standardize:
         mi, si = xi.mean(0), xi.std(0) + 1e-3
         mt, st = xt.mean(0), xt.std(0) + 1e-3
@@ -89,6 +103,26 @@ def main() -> None:
         return lin if args.head == "linear" else torch.nn.Sequential(lin, torch.nn.Tanh())
 
     hi, ht = make(xi.shape[1] * (2 if args.attnpool else 1)), make(xt.shape[1])
+    if args.text_attnpool:
+        text_base = ht
+
+        class TextAttnHead(torch.nn.Module):
+            """Mean-pool at init (zero scores), then a learned softmax weighting of the tokens."""
+
+            def __init__(self):
+                super().__init__()
+                self.score = torch.nn.Linear(xt.shape[1], 1)
+                torch.nn.init.zeros_(self.score.weight)
+                torch.nn.init.zeros_(self.score.bias)
+                self.base = text_base
+
+            def forward(self, rows):
+                split = train if self.training else dev
+                s_, m = split["states"][rows].float(), split["mask"][rows]  # (B, T, h), (B, T)
+                a = self.score(s_).squeeze(-1).masked_fill(~m, float("-inf")).softmax(1)  # (B, T)
+                return self.base((a.unsqueeze(-1) * s_).sum(1))  # (B, h)
+
+        ht = TextAttnHead()
     if args.attnpool:
         score = torch.nn.Linear(1280, 1)
         torch.nn.init.zeros_(score.weight)
@@ -116,9 +150,20 @@ def main() -> None:
         captions_of = captions_of[: int(len(captions_of) * args.train_share)]
     rng = np.random.default_rng(args.seed)
     steps = args.epochs * math.ceil((len(image_of) if args.all_captions else len(captions_of)) / args.batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)) if args.cosine else 1.0)
+    def rate(s):
+        warm = min(1.0, (s + 1) / args.warmup) if args.warmup else 1.0
+        return warm * (0.5 * (1 + math.cos(math.pi * s / steps)) if args.cosine else 1.0)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
     for epoch in range(args.epochs):
-        if args.all_captions:
+        if args.multi_positive:
+            order = torch.from_numpy(rng.permutation(len(captions_of)))
+            pairs = []
+            for s in range(0, len(order), args.batch):
+                own = [torch.tensor(captions_of[i]) for i in order[s : s + args.batch].tolist()]
+                pairs.append((torch.cat([torch.full((len(c),), i) for i, c in zip(order[s : s + args.batch].tolist(), own)]),
+                              torch.cat(own)))  # (5B,) image of each caption, (5B,) captions
+        elif args.all_captions:
             order = torch.from_numpy(rng.permutation(len(image_of)))
             pairs = [(image_of[order[s : s + args.batch]], order[s : s + args.batch]) for s in range(0, len(order), args.batch)]
         else:
@@ -134,9 +179,22 @@ def main() -> None:
                 source_rows = source[images]
             if args.attnpool:
                 hi.regions = train_regions[images]
+            if args.multi_positive:  # images (5B,) repeat each batch image per caption: embed each once
+                images, inverse = images.unique_consecutive(return_inverse=True)
+                source_rows = source[images]
             gi = F.normalize(hi(source_rows), dim=-1)
-            gt = F.normalize(ht(xt[captions]), dim=-1)
-            logits = scale.exp().clamp(max=100) * gt @ gi.T  # (B, B)
+            gt = F.normalize(ht(captions if args.text_attnpool else xt[captions]), dim=-1)
+            logits = scale.exp().clamp(max=100) * gt @ gi.T  # (B, B); multi-positive (5B, B)
+            if args.multi_positive:  # t2i: its image; i2t: all its captions, equally
+                positives = (inverse[:, None] == torch.arange(len(images))[None, :]).float()  # (5B, B)
+                t2i = -(positives * logits.log_softmax(1)).sum(1).mean()
+                i2t_target = positives.T / positives.T.sum(1, keepdim=True)  # (B, 5B)
+                loss = (t2i - (i2t_target * logits.T.log_softmax(1)).sum(1).mean()) / 2
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                continue
             positives = (images[None, :] == images[:, None]).float()  # same image counts for both
             target = positives / positives.sum(1, keepdim=True)
             loss = (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()) / 2
@@ -149,7 +207,9 @@ def main() -> None:
         with torch.no_grad():
             if args.attnpool:
                 hi.regions = dev_regions
-            r = recall(hi(di), ht(dt), dev)
+            ht.eval()
+            r = recall(hi(di), ht(torch.arange(len(dt))) if args.text_attnpool else ht(dt), dev)
+            ht.train()
         print(f"epoch {epoch + 1}: t2i {r['t2i']}  i2t {r['i2t']}  temp {1 / scale.exp().item():.3f}", flush=True)
 
 

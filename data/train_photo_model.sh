@@ -9,13 +9,15 @@
 # 3. write OUT_DIR/training.json: data, settings, the second run's record and the dev
 #    numbers of the train-only run. The backbone stays frozen (its features are computed
 #    once per run); the projection heads, the re-ranker and its fusion weight are trained.
+# TRAIN_ONLY=1 stops after step 1 (OUT_DIR is not written) and prints the dev numbers;
+# WORK=DIR puts the runs in DIR instead of bench/out/photo-model (emptied first).
 # 42 minutes wall on 2 CPU cores shared with other jobs (bench/RESULTS.md). Nothing from the data directories is copied.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/data/flickr8k}
 mobilenet=${2:-../shared/models/mobilenet_v2_imagenet}
 out=${3:-data/photo-model}
-work=bench/out/photo-model
+work=${WORK:-bench/out/photo-model}
 for needed in "$data/captions.tsv" "$data/train.txt" "$data/dev.txt" \
               "$mobilenet/mobilenet_v2_1.0_224_quant.tflite" "$mobilenet/imagenet_labels.txt"; do
   [ -f "$needed" ] || { echo "Error: $needed not found (usage: $0 [FLICKR8K_DIR] [MOBILENET_DIR] [OUT_DIR])" >&2; exit 1; }
@@ -31,6 +33,11 @@ imgsearch train "$data/captions.tsv" --images "$data/images" --only "$data/train
   --out "$work/train-only" > "$work/train-only.json"
 imgsearch eval "$data/captions.tsv" --images "$data/images" --only "$data/dev.txt" \
   --model "$work/train-only" --json > "$work/dev-eval.json"
+if [ "${TRAIN_ONLY:-0}" = 1 ]; then
+  cat "$work/dev-eval.json"
+  echo "train-only run and its dev numbers in $work ($(( $(date +%s) - start )) s)" >&2
+  exit 0
+fi
 cat "$data/train.txt" "$data/dev.txt" > "$work/train+dev.txt"
 imgsearch train "$data/captions.tsv" --images "$data/images" --only "$work/train+dev.txt" "${settings[@]}" \
   --out "$work/train+dev" > "$work/train+dev.json"

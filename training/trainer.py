@@ -37,7 +37,7 @@ from imgsearch.training.losses import alignment_matrix, infonce_loss, itm_loss, 
 from imgsearch.training.rerank_stage import train_scorer
 from imgsearch.training.selection import RerankerSelection
 
-__all__ = ["TrainConfig", "train", "split_validation"]
+__all__ = ["TrainConfig", "train", "split_validation", "warmup_steps"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,10 @@ class TrainConfig:
     batch_size: int = 96
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    warmup_steps: int = 100
+    # Linear warm-up steps before the cosine decay. None: 100 when the backbone trains, none
+    # when it is frozen (only fresh heads learn; 100 warm-up steps of the photo recipe's 360
+    # cost 0.5 dev t2i R@1, bench/RESULTS.md).
+    warmup_steps: int | None = None
     loss: Literal["infonce", "vsepp"] = "infonce"
     # Weight of an ITM loss trained jointly with the encoders (ALBEF-style); 0 leaves
     # the scorer to the second stage (training/rerank_stage.py), which measured better.
@@ -91,6 +94,14 @@ def split_validation(items: list[CaptionedImage], fraction: float, seed: int):
     val = [it for n, k in enumerate(keys) if n in held for it in groups[k]]
     train = [it for n, k in enumerate(keys) if n not in held for it in groups[k]]
     return train, val
+
+
+def warmup_steps(config: TrainConfig) -> int:
+    """The first stage's warm-up length: config.warmup_steps, or by default 100 steps when the
+    backbone trains and none when it is frozen."""
+    if config.warmup_steps is not None:
+        return config.warmup_steps
+    return 0 if config.backbone_mode == "frozen" else 100
 
 
 def _positives(bank: CaptionBank, images: list[int], captions: list[int]) -> torch.Tensor:
@@ -170,8 +181,8 @@ def _load_data(model: AlignmentModel, items: list[CaptionedImage], out_dir: Path
 
 
 def _first_stage(model: AlignmentModel, data: _Data, config: TrainConfig) -> _FirstStage:
-    """The optimizer (a parameter group per part, see below), the warm-up + cosine schedule
-    and the temperatures, before the first step."""
+    """The optimizer (a parameter group per part, see below), the warm-up (warmup_steps()) +
+    cosine schedule and the temperatures, before the first step."""
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     local_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))  # temperature of the alignment-term loss
     backbone_params = list(model.image.backbone.parameters())
@@ -201,8 +212,9 @@ def _first_stage(model: AlignmentModel, data: _Data, config: TrainConfig) -> _Fi
             done = max(done, clock["elapsed"] / config.time_limit_s)
         return min(done, 1.0)
 
+    warmup = warmup_steps(config)
     schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 0
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * progress(s)))
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * progress(s)))
     )
     return _FirstStage(groups, optimizer, schedule, logit_scale, local_scale, total_steps, clock)
 
@@ -391,7 +403,7 @@ def _write_model(model: AlignmentModel, out_dir: Path, data: _Data, stage: _Firs
                "fusion_weight": fusion,
                "reranker_kept": kept.to_dict() if kept is not None else None,
                "reranker_candidates": [c.to_dict() for c in selection.history] if selection is not None else [],
-               "config": {k: v for k, v in dataclasses.asdict(config).items()}, "history": stage.history,
+               "config": {**dataclasses.asdict(config), "warmup_steps": warmup_steps(config)}, "history": stage.history,
                "scorer_history": scorer_history}
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,0 +1,58 @@
+"""Cache the mean-pooled 320-channel block output of MobileNetV2 for Flickr8k (bench/photo_heads.py --block320).
+
+    python bench/photo_block320.py WEIGHTS.safetensors [DATA_DIR] [--size 224]
+
+Writes bench/out/photo-block320-{size}.pt: per split (train, dev), the image names (in the
+order of bench/photo_features.py's cache) and pooled (N, 320) float32, the mean over the 7x7
+grid of the last inverted-residual block's output, before the 1x1 convolution to 1280.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from imgsearch.model.backbone import BackboneConfig, MobileNetV2Backbone  # noqa: E402
+from imgsearch.model.backbone_weights import load_backbone_weights  # noqa: E402
+from imgsearch.model.image_encoder import normalize_pixels  # noqa: E402
+from imgsearch.training.captions import read_captions  # noqa: E402
+from imgsearch.training.data import load_images  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("weights")
+    parser.add_argument("data", nargs="?", default="../shared/data/flickr8k")
+    parser.add_argument("--size", type=int, default=224)
+    args = parser.parse_args()
+    data = Path(args.data)
+    torch.set_num_threads(1)
+    config = BackboneConfig(name="mobilenet_v2", weights=None, image_size=args.size, global_pool="mean")
+    backbone = MobileNetV2Backbone(config).eval()
+    backbone.load_state_dict(load_backbone_weights(args.weights))
+    grabbed = []
+    backbone.net.head.register_forward_hook(lambda _m, inputs, _o: grabbed.append(inputs[0].mean((2, 3))))  # (B, 320)
+    out = {}
+    for split in ("train", "dev"):
+        names = {line.strip() for line in (data / f"{split}.txt").read_text().splitlines() if line.strip()}
+        bank = load_images(read_captions(data / "captions.tsv", data / "images", only=names), args.size, workers=1)
+        grabbed.clear()
+        with torch.inference_mode():
+            for start in range(0, len(bank.pixels), 64):
+                x = normalize_pixels(bank.pixels[start : start + 64], config.pixel_mean, config.pixel_std)
+                backbone(x.contiguous(memory_format=torch.channels_last))
+                print(f"\r{split}: {start + 64}/{len(bank.pixels)}", end="", file=sys.stderr)
+        print(file=sys.stderr)
+        out[split] = {"names": [item.path.name for item in bank.items], "pooled": torch.cat(grabbed).float()}
+    path = Path(__file__).parent / "out" / f"photo-block320-{args.size}.pt"
+    torch.save(out, path)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
