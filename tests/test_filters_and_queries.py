@@ -397,3 +397,19 @@ def test_explain_by_classes_equals_a_class_activation_map(tmp_path, mobilenet_mo
         # Without the picture (the file is gone), the stored regions explain it by alignment.
         (photos / "p_1.png").unlink()
         assert index.explain(text, image_id).method == "alignment"
+
+
+def test_a_small_subset_of_an_ivf_index_is_scanned_exactly(dated_index):
+    """An IVF index probing 1 of 2 lists may miss most of a small subset; the candidate stage scans
+    the subset's stored vectors instead, so its top-k equals the brute force."""
+    from imgsearch.search.candidates import nearest
+
+    ids, vectors = dated_index.store.global_vectors()
+    ivf = VectorIndex.build(ids, vectors, vectors.shape[1], IndexSpec("ivf_flat", nlist=2, nprobe=1))
+    allowed = np.sort(ids[::3])
+    query = text_vector(dated_index)
+    scores, found = nearest(ivf, dated_index.store, query, 4, allowed)
+    inside = np.isin(ids, allowed)
+    order = np.argsort(-(vectors[inside] @ query), kind="stable")[:4]
+    assert found.tolist() == ids[inside][order].tolist()
+    np.testing.assert_allclose(scores, (vectors[inside] @ query)[order], atol=1e-5)
