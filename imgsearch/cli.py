@@ -104,10 +104,20 @@ def cli(verbose: bool) -> None:
     "from other folders are never removed.",
 )
 @device_option
+@click.option(
+    "--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+    help="Embed on Ray actors (one per GPU, else per CPU; needs `pip install 'imgsearch[ray]'`): "
+    "alone, on a new local Ray; with an address (HOST:PORT, ray://HOST:PORT, auto), on that cluster, "
+    "whose nodes must see the files and the model at the same paths. Give it after the paths "
+    "(or as --ray=ADDRESS). --workers and --device then do not apply.",
+)
+@click.option("--shard-size", default=256, show_default=True, type=click.IntRange(min=1),
+              help="With --ray: files per shard, the unit of work of an actor.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (there is none either when stderr is not a terminal).")
 @json_option
 @user_errors
-def index_command(paths, index_dir, model, batch_size, workers, prune, device, quiet, as_json) -> None:
+def index_command(paths, index_dir, model, batch_size, workers, prune, device, ray_address, shard_size, quiet,
+                  as_json) -> None:
     """Index image files and folders (recursively) into an index directory.
 
     Creates the index on first use, with --model or else the packaged photo
@@ -124,6 +134,7 @@ def index_command(paths, index_dir, model, batch_size, workers, prune, device, q
     Example:
       imgsearch index ~/Pictures /mnt/photos
       imgsearch index data/photos --index demo-out/index --model my-model
+      imgsearch index /mnt/archive --ray 10.0.0.5:6379
     """
     from imgsearch.index import Index
     from imgsearch.indexer.files import input_roots
@@ -131,12 +142,17 @@ def index_command(paths, index_dir, model, batch_size, workers, prune, device, q
     from imgsearch.progress import ProgressBar
 
     input_roots(paths)  # a path that does not exist is an error before any index is made
+    ray = None if ray_address is None else True if ray_address == "local" else ray_address
+    if ray is not None:
+        from imgsearch.indexer.ray_engine import require_ray
+
+        require_ray()  # before any index is made
     with Index.open_or_create(index_dir, model, device) as index:
         bar = ProgressBar(sys.stderr, quiet=quiet)
         with stop_on_interrupt() as stop:
             try:
                 summary = index.add(paths, batch_size=batch_size, workers=workers, progress=bar,
-                                    prune=prune, should_stop=stop)
+                                    prune=prune, should_stop=stop, ray=ray, shard_size=shard_size)
             except BaseException:
                 index.discard_if_empty()  # a failed first run leaves no empty index behind
                 raise

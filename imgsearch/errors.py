@@ -23,6 +23,8 @@ __all__ = [
     "InvalidImage",
     "ImageNotFound",
     "ServeFailed",
+    "RayNotInstalled",
+    "ShardFailed",
 ]
 
 
@@ -96,3 +98,11 @@ class ImageNotFound(ImgsearchError):
 
 class ServeFailed(ImgsearchError):
     """`imgsearch serve` cannot listen on the host and port asked for."""
+
+
+class RayNotInstalled(ImgsearchError):
+    """`index --ray` was asked for, but the ray package (the imgsearch[ray] extra) is not installed."""
+
+
+class ShardFailed(ImgsearchError):
+    """A shard of files failed on every Ray worker that tried it; what was merged before is kept."""

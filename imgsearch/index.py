@@ -16,6 +16,7 @@ second concurrent writer gets IndexLocked instead of a damaged store.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -247,6 +248,8 @@ class Index:
         progress: ProgressCallback | None = None,
         prune: bool = True,
         should_stop: StopCheck | None = None,
+        ray: bool | str | None = None,
+        shard_size: int = 256,
     ) -> AddSummary:
         """Index image files and folders (recursively), incrementally.
 
@@ -257,14 +260,18 @@ class Index:
         are removed (files under other folders are kept). `should_stop` is asked
         after each batch; when it says True the run ends there, keeping all done.
         Raises IndexLocked if another process is writing to this index.
+
+        `ray`: None or False embeds here; True on Ray (the cluster this process is connected
+        to, else a new local one), a str on the Ray cluster at that address, in shards of
+        `shard_size` files (imgsearch.indexer.ray_engine; needs `pip install 'imgsearch[ray]'`).
         """
         with self.lock:  # first, so that a second writer is told at once
-            encoder = self.image_encoder
+            run = self._indexing_run(ray, shard_size)
             self.data.open_snapshot_locked()
             self.store.end_snapshot()
             try:
-                summary = index_files(
-                    paths, self.store, self.vectors, encoder, batch_size=batch_size, workers=workers,
+                summary = run(
+                    paths, self.store, self.vectors, batch_size=batch_size, workers=workers,
                     progress=progress, prune=prune, should_stop=should_stop,
                 )
                 if not self.vectors.fits():  # grew past a size step: exact --> IVF, or more IVF lists
@@ -276,6 +283,24 @@ class Index:
                 # vectors were added), this also brings the vectors back in step.
                 self.data.open_snapshot_locked()
         return summary
+
+    def _indexing_run(self, ray: bool | str | None, shard_size: int):
+        """add()'s engine: index_files with this index's encoder, or index_files_on_ray with its
+        model directory, as one call (paths, store, vectors, **options) --> AddSummary."""
+        if ray is None or ray is False:
+            encoder = self.image_encoder
+            return functools.partial(index_files, encoder=encoder)
+        from imgsearch.indexer.ray_engine import index_files_on_ray, require_ray
+
+        require_ray()
+        self._require_model()
+        address = None if ray is True else str(ray)
+
+        def on_ray(paths, store, vectors, *, workers, **options) -> AddSummary:  # workers: each actor's own
+            return index_files_on_ray(paths, store, vectors, self.model_dir, address=address,
+                                      shard_size=shard_size, **options)
+
+        return on_ray
 
     def search(self, query: str | None = None, k: int = 10, **options) -> list[SearchResult]:
         """Top-k images for exactly one of: a text `query`, an `image` (a path, the bytes of an
