@@ -204,7 +204,7 @@ def main() -> None:
             server.wait(timeout=60)
 
         p50, p95, p99 = percentiles_ms(latencies)
-        print(f"## Service under load, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (bench/serve_load.sh)\n")
+        print(f"\n## Service under load, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (bench/serve_load.sh)\n")
         print(f"Machine: {describe()}. Index: {count:,} images before the load ({args.real:,} Flickr8k photos "
               f"indexed with the packaged photo model, the rest synthetic rows of real regions and noisy real "
               f"vectors; built in {build_seconds:.0f} s). `imgsearch serve` (one process) against "

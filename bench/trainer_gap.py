@@ -12,7 +12,6 @@ recall of the first stage, scored as photo_heads.py scores it (cached float16 Mi
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import sys
 import tempfile
