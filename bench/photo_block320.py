@@ -9,7 +9,6 @@ grid of the last inverted-residual block's output, before the 1x1 convolution to
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,30 +16,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from imgsearch.model.backbone import BackboneConfig, MobileNetV2Backbone  # noqa: E402
-from imgsearch.model.backbone_weights import load_backbone_weights  # noqa: E402
+from bench.photo_features import mobilenet, parse_arguments, split_images  # noqa: E402
 from imgsearch.model.image_encoder import normalize_pixels  # noqa: E402
-from imgsearch.training.captions import read_captions  # noqa: E402
-from imgsearch.training.data import load_images  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("weights")
-    parser.add_argument("data", nargs="?", default="../shared/data/flickr8k")
-    parser.add_argument("--size", type=int, default=224)
-    args = parser.parse_args()
+    args = parse_arguments()
     data = Path(args.data)
     torch.set_num_threads(1)
-    config = BackboneConfig(name="mobilenet_v2", weights=None, image_size=args.size, global_pool="mean")
-    backbone = MobileNetV2Backbone(config).eval()
-    backbone.load_state_dict(load_backbone_weights(args.weights))
+    config, backbone = mobilenet(args.weights, args.size)
     grabbed = []
     backbone.net.head.register_forward_hook(lambda _m, inputs, _o: grabbed.append(inputs[0].mean((2, 3))))  # (B, 320)
     out = {}
     for split in ("train", "dev"):
-        names = {line.strip() for line in (data / f"{split}.txt").read_text().splitlines() if line.strip()}
-        bank = load_images(read_captions(data / "captions.tsv", data / "images", only=names), args.size, workers=1)
+        bank = split_images(data, split, args.size)
         grabbed.clear()
         with torch.inference_mode():
             for start in range(0, len(bank.pixels), 64):

