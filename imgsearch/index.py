@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 
-from imgsearch.model.packaged import default_model_dir
+from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir, packaged_model_dir, packaged_model_with_fingerprint
 from imgsearch.model.checkpoint import fingerprint, read_config
 from imgsearch.model.device import resolve_device
 from imgsearch.errors import ImageNotFound, IndexExists, InvalidImage, IndexNotFound, InvalidQuery, ModelMismatch, ModelNotFound
@@ -91,7 +91,7 @@ class Index:
             raise IndexExists(f"{directory} already holds an index; open it instead, or pick a new directory.")
         if directory.exists() and not directory.is_dir():
             raise IndexExists(f"{directory} exists and is not a directory; pick another --index path.")
-        model_dir = (default_model_dir() if model is None else _user_path(model)).resolve()
+        model_dir = (default_model_dir() if model is None else _model_path(model)).resolve()
         config = AlignmentConfig.from_dict(read_config(model_dir))
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
@@ -132,7 +132,7 @@ class Index:
             ) from None
         if model is None:
             return cls(directory, manifest, Path(manifest.model.path), device, model_checked=False)
-        model_dir = _user_path(model).resolve()
+        model_dir = _model_path(model).resolve()
         _check_model(directory, manifest, model_dir)
         return cls(directory, manifest, model_dir, device)
 
@@ -218,6 +218,7 @@ class Index:
 
     def _require_model(self) -> None:
         if not self._model_checked:
+            self.model_dir = _recorded_model_dir(self.manifest)
             _check_model(self.directory, self.manifest, self.model_dir)
             self._model_checked = True
 
@@ -380,7 +381,8 @@ class Index:
             vector = text.global_[0].float().cpu().numpy()  # (d,)
             globals_ = np.stack([f.global_ for f in found])  # (n, d)
             regions = np.stack([f.regions for f in found])  # (n, R, d) float16
-            scores = score_pool(model, text, globals_ @ vector, regions, [f.labels for f in found], rerank_precision)
+            scores = score_pool(model, text, globals_ @ vector, regions, [f.labels for f in found], rerank_precision,
+                                globals_)
         order = np.argsort(-scores.final, kind="stable")
         first_rank = np.empty(len(found), np.int64)
         first_rank[np.argsort(-scores.first_stage, kind="stable")] = np.arange(1, len(found) + 1)
@@ -547,6 +549,23 @@ class _ImageFeatures:
 def _inside(path: Path, folder: Path) -> bool:
     """Is `path` (resolved) `folder` itself or inside it, once the folder's links are resolved too?"""
     return path.is_relative_to(os.path.realpath(folder))
+
+
+def _model_path(model: str | os.PathLike) -> Path:
+    """A model as a user names it: a packaged model's name ("photo", "fast") or a directory."""
+    if isinstance(model, str) and model in PACKAGED_MODELS and not Path(model).exists():
+        return packaged_model_dir(model)
+    return _user_path(model)
+
+
+def _recorded_model_dir(manifest: Manifest) -> Path:
+    """The model an index records. An index made with a packaged model that a later release
+    replaced (or moved) finds it among the packaged models by fingerprint; otherwise the
+    recorded path, which _check_model then holds to the fingerprint."""
+    recorded = Path(manifest.model.path)
+    if recorded.exists() and fingerprint(recorded) == manifest.model.fingerprint:
+        return recorded
+    return packaged_model_with_fingerprint(manifest.model.fingerprint) or recorded
 
 
 def _user_path(path: str | os.PathLike) -> Path:

@@ -10,6 +10,7 @@ import logging
 import click
 
 from imgsearch.common import CONTEXT, json_option, user_errors
+from imgsearch.search.defaults import DEFAULT_CANDIDATES
 
 captions_argument = click.argument("captions", type=click.Path(exists=True, dir_okay=False))
 images_option = click.option(
@@ -30,7 +31,8 @@ split_option = click.option("--split", default=None, help="Karpathy JSON split t
 @split_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the trained model.")
 @click.option("--preset", "preset_name", default="small", show_default=True,
-              type=click.Choice(["scenes", "small", "mobilenet_v2", "vgg16"]), help="Starting model configuration.")
+              type=click.Choice(["scenes", "small", "mobilenet_v2", "efficientnet_lite0", "vgg16"]),
+              help="Starting model configuration.")
 @click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Pretrained backbone weights (mobilenet_v2: the TFLite file or its converted .safetensors).")
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -62,14 +64,27 @@ split_option = click.option("--split", default=None, help="Karpathy JSON split t
               help="Learning rate of the second stage.")
 @click.option("--val-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 0.5),
               help="Share of the images held out to choose the re-ranker's epoch and fusion weight (0: none).")
+@click.option("--mix", "mix_captions", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A second captions file (e.g. webcaps) whose images fill --mix-share of every first-stage batch.")
+@click.option("--mix-images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of --mix's images (default: the captions file's folder).")
+@click.option("--mix-share", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Share of each first-stage batch drawn from --mix.")
+@click.option("--multi-positive", is_flag=True,
+              help="Every caption of each batch image joins the batch (all are its positives), not one drawn at random.")
+@click.option("--hubness-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of the hubness correction in the first stage (model/hubness.py; 0: none). "
+              "The model keeps a bank of training caption vectors for it.")
 @click.option("--no-augment", is_flag=True, help="No random resized crops.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--time-limit", default=None, type=click.FloatRange(min=0, min_open=True), help="Stop after this many minutes.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Decoding processes.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/training-state.pt.")
 @user_errors
-def train_command(captions, images, only, split, out, preset_name, backbone_weights, labels_file, text_encoder, backbone_mode, epochs, batch_size, scorer_layers, zero_shot_weight,
-                  lr, loss, itm_weight, local_weight, scorer_epochs, hard_share, scorer_lr, val_fraction, no_augment, seed, time_limit, workers, resume) -> None:
+def train_command(captions, images, only, split, out, preset_name, backbone_weights, labels_file, text_encoder,
+                  backbone_mode, epochs, batch_size, scorer_layers, zero_shot_weight, lr, loss, itm_weight,
+                  local_weight, scorer_epochs, hard_share, scorer_lr, val_fraction, mix_captions, mix_images,
+                  mix_share, multi_positive, hubness_weight, no_augment, seed, time_limit, workers, resume) -> None:
     """Train an alignment model on captioned images and save it to --out.
 
     CAPTIONS is a TSV/CSV (image and caption columns), JSON Lines, a
@@ -86,6 +101,7 @@ def train_command(captions, images, only, split, out, preset_name, backbone_weig
     show_training_progress()
     check_output_dir(out, resume)  # before reading a large dataset
     dataset = read_dataset(captions, images, only, split)
+    mix = read_dataset(mix_captions, mix_images) if mix_captions else None
     model, default_mode = build_model(
         preset_name, backbone_weights=backbone_weights, labels_file=labels_file, text_encoder=text_encoder,
         scorer_layers=scorer_layers, zero_shot_weight=zero_shot_weight, seed=seed,
@@ -94,9 +110,10 @@ def train_command(captions, images, only, split, out, preset_name, backbone_weig
         epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, itm_weight=itm_weight, local_weight=local_weight,
         scorer_epochs=scorer_epochs, scorer_lr=scorer_lr, hard_share=hard_share, val_fraction=val_fraction,
         backbone_mode=backbone_mode or default_mode, augment=not no_augment, seed=seed, workers=workers,
-        time_limit_s=time_limit * 60 if time_limit else None,
+        time_limit_s=time_limit * 60 if time_limit else None, multi_positive=multi_positive, mix_share=mix_share,
+        hubness_weight=hubness_weight,
     )
-    summary = train_model(model, dataset, out, train_config, resume=resume)
+    summary = train_model(model, dataset, out, train_config, resume=resume, mix=mix)
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
 
 
@@ -115,13 +132,18 @@ def show_training_progress() -> None:
 @only_option
 @split_option
 @click.option("--rerank-depth", default=20, show_default=True, type=click.IntRange(min=1),
-              help="Candidates per query that the re-ranker reorders.")
+              help="Image->text: captions per image that the re-ranker reorders.")
+@click.option("--candidates", default=DEFAULT_CANDIDATES, show_default=True, type=click.IntRange(min=1),
+              help="Text->image: first-stage candidates per caption, re-ranked as `imgsearch search` does.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Decoding processes.")
 @json_option
 @user_errors
-def eval_command(captions, model, images, only, split, rerank_depth, device, workers, as_json) -> None:
+def eval_command(captions, model, images, only, split, rerank_depth, candidates, device, workers, as_json) -> None:
     """Recall@1/5/10 (text->image, image->text), first stage and re-ranked.
+
+    Text->image is ranked as `imgsearch search` ranks (training/evaluate.py's
+    search_t2i_ranks): its first-stage numbers are search with --no-rerank.
 
     \b
     Example:
@@ -132,6 +154,7 @@ def eval_command(captions, model, images, only, split, rerank_depth, device, wor
     from imgsearch.training.run import evaluate_model, read_dataset
 
     result = evaluate_model(model, read_dataset(captions, images, only, split), rerank_depth=rerank_depth,
+                            candidates=candidates,
                             device=device, workers=workers,
                             on_skip=lambda path, error: click.echo(f"skipped {path}: {error}", err=True))
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))

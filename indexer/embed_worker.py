@@ -29,6 +29,7 @@ from imgsearch.indexer.lock import close_inherited_locks
 from imgsearch.indexer.paths import path_to_text
 from imgsearch.indexer.shard import Shard, ShardRecord, shard_id_of
 from imgsearch.model.allocator import keep_freed_memory
+from imgsearch.model.backbone import first_real_class
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
 
 __all__ = [
@@ -161,7 +162,7 @@ class Started(NamedTuple):
     regions: torch.Tensor  # (n, R, d) float16
     ready: torch.cuda.Event | None
     top_probs: torch.Tensor | None = None  # (n, TOP_LABELS) float32, best first; None without a classifier
-    top_classes: torch.Tensor | None = None  # (n, TOP_LABELS) int64 class indices (never 0, "background")
+    top_classes: torch.Tensor | None = None  # (n, TOP_LABELS) int64 class indices (never "background")
 
 
 StartEncoding = Callable[[torch.Tensor, torch.Tensor, ImageEncoder, torch.device], Started]
@@ -280,15 +281,17 @@ def top_labels(class_probs: torch.Tensor, labels: tuple[str, ...]) -> list[list[
 
 
 def _top_classes(class_probs: torch.Tensor, labels: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax posteriors (n, C) --> the TOP_LABELS most probable classes other than class 0
-    ("background"), best first: probabilities (n, k) float32 and class indices (n, k) int64."""
+    """Softmax posteriors (n, C) --> the TOP_LABELS most probable classes, TFLite's "background"
+    (class 0 of MobileNetV2's) left out, best first: probabilities (n, k) float32 and class
+    indices (n, k) int64."""
     if class_probs.shape[1] != len(labels):
         raise ModelConfigError(
             f"the model's classifier has {class_probs.shape[1]} classes but its config names "
             f"{len(labels)} labels; fix image.labels in its config.json."
         )
-    probs, classes = class_probs[:, 1:].float().topk(min(TOP_LABELS, class_probs.shape[1] - 1), dim=1)
-    return probs, classes + 1  # back to indices into `labels`
+    first = first_real_class(labels)
+    probs, classes = class_probs[:, first:].float().topk(min(TOP_LABELS, class_probs.shape[1] - first), dim=1)
+    return probs, classes + first  # back to indices into `labels`
 
 
 @contextmanager

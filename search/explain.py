@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from imgsearch.model.alignment import AlignmentModel
+from imgsearch.model.backbone import first_real_class
 from imgsearch.model.image_encoder import resize_uint8
 from imgsearch.model.text_encoder import TextEmbedding
 from imgsearch.model.zero_shot import class_name_vectors
@@ -102,7 +103,7 @@ def _class_maps(model: AlignmentModel, text: str, words: list[tuple[str, list[in
     for word, positions in words:
         word_vector = F.normalize(states[positions].mean(dim=0), dim=-1)  # (h,), as class names are pooled
         similarity = name_vectors @ word_vector  # (C,)
-        similarity[0] = -1.0  # class 0, "background", names nothing
+        similarity[: first_real_class(labels)] = -1.0  # TFLite's class 0, "background", names nothing
         class_weights = ((similarity - similarity.max()) / CLASS_TEMPERATURE).softmax(dim=0)  # (C,)
         region_scores = region_logits @ class_weights  # (R, C) x (C,) --> (R,)
         weights = (region_scores - region_scores.mean()).clamp_min(0).numpy()

@@ -29,7 +29,7 @@ from imgsearch.model.text_encoder import TextEmbedding
 from imgsearch.model.zero_shot import zero_shot_scores
 
 __all__ = ["SearchResult", "SearchPage", "PoolScores", "search", "search_page", "encode_text_query", "score_pool",
-           "DEFAULT_CANDIDATES"]
+           "final_order", "DEFAULT_CANDIDATES"]
 
 
 RerankPrecision = Literal["float32", "bfloat16", "auto"]
@@ -82,10 +82,12 @@ class SearchPage:
 class PoolScores:
     """Scores of C candidates of one text query, in their given order, each (C,) float32."""
 
-    first_stage: np.ndarray  # cosine + zero_shot_weight * zero-shot score
+    # cosine + zero_shot_weight * zero-shot score - hubness weight * hub score
+    first_stage: np.ndarray
     final: np.ndarray  # re-ranked (scorer logit + fusion_weight * first_stage), or first_stage
     reranked: np.ndarray | None  # final - fusion_weight * first_stage; None without re-ranking
     zero_shot: np.ndarray | None  # None when the model has no zero-shot term
+    hubness: np.ndarray | None = None  # the hub scores r(i) (model/hubness.py); None without the correction
 
 
 def check_search_arguments(k: int, candidates: int, rerank_precision: str, offset: int = 0) -> None:
@@ -124,24 +126,29 @@ def score_pool(
     regions: np.ndarray | None,
     labels: list[list[tuple[str, float]]] | None,
     rerank_precision: RerankPrecision = "float32",
+    vectors: np.ndarray | None = None,
 ) -> PoolScores:
     """The scores of C candidates of a text query: cosines (C,) of the global vectors, the
-    candidates' regions (C, R, d) float16 (None: no re-ranking) and stored labels (None: none
-    read). Search's pool and Index.rerank both score through here."""
+    candidates' regions (C, R, d) float16 (None: no re-ranking), stored labels (None: none
+    read) and global vectors (C, d) (None: no hubness correction). Search's pool, Index.rerank
+    and evaluation (training/evaluate.py) all score through here."""
     zero_shot_weight = model.config.zero_shot_weight if model.config.image_labels else 0.0
     first = cosines.astype(np.float32)
-    zero_shot = None
+    zero_shot = hubness = None
     if zero_shot_weight and labels is not None and len(first):
         sentence = query.sentence[0].float().cpu().numpy()  # (h,): the BERT run of the query, mean-pooled
         zero_shot = zero_shot_scores(model, sentence, labels)  # (C,)
         first = first + np.float32(zero_shot_weight) * zero_shot  # the fused first stage
+    if model.config.hubness.weight and vectors is not None and len(first):
+        hubness = model.hubness.scores(torch.from_numpy(np.asarray(vectors, np.float32))).numpy()  # (C,)
+        first = first - np.float32(model.config.hubness.weight) * hubness
     if regions is None or not len(first):
-        return PoolScores(first, first, None, zero_shot)
+        return PoolScores(first, first, None, zero_shot, hubness)
     final = rerank_scores(
         model.scorer, query.tokens[0], query.mask[0], regions, first, model.config.fusion_weight,
         compute_dtype=_compute_dtype(rerank_precision, query.tokens.device),
     )
-    return PoolScores(first, final, final - np.float32(model.config.fusion_weight) * first, zero_shot)
+    return PoolScores(first, final, final - np.float32(model.config.fusion_weight) * first, zero_shot, hubness)
 
 
 def search(
@@ -190,7 +197,8 @@ def search_page(
     text = query if isinstance(query, TextEmbedding) else None
     vector = text.global_[0].float().cpu().numpy() if text is not None else np.asarray(query, np.float32)
     uses_zero_shot = text is not None and bool(model.config.zero_shot_weight and model.config.image_labels)
-    pool_size = max(k, candidates) if text is not None and (rerank or uses_zero_shot) else 0
+    uses_hubness = text is not None and bool(model.config.hubness.weight)
+    pool_size = max(k, candidates) if text is not None and (rerank or uses_zero_shot or uses_hubness) else 0
     allowed = filters.allowed_ids(store)
     clock.lap("first_stage")
 
@@ -264,8 +272,9 @@ def _first_stage_order(
         label_list = None if labels is None else [labels[int(i)] for i in ids]
         pool_labels = None if label_list is None else label_list[:pool]
         regions = store.regions(ids[:pool].tolist()) if rerank and pool else None  # (P, R, d) float16
+        vectors = store.global_vectors_of(ids[:pool].tolist()) if model.config.hubness.weight and pool else None
         clock.lap("first_stage")
-        scored = score_pool(model, text, cosines[:pool], regions, pool_labels, rerank_precision)
+        scored = score_pool(model, text, cosines[:pool], regions, pool_labels, rerank_precision, vectors)
         clock.lap("rerank" if regions is not None else "first_stage")
         first[:pool], final[:pool] = scored.first_stage, scored.final
         if label_list is not None and scored.zero_shot is not None:
@@ -278,12 +287,18 @@ def _first_stage_order(
         if scored.reranked is not None:
             reranked = np.full(count, np.nan, np.float32)
             reranked[:pool] = scored.reranked
-    pool_order = np.argsort(-final[:pool], kind="stable")
-    order = np.concatenate([pool_order, np.arange(pool, count)]).astype(np.int64)
+    order = final_order(final[:pool], count)
     first_rank = np.empty(count, np.int64)
-    first_rank[np.argsort(-first[:pool], kind="stable")] = np.arange(1, pool + 1)
-    first_rank[pool:] = np.arange(pool + 1, count + 1)
+    first_rank[final_order(first[:pool], count)] = np.arange(1, count + 1)
     return _Ranked(first, final, reranked, zero_shot, order, first_rank)
+
+
+def final_order(pool_scores: np.ndarray, count: int) -> np.ndarray:
+    """The order of `count` fetched candidates (positions, best first): the pool (the first
+    len(pool_scores), scored by score_pool) by score, ties in FAISS order, then the rest in
+    FAISS order. Search and evaluation (training/evaluate.py) both rank with it."""
+    pool_order = np.argsort(-pool_scores, kind="stable")
+    return np.concatenate([pool_order, np.arange(len(pool_scores), count)]).astype(np.int64)
 
 
 class _Clock:

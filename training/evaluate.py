@@ -13,14 +13,17 @@ import numpy as np
 import torch
 
 from imgsearch.model.alignment import AlignmentModel
-from imgsearch.indexer.pipeline import TOP_LABELS
+from imgsearch.indexer.embed_worker import TOP_LABELS
+from imgsearch.model.backbone import first_real_class
+from imgsearch.model.text_encoder import TextEmbedding
+from imgsearch.search.defaults import DEFAULT_CANDIDATES
 from imgsearch.model.zero_shot import class_name_vectors, sentence_vectors
 from imgsearch.training.data import CaptionBank
 
 __all__ = [
     "recall_at_k", "t2i_ranks", "i2t_ranks", "rerank_t2i_ranks", "rerank_i2t_ranks",
     "t2i_candidate_scores", "fused_t2i_ranks", "captions_describing",
-    "embed_images", "embed_captions", "evaluate", "format_table", "KS",
+    "embed_images", "embed_captions", "evaluate", "search_t2i_ranks", "format_table", "KS",
 ]
 
 KS = (1, 5, 10)
@@ -79,7 +82,7 @@ def zero_shot_matrix(model: AlignmentModel, class_probs: torch.Tensor, captions:
     names = class_name_vectors(model)
     label_vectors = torch.from_numpy(np.stack([names[name] for name in model.config.image_labels]))  # (C, h)
     probs = class_probs.clone()
-    probs[:, 0] = 0  # "background" is never stored
+    probs[:, : first_real_class(model.config.image_labels)] = 0  # "background" is never stored
     top, index = probs.topk(TOP_LABELS, dim=1)  # (Ni, TOP_LABELS)
     sparse = torch.zeros_like(probs).scatter_(1, index, torch.round(top * 1e4) / 1e4)  # (Ni, C)
     image_side = sparse @ label_vectors  # (Ni, C) x (C, h) --> (Ni, h)
@@ -176,9 +179,59 @@ def rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, depth: int,
     return ranks
 
 
+def search_t2i_ranks(model: AlignmentModel, image_global: np.ndarray, regions: torch.Tensor,
+                     class_probs: torch.Tensor | None, captions: list[str], image_of: np.ndarray,
+                     candidates: int = DEFAULT_CANDIDATES, rerank: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Each caption's image ranked as Index.search ranks it, over a gallery of images: the
+    top `candidates` by cosine (what FAISS returns), scored by search's own score_pool (the
+    zero-shot label score from the labels an index would store, the hubness correction, the
+    re-ranker), ordered by its final_order. Returns the 0-based ranks of each caption's image
+    (Nc,) with re-ranking off (the first stage) and on (equal to the first without `rerank`).
+
+    image_global (Ni, d), regions (Ni, R, d) float16, class_probs (Ni, C) or None."""
+    from imgsearch.indexer.embed_worker import top_labels
+    from imgsearch.search.searcher import final_order, score_pool
+
+    labels = None
+    if model.config.zero_shot_weight and model.config.image_labels and class_probs is not None:
+        labels = top_labels(class_probs, model.config.image_labels)  # per image, as the store keeps them
+    first_ranks = np.empty(len(captions), np.int64)
+    final_ranks = np.empty(len(captions), np.int64)
+    region_array = regions.numpy()  # (Ni, R, d) float16, as the store returns them
+    with torch.inference_mode():
+        for start in range(0, len(captions), 256):
+            queries = model.text.encode(captions[start : start + 256])
+            cosines = image_global @ queries.global_.float().cpu().numpy().T  # (Ni, b)
+            for row in range(len(queries.global_)):
+                query = _one_query(queries, row)
+                order = np.argsort(-cosines[:, row], kind="stable")  # FAISS order
+                pool = order[:candidates]
+                scored = score_pool(model, query, cosines[pool, row], region_array[pool] if rerank else None,
+                                    None if labels is None else [labels[i] for i in pool], "float32",
+                                    image_global[pool])
+                correct = order == image_of[start + row]  # (Ni,) in FAISS order
+                first_ranks[start + row] = int(np.argmax(correct[final_order(scored.first_stage, len(order))]))
+                final_ranks[start + row] = int(np.argmax(correct[final_order(scored.final, len(order))]))
+    return first_ranks, final_ranks
+
+
+def _one_query(queries: TextEmbedding, row: int) -> TextEmbedding:
+    """Row `row` of a batch of encoded captions, as encode_text_query gives one query: its
+    tokens without the batch's padding."""
+    length = int(queries.mask[row].sum())
+    return TextEmbedding(queries.tokens[row : row + 1, :length], queries.mask[row : row + 1, :length],
+                         queries.global_[row : row + 1], queries.truncated[row : row + 1],
+                         None if queries.sentence is None else queries.sentence[row : row + 1])
+
+
 def evaluate(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, depth: int = 20,
-             rerank: bool = True) -> dict:
-    """Recall@1/5/10 both directions, first stage and re-ranked (None with rerank=False), plus mean recall."""
+             rerank: bool = True, candidates: int = DEFAULT_CANDIDATES) -> dict:
+    """Recall@1/5/10 both directions, first stage and re-ranked (None with rerank=False), plus mean recall.
+
+    With `rerank`, text->image is ranked exactly as Index.search ranks (search_t2i_ranks,
+    `candidates` deep); image->text, which search does not do, in matrix form (the
+    re-ranker reorders each image's top-`depth` captions). Without it (the trainer's
+    per-epoch validation), both directions in matrix form, hubness correction left out."""
     model.eval()
     image_global, regions, class_probs = embed_images(model, pixels, with_class_probs=True)
     text_global, tokens, mask = embed_captions(model, bank.captions)
@@ -188,14 +241,17 @@ def evaluate(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, dep
         sim = sim + np.float32(model.config.zero_shot_weight) * zero_shot_matrix(model, class_probs, bank.captions)
     describing = captions_describing(bank.captions, bank.captions_of)  # per image, for image->text
     first = {"t2i": recall_at_k(t2i_ranks(sim, bank.image_of)), "i2t": recall_at_k(i2t_ranks(sim, describing))}
-    reranked = {
-        "t2i": recall_at_k(rerank_t2i_ranks(model, sim, bank.image_of, tokens, mask, regions, depth)),
-        "i2t": recall_at_k(rerank_i2t_ranks(model, sim, describing, tokens, mask, regions, depth)),
-    } if rerank else None
+    reranked = None
+    if rerank:
+        first_ranks, final_ranks = search_t2i_ranks(model, image_global, regions, class_probs, bank.captions,
+                                                    bank.image_of, candidates)
+        first["t2i"] = recall_at_k(first_ranks)
+        reranked = {"t2i": recall_at_k(final_ranks),
+                    "i2t": recall_at_k(rerank_i2t_ranks(model, sim, describing, tokens, mask, regions, depth))}
     for block in (first, reranked) if rerank else (first,):
         block["mean_recall"] = float(np.mean([v for d in ("t2i", "i2t") for v in block[d].values()]))
     return {"images": len(pixels), "captions": len(bank.captions), "rerank_depth": depth,
-            "first_stage": first, "reranked": reranked}
+            "candidates": candidates if rerank else None, "first_stage": first, "reranked": reranked}
 
 
 def format_table(result: dict) -> str:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from imgsearch.model.scorer import CrossAttentionScorer
 
-__all__ = ["infonce_loss", "vsepp_loss", "itm_loss", "alignment_matrix"]
+__all__ = ["infonce_loss", "multi_positive_infonce_loss", "vsepp_loss", "itm_loss", "alignment_matrix"]
 
 
 def infonce_loss(sim: torch.Tensor, logit_scale: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
@@ -22,6 +22,26 @@ def infonce_loss(sim: torch.Tensor, logit_scale: torch.Tensor, positives: torch.
     logits = logits.masked_fill(off_diagonal_matches, float("-inf"))
     target = torch.arange(len(sim), device=sim.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def multi_positive_infonce_loss(sim: torch.Tensor, logit_scale: torch.Tensor, owner: torch.Tensor,
+                                positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE when each image brings several captions (all of its own) to the batch.
+
+    sim (B_img, B_txt) cosines; owner (B_txt,) the image row each caption came with;
+    positives (B_img, B_txt) bool, True where the caption describes the image (its text is
+    one of the image's). Text->image: each caption's target is its image. Image->text: the
+    target spreads evenly over the image's own captions. True matches of other images are
+    removed from the denominators, as in infonce_loss.
+    """
+    logits = sim * logit_scale.exp().clamp(max=100.0)  # (B_img, B_txt)
+    own = owner[None, :] == torch.arange(len(sim), device=sim.device)[:, None]  # (B_img, B_txt)
+    logits = logits.masked_fill(positives & ~own, float("-inf"))
+    text_to_image = F.cross_entropy(logits.T, owner)  # (B_txt, B_img) rows, target: the owner
+    log_probs = logits.log_softmax(dim=1)  # (B_img, B_txt)
+    target = own.to(sim.dtype) / own.sum(1, keepdim=True).clamp_min(1)  # (B_img, B_txt)
+    image_to_text = -torch.where(own, target * log_probs, torch.zeros_like(log_probs)).sum(1).mean()
+    return (text_to_image + image_to_text) / 2
 
 
 def alignment_matrix(tokens: torch.Tensor, token_mask: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:

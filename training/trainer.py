@@ -29,11 +29,12 @@ from torchvision.transforms import v2
 from imgsearch.durable import replace_durably
 from imgsearch.errors import ImgsearchError
 from imgsearch.model.alignment import AlignmentModel
+from imgsearch.model.hubness import HubnessConfig, HubnessCorrection
 from imgsearch.model.scorer import CrossAttentionScorer
 from imgsearch.training.captions import CaptionedImage
 from imgsearch.training.data import CaptionBank, ImageBank, encode_captions, group_batches, load_images
 from imgsearch.training.evaluate import evaluate, format_table
-from imgsearch.training.losses import alignment_matrix, infonce_loss, itm_loss, vsepp_loss
+from imgsearch.training.losses import alignment_matrix, infonce_loss, itm_loss, multi_positive_infonce_loss, vsepp_loss
 from imgsearch.training.rerank_stage import train_scorer
 from imgsearch.training.selection import RerankerSelection
 
@@ -80,6 +81,18 @@ class TrainConfig:
     scorer_lr: float = 5e-4
     mine_depth: int = 20  # mined hard negatives per caption and per image
     hard_share: float = 0.5  # share of mined (vs uniform) negatives
+    # First stage: every caption of each batch image joins the batch (an image's captions are
+    # all its positives), instead of one drawn at random.
+    multi_positive: bool = False
+    # Share of each first-stage batch drawn from the second data set (train(mix=...)), e.g.
+    # webcaps beside Flickr8k: half and half kept Flickr8k dev quality and broadened the
+    # model; one shuffled pool of both lowered dev R@1 by 1.5 (issue 20). An epoch is one pass
+    # over the first data set; the second is cycled through.
+    mix_share: float = 0.5
+    # Hubness correction (model/hubness.py): weight (0: none) and the caption bank's size,
+    # drawn from the training captions after the first stage.
+    hubness_weight: float = 0.0
+    hubness_bank: int = 8192
 
 
 def split_validation(items: list[CaptionedImage], fraction: float, seed: int):
@@ -120,6 +133,7 @@ class _Data:
     val_images: ImageBank | None
     val_bank: CaptionBank | None
     cached: tuple[torch.Tensor, torch.Tensor] | None  # (N, R, C), (N, G) float16, frozen backbone only
+    primary: int  # train_images' first `primary` images are the first data set's; the rest are mixed in
 
 
 @dataclass
@@ -141,33 +155,42 @@ class _FirstStage:
 
 
 def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Path,
-          config: TrainConfig = TrainConfig(), *, resume: bool = False) -> dict:
+          config: TrainConfig = TrainConfig(), *, resume: bool = False,
+          mix: list[CaptionedImage] | None = None) -> dict:
     """Train `model` on captioned images and write it to `out_dir`; returns the summary that
     is also written there as training.json. Stages: data --> first stage (dual encoder, a
-    checkpoint after every epoch) --> second stage (re-ranker) --> model directory."""
+    checkpoint after every epoch) --> hubness bank --> second stage (re-ranker) --> model
+    directory. `mix`: a second data set that fills config.mix_share of each first-stage
+    batch (never held out for validation)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    data = _load_data(model, items, out_dir, config)
+    data = _load_data(model, items, out_dir, config, mix or [])
     stage = _first_stage(model, data, config)
     state_path = out_dir / STATE_NAME
     if resume and state_path.exists():
         _resume(model, stage, rng, state_path, config)
     _train_first_stage(model, data, stage, rng, state_path, config)
+    _fill_hubness_bank(model, data, config)
     scorer_started = time.perf_counter()
     kept, selection, scorer_history = _train_second_stage(model, data, stage, config)
     stage.elapsed += time.perf_counter() - scorer_started
     return _write_model(model, out_dir, data, stage, config, kept, selection, scorer_history)
 
 
-def _load_data(model: AlignmentModel, items: list[CaptionedImage], out_dir: Path, config: TrainConfig) -> _Data:
-    """Images decoded and resized once, captions through the frozen BERT once, and with a
-    frozen backbone its features once (cached on disk)."""
+def _load_data(model: AlignmentModel, items: list[CaptionedImage], out_dir: Path, config: TrainConfig,
+               mix: list[CaptionedImage]) -> _Data:
+    """Images decoded and resized once (the mixed-in set's after the first set's), captions
+    through the frozen BERT once, and with a frozen backbone its features once (cached on disk)."""
     train_items, val_items = split_validation(items, config.val_fraction, config.seed)
     size = model.config.backbone.image_size
-    log.info("loading %d training and %d validation images at %dpx", len(train_items), len(val_items), size)
+    log.info("loading %d training (%d mixed in) and %d validation images at %dpx",
+             len(train_items) + len(mix), len(mix), len(val_items), size)
     train_images = load_images(train_items, size, config.workers)
+    primary = len(train_images.items)
+    if mix:
+        train_images = train_images.concat(load_images(mix, size, config.workers))
     val_images = load_images(val_items, size, config.workers) if val_items else None
     for path, error in train_images.failures:
         log.warning("skipped %s: %s", path, error)
@@ -177,7 +200,43 @@ def _load_data(model: AlignmentModel, items: list[CaptionedImage], out_dir: Path
     frozen = config.backbone_mode == "frozen"
     cached = _backbone_features(model, train_images.pixels, out_dir) if frozen else None
     model.image.backbone.requires_grad_(not frozen)
-    return _Data(train_images, bank, val_images, val_bank, cached)
+    return _Data(train_images, bank, val_images, val_bank, cached, primary)
+
+
+def _epoch_batches(data: _Data, config: TrainConfig, rng: random.Random) -> list[list[int]]:
+    """One epoch's batches of image indices: group_batches over the first data set, and with a
+    mixed-in set, config.mix_share of each batch drawn from it (cycled, reshuffled each pass)."""
+    mixed = len(data.train_images.items) - data.primary
+    if not mixed:
+        return group_batches(data.train_images.items, config.batch_size, rng)
+    share = max(1, round(config.batch_size * config.mix_share))
+    batches = group_batches(data.train_images.items[: data.primary], config.batch_size - share, rng)
+    order: list[int] = []
+    for batch in batches:
+        if len(order) < share:
+            order += rng.sample(range(data.primary, data.primary + mixed), mixed)
+        batch += order[:share]
+        del order[:share]
+    return batches
+
+
+def _fill_hubness_bank(model: AlignmentModel, data: _Data, config: TrainConfig) -> None:
+    """With config.hubness_weight, the hubness bank (model/hubness.py): the trained text head's
+    vectors of up to config.hubness_bank training captions of the first data set, a seeded sample."""
+    if not config.hubness_weight:
+        return
+    primary_captions = [c for i in range(data.primary) for c in data.bank.captions_of[i]]
+    chosen = sorted(random.Random(config.seed).sample(primary_captions, min(config.hubness_bank, len(primary_captions))))
+    with torch.inference_mode():
+        vectors = torch.cat([
+            model.text.project(data.bank.states[part].float().to(model.device), data.bank.mask[part].to(model.device))[1]
+            for part in torch.tensor(chosen).split(1024)
+        ])  # (Nb, d), L2-normalised
+    hubness = HubnessConfig(weight=config.hubness_weight, k=model.config.hubness.k, bank_size=len(chosen))
+    model.config = dataclasses.replace(model.config, hubness=hubness)
+    model.hubness = HubnessCorrection(hubness, model.config.embed_dim).to(model.device)
+    model.hubness.set_bank(vectors)
+    log.info("hubness bank: %d training captions, weight %g", len(chosen), config.hubness_weight)
 
 
 def _first_stage(model: AlignmentModel, data: _Data, config: TrainConfig) -> _FirstStage:
@@ -201,7 +260,7 @@ def _first_stage(model: AlignmentModel, data: _Data, config: TrainConfig) -> _Fi
         scale = config.backbone_lr_scale if config.backbone_mode == "finetune" else 1.0
         groups.append({"params": backbone_params, "lr": config.lr * scale})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    steps_per_epoch = len(group_batches(data.train_images.items, config.batch_size, random.Random(0)))
+    steps_per_epoch = len(_epoch_batches(data, config, random.Random(0)))
     total_steps = max(1, steps_per_epoch * config.epochs)
     clock = {"elapsed": 0.0}  # training seconds so far, updated every step
 
@@ -253,10 +312,15 @@ def _train_first_stage(model: AlignmentModel, data: _Data, stage: _FirstStage, r
         if data.cached is not None:
             model.image.backbone.eval()
         epoch_start = time.perf_counter()
-        batches = group_batches(data.train_images.items, config.batch_size, rng)
+        batches = _epoch_batches(data, config, rng)
         for batch_number, images in enumerate(batches):
-            captions = [rng.choice(data.bank.captions_of[i]) for i in images]
-            losses = _first_stage_losses(model, data, stage, config, images, captions, crop)
+            if config.multi_positive:  # every caption of each image; owner: its image's row
+                captions = [c for i in images for c in data.bank.captions_of[i]]
+                owner = [row for row, i in enumerate(images) for _ in data.bank.captions_of[i]]
+            else:
+                captions = [rng.choice(data.bank.captions_of[i]) for i in images]
+                owner = None
+            losses = _first_stage_losses(model, data, stage, config, images, captions, crop, owner)
             stage.optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             for group in stage.groups:  # per group, so large encoder gradients do not shrink the scorer's
@@ -289,8 +353,9 @@ def _train_first_stage(model: AlignmentModel, data: _Data, stage: _FirstStage, r
 
 
 def _first_stage_losses(model: AlignmentModel, data: _Data, stage: _FirstStage, config: TrainConfig,
-                        images: list[int], captions: list[int], crop) -> dict:
-    """One batch's first-stage loss ("loss") and its parts, for the log."""
+                        images: list[int], captions: list[int], crop, owner: list[int] | None = None) -> dict:
+    """One batch's first-stage loss ("loss") and its parts, for the log. Caption j belongs to
+    image owner[j] of the batch (None: to image j, one caption each)."""
     device = model.device
     if data.cached is not None:
         regions_raw, global_raw = data.cached[0][images].float(), data.cached[1][images].float()
@@ -305,16 +370,27 @@ def _first_stage_losses(model: AlignmentModel, data: _Data, stage: _FirstStage, 
     tokens, text_global = model.text.project(states, mask)
     sim = image.global_ @ text_global.T  # (B, d) x (d, B) --> (B, B)
     positives = _positives(data.bank, images, captions).to(device)
+    owners = None if owner is None else torch.tensor(owner, device=device)
+
+    def contrast(matrix: torch.Tensor, scale: torch.nn.Parameter) -> torch.Tensor:
+        if owners is not None:
+            return multi_positive_infonce_loss(matrix, scale, owners, positives)
+        return infonce_loss(matrix, scale, positives)
+
     if config.loss == "infonce":
-        contrastive = infonce_loss(sim, stage.logit_scale, positives)
+        contrastive = contrast(sim, stage.logit_scale)
     else:
+        if owners is not None:
+            raise ImgsearchError("multi_positive needs the infonce loss.")
         contrastive = vsepp_loss(sim, positives)
     loss, matching, accuracy, local = contrastive, torch.zeros(()), float("nan"), torch.zeros(())
     if config.local_weight > 0:
         positioned = image.regions + model.scorer.region_position[: image.regions.shape[1]]  # (B, R, d)
-        local = infonce_loss(alignment_matrix(tokens, mask, positioned), stage.local_scale, positives)
+        local = contrast(alignment_matrix(tokens, mask, positioned), stage.local_scale)
         loss = loss + config.local_weight * local
     if config.itm_weight > 0:
+        if owners is not None:
+            raise ImgsearchError("multi_positive does not go with the joint ITM loss (itm_weight).")
         matching, accuracy = itm_loss(model.scorer, image.regions, tokens, mask, sim.detach(), positives,
                                       hard_share=config.hard_share)
         loss = contrastive + config.itm_weight * matching

@@ -1,0 +1,1 @@
+"""The packaged photo model (a data-only package: config.json, model.safetensors)."""
