@@ -1,11 +1,12 @@
 """Indexing throughput from JPEG files to stored vectors, next to the backbone's forward-only
 throughput (the practical ceiling), measured in one run on the same machine.
 
-    python bench/indexing.py IMAGES_DIR [--configs photo,vgg16,small,scenes] [--images-per-config 600,64,1200,2400]
+    python bench/indexing.py IMAGES_DIR [--configs photo,fast,vgg16,small,scenes]
+                             [--images-per-config 600,600,64,1200,2400]
 
-For each configuration ("photo": the packaged photo model, MobileNetV2 224px, its real
-weights; the others random-init weights, timing only: the product never indexes with
-random weights): forward-only images/s of the encoder (backbone + projection heads) on
+For each configuration ("photo" and "fast": the packaged models, EfficientNet-Lite0 and
+MobileNetV2 at 224px, with their real weights; the others random-init weights, timing only:
+the product never indexes with random weights): forward-only images/s of the encoder (backbone + projection heads) on
 pixels already in memory, then indexing images/s through imgsearch.indexer.pipeline.index_files
 (decode workers, encoder, SQLite store, FAISS), then forward-only again; the ratio is
 end-to-end over the mean of the two forward-only runs (the sandwich evens out load
@@ -33,7 +34,7 @@ from bench.machine import describe
 from imgsearch.model.allocator import DEFAULT_MALLOC_ENV, heap_block_limit, keep_freed_memory
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.device import resolve_device
-from imgsearch.model.packaged import default_model_dir
+from imgsearch.model.packaged import packaged_model_dir
 from imgsearch.model.image_encoder import ImageEncoder
 from imgsearch.indexer.pipeline import _DecodeDataset, default_workers, index_files
 from imgsearch.indexer.store import Store
@@ -42,6 +43,7 @@ from imgsearch.training.presets import PRESETS
 
 CONFIGS = {
     "photo": None,  # the packaged photo model (data/photo-model), loaded with its weights
+    "fast": None,  # the packaged fast model (data/photo-model-fast), loaded with its weights
     "vgg16": (BackboneConfig(name="vgg16", weights=None), 256),  # 224px, 7x7 grid, fc7 global
     "small": (PRESETS["small"][0].backbone, PRESETS["small"][0].embed_dim),  # 96px, 6x6
     "scenes": (PRESETS["scenes"][0].backbone, PRESETS["scenes"][0].embed_dim),  # 64px, 8x8
@@ -110,8 +112,8 @@ def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, worker
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", type=Path, help="a folder of JPEG files")
-    parser.add_argument("--configs", default="photo,vgg16,small,scenes")
-    parser.add_argument("--images-per-config", default="600,64,1200,2400", help="images indexed, per config")
+    parser.add_argument("--configs", default="photo,fast,vgg16,small,scenes")
+    parser.add_argument("--images-per-config", default="600,600,64,1200,2400", help="images indexed, per config")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="decode workers (default: one per spare core)")
     parser.add_argument("--device", default="auto")
@@ -130,7 +132,7 @@ def main() -> None:
     rows = []
     for name, count in zip(args.configs.split(","), [int(c) for c in args.images_per_config.split(",")]):
         if CONFIGS[name] is None:
-            encoder = ImageEncoder.from_pretrained(default_model_dir(), device=device)
+            encoder = ImageEncoder.from_pretrained(packaged_model_dir(name), device=device)
             backbone = encoder.backbone_config
         else:
             backbone, embed_dim = CONFIGS[name]

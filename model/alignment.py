@@ -62,7 +62,8 @@ class AlignmentConfig:
             "embed_dim": self.embed_dim,
             "image": {"backbone": self.backbone.to_dict(),
                       **({"labels": list(self.image_labels)} if self.image_labels else {})},
-            "text": dataclasses.asdict(self.text),
+            # "pool" only when not the mean, so that configs written before it existed read the same
+            "text": {k: v for k, v in dataclasses.asdict(self.text).items() if k != "pool" or v != "mean"},
             "scorer": dataclasses.asdict(self.scorer),
             "rerank": {"fusion_weight": self.fusion_weight, "zero_shot_weight": self.zero_shot_weight,
                        **({"hubness": dataclasses.asdict(self.hubness)} if self.hubness.bank_size else {})},
@@ -149,8 +150,6 @@ class AlignmentModel(nn.Module):
                 continue
             if key.startswith("text.bert.") and not self.config.text.carries_weights:
                 continue
-            if key.startswith("hubness.") and not len(value):
-                continue  # no bank: nothing to keep (and the safetensors file stays as before)
             tensors[key] = value
         write_checkpoint(directory, self.config.to_dict(), tensors)
 

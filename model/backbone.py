@@ -133,10 +133,13 @@ class BackboneConfig:
         return data
 
 
+TFLITE_IMAGENET_CLASSES = 1001  # TFLite's ImageNet classifiers: class 0 "background", then ImageNet's 1,000
+
+
 def first_real_class(labels: tuple[str, ...] | list[str]) -> int:
-    """Index of the first class that names something: 1 when class 0 is TFLite's "background"
-    (MobileNetV2's 1,001 classes), else 0 (EfficientNet-Lite's 1,000)."""
-    return 1 if labels and labels[0] == "background" else 0
+    """Index of the first class that names something: 1 for a TFLite ImageNet classifier's
+    1,001 classes (MobileNetV2's; class 0 is "background"), else 0 (EfficientNet-Lite's 1,000)."""
+    return 1 if len(labels) == TFLITE_IMAGENET_CLASSES else 0
 
 
 def build_backbone(config: BackboneConfig) -> nn.Module:

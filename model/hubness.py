@@ -29,7 +29,11 @@ class HubnessCorrection(nn.Module):
     def __init__(self, config: HubnessConfig, embed_dim: int) -> None:
         super().__init__()
         self.config = config
-        self.register_buffer("bank", torch.zeros(config.bank_size, embed_dim, dtype=torch.float16))  # (Nb, d)
+        bank = torch.zeros(config.bank_size, embed_dim, dtype=torch.float16)  # (Nb, d)
+        if config.bank_size:
+            self.register_buffer("bank", bank)
+        else:
+            self.bank = bank  # no correction: nothing to save or load
 
     def scores(self, image_vectors: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
         """L2-normalised image vectors (n, d) --> hub scores r (n,) float32 (zeros without a bank)."""

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,13 @@ class TextEncoderConfig:
     # True when the checkpoint carries fine-tuned encoder weights ("text.bert.*")
     # that replace those loaded from name_or_path.
     carries_weights: bool = False
+    # How the query vector pools BERT's token states: "mean", or "attention" (a learned softmax
+    # weighting of the tokens, equal weights at initialisation; +0.4 Flickr8k dev R@1, issue 20).
+    pool: Literal["mean", "attention"] = "mean"
+
+    def __post_init__(self) -> None:
+        if self.pool not in ("mean", "attention"):
+            raise ModelConfigError(f"unknown text pool {self.pool!r}; use 'mean' or 'attention'.")
 
 
 @dataclass
@@ -98,6 +106,11 @@ class TextEncoder(nn.Module):
         hidden = bert.config.hidden_size
         self.token_head = ProjectionHead(hidden, embed_dim)
         self.global_head = ProjectionHead(hidden, embed_dim)
+        # One score per token state (pool "attention"); zero-initialised, so training starts from the mean.
+        self.pool_score = nn.Linear(hidden, 1) if config.pool == "attention" else None
+        if self.pool_score is not None:
+            nn.init.zeros_(self.pool_score.weight)
+            nn.init.zeros_(self.pool_score.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         states = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, h)
@@ -105,7 +118,12 @@ class TextEncoder(nn.Module):
 
     def project(self, states: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """BERT states (B, T, h) --> token features (B, T, d) and the query vector (B, d)."""
-        pooled = mean_pool(states, attention_mask)  # (B, T, h) --> (B, h)
+        if self.pool_score is None:
+            pooled = mean_pool(states, attention_mask)  # (B, T, h) --> (B, h)
+        else:
+            scores = self.pool_score(states).squeeze(-1)  # (B, T, h) --> (B, T)
+            weights = scores.masked_fill(~attention_mask.bool(), float("-inf")).softmax(dim=1)  # (B, T)
+            pooled = (weights.unsqueeze(-1) * states).sum(1)  # (B, T, 1) * (B, T, h) --> (B, h)
         return self.token_head(states), l2_normalize(self.global_head(pooled))  # (B, T, d), (B, d)
 
     def tokenize(self, texts: list[str], device: torch.device | None = None) -> tuple[dict, list[bool]]:

@@ -492,7 +492,7 @@ def test_evaluate_matches_direct_encoding_and_brute_force(model_dir):
              for i in range(7)]
     pixels = torch.stack([torch.from_numpy(np.asarray(draw_image(i, 32)).transpose(2, 0, 1).copy()) for i in range(7)])
     bank = encode_captions(model.text, items, cache_states=False)
-    result = evaluate(model, pixels, bank, depth=3)
+    result = evaluate(model, pixels, bank, depth=3, candidates=3)  # search re-ranks its top `candidates`
 
     with torch.inference_mode():
         image = model.image(model.image.normalize(pixels))

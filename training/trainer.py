@@ -185,8 +185,8 @@ def _load_data(model: AlignmentModel, items: list[CaptionedImage], out_dir: Path
     through the frozen BERT once, and with a frozen backbone its features once (cached on disk)."""
     train_items, val_items = split_validation(items, config.val_fraction, config.seed)
     size = model.config.backbone.image_size
-    log.info("loading %d training (%d mixed in) and %d validation images at %dpx",
-             len(train_items) + len(mix), len(mix), len(val_items), size)
+    mixed = f" (and {len(mix)} mixed in)" if mix else ""
+    log.info("loading %d training%s and %d validation images at %dpx", len(train_items), mixed, len(val_items), size)
     train_images = load_images(train_items, size, config.workers)
     primary = len(train_images.items)
     if mix:

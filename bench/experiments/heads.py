@@ -159,9 +159,10 @@ def main() -> None:
         t = [r[beta]["t2i"] for r in results]
         i = [r[beta]["i2t"] for r in results]
         mean = {k: float(np.mean([x[k] for x in t])) for k in t[0]}
-        print(f"beta {beta:.2f}: t2i R@1 {' / '.join(f'{x['R@1']:.2f}' for x in t)} (mean {mean['R@1']:.2f}) "
-              f"R@5 {mean['R@5']:.2f} R@10 {' / '.join(f'{x['R@10']:.2f}' for x in t)} (mean {mean['R@10']:.2f}); "
-              f"i2t R@1 mean {np.mean([x['R@1'] for x in i]):.2f}", flush=True)
+        r1 = " / ".join(f"{x['R@1']:.2f}" for x in t)
+        r10 = " / ".join(f"{x['R@10']:.2f}" for x in t)
+        print(f"beta {beta:.2f}: t2i R@1 {r1} (mean {mean['R@1']:.2f}) R@5 {mean['R@5']:.2f} "
+              f"R@10 {r10} (mean {mean['R@10']:.2f}); i2t R@1 mean {np.mean([x['R@1'] for x in i]):.2f}", flush=True)
 
 
 if __name__ == "__main__":
