@@ -33,9 +33,9 @@ if [ -z "$labels" ]; then
   tail -n +2 "$tflite_labels" > "$work/imagenet_labels.txt"
   labels=$work/imagenet_labels.txt
 fi
-settings=(--preset efficientnet_lite0 --labels "$labels" --zero-shot-weight ZS
-          --mix "$webcaps/captions.tsv" --mix-images "$webcaps/images" --mix-share 0.5 --multi-positive
-          --hubness-weight HUB
+settings=(--preset efficientnet_lite0 --labels "$labels" --zero-shot-weight 0.3
+          --mix "$webcaps/captions.tsv" --mix-images "$webcaps/images" --mix-share 0.33 --multi-positive
+          --hubness-weight 0.5
           --epochs 8 --lr 1e-3 --batch-size 128 --local-weight 1.0 --scorer-layers 0 --scorer-epochs 0
           --val-fraction 0.05 --seed 0 --workers 1)
 start=$(date +%s)

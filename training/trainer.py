@@ -209,12 +209,14 @@ def _epoch_batches(data: _Data, config: TrainConfig, rng: random.Random) -> list
     mixed = len(data.train_images.items) - data.primary
     if not mixed:
         return group_batches(data.train_images.items, config.batch_size, rng)
-    share = max(1, round(config.batch_size * config.mix_share))
+    share = min(mixed, max(1, round(config.batch_size * config.mix_share)))
     batches = group_batches(data.train_images.items[: data.primary], config.batch_size - share, rng)
     order: list[int] = []
     for batch in batches:
-        if len(order) < share:
-            order += rng.sample(range(data.primary, data.primary + mixed), mixed)
+        if len(order) < share:  # a new pass; what the last one left over comes first, none twice in a batch
+            fresh = rng.sample(range(data.primary, data.primary + mixed), mixed)
+            left = set(order)
+            order += [i for i in fresh if i not in left] + [i for i in fresh if i in left]
         batch += order[:share]
         del order[:share]
     return batches
@@ -386,7 +388,12 @@ def _first_stage_losses(model: AlignmentModel, data: _Data, stage: _FirstStage, 
     loss, matching, accuracy, local = contrastive, torch.zeros(()), float("nan"), torch.zeros(())
     if config.local_weight > 0:
         positioned = image.regions + model.scorer.region_position[: image.regions.shape[1]]  # (B, R, d)
-        local = contrast(alignment_matrix(tokens, mask, positioned), stage.local_scale)
+        # One caption per image (with multi_positive, each image's first in the batch): the
+        # alignment matrix costs B_img x B_txt token-region comparisons, 5x more with all captions.
+        first = torch.arange(len(captions), device=device) if owner is None else \
+            torch.tensor([owner.index(row) for row in range(len(images))], device=device)
+        local = infonce_loss(alignment_matrix(tokens[first], mask[first], positioned), stage.local_scale,
+                             positives[:, first])
         loss = loss + config.local_weight * local
     if config.itm_weight > 0:
         if owners is not None:

@@ -8,7 +8,7 @@ mean-pooled MiniLM states with symmetric InfoNCE (cosine decay, no warm-up: the 
 frozen-backbone recipe) and prints Flickr8k dev t2i / i2t recall, plain and with the hubness
 correction cos(q, i) - beta * r(i), r(i) the mean of image i's `--hub-k` highest cosines with
 the training captions (the bank the model directory would carry).
---webcaps: every batch is half Flickr8k, half webcaps (an epoch is one pass over Flickr8k).
+--webcaps: every batch is half Flickr8k, half webcaps (--mix-share; an epoch is one pass over Flickr8k).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def run(args, seed: int) -> dict:
     per_epoch = math.ceil(len(flickr["captions_of"]) / args.batch)
     steps = args.epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    half = args.batch // 2 if webcaps is not None else args.batch
+    half = args.batch - round(args.batch * args.mix_share) if webcaps is not None else args.batch
     for _ in range(args.epochs):
         flickr_batches = batches(flickr, half, args.multi_positive, rng)
         web_batches = batches(webcaps, args.batch - half, False, rng) if webcaps is not None else None
@@ -141,6 +141,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--backbone", default="efficientnet_lite0-224")
     p.add_argument("--webcaps", action="store_true")
+    p.add_argument("--mix-share", type=float, default=0.5, help="share of each batch from webcaps")
     p.add_argument("--multi-positive", action="store_true")
     p.add_argument("--text-attnpool", action="store_true")
     p.add_argument("--epochs", type=int, default=8)

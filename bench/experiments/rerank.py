@@ -9,8 +9,8 @@ cross-attention scorer trained on held-out first-stage candidates add to the fir
 2. For the re-ranker's training lists, the same first stage is trained --folds times, each
    time without one fold of the train images, and ranks that fold's captions among that
    fold's images: candidates as the re-ranker will meet them on unseen photos.
-3. The scorer (model/scorer.py's CrossAttentionScorer, with its own region and token tanh
-   heads, as the product's second stage trains them) learns a listwise loss over
+3. The scorer (model/scorer.py's CrossAttentionScorer) reads the first stage's heads applied to
+   each region and each token state (frozen, as an index stores regions) and learns a listwise loss over
    [true image + (list-1) candidates] on top of the first-stage score:
    fused = scorer + w * cosine, w learned.
 4. Dev: each caption's top --depth first-stage images re-ordered by the fused score.
@@ -74,16 +74,20 @@ def candidates(hi, ht, split: dict, images: np.ndarray, depth: int):
 
 
 class Reranker(torch.nn.Module):
-    def __init__(self, layers: int, dim: int = 256, region_dim: int = 1280, text_dim: int = 384) -> None:
+    """Scorer over frozen inputs already in the shared space (the first stage's heads applied to
+    each region and token, as the product's stored regions and token features are)."""
+
+    def __init__(self, layers: int, dim: int = 256, no_alignment: bool = False) -> None:
         super().__init__()
-        self.regions = torch.nn.Sequential(torch.nn.Linear(region_dim, dim), torch.nn.Tanh())
-        self.tokens = torch.nn.Sequential(torch.nn.Linear(text_dim, dim), torch.nn.Tanh())
         self.scorer = CrossAttentionScorer(ScorerConfig(num_layers=layers, num_heads=4, max_regions=49), dim)
+        if no_alignment:
+            self.scorer.alignment_scale.data.zero_()
+            self.scorer.alignment_scale.requires_grad_(False)
         self.weight = torch.nn.Parameter(torch.tensor(20.0))  # of the first-stage cosine
 
-    def forward(self, states, mask, regions, first):
-        # states (P, T, h), mask (P, T), regions (P, R, C), first (P,) --> fused logits (P,)
-        return self.scorer(self.tokens(states), mask, self.regions(regions)) + self.weight * first
+    def forward(self, tokens, mask, regions, first):
+        # tokens (P, T, d), mask (P, T), regions (P, R, d), first (P,) --> fused logits (P,)
+        return self.scorer(tokens, mask, regions) + self.weight * first
 
 
 def main() -> None:
@@ -99,6 +103,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lists-per-epoch", type=int, default=None, help="train on this many lists an epoch (a random subset)")
+    p.add_argument("--no-alignment", action="store_true", help="the scorer without its token-region alignment term")
     p.add_argument("--same-stage", action="store_true",
                    help="mine the training lists with the first stage trained on all train images (not folds)")
     args = p.parse_args()
@@ -111,6 +117,10 @@ def main() -> None:
                                       f"{args.backbone}-flickr8k-{name}.pt", weights_only=True)["regions"]
     n = len(train["captions_of"])
     hi, ht = first_stage(train, np.arange(n), args.heads_epochs, args.seed)
+    with torch.no_grad():  # frozen scorer inputs: the trained heads on every region and token
+        for split in (train, dev):
+            split["region_features"] = torch.cat([hi(r.float()).half() for r in split["regions"].split(512)])
+            split["token_features"] = torch.cat([ht(t.float()).half() for t in split["states"].split(2048)])
     dev_caps, dev_top, dev_first, dev_sim = candidates(hi, ht, dev, np.arange(len(dev["captions_of"])), args.depth)
     lists = []  # (caption, [candidate images], [cosines]) of train captions, mined on held-out folds
     folds = np.array_split(np.random.default_rng(args.seed).permutation(n), args.folds)
@@ -126,13 +136,13 @@ def main() -> None:
     print(f"mined {len(lists)} lists in {time.perf_counter() - started:.0f}s", flush=True)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    model = Reranker(args.layers)
+    model = Reranker(args.layers, no_alignment=args.no_alignment)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    steps = args.epochs * math.ceil(len(lists) / args.batch)
+    steps = args.epochs * math.ceil(min(len(lists), args.lists_per_epoch or len(lists)) / args.batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     for epoch in range(args.epochs):
         model.train()
-        order = rng.permutation(len(lists))
+        order = rng.permutation(len(lists))[: args.lists_per_epoch]
         losses = []
         for start in range(0, len(order), args.batch):
             rows = [lists[i] for i in order[start : start + args.batch]]
@@ -142,8 +152,9 @@ def main() -> None:
                 caps += [c] * args.list
                 imgs += [own] + [negs[k] for k in pick]
                 firsts += [own_first] + [neg_first[k] for k in pick]
-            logits = model(train["states"][caps].float(), train["mask"][caps], train["regions"][imgs].float(),
-                           torch.tensor(firsts)).view(len(rows), args.list)
+            width = int(train["mask"][caps].sum(1).max())  # the batch's longest caption
+            logits = model(train["token_features"][caps, :width].float(), train["mask"][caps, :width],
+                           train["region_features"][imgs].float(), torch.tensor(firsts)).view(len(rows), args.list)
             loss = F.cross_entropy(logits, torch.zeros(len(rows), dtype=torch.long))
             opt.zero_grad()
             loss.backward()
@@ -159,7 +170,9 @@ def main() -> None:
                 rows = np.arange(start, min(start + 64, len(dev_caps)))
                 caps = np.repeat(dev_caps[rows], args.depth)
                 imgs = dev_top[rows].reshape(-1)
-                fused = model(dev["states"][caps].float(), dev["mask"][caps], dev["regions"][imgs].float(),
+                width = int(dev["mask"][caps].sum(1).max())
+                fused = model(dev["token_features"][caps, :width].float(), dev["mask"][caps, :width],
+                              dev["region_features"][imgs].float(),
                               torch.from_numpy(dev_first[rows].reshape(-1))).view(len(rows), args.depth).numpy()
                 for k, row in enumerate(rows):
                     correct = dev_top[row] == dev["image_of"][dev_caps[row]].item()
