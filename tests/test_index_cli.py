@@ -293,7 +293,7 @@ def test_a_new_index_without_model_uses_the_packaged_photo_model(tmp_path):
 
 
 def test_a_new_index_without_model_or_packaged_model_says_to_pass_one(tmp_path, image_folder, monkeypatch):
-    monkeypatch.setattr(models, "_candidates", lambda: [tmp_path / "site-packages" / "imgsearch" / "photo_model"])
+    monkeypatch.setattr(models, "_candidates", lambda package: [tmp_path / "site-packages" / "imgsearch" / "photo_model"])
     result = run("index", image_folder, "--index", tmp_path / "ix", "--workers", 0)
     assert_user_error(result, "packaged", "--model", str(tmp_path / "site-packages"))
     assert not (tmp_path / "ix" / "manifest.json").exists()
