@@ -45,7 +45,7 @@ def oracle_choice(model, pixels, bank):
     results = []
     for weight in GRID:
         model.config = dataclasses.replace(model.config, fusion_weight=weight)
-        results.append((evaluate(model, pixels, bank, DEPTH)["reranked"]["t2i"]["R@1"], weight))
+        results.append((evaluate(model, pixels, bank, DEPTH, candidates=DEPTH)["reranked"]["t2i"]["R@1"], weight))
     best = max(r for r, _ in results)
     return best, min(w for r, w in results if r == best)
 
