@@ -515,6 +515,11 @@ class Index:
         labeled, counts = self.store.top_label_counts(top)
         return {"labeled_images": labeled, "top1": [{"label": name, "images": n} for name, n in counts]}
 
+    def image_count(self) -> int:
+        """How many images the index holds that decoded: what a search can find."""
+        with self._snapshot_lock.reading():
+            return self.store.counts()["ok"]
+
     def failures(self) -> list[dict]:
         return [{"path": f.path, "error": f.error} for f in self.store.failures()]
 

@@ -375,4 +375,4 @@ def index_info(index=Depends(current_index)) -> dict:
 @router.get("/health", response_model=Health)
 def health(index=Depends(current_index)) -> dict:
     """The server is up; how many images the index holds."""
-    return {"status": "ok", "images": index.store.counts()["ok"]}
+    return {"status": "ok", "images": index.image_count()}

@@ -103,5 +103,5 @@ def _warm_up(index) -> None:
     """Load the model and run one tiny search, so that the first request is not the slow one
     (it also fills the cache of class-name vectors)."""
     index.model
-    if index.store.counts()["ok"]:
+    if index.image_count():
         index.search(WARM_UP_QUERY, k=1)
