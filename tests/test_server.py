@@ -183,11 +183,18 @@ def test_bad_parameters_are_400_with_a_message(client, fields, message):
     assert message in response.json()["detail"]
 
 
-@pytest.mark.parametrize("fields", [{"query": "a cat", "k": 0}, {"query": "a cat", "k": 201},
-                                    {"query": "a cat", "colour": "red"}, {"query": "a cat", "like": "three"}])
-def test_malformed_fields_are_422(client, fields):
+@pytest.mark.parametrize("fields, message", [
+    ({"query": "a cat", "k": 0}, "k must be at least 1."),
+    ({"query": "a cat", "k": 201}, "k must be at most 200."),
+    ({"query": "a cat", "colour": "red"}, "colour is not a field of this request"),
+    ({"query": "a cat", "like": "three"}, "like must be a whole number."),
+    ({"query": "a cat" * 201}, "query is too long: at most 1,000 characters."),
+])
+def test_fields_that_fail_validation_are_400_like_the_library_s_checks(client, fields, message):
+    """Request validation answers as InvalidQuery does (docs/api.md, Errors): 400, a sentence."""
     response = client.post("/api/search", json=fields)
-    assert response.status_code == 422, response.text
+    assert response.status_code == 400, response.text
+    assert message in response.json()["detail"]
 
 
 def test_concurrent_searches_answer_what_one_at_a_time_answers(client):

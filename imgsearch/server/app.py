@@ -2,33 +2,33 @@
 
 Endpoints are plain functions (def), so FastAPI runs them on its thread pool, side by side;
 the Index is thread-safe. Request bodies are read (size-capped, in memory) by an async
-dependency first (uploads.py). Library errors become HTTP statuses in one place
-(_add_error_handlers); every response carries the security headers (middleware.py).
+dependency first (uploads.py). Routes raise the library's typed errors and never choose an
+error status: http_errors.py maps every error to its status and body, in one table; every
+response carries the security headers (middleware.py).
 Nothing here writes to the index; thumbnails go to their own cache folder.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-from collections.abc import Iterable
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from imgsearch.errors import ImageNotFound, ImgsearchError, InvalidImage, InvalidQuery
+from imgsearch.errors import ImageNotFound, InvalidImage, InvalidQuery
 from imgsearch.indexer.decode import decode_image_bytes
+from imgsearch.server.http_errors import add_error_handler, responses
 from imgsearch.server.middleware import CONTENT_SECURITY_POLICY, SecureApp
 from imgsearch.server.schemas import (
     MAX_QUERY_CHARS, ExplainResponse, Health, RerankRequest, SearchRequest, SearchResponse,
@@ -38,8 +38,6 @@ from imgsearch.server.thumbnails import ThumbnailCache, load_image
 from imgsearch.server.uploads import Body, parse_body, read_body, too_large
 
 __all__ = ["create_app", "DEFAULT_MAX_UPLOAD_BYTES", "STATIC_DIR", "CONTENT_SECURITY_POLICY"]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 STATIC_DIR = Path(__file__).with_name("static")  # the web page: index.html, app.js, style.css
@@ -71,7 +69,7 @@ def create_app(index, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     app.state.allowed_hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
     app.state.max_upload_bytes = max_upload_bytes
     app.state.thumbnails = ThumbnailCache.for_index(index.directory)
-    _add_error_handlers(app)
+    add_error_handler(app)
     app.include_router(router)
     _add_docs(app)
     _add_page(app, None if static_dir is None else Path(static_dir))
@@ -110,28 +108,6 @@ def _add_page(app: FastAPI, static_dir: Path | None) -> None:
         return PlainTextResponse(message, status_code=404)
 
 
-def _error(status: int):
-    async def handler(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status)
-    return handler
-
-
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("%s %s failed", request.method, request.url.path)
-    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server's log has the details."},
-                        status_code=500)
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    """Library errors --> statuses (docs/api.md): a bad parameter 400, not an image 415, no such
-    image (or not one the index may serve) 404; other library errors 500 with their message."""
-    app.add_exception_handler(InvalidQuery, _error(400))
-    app.add_exception_handler(InvalidImage, _error(415))
-    app.add_exception_handler(ImageNotFound, _error(404))
-    app.add_exception_handler(ImgsearchError, _error(500))
-    app.add_exception_handler(Exception, _unexpected)
-
-
 # ---- dependencies ------------------------------------------------------------------------
 
 
@@ -156,7 +132,7 @@ def _validated(model: type[BaseModel], fields: dict[str, Any]) -> BaseModel:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False)
+        errors = exc.errors(include_url=False)
         raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in errors]) from None
 
 
@@ -164,15 +140,8 @@ def _validated(model: type[BaseModel], fields: dict[str, Any]) -> BaseModel:
 
 router = APIRouter(prefix="/api")
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "a bad parameter (the detail says which)"},
-    404: {"description": "no such image, or a file the index may not serve"},
-    413: {"description": "the upload is too large"},
-    415: {"description": "the upload is not a usable image, or the body is neither JSON nor multipart"},
-}
-
-
-@router.post("/search", response_model=SearchResponse, responses=_ERRORS, openapi_extra=search_body_doc())
+@router.post("/search", response_model=SearchResponse, responses=responses(400, 404, 413, 415),
+             openapi_extra=search_body_doc())
 def search(request: Request, body: Body = Depends(request_body), index=Depends(current_index)) -> dict:
     """Search by text (`query`), by an uploaded photo (`image`), or for images like an indexed one
     (`like`); filters and paging as in docs/api.md. Send JSON, or multipart/form-data with the photo."""
@@ -196,8 +165,8 @@ def _search_form(body: Body) -> SearchRequest:
     """The search fields, validated; `image` only as an uploaded file (no path, no URL)."""
     fields = _given(body)
     if fields.pop("image", None) is not None:
-        raise HTTPException(415, "`image` must be an uploaded file: send multipart/form-data with a file "
-                                 "part named image (JSON cannot carry a photo).")
+        raise InvalidImage("`image` must be an uploaded file: send multipart/form-data with a file "
+                           "part named image (JSON cannot carry a photo).")
     unknown = {upload.field for upload in body.files} - {"image"}
     if unknown:
         raise InvalidQuery(f"unexpected file field(s) {sorted(unknown)}; upload the photo as `image`.")
@@ -240,7 +209,8 @@ def _item(result, request: Request) -> dict:
     return item
 
 
-@router.post("/rerank", response_model=SearchResponse, responses=_ERRORS, openapi_extra=rerank_body_doc())
+@router.post("/rerank", response_model=SearchResponse, responses=responses(400, 404, 413, 415),
+             openapi_extra=rerank_body_doc())
 def rerank(request: Request, body: Body = Depends(request_body), index=Depends(current_index)) -> dict:
     """Order the given images (indexed `ids`, and uploaded `images`) for a text query with the
     cross-attention scorer. Uploaded images come back with `id` null and no URLs."""
@@ -273,17 +243,20 @@ def _uploaded_picture(data: bytes):
 # ---- one image ---------------------------------------------------------------------------
 
 
-@contextmanager
-def _stored_file(image_id: int):
-    """Reading an indexed file: a file that is gone or no longer decodes is a 404 that says why."""
+T = TypeVar("T")
+
+
+def _read_stored(image_id: int, path: Path, read: Callable[[Path], T]) -> T:
+    """`read(path)` of indexed image `image_id`'s file. A file gone since it was indexed, or one
+    that no longer decodes, is an image the index cannot serve: ImageNotFound, saying why."""
     try:
-        yield
+        return read(path)
     except InvalidImage as exc:
-        raise HTTPException(404, f"image {image_id}'s file no longer decodes ({exc}); "
-                                 "run `imgsearch index` again to update the index.") from None
+        raise ImageNotFound(f"image {image_id}'s file no longer decodes ({exc}); "
+                            "run `imgsearch index` again to update the index.") from None
     except OSError as exc:
-        raise HTTPException(404, f"image {image_id}'s file cannot be read ({exc.strerror or exc}); "
-                                 "run `imgsearch index` again to update the index.") from None
+        raise ImageNotFound(f"image {image_id}'s file cannot be read ({exc.strerror or exc}); "
+                            "run `imgsearch index` again to update the index.") from None
 
 
 _MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".jpe": "image/jpeg", ".png": "image/png",
@@ -295,16 +268,15 @@ def _media_type(path: Path) -> str:
     return _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
 
 
-@router.get("/images/{image_id}", response_class=FileResponse, responses={404: _ERRORS[404]})
+@router.get("/images/{image_id}", response_class=FileResponse, responses=responses(400, 404))
 def original(image_id: ImageId, index=Depends(current_index)) -> FileResponse:
     """The original file of an indexed image."""
     path = index.original_path(image_id)
-    with _stored_file(image_id):
-        os.stat(path)  # a file gone since it was indexed: a 404 here, not an error mid-response
+    _read_stored(image_id, path, os.stat)  # a file gone since it was indexed: a 404 here, not an error mid-response
     return FileResponse(path, media_type=_media_type(path), headers={"Cache-Control": "private, no-cache"})
 
 
-@router.get("/images/{image_id}/info", responses={404: _ERRORS[404]})
+@router.get("/images/{image_id}/info", responses=responses(400, 404))
 def image_info(request: Request, image_id: ImageId, index=Depends(current_index)) -> dict:
     """What the index holds of one image (as a search item, without scores), with its URLs."""
     info = index.image_info(image_id)
@@ -312,19 +284,18 @@ def image_info(request: Request, image_id: ImageId, index=Depends(current_index)
     return {**info, "thumbnail_url": f"{root}/api/images/{image_id}/thumbnail", "image_url": f"{root}/api/images/{image_id}"}
 
 
-@router.get("/images/{image_id}/thumbnail", response_class=Response, responses={404: _ERRORS[404]})
+@router.get("/images/{image_id}/thumbnail", response_class=Response, responses=responses(400, 404))
 def thumbnail(request: Request, image_id: ImageId, index=Depends(current_index)) -> Response:
     """A JPEG of the image, upright, longest side 320 px (smaller images keep their size), cached."""
     path = index.original_path(image_id)
-    with _stored_file(image_id):
-        thumb = request.app.state.thumbnails.get(path)
+    thumb = _read_stored(image_id, path, request.app.state.thumbnails.get)
     headers = {"ETag": f'"{thumb.key}"', "Cache-Control": "private, no-cache"}
     if request.headers.get("if-none-match") == headers["ETag"]:
         return Response(status_code=304, headers=headers)
     return Response(thumb.jpeg, media_type="image/jpeg", headers=headers)
 
 
-@router.get("/images/{image_id}/explain", response_model=ExplainResponse, responses=_ERRORS)
+@router.get("/images/{image_id}/explain", response_model=ExplainResponse, responses=responses(400, 404))
 def explain(request: Request, image_id: ImageId, query: QueryText, index=Depends(current_index)) -> dict:
     """For each word of the query, how much each region of the image matched it (weights sum to 1),
     with the URL of that word's heatmap."""
@@ -343,7 +314,7 @@ def _as_dict(value) -> dict:
     return dict(value)
 
 
-@router.get("/images/{image_id}/explain.png", response_class=Response, responses=_ERRORS)
+@router.get("/images/{image_id}/explain.png", response_class=Response, responses=responses(400, 404))
 def explain_png(
     image_id: ImageId, query: QueryText,
     word: Annotated[int, Query(ge=0, description="which word of `query`: 0 is the first")] = 0,
@@ -357,8 +328,7 @@ def explain_png(
     words = explanation["words"]
     if word >= len(words):
         raise InvalidQuery(f"word {word} is out of range: the query has {len(words)} word(s), numbered from 0.")
-    with _stored_file(image_id):
-        image = load_image(path, OVERLAY_SIDE)
+    image = _read_stored(image_id, path, lambda stored: load_image(stored, OVERLAY_SIDE))
     png = overlay_png(image, words[word]["weights"], explanation["grid"], max_side=OVERLAY_SIDE)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-cache"})
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
 
 __all__ = ["MAX_QUERY_CHARS", "SearchRequest", "RerankRequest", "SearchItem", "SearchResponse",
-           "ExplainResponse", "Health", "search_body_doc", "rerank_body_doc"]
+           "ExplainResponse", "Health", "ErrorBody", "search_body_doc", "rerank_body_doc"]
 
 MAX_QUERY_CHARS = 1000  # the model reads 40 tokens; this only stops huge bodies from being tokenized
 MAX_CANDIDATES = 1000  # re-ranked per request: bounds one request's work
@@ -104,6 +104,12 @@ class ExplainResponse(BaseModel):
 class Health(BaseModel):
     status: str
     images: int
+
+
+class ErrorBody(BaseModel):
+    """Every error response (docs/api.md, Errors)."""
+
+    detail: str = Field(description="what went wrong and what to do, for a person to read")
 
 
 _FILE = {"type": "string", "format": "binary"}

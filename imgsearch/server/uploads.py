@@ -42,7 +42,8 @@ class Body:
 
 
 def malformed(message: str) -> RequestValidationError:
-    """A 422 in FastAPI's own format (`detail`: a list of {loc, msg, type}), like its other 422s."""
+    """A body that is not well-formed: a request validation failure like a field out of range
+    (a 400 whose detail is `message`, http_errors.py)."""
     return RequestValidationError([{"type": "malformed_body", "loc": ("body",), "msg": message, "input": None}])
 
 
