@@ -23,7 +23,7 @@ def row(name, block):
 
 gain = (reranked["t2i"]["R@1"] / first["t2i"]["R@1"] - 1) * 100 if first["t2i"]["R@1"] else float("nan")
 print(f"""
-## Flickr8k dev, {dt.date.today()} (bench/flickr8k.sh)
+## Flickr8k dev, {dt.date.today()} (bench/benchmarks/flickr8k.sh)
 
 Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only.
 Preset `small` (backbone trained from scratch), text encoder: packaged all-MiniLM-L6-v2 (frozen).

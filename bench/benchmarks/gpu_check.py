@@ -1,6 +1,6 @@
-"""The GPU benchmarks in one run (bench/gpu_check.sh): VGG16 at 224px, random init (timing only).
+"""The GPU benchmarks in one run (bench/benchmarks/gpu_check.sh): VGG16 at 224px, random init (timing only).
 
-    python bench/gpu_check.py [--images 20000] [--batch-size 256] [--device auto] [--out DIR]
+    python bench/benchmarks/gpu_check.py [--images 20000] [--batch-size 256] [--device auto] [--out DIR]
 
 1. Writes --images synthetic 224x224 JPEGs (smooth colour fields with shapes and noise,
    15-25 KB each, like photos) into a temp folder, in parallel.
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
-from bench.machine import describe, percentiles_ms
+from bench.benchmarks.machine import describe, percentiles_ms
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.device import resolve_device
 from imgsearch.model.image_encoder import ImageEncoder
