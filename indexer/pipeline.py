@@ -89,7 +89,7 @@ def index_files(
     writer = _StoreWriter(shards, len(plan.todo), progress)
     # torch keeps all its threads beside the decode workers: on an idle 2-core machine that
     # indexed VGG16 at 224px at 94% of forward-only, against 54% with one thread left to
-    # torch (bench/RESULTS.md, the two idle-machine indexing runs); decoding needs far less than a core.
+    # torch (bench/RESULTS-archive.md, the two idle-machine indexing runs); decoding needs far less than a core.
     try:
         with cudnn_autotuned(device):
             for batch in loader:

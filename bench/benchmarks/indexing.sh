@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Indexing throughput (JPEG files --> stored vectors) next to forward-only throughput, in one
-# run, for the packaged photo model (MobileNetV2 224px), VGG16 at 224px and the small presets; appends a section to bench/RESULTS.md.
+# run, for the packaged photo and fast models (EfficientNet-Lite0 and MobileNetV2 at 224px), VGG16 at
+# 224px and the small presets; appends a section to bench/RESULTS.md.
 #
 #   bench/benchmarks/indexing.sh [IMAGES_DIR] [-- extra bench/benchmarks/indexing.py options]
 #
