@@ -36,7 +36,8 @@ from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.device import resolve_device
 from imgsearch.model.packaged import packaged_model_dir
 from imgsearch.model.image_encoder import ImageEncoder
-from imgsearch.indexer.pipeline import _DecodeDataset, default_workers, index_files
+from imgsearch.indexer.embed_worker import DecodeDataset
+from imgsearch.indexer.pipeline import default_workers, index_files
 from imgsearch.indexer.store import Store
 from imgsearch.indexer.vectors import VectorIndex
 from imgsearch.training.presets import PRESETS
@@ -91,7 +92,7 @@ def best_forward_only(encoder, count: int, batch_size: int, device: torch.device
 
 def decode_one_core(files: list[Path], image_size: int) -> float:
     """Images/s of the indexer's decoding (read, hash, decode, resize) on one core, in this process."""
-    dataset = _DecodeDataset(files, image_size)
+    dataset = DecodeDataset(files, image_size)
     started = time.perf_counter()
     for i in range(len(dataset)):
         dataset[i]

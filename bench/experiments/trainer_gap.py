@@ -7,6 +7,12 @@ Runs training/trainer.py's _first_stage and _train_first_stage (the code `imgsea
 runs, with the photo script's settings) on bench/out/photo-features-224.pt (bench/experiments/photo_features.py),
 so that one factor at a time can be made to agree with bench/experiments/photo_heads.py; prints dev t2i/i2t
 recall of the first stage, scored as photo_heads.py scores it (cached float16 MiniLM states).
+
+It reaches into the trainer's private stage (_Data, _first_stage, _train_first_stage): there is
+no public way to run the first stage alone on cached features. Written against the trainer of
+2026-11-30 (bench/RESULTS-archive.md, "the trainer-vs-harness gap"); the trainer has changed
+since (_Data now also takes `primary`, the count of the first data set's images), so it needs
+updating before it runs again.
 """
 
 from __future__ import annotations
