@@ -1,6 +1,6 @@
 # Two entry points on a fresh machine (see README.md):
 #   make demo   set up .venv, index the sample photos (data/photos) with the packaged
-#               photo model into demo-out/index, run searches (bench/scenes_demo.sh: the
+#               photo model into demo-out/index, run searches (bench/recipes/scenes_demo.sh: the
 #               synthetic-scenes demo with data/demo-model)
 #   make test   set up .venv (and Debian's chromium for the browser tests, when root), run the test suite
 PYTHON ?= python3
@@ -28,23 +28,23 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
 
 bench-flickr8k: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/flickr8k.sh
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/benchmarks/flickr8k.sh
 
 bench-losses: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/compare_losses.sh
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/experiments/compare_losses.sh
 
 bench-indexing: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/indexing.sh
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/benchmarks/indexing.sh
 
 bench-serve: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/serve_load.sh
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/benchmarks/serve_load.sh
 
 # bench-query and bench-compact use the model bench-flickr8k trains (bench/out/flickr8k/model)
 bench-query: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/query.sh
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/benchmarks/query.sh
 
 bench-compact: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/compact_features.sh
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 bench/benchmarks/compact_features.sh
 
 clean:
 	rm -rf demo-out bench/out/scenes_demo

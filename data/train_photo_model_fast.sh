@@ -4,7 +4,7 @@
 #
 #   data/train_photo_model_fast.sh [FLICKR8K_DIR] [MOBILENET_DIR] [OUT_DIR]
 #
-# 1. train on Flickr8k's train split with the settings below (chosen on dev: bench/RESULTS.md),
+# 1. train on Flickr8k's train split with the settings below (chosen on dev: bench/RESULTS-archive.md, issue 11),
 #    and evaluate that model on the dev split (`imgsearch eval`);
 # 2. train again, same settings and seed, on train + dev: the shipped model;
 # 3. write OUT_DIR/training.json: data, settings, the second run's record and the dev

@@ -2,7 +2,7 @@
 
 A query is small work: on a busy 2-core machine two torch threads waiting on each other
 made text encoding 500 ms instead of 10 ms and re-ranking 2x slower, and FAISS's OpenMP
-threads cost 30 ms per query (bench/query.sh). So a process that answers queries (the
+threads cost 30 ms per query (bench/benchmarks/query.sh). So a process that answers queries (the
 `search` command, a server whose requests run on threads of their own) runs each on one
 thread; a process that indexes keeps all cores. The library leaves the choice to its
 caller: call use_threads() once, before the work starts.

@@ -43,7 +43,7 @@ __all__ = ["AddSummary", "index_files", "default_workers", "TOP_LABELS", "top_la
 ProgressCallback = Callable[[int, int], None]  # (files done, files to process)
 StopCheck = Callable[[], bool]  # asked after each batch: stop the run now, keeping what is done?
 
-# The local run's stages under the names it has always had (bench/gpu_check.py and tests use them;
+# The local run's stages under the names it has always had (bench/benchmarks/gpu_check.py and tests use them;
 # tests replace decode_file and _start_encoding here, and index_files looks both up here when it runs).
 _DecodeDataset, _Batch, _collate, _init_worker = DecodeDataset, DecodedBatch, collate, init_worker
 _Started, _start_encoding = Started, start_encoding
@@ -89,7 +89,7 @@ def index_files(
     writer = _StoreWriter(shards, len(plan.todo), progress)
     # torch keeps all its threads beside the decode workers: on an idle 2-core machine that
     # indexed VGG16 at 224px at 94% of forward-only, against 54% with one thread left to
-    # torch (bench/RESULTS.md, the two idle-machine indexing runs); decoding needs far less than a core.
+    # torch (bench/RESULTS-archive.md, the two idle-machine indexing runs); decoding needs far less than a core.
     try:
         with cudnn_autotuned(device):
             for batch in loader:

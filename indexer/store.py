@@ -234,7 +234,7 @@ class Store:
             # 8 KiB pages in a new store (an existing one keeps its own: the pragma is then a
             # no-op): each image's 18-25 KB of fp16 regions spans 3-4 overflow pages instead of
             # 5-7, which made writing a batch 20-28% cheaper at the same size on disk on a 2-core
-            # EPYC (bench/store_write.py; no change measured on the H200 machine's Xeon).
+            # EPYC (bench/benchmarks/store_write.py; no change measured on the H200 machine's Xeon).
             self.db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             self.db.execute("PRAGMA journal_mode = WAL")
             # FULL: each commit (one batch) is on disk before it returns, so a power cut loses

@@ -31,12 +31,12 @@ from imgsearch.durable import replace_durably
 __all__ = ["VectorIndex", "IndexSpec", "choose_spec", "EXACT_LIMIT", "DEFAULT_MEMORY_BUDGET"]
 
 # Below this many vectors the index is exact: a single-thread scan of 50k x 256-d
-# float32 vectors is about 1-2 ms here (bench/query.sh), under the 5 ms target.
+# float32 vectors is about 1-2 ms here (bench/benchmarks/query.sh), under the 5 ms target.
 EXACT_LIMIT = 50_000
 # RAM the vector index may use before it switches to 8-bit codes (per index).
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 # Lists scanned per query: nlist / 32, at least 64. Tuned on Flickr8k-derived vectors with
-# real caption queries (bench/query.sh): recall@10 against exact search depends mostly on
+# real caption queries (bench/benchmarks/query.sh): recall@10 against exact search depends mostly on
 # nprobe (16: 0.85, 32: 0.93, 64: 0.97-0.98 from 50k to 1M images), so 64 at most sizes
 # and 128 from 1M (4096 lists: 0.99, under 2 ms).
 NPROBE_FRACTION = 1 / 32

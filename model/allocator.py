@@ -4,7 +4,7 @@ glibc's malloc hands blocks above its mmap threshold straight to the kernel and 
 them on free; every fresh block then costs a page fault per 4 KiB touched. A CNN forward
 pass allocates and frees the same large activations batch after batch, so by default it
 spends much of its time in the kernel: the photo model ran 48 images/s forward-only on
-2 cores, and 126 with freed memory kept (bench/RESULTS.md, "Photo model speed").
+2 cores, and 126 with freed memory kept (bench/RESULTS-archive.md, "Photo model speed").
 
 Two settings fix it. The trim threshold keeps freed memory at the top of the heap in the
 process. The mmap threshold moves large blocks onto the heap, but mallopt() caps it at

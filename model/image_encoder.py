@@ -85,7 +85,7 @@ class ImageEncoder(nn.Module):
         and runs the batch in chunks whose largest activation fits under the allocator's heap
         block limit (6 images for the photo model at 224px): larger blocks would be mapped and
         unmapped on every pass, at the cost of a page fault per 4 KiB (2.6x slower,
-        bench/RESULTS.md).
+        bench/RESULTS-archive.md).
         """
         return ImageEmbedding.cat(self._in_chunks(pixels, memory_format, self))
 

@@ -6,7 +6,7 @@ frozen text encoder's mean-pooled, L2-normalised sentence vector (all-MiniLM-L6-
 the photo model). It needs no training and knows the 1,000 ImageNet classes, which
 Flickr8k's captions (mostly people and dogs) rarely name: a dragonfly, an owl, a hot dog.
 search() adds zero_shot_weight * zero_shot to each candidate's first-stage cosine
-(bench/zero_shot.py measured the weight on Flickr8k dev and on the sample photos).
+(bench/experiments/zero_shot.py measured the weight on Flickr8k dev and on the sample photos).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 # The main job, offline: index the sample photos in data/photos with the default
 # model (the photo model packaged with imgsearch) and find some of them by
 # description. Everything goes to demo-out/, never to the per-user index.
-# The synthetic-scenes demo is bench/scenes_demo.sh.
+# The synthetic-scenes demo is bench/recipes/scenes_demo.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unset IMGSEARCH_MODEL IMGSEARCH_INDEX  # the demo shows the defaults, whatever the shell has set

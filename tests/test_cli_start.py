@@ -1,5 +1,5 @@
 """The command line answers --help, --version and CMD -h without loading torch (issue 12.5);
-the time it takes is measured in bench/cli_start.py."""
+the time it takes is measured in bench/benchmarks/cli_start.py."""
 
 from __future__ import annotations
 

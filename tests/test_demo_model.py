@@ -2,7 +2,7 @@
 
 The scenes come in triples (a scene, its colour swap, its position swap) that
 share their words, so the first stage often confuses them; the re-ranker is
-what tells them apart. Thresholds sit well below what bench/scenes.sh measured
+what tells them apart. Thresholds sit well below what bench/benchmarks/scenes.sh measured
 on 600 held-out scenes (first stage t2i R@1 19.0, re-ranked 37.6; i2t 42.3 -> 83.0)
 and on these 120 (t2i 43.4 -> 73.4, i2t 60.0 -> 95.8).
 """

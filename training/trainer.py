@@ -53,7 +53,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     # Linear warm-up steps before the cosine decay. None: 100 when the backbone trains, none
     # when it is frozen (only fresh heads learn; 100 warm-up steps of the photo recipe's 360
-    # cost 0.5 dev t2i R@1, bench/RESULTS.md).
+    # cost 0.5 dev t2i R@1, bench/RESULTS-archive.md).
     warmup_steps: int | None = None
     loss: Literal["infonce", "vsepp"] = "infonce"
     # Weight of an ITM loss trained jointly with the encoders (ALBEF-style); 0 leaves

@@ -1,6 +1,6 @@
-"""The GPU benchmarks in one run (bench/gpu_check.sh): VGG16 at 224px, random init (timing only).
+"""The GPU benchmarks in one run (bench/benchmarks/gpu_check.sh): VGG16 at 224px, random init (timing only).
 
-    python bench/gpu_check.py [--images 20000] [--batch-size 256] [--device auto] [--out DIR]
+    python bench/benchmarks/gpu_check.py [--images 20000] [--batch-size 256] [--device auto] [--out DIR]
 
 1. Writes --images synthetic 224x224 JPEGs (smooth colour fields with shapes and noise,
    15-25 KB each, like photos) into a temp folder, in parallel.
@@ -44,12 +44,13 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
-from bench.machine import describe, percentiles_ms
+from bench.benchmarks.machine import describe, percentiles_ms
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.device import resolve_device
 from imgsearch.model.image_encoder import ImageEncoder
 import imgsearch.indexer.pipeline
 from imgsearch.indexer.decode import decode_file
+from imgsearch.indexer.embed_worker import DecodeDataset, decode_loader
 from imgsearch.model.image_encoder import resize_uint8
 from imgsearch.indexer.pipeline import default_workers, index_files
 from imgsearch.indexer.store import Put, Store
@@ -103,10 +104,7 @@ def forward_only(encoder: ImageEncoder, device: torch.device, count: int, batch_
 
 def decode_only(files: list[Path], image_size: int, batch_size: int, workers: int) -> float:
     """index_files' decode workers with nothing downstream: images/s the CPU side can feed."""
-    loader = torch.utils.data.DataLoader(
-        imgsearch.indexer.pipeline._DecodeDataset(files, image_size), batch_size=batch_size, num_workers=workers,
-        collate_fn=imgsearch.indexer.pipeline._collate, worker_init_fn=imgsearch.indexer.pipeline._init_worker if workers else None,
-        prefetch_factor=4 if workers else None)
+    loader = decode_loader(DecodeDataset(files, image_size), batch_size, workers)
     started = time.perf_counter()
     count = sum(len(batch) for batch in loader)
     return count / (time.perf_counter() - started)
@@ -118,7 +116,9 @@ def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, worker
     """Images/s through index_files, the product path. Variants for finding the bottleneck:
     writer_thread=False waits for each batch's vectors and stores it on the main thread;
     `profile` writes the main thread's cProfile statistics there. With check_vectors=N, also returns the lowest cosine
-    similarity between the stored and a float32 forward pass, over the first N files."""
+    similarity between the stored and a float32 forward pass, over the first N files.
+    writer_thread=False replaces the private pipeline._start_encoding, index_files' one seam
+    for the encoding step: there is no public way to inject it (issue 21, "one run")."""
     start = imgsearch.indexer.pipeline._start_encoding
 
     def waited(*args):

@@ -1,8 +1,8 @@
 """Query latency and approximate-search recall at 10k, 100k and 1M indexed images.
 
-    python bench/query.py EMBEDDINGS.npz MODEL_DIR [--sizes 10000,100000,1000000] [--store-rows 20000]
+    python bench/benchmarks/query.py EMBEDDINGS.npz MODEL_DIR [--sizes 10000,100000,1000000] [--store-rows 20000]
 
-Vectors: the real model's global vectors of the Flickr8k images (bench/flickr8k_embeddings.py),
+Vectors: the real model's global vectors of the Flickr8k images (bench/benchmarks/flickr8k_embeddings.py),
 then synthetic ones: a real image vector plus Gaussian noise with the real vectors'
 covariance (scale 0.5, which gives the same nearest-neighbour cosines as the real set at
 equal size), L2-normalised. Queries: real Flickr8k dev captions through the real text
@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 import torch
 
-from bench.machine import describe, percentiles_ms
+from bench.benchmarks.machine import describe, percentiles_ms
 from imgsearch.indexer.store import Put, Store
 from imgsearch.indexer.vectors import IndexSpec, VectorIndex
 from imgsearch.model.alignment import AlignmentModel
@@ -216,7 +216,8 @@ def format_report(args, lines, sweep_lines, machine, store_rows, store_build, db
                   real_count) -> str:
     import datetime as dt
 
-    out = [f"\n## Query latency and ANN recall, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC (bench/query.sh)\n",
+    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    out = [f"\n## Query latency and ANN recall, {stamp} (bench/benchmarks/query.sh)\n",
            f"Machine: {machine}. One thread (torch and FAISS).",
            f"Vectors: {real_count} real Flickr8k image vectors from {args.model}, the rest synthetic "
            f"(real vector + {NOISE_SCALE} x Gaussian noise with the real covariance). Queries: "

@@ -3,7 +3,7 @@
 # MiniLM text encoder, frozen) on this machine's CPU, evaluate on the dev split,
 # and append the results to bench/RESULTS.md.
 #
-#   bench/flickr8k.sh [DATA_DIR] [MINUTES]
+#   bench/benchmarks/flickr8k.sh [DATA_DIR] [MINUTES]
 #
 # DATA_DIR defaults to ../shared/data/flickr8k; MINUTES (first-stage time budget,
 # default 35; loading, the re-ranker stage with its per-epoch validation and the
@@ -11,7 +11,7 @@
 # data directory; the model and logs go to bench/out/ (not committed).
 # --local-weight 1.0: on this machine 2.0 gave a weaker alignment term (bench/RESULTS.md).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 data=${1:-../shared/data/flickr8k}
 minutes=${2:-35}
 out=bench/out/flickr8k
@@ -30,5 +30,5 @@ imgsearch eval "$data/captions.tsv" --images "$data/images" --only "$data/dev.tx
   --model "$out/model" --rerank-depth 20 --json > "$out/eval.json"
 done_at=$(date +%s)
 python -c "import json, sys; from imgsearch.training.evaluate import format_table; print(format_table(json.load(open(sys.argv[1]))))" "$out/eval.json"
-python bench/report_flickr8k.py "$out" $((trained - start)) $((done_at - trained)) "$data" >> bench/RESULTS.md
+python bench/benchmarks/report_flickr8k.py "$out" $((trained - start)) $((done_at - trained)) "$data" >> bench/RESULTS.md
 echo "appended to bench/RESULTS.md" >&2

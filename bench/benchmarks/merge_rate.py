@@ -1,6 +1,7 @@
 """The one writer's merge rate, and FAISS add rates and memory per vector, at the photo model's shapes.
 
-    python -m bench.merge_rate [--shards 40] [--shard-size 256] [--faiss-vectors 200000] [--report bench/RESULTS.md]
+    python -m bench.benchmarks.merge_rate [--shards 40] [--shard-size 256] [--faiss-vectors 200000]
+                                          [--report bench/RESULTS.md]
 
 1. SQLite: a new store in --folder receives --shards shards of --shard-size new images
    through merge.ShardWriter.merge (what `imgsearch index --ray` does with each shard): a
@@ -25,7 +26,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from bench.machine import describe
+from bench.benchmarks.machine import describe
 from imgsearch.indexer.merge import AddSummary, ShardWriter
 from imgsearch.indexer.plan import RunPlan
 from imgsearch.indexer.shard import Shard, ShardRecord, shard_id_of
@@ -135,7 +136,7 @@ def main() -> None:
     if args.report:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         with open(args.report, "a") as f:
-            f.write(f"\n## The writer's merge rate and FAISS add rates, {stamp} (bench/merge_rate.py)\n\n"
+            f.write(f"\n## The writer's merge rate and FAISS add rates, {stamp} (bench/benchmarks/merge_rate.py)\n\n"
                     + "\n".join(lines) + "\n")
 
 

@@ -1,7 +1,7 @@
 """Embed Flickr8k once with a trained model and cache the arrays the query and
 compact-feature benchmarks need (bench/out/, not committed).
 
-    python bench/flickr8k_embeddings.py MODEL_DIR DATA_DIR OUT.npz
+    python bench/benchmarks/flickr8k_embeddings.py MODEL_DIR DATA_DIR OUT.npz
 
 Saved arrays: image_global (Ni, d) float32 and image_regions (Ni, R, d) float32
 for every image in captions.tsv; dev_image (Nd,) indices of the dev split images;

@@ -1,6 +1,6 @@
-"""First-stage head experiments on cached Flickr8k features (bench/photo_features.py).
+"""First-stage head experiments on cached Flickr8k features (bench/experiments/photo_features.py).
 
-    python bench/photo_heads.py [--size 224] [--head linear|tanh] [--lr ..] [--epochs ..] ...
+    python bench/experiments/photo_heads.py [--size 224] [--head linear|tanh] [--lr ..] [--epochs ..] ...
 
 Trains the image and text projection heads on frozen MobileNetV2 pooled features and
 mean-pooled MiniLM states (symmetric InfoNCE) and prints dev t2i/i2t recall after each epoch.
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parents[2]))
 
 from imgsearch.training.evaluate import i2t_ranks, recall_at_k, t2i_ranks  # noqa: E402
 
@@ -67,7 +67,7 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    cache = torch.load(Path(__file__).parent / "out" / f"photo-features-{args.size}.pt", weights_only=True)
+    cache = torch.load(Path(__file__).parents[1] / "out" / f"photo-features-{args.size}.pt", weights_only=True)
     train, dev = cache["train"], cache["dev"]
 
     def image_input(split):
@@ -85,7 +85,7 @@ def main() -> None:
         di = torch.cat([di, dev["logits"].log_softmax(-1)], 1)
         xm = torch.cat([xm, train["logits"].log_softmax(-1)], 1)
     if args.block320:
-        block = torch.load(Path(__file__).parent / "out" / f"photo-block320-{args.size}.pt", weights_only=True)
+        block = torch.load(Path(__file__).parents[1] / "out" / f"photo-block320-{args.size}.pt", weights_only=True)
         assert block["train"]["names"] == train["names"] and block["dev"]["names"] == dev["names"]
         xi = torch.cat([xi, block["train"]["pooled"]], 1)  # (N, 1280 + 320)
         di = torch.cat([di, block["dev"]["pooled"]], 1)

@@ -1,12 +1,12 @@
 """Does a zero-shot ImageNet score help the first stage? Measured on Flickr8k dev and the sample photos.
 
-    python bench/zero_shot.py MODEL_DIR [--top 5]
+    python bench/experiments/zero_shot.py MODEL_DIR [--top 5]
 
 zero_shot(query, image) = sum over the image's top ImageNet classes c of p(c | image) *
 cos(MiniLM(query), MiniLM(class name c)), with mean-pooled, L2-normalised MiniLM sentence
 vectors (the packaged text encoder, frozen). The fused first-stage score is
 cos(query vector, image vector) + weight * zero_shot. Prints dev t2i R@1/5/10 per weight
-(the cached features of bench/photo_features.py) and, per sample-photo query, the rank of
+(the cached features of bench/experiments/photo_features.py) and, per sample-photo query, the rank of
 the photo it describes among the 24 (data/photos).
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 sys.path.insert(0, str(ROOT))
 
 from imgsearch.indexer.decode import decode_file  # noqa: E402

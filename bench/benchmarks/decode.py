@@ -6,7 +6,7 @@ both ways, alternating, in one run: `decode_file(path)` then resize, against
 1/8 scale). Sources: the Flickr8k JPEGs (224x224) and generated 12-megapixel
 photo-like JPEGs (4000x3000, the size of a phone photo).
 
-    python bench/decode.py [IMAGES_DIR] [--count N]
+    python bench/benchmarks/decode.py [IMAGES_DIR] [--count N]
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.machine import describe  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.benchmarks.machine import describe  # noqa: E402
 from imgsearch.indexer.decode import decode_file  # noqa: E402
 from imgsearch.model.image_encoder import resize_uint8  # noqa: E402
 
@@ -72,7 +72,7 @@ def main() -> None:
                 full = time_per_image(paths, size, False, args.repeats)
                 reduced = time_per_image(paths, size, True, args.repeats)
                 rows.append((name, size, full * 1e3, reduced * 1e3, full / reduced))
-    lines = [f"## Decoding cost, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC (bench/decode.py)", "",
+    lines = [f"## Decoding cost, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC (bench/benchmarks/decode.py)", "",
              f"Machine: {describe()}. One process, decode + resize to the model's input, median of "
              f"{args.repeats} passes.", "",
              "| files | model input | full-scale decode ms/img | reduced-scale decode ms/img | speed-up |",
@@ -80,7 +80,7 @@ def main() -> None:
     lines += [f"| {n} | {s}px | {f:.2f} | {r:.2f} | {f / r:.1f}x |" for n, s, f, r, _ in rows]
     text = "\n".join(lines) + "\n"
     print(text)
-    with open(Path(__file__).with_name("RESULTS.md"), "a") as results:
+    with open(Path(__file__).parents[1] / "RESULTS.md", "a") as results:
         results.write("\n" + text)
 
 

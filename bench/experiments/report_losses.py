@@ -1,4 +1,4 @@
-"""Format an InfoNCE-vs-VSE++ run (bench/compare_losses.sh) as a Markdown section on stdout."""
+"""Format an InfoNCE-vs-VSE++ run (bench/experiments/compare_losses.sh) as a Markdown section on stdout."""
 
 import datetime as dt
 import json
@@ -22,7 +22,7 @@ def read_run(directory: Path) -> dict:
 runs = {Path(p).name: read_run(Path(p)) for p in sys.argv[1:]}
 first = next(run for run in runs.values() if run["config"] is not None)
 print(f"""
-## First-stage loss: InfoNCE vs VSE++ on Flickr8k, {dt.date.today()} (bench/compare_losses.sh)
+## First-stage loss: InfoNCE vs VSE++ on Flickr8k, {dt.date.today()} (bench/experiments/compare_losses.sh)
 
 Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only. Preset `small`
 (backbone from scratch), batch {first['config']['batch_size']}, lr {first['config']['lr']}, seed {first['config']['seed']},

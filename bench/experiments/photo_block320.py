@@ -1,9 +1,10 @@
-"""Cache the mean-pooled 320-channel block output of MobileNetV2 for Flickr8k (bench/photo_heads.py --block320).
+"""Cache the mean-pooled 320-channel block output of MobileNetV2 for Flickr8k
+(bench/experiments/photo_heads.py --block320).
 
-    python bench/photo_block320.py WEIGHTS.safetensors [DATA_DIR] [--size 224]
+    python bench/experiments/photo_block320.py WEIGHTS.safetensors [DATA_DIR] [--size 224]
 
 Writes bench/out/photo-block320-{size}.pt: per split (train, dev), the image names (in the
-order of bench/photo_features.py's cache) and pooled (N, 320) float32, the mean over the 7x7
+order of bench/experiments/photo_features.py's cache) and pooled (N, 320) float32, the mean over the 7x7
 grid of the last inverted-residual block's output, before the 1x1 convolution to 1280.
 """
 
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parents[2]))
 
-from bench.photo_features import mobilenet, parse_arguments, split_images  # noqa: E402
+from bench.experiments.photo_features import mobilenet, parse_arguments, split_images  # noqa: E402
 from imgsearch.model.image_encoder import normalize_pixels  # noqa: E402
 
 
@@ -38,7 +39,7 @@ def main() -> None:
                 print(f"\r{split}: {start + 64}/{len(bank.pixels)}", end="", file=sys.stderr)
         print(file=sys.stderr)
         out[split] = {"names": [item.path.name for item in bank.items], "pooled": torch.cat(grabbed).float()}
-    path = Path(__file__).parent / "out" / f"photo-block320-{args.size}.pt"
+    path = Path(__file__).parents[1] / "out" / f"photo-block320-{args.size}.pt"
     torch.save(out, path)
     print(f"wrote {path}", file=sys.stderr)
 

@@ -1,7 +1,7 @@
 """Indexing throughput from JPEG files to stored vectors, next to the backbone's forward-only
 throughput (the practical ceiling), measured in one run on the same machine.
 
-    python bench/indexing.py IMAGES_DIR [--configs photo,fast,vgg16,small,scenes]
+    python bench/benchmarks/indexing.py IMAGES_DIR [--configs photo,fast,vgg16,small,scenes]
                              [--images-per-config 600,600,64,1200,2400]
 
 For each configuration ("photo" and "fast": the packaged models, EfficientNet-Lite0 and
@@ -30,13 +30,14 @@ from pathlib import Path
 
 import torch
 
-from bench.machine import describe
+from bench.benchmarks.machine import describe
 from imgsearch.model.allocator import DEFAULT_MALLOC_ENV, heap_block_limit, keep_freed_memory
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.device import resolve_device
 from imgsearch.model.packaged import packaged_model_dir
 from imgsearch.model.image_encoder import ImageEncoder
-from imgsearch.indexer.pipeline import _DecodeDataset, default_workers, index_files
+from imgsearch.indexer.embed_worker import DecodeDataset
+from imgsearch.indexer.pipeline import default_workers, index_files
 from imgsearch.indexer.store import Store
 from imgsearch.indexer.vectors import VectorIndex
 from imgsearch.training.presets import PRESETS
@@ -91,7 +92,7 @@ def best_forward_only(encoder, count: int, batch_size: int, device: torch.device
 
 def decode_one_core(files: list[Path], image_size: int) -> float:
     """Images/s of the indexer's decoding (read, hash, decode, resize) on one core, in this process."""
-    dataset = _DecodeDataset(files, image_size)
+    dataset = DecodeDataset(files, image_size)
     started = time.perf_counter()
     for i in range(len(dataset)):
         dataset[i]
@@ -162,7 +163,8 @@ def main() -> None:
 
 
 def format_report(rows, machine, device, workers, args) -> str:
-    out = [f"\n## Indexing throughput, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC (bench/indexing.sh)\n",
+    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    out = [f"\n## Indexing throughput, {stamp} (bench/benchmarks/indexing.sh)\n",
            f"Machine: {machine}. Device: {device}; {workers} decode worker(s); batch {args.batch_size}; "
            f"torch threads: forward-only at the faster of 1 and {torch.get_num_threads()} (shown in brackets), "
            f"end to end at all of torch's threads beside the decode workers. Allocator: "

@@ -1,6 +1,6 @@
 """SQLite store cost by page size: writing batches of new images, and fetching re-rank candidates.
 
-    python bench/store_write.py [--batches 40] [--batch-size 256] [--folder /tmp]
+    python bench/benchmarks/store_write.py [--batches 40] [--batch-size 256] [--folder /tmp]
 
 For each page size and region grid (VGG16's 7x7 and the small preset's 6x6, 256-d), a new
 store in --folder receives --batches batches of new images (global 256 float32, regions
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import imgsearch.indexer.store
-from bench.machine import describe
+from bench.benchmarks.machine import describe
 from imgsearch.indexer.store import Put, Store
 
 EMBED_DIM = 256
@@ -78,7 +78,7 @@ def main() -> None:
     if args.report:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         with open(args.report, "a") as f:
-            f.write(f"\n## SQLite page size, {stamp} (bench/store_write.py)\n\n" + "\n".join(lines) + "\n")
+            f.write(f"\n## SQLite page size, {stamp} (bench/benchmarks/store_write.py)\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,18 @@
-"""Trainer vs bench/photo_heads.py: the trainer's own first stage on the cached Flickr8k features.
+"""Trainer vs bench/experiments/photo_heads.py: the trainer's own first stage on the cached Flickr8k features.
 
-    python bench/trainer_gap.py [--warmup N] [--clip C|0] [--val-fraction F] [--global-fp32] ...
-    python bench/trainer_gap.py --eval-model DIR   # a saved model, scored on the cached dev features
+    python bench/experiments/trainer_gap.py [--warmup N] [--clip C|0] [--val-fraction F] [--global-fp32] ...
+    python bench/experiments/trainer_gap.py --eval-model DIR   # a saved model, scored on the cached dev features
 
 Runs training/trainer.py's _first_stage and _train_first_stage (the code `imgsearch train`
-runs, with the photo script's settings) on bench/out/photo-features-224.pt (bench/photo_features.py),
-so that one factor at a time can be made to agree with bench/photo_heads.py; prints dev t2i/i2t
+runs, with the photo script's settings) on bench/out/photo-features-224.pt (bench/experiments/photo_features.py),
+so that one factor at a time can be made to agree with bench/experiments/photo_heads.py; prints dev t2i/i2t
 recall of the first stage, scored as photo_heads.py scores it (cached float16 MiniLM states).
+
+It reaches into the trainer's private stage (_Data, _first_stage, _train_first_stage): there is
+no public way to run the first stage alone on cached features. Written against the trainer of
+2026-11-30 (bench/RESULTS-archive.md, "the trainer-vs-harness gap"); the trainer has changed
+since (_Data now also takes `primary`, the count of the first data set's images), so it needs
+updating before it runs again.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parents[2]))
 
 from imgsearch.model.alignment import AlignmentModel  # noqa: E402
 from imgsearch.training import trainer  # noqa: E402
@@ -30,7 +36,7 @@ from imgsearch.training.data import CaptionBank, ImageBank  # noqa: E402
 from imgsearch.training.evaluate import i2t_ranks, recall_at_k, t2i_ranks  # noqa: E402
 from imgsearch.training.run import build_model  # noqa: E402
 
-HERE = Path(__file__).parent
+BENCH = Path(__file__).parents[1]
 
 
 def dev_recall(model: AlignmentModel, dev: dict) -> dict:
@@ -80,7 +86,7 @@ def build_data(cache: dict, keep: list[int], train_items, global_fp16: bool) -> 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", default="../shared/data/flickr8k")
-    p.add_argument("--weights", default=str(HERE / "out" / "mobilenet_v2.safetensors"))
+    p.add_argument("--weights", default=str(BENCH / "out" / "mobilenet_v2.safetensors"))
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=128)
@@ -94,7 +100,7 @@ def main() -> None:
     p.add_argument("--eval-model", help="only score this saved model on the cached dev features")
     args = p.parse_args()
     torch.set_num_threads(1)
-    cache = torch.load(HERE / "out" / "photo-features-224.pt", weights_only=True)
+    cache = torch.load(BENCH / "out" / "photo-features-224.pt", weights_only=True)
     if args.eval_model:
         model = AlignmentModel.from_pretrained(args.eval_model, device="cpu")
         print(f"{args.eval_model}: {dev_recall(model, cache['dev'])}")

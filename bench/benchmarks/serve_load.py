@@ -2,11 +2,11 @@
 `imgsearch index` adds images to it, then a check that everything the writer committed is
 searchable (issue 14).
 
-    python bench/serve_load.py FLICKR8K_DIR [--images 100000] [--clients 8] [--seconds 60]
+    python bench/benchmarks/serve_load.py FLICKR8K_DIR [--images 100000] [--clients 8] [--seconds 60]
 
 1. The index: the packaged photo model indexes --real Flickr8k photos for real; the rest of
    the 100,000 rows are synthetic (each a real image's global vector plus Gaussian noise with
-   the real vectors' covariance, L2-normalised, as bench/query.py makes them; the real image's
+   the real vectors' covariance, L2-normalised, as bench/benchmarks/query.py makes them; the real image's
    region features), written straight into the store, then vectors.faiss is rebuilt (IVF at
    this size, as `imgsearch index` would build it).
 2. `imgsearch serve` in its own process; `imgsearch index` on --add more Flickr8k photos in
@@ -17,7 +17,7 @@ searchable (issue 14).
 4. After the writer ends: /api/index must count every image the store holds, and each image
    the writer added, sent as an image query (its file uploaded), must come back first.
 
-Prints a markdown section (appended to bench/RESULTS.md by bench/serve_load.sh).
+Prints a markdown section (appended to bench/RESULTS.md by bench/benchmarks/serve_load.sh).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import urllib.request
 from pathlib import Path
 
 
-from bench.machine import describe, percentiles_ms
-from bench.query import synthetic_vectors
+from bench.benchmarks.machine import describe, percentiles_ms
+from bench.benchmarks.query import synthetic_vectors
 from imgsearch.index import Index
 from imgsearch.indexer.store import Put
 
@@ -204,7 +204,8 @@ def main() -> None:
             server.wait(timeout=60)
 
         p50, p95, p99 = percentiles_ms(latencies)
-        print(f"\n## Service under load, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (bench/serve_load.sh)\n")
+        stamp = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+        print(f"\n## Service under load, {stamp} (bench/benchmarks/serve_load.sh)\n")
         print(f"Machine: {describe()}. Index: {count:,} images before the load ({args.real:,} Flickr8k photos "
               f"indexed with the packaged photo model, the rest synthetic rows of real regions and noisy real "
               f"vectors; built in {build_seconds:.0f} s). `imgsearch serve` (one process) against "

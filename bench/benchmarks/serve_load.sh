@@ -4,14 +4,14 @@
 # committed must be searchable. Appends a section to bench/RESULTS.md. About 6 minutes on a
 # 2-core CPU (most of it building the index), and 2.6 GB of temporary disk.
 #
-#   bench/serve_load.sh [DATA_DIR] [-- extra bench/serve_load.py options]
+#   bench/benchmarks/serve_load.sh [DATA_DIR] [-- extra bench/benchmarks/serve_load.py options]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 data=${1:-../shared/data/flickr8k}
 shift $(( $# < 1 ? $# : 1 ))
 [ "${1:-}" = "--" ] && shift
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
 out=$(mktemp)
-python bench/serve_load.py "$data" "$@" | tee "$out"
+python bench/benchmarks/serve_load.py "$data" "$@" | tee "$out"
 cat "$out" >> bench/RESULTS.md
 rm -f "$out"

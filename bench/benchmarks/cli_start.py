@@ -1,7 +1,7 @@
 """How fast the command line answers --help, --version and CMD -h, next to the cost of
 loading the library itself (what every command that opens an index pays), in one run.
 
-    python bench/cli_start.py [--repeat 5] [--report bench/RESULTS.md]
+    python bench/benchmarks/cli_start.py [--repeat 5] [--report bench/RESULTS.md]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from bench.machine import describe
+from bench.benchmarks.machine import describe
 
 CASES = [
     ("imgsearch --help", ["--help"]),
@@ -45,7 +45,8 @@ def main() -> None:
     rows = [(name, seconds([entry, *argv], args.repeat)) for name, argv in CASES]
     rows.append(("python -c 'import imgsearch.index' (the library, torch included)",
                  seconds([sys.executable, "-c", "import imgsearch.index"], args.repeat)))
-    out = [f"\n## Command line start, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC (bench/cli_start.py)\n",
+    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    out = [f"\n## Command line start, {stamp} (bench/benchmarks/cli_start.py)\n",
            f"Machine: {describe()}. Median wall time of {args.repeat} runs each (target: under 0.5 s for "
            "help and version).\n", "| command | seconds |", "|---|---|"]
     out += [f"| {name} | {value:.3f} |" for name, value in rows]

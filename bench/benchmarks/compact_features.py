@@ -2,9 +2,9 @@
 float32, float16 (what the store holds) and int8, and with the scorer's matrix products in
 float32 (the reference scores) or bfloat16.
 
-    python bench/compact_features.py EMBEDDINGS.npz MODEL_DIR [--depth 20]
+    python bench/benchmarks/compact_features.py EMBEDDINGS.npz MODEL_DIR [--depth 20]
 
-EMBEDDINGS.npz comes from bench/flickr8k_embeddings.py (float32 region features of every
+EMBEDDINGS.npz comes from bench/benchmarks/flickr8k_embeddings.py (float32 region features of every
 image). Each dev caption's top-`depth` dev images by first-stage cosine are re-ranked with
 the model's fusion weight, as `imgsearch eval` does.
 """
@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from bench.machine import describe
+from bench.benchmarks.machine import describe
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.model.fast_scorer import score_candidates_fast
 from imgsearch.training.evaluate import recall_at_k, t2i_ranks
@@ -86,7 +86,7 @@ def main() -> None:
         rows.append((name, str(dtype).removeprefix("torch."), nbytes, recall_at_k(ranks), changed, seconds))
         print(f"{name}: {rows[-1][3]} ({changed} ranks differ from float32, {seconds:.0f} s)", file=sys.stderr)
     out = [f"\n## Compact re-ranking features, {args.title}, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC "
-           "(bench/compact_features.sh)\n",
+           "(bench/benchmarks/compact_features.sh)\n",
            f"Machine: {machine}. Model: {args.model} ({num_regions} regions x {dim}). {len(dev)} images, "
            f"{len(sim)} captions; each caption's top {args.depth} re-ranked (fusion weight "
            f"{model.config.fusion_weight}). First stage: t2i R@1 {first['R@1']:.1f}, R@5 {first['R@5']:.1f}, "

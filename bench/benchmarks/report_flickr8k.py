@@ -9,6 +9,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.benchmarks.machine import commit  # noqa: E402
+
 out, train_seconds, eval_seconds, data = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 result = json.loads((out / "eval.json").read_text())
 training = json.loads((out / "model" / "training.json").read_text())
@@ -23,9 +26,9 @@ def row(name, block):
 
 gain = (reranked["t2i"]["R@1"] / first["t2i"]["R@1"] - 1) * 100 if first["t2i"]["R@1"] else float("nan")
 print(f"""
-## Flickr8k dev, {dt.date.today()} (bench/flickr8k.sh)
+## Flickr8k dev, {dt.date.today()} (bench/benchmarks/flickr8k.sh)
 
-Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only.
+Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only. Commit {commit()}.
 Preset `small` (backbone trained from scratch), text encoder: packaged all-MiniLM-L6-v2 (frozen).
 Training: {training['train_images']} images / {training['train_captions']} captions, {training['steps']} steps,
 {training['train_seconds']:.0f} s of training, both stages ({train_seconds} s wall with loading); evaluation {eval_seconds} s.

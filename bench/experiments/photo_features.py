@@ -1,6 +1,6 @@
 """Cache Flickr8k inputs for photo-model experiments: frozen MobileNetV2 outputs and MiniLM states.
 
-    python bench/photo_features.py WEIGHTS.safetensors [DATA_DIR] [--size 224]
+    python bench/experiments/photo_features.py WEIGHTS.safetensors [DATA_DIR] [--size 224]
 
 Writes bench/out/photo-features-{size}.pt with, per split (train, dev): image names,
 regions (N, R, 1280) float16, pooled (N, 1280) float32, pooled of the mirrored image,
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parents[2]))
 
 from imgsearch.model.backbone import BackboneConfig, MobileNetV2Backbone  # noqa: E402
 from imgsearch.model.image_encoder import normalize_pixels  # noqa: E402
@@ -83,7 +83,7 @@ def main() -> None:
             "logits": torch.cat(logits), "captions": bank.captions, "image_of": torch.from_numpy(bank.image_of),
             "captions_of": bank.captions_of, "states": bank.states, "mask": bank.mask,
         }
-    path = Path(__file__).parent / "out" / f"photo-features-{args.size}.pt"
+    path = Path(__file__).parents[1] / "out" / f"photo-features-{args.size}.pt"
     torch.save(out, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
     print(f"wrote {path}", file=sys.stderr)

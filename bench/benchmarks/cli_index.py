@@ -1,8 +1,8 @@
 """`imgsearch index` from the command line, as a user runs it: images/s from JPEG files on disk.
 
-    python bench/cli_index.py [--images 20000] [--text DIR] [--device auto] [--batch-size 32]
+    python bench/benchmarks/cli_index.py [--images 20000] [--text DIR] [--device auto] [--batch-size 32]
 
-Writes --images synthetic 224px JPEGs (bench/gpu_check.py's), a VGG16 model directory with
+Writes --images synthetic 224px JPEGs (bench/benchmarks/gpu_check.py's), a VGG16 model directory with
 random-init weights (timing only; fc7 global vectors, 7x7 regions, embed 256) whose text half
 is --text (default: the packaged MiniLM), then runs `python -m imgsearch index` in a child
 process and reports the run's own images/s (its --json summary) and the command's wall time,
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from bench.gpu_check import make_jpegs
-from bench.machine import describe
+from bench.benchmarks.gpu_check import make_jpegs
+from bench.benchmarks.machine import describe
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
 from imgsearch.model.text_encoder import PACKAGED_MINILM, TextEncoderConfig

@@ -4,9 +4,9 @@
 # decoding, and re-ranking K=100 on the device. Prints a short table (also OUT/gpu_check.md
 # when $OUT is set). On a machine without faiss-cpu or sqlite-utils, install them first.
 #
-#   bench/gpu_check.sh [-- bench/gpu_check.py options]     e.g. -- --images 256 --device cpu
+#   bench/benchmarks/gpu_check.sh [-- bench/benchmarks/gpu_check.py options]     e.g. -- --images 256 --device cpu
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 [ "${1:-}" = "--" ] && shift
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python=${PYTHON:-python}
@@ -15,4 +15,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 # Decode workers hand batches over through /dev/shm (about 40 MB per 256-image batch, 4 batches
 # ahead per worker); a container's 64 MB default makes workers die with a bus error.
 df -h /dev/shm 2>/dev/null | tail -1 || true
-timeout 470 "$python" bench/gpu_check.py "$@"
+timeout 470 "$python" bench/benchmarks/gpu_check.py "$@"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The synthetic-scenes demo (the main job before the photo model): generate held-out
 # synthetic scenes, index them with data/demo-model, and search for a few of them by
-# their captions. Output in bench/out/scenes_demo/.   Usage: bench/scenes_demo.sh
-# (with the project's .venv active, or PATH=.venv/bin:$PATH bench/scenes_demo.sh)
+# their captions. Output in bench/out/scenes_demo/.   Usage: bench/recipes/scenes_demo.sh
+# (with the project's .venv active, or PATH=.venv/bin:$PATH bench/recipes/scenes_demo.sh)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=bench/out/scenes_demo
 rm -rf "$out"
 python data/scenes.py "$out/scenes" --count 150 --seed 2027 --size 64 --swaps
