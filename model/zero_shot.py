@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import os
+import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,13 @@ from imgsearch.model.text_encoder import mean_pool
 __all__ = ["zero_shot_scores", "class_name_vectors", "sentence_vectors"]
 
 log = logging.getLogger(__name__)
+
+# class_name_vectors' answers, per model object, for as long as that model lives: the model
+# itself is left as it is (nothing is stored on it), and a model that is dropped takes its
+# entry with it. The lock makes threads that ask for the same model at once (a server's
+# requests) encode its names once.
+_NAME_VECTORS: weakref.WeakKeyDictionary[AlignmentModel, dict[str, np.ndarray]] = weakref.WeakKeyDictionary()
+_NAME_VECTORS_LOCK = threading.Lock()
 
 
 def sentence_vectors(model: AlignmentModel, texts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -45,20 +54,25 @@ def sentence_vectors(model: AlignmentModel, texts: list[str], batch_size: int = 
 def class_name_vectors(model: AlignmentModel) -> dict[str, np.ndarray]:
     """Sentence vector of each class name of the model's classifier: computed once per model
     and text encoder, then read from the per-user cache (encoding the 1,000 ImageNet names
-    took about 10 s of every `imgsearch search` on a 2-core machine; reading them, milliseconds)."""
-    cached = getattr(model, "_class_name_vectors", None)
-    if cached is None:
-        names = sorted(set(model.config.image_labels or ()))
-        vectors = np.zeros((0, 0), np.float32)
-        if names:
-            path = default_cache_dir() / f"class-names-{_cache_key(model, names)}.npz"
-            vectors = _read_cached(path, names)
-            if vectors is None:
-                vectors = sentence_vectors(model, names).numpy()  # (N, h)
-                _write_cached(path, names, vectors)
-        cached = {name: vectors[i] for i, name in enumerate(names)}
-        model._class_name_vectors = cached
+    took about 10 s of every `imgsearch search` on a 2-core machine; reading them, milliseconds),
+    and kept in memory for as long as `model` lives."""
+    with _NAME_VECTORS_LOCK:
+        cached = _NAME_VECTORS.get(model)
+        if cached is None:
+            cached = _NAME_VECTORS[model] = _class_name_vectors(model)
     return cached
+
+
+def _class_name_vectors(model: AlignmentModel) -> dict[str, np.ndarray]:
+    names = sorted(set(model.config.image_labels or ()))
+    vectors = np.zeros((0, 0), np.float32)
+    if names:
+        path = default_cache_dir() / f"class-names-{_cache_key(model, names)}.npz"
+        vectors = _read_cached(path, names)
+        if vectors is None:
+            vectors = sentence_vectors(model, names).numpy()  # (N, h)
+            _write_cached(path, names, vectors)
+    return {name: vectors[i] for i, name in enumerate(names)}
 
 
 def _cache_key(model: AlignmentModel, names: list[str]) -> str:

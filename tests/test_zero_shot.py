@@ -141,6 +141,30 @@ def test_class_name_vectors_are_cached_per_text_encoder_and_equal_a_fresh_encodi
     assert len(encoded) == 2 and len(list((tmp_path / "cache" / "imgsearch").glob("class-names-*.npz"))) == 2
 
 
+def test_class_name_vectors_are_kept_beside_the_model_not_on_it(tmp_path, zero_shot_model_dir, monkeypatch):
+    import gc
+    import weakref
+
+    import imgsearch.model.zero_shot as zero_shot
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    encoded = []
+    real = zero_shot.sentence_vectors
+    monkeypatch.setattr(zero_shot, "sentence_vectors", lambda model, texts: encoded.append(len(texts)) or real(model, texts))
+    kept = len(zero_shot._NAME_VECTORS)  # other tests' models, still alive
+    model = AlignmentModel.from_pretrained(zero_shot_model_dir, device="cpu")
+    attributes = set(vars(model))
+    first = zero_shot.class_name_vectors(model)
+    assert zero_shot.class_name_vectors(model) is first  # in memory: the cache file is not read again
+    assert set(vars(model)) == attributes  # nothing set on the caller's model
+    assert len(encoded) == 1
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None  # the memo does not keep the model alive
+    assert len(zero_shot._NAME_VECTORS) <= kept  # and its entry went with it
+
+
 def test_an_unreadable_class_name_cache_is_encoded_again(tmp_path, zero_shot_model_dir, monkeypatch):
     import imgsearch.model.zero_shot as zero_shot
 
