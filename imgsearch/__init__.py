@@ -2,6 +2,12 @@
 
 `from imgsearch import Index` works as always; the names below load on first use, so
 that `import imgsearch` (and the command line's --help) does not load torch.
+
+Importing imgsearch or calling it changes nothing in the process beyond the objects it
+returns: no allocator settings, thread counts or logging set-up. Those belong to the
+program: the `imgsearch` command and its server make them, and a program may ask for the
+same with keep_freed_memory() (glibc's malloc keeps freed memory: CPU indexing 2.1x faster,
+model/allocator.py) and imgsearch.threads.use_threads().
 """
 
 from __future__ import annotations
@@ -9,7 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__all__ = ["Index", "AddSummary", "SearchResult", "AlignmentModel", "AlignmentConfig", "ImgsearchError"]
+__all__ = ["Index", "AddSummary", "SearchResult", "AlignmentModel", "AlignmentConfig", "ImgsearchError",
+           "keep_freed_memory"]
 
 _WHERE = {  # public name --> the module that defines it
     "Index": "imgsearch.index",
@@ -18,6 +25,7 @@ _WHERE = {  # public name --> the module that defines it
     "AlignmentModel": "imgsearch.model.alignment",
     "AlignmentConfig": "imgsearch.model.alignment",
     "ImgsearchError": "imgsearch.errors",
+    "keep_freed_memory": "imgsearch.model.allocator",
 }
 
 if TYPE_CHECKING:
@@ -25,6 +33,7 @@ if TYPE_CHECKING:
     from imgsearch.errors import ImgsearchError
     from imgsearch.indexer.pipeline import AddSummary
     from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
+    from imgsearch.model.allocator import keep_freed_memory
     from imgsearch.search.searcher import SearchResult
 
 

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from imgsearch.common import CONTEXT, json_option, user_errors
+from imgsearch.common import CONTEXT, json_option, keep_freed_memory_on_cpu, user_errors
 from imgsearch.locations import default_index_dir
 from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir
 from imgsearch.train_commands import eval_command, train_command
@@ -165,6 +165,8 @@ def index_command(paths, index_dir, model, batch_size, workers, prune, device, r
 
         require_ray()  # before any index is made
     with Index.open_or_create(index_dir, model, device) as index:
+        if ray is None:  # on Ray, each actor's process sees to its own (indexer/ray_engine.py)
+            keep_freed_memory_on_cpu(index.device)
         bar = ProgressBar(sys.stderr, quiet=quiet)
         with stop_on_interrupt() as stop:
             try:
@@ -261,6 +263,8 @@ def search_command(query, image, like, index_dir, model, k, under, taken_after, 
 
     use_threads(QUERY_THREADS)  # one query is small work (imgsearch/threads.py)
     with Index.open(index_dir, model, device) as index:
+        if image is not None:
+            keep_freed_memory_on_cpu(index.device)
         page = index.search_page(
             query, k, image=image, like=None if like is None else _image_ref(like), under=under,
             taken_after=taken_after, taken_before=taken_before, min_score=min_score, candidates=candidates,
@@ -301,8 +305,11 @@ def rerank_command(query, images, index_dir, model, precision, device, as_json) 
     from imgsearch.threads import QUERY_THREADS, use_threads
 
     use_threads(QUERY_THREADS)
+    refs = [_image_ref(item) for item in images]
     with Index.open(index_dir, model, device) as index:
-        results = index.rerank(query, [_image_ref(item) for item in images], rerank_precision=precision)
+        if any(isinstance(ref, str) for ref in refs):  # a file may be encoded now
+            keep_freed_memory_on_cpu(index.device)
+        results = index.rerank(query, refs, rerank_precision=precision)
     if as_json:
         click.echo(json.dumps({"query": query, "reranked": True, "results": [r.to_dict() for r in results]}, indent=2))
     else:

@@ -9,7 +9,7 @@ import logging
 
 import click
 
-from imgsearch.common import CONTEXT, json_option, user_errors
+from imgsearch.common import CONTEXT, json_option, keep_freed_memory_on_cpu, user_errors
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
 
 captions_argument = click.argument("captions", type=click.Path(exists=True, dir_okay=False))
@@ -113,6 +113,7 @@ def train_command(captions, images, only, split, out, preset_name, backbone_weig
         time_limit_s=time_limit * 60 if time_limit else None, multi_positive=multi_positive, mix_share=mix_share,
         hubness_weight=hubness_weight,
     )
+    keep_freed_memory_on_cpu(model.device)
     summary = train_model(model, dataset, out, train_config, resume=resume, mix=mix)
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
 
@@ -150,10 +151,13 @@ def eval_command(captions, model, images, only, split, rerank_depth, candidates,
       imgsearch eval flickr8k/captions.tsv --images flickr8k/images \\
           --only flickr8k/dev.txt --model my-model
     """
+    from imgsearch.model.device import resolve_device
     from imgsearch.training.evaluate import format_table
     from imgsearch.training.run import evaluate_model, read_dataset
 
-    result = evaluate_model(model, read_dataset(captions, images, only, split), rerank_depth=rerank_depth,
+    dataset = read_dataset(captions, images, only, split)
+    keep_freed_memory_on_cpu(resolve_device(device))
+    result = evaluate_model(model, dataset, rerank_depth=rerank_depth,
                             candidates=candidates,
                             device=device, workers=workers,
                             on_skip=lambda path, error: click.echo(f"skipped {path}: {error}", err=True))

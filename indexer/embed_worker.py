@@ -28,7 +28,6 @@ from imgsearch.indexer.decode import DecodeResult, decode_file
 from imgsearch.indexer.lock import close_inherited_locks
 from imgsearch.indexer.paths import path_to_text
 from imgsearch.indexer.shard import Shard, ShardRecord, shard_id_of
-from imgsearch.model.allocator import keep_freed_memory
 from imgsearch.model.backbone import first_real_class
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
 
@@ -59,8 +58,6 @@ def embed_shard(
     """
     paths = [Path(p) for p in paths]
     device = next(encoder.parameters()).device
-    if device.type == "cpu":
-        keep_freed_memory()  # before the decode workers start, as pipeline.index_files does
     encoder.to(memory_format=torch.channels_last)
     known = set(known_contents)  # grows with the contents embedded in this shard
     pending: list[PendingShard] = []

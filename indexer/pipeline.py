@@ -35,7 +35,6 @@ from imgsearch.indexer.paths import path_to_text
 from imgsearch.indexer.plan import plan_run
 from imgsearch.indexer.store import Store
 from imgsearch.indexer.vectors import VectorIndex
-from imgsearch.model.allocator import keep_freed_memory
 from imgsearch.model.image_encoder import ImageEncoder
 
 __all__ = ["AddSummary", "index_files", "default_workers", "TOP_LABELS", "top_labels"]
@@ -69,7 +68,9 @@ def index_files(
     """Bring the store in line with the files under `paths`. The caller holds the writer lock.
 
     With `prune`, stored files under the given folders that no longer exist are
-    removed at the end of the run (never files under other folders).
+    removed at the end of the run (never files under other folders). The allocator is left as
+    it is: a caller that indexes on the CPU calls model.allocator.keep_freed_memory() first
+    (`imgsearch index` does), before the decode workers are forked.
     """
     started = time.perf_counter()
     roots = input_roots(paths)
@@ -79,8 +80,6 @@ def index_files(
     summary = AddSummary(unchanged=plan.unchanged)
 
     device = next(encoder.parameters()).device
-    if device.type == "cpu":
-        keep_freed_memory()  # before the decode workers start (encode() would do it at the first batch)
     encoder.to(memory_format=torch.channels_last)
     num_workers = default_workers() if workers is None else workers
     loader = decode_loader(_DecodeDataset(plan.todo, encoder.image_size, decode_file), batch_size, num_workers)

@@ -58,12 +58,17 @@ MAX_DECODE_WORKERS = 16  # decode processes per GPU actor, at most
 class EmbedActor:
     """One embed worker: the image encoder, loaded once, then shard after shard.
 
-    Ray runs it as an actor (ray.remote is applied by index_files_on_ray). A subclass may be
-    given instead (tests use one that pauses inside a shard, to kill it there)."""
+    Ray runs it as an actor (ray.remote is applied by index_files_on_ray), in a process of its
+    own: on the CPU it tells that process's malloc to keep freed memory, as `imgsearch index`
+    does for a local run (model/allocator.py). A subclass may be given instead (tests use one
+    that pauses inside a shard, to kill it there)."""
 
     def __init__(self, model_dir: str, device: str, workers: int, known_contents: frozenset[str]) -> None:
+        from imgsearch.model.allocator import keep_freed_memory
         from imgsearch.model.image_encoder import ImageEncoder
 
+        if device == "cpu":
+            keep_freed_memory()  # before the decode workers start
         self.encoder = ImageEncoder.from_pretrained(model_dir, device=device)
         self.workers = workers
         self.known_contents = known_contents  # stored as the run started: not embedded again

@@ -11,6 +11,13 @@ process. The mmap threshold moves large blocks onto the heap, but mallopt() caps
 32 MiB on 64-bit machines; a forward pass on the CPU therefore runs in chunks whose
 largest activation stays under that cap (ImageEncoder.encode sizes them with
 `heap_block_limit()`).
+
+The settings are the whole process's, so the library never makes them by itself: the
+entry points that encode images on the CPU call keep_freed_memory() before they start
+(the `imgsearch` commands index, search --image, rerank, train and eval; the server,
+imgsearch.server.run.serve; a Ray embed actor, in its own process). A program that uses
+the library may call it too (`imgsearch.keep_freed_memory()`); until one does, encode()
+runs each batch whole and malloc stays as glibc set it.
 """
 
 from __future__ import annotations
@@ -33,22 +40,32 @@ _kept = False
 
 
 def keep_freed_memory() -> bool:
-    """Tell glibc's malloc to keep freed memory (once per process). False where the C
-    library is not glibc (macOS, Windows, musl), or when IMGSEARCH_DEFAULT_MALLOC=1 asks
-    to leave malloc as it is (a process then returns freed memory sooner, and runs slower)."""
+    """Tell glibc's malloc to keep freed memory, for the whole process (once per process;
+    call it before the work starts, and before any worker processes are forked: they inherit
+    it). From then on ImageEncoder.encode runs CPU batches in heap-sized chunks. False where
+    the C library is not glibc (macOS, Windows, musl), or when IMGSEARCH_DEFAULT_MALLOC=1
+    asks to leave malloc as it is (a process then returns freed memory sooner, and runs slower)."""
     global _kept
     if _kept:
         return True
     if not sys.platform.startswith("linux") or os.environ.get(DEFAULT_MALLOC_ENV) == "1":
         return False
+    mallopt = _libc_mallopt()
+    if mallopt is None:
+        return False
+    _kept = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    return _kept
+
+
+def _libc_mallopt():
+    """The C library's mallopt(int, int) -> int, or None where it has none."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
-        return False
+        return None
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    _kept = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
-    return _kept
+    return mallopt
 
 
 def heap_block_limit() -> int | None:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from imgsearch.model.allocator import heap_block_limit, keep_freed_memory
+from imgsearch.model.allocator import heap_block_limit
 from imgsearch.model.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, build_backbone
 from imgsearch.model.checkpoint import load_module_state, read_config, read_tensors
 from imgsearch.model.device import resolve_device
@@ -81,11 +81,12 @@ class ImageEncoder(nn.Module):
     def encode(self, pixels: torch.Tensor, memory_format: torch.memory_format = torch.channels_last) -> ImageEmbedding:
         """Inference on uint8 pixels (B, 3, S, S): normalise, run channels-last (by default), embed.
 
-        On the CPU this makes the process keep freed memory (model/allocator.py; glibc only)
-        and runs the batch in chunks whose largest activation fits under the allocator's heap
+        On the CPU, once the process keeps freed memory (model/allocator.py: the command line
+        and the server ask for it, a program may call keep_freed_memory(); encode never does),
+        it runs the batch in chunks whose largest activation fits under the allocator's heap
         block limit (6 images for the photo model at 224px): larger blocks would be mapped and
         unmapped on every pass, at the cost of a page fault per 4 KiB (2.6x slower,
-        bench/RESULTS-archive.md).
+        bench/RESULTS-archive.md). Otherwise it runs the batch whole.
         """
         return ImageEmbedding.cat(self._in_chunks(pixels, memory_format, self))
 
@@ -97,11 +98,10 @@ class ImageEncoder(nn.Module):
 
     def _in_chunks(self, pixels: torch.Tensor, memory_format: torch.memory_format, run: Callable) -> list:
         """run(normalised chunk) for consecutive chunks (b, 3, S, S) of uint8 pixels (B, 3, S, S),
-        b sized for the allocator on the CPU (the whole batch elsewhere). The first call on the CPU
-        runs one image alone and measures its largest activation, which sizes the chunks after it."""
-        limit = None
-        if pixels.device.type == "cpu" and keep_freed_memory():
-            limit = heap_block_limit()
+        b sized for the allocator on the CPU where the process keeps freed memory (the whole batch
+        elsewhere). The first such call runs one image alone and measures its largest activation,
+        which sizes the chunks after it."""
+        limit = heap_block_limit() if pixels.device.type == "cpu" else None
         if limit is None or len(pixels) == 0:
             return [run(self.normalize(pixels).contiguous(memory_format=memory_format))]
         outputs, start = [], 0

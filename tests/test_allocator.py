@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import pytest
 import torch
 
 import imgsearch.model.image_encoder as image_encoder_module
-from imgsearch.model.allocator import heap_block_limit, keep_freed_memory
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.image_encoder import ImageEncoder
 
 
+def _fresh_process(probe: str, **env: str) -> list[str]:
+    """What `probe` prints, run in a new interpreter: the allocator is set once per process,
+    and this test process's is left as it is."""
+    done = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **env}, capture_output=True, text=True,
+                          check=True)
+    return done.stdout.split()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux only")
 def test_keep_freed_memory_takes_effect_on_glibc():
-    assert keep_freed_memory() is True
-    assert keep_freed_memory() is True  # idempotent
-    assert heap_block_limit() == 32 * 1024 * 1024
+    probe = ("from imgsearch.model.allocator import keep_freed_memory, heap_block_limit; "
+             "print(heap_block_limit(), keep_freed_memory(), keep_freed_memory(), heap_block_limit())")
+    # none before it is asked for; the second call is a no-op
+    assert _fresh_process(probe, IMGSEARCH_DEFAULT_MALLOC="") == ["None", "True", "True", str(32 * 1024 * 1024)]
 
 
 def _encoder(name: str) -> ImageEncoder:
@@ -39,7 +49,6 @@ def test_chunked_encode_equals_one_whole_batch_forward(name, monkeypatch):
     with torch.inference_mode():
         # a limit that fits two images' largest activation: the first image alone (it is
         # measured), then chunks of 2, 2, 2
-        monkeypatch.setattr(image_encoder_module, "keep_freed_memory", lambda: True)
         monkeypatch.setattr(image_encoder_module, "heap_block_limit", lambda: 2 * largest + 1)
         chunked = encoder.encode(pixels)
     assert seen == [1, 2, 2, 2]  # and no extra forward pass to measure
@@ -66,7 +75,6 @@ def test_the_first_cpu_batch_measures_the_widest_layer(monkeypatch):
     # mobilenet_v2 at 64px: the first block's expansion to 96 channels at 32x32, float32,
     # padded by one row and column on the way into the stride-2 depthwise convolution
     encoder = _encoder("mobilenet_v2")
-    monkeypatch.setattr(image_encoder_module, "keep_freed_memory", lambda: True)
     monkeypatch.setattr(image_encoder_module, "heap_block_limit", lambda: 32 * 1024 * 1024)
     with torch.inference_mode():
         encoder.encode(torch.zeros(3, 3, 64, 64, dtype=torch.uint8))
@@ -74,11 +82,17 @@ def test_the_first_cpu_batch_measures_the_widest_layer(monkeypatch):
 
 
 def test_the_environment_can_leave_malloc_alone():
-    # a fresh process: the setting is made once per process
-    import subprocess
-
     probe = ("from imgsearch.model.allocator import keep_freed_memory, heap_block_limit; "
              "print(keep_freed_memory(), heap_block_limit())")
-    env = {**__import__("os").environ, "IMGSEARCH_DEFAULT_MALLOC": "1"}
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["False", "None"]
+    assert _fresh_process(probe, IMGSEARCH_DEFAULT_MALLOC="1") == ["False", "None"]
+
+
+def test_without_the_setting_encode_runs_the_batch_whole(monkeypatch):
+    # a library user who has not asked for it: malloc as glibc set it, one forward pass
+    encoder = _encoder("mobilenet_v2")
+    monkeypatch.setattr(image_encoder_module, "heap_block_limit", lambda: None)
+    seen = []
+    encoder.backbone.register_forward_hook(lambda _m, inputs, _o: seen.append(len(inputs[0])))
+    with torch.inference_mode():
+        encoder.encode(torch.zeros(5, 3, 64, 64, dtype=torch.uint8))
+    assert seen == [5] and encoder._activation_bytes is None

@@ -1,4 +1,9 @@
-"""Serving stage, start-up: open the index once, bind, warm the model, run uvicorn.
+"""Serving stage, start-up: open the index once, bind, make the process's settings, warm the
+model, run uvicorn.
+
+The settings are this process's, made here and not by the library: one torch/FAISS thread per
+request (imgsearch/threads.py) and, on the CPU, glibc's malloc keeping freed memory for the
+photos that requests encode (model/allocator.py). create_app() alone leaves them as they are.
 
 The socket is bound before the model loads, so a port in use is said at once; the URL
 printed is the one bound (port 0 picks a free port and prints it).
@@ -12,6 +17,7 @@ import os
 import socket
 
 from imgsearch.errors import ServeFailed
+from imgsearch.model.allocator import keep_freed_memory
 from imgsearch.threads import QUERY_THREADS, use_threads
 
 __all__ = ["serve", "is_loopback", "local_names"]
@@ -42,6 +48,8 @@ def serve(
         listener = _listen(host, port)
         try:
             use_threads(QUERY_THREADS)
+            if index.device.type == "cpu":
+                keep_freed_memory()  # photos sent to search with are encoded here (model/allocator.py)
             _warm_up(index)
             app = create_app(index, allowed_hosts=local_names(host) if is_loopback(host) else None)
             if not is_loopback(host):
