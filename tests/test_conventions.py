@@ -3,6 +3,8 @@
 - The library packages report through `logging`, never by writing to stderr themselves:
   only the command line (imgsearch/cli.py and its command modules) owns stderr.
 - Every exception class is defined in imgsearch/errors.py, each with a one-line docstring.
+- Settings of the whole process (malloc, thread counts, logging, signals, the environment,
+  warning filters outside catch_warnings) are made only by the entry points.
 """
 
 from __future__ import annotations
@@ -167,3 +169,81 @@ def test_the_layering_scan_sees_imports_inside_functions():
     names = [name for _, name in imported_modules(tree)]
     assert "imgsearch.search.searcher" in names and "imgsearch.training.trainer" in names
     assert "imgsearch.search.searcher" in [n for n in names if n.endswith("searcher")]
+
+
+# ---- process-wide settings: the program's entry points make them, never the library ----
+
+# A call that changes the whole process --> the files that may make it: the command line
+# (imgsearch/cli.py, imgsearch/train_commands.py, through imgsearch/common.py), the server's
+# start (imgsearch/server/run.py), processes imgsearch starts for itself (a Ray embed actor, a
+# decode worker), and the one function that wraps each setting.
+PROCESS_SETTINGS = {
+    "keep_freed_memory": {"imgsearch/common.py", "imgsearch/server/run.py", "indexer/ray_engine.py"},
+    "keep_freed_memory_on_cpu": {"imgsearch/cli.py", "imgsearch/train_commands.py"},
+    "mallopt": {"model/allocator.py"},
+    "use_threads": {"imgsearch/cli.py", "imgsearch/server/run.py"},
+    "set_num_threads": {"imgsearch/threads.py"},
+    "set_num_interop_threads": set(),
+    "omp_set_num_threads": {"imgsearch/threads.py"},
+    "basicConfig": {"imgsearch/cli.py", "model/convert_mobilenet_v2.py"},  # the latter under __main__
+    "signal": {"imgsearch/interrupt.py", "indexer/embed_worker.py"},  # Ctrl-C of `index`; decode workers
+    "putenv": set(),
+    "unsetenv": set(),
+    "os.environ": {"indexer/ray_engine.py"},  # a local Ray cluster's address, before ray is imported
+}
+WARNING_FILTERS = ("simplefilter", "filterwarnings")
+
+
+def called_name(node: ast.Call) -> str:
+    func = node.func
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+
+
+def is_environ(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr == "environ"
+            and isinstance(node.value, ast.Name) and node.value.id == "os")
+
+
+def process_settings(tree: ast.Module) -> list[tuple[ast.AST, str]]:
+    """(node, what) for each call in PROCESS_SETTINGS, each write to os.environ (item assignment or
+    deletion, .setdefault/.update/.pop/.popitem/.clear), and each warning filter set outside a
+    `with warnings.catch_warnings()` block."""
+    found, scoped = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.With) and any(isinstance(item.context_expr, ast.Call)
+                                              and called_name(item.context_expr) == "catch_warnings"
+                                              for item in node.items):
+            scoped.update(id(inner) for statement in node.body for inner in ast.walk(statement))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = called_name(node)
+            if name in PROCESS_SETTINGS:
+                found.append((node, name))
+            elif name in WARNING_FILTERS and id(node) not in scoped:
+                found.append((node, "a warning filter outside catch_warnings"))
+            elif (isinstance(node.func, ast.Attribute) and is_environ(node.func.value)
+                  and node.func.attr in ("setdefault", "update", "pop", "popitem", "clear")):
+                found.append((node, "os.environ"))
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            if any(isinstance(t, ast.Subscript) and is_environ(t.value) for t in targets):
+                found.append((node, "os.environ"))
+    return sorted(found, key=lambda item: item[0].lineno)
+
+
+def test_process_wide_settings_are_made_only_at_the_entry_points():
+    offenders = [f"{where(path, node)}: {what}: {ast.unparse(node)[:80]}"
+                 for path in sources(PACKAGES) for node, what in process_settings(parse(path))
+                 if path.relative_to(ROOT).as_posix() not in PROCESS_SETTINGS.get(what, set())]
+    assert not offenders, ("the library changes the whole process here; leave it to the command line, the "
+                           "server's start or a call the program makes:\n" + "\n".join(offenders))
+
+
+def test_the_process_settings_scan_finds_what_it_should():
+    tree = ast.parse("import os, warnings\nkeep_freed_memory()\nx.mallopt(1, 2)\nos.environ['A'] = '1'\n"
+                     "os.environ.setdefault('B', '2')\nwarnings.simplefilter('error')\n"
+                     "with warnings.catch_warnings():\n    warnings.simplefilter('error')\n"
+                     "torch.set_num_threads(1)\nos.environ.get('C')\nsignal.signal(2, f)\ndel os.environ['A']\n")
+    assert [(node.lineno, what) for node, what in process_settings(tree)] == [
+        (2, "keep_freed_memory"), (3, "mallopt"), (4, "os.environ"), (5, "os.environ"),
+        (6, "a warning filter outside catch_warnings"), (9, "set_num_threads"), (11, "signal"), (12, "os.environ")]
