@@ -45,6 +45,7 @@ import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
 from bench.benchmarks.machine import describe, percentiles_ms
+from imgsearch.model.allocator import keep_freed_memory
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.device import resolve_device
 from imgsearch.model.image_encoder import ImageEncoder
@@ -273,6 +274,8 @@ def main() -> None:
                         help="comma-separated parts of run names: only the runs of the table that contain one")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as `imgsearch index` does on the CPU (the library leaves malloc alone)
     workers = default_workers() if args.workers is None else args.workers
     torch.backends.cudnn.benchmark = True
     table = Table(args.out)

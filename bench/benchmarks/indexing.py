@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from bench.benchmarks.machine import describe
-from imgsearch.model.allocator import DEFAULT_MALLOC_ENV, heap_block_limit, keep_freed_memory
+from imgsearch.model.allocator import heap_block_limit, keep_freed_memory
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.device import resolve_device
 from imgsearch.model.packaged import packaged_model_dir
@@ -120,13 +120,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--report", default="bench/RESULTS.md")
     parser.add_argument("--default-allocator", action="store_true",
-                        help="leave glibc's malloc as it is (the indexer keeps freed memory: model/allocator.py)")
+                        help="leave glibc's malloc as it is (`imgsearch index` keeps freed memory: model/allocator.py)")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    if args.default_allocator:
-        os.environ[DEFAULT_MALLOC_ENV] = "1"  # index_files and encode() then leave malloc alone
-    elif device.type == "cpu":
-        keep_freed_memory()  # what index_files does; set before any forward pass, for both columns
+    if device.type == "cpu" and not args.default_allocator:
+        keep_freed_memory()  # what `imgsearch index` does; set before any forward pass, for both columns
     workers = default_workers() if args.workers is None else args.workers
     all_files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
     machine = describe()
