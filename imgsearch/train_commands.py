@@ -53,6 +53,11 @@ split_option = click.option("--split", default=None, help="Karpathy JSON split t
 @click.option("--zero-shot-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of the zero-shot ImageNet score in the first stage (needs --labels; "
               "model/zero_shot.py). Stored in the model; it does not change training.")
+@click.option("--zero-shot-texts", type=click.Choice(["names", "wordnet"]), default="names", show_default=True,
+              help="What the zero-shot score compares a query with: each class's names as --labels gives them, "
+              "or its first name and WordNet parent (ImageNet classes; model/imagenet_class_texts.tsv).")
+@click.option("--zero-shot-temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="0: a class matches a query by cosine; T > 0: by the softmax over all classes of cosine / T.")
 @click.option("--scorer-layers", default=None, type=click.IntRange(min=0),
               help="Attention layers of the re-ranker (default: the preset's). 0 keeps only its "
               "token-region alignment term (with --local-weight, trained in the first stage).")
@@ -82,7 +87,8 @@ split_option = click.option("--split", default=None, help="Karpathy JSON split t
 @click.option("--resume", is_flag=True, help="Continue from OUT/training-state.pt.")
 @user_errors
 def train_command(captions, images, only, split, out, preset_name, backbone_weights, labels_file, text_encoder,
-                  backbone_mode, epochs, batch_size, scorer_layers, zero_shot_weight, lr, loss, itm_weight,
+                  backbone_mode, epochs, batch_size, scorer_layers, zero_shot_weight, zero_shot_texts,
+                  zero_shot_temperature, lr, loss, itm_weight,
                   local_weight, scorer_epochs, hard_share, scorer_lr, val_fraction, mix_captions, mix_images,
                   mix_share, multi_positive, hubness_weight, no_augment, seed, time_limit, workers, resume) -> None:
     """Train an alignment model on captioned images and save it to --out.
@@ -104,7 +110,8 @@ def train_command(captions, images, only, split, out, preset_name, backbone_weig
     mix = read_dataset(mix_captions, mix_images) if mix_captions else None
     model, default_mode = build_model(
         preset_name, backbone_weights=backbone_weights, labels_file=labels_file, text_encoder=text_encoder,
-        scorer_layers=scorer_layers, zero_shot_weight=zero_shot_weight, seed=seed,
+        scorer_layers=scorer_layers, zero_shot_weight=zero_shot_weight, zero_shot_texts=zero_shot_texts,
+        zero_shot_temperature=zero_shot_temperature, seed=seed,
     )
     train_config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, itm_weight=itm_weight, local_weight=local_weight,

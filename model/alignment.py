@@ -27,7 +27,9 @@ from imgsearch.model.image_encoder import ImageEncoder
 from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig
 from imgsearch.model.text_encoder import TextEncoder, TextEncoderConfig, load_bert
 
-__all__ = ["AlignmentConfig", "AlignmentModel"]
+__all__ = ["AlignmentConfig", "AlignmentModel", "ZERO_SHOT_TEXTS"]
+
+ZERO_SHOT_TEXTS = ("names", "wordnet")  # AlignmentConfig.zero_shot_texts
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,25 @@ class AlignmentConfig:
     # Weight of the zero-shot ImageNet score added to each candidate's first-stage cosine
     # (model/zero_shot.py); 0 turns it off. Needs image_labels and labels in the index.
     zero_shot_weight: float = 0.0
+    # What the zero-shot score compares a query with (model/zero_shot.py): "names", each class's
+    # name as image_labels gives it; "wordnet", its first name and WordNet parent
+    # (model/imagenet_class_texts.tsv: "macaw, parrot"). With zero_shot_temperature T > 0 a
+    # class's match is the softmax over all classes of cosine / T (how specifically the query
+    # names it) instead of the cosine.
+    zero_shot_texts: str = "names"
+    zero_shot_temperature: float = 0.0
     # Class names of the backbone's classifier (mobilenet_v2: ImageNet's 1,001), for image labels.
     image_labels: tuple[str, ...] | None = None
     # The first stage's hubness correction (model/hubness.py): cosine - weight * hub score.
     hubness: HubnessConfig = field(default_factory=HubnessConfig)
 
     def __post_init__(self) -> None:
+        if self.zero_shot_texts not in ZERO_SHOT_TEXTS:
+            raise ModelConfigError(
+                f"rerank.zero_shot.class_texts is {self.zero_shot_texts!r}; expected one of {', '.join(ZERO_SHOT_TEXTS)}."
+            )
+        if self.zero_shot_temperature < 0:
+            raise ModelConfigError(f"rerank.zero_shot.temperature is {self.zero_shot_temperature}; expected >= 0.")
         if self.embed_dim % self.scorer.num_heads:
             raise ModelConfigError(
                 f"embed_dim {self.embed_dim} is not divisible by scorer.num_heads {self.scorer.num_heads}."
@@ -66,7 +81,10 @@ class AlignmentConfig:
             "text": {k: v for k, v in dataclasses.asdict(self.text).items() if k != "pool" or v != "mean"},
             "scorer": dataclasses.asdict(self.scorer),
             "rerank": {"fusion_weight": self.fusion_weight, "zero_shot_weight": self.zero_shot_weight,
-                       **({"hubness": dataclasses.asdict(self.hubness)} if self.hubness.bank_size else {})},
+                       **({"hubness": dataclasses.asdict(self.hubness)} if self.hubness.bank_size else {}),
+                       # only when not the default, so that configs written before it existed read the same
+                       **({"zero_shot": {"class_texts": self.zero_shot_texts, "temperature": self.zero_shot_temperature}}
+                          if (self.zero_shot_texts, self.zero_shot_temperature) != ("names", 0.0) else {})},
         }
 
     @classmethod
@@ -81,6 +99,8 @@ class AlignmentConfig:
                 zero_shot_weight=float(data.get("rerank", {}).get("zero_shot_weight", 0.0)),
                 image_labels=tuple(data["image"]["labels"]) if data["image"].get("labels") else None,
                 hubness=HubnessConfig(**data.get("rerank", {}).get("hubness", {})),
+                zero_shot_texts=str(data.get("rerank", {}).get("zero_shot", {}).get("class_texts", "names")),
+                zero_shot_temperature=float(data.get("rerank", {}).get("zero_shot", {}).get("temperature", 0.0)),
             )
         except (KeyError, TypeError) as exc:
             raise ModelConfigError(f"alignment model config is incomplete or has unknown fields: {exc}") from exc

@@ -8,6 +8,8 @@ encodes every text alone (no padding, no batching) and reads the stored global v
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +190,77 @@ def test_the_querys_sentence_vector_is_its_own_bert_run_mean_pooled(zero_shot_mo
     with torch.inference_mode():
         encoded = model.text.encode(texts)
     torch.testing.assert_close(encoded.sentence.float(), sentence_vectors(model, texts), rtol=0, atol=1e-6)
+
+
+# ---- class texts from WordNet and the softmax match (zero_shot_texts, zero_shot_temperature) ----
+
+TEMPERATURE = 0.05
+TEXTS_FILE = Path(__file__).parents[1] / "model" / "imagenet_class_texts.tsv"
+FAST_LABELS = json.loads((Path(__file__).parents[1] / "data" / "photo-model-fast" / "config.json").read_text())["image"]["labels"]
+
+
+def _texts_table() -> dict[str, str]:
+    table = {}
+    for line in TEXTS_FILE.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            name, text = line.split("\t")
+            table[name] = text
+    return table
+
+
+@pytest.fixture(scope="module")
+def wordnet_model_dir(tmp_path_factory, mobilenet_model_dir):
+    """The 1,001-class test model with ImageNet's real class names (the fast model's, "background"
+    first), WordNet class texts and the softmax match."""
+    model = AlignmentModel.from_pretrained(mobilenet_model_dir, device="cpu")
+    model.config = dataclasses.replace(model.config, zero_shot_weight=WEIGHT, image_labels=tuple(FAST_LABELS),
+                                       zero_shot_texts="wordnet", zero_shot_temperature=TEMPERATURE)
+    directory = tmp_path_factory.mktemp("wordnet-model")
+    model.save_pretrained(directory)
+    return directory
+
+
+def test_every_imagenet_class_has_a_wordnet_text():
+    table = _texts_table()
+    photo_labels = json.loads((Path(__file__).parents[1] / "data" / "photo-model" / "config.json").read_text())["image"]["labels"]
+    assert set(photo_labels) == set(table)
+    assert set(FAST_LABELS) - set(table) == {"background"}
+    assert table["macaw"] == "macaw, parrot"
+    assert table["dragonfly, darning needle, devil's darning needle, sewing needle, snake feeder, snake doctor, "
+                 "mosquito hawk, skeeter hawk"] == "dragonfly, odonate"
+    assert table["screw"] == "screw, inclined plane"  # a machine, not the prison guard (WordNet's first sense)
+
+
+def test_softmax_match_over_wordnet_texts_against_a_naive_loop(tmp_path, wordnet_model_dir):
+    """zero_shot = sum over stored labels of p * softmax over all classes (cos(query, text) / T),
+    every text encoded alone; a class's text is its WordNet line, else its first name."""
+    table = _texts_table()
+    photos = make_photos(tmp_path / "photos", range(6))
+    with Index.create(tmp_path / "index", wordnet_model_dir, device="cpu") as index:
+        index.add([photos])
+        model = index.model
+        names = sorted(set(FAST_LABELS))
+        text_vectors = np.stack([_sentence(model, table.get(name, name.split(",")[0].strip())) for name in names])
+        for query in ["a parrot", "a dragonfly on a leaf"]:
+            cosines = text_vectors @ _sentence(model, query)  # (classes,)
+            softmax = np.exp((cosines - cosines.max()) / TEMPERATURE)
+            match = dict(zip(names, softmax / softmax.sum()))
+            results = index.search(query, k=6, candidates=6, rerank=False)
+            assert len(results) == 6
+            for r in results:
+                expected = sum(label["score"] * match[label["label"]] for label in r.labels)
+                assert r.zero_shot_score == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_zero_shot_settings_round_trip_and_old_configs_read_the_same(mobilenet_model_dir):
+    from imgsearch.errors import ModelConfigError
+
+    config = AlignmentModel.from_pretrained(mobilenet_model_dir, device="cpu").config
+    assert "zero_shot" not in config.to_dict()["rerank"]  # a config without them is written as before
+    changed = dataclasses.replace(config, zero_shot_texts="wordnet", zero_shot_temperature=TEMPERATURE)
+    assert changed.to_dict()["rerank"]["zero_shot"] == {"class_texts": "wordnet", "temperature": TEMPERATURE}
+    assert type(config).from_dict(changed.to_dict()) == changed
+    with pytest.raises(ModelConfigError, match="class_texts"):
+        dataclasses.replace(config, zero_shot_texts="glove")
+    with pytest.raises(ModelConfigError, match="temperature"):
+        dataclasses.replace(config, zero_shot_temperature=-1.0)

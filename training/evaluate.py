@@ -17,7 +17,7 @@ from imgsearch.indexer.embed_worker import TOP_LABELS
 from imgsearch.model.backbone import first_real_class
 from imgsearch.model.text_encoder import TextEmbedding
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
-from imgsearch.model.zero_shot import class_name_vectors, sentence_vectors
+from imgsearch.model.zero_shot import class_matches, sentence_vectors
 from imgsearch.training.data import CaptionBank
 
 __all__ = [
@@ -79,14 +79,15 @@ def embed_images(model: AlignmentModel, pixels: torch.Tensor, batch_size: int = 
 def zero_shot_matrix(model: AlignmentModel, class_probs: torch.Tensor, captions: list[str]) -> np.ndarray:
     """(Nc, Ni) zero-shot scores (model/zero_shot.py) from each image's top classes, as the index
     stores them (TOP_LABELS best non-background classes, probabilities to 4 decimals)."""
-    names = class_name_vectors(model)
-    label_vectors = torch.from_numpy(np.stack([names[name] for name in model.config.image_labels]))  # (C, h)
+    names, matches = class_matches(model, sentence_vectors(model, captions).numpy())  # (Nc, C') over sorted names
+    row = {name: i for i, name in enumerate(names)}
+    label_rows = torch.tensor([row[name] for name in model.config.image_labels])  # classifier class --> names row
     probs = class_probs.clone()
     probs[:, : first_real_class(model.config.image_labels)] = 0  # "background" is never stored
     top, index = probs.topk(TOP_LABELS, dim=1)  # (Ni, TOP_LABELS)
     sparse = torch.zeros_like(probs).scatter_(1, index, torch.round(top * 1e4) / 1e4)  # (Ni, C)
-    image_side = sparse @ label_vectors  # (Ni, C) x (C, h) --> (Ni, h)
-    return (sentence_vectors(model, captions) @ image_side.T).numpy()  # (Nc, h) x (h, Ni) --> (Nc, Ni)
+    per_class = torch.from_numpy(matches)[:, label_rows]  # (Nc, C): each classifier class's match
+    return (per_class @ sparse.T).numpy()  # (Nc, C) x (C, Ni) --> (Nc, Ni)
 
 
 def embed_captions(model: AlignmentModel, captions: list[str], batch_size: int = 256):

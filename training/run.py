@@ -43,6 +43,7 @@ def read_dataset(captions: str | os.PathLike, images: str | os.PathLike | None =
 def build_model(preset_name: str = "small", *, backbone_weights: str | os.PathLike | None = None,
                 labels_file: str | os.PathLike | None = None, text_encoder: str | None = None,
                 scorer_layers: int | None = None, zero_shot_weight: float = 0.0,
+                zero_shot_texts: str = "names", zero_shot_temperature: float = 0.0,
                 seed: int = 0) -> tuple[AlignmentModel, str]:
     """A preset, adjusted by the options --> a freshly initialised model (seeded) and the
     preset's backbone mode ("scratch", "finetune" or "frozen"). Raises ImgsearchError on
@@ -75,7 +76,8 @@ def build_model(preset_name: str = "small", *, backbone_weights: str | os.PathLi
     if zero_shot_weight:
         if not config.image_labels:
             raise ImgsearchError("--zero-shot-weight needs the classifier's class names: pass --labels FILE.")
-        config = dataclasses.replace(config, zero_shot_weight=zero_shot_weight)
+        config = dataclasses.replace(config, zero_shot_weight=zero_shot_weight, zero_shot_texts=zero_shot_texts,
+                                     zero_shot_temperature=zero_shot_temperature)
     return AlignmentModel.initialize(config, backbone_state), default_mode
 
 

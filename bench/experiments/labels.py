@@ -1,0 +1,160 @@
+"""How the zero-shot label score reads ImageNet class names, on Flickr8k dev and the sample photos.
+
+    python bench/experiments/labels.py MODEL_DIR [--data ../shared/data/flickr8k]
+        [--names full first] [--temperatures 0 0.05] [--weights 0.3 0.6]
+
+The label score is sum_c p(c | image) * match(query, c) over the image's stored top classes
+(model/zero_shot.py). Variants:
+- names "full": the class's whole WordNet synonym list as one text ("dragonfly, darning needle,
+  devil's darning needle, sewing needle, snake feeder, ..."), as the photo model was shipped;
+  "first": its first name only ("dragonfly").
+- temperature 0: match = cos(s(query), s(name)); T > 0: match = softmax over all classes of
+  cos / T, i.e. how specifically the query names c among the 1,000 classes.
+For each variant and weight: dev text->image R@1/5/10 ranked as search ranks (score_pool and final_order;
+the re-rank term is computed once per caption, since it does not depend on the label score),
+and, for the sample photos' demo queries (data/photos/queries.json's first eight and
+"a dragonfly"), the rank of the described photo among the 24 photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.model.zero_shot import sentence_vectors
+from imgsearch.training.captions import CaptionedImage
+from imgsearch.training.data import encode_captions, load_images
+from imgsearch.training.evaluate import embed_images, recall_at_k
+from imgsearch.training.run import read_dataset
+
+PHOTOS = Path(__file__).parents[2] / "data" / "photos"
+
+
+def class_texts(labels: tuple[str, ...], mode: str) -> list[str]:
+    if mode == "full":
+        return list(labels)
+    if mode == "first":
+        return [name.split(",")[0].strip() for name in labels]
+    texts = dict(line.rstrip("\n").split("\t") for line in open(mode, encoding="utf-8"))  # a TSV: name, text
+    return [texts.get(name, name.split(",")[0].strip()) for name in labels]
+
+
+def label_scorer(model: AlignmentModel, mode: str, temperature: float):
+    labels = list(model.config.image_labels)
+    vectors = sentence_vectors(model, class_texts(tuple(labels), mode)).numpy()  # (C, h)
+    row = {name: i for i, name in enumerate(labels)}
+
+    def scores(_model, query_sentence: np.ndarray, image_labels) -> np.ndarray:
+        cos = vectors @ query_sentence  # (C,)
+        match = cos if temperature == 0 else np.exp((cos - cos.max()) / temperature) / np.exp((cos - cos.max()) / temperature).sum()
+        out = np.zeros(len(image_labels), np.float32)
+        for i, own in enumerate(image_labels):
+            for name, prob in own:
+                if name in row:
+                    out[i] += np.float32(prob) * match[row[name]]
+        return out
+
+    return scores
+
+
+def pool_parts(model: AlignmentModel, image_global, regions, class_probs, captions, candidates):
+    """Per caption: its pool (the top `candidates` by cosine, FAISS order), the pool's first-stage
+    score and re-rank term with the label weight at 0 (neither depends on the label score), the
+    query's sentence vector and the pool's stored labels."""
+    from imgsearch.indexer.embed_worker import top_labels
+    from imgsearch.search.searcher import score_pool
+    from imgsearch.training.evaluate import _one_query
+
+    labels = top_labels(class_probs, model.config.image_labels)
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(captions), 256):
+            queries = model.text.encode(captions[start : start + 256])
+            cosines = image_global @ queries.global_.float().cpu().numpy().T
+            for row in range(len(queries.global_)):
+                query = _one_query(queries, row)
+                order = np.argsort(-cosines[:, row], kind="stable")
+                pool = order[:candidates]
+                scored = score_pool(model, query, cosines[pool, row], regions.numpy()[pool], None, "float32",
+                                    image_global[pool])
+                parts.append((order, scored.first_stage, scored.reranked, query.sentence[0].float().numpy(),
+                              [labels[i] for i in pool]))
+    return parts
+
+
+def ranks_with(parts, image_of, scorer, weight: float, fusion: float) -> np.ndarray:
+    """Each caption's 0-based rank after re-ranking with label score `scorer` at `weight`
+    (search's final_order: the pool by final score, ties in FAISS order, then the rest)."""
+    from imgsearch.search.searcher import final_order
+
+    ranks = np.empty(len(parts), np.int64)
+    for n, (order, first, reranked, sentence, pool_labels) in enumerate(parts):
+        label = scorer(None, sentence, pool_labels) if weight else 0.0
+        final = reranked + np.float32(fusion) * (first + np.float32(weight) * label)
+        ranks[n] = int(np.argmax((order == image_of[n])[final_order(final.astype(np.float32), len(order))]))
+    return ranks
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("--data", default="../shared/data/flickr8k")
+    p.add_argument("--names", nargs="+", default=["full", "first"])
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.0])
+    p.add_argument("--weights", type=float, nargs="+", default=None)
+    p.add_argument("--candidates", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    data = Path(args.data)
+    model = AlignmentModel.from_pretrained(args.model, device="cpu")
+    base = model.config
+    model.config = dataclasses.replace(base, zero_shot_weight=0.0)
+    cache = Path("bench/out") / f"labels-parts-{Path(args.model).resolve().name}-{args.candidates}.pt"
+    if cache.exists():  # the pools do not depend on the label score: computed once a model
+        dev, image_of, n_images = torch.load(cache, weights_only=False)
+    else:
+        items = read_dataset(data / "captions.tsv", data / "images", data / "dev.txt")
+        images = load_images(items, base.backbone.image_size, workers=1)
+        bank = encode_captions(model.text, images.items, cache_states=False)
+        dev = pool_parts(model, *embed_images(model, images.pixels, with_class_probs=True), bank.captions,
+                         args.candidates)
+        image_of, n_images = bank.image_of, len(images.items)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save((dev, image_of, n_images), cache)
+
+    queries = json.loads((PHOTOS / "queries.json").read_text())
+    demo = dict(list(queries.items())[:8]) | {"a dragonfly": queries["a dragonfly"]}
+    photo_bank = load_images([CaptionedImage(path) for path in sorted(PHOTOS.glob("*.jpg"))],
+                             base.backbone.image_size)
+    names = [item.path.name for item in photo_bank.items]
+    photos = pool_parts(model, *embed_images(model, photo_bank.pixels, with_class_probs=True), list(demo),
+                        len(names))
+
+    print(f"{args.model}: {n_images} dev images, {len(dev)} captions, "
+          f"{args.candidates} candidates, fusion weight {base.fusion_weight:g}")
+    print("| class names | temperature | label weight | t2i R@1 | R@5 | R@10 | demo queries first | demo misses (rank) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mode, temperature, weight in itertools.product(args.names, args.temperatures,
+                                                       args.weights or [base.zero_shot_weight]):
+        scorer = label_scorer(model, mode, temperature)
+        r = recall_at_k(ranks_with(dev, image_of, scorer, weight, base.fusion_weight))
+        misses = []
+        for n, (query, wanted) in enumerate(demo.items()):
+            best = min(int(ranks_with(photos[n : n + 1], np.array([names.index(w)]), scorer, weight,
+                                      base.fusion_weight)[0]) for w in wanted)
+            if best:
+                misses.append(f"{query} ({best + 1})")
+        print(f"| {mode} | {temperature:g} | {weight:g} | {r['R@1']:.2f} | {r['R@5']:.2f} | {r['R@10']:.2f} | "
+              f"{len(demo) - len(misses)}/{len(demo)} | {', '.join(misses)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
