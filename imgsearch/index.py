@@ -30,7 +30,8 @@ from PIL import Image
 
 
 from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir, packaged_model_dir, packaged_model_with_fingerprint
-from imgsearch.model.checkpoint import fingerprint, read_config
+from imgsearch.model.checkpoint import answers_to_fingerprint, fingerprint
+from imgsearch.model.config import read_model_config
 from imgsearch.model.device import resolve_device
 from imgsearch.errors import ImageNotFound, IndexExists, InvalidImage, IndexNotFound, InvalidQuery, ModelMismatch, ModelNotFound
 from imgsearch.indexer.lock import LOCK_NAME, VECTORS_LOCK_NAME, WriterLock
@@ -41,7 +42,7 @@ from imgsearch.indexer.manifest import MANIFEST_NAME, Manifest, ModelRecord
 from imgsearch.indexer.pipeline import AddSummary, ProgressCallback, StopCheck, index_files
 from imgsearch.indexer.store import SCHEMA_VERSION, Store
 from imgsearch.indexer.vectors import VectorIndex
-from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
+from imgsearch.model.alignment import AlignmentModel
 from imgsearch.indexer.paths import path_to_text, text_to_path
 from imgsearch.rwlock import ReadWriteLock
 from imgsearch.search.explain import Explanation, explain_regions
@@ -92,14 +93,14 @@ class Index:
         if directory.exists() and not directory.is_dir():
             raise IndexExists(f"{directory} exists and is not a directory; pick another --index path.")
         model_dir = (default_model_dir() if model is None else _model_path(model)).resolve()
-        config = AlignmentConfig.from_dict(read_config(model_dir))
+        config = read_model_config(model_dir)
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             embed_dim=config.embed_dim,
             num_regions=config.backbone.grid_side**2,
             model=ModelRecord(
                 fingerprint=fingerprint(model_dir), path=str(model_dir),
-                backbone=config.backbone.describe(), text_encoder=config.text.name_or_path,
+                backbone=config.describe_backbone(), text_encoder=config.text.name_or_path,
             ),
         )
         made_folders = [folder for folder in (directory, *directory.parents) if not folder.exists()]
@@ -566,9 +567,10 @@ def _model_path(model: str | os.PathLike) -> Path:
 def _recorded_model_dir(manifest: Manifest) -> Path:
     """The model an index records. An index made with a packaged model that a later release
     replaced (or moved) finds it among the packaged models by fingerprint; otherwise the
-    recorded path, which _check_model then holds to the fingerprint."""
+    recorded path, which _check_model then holds to the fingerprint. A model answers to its
+    fingerprint and to those it had in an earlier layout (checkpoint.answers_to_fingerprint)."""
     recorded = Path(manifest.model.path)
-    if recorded.exists() and fingerprint(recorded) == manifest.model.fingerprint:
+    if recorded.exists() and answers_to_fingerprint(recorded, manifest.model.fingerprint):
         return recorded
     return packaged_model_with_fingerprint(manifest.model.fingerprint) or recorded
 
@@ -596,8 +598,8 @@ def _check_model(directory: Path, manifest: Manifest, model_dir: Path) -> None:
             "pass its new location with --model (fingerprint "
             f"{manifest.model.fingerprint[:12]})."
         )
-    found = fingerprint(model_dir)
-    if found != manifest.model.fingerprint:
+    if not answers_to_fingerprint(model_dir, manifest.model.fingerprint):
+        found = fingerprint(model_dir)
         raise ModelMismatch(
             f"{directory} was built with model {manifest.model.fingerprint[:12]} ({manifest.model.path}), "
             f"but {model_dir} is model {found[:12]}. Search with the model that built the index, "

@@ -11,6 +11,7 @@ import click
 
 from imgsearch.common import CONTEXT, json_option, keep_freed_memory_on_cpu, user_errors
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
+from imgsearch.training.config import TrainConfig  # the options' defaults (no heavy imports)
 
 captions_argument = click.argument("captions", type=click.Path(exists=True, dir_okay=False))
 images_option = click.option(
@@ -41,14 +42,14 @@ split_option = click.option("--split", default=None, help="Karpathy JSON split t
 @click.option("--text-encoder", default=None, help="Transformers name or local directory of a BERT-family encoder.")
 @click.option("--backbone-mode", type=click.Choice(["scratch", "finetune", "frozen"]), default=None,
               help="Train the backbone from scratch, fine-tune it, or freeze it (default: the preset's).")
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=96, show_default=True, type=click.IntRange(min=2))
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--loss", type=click.Choice(["infonce", "vsepp"]), default="infonce", show_default=True,
+@click.option("--epochs", default=TrainConfig.epochs, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=click.IntRange(min=2))
+@click.option("--lr", default=TrainConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--loss", type=click.Choice(["infonce", "vsepp"]), default=TrainConfig.loss, show_default=True,
               help="Contrastive loss of the dual encoder.")
-@click.option("--itm-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--itm-weight", default=TrainConfig.itm_weight, show_default=True, type=click.FloatRange(min=0),
               help="Weight of a joint ITM loss in the first stage (0: the scorer trains in the second stage only).")
-@click.option("--local-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--local-weight", default=TrainConfig.local_weight, show_default=True, type=click.FloatRange(min=0),
               help="Weight of a first-stage contrastive loss on the re-ranker's token-region alignment term.")
 @click.option("--zero-shot-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of the zero-shot ImageNet score in the first stage (needs --labels; "
@@ -61,29 +62,32 @@ split_option = click.option("--split", default=None, help="Karpathy JSON split t
 @click.option("--scorer-layers", default=None, type=click.IntRange(min=0),
               help="Attention layers of the re-ranker (default: the preset's). 0 keeps only its "
               "token-region alignment term (with --local-weight, trained in the first stage).")
-@click.option("--scorer-epochs", default=20, show_default=True, type=click.IntRange(min=0),
+@click.option("--scorer-epochs", default=TrainConfig.scorer_epochs, show_default=True, type=click.IntRange(min=0),
               help="Epochs of the second stage: the re-ranker on the frozen dual encoder.")
-@click.option("--hard-share", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--hard-share", default=TrainConfig.hard_share, show_default=True, type=click.FloatRange(0, 1),
               help="Share of the re-ranker's negatives mined from the first stage (the rest are uniform).")
-@click.option("--scorer-lr", default=5e-4, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--scorer-lr", default=TrainConfig.scorer_lr, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
               help="Learning rate of the second stage.")
-@click.option("--val-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 0.5),
+@click.option("--val-fraction", default=TrainConfig.val_fraction, show_default=True, type=click.FloatRange(0, 0.5),
               help="Share of the images held out to choose the re-ranker's epoch and fusion weight (0: none).")
 @click.option("--mix", "mix_captions", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A second captions file (e.g. webcaps) whose images fill --mix-share of every first-stage batch.")
 @click.option("--mix-images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of --mix's images (default: the captions file's folder).")
-@click.option("--mix-share", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--mix-share", default=TrainConfig.mix_share, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share of each first-stage batch drawn from --mix.")
-@click.option("--multi-positive", is_flag=True,
+@click.option("--multi-positive", is_flag=True, default=TrainConfig.multi_positive,
               help="Every caption of each batch image joins the batch (all are its positives), not one drawn at random.")
-@click.option("--hubness-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--hubness-weight", default=TrainConfig.hubness_weight, show_default=True, type=click.FloatRange(min=0),
               help="Weight of the hubness correction in the first stage (model/hubness.py; 0: none). "
               "The model keeps a bank of training caption vectors for it.")
 @click.option("--no-augment", is_flag=True, help="No random resized crops.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=TrainConfig.seed, show_default=True, type=int)
 @click.option("--time-limit", default=None, type=click.FloatRange(min=0, min_open=True), help="Stop after this many minutes.")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Decoding processes.")
+@click.option("--workers", default=TrainConfig.workers, show_default=True, type=click.IntRange(min=0),
+              help="Decoding processes.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/training-state.pt.")
 @user_errors
 def train_command(captions, images, only, split, out, preset_name, backbone_weights, labels_file, text_encoder,
@@ -102,7 +106,7 @@ def train_command(captions, images, only, split, out, preset_name, backbone_weig
       python data/scenes.py scenes --count 3000 --swaps
       imgsearch train scenes/captions.tsv --preset scenes --epochs 40 --out my-model
     """
-    from imgsearch.training.run import TrainConfig, build_model, check_output_dir, read_dataset, train_model
+    from imgsearch.training.run import build_model, check_output_dir, read_dataset, train_model
 
     show_training_progress()
     check_output_dir(out, resume)  # before reading a large dataset

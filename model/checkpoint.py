@@ -1,4 +1,5 @@
-"""Reading and writing alignment model directories: config.json + model.safetensors.
+"""Reading and writing an alignment model directory's files (model/model_files.py names them),
+and its fingerprint. What config.json means is model/config.py's.
 
 Both halves of the product load from the same directory: the indexer reads
 only the image side ("image.*" tensors), search reads all of it.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -16,47 +18,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from imgsearch.durable import replace_durably
-from imgsearch.errors import ModelConfigError, ModelNotFound
+from imgsearch.errors import ModelConfigError
+from imgsearch.model.model_files import (
+    CONFIG_NAME, LABELS_NAME, WEIGHTS_NAME, fingerprinted_files, legacy_fingerprints, require_model_files,
+)
 
-__all__ = [
-    "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT", "read_config", "read_tensors",
-    "write_checkpoint", "fingerprint", "load_module_state",
-]
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-FORMAT = "imgsearch-alignment"  # config.json["format"]: guards against pointing at other models
-
-
-def _require(directory: Path) -> None:
-    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (directory / n).is_file()]
-    if missing:
-        raise ModelNotFound(
-            f"{directory} is not an alignment model directory (missing {', '.join(missing)}). "
-            "Pass the directory written by `imgsearch train` or save_pretrained(), "
-            "e.g. data/demo-model."
-        )
-
-
-def read_config(directory: str | os.PathLike) -> dict:
-    directory = Path(directory)
-    _require(directory)
-    try:
-        config = json.loads((directory / CONFIG_NAME).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelConfigError(f"cannot read {directory / CONFIG_NAME}: {exc}") from exc
-    if config.get("format") != FORMAT:
-        raise ModelConfigError(
-            f"{directory / CONFIG_NAME} is not an imgsearch alignment model config "
-            f"(format {config.get('format')!r}, expected {FORMAT!r})."
-        )
-    return config
+__all__ = ["read_tensors", "write_checkpoint", "fingerprint", "answers_to_fingerprint", "load_module_state"]
 
 
 def read_tensors(directory: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
     """Tensors whose key starts with `prefix`, with the prefix removed."""
     directory = Path(directory)
-    _require(directory)
+    require_model_files(directory)
     tensors = {}
     with safe_open(str(directory / WEIGHTS_NAME), framework="pt") as handle:
         for key in handle.keys():
@@ -65,28 +38,47 @@ def read_tensors(directory: str | os.PathLike, prefix: str = "") -> dict[str, to
     return tensors
 
 
-def write_checkpoint(directory: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Write config and weights as temp files, then rename them into place."""
+def write_checkpoint(directory: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor],
+                     files: Mapping[str, str] | None = None) -> None:
+    """Write the weights, the text `files` (name --> UTF-8 text, e.g. the labels) and config.json
+    as temp files, then rename them into place, config.json last. A labels file left from an
+    earlier save that this config does not name is removed."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    files = dict(files or {})
     weights_tmp = directory / (WEIGHTS_NAME + ".tmp")
-    config_tmp = directory / (CONFIG_NAME + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(weights_tmp))
-    config_tmp.write_text(json.dumps({"format": FORMAT, **config}, indent=2) + "\n")
+    text_files = {**files, CONFIG_NAME: json.dumps(config, indent=2) + "\n"}
+    for name, text in text_files.items():
+        (directory / (name + ".tmp")).write_text(text, encoding="utf-8")
     replace_durably(weights_tmp, directory / WEIGHTS_NAME)
-    replace_durably(config_tmp, directory / CONFIG_NAME)
+    for name in text_files:  # config.json last: it names the others
+        replace_durably(directory / (name + ".tmp"), directory / name)
+    if LABELS_NAME not in files:
+        (directory / LABELS_NAME).unlink(missing_ok=True)
 
 
 def fingerprint(directory: str | os.PathLike) -> str:
-    """sha256 over config.json and model.safetensors: which exact model made a vector."""
+    """sha256 over the model's files (config.json, its labels file if it names one,
+    model.safetensors, in that order): which exact model made a vector."""
     directory = Path(directory)
-    _require(directory)
     digest = hashlib.sha256()
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        with open(directory / name, "rb") as handle:
+    for path in fingerprinted_files(directory):
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            raise ModelConfigError(f"{path} is missing: {directory / CONFIG_NAME} names it.") from None
+        with handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def answers_to_fingerprint(directory: str | os.PathLike, fingerprint_hex: str) -> bool:
+    """Whether the model in `directory` is the one with `fingerprint_hex`: its fingerprint now, or
+    one it had in an earlier layout of the same files (legacy-fingerprints.txt; the shipped models
+    list the fingerprints their format 1 config.json gave, so indexes made with them still open)."""
+    return fingerprint_hex in legacy_fingerprints(directory) or fingerprint(directory) == fingerprint_hex
 
 
 def load_module_state(

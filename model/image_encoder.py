@@ -1,7 +1,7 @@
 """Image encoder (model core; indexing's encode stage): pixels --> backbone --> projection into the shared space.
 
 ImageEncoder is the image half of an alignment model. The indexer loads only
-this half from a model directory (config "image" section, "image.*" tensors).
+this half from a model directory (the config's image side, "image.*" tensors).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from torch import nn
 
 from imgsearch.model.allocator import heap_block_limit
 from imgsearch.model.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, build_backbone
-from imgsearch.model.checkpoint import load_module_state, read_config, read_tensors
+from imgsearch.model.checkpoint import load_module_state, read_tensors
+from imgsearch.model.config import read_model_config
 from imgsearch.model.device import resolve_device
 from imgsearch.model.projection import ProjectionHead, l2_normalize
 
@@ -153,10 +154,8 @@ class ImageEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "auto") -> "ImageEncoder":
-        config = read_config(directory)
-        labels = config["image"].get("labels")
-        encoder = cls(BackboneConfig(**config["image"]["backbone"]), int(config["embed_dim"]),
-                      tuple(labels) if labels else None)
+        config = read_model_config(directory)
+        encoder = cls(config.backbone, config.embed_dim, config.image_labels)
         encoder.load_weights(read_tensors(Path(directory), "image."))
         return encoder.eval().to(resolve_device(device))
 

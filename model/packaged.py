@@ -33,7 +33,7 @@ PHOTO_MODEL_PACKAGE, PHOTO_MODEL_SOURCE = PACKAGED_MODELS["photo"]
 
 
 def default_model_dir() -> Path:
-    """The packaged photo model's directory (config.json and model.safetensors).
+    """The packaged photo model's directory (config.json, model.safetensors, labels.txt).
 
     Raises ModelNotFound, saying where it looked, if the installed package has none.
     """
@@ -59,15 +59,16 @@ def packaged_model_dir(name: str) -> Path:
 
 
 def packaged_model_with_fingerprint(fingerprint_hex: str) -> Path | None:
-    """The packaged model whose fingerprint (model/checkpoint.py) is `fingerprint_hex`, or None."""
-    from imgsearch.model.checkpoint import fingerprint
+    """The packaged model whose fingerprint (model/checkpoint.py) is `fingerprint_hex`, now or in
+    an earlier layout of its files (its legacy-fingerprints.txt), or None."""
+    from imgsearch.model.checkpoint import answers_to_fingerprint
 
     for name in PACKAGED_MODELS:
         try:
             directory = packaged_model_dir(name)
         except ModelNotFound:
             continue
-        if fingerprint(directory) == fingerprint_hex:
+        if answers_to_fingerprint(directory, fingerprint_hex):
             return directory
     return None
 

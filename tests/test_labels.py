@@ -59,7 +59,7 @@ class EncoderOracle:
 
     def __init__(self, model_dir: Path) -> None:
         self.encoder = ImageEncoder.from_pretrained(model_dir, device="cpu")
-        self.names = json.loads((model_dir / "config.json").read_text())["image"]["labels"]
+        self.names = (model_dir / "labels.txt").read_text(encoding="utf-8").splitlines()  # the model's class names
 
     def probs(self, path: Path) -> torch.Tensor:
         """(num_classes,) softmax posteriors."""

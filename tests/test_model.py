@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from imgsearch.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, fingerprint, read_tensors
+from imgsearch.model.checkpoint import fingerprint, read_tensors
+from imgsearch.model.model_files import CONFIG_NAME, WEIGHTS_NAME
 from imgsearch.errors import ModelConfigError, ModelNotFound, WeightsMissing
 from imgsearch.model.image_encoder import ImageEncoder
 from imgsearch.model.alignment import AlignmentModel

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from imgsearch.model import packaged as models
-from imgsearch.model.packaged import PHOTO_MODEL_PACKAGE, PHOTO_MODEL_SOURCE, default_model_dir
+from imgsearch.model.model_files import LEGACY_FINGERPRINTS_NAME, fingerprinted_files
+from imgsearch.model.packaged import PACKAGED_MODELS, PHOTO_MODEL_PACKAGE, PHOTO_MODEL_SOURCE, default_model_dir
 from imgsearch.errors import ModelNotFound
 
 ROOT = Path(__file__).parents[1]
@@ -49,7 +50,11 @@ def test_pyproject_maps_the_package_to_the_folder_models_py_knows():
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert PHOTO_MODEL_PACKAGE in setuptools["packages"]
     assert setuptools["package-dir"][PHOTO_MODEL_PACKAGE] == PHOTO_MODEL_SOURCE.as_posix()
-    assert {"config.json", "model.safetensors"} <= set(setuptools["package-data"][PHOTO_MODEL_PACKAGE])
+    for package, source in PACKAGED_MODELS.values():
+        assert setuptools["package-dir"][package] == source.as_posix()
+        # every file of the model (config.json, labels.txt, model.safetensors) and its earlier fingerprints
+        needed = {path.name for path in fingerprinted_files(ROOT / source)} | {LEGACY_FINGERPRINTS_NAME}
+        assert {"config.json", "labels.txt", "model.safetensors"} <= needed <= set(setuptools["package-data"][package])
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +80,9 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_ships_the_photo_model_but_not_the_photos(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"imgsearch/photo_model/config.json", "imgsearch/photo_model/model.safetensors",
-            "imgsearch/photo_model/LICENSE", "imgsearch/photo_model_fast/config.json",
-            "imgsearch/photo_model_fast/model.safetensors", "imgsearch/photo_model_fast/LICENSE"} <= names
+    for package in ("photo_model", "photo_model_fast"):
+        assert {f"imgsearch/{package}/{name}" for name in ("config.json", "model.safetensors", "labels.txt",
+                                                           "legacy-fingerprints.txt", "LICENSE")} <= names
     assert "imgsearch/model/packaged.py" in names
     assert not [n for n in names if n.lower().endswith((".jpg", ".jpeg", ".png"))]
     assert not [n for n in names if "demo-model" in n or "demo_model" in n or n.endswith("scenes.py")]
@@ -93,13 +98,15 @@ def test_installed_wheel_finds_its_photo_model(wheel, tmp_path):
                     str(wheel)], check=True, capture_output=True, text=True)
     # Run from elsewhere with the installed copy first on the path: not this checkout.
     env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
-    code = ("import imgsearch, imgsearch.model.packaged as m; "
-            "print(imgsearch.__file__); print(m.default_model_dir())")
+    code = ("import imgsearch, imgsearch.model.packaged as m; from imgsearch.model.config import read_model_config; "
+            "print(imgsearch.__file__); print(m.default_model_dir()); "
+            "print(len(read_model_config(m.packaged_model_dir('fast')).image_labels))")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
                             capture_output=True, text=True)
-    package_file, model = result.stdout.splitlines()[-2:]
+    package_file, model, labels = result.stdout.splitlines()[-3:]
     assert Path(package_file).is_relative_to(site)
     assert Path(model) == (site / "imgsearch" / "photo_model").resolve()
+    assert labels == "1001"  # the fast model's labels file came with it
 
 
 def test_the_wheel_installs_only_the_imgsearch_namespace(wheel):

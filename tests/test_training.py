@@ -27,7 +27,7 @@ from cli_process import CliProcess
 from conftest import SMALL_BACKBONE, draw_image, small_config
 from fsync_spy import FsyncSpy
 from imgsearch.cli import cli
-from imgsearch.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from imgsearch.model.model_files import CONFIG_NAME, WEIGHTS_NAME
 from imgsearch.errors import CaptionFileError, ImgsearchError
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.training.captions import CaptionedImage, read_captions
@@ -1105,3 +1105,16 @@ def test_eval_json_matches_evaluate(trained, captioned_images):
 def test_training_commands_have_help_with_an_example(command):
     result = invoke(command, "-h")
     assert result.exit_code == 0 and "Example" in result.output and "--help" in result.output
+
+
+def test_train_options_take_their_defaults_from_train_config():
+    """One source for training's defaults: TrainConfig (training/config.py). --backbone-mode's default
+    is the preset's, --no-augment turns TrainConfig.augment off."""
+    from imgsearch.train_commands import train_command
+
+    defaults = TrainConfig()
+    given = train_command.make_context("train", ["captions.tsv", "--out", "model"], resilient_parsing=True).params
+    shared = sorted(name for name in given if hasattr(defaults, name) and name != "backbone_mode")
+    assert len(shared) == 15, shared
+    assert {name: given[name] for name in shared} == {name: getattr(defaults, name) for name in shared}
+    assert given["backbone_mode"] is None and given["no_augment"] is False and defaults.augment

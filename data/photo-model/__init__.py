@@ -1,1 +1,2 @@
-"""The packaged photo model (a data-only package: config.json, model.safetensors)."""
+"""The packaged photo model (a data-only package: config.json, model.safetensors, labels.txt;
+model/model_files.py names them)."""
