@@ -33,7 +33,7 @@ if [ -z "$labels" ]; then
   tail -n +2 "$tflite_labels" > "$work/imagenet_labels.txt"
   labels=$work/imagenet_labels.txt
 fi
-settings=(--preset efficientnet_lite0 --labels "$labels" --zero-shot-weight 0.3
+settings=(--preset efficientnet_lite0 --labels "$labels" --zero-shot-weight 0.6 --zero-shot-texts wordnet --zero-shot-temperature 0.05
           --mix "$webcaps/captions.tsv" --mix-images "$webcaps/images" --mix-share 0.33 --multi-positive
           --hubness-weight 0.5
           --epochs 8 --lr 1e-3 --batch-size 128 --local-weight 1.0 --scorer-layers 0 --scorer-epochs 0

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import re
 import shlex
+import types
 from pathlib import Path
 
 import click
@@ -160,10 +161,11 @@ def config_the_cli_builds(settings: list[str], folder: Path, monkeypatch) -> dic
 
     monkeypatch.chdir(folder)
     monkeypatch.setattr(imgsearch.train_commands, "show_training_progress", lambda: None)
+    monkeypatch.setattr(imgsearch.train_commands, "keep_freed_memory_on_cpu", lambda device: None)
     monkeypatch.setattr(imgsearch.training.run, "check_output_dir", lambda out, resume: None)
     monkeypatch.setattr(imgsearch.training.run, "read_dataset", lambda *args, **kwargs: [])
     monkeypatch.setattr(imgsearch.training.run, "build_model",
-                        lambda preset_name, **kwargs: (None, preset(preset_name)[1]))
+                        lambda preset_name, **kwargs: (types.SimpleNamespace(device=None), preset(preset_name)[1]))
     monkeypatch.setattr(imgsearch.training.run, "train_model", train_model)
     result = CliRunner().invoke(train_command, args + settings, catch_exceptions=False)
     assert result.exit_code == 0, result.output
