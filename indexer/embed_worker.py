@@ -188,6 +188,11 @@ class PendingShard:
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def asynchronous(self) -> bool:
+        """True while result() may still wait for the encoder (a GPU's asynchronous work)."""
+        return self.ready is not None
+
     def result(self) -> Shard:
         if self.ready is not None:
             self.ready.synchronize()

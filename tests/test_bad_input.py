@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageOps
 
-import imgsearch.indexer.pipeline
+import imgsearch.indexer.run
 from conftest import draw_image, file_permissions_enforced
 from imgsearch.cli import cli
 from imgsearch.index import Index
@@ -180,19 +180,19 @@ def test_a_file_that_vanishes_between_listing_and_reading(tmp_path, model_dir, m
     photos.mkdir()
     for i in range(4):
         draw_image(i).save(photos / f"img_{i}.png")
-    listing = imgsearch.indexer.pipeline.iter_image_files
+    listing = imgsearch.indexer.run.iter_image_files
 
     def list_then_delete(paths):
         listed = list(listing(paths))
         (photos / "img_2.png").unlink()  # gone after the folder was listed, before it is read
         return iter(listed)
 
-    monkeypatch.setattr(imgsearch.indexer.pipeline, "iter_image_files", list_then_delete)
+    monkeypatch.setattr(imgsearch.indexer.run, "iter_image_files", list_then_delete)
     with Index.create(tmp_path / "index", model_dir, device="cpu") as index:
         summary = index.add([photos], workers=0)
         assert (summary.added, summary.failed) == (3, 1)
         assert summary.failures == [(f"{photos}/img_2.png", "file not found (it vanished after the folder was listed)")]
-        monkeypatch.setattr(imgsearch.indexer.pipeline, "iter_image_files", listing)
+        monkeypatch.setattr(imgsearch.indexer.run, "iter_image_files", listing)
         again = index.add([photos], workers=0)
         assert (again.removed, again.unchanged, again.failed) == (1, 3, 0)  # its record goes with it
         assert index.failures() == []
