@@ -16,7 +16,6 @@ second concurrent writer gets IndexLocked instead of a damaged store.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -39,11 +38,12 @@ from imgsearch.indexer.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
 from imgsearch.locations import default_index_dir
 from imgsearch.model.image_encoder import ImageEncoder
 from imgsearch.indexer.manifest import MANIFEST_NAME, Manifest, ModelRecord
-from imgsearch.indexer.pipeline import AddSummary, ProgressCallback, StopCheck, index_files
+from imgsearch.indexer.pipeline import AddSummary, LocalEmbedder
 from imgsearch.indexer.store import SCHEMA_VERSION, Store
 from imgsearch.indexer.vectors import VectorIndex
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.indexer.paths import path_to_text, text_to_path
+from imgsearch.indexer.run import Embedder, ProgressCallback, StopCheck, run_indexing
 from imgsearch.rwlock import ReadWriteLock
 from imgsearch.search.explain import Explanation, explain_regions
 from imgsearch.search.filters import DateLike, SearchFilters
@@ -252,6 +252,7 @@ class Index:
         should_stop: StopCheck | None = None,
         ray: bool | str | None = None,
         shard_size: int = 256,
+        embedder: Embedder | None = None,
     ) -> AddSummary:
         """Index image files and folders (recursively), incrementally.
 
@@ -266,16 +267,20 @@ class Index:
         `ray`: None or False embeds here; True on Ray (the cluster this process is connected
         to, else a new local one), a str on the Ray cluster at that address, in shards of
         `shard_size` files (imgsearch.indexer.ray_engine; needs `pip install 'imgsearch[ray]'`).
+        `embedder`: embeds the files instead (imgsearch.indexer.run.Embedder: a
+        pipeline.LocalEmbedder or ray_engine.RayEmbedder made with other options, or one of
+        the caller's own); `batch_size`, `workers`, `ray` and `shard_size` are then its business.
         """
+        if embedder is not None and ray not in (None, False):
+            raise ValueError("give either an embedder or ray, not both")
         with self.lock:  # first, so that a second writer is told at once
-            run = self._indexing_run(ray, shard_size)
+            if embedder is None:
+                embedder = self._embedder(ray, batch_size, workers, shard_size)
             self.data.open_snapshot_locked()
             self.store.end_snapshot()
             try:
-                summary = run(
-                    paths, self.store, self.vectors, batch_size=batch_size, workers=workers,
-                    progress=progress, prune=prune, should_stop=should_stop,
-                )
+                summary = run_indexing(paths, self.store, self.vectors, embedder, progress=progress, prune=prune,
+                                       should_stop=should_stop)
                 if not self.vectors.fits():  # grew past a size step: exact --> IVF, or more IVF lists
                     log.info("rebuilding %s for %d images", VECTORS_NAME, len(self.vectors))
                     self.data.rebuild()
@@ -286,23 +291,16 @@ class Index:
                 self.data.open_snapshot_locked()
         return summary
 
-    def _indexing_run(self, ray: bool | str | None, shard_size: int):
-        """add()'s engine: index_files with this index's encoder, or index_files_on_ray with its
-        model directory, as one call (paths, store, vectors, **options) --> AddSummary."""
+    def _embedder(self, ray: bool | str | None, batch_size: int, workers: int | None, shard_size: int) -> Embedder:
+        """add()'s embedder: this index's encoder here, or Ray actors loading its model directory."""
         if ray is None or ray is False:
-            encoder = self.image_encoder
-            return functools.partial(index_files, encoder=encoder)
-        from imgsearch.indexer.ray_engine import index_files_on_ray, require_ray
+            return LocalEmbedder(self.image_encoder, batch_size=batch_size, workers=workers)
+        from imgsearch.indexer.ray_engine import RayEmbedder, require_ray
 
         require_ray()
         self._require_model()
         address = None if ray is True else str(ray)
-
-        def on_ray(paths, store, vectors, *, workers, **options) -> AddSummary:  # workers: each actor's own
-            return index_files_on_ray(paths, store, vectors, self.model_dir, address=address,
-                                      shard_size=shard_size, **options)
-
-        return on_ray
+        return RayEmbedder(self.model_dir, address=address, shard_size=shard_size, batch_size=batch_size)
 
     def search(self, query: str | None = None, k: int = 10, **options) -> list[SearchResult]:
         """Top-k images for exactly one of: a text `query`, an `image` (a path, the bytes of an

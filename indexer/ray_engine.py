@@ -1,8 +1,9 @@
-"""Indexing on Ray: embed workers as Ray actors, the one writer here, in the driver.
+"""Indexing on Ray: the run's embedder (run.Embedder) as Ray actors; the plan and the one writer
+stay in the driver (run.run_indexing).
 
-files --> plan (here) --> shards of the files to read --> EmbedActor.embed (one actor per GPU,
-else per CPU; the encoder loaded once per actor) --> ShardWriter.merge (here, one shard at a
-time, as each arrives) --> SQLite + FAISS.
+files --> plan (the run) --> shards of the files to read (RayEmbedder) --> EmbedActor.embed (one
+actor per GPU, else per CPU; the encoder loaded once per actor) --> ShardWriter.merge (the run,
+one shard at a time, as each arrives) --> SQLite + FAISS.
 
 The actors know no store: each turns a list of paths into a shard.Shard (embed_worker.embed_shard),
 given the contents the index holds as the run starts (put once in Ray's object store). At most
@@ -17,7 +18,7 @@ and the writer skips a shard id it merged (ShardWriter), so nothing is stored tw
 commits each shard in one transaction: a driver killed at any moment leaves every merged
 shard stored, and the next run skips them (the plan sees them as unchanged).
 
-Only this module imports ray, and only when a run starts: install it with
+Only this module imports ray, and only when a RayEmbedder is made: install it with
 `pip install 'imgsearch[ray]'`.
 """
 
@@ -26,25 +27,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from imgsearch.errors import ImgsearchError, RayNotInstalled, ShardFailed
 from imgsearch.indexer.embed_worker import embed_shard
-from imgsearch.indexer.files import input_roots, iter_image_files
-from imgsearch.indexer.merge import AddSummary, ShardWriter
-from imgsearch.indexer.paths import path_to_text
-from imgsearch.indexer.pipeline import ProgressCallback, StopCheck
-from imgsearch.indexer.plan import plan_run
+from imgsearch.indexer.run import Finished
 from imgsearch.indexer.shard import Shard
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
 
-__all__ = ["index_files_on_ray", "require_ray", "EmbedActor", "RAY_INSTALL_HINT"]
+__all__ = ["RayEmbedder", "require_ray", "EmbedActor", "RAY_INSTALL_HINT"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +52,7 @@ MAX_DECODE_WORKERS = 16  # decode processes per GPU actor, at most
 class EmbedActor:
     """One embed worker: the image encoder, loaded once, then shard after shard.
 
-    Ray runs it as an actor (ray.remote is applied by index_files_on_ray), in a process of its
+    Ray runs it as an actor (ray.remote is applied by RayEmbedder), in a process of its
     own: on the CPU it tells that process's malloc to keep freed memory, as `imgsearch index`
     does for a local run (model/allocator.py). A subclass may be given instead (tests use one
     that pauses inside a shard, to kill it there)."""
@@ -93,56 +87,53 @@ def require_ray():
     return ray
 
 
-def index_files_on_ray(
-    paths: Iterable[str | os.PathLike],
-    store: Store,
-    vectors: VectorIndex,
-    model_dir: str | os.PathLike,
-    *,
-    address: str | None = None,
-    shard_size: int = 256,
-    max_in_flight: int | None = None,
-    batch_size: int = 32,
-    actors: int | None = None,
-    progress: ProgressCallback | None = None,
-    prune: bool = True,
-    should_stop: StopCheck | None = None,
-    actor_class: type[EmbedActor] = EmbedActor,
-) -> AddSummary:
-    """Bring the store in line with the files under `paths`, as pipeline.index_files does, with
-    the embedding done by Ray actors. The caller holds the writer lock.
+class RayEmbedder:
+    """The Embedder of a run on Ray (run.run_indexing): shards of `shard_size` files, each
+    embedded by an EmbedActor, handed to the run as they arrive.
 
+    model_dir: the model to load in each actor (readable at that path on every node).
     address: a Ray cluster's address (as ray.init takes it: "HOST:PORT", "ray://HOST:PORT",
     "auto"); None: the Ray this process is connected to, else a new local one on this machine,
-    listening on 127.0.0.1 only, shut down at the end. shard_size: files per shard.
-    max_in_flight: shards queued or running at once (default: two per actor). actors: how many
-    (default: one per GPU of the cluster, else one per CPU). `should_stop` is asked after each
-    merged shard; when it says True the run ends there, keeping all merged.
+    listening on 127.0.0.1 only, shut down at the end of the run. max_in_flight: shards queued
+    or running at once (default: two per actor). actors: how many (default: one per GPU of the
+    cluster, else one per CPU). actor_class: EmbedActor or a subclass. No Ray is started until
+    the run has files to embed; RayNotInstalled here when ray cannot be imported.
     """
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be at least 1, not {shard_size}")
-    if address is None:
-        _loopback_only()  # before ray is imported
-    ray = require_ray()
-    started = time.perf_counter()
-    roots = input_roots(paths)
-    store.record_folders([path_to_text(root) for root in roots])  # what the service may serve from
-    plan = plan_run(list(iter_image_files(roots)), store.all_images(), roots, prune=prune)
-    summary = AddSummary(unchanged=plan.unchanged)
-    writer = ShardWriter(store, vectors, plan, summary)
-    todo = [str(path) for path in plan.todo]
-    shards = deque(_Task(todo[i : i + shard_size]) for i in range(0, len(todo), shard_size))
-    if shards:
-        with _connected(ray, address):
-            pool = _ActorPool(ray, str(Path(model_dir).resolve()), store.content_hashes(), actors, actor_class)
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        *,
+        address: str | None = None,
+        shard_size: int = 256,
+        max_in_flight: int | None = None,
+        batch_size: int = 32,
+        actors: int | None = None,
+        actor_class: type[EmbedActor] = EmbedActor,
+    ) -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, not {shard_size}")
+        if address is None:
+            _loopback_only()  # before ray is imported
+        self.ray = require_ray()
+        self.model_dir = str(Path(model_dir).resolve())
+        self.address, self.shard_size, self.max_in_flight = address, shard_size, max_in_flight
+        self.batch_size, self.actors, self.actor_class = batch_size, actors, actor_class
+
+    def embed(self, paths: Sequence[Path], known_contents: set[str]) -> Iterator[Finished]:
+        """Keep up to `max_in_flight` shards with the actors; hand over each as it arrives. Closed
+        early (the run stopped or failed), the shards still with the actors are dropped with them."""
+        if not paths:
+            return
+        ray = self.ray
+        todo = [str(path) for path in paths]
+        queue = deque(_Task(todo[i : i + self.shard_size]) for i in range(0, len(todo), self.shard_size))
+        with _connected(ray, self.address):
+            pool = _ActorPool(ray, self.model_dir, known_contents, self.actors, self.actor_class)
             try:
-                _stream(ray, pool, shards, writer, summary, len(todo), batch_size,
-                        max_in_flight or 2 * len(pool.actors), progress, should_stop)
+                yield from _stream(ray, pool, queue, self.batch_size, self.max_in_flight or 2 * len(pool.actors))
             finally:
                 pool.close()
-    writer.finish(interrupted=summary.interrupted)
-    summary.seconds = time.perf_counter() - started
-    return summary
 
 
 @dataclass
@@ -151,12 +142,9 @@ class _Task:
     attempts: int = 0  # times handed to an actor so far
 
 
-def _stream(ray, pool: _ActorPool, queue: deque[_Task], writer: ShardWriter, summary: AddSummary, total: int,
-            batch_size: int, max_in_flight: int, progress: ProgressCallback | None,
-            should_stop: StopCheck | None) -> None:
-    """Keep up to `max_in_flight` shards with the actors; merge each as it arrives."""
+def _stream(ray, pool: _ActorPool, queue: deque[_Task], batch_size: int, max_in_flight: int) -> Iterator[Finished]:
+    """Keep up to `max_in_flight` shards with the actors; yield each as it arrives."""
     in_flight: dict = {}  # ObjectRef --> (task, actor)
-    done = 0  # files merged
     while queue or in_flight:
         while queue and len(in_flight) < max_in_flight:
             task = queue.popleft()
@@ -179,13 +167,7 @@ def _stream(ray, pool: _ActorPool, queue: deque[_Task], writer: ShardWriter, sum
                 pool.drop(actor)
             queue.appendleft(task)
             continue
-        writer.merge(shard)  # a shard merged before (a retry that finished twice) is skipped
-        done += len(shard.records)
-        if progress is not None:
-            progress(done, total)
-        if should_stop is not None and (queue or in_flight) and should_stop():
-            summary.interrupted = True  # the shards still with the actors are dropped with them (pool.close)
-            return
+        yield Finished(shard)  # the run's writer skips a shard merged before (a retry that finished twice)
 
 
 class _ActorPool:

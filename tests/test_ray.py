@@ -8,7 +8,6 @@ is killed after its first merged shard (the next run finishes the job).
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import signal
@@ -118,8 +117,7 @@ def test_ray_run_equals_a_local_run_and_later_runs_stay_incremental(tmp_path, mo
 
 
 @needs_ray
-def test_a_worker_killed_inside_a_shard_is_retried_and_nothing_is_stored_twice(tmp_path, model_dir, ray_cluster,
-                                                                              monkeypatch):
+def test_a_worker_killed_inside_a_shard_is_retried_and_nothing_is_stored_twice(tmp_path, model_dir, ray_cluster):
     from imgsearch.indexer import ray_engine
 
     folder = tmp_path / "photos"
@@ -136,14 +134,13 @@ def test_a_worker_killed_inside_a_shard_is_retried_and_nothing_is_stored_twice(t
             time.sleep(1.5)
             return super().embed(paths, batch_size)
 
-    monkeypatch.setattr(ray_engine, "index_files_on_ray",
-                        functools.partial(ray_engine.index_files_on_ray, actor_class=PausingActor))
     outcome: dict = {}
 
     def run() -> None:
         try:
             with Index.create(tmp_path / "index", model_dir, device="cpu") as index:
-                outcome["summary"] = index.add([folder], ray=True, shard_size=3)
+                embedder = ray_engine.RayEmbedder(model_dir, shard_size=3, actor_class=PausingActor)
+                outcome["summary"] = index.add([folder], embedder=embedder)
         except BaseException as exc:  # handed to the test's thread
             outcome["error"] = exc
 
