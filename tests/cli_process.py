@@ -31,23 +31,47 @@ def _child(args: list[str], output: str, pause_before: str | None, pause: str | 
     # DataLoader's decode workers) the same slow way; a CLI process forks them, as here.
     multiprocessing.set_start_method("fork", force=True)
     if pause_before is not None:
-        import imgsearch.indexer.pipeline
-
-        decode = imgsearch.indexer.pipeline.decode_file
-
-        def decode_with_pause(path, **options):
-            if Path(path).name == pause_before:
-                Path(pause + ".reached").touch()
-                deadline = time.monotonic() + 120
-                while not Path(pause + ".go").exists() and time.monotonic() < deadline:
-                    time.sleep(0.005)
-            return decode(path, **options)
-
-        imgsearch.indexer.pipeline.decode_file = decode_with_pause
+        _pause_before_reading(pause_before, pause)
     from imgsearch.cli import main
 
     sys.argv = ["imgsearch", *args]
     main(args)
+
+
+def _pause_before_reading(name: str, pause: str) -> None:
+    """Have this process's Index.add runs read files through a local embedder whose decoder
+    pauses before the file called `name` (in whichever process decodes it: a worker or this one)."""
+    from imgsearch.index import Index
+    from imgsearch.indexer.decode import decode_file
+    from imgsearch.indexer.pipeline import LocalEmbedder
+
+    def decode_with_pause(path, **options):
+        if Path(path).name == name:
+            Path(pause + ".reached").touch()
+            deadline = time.monotonic() + 120
+            while not Path(pause + ".go").exists() and time.monotonic() < deadline:
+                time.sleep(0.005)
+        return decode_file(path, **options)
+
+    class PausingEmbedder:
+        """The local embedder `imgsearch index` would use, with the pausing decoder; the model is
+        loaded once the run has the writer lock, as Index.add loads it."""
+
+        def __init__(self, index: Index, batch_size: int, workers: int | None) -> None:
+            self.index, self.batch_size, self.workers = index, batch_size, workers
+
+        def embed(self, paths, known_contents):
+            local = LocalEmbedder(self.index.image_encoder, batch_size=self.batch_size, workers=self.workers,
+                                  decode=decode_with_pause)
+            yield from local.embed(paths, known_contents)
+
+    add = Index.add
+
+    def add_pausing(self, paths, *, batch_size: int = 32, workers: int | None = None, ray=None, **options):
+        assert ray is None, "a pause is for local runs"
+        return add(self, paths, embedder=PausingEmbedder(self, batch_size, workers), **options)
+
+    Index.add = add_pausing
 
 
 class CliProcess:

@@ -17,12 +17,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageOps
 
-import imgsearch.indexer.run
 from conftest import draw_image, file_permissions_enforced
 from imgsearch.cli import cli
 from imgsearch.index import Index
 from index_oracle import ATOL, check_consistent
 from imgsearch.indexer.paths import path_to_text, text_to_path
+from imgsearch.indexer.pipeline import LocalEmbedder
 
 
 def png_bytes(color_type: int, bit_depth: int, pixels: np.ndarray) -> bytes:
@@ -175,24 +175,29 @@ def test_search_output_shows_a_non_utf8_path_readably(tmp_path, model_dir, hosti
     assert f"{hostile_folder}/caf\\xe9.png" in {r["path"] for r in out["results"]}
 
 
-def test_a_file_that_vanishes_between_listing_and_reading(tmp_path, model_dir, monkeypatch):
+class DeleteBeforeReading:
+    """The local embedder, but `victim` is deleted when the run hands over the files to read:
+    after the folder was listed and the run planned, before any file is read."""
+
+    def __init__(self, local: LocalEmbedder, victim: Path) -> None:
+        self.local, self.victim = local, victim
+
+    def embed(self, paths, known_contents):
+        assert self.victim in paths
+        self.victim.unlink()
+        yield from self.local.embed(paths, known_contents)
+
+
+def test_a_file_that_vanishes_between_listing_and_reading(tmp_path, model_dir):
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(4):
         draw_image(i).save(photos / f"img_{i}.png")
-    listing = imgsearch.indexer.run.iter_image_files
-
-    def list_then_delete(paths):
-        listed = list(listing(paths))
-        (photos / "img_2.png").unlink()  # gone after the folder was listed, before it is read
-        return iter(listed)
-
-    monkeypatch.setattr(imgsearch.indexer.run, "iter_image_files", list_then_delete)
     with Index.create(tmp_path / "index", model_dir, device="cpu") as index:
-        summary = index.add([photos], workers=0)
+        vanishing = DeleteBeforeReading(LocalEmbedder(index.image_encoder, workers=0), photos / "img_2.png")
+        summary = index.add([photos], embedder=vanishing)
         assert (summary.added, summary.failed) == (3, 1)
         assert summary.failures == [(f"{photos}/img_2.png", "file not found (it vanished after the folder was listed)")]
-        monkeypatch.setattr(imgsearch.indexer.run, "iter_image_files", listing)
         again = index.add([photos], workers=0)
         assert (again.removed, again.unchanged, again.failed) == (1, 3, 0)  # its record goes with it
         assert index.failures() == []

@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import imgsearch.indexer.pipeline
 from conftest import draw_image, file_permissions_enforced, make_photos
 from imgsearch.cli import cli
 from imgsearch.index import Index
 from index_oracle import assert_rows_match, assert_same_results, check_consistent, rows_of, search_results
 from imgsearch.errors import StoreWriteFailed
+from imgsearch.indexer.decode import decode_file
+from imgsearch.indexer.pipeline import LocalEmbedder
 from imgsearch.indexer.store import Store
+from imgsearch.indexer.vectors import VectorIndex
 
 QUERIES = ["a red circle", "a blue square"]
 
@@ -32,19 +34,21 @@ def fresh_rows(tmp_path: Path, model_dir: Path, folders: list[Path], name: str =
 
 
 class Spy:
-    """Counts the files the indexer reads and the images the backbone sees."""
+    """Counts the files the indexer reads and the images the backbone sees: index.add(embedder=spy.embedder())."""
 
-    def __init__(self, index: Index, monkeypatch) -> None:
+    def __init__(self, index: Index) -> None:
+        self.index = index
         self.read: list[str] = []
         self.embedded = 0
-        decode = imgsearch.indexer.pipeline.decode_file
-
-        def counting_decode(path, **options):
-            self.read.append(Path(path).name)
-            return decode(path, **options)
-
-        monkeypatch.setattr(imgsearch.indexer.pipeline, "decode_file", counting_decode)
         index.image_encoder.register_forward_hook(lambda module, args, out: self._count(args[0]))
+
+    def embedder(self, batch_size: int = 32) -> LocalEmbedder:
+        """The local embedder (no decode workers) with a decoder that notes each file it reads."""
+        return LocalEmbedder(self.index.image_encoder, batch_size=batch_size, workers=0, decode=self._decode)
+
+    def _decode(self, path, **options):
+        self.read.append(Path(path).name)
+        return decode_file(path, **options)
 
     def _count(self, pixels) -> None:
         self.embedded += pixels.shape[0]  # (B, 3, S, S)
@@ -56,16 +60,16 @@ def index(tmp_path, model_dir):
         yield index
 
 
-def test_rerun_reads_only_new_and_changed_files(tmp_path, model_dir, index, monkeypatch):
+def test_rerun_reads_only_new_and_changed_files(tmp_path, model_dir, index):
     photos = make_photos(tmp_path / "photos", range(10))
     index.add([photos], workers=0)
     draw_image(50).save(photos / "img_003.png")  # new content
     target = photos / "img_004.png"
     os.utime(target, (target.stat().st_atime, target.stat().st_mtime + 10))  # touched only
     make_photos(photos / "new", [20, 21])
-    spy = Spy(index, monkeypatch)
+    spy = Spy(index)
 
-    summary = index.add([photos], workers=0, batch_size=2)
+    summary = index.add([photos], embedder=spy.embedder(batch_size=2))
 
     assert sorted(spy.read) == ["img_003.png", "img_004.png", "img_020.png", "img_021.png"]
     assert spy.embedded == summary.embedded == 3  # the touched file is confirmed by its hash
@@ -78,20 +82,20 @@ def test_rerun_reads_only_new_and_changed_files(tmp_path, model_dir, index, monk
     assert index.info()["distinct_contents"] == 12  # the replaced content is gone
 
     spy.read.clear()
-    again = index.add([photos], workers=0)
+    again = index.add([photos], embedder=spy.embedder())
     assert spy.read == [] and again.unchanged == 12 and again.embedded == 0
 
 
-def test_moved_and_renamed_files_keep_their_rows_without_the_backbone(tmp_path, model_dir, index, monkeypatch):
+def test_moved_and_renamed_files_keep_their_rows_without_the_backbone(tmp_path, model_dir, index):
     photos = make_photos(tmp_path / "photos", range(8))
     index.add([photos], workers=0)
     before = {row.path: row for row in index.store.all_images().values()}
     (photos / "2024").mkdir()
     os.rename(photos / "img_001.png", photos / "2024" / "img_001.png")  # moved
     os.rename(photos / "img_002.png", photos / "beach.png")  # renamed
-    spy = Spy(index, monkeypatch)
+    spy = Spy(index)
 
-    summary = index.add([photos], workers=0)
+    summary = index.add([photos], embedder=spy.embedder())
 
     assert spy.embedded == summary.embedded == 0
     assert (summary.moved, summary.added, summary.removed, summary.unchanged) == (2, 0, 0, 6)
@@ -105,14 +109,14 @@ def test_moved_and_renamed_files_keep_their_rows_without_the_backbone(tmp_path, 
     assert_same_results(search_results(index, QUERIES), expected_results)
 
 
-def test_identical_content_under_several_paths_is_embedded_once(tmp_path, model_dir, index, monkeypatch):
+def test_identical_content_under_several_paths_is_embedded_once(tmp_path, model_dir, index):
     photos = make_photos(tmp_path / "photos", range(4))
     for name in ("a.png", "b.png", "c/d.png", "e/f/g.png"):  # in one batch and across batches
         (photos / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(photos / "img_002.png", photos / name)
-    spy = Spy(index, monkeypatch)
+    spy = Spy(index)
 
-    summary = index.add([photos], workers=0, batch_size=3)
+    summary = index.add([photos], embedder=spy.embedder(batch_size=3))
 
     assert spy.embedded == summary.embedded == 4
     assert summary.added == 8
@@ -122,15 +126,15 @@ def test_identical_content_under_several_paths_is_embedded_once(tmp_path, model_
 
 
 def test_old_content_reappearing_under_a_new_path_in_the_same_run_is_not_re_embedded(
-    tmp_path, model_dir, index, monkeypatch
+    tmp_path, model_dir, index
 ):
     photos = make_photos(tmp_path / "photos", range(4))
     index.add([photos], workers=0)
     shutil.copyfile(photos / "img_000.png", photos / "zz_old_version.png")  # read after img_000 changes
     draw_image(77).save(photos / "img_000.png")
-    spy = Spy(index, monkeypatch)
+    spy = Spy(index)
 
-    summary = index.add([photos], workers=0, batch_size=1)
+    summary = index.add([photos], embedder=spy.embedder(batch_size=1))
 
     assert spy.embedded == summary.embedded == 1  # only the new content
     assert (summary.updated, summary.added) == (1, 1)
@@ -139,34 +143,39 @@ def test_old_content_reappearing_under_a_new_path_in_the_same_run_is_not_re_embe
 
 
 class DeferredEncoding:
-    """Makes the CPU take the GPU's path: each batch's vectors are 'ready' only when waited for,
-    so batches are stored by the writer thread while the next ones are decoded and encoded."""
+    """An embedder that makes the CPU take the GPU's path: it wraps a local one, and each batch's
+    vectors are 'ready' only when waited for, so batches are stored by the run's writer thread
+    while the next ones are decoded and encoded."""
 
-    def __init__(self, monkeypatch) -> None:
+    def __init__(self, local: LocalEmbedder) -> None:
+        self.local = local
         self.waits = 0
-        start = imgsearch.indexer.pipeline._start_encoding
 
-        def deferred(pixels, rows, encoder, device):
-            started = start(pixels, rows, encoder, device)
-            assert started.ready is None  # on the CPU
-            return started._replace(ready=self)
+    def embed(self, paths, known_contents):
+        batches = self.local.embed(paths, known_contents)
+        try:
+            for pending in batches:
+                if pending.contents:  # the encoder was started on this batch
+                    assert not pending.asynchronous  # on the CPU
+                    pending.ready = self
+                yield pending
+        finally:
+            batches.close()
 
-        monkeypatch.setattr(imgsearch.indexer.pipeline, "_start_encoding", deferred)
-
-    def synchronize(self) -> None:  # the torch.cuda.Event method the pipeline calls
+    def synchronize(self) -> None:  # the torch.cuda.Event method PendingShard.result calls
         self.waits += 1
 
 
-def test_the_gpus_writer_thread_stores_what_the_cpu_path_stores(tmp_path, model_dir, index, monkeypatch):
+def test_the_gpus_writer_thread_stores_what_the_cpu_path_stores(tmp_path, model_dir, index):
     photos = make_photos(tmp_path / "photos", range(7))
     shutil.copyfile(photos / "img_001.png", photos / "img_002_copy.png")
-    spy = Spy(index, monkeypatch)
-    deferred = DeferredEncoding(monkeypatch)
+    spy = Spy(index)
+    deferred = DeferredEncoding(spy.embedder(batch_size=3))
     progress = []
 
     # Batches of 3: img_000 img_001 img_002 | img_002_copy img_003 img_004 | img_005 img_006.
     # The copy's content may not be stored yet when its batch is read: it must not be embedded again.
-    summary = index.add([photos], workers=0, batch_size=3,
+    summary = index.add([photos], embedder=deferred,
                         progress=lambda done, total: progress.append((done, total, threading.current_thread().name)))
 
     assert spy.embedded == summary.embedded == 7 and summary.added == 8
@@ -177,22 +186,22 @@ def test_the_gpus_writer_thread_stores_what_the_cpu_path_stores(tmp_path, model_
     assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
 
 
-def test_a_stop_on_the_gpus_path_stores_every_batch_handed_over_then_resumes(tmp_path, model_dir, index, monkeypatch):
+def test_a_stop_on_the_gpus_path_stores_every_batch_handed_over_then_resumes(tmp_path, model_dir, index):
     photos = make_photos(tmp_path / "photos", range(9))
-    DeferredEncoding(monkeypatch)
+    deferred = DeferredEncoding(LocalEmbedder(index.image_encoder, batch_size=3, workers=0))
     asked = []
 
-    summary = index.add([photos], workers=0, batch_size=3, should_stop=lambda: asked.append(1) or len(asked) == 2)
+    summary = index.add([photos], embedder=deferred, should_stop=lambda: asked.append(1) or len(asked) == 2)
 
     assert summary.interrupted and summary.added == 6 and index.info()["images"] == 6
     check_consistent(index)
-    index.add([photos], workers=0, batch_size=3)
+    index.add([photos], embedder=deferred)
     assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
 
 
 def test_a_write_error_on_the_gpus_writer_thread_reaches_the_caller(tmp_path, model_dir, index, monkeypatch):
     photos = make_photos(tmp_path / "photos", range(9))
-    DeferredEncoding(monkeypatch)
+    deferred = DeferredEncoding(LocalEmbedder(index.image_encoder, batch_size=3, workers=0))
     apply = Store.apply
     calls = []
 
@@ -204,12 +213,12 @@ def test_a_write_error_on_the_gpus_writer_thread_reaches_the_caller(tmp_path, mo
 
     monkeypatch.setattr(Store, "apply", fail_second_batch)
     with pytest.raises(StoreWriteFailed, match="simulated"):
-        index.add([photos], workers=0, batch_size=3)
+        index.add([photos], embedder=deferred)
     monkeypatch.setattr(Store, "apply", apply)
 
     assert index.info()["images"] == 3  # the first batch; none after the failed one
     check_consistent(index)
-    index.add([photos], workers=0, batch_size=3)
+    index.add([photos], embedder=deferred)
     assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
 
 
@@ -313,20 +322,20 @@ def test_json_summary_counts_every_kind_of_change(tmp_path, model_dir):
     assert [f["path"] for f in summary["failures"]] == [f"{photos}/broken.png"]
 
 
-def test_a_failed_file_is_retried_only_when_it_changes(tmp_path, model_dir, index, monkeypatch):
+def test_a_failed_file_is_retried_only_when_it_changes(tmp_path, model_dir, index):
     photos = make_photos(tmp_path / "photos", range(3))
     (photos / "bad.png").write_text("not an image yet")
     os.symlink(photos / "later.png", photos / "link.png")  # broken until later.png exists
     first = index.add([photos], workers=0)
     assert first.failed == 2
-    spy = Spy(index, monkeypatch)
+    spy = Spy(index)
 
-    again = index.add([photos], workers=0)
+    again = index.add([photos], embedder=spy.embedder())
 
     assert spy.read == [] and (again.failed, again.unchanged) == (0, 5)  # not retried: unchanged
     draw_image(40).save(photos / "bad.png")
     draw_image(41).save(photos / "later.png")
-    fixed = index.add([photos], workers=0)
+    fixed = index.add([photos], embedder=spy.embedder())
     assert sorted(spy.read) == ["bad.png", "later.png", "link.png"]
     assert (fixed.updated, fixed.added, fixed.failed) == (2, 1, 0)
     assert index.failures() == []
@@ -337,7 +346,7 @@ def test_a_failed_file_is_retried_only_when_it_changes(tmp_path, model_dir, inde
 def test_an_error_mid_run_keeps_the_store_and_the_open_index_in_step(tmp_path, model_dir, index, monkeypatch):
     photos = make_photos(tmp_path / "photos", range(6))
     calls = []
-    add = imgsearch.indexer.pipeline.VectorIndex.add
+    add = VectorIndex.add
 
     def fail_on_third_batch(self, ids, vectors):
         calls.append(len(ids))
@@ -345,10 +354,10 @@ def test_an_error_mid_run_keeps_the_store_and_the_open_index_in_step(tmp_path, m
             raise RuntimeError("simulated failure")
         return add(self, ids, vectors)
 
-    monkeypatch.setattr(imgsearch.indexer.pipeline.VectorIndex, "add", fail_on_third_batch)
+    monkeypatch.setattr(VectorIndex, "add", fail_on_third_batch)
     with pytest.raises(RuntimeError, match="simulated"):
         index.add([photos], workers=0, batch_size=2)
-    monkeypatch.setattr(imgsearch.indexer.pipeline.VectorIndex, "add", add)
+    monkeypatch.setattr(VectorIndex, "add", add)
 
     check_consistent(index)  # the open index's vectors match what was committed
     assert index.info()["images"] == 6

@@ -21,11 +21,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import imgsearch.indexer.pipeline
 from conftest import draw_image, make_photos
 from imgsearch.cli import cli
 from imgsearch.index import Index
 from imgsearch.indexer.decode import decode_file
+from imgsearch.indexer.pipeline import LocalEmbedder
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
 from imgsearch.indexer.store import Fail, Put, Store
 
@@ -92,30 +92,43 @@ def photos(tmp_path) -> Path:
 
 
 class DeferredEncoding:
-    """The GPU's path on the CPU: vectors (and labels) are 'ready' only when waited for, so batches
-    are stored by the writer thread while later ones are encoded."""
+    """An embedder taking the GPU's path on the CPU: it wraps a local one, and each batch's vectors
+    (and labels) are 'ready' only when waited for, so batches are stored by the run's writer thread
+    while later ones are encoded."""
 
-    def __init__(self, monkeypatch) -> None:
+    def __init__(self, local: LocalEmbedder) -> None:
+        self.local = local
         self.waits = 0
-        start = imgsearch.indexer.pipeline._start_encoding
 
-        def deferred(pixels, rows, encoder, device):
-            started = start(pixels, rows, encoder, device)
-            assert started.ready is None and started.top_probs is not None
-            return started._replace(ready=self)
-
-        monkeypatch.setattr(imgsearch.indexer.pipeline, "_start_encoding", deferred)
+    def embed(self, paths, known_contents):
+        batches = self.local.embed(paths, known_contents)
+        try:
+            for pending in batches:
+                if pending.contents:  # the encoder was started on this batch
+                    assert not pending.asynchronous and pending.top_probs is not None
+                    pending.ready = self
+                yield pending
+        finally:
+            batches.close()
 
     def synchronize(self) -> None:
         self.waits += 1
 
 
+def add_options(index: Index, path: str) -> dict:
+    """index.add's options for the run on `path`: batches of 4, decoded here."""
+    if path == "writer thread":
+        return {"embedder": DeferredEncoding(LocalEmbedder(index.image_encoder, batch_size=4, workers=0))}
+    return {"workers": 0, "batch_size": 4}
+
+
 @pytest.mark.parametrize("path", ["cpu", "writer thread"])
-def test_stored_labels_are_the_encoders_top_classes(tmp_path, mobilenet_model_dir, photos, monkeypatch, path):
-    deferred = DeferredEncoding(monkeypatch) if path == "writer thread" else None
+def test_stored_labels_are_the_encoders_top_classes(tmp_path, mobilenet_model_dir, photos, path):
     index_dir = tmp_path / "index"
     with Index.create(index_dir, mobilenet_model_dir, device="cpu") as index:
-        summary = index.add([photos], workers=0, batch_size=4)
+        options = add_options(index, path)
+        summary = index.add([photos], **options)
+    deferred = options.get("embedder")
     assert (summary.added, summary.embedded) == (12, 11)
     if deferred is not None:
         assert deferred.waits == 3
@@ -139,7 +152,7 @@ def test_stored_labels_are_the_encoders_top_classes(tmp_path, mobilenet_model_di
     # A renamed file keeps its row and vectors, labels included: nothing is re-embedded.
     (photos / "img_005.png").rename(photos / "renamed.png")
     with Index.open(index_dir, device="cpu") as index:
-        again = index.add([photos], workers=0, batch_size=4)
+        again = index.add([photos], **add_options(index, path))
     assert (again.moved, again.embedded) == (1, 0)
     assert_labels_equal(stored_labels(index_dir)[str(photos / "renamed.png")], expected[str(photos / "img_005.png")],
                         "renamed")
