@@ -49,11 +49,11 @@ from imgsearch.model.allocator import keep_freed_memory
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.device import resolve_device
 from imgsearch.model.image_encoder import ImageEncoder
-import imgsearch.indexer.pipeline
 from imgsearch.indexer.decode import decode_file
 from imgsearch.indexer.embed_worker import DecodeDataset, decode_loader
 from imgsearch.model.image_encoder import resize_uint8
-from imgsearch.indexer.pipeline import default_workers, index_files
+from imgsearch.indexer.pipeline import LocalEmbedder, default_workers
+from imgsearch.indexer.run import Finished, run_indexing
 from imgsearch.indexer.store import Put, Store
 from imgsearch.indexer.vectors import VectorIndex
 from imgsearch.model.fast_scorer import score_candidates_fast
@@ -114,41 +114,46 @@ def decode_only(files: list[Path], image_size: int, batch_size: int, workers: in
 def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, workers: int, *,
                writer_thread: bool = True, profile: Path | None = None,
                check_vectors: int = 0) -> float | tuple[float, float]:
-    """Images/s through index_files, the product path. Variants for finding the bottleneck:
-    writer_thread=False waits for each batch's vectors and stores it on the main thread;
-    `profile` writes the main thread's cProfile statistics there. With check_vectors=N, also returns the lowest cosine
-    similarity between the stored and a float32 forward pass, over the first N files.
-    writer_thread=False replaces the private pipeline._start_encoding, index_files' one seam
-    for the encoding step: there is no public way to inject it (issue 21, "one run")."""
-    start = imgsearch.indexer.pipeline._start_encoding
-
-    def waited(*args):
-        started = start(*args)
-        if started.ready is not None:
-            started.ready.synchronize()
-        return started._replace(ready=None)
-
-    imgsearch.indexer.pipeline._start_encoding = start if writer_thread else waited
+    """Images/s through the indexing run with the local embedder (index_files, the product path).
+    Variants for finding the bottleneck: writer_thread=False waits for each batch's vectors and
+    stores it on the main thread (WaitedEmbedder); `profile` writes the main thread's cProfile
+    statistics there. With check_vectors=N, also returns the lowest cosine similarity between the
+    stored and a float32 forward pass, over the first N files."""
+    embedder = LocalEmbedder(encoder, batch_size=batch_size, workers=workers)
+    if not writer_thread:
+        embedder = WaitedEmbedder(embedder)
     profiler = cProfile.Profile() if profile else None
-    try:
-        with tempfile.TemporaryDirectory(prefix="imgsearch-gpu-index-") as work:
-            store = Store(Path(work) / "index.db", encoder.embed_dim, encoder.num_regions)
-            if profiler:
-                profiler.enable()
-            summary = index_files(files, store, VectorIndex.empty(encoder.embed_dim), encoder,
-                                  batch_size=batch_size, workers=workers)
-            if profiler:
-                profiler.disable()
-            lowest = stored_against_forward(store, encoder, files[:check_vectors]) if check_vectors else None
-            store.close()
-    finally:
-        imgsearch.indexer.pipeline._start_encoding = start
+    with tempfile.TemporaryDirectory(prefix="imgsearch-gpu-index-") as work:
+        store = Store(Path(work) / "index.db", encoder.embed_dim, encoder.num_regions)
+        if profiler:
+            profiler.enable()
+        summary = run_indexing(files, store, VectorIndex.empty(encoder.embed_dim), embedder)
+        if profiler:
+            profiler.disable()
+        lowest = stored_against_forward(store, encoder, files[:check_vectors]) if check_vectors else None
+        store.close()
     if summary.failed or summary.added != len(files):
         raise RuntimeError(f"indexing failed: {summary.to_dict()}")
     if profiler:
         with profile.open("w") as f:
             pstats.Stats(profiler, stream=f).sort_stats("tottime").print_stats(40)
     return summary.images_per_second if lowest is None else (summary.images_per_second, lowest)
+
+
+class WaitedEmbedder:
+    """The local embedder with each batch's vectors waited for as it is handed over: the run then
+    stores every batch on its main thread (no writer thread overlaps SQLite with the GPU)."""
+
+    def __init__(self, local: LocalEmbedder) -> None:
+        self.local = local
+
+    def embed(self, paths, known_contents):
+        batches = self.local.embed(paths, known_contents)
+        try:
+            for pending in batches:
+                yield Finished(pending.result())  # result() waits for the GPU
+        finally:
+            batches.close()
 
 
 def store_apply_ms(batch_size: int, embed_dim: int, num_regions: int, batches: int = 20) -> float:
