@@ -1,12 +1,12 @@
 """Indexing, embed stage: a list of files --> a Shard (decode, hash, embed each new content once).
 
 A worker knows no store, no FAISS and no engine: it is given files and the contents not
-to embed (already stored), and hands back a shard.Shard that merge.ShardWriter writes. The
-local run (pipeline.index_files) uses the same pieces one DataLoader batch at a time:
-DecodeDataset and collate decode in worker processes (uint8 pixels, 4x less to ship than
-floats), start_embedding starts the encoder on the new contents of a batch (on a GPU
-asynchronously, under float16 autocast), and PendingShard.result() waits for the vectors
-and gives the batch's Shard.
+to embed (already stored), and hands back a shard.Shard that merge.ShardWriter writes (a Ray
+actor: embed_shard). The local run (pipeline.LocalEmbedder) hands the run the same pieces one
+DataLoader batch at a time (embed_batches): DecodeDataset and collate decode in worker
+processes (uint8 pixels, 4x less to ship than floats), start_embedding starts the encoder on
+the new contents of a batch (on a GPU asynchronously, under float16 autocast), and
+PendingShard.result() waits for the vectors and gives the batch's Shard.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from imgsearch.model.backbone import first_real_class
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
 
 __all__ = [
-    "embed_shard", "DecodeDataset", "DecodedBatch", "collate", "init_worker", "decode_loader",
+    "embed_shard", "embed_batches", "DecodeDataset", "DecodedBatch", "collate", "init_worker", "decode_loader",
     "start_embedding", "start_encoding", "PendingShard", "Started", "TOP_LABELS", "top_labels",
     "cudnn_autotuned",
 ]
@@ -56,15 +56,30 @@ def embed_shard(
     `known_contents` must be contents the index will hold when this shard is merged (those
     stored when the run started): a file whose content is there is only recorded.
     """
-    paths = [Path(p) for p in paths]
+    known = set(known_contents)  # grows with the contents embedded in this shard
+    pending = list(embed_batches([Path(p) for p in paths], encoder, known, batch_size=batch_size, workers=workers))
+    return _concatenated([part.result() for part in pending], encoder)
+
+
+def embed_batches(
+    paths: Sequence[Path],
+    encoder: ImageEncoder,
+    known_contents: set[str],
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    decode: Decode = decode_file,
+) -> Iterator[PendingShard]:
+    """Decode `paths` in batches of `batch_size` (in `workers` processes when > 0, with `decode`)
+    and start embedding each batch's contents that are not in `known_contents` (adding them
+    to it): batch after batch, its shard maybe still on its way (GPU). The encoder runs
+    channels-last, with cuDNN picking its fastest algorithms on a GPU while batches are asked for."""
     device = next(encoder.parameters()).device
     encoder.to(memory_format=torch.channels_last)
-    known = set(known_contents)  # grows with the contents embedded in this shard
-    pending: list[PendingShard] = []
+    loader = decode_loader(DecodeDataset(paths, encoder.image_size, decode), batch_size, workers)
     with cudnn_autotuned(device):
-        for batch in decode_loader(DecodeDataset(paths, encoder.image_size), batch_size, workers):
-            pending.append(start_embedding(batch, encoder, device, known))
-    return _concatenated([part.result() for part in pending], encoder)
+        for batch in loader:
+            yield start_embedding(batch, encoder, device, known_contents)
 
 
 def _concatenated(parts: list[Shard], encoder: ImageEncoder) -> Shard:
@@ -162,9 +177,6 @@ class Started(NamedTuple):
     top_classes: torch.Tensor | None = None  # (n, TOP_LABELS) int64 class indices (never "background")
 
 
-StartEncoding = Callable[[torch.Tensor, torch.Tensor, ImageEncoder, torch.device], Started]
-
-
 @dataclass
 class PendingShard:
     """A batch's shard whose vectors the encoder may still be computing.
@@ -216,12 +228,9 @@ def start_embedding(
     encoder: ImageEncoder,
     device: torch.device,
     known_contents: set[str],
-    *,
-    start: StartEncoding | None = None,
 ) -> PendingShard:
     """Start embedding each good file's content that is not in `known_contents` (once per
-    content), and add those to it. `start` stands in for start_encoding (the local run passes
-    its own, so that tests can replace it there)."""
+    content), and add those to it."""
     rows: list[int] = []  # rows of batch.pixels to embed
     contents: list[str] = []
     good_row = -1  # row of the current record in batch.pixels
@@ -235,7 +244,7 @@ def start_embedding(
             contents.append(record.sha256)
     pending = PendingShard(batch.records, contents, embed_dim=encoder.embed_dim, num_regions=encoder.num_regions)
     if contents:
-        started = (start or start_encoding)(batch.pixels, torch.tensor(rows), encoder, device)
+        started = start_encoding(batch.pixels, torch.tensor(rows), encoder, device)
         pending.global_, pending.regions, pending.ready = started.global_, started.regions, started.ready
         if started.top_probs is not None:
             pending.top_probs, pending.top_classes = started.top_probs, started.top_classes

@@ -18,13 +18,8 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-import torch
-
 from imgsearch.indexer.decode import decode_file
-from imgsearch.indexer.embed_worker import (
-    TOP_LABELS, Decode, DecodedBatch, DecodeDataset, PendingShard, Started, collate, cudnn_autotuned, decode_loader,
-    init_worker, start_embedding, start_encoding, top_labels,
-)
+from imgsearch.indexer.embed_worker import TOP_LABELS, Decode, PendingShard, embed_batches, top_labels
 from imgsearch.indexer.merge import AddSummary
 from imgsearch.indexer.run import ProgressCallback, StopCheck, run_indexing
 from imgsearch.indexer.store import Store
@@ -32,11 +27,6 @@ from imgsearch.indexer.vectors import VectorIndex
 from imgsearch.model.image_encoder import ImageEncoder
 
 __all__ = ["AddSummary", "LocalEmbedder", "index_files", "default_workers", "TOP_LABELS", "top_labels"]
-
-# The local run's stages under the names it has always had (bench/benchmarks/gpu_check.py and tests use them;
-# tests replace decode_file and _start_encoding here, and LocalEmbedder looks both up here when it runs).
-_DecodeDataset, _Batch, _collate, _init_worker = DecodeDataset, DecodedBatch, collate, init_worker
-_Started, _start_encoding = Started, start_encoding
 
 
 def default_workers() -> int:
@@ -51,22 +41,16 @@ class LocalEmbedder:
     `decode` reads one file (decode.decode_file, or a stand-in with its signature)."""
 
     def __init__(self, encoder: ImageEncoder, *, batch_size: int = 32, workers: int | None = None,
-                 decode: Decode | None = None) -> None:
+                 decode: Decode = decode_file) -> None:
         self.encoder, self.batch_size, self.workers, self.decode = encoder, batch_size, workers, decode
 
     def embed(self, paths: Sequence[Path], known_contents: set[str]) -> Iterator[PendingShard]:
-        encoder = self.encoder
-        device = next(encoder.parameters()).device
-        encoder.to(memory_format=torch.channels_last)
-        num_workers = default_workers() if self.workers is None else self.workers
-        decode = decode_file if self.decode is None else self.decode
-        loader = decode_loader(_DecodeDataset(paths, encoder.image_size, decode), self.batch_size, num_workers)
+        workers = default_workers() if self.workers is None else self.workers
         # torch keeps all its threads beside the decode workers: on an idle 2-core machine that
         # indexed VGG16 at 224px at 94% of forward-only, against 54% with one thread left to
         # torch (bench/RESULTS-archive.md, the two idle-machine indexing runs); decoding needs far less than a core.
-        with cudnn_autotuned(device):
-            for batch in loader:
-                yield start_embedding(batch, encoder, device, known_contents, start=_start_encoding)
+        return embed_batches(paths, self.encoder, known_contents, batch_size=self.batch_size, workers=workers,
+                             decode=self.decode)
 
 
 def index_files(
