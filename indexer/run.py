@@ -67,10 +67,11 @@ class Embedder(Protocol):
 
     def embed(self, paths: Sequence[Path], known_contents: set[str]) -> Iterator[Embedding]:
         """Decode, hash and embed `paths` (the run's files to read, in listing order), group by
-        group, each content not in `known_contents` once (the contents the store holds as the
-        run starts; the embedder may add to the set). Every path is in exactly one group.
-        The run stops asking for groups when it stops early or fails, and then calls the
-        iterator's close(), if it has one (a generator's): the embedder's workers end there."""
+        group in any order, each content not in `known_contents` once (the contents the store
+        holds as the run starts; the embedder may add to the set). Every path is in one group;
+        a group handed over again (a retried worker's, same shard id) is merged once. The run
+        stops asking for groups when it stops early or fails, and then calls the iterator's
+        close(), if it has one (a generator's): the embedder's workers end there."""
         ...
 
 

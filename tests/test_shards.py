@@ -22,6 +22,7 @@ from imgsearch.indexer.files import input_roots, iter_image_files
 from imgsearch.indexer.merge import AddSummary, ShardWriter
 from imgsearch.indexer.paths import path_to_text
 from imgsearch.indexer.plan import plan_run
+from imgsearch.indexer.run import Finished
 from imgsearch.indexer.shard import Shard, ShardRecord, shard_id_of
 from index_oracle import assert_rows_match, check_consistent, rows_of
 from test_search_oracles import encode_file
@@ -40,31 +41,34 @@ def oracle_rows(tmp_path: Path, model_dir: Path, folders: list[Path]):
         return rows_of(index), summary
 
 
+class ShardsInOrder:
+    """An embedder as a many-worker engine is one (imgsearch.indexer.run.Embedder): the files to
+    read cut into shards by `split`, each embedded by embed_shard, optionally saved and loaded,
+    and handed to the run in `order`."""
+
+    def __init__(self, encoder, split, order, through_files: Path | None) -> None:
+        self.encoder, self.split, self.order, self.through_files = encoder, split, order, through_files
+        self.shards: list[Shard] = []
+
+    def embed(self, paths, known_contents):
+        shards = [embed_shard(part, self.encoder, known_contents=known_contents, batch_size=2)
+                  for part in self.split(paths)]
+        if self.through_files is not None:
+            for number, shard in enumerate(shards):
+                shard.save(self.through_files / f"{number}.shard")
+            shards = [Shard.load(self.through_files / f"{number}.shard") for number in range(len(shards))]
+        self.shards = shards
+        for shard in self.order(shards):
+            yield Finished(shard)
+
+
 def index_by_shards(index: Index, folders: list[Path], split, order=lambda shards: shards, *,
                     through_files: Path | None = None) -> tuple[AddSummary, list[Shard]]:
-    """What an engine does: plan, embed the files to read as shards (`split` cuts the list),
-    optionally save and load them, and merge them in `order` with one ShardWriter."""
-    with index.lock:
-        index.data.open_snapshot_locked()
-        index.store.end_snapshot()
-        roots = input_roots(folders)
-        index.store.record_folders([path_to_text(root) for root in roots])
-        plan = plan_run(list(iter_image_files(roots)), index.store.all_images(), roots, prune=True)
-        summary = AddSummary(unchanged=plan.unchanged)
-        known = index.store.content_hashes()
-        shards = [embed_shard(part, index.image_encoder, known_contents=known, batch_size=2)
-                  for part in split(plan.todo)]
-        if through_files is not None:
-            for number, shard in enumerate(shards):
-                shard.save(through_files / f"{number}.shard")
-            shards = [Shard.load(through_files / f"{number}.shard") for number in range(len(shards))]
-        writer = ShardWriter(index.store, index.vectors, plan, summary)
-        for shard in order(shards):
-            writer.merge(shard)
-        writer.finish(interrupted=False)
-        index.data.save_vectors()
-        index.data.open_snapshot_locked()
-    return summary, shards
+    """What an engine does: the run (Index.add) with the files to read embedded as shards
+    (`split` cuts the list), optionally saved and loaded, and merged in `order`."""
+    embedder = ShardsInOrder(index.image_encoder, split, order, through_files)
+    summary = index.add(folders, embedder=embedder)
+    return summary, embedder.shards
 
 
 def assert_shards_equal(got: Shard, want: Shard) -> None:
