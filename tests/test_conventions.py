@@ -255,7 +255,6 @@ BENCH = ROOT / "bench"
 # Scripts that still reach a private name, each until its own change lands (issue 21).
 BENCH_PRIVATE_ALLOWED = {
     "bench/experiments/trainer_gap.py",  # trainer's stages, to time them apart
-    "bench/experiments/labels.py",  # training.evaluate._one_query: evaluation's ranking ("One ranking")
 }
 
 

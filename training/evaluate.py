@@ -23,7 +23,7 @@ from imgsearch.training.data import CaptionBank
 __all__ = [
     "recall_at_k", "t2i_ranks", "i2t_ranks", "rerank_t2i_ranks", "rerank_i2t_ranks",
     "t2i_candidate_scores", "fused_t2i_ranks", "captions_describing",
-    "embed_images", "embed_captions", "evaluate", "search_t2i_ranks", "format_table", "KS",
+    "embed_images", "embed_captions", "evaluate", "search_t2i_ranks", "one_query", "format_table", "KS",
 ]
 
 KS = (1, 5, 10)
@@ -204,7 +204,7 @@ def search_t2i_ranks(model: AlignmentModel, image_global: np.ndarray, regions: t
             queries = model.text.encode(captions[start : start + 256])
             cosines = image_global @ queries.global_.float().cpu().numpy().T  # (Ni, b)
             for row in range(len(queries.global_)):
-                query = _one_query(queries, row)
+                query = one_query(queries, row)
                 order = np.argsort(-cosines[:, row], kind="stable")  # FAISS order
                 pool = order[:candidates]
                 scored = score_pool(model, query, cosines[pool, row], region_array[pool] if rerank else None,
@@ -216,7 +216,7 @@ def search_t2i_ranks(model: AlignmentModel, image_global: np.ndarray, regions: t
     return first_ranks, final_ranks
 
 
-def _one_query(queries: TextEmbedding, row: int) -> TextEmbedding:
+def one_query(queries: TextEmbedding, row: int) -> TextEmbedding:
     """Row `row` of a batch of encoded captions, as encode_text_query gives one query: its
     tokens without the batch's padding."""
     length = int(queries.mask[row].sum())

@@ -70,7 +70,7 @@ def pool_parts(model: AlignmentModel, image_global, regions, class_probs, captio
     query's sentence vector and the pool's stored labels."""
     from imgsearch.indexer.embed_worker import top_labels
     from imgsearch.search.searcher import score_pool
-    from imgsearch.training.evaluate import _one_query
+    from imgsearch.training.evaluate import one_query
 
     labels = top_labels(class_probs, model.config.image_labels)
     parts = []
@@ -79,7 +79,7 @@ def pool_parts(model: AlignmentModel, image_global, regions, class_probs, captio
             queries = model.text.encode(captions[start : start + 256])
             cosines = image_global @ queries.global_.float().cpu().numpy().T
             for row in range(len(queries.global_)):
-                query = _one_query(queries, row)
+                query = one_query(queries, row)
                 order = np.argsort(-cosines[:, row], kind="stable")
                 pool = order[:candidates]
                 scored = score_pool(model, query, cosines[pool, row], regions.numpy()[pool], None, "float32",
