@@ -109,6 +109,7 @@ def main() -> None:
     p.add_argument("--names", nargs="+", default=["full", "first"])
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.0])
     p.add_argument("--weights", type=float, nargs="+", default=None)
+    p.add_argument("--fusions", type=float, nargs="+", default=None, help="fusion weights (default: the model's)")
     p.add_argument("--candidates", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -140,19 +141,20 @@ def main() -> None:
 
     print(f"{args.model}: {n_images} dev images, {len(dev)} captions, "
           f"{args.candidates} candidates, fusion weight {base.fusion_weight:g}")
-    print("| class names | temperature | label weight | t2i R@1 | R@5 | R@10 | demo queries first | demo misses (rank) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for mode, temperature, weight in itertools.product(args.names, args.temperatures,
-                                                       args.weights or [base.zero_shot_weight]):
+    print("| class names | temperature | label weight | fusion | t2i R@1 | R@5 | R@10 | demo queries first | demo misses (rank) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for mode, temperature, weight, fusion in itertools.product(args.names, args.temperatures,
+                                                               args.weights or [base.zero_shot_weight],
+                                                               args.fusions or [base.fusion_weight]):
         scorer = label_scorer(model, mode, temperature)
-        r = recall_at_k(ranks_with(dev, image_of, scorer, weight, base.fusion_weight))
+        r = recall_at_k(ranks_with(dev, image_of, scorer, weight, fusion))
         misses = []
         for n, (query, wanted) in enumerate(demo.items()):
             best = min(int(ranks_with(photos[n : n + 1], np.array([names.index(w)]), scorer, weight,
-                                      base.fusion_weight)[0]) for w in wanted)
+                                      fusion)[0]) for w in wanted)
             if best:
                 misses.append(f"{query} ({best + 1})")
-        print(f"| {mode} | {temperature:g} | {weight:g} | {r['R@1']:.2f} | {r['R@5']:.2f} | {r['R@10']:.2f} | "
+        print(f"| {mode} | {temperature:g} | {weight:g} | {fusion:g} | {r['R@1']:.2f} | {r['R@5']:.2f} | {r['R@10']:.2f} | "
               f"{len(demo) - len(misses)}/{len(demo)} | {', '.join(misses)} |", flush=True)
 
 
