@@ -28,7 +28,7 @@ from imgsearch.search.rerank import rerank_scores
 from imgsearch.model.text_encoder import TextEmbedding
 from imgsearch.model.zero_shot import zero_shot_scores
 
-__all__ = ["SearchResult", "SearchPage", "PoolScores", "search", "search_page", "encode_text_query", "score_pool",
+__all__ = ["SearchResult", "SearchPage", "PoolScores", "search_page", "encode_text_query", "score_pool",
            "final_order", "DEFAULT_CANDIDATES"]
 
 
@@ -149,24 +149,6 @@ def score_pool(
         compute_dtype=_compute_dtype(rerank_precision, query.tokens.device),
     )
     return PoolScores(first, final, final - np.float32(model.config.fusion_weight) * first, zero_shot, hubness)
-
-
-def search(
-    model: AlignmentModel,
-    store: Store,
-    vectors: VectorIndex,
-    text: str,
-    *,
-    k: int = 10,
-    candidates: int = DEFAULT_CANDIDATES,
-    rerank: bool = True,
-    rerank_precision: RerankPrecision = "float32",
-) -> list[SearchResult]:
-    """The top-k images for a text query (the first page of search_page)."""
-    check_search_arguments(k, candidates, rerank_precision)
-    query = encode_text_query(model, text)
-    return search_page(model, store, vectors, query, k=k, candidates=candidates, rerank=rerank,
-                       rerank_precision=rerank_precision).results
 
 
 def search_page(
