@@ -254,10 +254,7 @@ def search_command(query, image, like, index_dir, model, k, under, taken_after, 
       imgsearch search --image ~/Downloads/beach.jpg
       imgsearch search --like ~/Pictures/cat.jpg
     """
-    given = [name for name, value in (("QUERY", query), ("--image", image), ("--like", like)) if value is not None]
-    if len(given) != 1:
-        raise click.UsageError("give exactly one of QUERY, --image PATH or --like PATH_OR_ID"
-                               + (f" (got {' and '.join(given)})." if given else "."))
+    _check_one_query(query, image, like)
     from imgsearch.index import Index
     from imgsearch.threads import QUERY_THREADS, use_threads
 
@@ -338,6 +335,20 @@ def serve_command(index_dir, model, host, port, device) -> None:
     from imgsearch.server.run import serve
 
     serve(index_dir, model=model, host=host, port=port, device=device)
+
+
+def _check_one_query(query, image, like) -> None:
+    """The library's check that exactly one of QUERY, --image and --like is given (made before
+    the index is opened), its error said as a usage error in the command's words."""
+    from imgsearch.errors import InvalidQuery
+    from imgsearch.search.arguments import query_kind
+
+    try:
+        query_kind(query, image, like)
+    except InvalidQuery:
+        given = [flag for flag, value in (("QUERY", query), ("--image", image), ("--like", like)) if value is not None]
+        raise click.UsageError("give exactly one of QUERY, --image PATH or --like PATH_OR_ID"
+                               + (f" (got {' and '.join(given)})." if given else ".")) from None
 
 
 def _image_ref(text: str) -> int | str:

@@ -32,7 +32,7 @@ from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir, package
 from imgsearch.model.checkpoint import answers_to_fingerprint, fingerprint
 from imgsearch.model.config import read_model_config
 from imgsearch.model.device import resolve_device
-from imgsearch.errors import ImageNotFound, IndexExists, InvalidImage, IndexNotFound, InvalidQuery, ModelMismatch, ModelNotFound
+from imgsearch.errors import ImageNotFound, IndexExists, InvalidImage, IndexNotFound, ModelMismatch, ModelNotFound
 from imgsearch.indexer.lock import LOCK_NAME, VECTORS_LOCK_NAME, WriterLock
 from imgsearch.indexer.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
 from imgsearch.locations import default_index_dir
@@ -45,13 +45,12 @@ from imgsearch.model.alignment import AlignmentModel
 from imgsearch.indexer.paths import path_to_text, text_to_path
 from imgsearch.indexer.run import Embedder, ProgressCallback, StopCheck, run_indexing
 from imgsearch.rwlock import ReadWriteLock
+from imgsearch.search.arguments import check_image_item, check_indexed_image, check_rerank, check_search
+from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
 from imgsearch.search.explain import Explanation, explain_regions
-from imgsearch.search.filters import DateLike, SearchFilters
+from imgsearch.search.filters import DateLike
 from imgsearch.search.queries import ImageInput, encode_image, load_image
-from imgsearch.search.searcher import (
-    DEFAULT_CANDIDATES, RerankPrecision, SearchPage, SearchResult, check_search_arguments, encode_text_query,
-    score_pool, search_page,
-)
+from imgsearch.search.searcher import SearchPage, SearchResult, encode_text_query, score_pool, search_page
 
 __all__ = ["Index", "DB_NAME", "VECTORS_NAME", "default_index_dir"]
 
@@ -333,30 +332,29 @@ class Index:
         Filters: `under` a folder; `taken_after`/`taken_before` dates (inclusive; EXIF
         DateTimeOriginal, else the file's mtime); `min_score` the least first-stage score.
         `offset` skips that many results (the order is the same on every page).
-        rerank_precision: see imgsearch.search.searcher.search_page."""
-        given = [name for name, value in (("query", query), ("image", image), ("like", like)) if value is not None]
-        if len(given) != 1:
-            raise InvalidQuery(
-                "give exactly one of a text query, an image or an indexed image to find more like it"
-                + (f" (got {' and '.join(given)})." if given else ".")
-            )
-        check_search_arguments(k, candidates, rerank_precision, offset)
-        filters = SearchFilters.parse(under, taken_after, taken_before, min_score)
+        rerank_precision: see imgsearch.search.searcher.search_page. Raises InvalidQuery for
+        arguments it cannot use (imgsearch.search.arguments.check_search)."""
+        arguments = check_search(
+            query, k, image=image, like=like, under=under, taken_after=taken_after, taken_before=taken_before,
+            min_score=min_score, offset=offset, candidates=candidates, rerank=rerank,
+            rerank_precision=rerank_precision,
+        )
         model = self.model
         with self._snapshot_lock.reading():
             started = time.perf_counter()
             exclude_id = None
-            if query is not None:
-                encoded = encode_text_query(model, query)
-            elif image is not None:
-                encoded = encode_image(model.image, load_image(image)).global_
+            if arguments.kind == "query":
+                encoded = encode_text_query(model, arguments.value)
+            elif arguments.kind == "image":
+                encoded = encode_image(model.image, load_image(arguments.value)).global_
             else:
-                exclude_id = self._indexed_id(like)
+                exclude_id = self._indexed_id(arguments.value)
                 encoded = self.store.global_vectors_of([exclude_id])[0]
             encode_ms = (time.perf_counter() - started) * 1000
             return search_page(
-                model, self.store, self.vectors, encoded, k=k, offset=offset, candidates=candidates, rerank=rerank,
-                filters=filters, exclude_id=exclude_id, rerank_precision=rerank_precision, encode_ms=encode_ms,
+                model, self.store, self.vectors, encoded, k=arguments.k, offset=arguments.offset,
+                candidates=arguments.candidates, rerank=arguments.rerank, filters=arguments.filters,
+                exclude_id=exclude_id, rerank_precision=arguments.rerank_precision, encode_ms=encode_ms,
             )
 
     def rerank(
@@ -369,10 +367,7 @@ class Index:
         file, a PIL image) is encoded now (its result has id None; path "" unless given).
         Raises ImageNotFound for an id the index does not hold, InvalidImage for a file that
         is not a usable image."""
-        items = list(items)
-        if not items:
-            raise InvalidQuery("give at least one image to re-rank.")
-        check_search_arguments(1, 1, rerank_precision)
+        items = check_rerank(items, rerank_precision)
         model = self.model
         with self._snapshot_lock.reading():
             text = encode_text_query(model, query)
@@ -402,6 +397,7 @@ class Index:
         the text `query`: per word, the weight of each region of the image
         (imgsearch.search.explain; with a classifier model, from the picture itself, read again
         from its file, else from the stored regions)."""
+        check_image_item(item)
         model = self.model
         with self._snapshot_lock.reading():
             text = encode_text_query(model, query)
@@ -438,6 +434,7 @@ class Index:
     def image_info(self, image_id: int) -> dict:
         """What the index holds of one image: id, path, width, height, size, sha256, taken_at
         and labels (as in search results). Raises ImageNotFound."""
+        check_indexed_image(image_id)
         with self._snapshot_lock.reading():
             image_id = self._indexed_id(image_id)
             row = self.store.images([image_id])[image_id]
@@ -447,9 +444,7 @@ class Index:
                 "labels": [{"label": name, "score": prob} for name, prob in labels]}
 
     def _indexed_id(self, item: int | str | os.PathLike) -> int:
-        """An indexed image's id, from its id or its path. Raises ImageNotFound."""
-        if isinstance(item, bool) or not isinstance(item, (int, np.integer, str, os.PathLike)):
-            raise InvalidQuery(f"an indexed image is given by its id or its path (got {item!r}).")
+        """An indexed image's id, from its id or its path (checked by the caller). Raises ImageNotFound."""
         if isinstance(item, (int, np.integer)):
             row = self.store.images([int(item)]).get(int(item))
         else:
@@ -460,7 +455,8 @@ class Index:
 
     def _image_features(self, item: int | str | os.PathLike | ImageInput) -> "_ImageFeatures":
         """Global vector, regions and labels of an indexed image (by id or path: from the store),
-        or of another image (a path, the bytes of an image file, a PIL image: encoded now)."""
+        or of another image (a path, the bytes of an image file, a PIL image: encoded now). The
+        caller has checked it (check_image_item)."""
         image_id, path = None, None
         if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
             image_id = self._indexed_id(item)
@@ -468,9 +464,6 @@ class Index:
             path = Path(os.path.abspath(os.path.expanduser(os.fspath(item))))
             row = self.store.get(path_to_text(path))
             image_id = row.id if row is not None and row.status == "ok" else None
-        elif not isinstance(item, (bytes, bytearray, memoryview, Image.Image)):
-            raise InvalidQuery(f"an image is given by its id, a path, the bytes of its file or a PIL image "
-                               f"(got {type(item).__name__}).")
         if image_id is not None:
             row = self.store.images([image_id])[image_id]
             return _ImageFeatures(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from imgsearch.errors import InvalidQuery
 from imgsearch.indexer.store import Store
 from imgsearch.indexer.vectors import VectorIndex
 from imgsearch.model.alignment import AlignmentModel
-from imgsearch.search.defaults import DEFAULT_CANDIDATES
+from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
 from imgsearch.model.fast_scorer import default_compute_dtype
 from imgsearch.search.candidates import nearest
 from imgsearch.search.filters import SearchFilters
@@ -28,11 +27,8 @@ from imgsearch.search.rerank import rerank_scores
 from imgsearch.model.text_encoder import TextEmbedding
 from imgsearch.model.zero_shot import zero_shot_scores
 
-__all__ = ["SearchResult", "SearchPage", "PoolScores", "search", "search_page", "encode_text_query", "score_pool",
-           "final_order", "DEFAULT_CANDIDATES"]
-
-
-RerankPrecision = Literal["float32", "bfloat16", "auto"]
+__all__ = ["SearchResult", "SearchPage", "PoolScores", "search_page", "encode_text_query", "score_pool",
+           "final_order", "DEFAULT_CANDIDATES", "RerankPrecision"]
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +86,6 @@ class PoolScores:
     hubness: np.ndarray | None = None  # the hub scores r(i) (model/hubness.py); None without the correction
 
 
-def check_search_arguments(k: int, candidates: int, rerank_precision: str, offset: int = 0) -> None:
-    if k < 1:
-        raise InvalidQuery(f"k must be at least 1 (got {k}).")
-    if candidates < 1:
-        raise InvalidQuery(f"candidates must be at least 1 (got {candidates}).")
-    if offset < 0:
-        raise InvalidQuery(f"offset must be 0 or more (got {offset}).")
-    if rerank_precision not in ("float32", "bfloat16", "auto"):
-        raise InvalidQuery(f"rerank_precision must be float32, bfloat16 or auto (got {rerank_precision!r}).")
-
-
 def encode_text_query(model: AlignmentModel, text: str) -> TextEmbedding:
     """A text query --> its embedding (one row). Raises InvalidQuery for text the encoder cannot read."""
     if not isinstance(text, str) or not text.strip():
@@ -151,24 +136,6 @@ def score_pool(
     return PoolScores(first, final, final - np.float32(model.config.fusion_weight) * first, zero_shot, hubness)
 
 
-def search(
-    model: AlignmentModel,
-    store: Store,
-    vectors: VectorIndex,
-    text: str,
-    *,
-    k: int = 10,
-    candidates: int = DEFAULT_CANDIDATES,
-    rerank: bool = True,
-    rerank_precision: RerankPrecision = "float32",
-) -> list[SearchResult]:
-    """The top-k images for a text query (the first page of search_page)."""
-    check_search_arguments(k, candidates, rerank_precision)
-    query = encode_text_query(model, text)
-    return search_page(model, store, vectors, query, k=k, candidates=candidates, rerank=rerank,
-                       rerank_precision=rerank_precision).results
-
-
 def search_page(
     model: AlignmentModel,
     store: Store,
@@ -185,14 +152,15 @@ def search_page(
     encode_ms: float = 0.0,
 ) -> SearchPage:
     """One page (results offset .. offset+k-1) for a query: a text embedding (one row), or an
-    image query's global vector (d,) in the shared space (never re-ranked).
+    image query's global vector (d,) in the shared space (never re-ranked). The arguments are
+    Index's, checked there (search/arguments.py).
 
     rerank_precision: "float32" gives the reference scorer's scores; "bfloat16" runs the
-    scorer's matrix products in bfloat16 (about 3x faster on CPUs with AVX512-BF16, logits
-    within about 1% of their spread); "auto" picks bfloat16 where the hardware runs it natively.
-    exclude_id: an image left out of the results ("more like this" of that image).
+    scorer's matrix products in bfloat16 (faster where the hardware runs it natively, logits
+    close to float32's: bench/RESULTS.md has the figures); "auto" picks bfloat16 where the
+    hardware runs it natively. exclude_id: an image left out of the results ("more like this"
+    of that image).
     """
-    check_search_arguments(k, candidates, rerank_precision, offset)
     clock = _Clock(encode_ms)
     text = query if isinstance(query, TextEmbedding) else None
     vector = text.global_[0].float().cpu().numpy() if text is not None else np.asarray(query, np.float32)

@@ -391,6 +391,17 @@ def test_bad_search_numbers_are_usage_errors(indexed, args):
     assert "Error:" in result.stderr
 
 
+@pytest.mark.parametrize("args, said", [
+    ([], "Error: give exactly one of QUERY, --image PATH or --like PATH_OR_ID.\n"),
+    (["a cat", "--like", "3"], "Error: give exactly one of QUERY, --image PATH or --like PATH_OR_ID "
+                               "(got QUERY and --like).\n"),
+])
+def test_search_wants_exactly_one_query_a_usage_error_before_the_index_is_opened(tmp_path, args, said):
+    result = run("search", *args, "--index", tmp_path / "no-index")  # no index there: not looked at
+    assert result.exit_code == 2, result.output
+    assert result.stderr.endswith(said), result.stderr
+
+
 def test_model_option_must_exist(tmp_path, image_folder):
     result = run("index", image_folder, "--index", tmp_path / "ix", "--model", tmp_path / "no-model")
     assert result.exit_code == 2
