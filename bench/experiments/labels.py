@@ -120,7 +120,9 @@ def main() -> None:
     model.config = dataclasses.replace(base, zero_shot_weight=0.0)
     cache = Path("bench/out") / f"labels-parts-{Path(args.model).resolve().name}-{args.candidates}.pt"
     if cache.exists():  # the pools do not depend on the label score: computed once a model
-        dev, image_of, n_images = torch.load(cache, weights_only=False)
+        saved = torch.load(cache, weights_only=True)  # tensors, lists and numbers only
+        dev = [(*(t.numpy() for t in arrays), labels) for *arrays, labels in saved["parts"]]
+        image_of, n_images = saved["image_of"].numpy(), saved["images"]
     else:
         items = read_dataset(data / "captions.tsv", data / "images", data / "dev.txt")
         images = load_images(items, base.backbone.image_size, workers=1)
@@ -129,7 +131,8 @@ def main() -> None:
                          args.candidates)
         image_of, n_images = bank.image_of, len(images.items)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save((dev, image_of, n_images), cache)
+        torch.save({"parts": [(*(torch.from_numpy(np.asarray(a)) for a in part[:-1]), part[-1]) for part in dev],
+                    "image_of": torch.from_numpy(np.asarray(image_of)), "images": n_images}, cache)
 
     queries = json.loads((PHOTOS / "queries.json").read_text())
     demo = dict(list(queries.items())[:8]) | {"a dragonfly": queries["a dragonfly"]}
