@@ -26,7 +26,7 @@ from PIL import Image
 
 from imgsearch.errors import ImageNotFound, InvalidImage
 from imgsearch.indexer.paths import path_to_text, text_to_path
-from imgsearch.indexer.store import Store
+from imgsearch.indexer.store import Store, StoredImage
 from imgsearch.indexer.stored_index import DB_NAME, StoredIndex
 from imgsearch.indexer.vectors import VectorIndex
 from imgsearch.model.alignment import AlignmentModel
@@ -169,9 +169,10 @@ class Searcher:
         return Explanation(query, words, (side, side), features.id, features.path, method)
 
     def _indexed_picture(self, image_id: int):
-        """The decoded file of an indexed image, or None when it is gone or no longer decodes."""
+        """The decoded file of an indexed image, or None when it is gone or no longer decodes.
+        The caller holds the read lock (taking it again could wait for a refresh waiting for it)."""
         try:
-            return load_image(self.original_path(image_id))
+            return load_image(_servable_file(image_id, *self._row_and_folders(image_id)))
         except (ImageNotFound, InvalidImage):
             return None
 
@@ -181,15 +182,14 @@ class Searcher:
         """The file of indexed image `image_id`, for serving it (Index.original_path): only an
         image that decoded, only a regular file, and only inside the indexed folders."""
         with self._snapshot_lock.reading():
-            row = self._store.images([image_id]).get(image_id) if isinstance(image_id, int) else None
-            folders = self._store.folders()
-        if row is None or row.status != "ok":
-            raise ImageNotFound(f"no image with id {image_id} in this index.")
-        path = text_to_path(row.path)
-        real = Path(os.path.realpath(path))
-        if not real.is_file() or not any(_inside(real, text_to_path(folder)) for folder in folders):
-            raise ImageNotFound(f"image {image_id} is not a file inside the indexed folders any more.")
-        return real
+            row, folders = self._row_and_folders(image_id)
+        return _servable_file(image_id, row, folders)
+
+    def _row_and_folders(self, image_id: int) -> tuple[StoredImage | None, list[str]]:
+        """Image `image_id`'s row (None if there is none) and the indexed folders; the caller
+        holds the read lock."""
+        row = self._store.images([image_id]).get(image_id) if isinstance(image_id, int) else None
+        return row, self._store.folders()
 
     def image_info(self, image: int | str | os.PathLike) -> dict:
         """What the index holds of one indexed image (Index.image_info)."""
@@ -278,6 +278,18 @@ class _ImageFeatures:
     sha256: str | None
     taken_at: str | None
     picture: "Image.Image | None" = None  # the decoded image, when it was read now (not indexed)
+
+
+def _servable_file(image_id: int, row: StoredImage | None, folders: list[str]) -> Path:
+    """The real path of an indexed image's file if it may be served: an image that decoded, a
+    regular file, inside one of the indexed folders. Raises ImageNotFound otherwise."""
+    if row is None or row.status != "ok":
+        raise ImageNotFound(f"no image with id {image_id} in this index.")
+    path = text_to_path(row.path)
+    real = Path(os.path.realpath(path))
+    if not real.is_file() or not any(_inside(real, text_to_path(folder)) for folder in folders):
+        raise ImageNotFound(f"image {image_id} is not a file inside the indexed folders any more.")
+    return real
 
 
 def _inside(path: Path, folder: Path) -> bool:
