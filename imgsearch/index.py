@@ -1,5 +1,9 @@
 """Index: the public library object. Every CLI command is a thin wrapper over one of its calls.
 
+Index opens, creates and closes an index, writes to it (add), and takes the public calls:
+each checks its arguments (search/arguments.py) and hands them to the Searcher
+(search/session.py), which owns the snapshot, the model and every read of the store.
+
 An index directory holds:
 - index.db      SQLite, the truth: image rows, region features, global vectors
 - vectors.faiss FAISS index of the global vectors, derived; rebuilt from
@@ -18,21 +22,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 
 from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir, packaged_model_dir, packaged_model_with_fingerprint
 from imgsearch.model.checkpoint import answers_to_fingerprint, fingerprint
 from imgsearch.model.config import read_model_config
 from imgsearch.model.device import resolve_device
-from imgsearch.errors import ImageNotFound, IndexExists, InvalidImage, IndexNotFound, ModelMismatch, ModelNotFound
+from imgsearch.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound
 from imgsearch.indexer.lock import LOCK_NAME, VECTORS_LOCK_NAME, WriterLock
 from imgsearch.indexer.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
 from imgsearch.locations import default_index_dir
@@ -42,15 +40,14 @@ from imgsearch.indexer.pipeline import AddSummary, LocalEmbedder
 from imgsearch.indexer.store import SCHEMA_VERSION, Store
 from imgsearch.indexer.vectors import VectorIndex
 from imgsearch.model.alignment import AlignmentModel
-from imgsearch.indexer.paths import path_to_text, text_to_path
 from imgsearch.indexer.run import Embedder, ProgressCallback, StopCheck, run_indexing
-from imgsearch.rwlock import ReadWriteLock
 from imgsearch.search.arguments import check_image_item, check_indexed_image, check_rerank, check_search
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
-from imgsearch.search.explain import Explanation, explain_regions
+from imgsearch.search.explain import Explanation
 from imgsearch.search.filters import DateLike
-from imgsearch.search.queries import ImageInput, encode_image, load_image
-from imgsearch.search.searcher import SearchPage, SearchResult, encode_text_query, score_pool, search_page
+from imgsearch.search.queries import ImageInput
+from imgsearch.search.searcher import SearchPage, SearchResult
+from imgsearch.search.session import Searcher
 
 __all__ = ["Index", "DB_NAME", "VECTORS_NAME", "default_index_dir"]
 
@@ -71,12 +68,10 @@ class Index:
         self.lock = WriterLock(directory)
         self.data = StoredIndex(directory, manifest.embed_dim, manifest.num_regions, self.lock)
         self._image_encoder: ImageEncoder | None = None
-        self._model: AlignmentModel | None = None
+        # Searching, and every read of the store for it: search/session.py.
+        self._searcher = Searcher(self.data, self._load_model)
         # Set by create(): the folders it made (deepest first), for discard_if_empty().
         self._created: list[Path] | None = None
-        # Reads (searches) share the snapshot; refresh() moves it, alone (threads of one process).
-        self._snapshot_lock = ReadWriteLock()
-        self._seen_files = self._store_files_signature()
 
     # ---- opening -----------------------------------------------------------
 
@@ -172,42 +167,25 @@ class Index:
 
     @property
     def store(self) -> Store:
+        """The SQLite store behind this index, for tests and tools that inspect it. The command
+        line and the server use the calls of this class instead."""
         return self.data.store
 
     @property
     def vectors(self) -> VectorIndex:
+        """The FAISS index of the snapshot, for tests and tools that inspect it (as `store`)."""
         return self.data.vectors
 
     def refresh(self) -> None:
         """See everything committed since this Index was opened (or last refreshed)."""
-        with self._snapshot_lock.writing():
-            self._seen_files = self._store_files_signature()
-            self.data.open_snapshot()
+        self._searcher.refresh()
 
     def refresh_if_changed(self) -> bool:
         """See what another process (an `imgsearch index` run) committed since the last look,
         if anything: cheap when nothing changed (two stat calls), and when something did, the
         FAISS index in memory takes the new and removed ids instead of being reloaded. Safe to
         call from any thread while others search. Returns whether the snapshot moved."""
-        if self._store_files_signature() == self._seen_files:
-            return False
-        with self._snapshot_lock.writing():
-            self._seen_files = self._store_files_signature()  # before the snapshot: a later commit is seen next time
-            added, removed = self.data.catch_up()
-        log.info("index changed on disk: %d images added, %d removed", added, removed)
-        return True
-
-    def _store_files_signature(self) -> tuple:
-        """What changes on disk with every commit to index.db (WAL mode: the -wal file grows,
-        or a checkpoint rewrites the database file)."""
-        signature = []
-        for name in (DB_NAME, DB_NAME + "-wal"):
-            try:
-                st = os.stat(self.directory / name)
-                signature.append((st.st_mtime_ns, st.st_size, st.st_ino))
-            except FileNotFoundError:
-                signature.append(None)
-        return tuple(signature)
+        return self._searcher.refresh_if_changed()
 
     def rebuild_vectors(self) -> VectorIndex:
         """Rebuild vectors.faiss from the SQLite store and save it."""
@@ -222,17 +200,20 @@ class Index:
             _check_model(self.directory, self.manifest, self.model_dir)
             self._model_checked = True
 
+    def _load_model(self) -> AlignmentModel:
+        self._require_model()
+        return AlignmentModel.from_pretrained(self.model_dir, device=self.device)
+
     @property
     def model(self) -> AlignmentModel:
-        if self._model is None:
-            self._require_model()
-            self._model = AlignmentModel.from_pretrained(self.model_dir, device=self.device)
-        return self._model
+        """The alignment model (the Searcher's), loaded on first use."""
+        return self._searcher.model
 
     @property
     def image_encoder(self) -> ImageEncoder:
-        if self._model is not None:
-            return self._model.image
+        model = self._searcher.loaded_model
+        if model is not None:
+            return model.image
         if self._image_encoder is None:
             self._require_model()
             self._image_encoder = ImageEncoder.from_pretrained(self.model_dir, device=self.device)
@@ -339,23 +320,7 @@ class Index:
             min_score=min_score, offset=offset, candidates=candidates, rerank=rerank,
             rerank_precision=rerank_precision,
         )
-        model = self.model
-        with self._snapshot_lock.reading():
-            started = time.perf_counter()
-            exclude_id = None
-            if arguments.kind == "query":
-                encoded = encode_text_query(model, arguments.value)
-            elif arguments.kind == "image":
-                encoded = encode_image(model.image, load_image(arguments.value)).global_
-            else:
-                exclude_id = self._indexed_id(arguments.value)
-                encoded = self.store.global_vectors_of([exclude_id])[0]
-            encode_ms = (time.perf_counter() - started) * 1000
-            return search_page(
-                model, self.store, self.vectors, encoded, k=arguments.k, offset=arguments.offset,
-                candidates=arguments.candidates, rerank=arguments.rerank, filters=arguments.filters,
-                exclude_id=exclude_id, rerank_precision=arguments.rerank_precision, encode_ms=encode_ms,
-            )
+        return self._searcher.search_page(arguments)
 
     def rerank(
         self, query: str, items: Iterable[int | str | os.PathLike | ImageInput], *,
@@ -367,30 +332,7 @@ class Index:
         file, a PIL image) is encoded now (its result has id None; path "" unless given).
         Raises ImageNotFound for an id the index does not hold, InvalidImage for a file that
         is not a usable image."""
-        items = check_rerank(items, rerank_precision)
-        model = self.model
-        with self._snapshot_lock.reading():
-            text = encode_text_query(model, query)
-            found = [self._image_features(item) for item in items]
-            vector = text.global_[0].float().cpu().numpy()  # (d,)
-            globals_ = np.stack([f.global_ for f in found])  # (n, d)
-            regions = np.stack([f.regions for f in found])  # (n, R, d) float16
-            scores = score_pool(model, text, globals_ @ vector, regions, [f.labels for f in found], rerank_precision,
-                                globals_)
-        order = np.argsort(-scores.final, kind="stable")
-        first_rank = np.empty(len(found), np.int64)
-        first_rank[np.argsort(-scores.first_stage, kind="stable")] = np.arange(1, len(found) + 1)
-        return [
-            SearchResult(
-                rank=rank, id=found[i].id, path=found[i].path, score=float(scores.final[i]),
-                first_stage_score=float(scores.first_stage[i]), rerank_score=float(scores.reranked[i]),
-                first_stage_rank=int(first_rank[i]), width=found[i].width, height=found[i].height,
-                size=found[i].size, sha256=found[i].sha256, taken_at=found[i].taken_at,
-                zero_shot_score=None if scores.zero_shot is None else float(scores.zero_shot[i]),
-                labels=[{"label": name, "score": prob} for name, prob in found[i].labels],
-            )
-            for rank, i in enumerate(order.tolist(), start=1)
-        ]
+        return self._searcher.rerank(query, check_rerank(items, rerank_precision), rerank_precision)
 
     def explain(self, query: str, item: int | str | os.PathLike | ImageInput) -> Explanation:
         """Why `item` (an indexed id or path, or another image: a path, bytes, a PIL image) matches
@@ -398,96 +340,26 @@ class Index:
         (imgsearch.search.explain; with a classifier model, from the picture itself, read again
         from its file, else from the stored regions)."""
         check_image_item(item)
-        model = self.model
-        with self._snapshot_lock.reading():
-            text = encode_text_query(model, query)
-            features = self._image_features(item)
-            picture = features.picture
-            if picture is None and features.id is not None and model.config.image_labels:
-                picture = self._indexed_picture(features.id)
-        side = int(round(len(features.regions) ** 0.5))
-        method, words = explain_regions(model, text, query, features.regions, picture)
-        return Explanation(query, words, (side, side), features.id, features.path, method)
-
-    def _indexed_picture(self, image_id: int):
-        """The decoded file of an indexed image, or None when it is gone or no longer decodes."""
-        try:
-            return load_image(self.original_path(image_id))
-        except (ImageNotFound, InvalidImage):
-            return None
+        return self._searcher.explain(query, item)
 
     def original_path(self, image_id: int) -> Path:
         """The file of indexed image `image_id`, for serving it: only an image that decoded, only
         a regular file, and only when its real path (links resolved) lies inside a file or folder
         an `index` run was given. Raises ImageNotFound otherwise."""
-        with self._snapshot_lock.reading():
-            row = self.store.images([image_id]).get(image_id) if isinstance(image_id, int) else None
-            folders = self.store.folders()
-        if row is None or row.status != "ok":
-            raise ImageNotFound(f"no image with id {image_id} in this index.")
-        path = text_to_path(row.path)
-        real = Path(os.path.realpath(path))
-        if not real.is_file() or not any(_inside(real, text_to_path(folder)) for folder in folders):
-            raise ImageNotFound(f"image {image_id} is not a file inside the indexed folders any more.")
-        return real
+        return self._searcher.original_path(image_id)
 
     def image_info(self, image_id: int) -> dict:
         """What the index holds of one image: id, path, width, height, size, sha256, taken_at
         and labels (as in search results). Raises ImageNotFound."""
         check_indexed_image(image_id)
-        with self._snapshot_lock.reading():
-            image_id = self._indexed_id(image_id)
-            row = self.store.images([image_id])[image_id]
-            labels = self.store.labels([image_id])[image_id]
-        return {"id": row.id, "path": row.path, "width": row.width, "height": row.height, "size": row.size,
-                "sha256": row.sha256, "taken_at": row.taken_at,
-                "labels": [{"label": name, "score": prob} for name, prob in labels]}
-
-    def _indexed_id(self, item: int | str | os.PathLike) -> int:
-        """An indexed image's id, from its id or its path (checked by the caller). Raises ImageNotFound."""
-        if isinstance(item, (int, np.integer)):
-            row = self.store.images([int(item)]).get(int(item))
-        else:
-            row = self.store.get(path_to_text(os.path.abspath(os.path.expanduser(os.fspath(item)))))
-        if row is None or row.status != "ok":
-            raise ImageNotFound(f"{item} is not an image in this index; index it first, or give its id.")
-        return row.id
-
-    def _image_features(self, item: int | str | os.PathLike | ImageInput) -> "_ImageFeatures":
-        """Global vector, regions and labels of an indexed image (by id or path: from the store),
-        or of another image (a path, the bytes of an image file, a PIL image: encoded now). The
-        caller has checked it (check_image_item)."""
-        image_id, path = None, None
-        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-            image_id = self._indexed_id(item)
-        elif isinstance(item, (str, os.PathLike)):
-            path = Path(os.path.abspath(os.path.expanduser(os.fspath(item))))
-            row = self.store.get(path_to_text(path))
-            image_id = row.id if row is not None and row.status == "ok" else None
-        if image_id is not None:
-            row = self.store.images([image_id])[image_id]
-            return _ImageFeatures(
-                image_id, row.path, self.store.global_vectors_of([image_id])[0], self.store.regions([image_id])[0],
-                self.store.labels([image_id])[image_id], row.width, row.height, row.size, row.sha256, row.taken_at,
-            )
-        picture = load_image(item if path is None else path)
-        encoded = encode_image(self.model.image, picture)
-        size = path.stat().st_size if path is not None else len(item) if not isinstance(item, Image.Image) else None
-        return _ImageFeatures(None, "" if path is None else path_to_text(path), encoded.global_, encoded.regions,
-                              encoded.labels, picture.width, picture.height, size, None, None, picture)
+        return self._searcher.image_info(image_id)
 
     def info(self) -> dict:
-        counts = self.store.counts()
         files = {name: (self.directory / name).stat().st_size for name in (DB_NAME, VECTORS_NAME, MANIFEST_NAME)
                  if (self.directory / name).exists()}
         return {
             "directory": str(self.directory),
-            "images": counts["ok"],
-            "failed": counts["error"],
-            "failures_by_reason": _count_reasons(self.store.failures()),
-            "distinct_contents": counts["distinct_contents"],
-            "vectors": len(self.vectors),
-            "labels": self._label_counts(),
+            **self._searcher.contents(),
             "manifest": {
                 "schema_version": self.manifest.schema_version,
                 "embed_dim": self.manifest.embed_dim,
@@ -501,19 +373,12 @@ class Index:
             "bytes_on_disk": files,
         }
 
-    def _label_counts(self, top: int = 10) -> dict:
-        """The classifier's top-1 labels over the indexed images: how many images have labels
-        stored, and the `top` most frequent top-1 labels with their image counts."""
-        labeled, counts = self.store.top_label_counts(top)
-        return {"labeled_images": labeled, "top1": [{"label": name, "images": n} for name, n in counts]}
-
     def image_count(self) -> int:
         """How many images the index holds that decoded: what a search can find."""
-        with self._snapshot_lock.reading():
-            return self.store.counts()["ok"]
+        return self._searcher.image_count()
 
     def failures(self) -> list[dict]:
-        return [{"path": f.path, "error": f.error} for f in self.store.failures()]
+        return self._searcher.failures()
 
     def close(self) -> None:
         self.data.close()
@@ -524,28 +389,6 @@ class Index:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-@dataclass
-class _ImageFeatures:
-    """What re-ranking and explaining read of one image, indexed (id set) or not (id None)."""
-
-    id: int | None
-    path: str  # as stored (path_to_text)
-    global_: np.ndarray  # (d,) float32
-    regions: np.ndarray  # (R, d) float16
-    labels: list[tuple[str, float]]
-    width: int | None
-    height: int | None
-    size: int | None
-    sha256: str | None
-    taken_at: str | None
-    picture: "Image.Image | None" = None  # the decoded image, when it was read now (not indexed)
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    """Is `path` (resolved) `folder` itself or inside it, once the folder's links are resolved too?"""
-    return path.is_relative_to(os.path.realpath(folder))
 
 
 def _model_path(model: str | os.PathLike) -> Path:
@@ -569,16 +412,6 @@ def _recorded_model_dir(manifest: Manifest) -> Path:
 def _user_path(path: str | os.PathLike) -> Path:
     """A path as a user wrote it, "~" expanded as a shell would."""
     return Path(os.path.expanduser(os.fspath(path)))
-
-
-def _count_reasons(failures) -> dict[str, int]:
-    """Failures counted by the kind of reason: the text before its details,
-    e.g. "image too large: 9000x9000 pixels (...)" --> "image too large"."""
-    counts: dict[str, int] = {}
-    for failure in failures:
-        kind = re.split(r"[:(]", failure.error or "unknown", maxsplit=1)[0].strip()
-        counts[kind] = counts.get(kind, 0) + 1
-    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _check_model(directory: Path, manifest: Manifest, model_dir: Path) -> None:

@@ -105,3 +105,32 @@ def test_use_threads_sets_torch_and_faiss_once():
             use_threads(0)
     finally:
         use_threads(before)
+
+
+def test_explain_of_an_indexed_image_while_a_refresh_waits_finishes(tmp_path, mobilenet_model_dir, monkeypatch):
+    """Explaining an indexed image with a classifier model reads its file again, and so its
+    path, inside the search's read of the snapshot. A refresh that starts waiting meanwhile
+    (writers are preferred: it holds back new readers) must not be waited for by that read,
+    which it is itself waiting for."""
+    import imgsearch.search.session as session
+
+    photos = make_photos(tmp_path / "photos", range(3))
+    with Index.create(tmp_path / "index", mobilenet_model_dir, device="cpu") as index:
+        index.add([photos], workers=0)
+        image_id = int(index.store.ok_ids()[0])
+        lock = index._searcher._snapshot_lock
+        real = session.encode_text_query
+
+        def encode_then_let_a_refresh_queue(model, text):
+            encoded = real(model, text)  # in explain, under the read lock
+            threading.Thread(target=index.refresh, daemon=True).start()
+            while not lock._writers_waiting:
+                threading.Event().wait(0.01)
+            return encoded
+
+        monkeypatch.setattr(session, "encode_text_query", encode_then_let_a_refresh_queue)
+        done = []
+        explaining = threading.Thread(target=lambda: done.append(index.explain("a red circle", image_id)), daemon=True)
+        explaining.start()
+        explaining.join(timeout=60)
+        assert done and done[0].method == "classes", "explain waited for a refresh that waited for it"

@@ -40,8 +40,11 @@ from pathlib import Path
 
 from bench.benchmarks.machine import describe, percentiles_ms
 from bench.benchmarks.query import synthetic_vectors
-from imgsearch.index import Index
-from imgsearch.indexer.store import Put
+from imgsearch.errors import ImageNotFound
+from imgsearch.index import DB_NAME, Index
+from imgsearch.indexer.lock import WriterLock
+from imgsearch.indexer.manifest import Manifest
+from imgsearch.indexer.store import Put, Store
 
 
 def read_captions(data: Path, split: str, count: int, seed: int) -> list[str]:
@@ -52,7 +55,9 @@ def read_captions(data: Path, split: str, count: int, seed: int) -> list[str]:
 
 
 def build_index(directory: Path, data: Path, real: int, total: int, seed: int) -> tuple[int, float]:
-    """An index of `total` images: `real` Flickr8k train photos indexed for real, the rest synthetic."""
+    """An index of `total` images: `real` Flickr8k train photos indexed for real, the rest synthetic
+    rows written into its store as a writer writes (holding the writer lock); opening the index
+    after them rebuilds vectors.faiss, now out of step with the store."""
     photos = sorted((data / "train.txt").read_text().split())[:real]
     folder = directory.parent / "real-photos"
     folder.mkdir(parents=True)
@@ -61,19 +66,33 @@ def build_index(directory: Path, data: Path, real: int, total: int, seed: int) -
     started = time.perf_counter()
     with Index.create(directory) as index:
         index.add([folder])
-        ids, vectors = index.store.global_vectors()  # (n, d)
-        regions = index.store.regions(ids.tolist())  # (n, R, d) float16
-        synthetic = synthetic_vectors(vectors, total - len(ids), seed)
-        for start in range(0, len(synthetic), 2000):
-            batch = []
-            for i in range(start, min(len(synthetic), start + 2000)):
-                sha = hashlib.sha256(f"synthetic {i}".encode()).hexdigest()
-                batch.append(Put(f"/synthetic/{i:08d}.jpg", 20_000, 1.6e9, 1.6e9, sha, 500, 375,
-                                 synthetic[i], regions[i % len(ids)]))
-            index.store.apply(batch)
-        index.rebuild_vectors()
-        count = index.store.counts()["ok"]
+    manifest = Manifest.read(directory)
+    with WriterLock(directory):
+        store = Store(directory / DB_NAME, manifest.embed_dim, manifest.num_regions)
+        try:
+            ids, vectors = store.global_vectors()  # (n, d)
+            regions = store.regions(ids.tolist())  # (n, R, d) float16
+            synthetic = synthetic_vectors(vectors, total - len(ids), seed)
+            for start in range(0, len(synthetic), 2000):
+                batch = []
+                for i in range(start, min(len(synthetic), start + 2000)):
+                    sha = hashlib.sha256(f"synthetic {i}".encode()).hexdigest()
+                    batch.append(Put(f"/synthetic/{i:08d}.jpg", 20_000, 1.6e9, 1.6e9, sha, 500, 375,
+                                     synthetic[i], regions[i % len(ids)]))
+                store.apply(batch)
+        finally:
+            store.close()
+    with Index.open(directory) as index:  # rebuilds vectors.faiss from the store and saves it
+        count = index.image_count()
     return count, time.perf_counter() - started
+
+
+def is_indexed(index: Index, path: Path) -> bool:
+    try:
+        index.image_info(path)
+        return True
+    except ImageNotFound:
+        return False
 
 
 def wait_for_server(url: str, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -185,10 +204,8 @@ def main() -> None:
             summary = json.loads(writer_out or b"{}")
 
             with Index.open(index_dir) as index:
-                stored = index.store.counts()["ok"]
-                rows = index.store.all_images()
-            added_paths = [Path(row.path) for row in rows.values()
-                           if row.status == "ok" and row.path.startswith(str(added_folder))]
+                stored = index.image_count()
+                added_paths = [path for path in sorted(added_folder.iterdir()) if is_indexed(index, path)]
             post_json(url + "api/search", {"query": "a dog", "k": 1})  # the server catches up before a search
             with urllib.request.urlopen(url + "api/index", timeout=60) as response:
                 served = json.loads(response.read())

@@ -1,10 +1,17 @@
-"""Index's search calls check their arguments once, at that boundary (search/arguments.py),
-before the model is loaded or the snapshot is read: a bad argument is an InvalidQuery that says
-so even where the model could not be loaded, and the stages after it do not check again."""
+"""Index is the library's boundary.
+
+- Its search calls check their arguments once, there (search/arguments.py), before the model
+  is loaded or the snapshot is read: a bad argument is an InvalidQuery that says so even where
+  the model could not be loaded, and the stages after it do not check again.
+- The command line, the server and the benchmarks use its public calls: they never reach
+  through it to the store, the vectors or its private parts (checked on the source).
+"""
 
 from __future__ import annotations
 
+import ast
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +56,39 @@ def test_good_arguments_go_on_to_need_the_model(index_without_its_model):
         index_without_its_model.search("a cat")
     with pytest.raises(ModelNotFound):
         index_without_its_model.rerank("a cat", [1])
+
+
+# ---- the callers use the public calls -----------------------------------------------------
+
+ROOT = Path(__file__).parents[1]
+CALLERS = [ROOT / "imgsearch" / "cli.py", ROOT / "imgsearch" / "common.py", ROOT / "imgsearch" / "train_commands.py",
+           *sorted((ROOT / "imgsearch" / "server").rglob("*.py")), *sorted((ROOT / "bench").rglob("*.py"))]
+INSIDE = {"store", "vectors", "data", "lock"}  # Index's storage: for tests and tools that inspect it
+
+
+def reaches_inside(tree: ast.AST) -> list[int]:
+    """Lines where something named index (a variable, or an attribute such as app.state.index)
+    has its storage or a private attribute read: index.store, state.index._searcher."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        owner = node.value
+        named_index = (isinstance(owner, ast.Name) and owner.id == "index") or (
+            isinstance(owner, ast.Attribute) and owner.attr == "index")
+        private = node.attr.startswith("_") and not node.attr.startswith("__")
+        if named_index and (node.attr in INSIDE or private):
+            found.append(node.lineno)
+    return sorted(found)
+
+
+def test_the_cli_the_server_and_the_benchmarks_use_index_s_public_calls():
+    found = {str(path.relative_to(ROOT)): reaches_inside(ast.parse(path.read_text(encoding="utf-8")))
+             for path in CALLERS}
+    assert {name: lines for name, lines in found.items() if lines} == {}
+
+
+def test_the_public_calls_scan_finds_what_it_should():
+    tree = ast.parse("index.store.get(p)\nrequest.app.state.index._searcher\nindex.search('a')\n"
+                     "index.vectors\nindex.image_count()\nother.store\nindex.__class__\n")
+    assert reaches_inside(tree) == [1, 2, 4]

@@ -1,0 +1,307 @@
+"""The read side's object, the Searcher: searching one open index.
+
+It owns what a search reads: the model (loaded on first use), the snapshot (a SQLite read
+transaction and the FAISS index of exactly the images in it, kept by the index's StoredIndex)
+and every read of the store. Text and image searches, "more like this", filters and paging go
+through the search run (search/searcher.py); re-ranking given images, explaining a match and
+the lookups of one image are here. imgsearch.index.Index holds one Searcher and hands it
+arguments it has checked (search/arguments.py); nothing here checks them again.
+
+Thread-safe: a server's request threads search side by side on one snapshot; refresh() and
+refresh_if_changed() move it, alone (imgsearch/rwlock.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from imgsearch.errors import ImageNotFound, InvalidImage
+from imgsearch.indexer.paths import path_to_text, text_to_path
+from imgsearch.indexer.store import Store, StoredImage
+from imgsearch.indexer.stored_index import DB_NAME, StoredIndex
+from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.rwlock import ReadWriteLock
+from imgsearch.search.arguments import SearchArguments
+from imgsearch.search.defaults import RerankPrecision
+from imgsearch.search.explain import Explanation, explain_regions
+from imgsearch.search.queries import ImageInput, encode_image, load_image
+from imgsearch.search.searcher import SearchPage, SearchResult, encode_text_query, score_pool, search_page
+
+__all__ = ["Searcher"]
+
+log = logging.getLogger(__name__)
+
+ImageItem = int | str | os.PathLike | ImageInput  # an indexed image's id or path, or another image
+
+
+class Searcher:
+    def __init__(self, data: StoredIndex, load_model: Callable[[], AlignmentModel]) -> None:
+        """Search `data`, with the model `load_model()` gives when a search first needs it."""
+        self._data = data
+        self._load_model = load_model
+        self._model: AlignmentModel | None = None
+        # Reads (searches) share the snapshot; refresh() moves it, alone (threads of one process).
+        self._snapshot_lock = ReadWriteLock()
+        self._seen_files = self._store_files_signature()
+
+    @property
+    def _store(self) -> Store:
+        return self._data.store
+
+    @property
+    def _vectors(self) -> VectorIndex:
+        return self._data.vectors  # replaced by a rebuild: read it each time
+
+    # ---- the model ---------------------------------------------------------------
+
+    @property
+    def model(self) -> AlignmentModel:
+        """The alignment model, loaded on first use."""
+        if self._model is None:
+            self._model = self._load_model()
+        return self._model
+
+    @property
+    def loaded_model(self) -> AlignmentModel | None:
+        """The model if a search has loaded it, else None (loads nothing)."""
+        return self._model
+
+    # ---- the snapshot ------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """See everything committed since the snapshot was taken."""
+        with self._snapshot_lock.writing():
+            self._seen_files = self._store_files_signature()
+            self._data.open_snapshot()
+
+    def refresh_if_changed(self) -> bool:
+        """See what another process committed since the last look, if anything (see
+        Index.refresh_if_changed). Returns whether the snapshot moved."""
+        if self._store_files_signature() == self._seen_files:
+            return False
+        with self._snapshot_lock.writing():
+            self._seen_files = self._store_files_signature()  # before the snapshot: a later commit is seen next time
+            added, removed = self._data.catch_up()
+        log.info("index changed on disk: %d images added, %d removed", added, removed)
+        return True
+
+    def _store_files_signature(self) -> tuple:
+        """What changes on disk with every commit to index.db (WAL mode: the -wal file grows,
+        or a checkpoint rewrites the database file)."""
+        signature = []
+        for name in (DB_NAME, DB_NAME + "-wal"):
+            try:
+                st = os.stat(self._data.directory / name)
+                signature.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except FileNotFoundError:
+                signature.append(None)
+        return tuple(signature)
+
+    # ---- searching -----------------------------------------------------------------
+
+    def search_page(self, arguments: SearchArguments) -> SearchPage:
+        """One page of results for checked search arguments (Index.search_page)."""
+        model = self.model
+        with self._snapshot_lock.reading():
+            started = time.perf_counter()
+            exclude_id = None
+            if arguments.kind == "query":
+                encoded = encode_text_query(model, arguments.value)
+            elif arguments.kind == "image":
+                encoded = encode_image(model.image, load_image(arguments.value)).global_
+            else:
+                exclude_id = self._indexed_id(arguments.value)
+                encoded = self._store.global_vectors_of([exclude_id])[0]
+            encode_ms = (time.perf_counter() - started) * 1000
+            return search_page(
+                model, self._store, self._vectors, encoded, k=arguments.k, offset=arguments.offset,
+                candidates=arguments.candidates, rerank=arguments.rerank, filters=arguments.filters,
+                exclude_id=exclude_id, rerank_precision=arguments.rerank_precision, encode_ms=encode_ms,
+            )
+
+    def rerank(self, query: str, items: list[ImageItem], rerank_precision: RerankPrecision) -> list[SearchResult]:
+        """The given images (at least one) ordered for a text query by the scorer (Index.rerank)."""
+        model = self.model
+        with self._snapshot_lock.reading():
+            text = encode_text_query(model, query)
+            found = [self._image_features(item) for item in items]
+            vector = text.global_[0].float().cpu().numpy()  # (d,)
+            globals_ = np.stack([f.global_ for f in found])  # (n, d)
+            regions = np.stack([f.regions for f in found])  # (n, R, d) float16
+            scores = score_pool(model, text, globals_ @ vector, regions, [f.labels for f in found], rerank_precision,
+                                globals_)
+        order = np.argsort(-scores.final, kind="stable")
+        first_rank = np.empty(len(found), np.int64)
+        first_rank[np.argsort(-scores.first_stage, kind="stable")] = np.arange(1, len(found) + 1)
+        return [
+            SearchResult(
+                rank=rank, id=found[i].id, path=found[i].path, score=float(scores.final[i]),
+                first_stage_score=float(scores.first_stage[i]), rerank_score=float(scores.reranked[i]),
+                first_stage_rank=int(first_rank[i]), width=found[i].width, height=found[i].height,
+                size=found[i].size, sha256=found[i].sha256, taken_at=found[i].taken_at,
+                zero_shot_score=None if scores.zero_shot is None else float(scores.zero_shot[i]),
+                labels=[{"label": name, "score": prob} for name, prob in found[i].labels],
+            )
+            for rank, i in enumerate(order.tolist(), start=1)
+        ]
+
+    def explain(self, query: str, item: ImageItem) -> Explanation:
+        """Why `item` matches the text `query`, per word and region (Index.explain)."""
+        model = self.model
+        with self._snapshot_lock.reading():
+            text = encode_text_query(model, query)
+            features = self._image_features(item)
+            picture = features.picture
+            if picture is None and features.id is not None and model.config.image_labels:
+                picture = self._indexed_picture(features.id)
+        side = int(round(len(features.regions) ** 0.5))
+        method, words = explain_regions(model, text, query, features.regions, picture)
+        return Explanation(query, words, (side, side), features.id, features.path, method)
+
+    def _indexed_picture(self, image_id: int):
+        """The decoded file of an indexed image, or None when it is gone or no longer decodes.
+        The caller holds the read lock (taking it again could wait for a refresh waiting for it)."""
+        try:
+            return load_image(_servable_file(image_id, *self._row_and_folders(image_id)))
+        except (ImageNotFound, InvalidImage):
+            return None
+
+    # ---- one image -------------------------------------------------------------------
+
+    def original_path(self, image_id: int) -> Path:
+        """The file of indexed image `image_id`, for serving it (Index.original_path): only an
+        image that decoded, only a regular file, and only inside the indexed folders."""
+        with self._snapshot_lock.reading():
+            row, folders = self._row_and_folders(image_id)
+        return _servable_file(image_id, row, folders)
+
+    def _row_and_folders(self, image_id: int) -> tuple[StoredImage | None, list[str]]:
+        """Image `image_id`'s row (None if there is none) and the indexed folders; the caller
+        holds the read lock."""
+        row = self._store.images([image_id]).get(image_id) if isinstance(image_id, int) else None
+        return row, self._store.folders()
+
+    def image_info(self, image: int | str | os.PathLike) -> dict:
+        """What the index holds of one indexed image (Index.image_info)."""
+        with self._snapshot_lock.reading():
+            image_id = self._indexed_id(image)
+            row = self._store.images([image_id])[image_id]
+            labels = self._store.labels([image_id])[image_id]
+        return {"id": row.id, "path": row.path, "width": row.width, "height": row.height, "size": row.size,
+                "sha256": row.sha256, "taken_at": row.taken_at,
+                "labels": [{"label": name, "score": prob} for name, prob in labels]}
+
+    def _indexed_id(self, item: int | str | os.PathLike) -> int:
+        """An indexed image's id, from its id or its path. Raises ImageNotFound."""
+        if isinstance(item, (int, np.integer)):
+            row = self._store.images([int(item)]).get(int(item))
+        else:
+            row = self._store.get(path_to_text(os.path.abspath(os.path.expanduser(os.fspath(item)))))
+        if row is None or row.status != "ok":
+            raise ImageNotFound(f"{item} is not an image in this index; index it first, or give its id.")
+        return row.id
+
+    def _image_features(self, item: ImageItem) -> "_ImageFeatures":
+        """Global vector, regions and labels of an indexed image (by id or path: from the store),
+        or of another image (a path, the bytes of an image file, a PIL image: encoded now)."""
+        image_id, path = None, None
+        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            image_id = self._indexed_id(item)
+        elif isinstance(item, (str, os.PathLike)):
+            path = Path(os.path.abspath(os.path.expanduser(os.fspath(item))))
+            row = self._store.get(path_to_text(path))
+            image_id = row.id if row is not None and row.status == "ok" else None
+        if image_id is not None:
+            row = self._store.images([image_id])[image_id]
+            return _ImageFeatures(
+                image_id, row.path, self._store.global_vectors_of([image_id])[0], self._store.regions([image_id])[0],
+                self._store.labels([image_id])[image_id], row.width, row.height, row.size, row.sha256, row.taken_at,
+            )
+        picture = load_image(item if path is None else path)
+        encoded = encode_image(self.model.image, picture)
+        size = path.stat().st_size if path is not None else len(item) if not isinstance(item, Image.Image) else None
+        return _ImageFeatures(None, "" if path is None else path_to_text(path), encoded.global_, encoded.regions,
+                              encoded.labels, picture.width, picture.height, size, None, None, picture)
+
+    # ---- the whole index -------------------------------------------------------------
+
+    def image_count(self) -> int:
+        """How many images the index holds that decoded: what a search can find."""
+        with self._snapshot_lock.reading():
+            return self._store.counts()["ok"]
+
+    def contents(self, top_labels: int = 10) -> dict:
+        """What the snapshot holds, for Index.info: images, failures (counted by reason),
+        distinct contents, vectors, and the `top_labels` most frequent top-1 labels."""
+        with self._snapshot_lock.reading():
+            counts = self._store.counts()
+            failures = self._store.failures()
+            vectors = len(self._vectors)
+            labeled, top1 = self._store.top_label_counts(top_labels)
+        return {
+            "images": counts["ok"],
+            "failed": counts["error"],
+            "failures_by_reason": _count_reasons(failures),
+            "distinct_contents": counts["distinct_contents"],
+            "vectors": vectors,
+            "labels": {"labeled_images": labeled, "top1": [{"label": name, "images": n} for name, n in top1]},
+        }
+
+    def failures(self) -> list[dict]:
+        """The files that could not be indexed, with the reason."""
+        with self._snapshot_lock.reading():
+            return [{"path": f.path, "error": f.error} for f in self._store.failures()]
+
+
+@dataclass
+class _ImageFeatures:
+    """What re-ranking and explaining read of one image, indexed (id set) or not (id None)."""
+
+    id: int | None
+    path: str  # as stored (path_to_text)
+    global_: np.ndarray  # (d,) float32
+    regions: np.ndarray  # (R, d) float16
+    labels: list[tuple[str, float]]
+    width: int | None
+    height: int | None
+    size: int | None
+    sha256: str | None
+    taken_at: str | None
+    picture: "Image.Image | None" = None  # the decoded image, when it was read now (not indexed)
+
+
+def _servable_file(image_id: int, row: StoredImage | None, folders: list[str]) -> Path:
+    """The real path of an indexed image's file if it may be served: an image that decoded, a
+    regular file, inside one of the indexed folders. Raises ImageNotFound otherwise."""
+    if row is None or row.status != "ok":
+        raise ImageNotFound(f"no image with id {image_id} in this index.")
+    path = text_to_path(row.path)
+    real = Path(os.path.realpath(path))
+    if not real.is_file() or not any(_inside(real, text_to_path(folder)) for folder in folders):
+        raise ImageNotFound(f"image {image_id} is not a file inside the indexed folders any more.")
+    return real
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Is `path` (resolved) `folder` itself or inside it, once the folder's links are resolved too?"""
+    return path.is_relative_to(os.path.realpath(folder))
+
+
+def _count_reasons(failures) -> dict[str, int]:
+    """Failures counted by the kind of reason: the text before its details,
+    e.g. "image too large: 9000x9000 pixels (...)" --> "image too large"."""
+    counts: dict[str, int] = {}
+    for failure in failures:
+        kind = re.split(r"[:(]", failure.error or "unknown", maxsplit=1)[0].strip()
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
