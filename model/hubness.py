@@ -10,19 +10,12 @@ directory; r(i) depends on the image alone, so an index can compute it once per 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from imgsearch.model.config import HubnessConfig  # defined with the other configs (no torch there)
+
 __all__ = ["HubnessConfig", "HubnessCorrection"]
-
-
-@dataclass(frozen=True)
-class HubnessConfig:
-    weight: float = 0.0  # 0: no correction (and no bank)
-    k: int = 10  # nearest bank captions averaged per image
-    bank_size: int = 0  # captions in the bank
 
 
 class HubnessCorrection(nn.Module):

@@ -9,36 +9,12 @@ one image-text matching logit per candidate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
 import torch
 from torch import nn
 
+from imgsearch.model.config import ScorerConfig  # defined with the other configs (no torch there)
+
 __all__ = ["ScorerConfig", "CrossAttentionScorer"]
-
-_LAYER_DEFAULTS = {"num_heads": 4, "ffn_mult": 2, "dropout": 0.1}
-
-
-@dataclass(frozen=True)
-class ScorerConfig:
-    num_layers: int = 2  # attention layers; 0 leaves the token-region alignment term alone
-    # The attention layers' settings: None when num_layers is 0 (they do not apply; given
-    # values are dropped), their defaults when None is given with layers.
-    num_heads: int | None = _LAYER_DEFAULTS["num_heads"]  # must divide the shared embedding size
-    ffn_mult: int | None = _LAYER_DEFAULTS["ffn_mult"]  # feed-forward width as a multiple of the embedding size
-    max_regions: int = 49  # region position table: grid side^2 (7x7 for VGG16 at 224px)
-    dropout: float | None = _LAYER_DEFAULTS["dropout"]
-
-    def __post_init__(self) -> None:
-        for name, default in _LAYER_DEFAULTS.items():
-            if not self.num_layers:
-                object.__setattr__(self, name, None)
-            elif getattr(self, name) is None:
-                object.__setattr__(self, name, default)
-
-    def to_dict(self) -> dict:
-        """The settings that apply, JSON-able: without the attention layers' when there are none."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
 class _FusionLayer(nn.Module):
