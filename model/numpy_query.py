@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +102,9 @@ class NumpyBert:
         if weights is None:
             weights = read_numpy(directory / "model.safetensors")
         # checkpoints save BertModel's keys bare or under "bert." (a BertFor... head model)
-        self.w = {key.removeprefix("bert."): value for key, value in weights.items()}
+        # (without the position_ids buffer old checkpoints saved: BertModel's state_dict has none)
+        self.w = {key.removeprefix("bert."): value for key, value in weights.items()
+                  if not key.endswith("position_ids")}
         if "embeddings.word_embeddings.weight" not in self.w:
             raise RuntimeUnsupported(f"{directory}'s weights are not a BertModel's")
 
@@ -157,6 +160,7 @@ class NumpyTextEncoder:
         directory = _text_encoder_dir(config.text.name_or_path)
         if not (directory / "tokenizer.json").is_file() or not (directory / "model.safetensors").is_file():
             raise RuntimeUnsupported(f"{directory} has no tokenizer.json or model.safetensors")
+        self.config = config.text
         self.max_length = config.text.max_length
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.tokenizer.no_padding()  # the file pads to 128; one text needs none
@@ -169,13 +173,36 @@ class NumpyTextEncoder:
     def token_ids(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+        """Token ids (B, T) padded with 0, attention mask (B, T) bool, and per text whether it was
+        cut to max_length (as transformers truncates one text: [CLS], the first tokens, [SEP])."""
+        encoded = [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
+        truncated = [len(ids) > self.max_length for ids in encoded]
+        encoded = [ids[: self.max_length - 1] + ids[-1:] if cut else ids for ids, cut in zip(encoded, truncated)]
+        length = max((len(ids) for ids in encoded), default=0)
+        ids = np.zeros((len(encoded), length), np.int64)
+        for row, tokens in enumerate(encoded):
+            ids[row, : len(tokens)] = tokens
+        mask = np.arange(length)[None, :] < np.array([len(t) for t in encoded])[:, None]  # (B, T)
+        return ids, mask, truncated
+
+    def sentence_vectors(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """TextEncoder.sentence_vectors: mean-pooled, L2-normalised BERT states (N, h) float32."""
+        out = []
+        for start in range(0, len(texts), batch_size):
+            ids, mask, _ = self.tokenize(texts[start : start + batch_size])
+            states = self.bert(ids, mask)  # (b, T, h)
+            weights = mask[..., None].astype(np.float32)  # (b, T, 1)
+            out.append(l2_normalize((states * weights).sum(1) / np.maximum(weights.sum(1), 1.0), 1e-12))
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+    def bert_weight_bytes(self) -> Iterator[tuple[str, bytes]]:
+        """TextEncoder.bert_weight_bytes: BERT's weights by name, sorted, as bytes (the same key)."""
+        for key, array in sorted(self.bert.w.items()):
+            yield key, np.ascontiguousarray(array, np.float32).tobytes()
+
     def encode(self, text: str) -> NumpyTextEmbedding:
-        full = self.token_ids(text)
-        truncated = len(full) > self.max_length
-        if truncated:  # as transformers truncates one text: [CLS], the first tokens, [SEP]
-            full = full[: self.max_length - 1] + full[-1:]
-        ids = np.asarray([full], np.int64)  # (1, T)
-        mask = np.ones_like(ids, dtype=bool)  # (1, T)
+        ids, mask, truncated = self.tokenize([text])  # (1, T), (1, T)
         states = self.bert(ids, mask)[0]  # (T, h)
         w = self.w
         tokens = np.tanh(linear(states, w, "token_head.linear"))  # (T, d)
@@ -187,7 +214,7 @@ class NumpyTextEncoder:
         global_ = l2_normalize(np.tanh(linear(pooled, w, "global_head.linear")), 1e-6)  # (d,)
         sentence = l2_normalize(states.mean(0), 1e-12)  # (h,): F.normalize's eps
         return NumpyTextEmbedding(tokens.astype(np.float32), mask[0], global_.astype(np.float32),
-                                  sentence.astype(np.float32), truncated)
+                                  sentence.astype(np.float32), truncated[0])
 
 
 def l2_normalize(x: np.ndarray, eps: float) -> np.ndarray:

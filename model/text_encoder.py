@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,6 +115,21 @@ class TextEncoder(nn.Module):
         )
         batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         return batch, truncated
+
+    def sentence_vectors(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """Mean-pooled, L2-normalised BERT states of `texts` (the zero-shot label score's): (N, h) float32."""
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch, _ = self.tokenize(texts[start : start + batch_size], next(self.parameters()).device)
+                states = self.bert(**batch).last_hidden_state  # (b, T, h)
+                out.append(F.normalize(mean_pool(states, batch["attention_mask"]), dim=-1).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.bert.config.hidden_size), np.float32)
+
+    def bert_weight_bytes(self) -> Iterator[tuple[str, bytes]]:
+        """BERT's weights by name, sorted, as bytes (cache keys: model/zero_shot.py)."""
+        for key, tensor in sorted(self.bert.state_dict().items()):
+            yield key, tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
 
     def encode(self, texts: list[str]) -> TextEmbedding:
         device = next(self.parameters()).device

@@ -371,7 +371,7 @@ def test_explain_by_classes_equals_a_class_activation_map(tmp_path, mobilenet_mo
 
         model = index.model
         labels = list(model.config.image_labels)
-        names = sentence_vectors(model, labels).numpy()  # (C, h)
+        names = sentence_vectors(model, labels)  # (C, h)
         with Image.open(photos / "p_1.png") as image, torch.inference_mode():
             pixels = model.image.normalize(resize_uint8(image.convert("RGB"), model.image.image_size)[None])
             grid = model.image.backbone.net.features(pixels)  # (1, 1280, G, G)

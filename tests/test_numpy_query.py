@@ -134,3 +134,15 @@ def test_what_the_runtime_cannot_read_is_refused(tmp_path, model_dir):
     (copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(RuntimeUnsupported, match="not a local directory"):
         NumpyQueryModel.from_pretrained(copy)
+
+
+def test_class_texts_encode_the_same_and_share_the_cache(small_models, photo_models):
+    """The zero-shot label score's class vectors: the same vectors from both runtimes (a padded
+    batch here), under the same cache key, so one runtime reads what the other wrote."""
+    from imgsearch.model import zero_shot
+
+    for numpy_model, torch_model in (small_models, photo_models):
+        texts = ["macaw, parrot", "dragonfly, odonate", "a much longer class text with several words", "x"]
+        np.testing.assert_allclose(zero_shot.sentence_vectors(numpy_model, texts),
+                                   zero_shot.sentence_vectors(torch_model, texts), atol=1e-5)
+        assert zero_shot._cache_key(numpy_model, texts) == zero_shot._cache_key(torch_model, texts)

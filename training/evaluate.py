@@ -79,7 +79,7 @@ def embed_images(model: AlignmentModel, pixels: torch.Tensor, batch_size: int = 
 def zero_shot_matrix(model: AlignmentModel, class_probs: torch.Tensor, captions: list[str]) -> np.ndarray:
     """(Nc, Ni) zero-shot scores (model/zero_shot.py) from each image's top classes, as the index
     stores them (TOP_LABELS best non-background classes, probabilities to 4 decimals)."""
-    names, matches = class_matches(model, sentence_vectors(model, captions).numpy())  # (Nc, C') over sorted names
+    names, matches = class_matches(model, sentence_vectors(model, captions))  # (Nc, C') over sorted names
     row = {name: i for i, name in enumerate(names)}
     label_rows = torch.tensor([row[name] for name in model.config.image_labels])  # classifier class --> names row
     probs = class_probs.clone()

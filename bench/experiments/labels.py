@@ -48,7 +48,7 @@ def class_texts(labels: tuple[str, ...], mode: str) -> list[str]:
 
 def label_scorer(model: AlignmentModel, mode: str, temperature: float):
     labels = list(model.config.image_labels)
-    vectors = sentence_vectors(model, class_texts(tuple(labels), mode)).numpy()  # (C, h)
+    vectors = sentence_vectors(model, class_texts(tuple(labels), mode))  # (C, h)
     row = {name: i for i, name in enumerate(labels)}
 
     def scores(_model, query_sentence: np.ndarray, image_labels) -> np.ndarray:

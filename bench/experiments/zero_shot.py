@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = AlignmentModel.from_pretrained(args.model, device="cpu")
-    names = sentence_vectors(model, list(model.config.image_labels))  # (C, h)
+    names = torch.from_numpy(sentence_vectors(model, list(model.config.image_labels)))  # (C, h)
 
     # Flickr8k dev, from the cached backbone outputs and text states
     dev = torch.load(ROOT / "bench" / "out" / "photo-features-224.pt", weights_only=True)["dev"]
@@ -78,7 +78,7 @@ def main() -> None:
         queries = list(PHOTO_QUERIES)
         query_vectors = model.text.encode(queries).global_  # (Q, d)
         photo_sim = (query_vectors @ out.global_.T).numpy()  # (Q, P)
-        photo_zero_shot = (sentence_vectors(model, queries) @ (photo_posteriors @ names).T).numpy()
+        photo_zero_shot = (torch.from_numpy(sentence_vectors(model, queries)) @ (photo_posteriors @ names).T).numpy()
     print(f"\nsample photos ({len(paths)}): rank of the best described photo (1 = first), per weight")
     print("  " + " ".join(f"{w:>5}" for w in WEIGHTS) + "  query")
     firsts = np.zeros(len(WEIGHTS), dtype=int)
