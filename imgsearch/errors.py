@@ -1,8 +1,9 @@
 """Typed errors of the library. Only the CLI turns them into `Error: ...` messages.
 
 Every message says what went wrong and what to do next. Every exception class of
-imgsearch lives here, including ImageTooLarge, which never leaves the decode stage
-(it becomes that file's recorded failure) and so is not in __all__.
+imgsearch lives here, including two that never reach a caller and so are not in __all__:
+ImageTooLarge never leaves the decode stage (it becomes that file's recorded failure), and
+RuntimeUnsupported never leaves search (it loads the torch model instead).
 """
 
 __all__ = [
@@ -86,6 +87,10 @@ class ConversionError(ImgsearchError):
 
 class ImageTooLarge(ValueError):
     """An image has more pixels than decoding allows; decode records it as that file's failure."""
+
+
+class RuntimeUnsupported(Exception):
+    """A model the numpy query runtime cannot run; search loads the torch model instead (never shown to users)."""
 
 
 class InvalidImage(ImgsearchError):

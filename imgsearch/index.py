@@ -23,31 +23,39 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-
-from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir, packaged_model_dir, packaged_model_with_fingerprint
-from imgsearch.model.checkpoint import answers_to_fingerprint, fingerprint
-from imgsearch.model.config import read_model_config
-from imgsearch.model.device import resolve_device
 from imgsearch.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound
 from imgsearch.indexer.lock import LOCK_NAME, VECTORS_LOCK_NAME, WriterLock
-from imgsearch.indexer.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
-from imgsearch.locations import default_index_dir
-from imgsearch.model.image_encoder import ImageEncoder
 from imgsearch.indexer.manifest import MANIFEST_NAME, Manifest, ModelRecord
-from imgsearch.indexer.pipeline import AddSummary, LocalEmbedder
-from imgsearch.indexer.store import SCHEMA_VERSION, Store
-from imgsearch.indexer.vectors import VectorIndex
-from imgsearch.model.alignment import AlignmentModel
 from imgsearch.indexer.run import Embedder, ProgressCallback, StopCheck, run_indexing
+from imgsearch.indexer.store import SCHEMA_VERSION, Store
+from imgsearch.indexer.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
+from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.locations import default_index_dir
+from imgsearch.model.config import read_model_config
+from imgsearch.model.device import resolve_device, runs_on_cpu
+from imgsearch.model.model_files import answers_to_fingerprint, fingerprint
+from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir, packaged_model_dir, packaged_model_with_fingerprint
 from imgsearch.search.arguments import check_image_item, check_indexed_image, check_rerank, check_search
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
-from imgsearch.search.explain import Explanation
 from imgsearch.search.filters import DateLike
-from imgsearch.search.queries import ImageInput
+from imgsearch.search.query_model import QueryModel
 from imgsearch.search.searcher import SearchPage, SearchResult
 from imgsearch.search.session import Searcher
+
+# torch, transformers and the modules that use them are imported where they are needed: a
+# text search on the CPU runs on the numpy query runtime (search/query_model.py) without them.
+if TYPE_CHECKING:
+    import torch
+
+    from imgsearch.indexer.pipeline import AddSummary
+    from imgsearch.model.alignment import AlignmentModel
+    from imgsearch.model.image_encoder import ImageEncoder
+    from imgsearch.search.explain import Explanation
+    from imgsearch.search.queries import ImageInput
 
 __all__ = ["Index", "DB_NAME", "VECTORS_NAME", "default_index_dir"]
 
@@ -64,12 +72,12 @@ class Index:
         # False while the model recorded in the manifest has not been checked yet: that
         # happens on first use, so that info and errors work when the model has moved.
         self._model_checked = model_checked
-        self.device = resolve_device(device)
+        self._device = device  # as given; resolved (torch imported) when a torch model is loaded
         self.lock = WriterLock(directory)
         self.data = StoredIndex(directory, manifest.embed_dim, manifest.num_regions, self.lock)
         self._image_encoder: ImageEncoder | None = None
         # Searching, and every read of the store for it: search/session.py.
-        self._searcher = Searcher(self.data, self._load_model)
+        self._searcher = Searcher(self.data, self._load_model, self._load_query_model)
         # Set by create(): the folders it made (deepest first), for discard_if_empty().
         self._created: list[Path] | None = None
 
@@ -200,17 +208,40 @@ class Index:
             _check_model(self.directory, self.manifest, self.model_dir)
             self._model_checked = True
 
-    def _load_model(self) -> AlignmentModel:
+    @cached_property
+    def device(self) -> "torch.device":
+        """The torch device this index's models run on ("auto": CUDA when present)."""
+        return resolve_device(self._device)
+
+    def _load_model(self) -> "AlignmentModel":
+        from imgsearch.model.alignment import AlignmentModel
+
         self._require_model()
         return AlignmentModel.from_pretrained(self.model_dir, device=self.device)
 
+    def _load_query_model(self) -> QueryModel | None:
+        """The numpy query runtime for text queries when the index's device is the CPU and the
+        model can run on it (model/numpy_query.py), else None: the torch model serves them."""
+        if not runs_on_cpu(self._device):
+            return None
+        from imgsearch.model.numpy_query import NumpyQueryModel, RuntimeUnsupported
+
+        self._require_model()
+        try:
+            return NumpyQueryModel.from_pretrained(self.model_dir)
+        except RuntimeUnsupported as exc:
+            log.info("text queries run on torch: %s", exc)
+            return None
+
     @property
-    def model(self) -> AlignmentModel:
+    def model(self) -> "AlignmentModel":
         """The alignment model (the Searcher's), loaded on first use."""
         return self._searcher.model
 
     @property
-    def image_encoder(self) -> ImageEncoder:
+    def image_encoder(self) -> "ImageEncoder":
+        from imgsearch.model.image_encoder import ImageEncoder
+
         model = self._searcher.loaded_model
         if model is not None:
             return model.image
@@ -233,7 +264,7 @@ class Index:
         ray: bool | str | None = None,
         shard_size: int = 256,
         embedder: Embedder | None = None,
-    ) -> AddSummary:
+    ) -> "AddSummary":
         """Index image files and folders (recursively), incrementally.
 
         New and changed files are read (size and mtime first, then the content
@@ -274,6 +305,8 @@ class Index:
     def _embedder(self, ray: bool | str | None, batch_size: int, workers: int | None, shard_size: int) -> Embedder:
         """add()'s embedder: this index's encoder here, or Ray actors loading its model directory."""
         if ray is None or ray is False:
+            from imgsearch.indexer.pipeline import LocalEmbedder
+
             return LocalEmbedder(self.image_encoder, batch_size=batch_size, workers=workers)
         from imgsearch.indexer.ray_engine import RayEmbedder, require_ray
 
@@ -296,7 +329,7 @@ class Index:
         query: str | None = None,
         k: int = 10,
         *,
-        image: ImageInput | None = None,
+        image: "ImageInput | None" = None,
         like: int | str | os.PathLike | None = None,
         under: str | os.PathLike | None = None,
         taken_after: DateLike | None = None,
@@ -323,7 +356,7 @@ class Index:
         return self._searcher.search_page(arguments)
 
     def rerank(
-        self, query: str, items: Iterable[int | str | os.PathLike | ImageInput], *,
+        self, query: str, items: "Iterable[int | str | os.PathLike | ImageInput]", *,
         rerank_precision: RerankPrecision = "float32",
     ) -> list[SearchResult]:
         """Order the given images for a text query by the cross-attention scorer, as search's
@@ -334,7 +367,7 @@ class Index:
         is not a usable image."""
         return self._searcher.rerank(query, check_rerank(items, rerank_precision), rerank_precision)
 
-    def explain(self, query: str, item: int | str | os.PathLike | ImageInput) -> Explanation:
+    def explain(self, query: str, item: "int | str | os.PathLike | ImageInput") -> "Explanation":
         """Why `item` (an indexed id or path, or another image: a path, bytes, a PIL image) matches
         the text `query`: per word, the weight of each region of the image
         (imgsearch.search.explain; with a classifier model, from the picture itself, read again

@@ -7,7 +7,6 @@ only the image side ("image.*" tensors), search reads all of it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -19,8 +18,8 @@ from safetensors.torch import save_file
 
 from imgsearch.durable import replace_durably
 from imgsearch.errors import ModelConfigError
-from imgsearch.model.model_files import (
-    CONFIG_NAME, LABELS_NAME, WEIGHTS_NAME, fingerprinted_files, legacy_fingerprints, require_model_files,
+from imgsearch.model.model_files import (  # fingerprints are model_files'; named here as before
+    CONFIG_NAME, LABELS_NAME, WEIGHTS_NAME, answers_to_fingerprint, fingerprint, require_model_files,
 )
 
 __all__ = ["read_tensors", "write_checkpoint", "fingerprint", "answers_to_fingerprint", "load_module_state"]
@@ -56,29 +55,6 @@ def write_checkpoint(directory: str | os.PathLike, config: dict, tensors: dict[s
         replace_durably(directory / (name + ".tmp"), directory / name)
     if LABELS_NAME not in files:
         (directory / LABELS_NAME).unlink(missing_ok=True)
-
-
-def fingerprint(directory: str | os.PathLike) -> str:
-    """sha256 over the model's files (config.json, its labels file if it names one,
-    model.safetensors, in that order): which exact model made a vector."""
-    directory = Path(directory)
-    digest = hashlib.sha256()
-    for path in fingerprinted_files(directory):
-        try:
-            handle = open(path, "rb")
-        except FileNotFoundError:
-            raise ModelConfigError(f"{path} is missing: {directory / CONFIG_NAME} names it.") from None
-        with handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def answers_to_fingerprint(directory: str | os.PathLike, fingerprint_hex: str) -> bool:
-    """Whether the model in `directory` is the one with `fingerprint_hex`: its fingerprint now, or
-    one it had in an earlier layout of the same files (legacy-fingerprints.txt; the shipped models
-    list the fingerprints their format 1 config.json gave, so indexes made with them still open)."""
-    return fingerprint_hex in legacy_fingerprints(directory) or fingerprint(directory) == fingerprint_hex
 
 
 def load_module_state(

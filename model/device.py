@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import torch
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgsearch.errors import ModelConfigError
 
-__all__ = ["resolve_device"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["resolve_device", "runs_on_cpu"]
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
+def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
+    import torch
+
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -21,3 +28,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelConfigError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'.")
     return resolved
+
+
+def runs_on_cpu(device: object) -> bool:
+    """Whether `device` surely resolves to the CPU, answered without importing torch: "cpu", or
+    "auto" on a machine without an NVIDIA driver (or with CUDA_VISIBLE_DEVICES empty). False
+    when only torch can tell (a GPU may be there)."""
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return True
+    return not (Path("/proc/driver/nvidia/version").exists() or any(Path("/dev").glob("nvidia[0-9]*")))

@@ -16,6 +16,7 @@ backbone's settings whatever the backbone; model/config.py still reads it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from imgsearch.errors import ModelConfigError, ModelNotFound
 __all__ = [
     "CONFIG_NAME", "WEIGHTS_NAME", "LABELS_NAME", "LEGACY_FINGERPRINTS_NAME", "FORMAT", "FORMAT_VERSION",
     "require_model_files", "read_config_json", "labels_file_name", "fingerprinted_files", "legacy_fingerprints",
-    "read_labels", "labels_text",
+    "read_labels", "labels_text", "fingerprint", "answers_to_fingerprint",
 ]
 
 CONFIG_NAME = "config.json"
@@ -139,3 +140,26 @@ def labels_text(labels: tuple[str, ...] | list[str]) -> str:
     if bad:
         raise ModelConfigError(f"class names must be non-empty single lines; got {bad[:3]!r}.")
     return "".join(f"{name}\n" for name in labels)
+
+
+def fingerprint(directory: str | os.PathLike) -> str:
+    """sha256 over the model's files (config.json, its labels file if it names one,
+    model.safetensors, in that order): which exact model made a vector."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for path in fingerprinted_files(directory):
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            raise ModelConfigError(f"{path} is missing: {directory / CONFIG_NAME} names it.") from None
+        with handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def answers_to_fingerprint(directory: str | os.PathLike, fingerprint_hex: str) -> bool:
+    """Whether the model in `directory` is the one with `fingerprint_hex`: its fingerprint now, or
+    one it had in an earlier layout of the same files (legacy-fingerprints.txt; the shipped models
+    list the fingerprints their format 1 config.json gave, so indexes made with them still open)."""
+    return fingerprint_hex in legacy_fingerprints(directory) or fingerprint(directory) == fingerprint_hex

@@ -29,28 +29,25 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-from imgsearch.errors import ImgsearchError
+from imgsearch.errors import RuntimeUnsupported
 from imgsearch.model.config import PACKAGED_MINILM, AlignmentConfig, read_model_config
 from imgsearch.model.model_files import WEIGHTS_NAME
 
-__all__ = ["NumpyQueryModel", "NumpyTextEncoder", "NumpyBert", "NumpyScorer", "NumpyTextEmbedding",
+__all__ = ["NumpyQueryModel", "NumpyTextEncoder", "NumpyBert", "NumpyScorer", "QueryEmbedding",
            "RuntimeUnsupported"]
 
 _LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which the scorer uses
 
 
-class RuntimeUnsupported(ImgsearchError):
-    """This model cannot run on the numpy query runtime; load the torch model instead."""
-
-
 @dataclass
-class NumpyTextEmbedding:
-    """One text's TextEmbedding (model/text_encoder.py), without the batch axis."""
+class QueryEmbedding:
+    """One encoded text query, as search reads it from either runtime: TextEncoder.encode's
+    TextEmbedding (model/text_encoder.py) for one text, without the batch axis, in numpy."""
 
     tokens: np.ndarray  # (T, d) projected token states for the re-ranker
     mask: np.ndarray  # (T,) bool, True on real tokens (all of them: one text has no padding)
     global_: np.ndarray  # (d,) L2-normalised query vector for the first stage
-    sentence: np.ndarray  # (h,) BERT's mean-pooled states, L2-normalised (the zero-shot label score's)
+    sentence: np.ndarray | None  # (h,) BERT's mean-pooled states, L2-normalised (the zero-shot label score's)
     truncated: bool  # was the text cut to max_length tokens?
 
 
@@ -201,7 +198,7 @@ class NumpyTextEncoder:
         for key, array in sorted(self.bert.w.items()):
             yield key, np.ascontiguousarray(array, np.float32).tobytes()
 
-    def encode(self, text: str) -> NumpyTextEmbedding:
+    def encode(self, text: str) -> QueryEmbedding:
         ids, mask, truncated = self.tokenize([text])  # (1, T), (1, T)
         states = self.bert(ids, mask)[0]  # (T, h)
         w = self.w
@@ -213,7 +210,7 @@ class NumpyTextEncoder:
             pooled = states.mean(0)
         global_ = l2_normalize(np.tanh(linear(pooled, w, "global_head.linear")), 1e-6)  # (d,)
         sentence = l2_normalize(states.mean(0), 1e-12)  # (h,): F.normalize's eps
-        return NumpyTextEmbedding(tokens.astype(np.float32), mask[0], global_.astype(np.float32),
+        return QueryEmbedding(tokens.astype(np.float32), mask[0], global_.astype(np.float32),
                                   sentence.astype(np.float32), truncated[0])
 
 
@@ -317,3 +314,29 @@ class NumpyQueryModel:
         cosines = vectors @ self.bank.T  # (n, d) x (d, Nb) --> (n, Nb)
         top = np.partition(cosines, len(self.bank) - k, axis=1)[:, -k:]  # (n, k), any order
         return top.mean(1).astype(np.float32)
+
+    # ---- what search asks of a query model (search/query_model.py) ----
+
+    runtime = "numpy"
+
+    def encode_query(self, text: str) -> QueryEmbedding:
+        return self.text.encode(text)
+
+    def readable_token_count(self, text: str) -> int:
+        """Tokens the tokenizer makes of `text`, special tokens left out (0: nothing it can read)."""
+        return len(self.text.token_ids(text, add_special_tokens=False))
+
+    def label_scores(self, sentence: np.ndarray, labels: list[list[tuple[str, float]]]) -> np.ndarray:
+        from imgsearch.model.zero_shot import zero_shot_scores
+
+        return zero_shot_scores(self, sentence, labels)
+
+    def rerank_logits(self, query: QueryEmbedding, regions: np.ndarray, precision: str = "float32",
+                      chunk: int = 256) -> np.ndarray:
+        """The scorer's logits (C,) float32 for candidates' regions (C, R, d), in chunks of `chunk`.
+        Float32 whatever `precision` asks ("auto" picks float32 here)."""
+        if precision == "bfloat16":
+            raise RuntimeUnsupported("the numpy runtime computes in float32 only")
+        parts = [self.scorer.score(query.tokens, query.mask, regions[start : start + chunk])
+                 for start in range(0, len(regions), chunk)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)

@@ -59,9 +59,9 @@ def packaged_model_dir(name: str) -> Path:
 
 
 def packaged_model_with_fingerprint(fingerprint_hex: str) -> Path | None:
-    """The packaged model whose fingerprint (model/checkpoint.py) is `fingerprint_hex`, now or in
+    """The packaged model whose fingerprint (model/model_files.py) is `fingerprint_hex`, now or in
     an earlier layout of its files (its legacy-fingerprints.txt), or None."""
-    from imgsearch.model.checkpoint import answers_to_fingerprint
+    from imgsearch.model.model_files import answers_to_fingerprint
 
     for name in PACKAGED_MODELS:
         try:

@@ -31,7 +31,7 @@ from PIL import Image
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.model.backbone import first_real_class
 from imgsearch.model.image_encoder import resize_uint8
-from imgsearch.model.text_encoder import TextEmbedding
+from imgsearch.model.numpy_query import QueryEmbedding
 from imgsearch.model.zero_shot import class_name_vectors
 
 __all__ = ["Explanation", "explain_regions", "overlay_png", "SHARPNESS", "CLASS_TEMPERATURE", "SHOWN_CLASSES"]
@@ -59,12 +59,12 @@ class Explanation:
 
 
 def explain_regions(
-    model: AlignmentModel, query: TextEmbedding, text: str, regions: np.ndarray, image: Image.Image | None = None
+    model: AlignmentModel, query: QueryEmbedding, text: str, regions: np.ndarray, image: Image.Image | None = None
 ) -> tuple[str, list[dict]]:
-    """Per word of `text`, the weight of each region: query is text's embedding (one row),
+    """Per word of `text`, the weight of each region: query is text's embedding,
     regions (R, d) float16 as stored, image the picture itself (RGB) when at hand -->
     (method, [{"word", "weights": R floats summing to 1, "classes"}])."""
-    words = _words(model, text, int(query.mask[0].sum()))
+    words = _words(model, text, int(query.mask.sum()))
     if image is not None and model.config.image_labels and model.image.backbone_config.has_classifier:
         return "classes", _class_maps(model, text, words, image)
     per_token = _alignment_per_token(model, query, regions)  # (T, R)
@@ -75,11 +75,11 @@ def explain_regions(
     return "alignment", out
 
 
-def _alignment_per_token(model: AlignmentModel, query: TextEmbedding, regions: np.ndarray) -> np.ndarray:
+def _alignment_per_token(model: AlignmentModel, query: QueryEmbedding, regions: np.ndarray) -> np.ndarray:
     """Softmax over regions of SHARPNESS * cosine(token, positioned region): (T, R)."""
     scorer = model.scorer
     with torch.inference_mode():
-        tokens = query.tokens[0].float()  # (T, d)
+        tokens = torch.from_numpy(query.tokens).to(model.device)  # (T, d)
         region_t = torch.from_numpy(regions.astype(np.float32)).to(tokens.device)  # (R, d)
         positioned = region_t + scorer.region_position[: len(region_t)]  # (R, d), as the scorer sees them
         t = tokens / tokens.norm(dim=-1, keepdim=True).clamp_min(1e-6)

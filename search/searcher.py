@@ -1,7 +1,8 @@
 """The search run: query --> encoder (model) --> FAISS candidates (filtered) --> first-stage
 scores (+ zero-shot term) --> re-rank (model scorer) --> one page of results.
 
-The order is the same on every page: the top max(k, candidates) candidates (the pool) by
+The model is a QueryModel (search/query_model.py): the numpy query runtime or the torch model,
+ranked by the same code here. The order is the same on every page: the top max(k, candidates) candidates (the pool) by
 final score, then the candidates past the pool in FAISS order. Text queries are re-ranked;
 image queries (a photo, or "more like this") rank by cosine alone: the scorer reads words.
 """
@@ -13,19 +14,14 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 
 from imgsearch.errors import InvalidQuery
 from imgsearch.indexer.store import Store
 from imgsearch.indexer.vectors import VectorIndex
-from imgsearch.model.alignment import AlignmentModel
-from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
-from imgsearch.model.fast_scorer import default_compute_dtype
 from imgsearch.search.candidates import nearest
+from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
 from imgsearch.search.filters import SearchFilters
-from imgsearch.search.rerank import rerank_scores
-from imgsearch.model.text_encoder import TextEmbedding
-from imgsearch.model.zero_shot import zero_shot_scores
+from imgsearch.search.query_model import QueryEmbedding, QueryModel
 
 __all__ = ["SearchResult", "SearchPage", "PoolScores", "search_page", "encode_text_query", "score_pool",
            "final_order", "DEFAULT_CANDIDATES", "RerankPrecision"]
@@ -86,27 +82,26 @@ class PoolScores:
     hubness: np.ndarray | None = None  # the hub scores r(i) (model/hubness.py); None without the correction
 
 
-def encode_text_query(model: AlignmentModel, text: str) -> TextEmbedding:
-    """A text query --> its embedding (one row). Raises InvalidQuery for text the encoder cannot read."""
+def encode_text_query(model: QueryModel, text: str) -> QueryEmbedding:
+    """A text query --> its embedding. Raises InvalidQuery for text the encoder cannot read."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidQuery("the query is empty; describe the image you are looking for.")
     text = _valid_unicode(text)
-    if not model.text.tokenizer(text, add_special_tokens=False)["input_ids"]:
+    if not model.readable_token_count(text):
         raise InvalidQuery(
             f"the query {text!r} has no characters the text encoder can read (only control or "
             "invisible characters); describe the image in words."
         )
-    with torch.inference_mode():
-        query = model.text.encode([text])
-    if query.truncated[0]:
+    query = model.encode_query(text)
+    if query.truncated:
         log.warning("the query is longer than the text encoder's %d tokens; the rest was ignored",
-                    model.text.config.max_length)
+                    model.config.text.max_length)
     return query
 
 
 def score_pool(
-    model: AlignmentModel,
-    query: TextEmbedding,
+    model: QueryModel,
+    query: QueryEmbedding,
     cosines: np.ndarray,
     regions: np.ndarray | None,
     labels: list[list[tuple[str, float]]] | None,
@@ -121,26 +116,23 @@ def score_pool(
     first = cosines.astype(np.float32)
     zero_shot = hubness = None
     if zero_shot_weight and labels is not None and len(first):
-        sentence = query.sentence[0].float().cpu().numpy()  # (h,): the BERT run of the query, mean-pooled
-        zero_shot = zero_shot_scores(model, sentence, labels)  # (C,)
+        zero_shot = model.label_scores(query.sentence, labels)  # (C,); sentence: the query's BERT run, mean-pooled
         first = first + np.float32(zero_shot_weight) * zero_shot  # the fused first stage
     if model.config.hubness.weight and vectors is not None and len(first):
-        hubness = model.hubness.scores(torch.from_numpy(np.asarray(vectors, np.float32))).numpy()  # (C,)
+        hubness = model.hub_scores(vectors)  # (C,)
         first = first - np.float32(model.config.hubness.weight) * hubness
     if regions is None or not len(first):
         return PoolScores(first, first, None, zero_shot, hubness)
-    final = rerank_scores(
-        model.scorer, query.tokens[0], query.mask[0], regions, first, model.config.fusion_weight,
-        compute_dtype=_compute_dtype(rerank_precision, query.tokens.device),
-    )
+    reranked = model.rerank_logits(query, regions, rerank_precision)  # (C,)
+    final = reranked + np.float32(model.config.fusion_weight) * first
     return PoolScores(first, final, final - np.float32(model.config.fusion_weight) * first, zero_shot, hubness)
 
 
 def search_page(
-    model: AlignmentModel,
+    model: QueryModel,
     store: Store,
     vectors: VectorIndex,
-    query: TextEmbedding | np.ndarray,
+    query: QueryEmbedding | np.ndarray,
     *,
     k: int = 10,
     offset: int = 0,
@@ -151,7 +143,7 @@ def search_page(
     rerank_precision: RerankPrecision = "float32",
     encode_ms: float = 0.0,
 ) -> SearchPage:
-    """One page (results offset .. offset+k-1) for a query: a text embedding (one row), or an
+    """One page (results offset .. offset+k-1) for a query: a text embedding, or an
     image query's global vector (d,) in the shared space (never re-ranked). The arguments are
     Index's, checked there (search/arguments.py).
 
@@ -162,8 +154,8 @@ def search_page(
     of that image).
     """
     clock = _Clock(encode_ms)
-    text = query if isinstance(query, TextEmbedding) else None
-    vector = text.global_[0].float().cpu().numpy() if text is not None else np.asarray(query, np.float32)
+    text = query if isinstance(query, QueryEmbedding) else None
+    vector = text.global_ if text is not None else np.asarray(query, np.float32)
     uses_zero_shot = text is not None and bool(model.config.zero_shot_weight and model.config.image_labels)
     uses_hubness = text is not None and bool(model.config.hubness.weight)
     pool_size = max(k, candidates) if text is not None and (rerank or uses_zero_shot or uses_hubness) else 0
@@ -227,7 +219,7 @@ class _Ranked:
 
 
 def _first_stage_order(
-    model: AlignmentModel, text: TextEmbedding | None, cosines: np.ndarray, ids: np.ndarray, labels: dict | None,
+    model: QueryModel, text: QueryEmbedding | None, cosines: np.ndarray, ids: np.ndarray, labels: dict | None,
     pool_size: int, store: Store, rerank: bool, rerank_precision: RerankPrecision, clock: "_Clock",
 ) -> _Ranked:
     """Score and order fetched candidates: the pool (the first pool_size, re-ranked for text
@@ -248,7 +240,7 @@ def _first_stage_order(
         if label_list is not None and scored.zero_shot is not None:
             zero_shot = np.zeros(count, np.float32)
             zero_shot[:pool] = scored.zero_shot
-            rest = zero_shot_scores(model, text.sentence[0].float().cpu().numpy(), label_list[pool:])
+            rest = model.label_scores(text.sentence, label_list[pool:])
             zero_shot[pool:] = rest
             first[pool:] += np.float32(model.config.zero_shot_weight) * rest
             final[pool:] = first[pool:]
@@ -285,8 +277,3 @@ class _Clock:
         total = self.spent["encode"] + (time.perf_counter() - self.started) * 1000
         return {name: round(ms, 2) for name, ms in {**self.spent, "total": total}.items()}
 
-
-def _compute_dtype(precision: RerankPrecision, device: torch.device) -> torch.dtype:
-    if precision == "auto":
-        return default_compute_dtype(device)
-    return torch.bfloat16 if precision == "bfloat16" else torch.float32

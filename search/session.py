@@ -17,39 +17,54 @@ import logging
 import os
 import re
 import time
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from imgsearch.errors import ImageNotFound, InvalidImage
 from imgsearch.indexer.paths import path_to_text, text_to_path
 from imgsearch.indexer.store import Store, StoredImage
 from imgsearch.indexer.stored_index import DB_NAME, StoredIndex
 from imgsearch.indexer.vectors import VectorIndex
-from imgsearch.model.alignment import AlignmentModel
 from imgsearch.rwlock import ReadWriteLock
 from imgsearch.search.arguments import SearchArguments
 from imgsearch.search.defaults import RerankPrecision
-from imgsearch.search.explain import Explanation, explain_regions
-from imgsearch.search.queries import ImageInput, encode_image, load_image
+from imgsearch.search.query_model import QueryModel, TorchQueryModel
 from imgsearch.search.searcher import SearchPage, SearchResult, encode_text_query, score_pool, search_page
+
+# The torch side (the AlignmentModel, image queries, explanations) is imported where it is
+# used: a text search on the CPU runs on the numpy query runtime and never loads torch.
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from imgsearch.model.alignment import AlignmentModel
+    from imgsearch.search.explain import Explanation
+    from imgsearch.search.queries import ImageInput
 
 __all__ = ["Searcher"]
 
 log = logging.getLogger(__name__)
 
-ImageItem = int | str | os.PathLike | ImageInput  # an indexed image's id or path, or another image
+ImageItem = "int | str | os.PathLike | ImageInput"  # an indexed image's id or path, or another image
 
 
 class Searcher:
-    def __init__(self, data: StoredIndex, load_model: Callable[[], AlignmentModel]) -> None:
-        """Search `data`, with the model `load_model()` gives when a search first needs it."""
+    def __init__(self, data: StoredIndex, load_model: Callable[[], "AlignmentModel"],
+                 load_query_model: Callable[[], QueryModel | None] = lambda: None) -> None:
+        """Search `data`, with the model `load_model()` gives when a search first needs it, and
+        for text queries the lighter `load_query_model()` (search/query_model.py; None: none
+        here, the model serves them) while the model is not loaded."""
         self._data = data
         self._load_model = load_model
+        self._load_query_model = load_query_model
         self._model: AlignmentModel | None = None
+        self._light: QueryModel | None = None  # load_query_model()'s, once asked
+        self._light_asked = False
+        self._model_lock = threading.Lock()  # one load of each, whichever thread asks first
         # Reads (searches) share the snapshot; refresh() moves it, alone (threads of one process).
         self._snapshot_lock = ReadWriteLock()
         self._seen_files = self._store_files_signature()
@@ -65,16 +80,30 @@ class Searcher:
     # ---- the model ---------------------------------------------------------------
 
     @property
-    def model(self) -> AlignmentModel:
+    def model(self) -> "AlignmentModel":
         """The alignment model, loaded on first use."""
         if self._model is None:
-            self._model = self._load_model()
+            with self._model_lock:
+                if self._model is None:
+                    self._model = self._load_model()
         return self._model
 
     @property
-    def loaded_model(self) -> AlignmentModel | None:
+    def loaded_model(self) -> "AlignmentModel | None":
         """The model if a search has loaded it, else None (loads nothing)."""
         return self._model
+
+    def query_model(self, precision: RerankPrecision = "float32") -> QueryModel:
+        """What ranks a text query: the loaded model when there is one (or when `precision` asks
+        for bfloat16, which only torch computes), else the light query model when the index has
+        one, else the model, loaded now."""
+        if self._model is None and precision != "bfloat16":
+            with self._model_lock:
+                if not self._light_asked:
+                    self._light, self._light_asked = self._load_query_model(), True
+            if self._light is not None:
+                return self._light
+        return TorchQueryModel(self.model)
 
     # ---- the snapshot ------------------------------------------------------------
 
@@ -111,14 +140,18 @@ class Searcher:
 
     def search_page(self, arguments: SearchArguments) -> SearchPage:
         """One page of results for checked search arguments (Index.search_page)."""
-        model = self.model
+        if arguments.kind == "image":
+            from imgsearch.search.queries import encode_image, load_image
+
+            image_encoder = self.model.image
+        model = self.query_model(arguments.rerank_precision)
         with self._snapshot_lock.reading():
             started = time.perf_counter()
             exclude_id = None
             if arguments.kind == "query":
                 encoded = encode_text_query(model, arguments.value)
             elif arguments.kind == "image":
-                encoded = encode_image(model.image, load_image(arguments.value)).global_
+                encoded = encode_image(image_encoder, load_image(arguments.value)).global_
             else:
                 exclude_id = self._indexed_id(arguments.value)
                 encoded = self._store.global_vectors_of([exclude_id])[0]
@@ -131,11 +164,11 @@ class Searcher:
 
     def rerank(self, query: str, items: list[ImageItem], rerank_precision: RerankPrecision) -> list[SearchResult]:
         """The given images (at least one) ordered for a text query by the scorer (Index.rerank)."""
-        model = self.model
+        model = self.query_model(rerank_precision)
         with self._snapshot_lock.reading():
             text = encode_text_query(model, query)
             found = [self._image_features(item) for item in items]
-            vector = text.global_[0].float().cpu().numpy()  # (d,)
+            vector = text.global_  # (d,)
             globals_ = np.stack([f.global_ for f in found])  # (n, d)
             regions = np.stack([f.regions for f in found])  # (n, R, d) float16
             scores = score_pool(model, text, globals_ @ vector, regions, [f.labels for f in found], rerank_precision,
@@ -155,11 +188,13 @@ class Searcher:
             for rank, i in enumerate(order.tolist(), start=1)
         ]
 
-    def explain(self, query: str, item: ImageItem) -> Explanation:
+    def explain(self, query: str, item: ImageItem) -> "Explanation":
         """Why `item` matches the text `query`, per word and region (Index.explain)."""
+        from imgsearch.search.explain import Explanation, explain_regions
+
         model = self.model
         with self._snapshot_lock.reading():
-            text = encode_text_query(model, query)
+            text = encode_text_query(TorchQueryModel(model), query)
             features = self._image_features(item)
             picture = features.picture
             if picture is None and features.id is not None and model.config.image_labels:
@@ -171,6 +206,8 @@ class Searcher:
     def _indexed_picture(self, image_id: int):
         """The decoded file of an indexed image, or None when it is gone or no longer decodes.
         The caller holds the read lock (taking it again could wait for a refresh waiting for it)."""
+        from imgsearch.search.queries import load_image
+
         try:
             return load_image(_servable_file(image_id, *self._row_and_folders(image_id)))
         except (ImageNotFound, InvalidImage):
@@ -227,6 +264,10 @@ class Searcher:
                 image_id, row.path, self._store.global_vectors_of([image_id])[0], self._store.regions([image_id])[0],
                 self._store.labels([image_id])[image_id], row.width, row.height, row.size, row.sha256, row.taken_at,
             )
+        from PIL import Image
+
+        from imgsearch.search.queries import encode_image, load_image
+
         picture = load_image(item if path is None else path)
         encoded = encode_image(self.model.image, picture)
         size = path.stat().st_size if path is not None else len(item) if not isinstance(item, Image.Image) else None

@@ -189,7 +189,9 @@ PROCESS_SETTINGS = {
     "signal": {"imgsearch/interrupt.py", "indexer/embed_worker.py"},  # Ctrl-C of `index`; decode workers
     "putenv": set(),
     "unsetenv": set(),
-    "os.environ": {"indexer/ray_engine.py"},  # a local Ray cluster's address, before ray is imported
+    "threadpool_limits": {"imgsearch/threads.py"},
+    # a local Ray cluster's address, before ray is imported; thread counts for libraries loaded later
+    "os.environ": {"indexer/ray_engine.py", "imgsearch/threads.py"},
 }
 WARNING_FILTERS = ("simplefilter", "filterwarnings")
 

@@ -16,7 +16,7 @@ from imgsearch.model import packaged as models
 from imgsearch.cli import cli
 from imgsearch.index import Index, default_index_dir
 from imgsearch.model.packaged import default_model_dir
-from imgsearch.model.checkpoint import fingerprint
+from imgsearch.model.model_files import fingerprint
 from imgsearch.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound, StoreCorrupt
 
 

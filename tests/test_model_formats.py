@@ -26,7 +26,7 @@ from imgsearch import Index
 from imgsearch.errors import ModelMismatch
 from imgsearch.indexer.manifest import Manifest
 from imgsearch.model.alignment import AlignmentModel
-from imgsearch.model.checkpoint import answers_to_fingerprint, fingerprint
+from imgsearch.model.model_files import answers_to_fingerprint, fingerprint
 from imgsearch.model.config import read_model_config
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
 from imgsearch.model.model_files import CONFIG_NAME, LABELS_NAME, WEIGHTS_NAME, legacy_fingerprints

@@ -3,6 +3,8 @@ and Index.search give what one thread alone gets (the oracle)."""
 
 from __future__ import annotations
 
+import os
+
 import random
 import threading
 
@@ -91,16 +93,22 @@ def test_a_search_leaves_the_thread_counts_alone(index, monkeypatch):
     assert calls == []  # set once per process (imgsearch.threads), never flipped per query
 
 
-def test_use_threads_sets_torch_and_faiss_once():
+def test_use_threads_sets_torch_faiss_and_blas_once(monkeypatch):
     import faiss
     import torch
+    from threadpoolctl import threadpool_info
 
-    from imgsearch.threads import use_threads
+    from imgsearch.threads import _THREAD_VARIABLES, use_threads
 
+    for name in _THREAD_VARIABLES:  # restored (unset, if they were) after the test
+        monkeypatch.setenv(name, os.environ.get(name, "0"))
     before = torch.get_num_threads()
     try:
         use_threads(1)
         assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (1, 1)
+        blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+        assert blas and all(pool["num_threads"] == 1 for pool in blas)  # numpy's OpenBLAS among them
+        assert all(os.environ[name] == "1" for name in _THREAD_VARIABLES)  # for libraries loaded later
         with pytest.raises(ValueError, match="at least 1"):
             use_threads(0)
     finally:

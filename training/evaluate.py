@@ -15,7 +15,6 @@ import torch
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.indexer.embed_worker import TOP_LABELS
 from imgsearch.model.backbone import first_real_class
-from imgsearch.model.text_encoder import TextEmbedding
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
 from imgsearch.model.zero_shot import class_matches, sentence_vectors
 from imgsearch.training.data import CaptionBank
@@ -23,7 +22,7 @@ from imgsearch.training.data import CaptionBank
 __all__ = [
     "recall_at_k", "t2i_ranks", "i2t_ranks", "rerank_t2i_ranks", "rerank_i2t_ranks",
     "t2i_candidate_scores", "fused_t2i_ranks", "captions_describing",
-    "embed_images", "embed_captions", "evaluate", "search_t2i_ranks", "one_query", "format_table", "KS",
+    "embed_images", "embed_captions", "evaluate", "search_t2i_ranks", "format_table", "KS",
 ]
 
 KS = (1, 5, 10)
@@ -191,6 +190,7 @@ def search_t2i_ranks(model: AlignmentModel, image_global: np.ndarray, regions: t
 
     image_global (Ni, d), regions (Ni, R, d) float16, class_probs (Ni, C) or None."""
     from imgsearch.indexer.embed_worker import top_labels
+    from imgsearch.search.query_model import TorchQueryModel, query_from_batch
     from imgsearch.search.searcher import final_order, score_pool
 
     labels = None
@@ -199,30 +199,22 @@ def search_t2i_ranks(model: AlignmentModel, image_global: np.ndarray, regions: t
     first_ranks = np.empty(len(captions), np.int64)
     final_ranks = np.empty(len(captions), np.int64)
     region_array = regions.numpy()  # (Ni, R, d) float16, as the store returns them
+    query_model = TorchQueryModel(model)
     with torch.inference_mode():
         for start in range(0, len(captions), 256):
             queries = model.text.encode(captions[start : start + 256])
             cosines = image_global @ queries.global_.float().cpu().numpy().T  # (Ni, b)
             for row in range(len(queries.global_)):
-                query = one_query(queries, row)
+                query = query_from_batch(queries, row)
                 order = np.argsort(-cosines[:, row], kind="stable")  # FAISS order
                 pool = order[:candidates]
-                scored = score_pool(model, query, cosines[pool, row], region_array[pool] if rerank else None,
+                scored = score_pool(query_model, query, cosines[pool, row], region_array[pool] if rerank else None,
                                     None if labels is None else [labels[i] for i in pool], "float32",
                                     image_global[pool])
                 correct = order == image_of[start + row]  # (Ni,) in FAISS order
                 first_ranks[start + row] = int(np.argmax(correct[final_order(scored.first_stage, len(order))]))
                 final_ranks[start + row] = int(np.argmax(correct[final_order(scored.final, len(order))]))
     return first_ranks, final_ranks
-
-
-def one_query(queries: TextEmbedding, row: int) -> TextEmbedding:
-    """Row `row` of a batch of encoded captions, as encode_text_query gives one query: its
-    tokens without the batch's padding."""
-    length = int(queries.mask[row].sum())
-    return TextEmbedding(queries.tokens[row : row + 1, :length], queries.mask[row : row + 1, :length],
-                         queries.global_[row : row + 1], queries.truncated[row : row + 1],
-                         None if queries.sentence is None else queries.sentence[row : row + 1])
 
 
 def evaluate(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, depth: int = 20,

@@ -69,8 +69,8 @@ def pool_parts(model: AlignmentModel, image_global, regions, class_probs, captio
     score and re-rank term with the label weight at 0 (neither depends on the label score), the
     query's sentence vector and the pool's stored labels."""
     from imgsearch.indexer.embed_worker import top_labels
+    from imgsearch.search.query_model import TorchQueryModel, query_from_batch
     from imgsearch.search.searcher import score_pool
-    from imgsearch.training.evaluate import one_query
 
     labels = top_labels(class_probs, model.config.image_labels)
     parts = []
@@ -79,12 +79,12 @@ def pool_parts(model: AlignmentModel, image_global, regions, class_probs, captio
             queries = model.text.encode(captions[start : start + 256])
             cosines = image_global @ queries.global_.float().cpu().numpy().T
             for row in range(len(queries.global_)):
-                query = one_query(queries, row)
+                query = query_from_batch(queries, row)
                 order = np.argsort(-cosines[:, row], kind="stable")
                 pool = order[:candidates]
-                scored = score_pool(model, query, cosines[pool, row], regions.numpy()[pool], None, "float32",
+                scored = score_pool(TorchQueryModel(model), query, cosines[pool, row], regions.numpy()[pool], None, "float32",
                                     image_global[pool])
-                parts.append((order, scored.first_stage, scored.reranked, query.sentence[0].float().numpy(),
+                parts.append((order, scored.first_stage, scored.reranked, query.sentence,
                               [labels[i] for i in pool]))
     return parts
 

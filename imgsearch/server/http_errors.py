@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from imgsearch.errors import (
     CaptionFileError, ConversionError, ImageNotFound, ImageTooLarge, ImgsearchError, IndexExists, IndexLocked,
     IndexNotFound, InputPathNotFound, InvalidImage, InvalidQuery, ModelConfigError, ModelMismatch, ModelNotFound,
-    RayNotInstalled, ServeFailed, ShardFailed, StoreCorrupt, StoreWriteFailed, WeightsMissing,
+    RayNotInstalled, RuntimeUnsupported, ServeFailed, ShardFailed, StoreCorrupt, StoreWriteFailed, WeightsMissing,
 )
 from imgsearch.server.schemas import ErrorBody
 
@@ -59,6 +59,7 @@ STATUS_OF: dict[type[BaseException], int] = {
     ServeFailed: 500,
     RayNotInstalled: 500,
     ShardFailed: 500,
+    RuntimeUnsupported: 500,  # never leaves search: it falls back to the torch model
 }
 
 
