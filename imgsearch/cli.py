@@ -255,6 +255,9 @@ def search_command(query, image, like, index_dir, model, k, under, taken_after, 
       imgsearch search --like ~/Pictures/cat.jpg
     """
     _check_one_query(query, image, like)
+    _check_search_early(index_dir, query, k, image=image, like=like, under=under, taken_after=taken_after,
+                        taken_before=taken_before, min_score=min_score, candidates=candidates, rerank=not no_rerank,
+                        rerank_precision=precision)
     from imgsearch.index import Index
     from imgsearch.threads import QUERY_THREADS, use_threads
 
@@ -349,6 +352,19 @@ def _check_one_query(query, image, like) -> None:
         given = [flag for flag, value in (("QUERY", query), ("--image", image), ("--like", like)) if value is not None]
         raise click.UsageError("give exactly one of QUERY, --image PATH or --like PATH_OR_ID"
                                + (f" (got {' and '.join(given)})." if given else ".")) from None
+
+
+def _check_search_early(index_dir: str, query, k: int, **options) -> None:
+    """What Index.search_page will check (search/arguments.py) and whether there is an index,
+    asked before torch, FAISS or the model load: a mistake is answered in a fraction of a second.
+    Light imports only."""
+    from pathlib import Path
+
+    from imgsearch.indexer.manifest import read_index_manifest
+    from imgsearch.search.arguments import check_search
+
+    check_search(query, k, **options)
+    read_index_manifest(Path(os.path.expanduser(index_dir)))
 
 
 def _image_ref(text: str) -> int | str:

@@ -27,9 +27,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgsearch.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound
+from imgsearch.errors import IndexExists, ModelMismatch, ModelNotFound
 from imgsearch.indexer.lock import LOCK_NAME, VECTORS_LOCK_NAME, WriterLock
-from imgsearch.indexer.manifest import MANIFEST_NAME, Manifest, ModelRecord
+from imgsearch.indexer.manifest import MANIFEST_NAME, Manifest, ModelRecord, read_index_manifest
 from imgsearch.indexer.run import Embedder, ProgressCallback, StopCheck, run_indexing
 from imgsearch.indexer.store import SCHEMA_VERSION, Store
 from imgsearch.indexer.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
@@ -126,13 +126,7 @@ class Index:
         checked now; the recorded one when first used, so info() and failures() work
         without it."""
         directory = _user_path(directory)
-        try:
-            manifest = Manifest.read(directory)
-        except FileNotFoundError:
-            where = "" if directory == default_index_dir() else f" --index {directory}"
-            raise IndexNotFound(
-                f"no index at {directory}; create one with `imgsearch index PHOTOS{where}`."
-            ) from None
+        manifest = read_index_manifest(directory)
         if model is None:
             return cls(directory, manifest, Path(manifest.model.path), device, model_checked=False)
         model_dir = _model_path(model).resolve()

@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from imgsearch.durable import write_text_durably
-from imgsearch.errors import StoreCorrupt
+from imgsearch.errors import IndexNotFound, StoreCorrupt
+from imgsearch.locations import default_index_dir
 
-__all__ = ["Manifest", "ModelRecord", "MANIFEST_NAME"]
+__all__ = ["Manifest", "ModelRecord", "MANIFEST_NAME", "read_index_manifest"]
 
 MANIFEST_NAME = "manifest.json"
 
@@ -51,3 +52,13 @@ class Manifest:
             raise
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise StoreCorrupt(f"{path} is unreadable ({exc}); re-index into a new directory.") from exc
+
+
+def read_index_manifest(directory: Path) -> Manifest:
+    """The manifest of the index in `directory`. Raises IndexNotFound, saying how to make one,
+    when there is none (light: the command line asks before it loads anything heavier)."""
+    try:
+        return Manifest.read(directory)
+    except FileNotFoundError:
+        where = "" if directory == default_index_dir() else f" --index {directory}"
+        raise IndexNotFound(f"no index at {directory}; create one with `imgsearch index PHOTOS{where}`.") from None

@@ -32,6 +32,7 @@ from safetensors import safe_open
 from imgsearch.errors import RuntimeUnsupported
 from imgsearch.model.config import PACKAGED_MINILM, AlignmentConfig, read_model_config
 from imgsearch.model.model_files import WEIGHTS_NAME
+from imgsearch.model.zero_shot import zero_shot_scores
 
 __all__ = ["NumpyQueryModel", "NumpyTextEncoder", "NumpyBert", "NumpyScorer", "QueryEmbedding",
            "RuntimeUnsupported"]
@@ -286,7 +287,10 @@ def _alignment(tokens: np.ndarray, mask: np.ndarray, regions: np.ndarray) -> np.
 
 class NumpyQueryModel:
     """What search needs of an AlignmentModel for text queries, on numpy: config, text encoder,
-    scorer and hubness bank. The image side is not loaded (a text query does not need it)."""
+    scorer and hubness bank. The image side is not loaded (a text query does not need it).
+    Implements search's QueryModel (search/query_model.py)."""
+
+    runtime = "numpy"
 
     def __init__(self, config: AlignmentConfig, tensors: dict[str, np.ndarray]) -> None:
         self.config = config
@@ -317,8 +321,6 @@ class NumpyQueryModel:
 
     # ---- what search asks of a query model (search/query_model.py) ----
 
-    runtime = "numpy"
-
     def encode_query(self, text: str) -> QueryEmbedding:
         return self.text.encode(text)
 
@@ -327,14 +329,12 @@ class NumpyQueryModel:
         return len(self.text.token_ids(text, add_special_tokens=False))
 
     def label_scores(self, sentence: np.ndarray, labels: list[list[tuple[str, float]]]) -> np.ndarray:
-        from imgsearch.model.zero_shot import zero_shot_scores
-
         return zero_shot_scores(self, sentence, labels)
 
     def rerank_logits(self, query: QueryEmbedding, regions: np.ndarray, precision: str = "float32",
                       chunk: int = 256) -> np.ndarray:
         """The scorer's logits (C,) float32 for candidates' regions (C, R, d), in chunks of `chunk`.
-        Float32 whatever `precision` asks ("auto" picks float32 here)."""
+        In float32: "auto" is float32 here, and "bfloat16" is refused (the Searcher asks torch for it)."""
         if precision == "bfloat16":
             raise RuntimeUnsupported("the numpy runtime computes in float32 only")
         parts = [self.scorer.score(query.tokens, query.mask, regions[start : start + chunk])

@@ -2,18 +2,18 @@
 once, there, before a model loads or the snapshot is read. The stages after it (the Searcher,
 search/session.py, and the search run, search/searcher.py) trust what they are given.
 
-Each check raises InvalidQuery saying what to give instead. The command line calls query_kind
-itself before it opens an index, and words its error as a usage error.
+Each check raises InvalidQuery saying what to give instead. Light to import (no numpy, PIL or
+store): the command line calls check_search itself before it loads anything, so that a bad
+argument is answered at once, and query_kind to word its error as a usage error.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
+import sys
 from dataclasses import dataclass
 from typing import Literal, get_args
-
-import numpy as np
-from PIL import Image
 
 from imgsearch.errors import InvalidQuery
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
@@ -70,6 +70,8 @@ def check_search(
 ) -> SearchArguments:
     """Index.search_page's arguments, checked (see there). Raises InvalidQuery."""
     kind = query_kind(query, image, like)
+    if kind == "query" and (not isinstance(query, str) or not query.strip()):
+        raise InvalidQuery("the query is empty; describe the image you are looking for.")
     if k < 1:
         raise InvalidQuery(f"k must be at least 1 (got {k}).")
     if candidates < 1:
@@ -99,17 +101,23 @@ def check_rerank(items, rerank_precision: RerankPrecision) -> list:
 def check_image_item(item: object) -> None:
     """An image to re-rank or explain: an indexed image's id, a path, the bytes of an image file
     or a PIL image. Raises InvalidQuery."""
-    if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+    if isinstance(item, numbers.Integral) and not isinstance(item, bool):  # numpy's integers too
         return
-    if not isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
+    if not isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)) and not _is_pil_image(item):
         raise InvalidQuery(f"an image is given by its id, a path, the bytes of its file or a PIL image "
                            f"(got {type(item).__name__}).")
 
 
 def check_indexed_image(item: object) -> None:
     """An indexed image, by its id or its path. Raises InvalidQuery."""
-    if isinstance(item, bool) or not isinstance(item, (int, np.integer, str, os.PathLike)):
+    if isinstance(item, bool) or not isinstance(item, (numbers.Integral, str, os.PathLike)):
         raise InvalidQuery(f"an indexed image is given by its id or its path (got {item!r}).")
+
+
+def _is_pil_image(item: object) -> bool:
+    """A PIL image, known without importing PIL: a program that made one has imported it."""
+    pil = sys.modules.get("PIL.Image")
+    return pil is not None and isinstance(item, pil.Image)
 
 
 def _check_precision(rerank_precision: object) -> None:

@@ -8,14 +8,18 @@ each candidate's first-stage score afterwards.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from imgsearch.errors import InvalidQuery
 from imgsearch.indexer.paths import path_to_text
-from imgsearch.indexer.store import Store
+
+if TYPE_CHECKING:  # parsing filters loads neither numpy nor the store (search/arguments.py)
+    import numpy as np
+
+    from imgsearch.indexer.store import Store
 
 __all__ = ["SearchFilters", "DateLike"]
 
@@ -54,7 +58,7 @@ class SearchFilters:
                 min_score = float(min_score)
             except (TypeError, ValueError):
                 raise InvalidQuery(f"min_score must be a number (got {min_score!r}).") from None
-            if not np.isfinite(min_score):
+            if not math.isfinite(min_score):
                 raise InvalidQuery(f"min_score must be a finite number (got {min_score}).")
         return cls(folder, after, before, min_score)
 

@@ -1,5 +1,6 @@
-"""The command line answers --help, --version and CMD -h without loading torch (issue 12.5);
-the time it takes is measured in bench/benchmarks/cli_start.py."""
+"""The command line answers --help, --version and CMD -h without loading torch (issue 12.5), a
+text search without torch or transformers and its mistakes before anything heavy (issue 22);
+the time each takes is measured in bench/benchmarks/cli_start.py."""
 
 from __future__ import annotations
 
@@ -35,17 +36,41 @@ def test_help_and_version_load_no_heavy_module(args):
 
 
 def test_the_probe_sees_heavy_modules_when_a_command_runs(tmp_path):
-    # the oracle's other side: a command that opens an index does load them
+    # the oracle's other side: a command that opens an index loads the store and FAISS
     result = _run("info", "--index", str(tmp_path / "none"))
     assert result["code"] != 0  # no index there: a clear error, after the library loaded
-    assert "torch" in result["heavy"]
+    assert {"faiss", "sqlite_utils"} <= set(result["heavy"]) and "torch" not in result["heavy"]
+
+
+def test_a_text_search_loads_neither_torch_nor_transformers(tmp_path, model_dir, image_folder):
+    """A text search on the CPU runs on the numpy query runtime (search/query_model.py); a photo
+    as the query needs the image encoder, torch."""
+    from imgsearch import Index
+
+    with Index.create(tmp_path / "index", model=model_dir, device="cpu") as index:
+        index.add([image_folder], workers=0)
+    where = ("--index", str(tmp_path / "index"), "--device", "cpu")
+    text = _run("search", "a red circle", *where)
+    assert text["code"] == 0 and not {"torch", "torchvision", "transformers"} & set(text["heavy"])
+    photo = _run("search", "--image", str(next(image_folder.rglob("*.png"))), *where)
+    assert photo["code"] == 0 and "torch" in photo["heavy"]
+
+
+@pytest.mark.parametrize("args", [("search", "", "--index", "NOWHERE"), ("search", "a dog", "--index", "NOWHERE"),
+                                  ("search", "a dog", "--after", "01/06/2023", "--index", "NOWHERE")])
+def test_search_mistakes_are_answered_before_anything_heavy_loads(args):
+    """An empty query, no index, a date that is not one: answered by the light checks
+    (search/arguments.py, the manifest) before FAISS, the store or a model."""
+    result = _run(*args)
+    assert result == {"code": 1, "heavy": []}
 
 
 def test_library_names_load_on_first_use():
     probe = ("import sys, imgsearch; before = 'torch' in sys.modules; from imgsearch import Index, "
-             "ImgsearchError; print(before, 'torch' in sys.modules, Index.__module__, ImgsearchError.__name__)")
+             "ImgsearchError; after_index = 'torch' in sys.modules; from imgsearch import AlignmentModel; "
+             "print(before, after_index, 'torch' in sys.modules, Index.__module__, ImgsearchError.__name__)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
-    assert done.stdout.split() == ["False", "True", "imgsearch.index", "ImgsearchError"]
+    assert done.stdout.split() == ["False", "False", "True", "imgsearch.index", "ImgsearchError"]
 
 
 def test_opening_a_model_prints_nothing(model_dir):
