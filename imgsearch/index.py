@@ -86,7 +86,7 @@ class Index:
     @classmethod
     def create(
         cls, directory: str | os.PathLike, model: str | os.PathLike | None = None, device: str = "auto"
-    ) -> "Index":
+    ) -> Index:
         """Create an empty index in `directory` for the alignment model in `model`
         (by default the photo model packaged with imgsearch: imgsearch.model.packaged.default_model_dir())."""
         directory = _user_path(directory)
@@ -120,7 +120,7 @@ class Index:
     @classmethod
     def open(
         cls, directory: str | os.PathLike, model: str | os.PathLike | None = None, device: str = "auto"
-    ) -> "Index":
+    ) -> Index:
         """Open an existing index. `model` defaults to the model recorded in the manifest;
         a model other than the one that built the index is refused. A given `model` is
         checked now; the recorded one when first used, so info() and failures() work
@@ -136,7 +136,7 @@ class Index:
     @classmethod
     def open_or_create(
         cls, directory: str | os.PathLike, model: str | os.PathLike | None = None, device: str = "auto"
-    ) -> "Index":
+    ) -> Index:
         """Open the index in `directory` (with its recorded model unless `model` is given), or
         create it with `model`, by default the packaged photo model."""
         if (_user_path(directory) / MANIFEST_NAME).exists():
@@ -411,7 +411,7 @@ class Index:
         self.data.close()
         self.lock.close()
 
-    def __enter__(self) -> "Index":
+    def __enter__(self) -> Index:
         return self
 
     def __exit__(self, *exc) -> None:

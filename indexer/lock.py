@@ -214,7 +214,7 @@ class WriterLock(FileLock):
         except (OSError, ValueError, KeyError, TypeError):  # being written this instant, or unreadable
             return "another process (its details are not readable yet)"
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         self.acquire()
         return self
 

@@ -74,13 +74,13 @@ class VectorIndex:
         self.index = index
 
     @classmethod
-    def empty(cls, dim: int) -> "VectorIndex":
+    def empty(cls, dim: int) -> VectorIndex:
         return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
 
     @classmethod
     def build(
         cls, ids: np.ndarray, vectors: np.ndarray, dim: int, spec: IndexSpec | None = None, seed: int = 0
-    ) -> "VectorIndex":
+    ) -> VectorIndex:
         """An index of `vectors` (N, d) under `ids` (N,); the kind is chosen by size unless given."""
         spec = spec or choose_spec(len(ids), dim)
         if spec.kind == "flat":
@@ -91,7 +91,7 @@ class VectorIndex:
         return index
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "VectorIndex":
+    def load(cls, path: str | os.PathLike) -> VectorIndex:
         return cls(faiss.read_index(str(path)))
 
     def save(self, path: str | os.PathLike) -> None:

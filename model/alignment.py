@@ -42,7 +42,7 @@ class AlignmentModel(nn.Module):
     @classmethod
     def initialize(
         cls, config: AlignmentConfig, backbone_state: dict[str, torch.Tensor] | None = None
-    ) -> "AlignmentModel":
+    ) -> AlignmentModel:
         """A new model for training: pretrained backbone and text encoder where the
         config names them, freshly initialised heads and scorer. On the CPU.
 
@@ -69,7 +69,7 @@ class AlignmentModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike, device: str | torch.device = "auto", **overrides
-    ) -> "AlignmentModel":
+    ) -> AlignmentModel:
         """Load a saved model in eval mode. `overrides` replace top-level config fields
         (e.g. fusion_weight=0.5); unknown names raise TypeError."""
         config = read_model_config(directory)

@@ -305,7 +305,7 @@ class AlignmentConfig:
         return {LABELS_NAME: labels_text(self.image_labels)} if self.image_labels else {}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "AlignmentConfig":
+    def from_dict(cls, data: dict) -> AlignmentConfig:
         """config.json's content, of either format version, with the labels given inline (a list)
         rather than as a file name (read_model_config reads the file)."""
         if data.get("format_version", 1) == 1:

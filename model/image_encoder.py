@@ -35,7 +35,7 @@ class ImageEmbedding:
     class_probs: torch.Tensor | None = None
 
     @staticmethod
-    def cat(parts: list["ImageEmbedding"]) -> "ImageEmbedding":
+    def cat(parts: list[ImageEmbedding]) -> ImageEmbedding:
         """Embeddings of consecutive chunks of a batch --> the batch's embedding."""
         if len(parts) == 1:
             return parts[0]
@@ -153,7 +153,7 @@ class ImageEncoder(nn.Module):
         load_module_state(self, tensors, provided_elsewhere=() if carries_backbone else ("backbone.",))
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "auto") -> "ImageEncoder":
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "auto") -> ImageEncoder:
         config = read_model_config(directory)
         encoder = cls(config.backbone, config.embed_dim, config.image_labels)
         encoder.load_weights(read_tensors(Path(directory), "image."))

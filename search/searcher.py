@@ -220,7 +220,7 @@ class _Ranked:
 
 def _first_stage_order(
     model: QueryModel, text: QueryEmbedding | None, cosines: np.ndarray, ids: np.ndarray, labels: dict | None,
-    pool_size: int, store: Store, rerank: bool, rerank_precision: RerankPrecision, clock: "_Clock",
+    pool_size: int, store: Store, rerank: bool, rerank_precision: RerankPrecision, clock: _Clock,
 ) -> _Ranked:
     """Score and order fetched candidates: the pool (the first pool_size, re-ranked for text
     queries) by final score, then the rest in FAISS order with their first-stage scores."""

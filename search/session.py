@@ -248,7 +248,7 @@ class Searcher:
             raise ImageNotFound(f"{item} is not an image in this index; index it first, or give its id.")
         return row.id
 
-    def _image_features(self, item: ImageItem) -> "_ImageFeatures":
+    def _image_features(self, item: ImageItem) -> _ImageFeatures:
         """Global vector, regions and labels of an indexed image (by id or path: from the store),
         or of another image (a path, the bytes of an image file, a PIL image: encoded now)."""
         image_id, path = None, None
@@ -318,7 +318,7 @@ class _ImageFeatures:
     size: int | None
     sha256: str | None
     taken_at: str | None
-    picture: "Image.Image | None" = None  # the decoded image, when it was read now (not indexed)
+    picture: Image.Image | None = None  # the decoded image, when it was read now (not indexed)
 
 
 def _servable_file(image_id: int, row: StoredImage | None, folders: list[str]) -> Path:

@@ -460,9 +460,8 @@ def test_intact_vectors_file_is_not_rebuilt(built, caplog, monkeypatch):
     saved = (directory / VECTORS_NAME).read_bytes()
     # Every rebuild, saved or in memory only, logged or not, builds through VectorIndex.build.
     monkeypatch.setattr(VectorIndex, "build", lambda *args, **kwargs: pytest.fail("rebuilt an intact index"))
-    with caplog.at_level(logging.INFO, logger="imgsearch"):
-        with Index.open(directory, device="cpu") as reopened:
-            assert len(reopened.search("a red circle", k=3)) == 3
+    with caplog.at_level(logging.INFO, logger="imgsearch"), Index.open(directory, device="cpu") as reopened:
+        assert len(reopened.search("a red circle", k=3)) == 3
     assert "rebuilding" not in caplog.text
     assert (directory / VECTORS_NAME).read_bytes() == saved
 

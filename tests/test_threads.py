@@ -27,7 +27,7 @@ def run_together(work, threads: int = THREADS) -> list:
         start.wait()
         try:
             work(i)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
+        except BaseException as exc:  # reported to the test
             errors.append(exc)
 
     pool = [threading.Thread(target=one, args=(i,)) for i in range(threads)]

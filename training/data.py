@@ -37,7 +37,7 @@ class ImageBank:
     pixels: torch.Tensor  # (N, 3, S, S) uint8
     failures: list[tuple[str, str]]  # (path, reason) of images left out
 
-    def concat(self, other: "ImageBank") -> "ImageBank":
+    def concat(self, other: ImageBank) -> ImageBank:
         """This bank's images, then `other`'s (same pixel size)."""
         return ImageBank(self.items + other.items, torch.cat([self.pixels, other.pixels]), self.failures + other.failures)
 

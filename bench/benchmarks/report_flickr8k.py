@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench.benchmarks.machine import commit  # noqa: E402
+from bench.benchmarks.machine import commit
 
 out, train_seconds, eval_seconds, data = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 result = json.loads((out / "eval.json").read_text())
