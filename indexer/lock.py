@@ -19,6 +19,7 @@ is refused, never followed (its target would be truncated and overwritten).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import json
@@ -52,10 +53,8 @@ _held_fds: set[int] = set()
 def close_inherited_locks() -> None:
     """Call in a forked child: drop its copies of the parent's lock descriptors."""
     for fd in list(_held_fds):
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
         _held_fds.discard(fd)
 
 

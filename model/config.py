@@ -263,7 +263,8 @@ class AlignmentConfig:
     def __post_init__(self) -> None:
         if self.zero_shot_texts not in ZERO_SHOT_TEXTS:
             raise ModelConfigError(
-                f"rerank.zero_shot.class_texts is {self.zero_shot_texts!r}; expected one of {', '.join(ZERO_SHOT_TEXTS)}."
+                f"rerank.zero_shot.class_texts is {self.zero_shot_texts!r}; "
+                f"expected one of {', '.join(ZERO_SHOT_TEXTS)}."
             )
         if self.zero_shot_temperature < 0:
             raise ModelConfigError(f"rerank.zero_shot.temperature is {self.zero_shot_temperature}; expected >= 0.")

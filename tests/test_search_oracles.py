@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -294,7 +295,7 @@ def test_stored_vectors_equal_the_encoder_on_each_file(built, image_folder):
         row = index.store.images([int(image_id)])[int(image_id)]
         with Image.open(row.path) as image:
             assert (row.width, row.height) == image.size
-        assert row.sha256 == hashlib.sha256(open(row.path, "rb").read()).hexdigest()
+        assert row.sha256 == hashlib.sha256(Path(row.path).read_bytes()).hexdigest()
         expected = encode_file(encoder, row.path)
         np.testing.assert_allclose(vector, expected.global_[0].numpy(), atol=ATOL)
         np.testing.assert_allclose(np.linalg.norm(vector), 1.0, atol=ATOL)

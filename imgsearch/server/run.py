@@ -110,6 +110,6 @@ def _url(listener: socket.socket) -> str:
 def _warm_up(index) -> None:
     """Load the model and run one tiny search, so that the first request is not the slow one
     (it also fills the cache of class-name vectors)."""
-    index.model
+    index.model  # noqa: B018 - reading the property loads the model
     if index.image_count():
         index.search(WARM_UP_QUERY, k=1)
