@@ -52,7 +52,7 @@ def first_real_class(labels: tuple[str, ...] | list[str]) -> int:
     return 1 if len(labels) == TFLITE_IMAGENET_CLASSES else 0
 
 
-def build_backbone(config: BackboneConfig) -> nn.Module:
+def build_backbone(config: BackboneConfig) -> Backbone:
     """The backbone module a config names: forward(pixels) --> (regions (B, R, C), global (B, G))."""
     if config.name in EFFICIENTNET_LITES:
         return EfficientNetLiteBackbone(config)
@@ -65,7 +65,7 @@ class VGGBackbone(nn.Module):
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
         self.config = config
-        self.features = _make_layers(config.layers, config.batch_norm)
+        self.features = _make_layers(config.vgg_layers, config.batch_norm)
         # fc6 and fc7 of VGG16 (classifier[:5] in torchvision); fc8 is not kept.
         self.fc67 = (
             nn.Sequential(
@@ -200,6 +200,8 @@ class EfficientNetLiteBackbone(nn.Module):
         self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return source
 
+
+Backbone = VGGBackbone | MobileNetV2Backbone | EfficientNetLiteBackbone  # what build_backbone gives
 
 def efficientnet_lite_weights(name: str) -> dict[str, torch.Tensor]:
     """The ImageNet state dict of EfficientNet-Lite `name` ("efficientnet_lite0"..2), read from

@@ -121,13 +121,14 @@ def _class_table(model: AlignmentModel | NumpyQueryModel) -> _ClassTable:
 def _encode_class_texts(model: AlignmentModel | NumpyQueryModel) -> _ClassTable:
     texts_of = class_texts(model)
     names, texts = list(texts_of), list(texts_of.values())
-    vectors = np.zeros((0, 0), np.float32)
+    vectors: np.ndarray = np.zeros((0, 0), np.float32)
     if names:
         path = default_cache_dir() / f"class-names-{_cache_key(model, texts)}.npz"
-        vectors = _read_cached(path, texts)
-        if vectors is None:
-            vectors = sentence_vectors(model, texts)  # (C, h)
-            _write_cached(path, texts, vectors)
+        cached = _read_cached(path, texts)
+        if cached is None:
+            cached = sentence_vectors(model, texts)  # (C, h)
+            _write_cached(path, texts, cached)
+        vectors = cached
     return _ClassTable(names, vectors)
 
 
