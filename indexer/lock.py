@@ -34,7 +34,7 @@ from imgsearch.errors import IndexLocked, StoreCorrupt, StoreWriteFailed
 try:
     import fcntl
 except ImportError:  # Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # the code checks for None
     import msvcrt
 
 __all__ = ["LOCK_NAME", "VECTORS_LOCK_NAME", "FileLock", "WriterLock", "close_inherited_locks"]

@@ -118,6 +118,9 @@ class ShardWriter:
         if record.error is not None:
             out.failures.append((text, record.error))
             return Fail(text, record.error, record.size, record.mtime, record.ctime, record.sha256)
+        # a good file's record has all its facts
+        assert record.size is not None and record.mtime is not None and record.sha256 is not None
+        assert record.width is not None and record.height is not None
         stored = self.plan.stored.get(text)
         if stored is not None and stored.status == "ok" and stored.sha256 == record.sha256:
             out.unchanged += 1

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sqlite_utils
@@ -472,6 +473,7 @@ class Store:
         with self._write_transaction():
             for change in changes:  # contents first, so that any row of the batch may use them
                 if isinstance(change, Put) and change.global_ is not None:
+                    assert change.regions is not None  # embedded with global_
                     self.db.execute(
                         "INSERT OR IGNORE INTO embeddings (sha256, global, regions, labels) VALUES (?, ?, ?, ?)",
                         [change.sha256, _blob(change.global_, np.float32, (self.embed_dim,)),
@@ -496,6 +498,7 @@ class Store:
                         [change.path, change.size, change.mtime, change.ctime, change.sha256,
                          change.width, change.height, now, change.taken_at],
                     )
+                    assert cursor.lastrowid is not None  # set by the INSERT
                     added.append(cursor.lastrowid)
                 else:
                     removed += self._delete_path(change.path)
@@ -555,7 +558,8 @@ class Store:
 
 
 def _stored(row: dict) -> StoredImage:
-    return StoredImage(**{k: row.get(k) for k in StoredImage.__dataclass_fields__})
+    fields: dict[str, Any] = {k: row.get(k) for k in StoredImage.__dataclass_fields__}
+    return StoredImage(**fields)
 
 
 def _labels_json(labels: Sequence[tuple[str, float]] | None) -> str | None:
