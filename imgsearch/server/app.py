@@ -128,7 +128,10 @@ async def request_body(request: Request) -> Body:
     return body
 
 
-def _validated(model: type[BaseModel], fields: dict[str, Any]) -> BaseModel:
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _validated(model: type[Model], fields: dict[str, Any]) -> Model:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
@@ -309,7 +312,7 @@ def explain(request: Request, image_id: ImageId, query: QueryText, index=Depends
 def _as_dict(value) -> dict:
     if hasattr(value, "to_dict"):
         return value.to_dict()
-    if is_dataclass(value):
+    if is_dataclass(value) and not isinstance(value, type):
         return asdict(value)
     return dict(value)
 
