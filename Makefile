@@ -33,7 +33,8 @@ lint: $(STAMP)
 	echo "mypy (scripts/typecheck.py)"; $(VENV)/bin/python scripts/typecheck.py || status=1; \
 	exit $$status
 
-test: $(STAMP)
+# Lint first: a finding fails the run before the (longer) test suite starts.
+test: $(STAMP) lint
 	scripts/ensure_chromium.sh
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
 
