@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torchvision
@@ -33,15 +31,13 @@ from torch import nn
 
 from imgsearch.errors import ModelConfigError, WeightsMissing
 from imgsearch.model.config import (  # the backbone settings live with the other configs (no torch there)
-    BACKBONES, CLASSIFIER_BACKBONES, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, EFFICIENTNET_LITES,
-    IMAGENET_MEAN, IMAGENET_STD, MOBILENET_CHANNELS, MOBILENET_MEAN, MOBILENET_POOLS, MOBILENET_STD,
-    VGG16_IMAGENET, VGG16_LAYERS, VGG_BACKBONES, BackboneConfig,
+    EFFICIENTNET_LITES, IMAGENET_MEAN, IMAGENET_STD, VGG16_IMAGENET, VGG16_LAYERS, BackboneConfig,
 )
 from imgsearch.model.provenance import WeightsSource, sha256_file
 
 __all__ = ["BackboneConfig", "VGGBackbone", "MobileNetV2Backbone", "EfficientNetLiteBackbone", "build_backbone", "first_real_class",
            "efficientnet_lite_weights", "efficientnet_lite_weights_file", "IMAGENET_MEAN", "IMAGENET_STD",
-           "VGG16_IMAGENET"]
+           "VGG16_IMAGENET", "VGG16_LAYERS"]
 
 TFLITE_IMAGENET_CLASSES = 1001  # TFLite's ImageNet classifiers: class 0 "background", then ImageNet's 1,000
 
