@@ -203,11 +203,11 @@ class Index:
             self._model_checked = True
 
     @cached_property
-    def device(self) -> "torch.device":
+    def device(self) -> torch.device:
         """The torch device this index's models run on ("auto": CUDA when present)."""
         return resolve_device(self._device)
 
-    def _load_model(self) -> "AlignmentModel":
+    def _load_model(self) -> AlignmentModel:
         from imgsearch.model.alignment import AlignmentModel
 
         self._require_model()
@@ -228,12 +228,12 @@ class Index:
             return None
 
     @property
-    def model(self) -> "AlignmentModel":
+    def model(self) -> AlignmentModel:
         """The alignment model (the Searcher's), loaded on first use."""
         return self._searcher.model
 
     @property
-    def image_encoder(self) -> "ImageEncoder":
+    def image_encoder(self) -> ImageEncoder:
         from imgsearch.model.image_encoder import ImageEncoder
 
         model = self._searcher.loaded_model
@@ -258,7 +258,7 @@ class Index:
         ray: bool | str | None = None,
         shard_size: int = 256,
         embedder: Embedder | None = None,
-    ) -> "AddSummary":
+    ) -> AddSummary:
         """Index image files and folders (recursively), incrementally.
 
         New and changed files are read (size and mtime first, then the content
@@ -323,7 +323,7 @@ class Index:
         query: str | None = None,
         k: int = 10,
         *,
-        image: "ImageInput | None" = None,
+        image: ImageInput | None = None,
         like: int | str | os.PathLike | None = None,
         under: str | os.PathLike | None = None,
         taken_after: DateLike | None = None,
@@ -350,7 +350,7 @@ class Index:
         return self._searcher.search_page(arguments)
 
     def rerank(
-        self, query: str, items: "Iterable[int | str | os.PathLike | ImageInput]", *,
+        self, query: str, items: Iterable[int | str | os.PathLike | ImageInput], *,
         rerank_precision: RerankPrecision = "float32",
     ) -> list[SearchResult]:
         """Order the given images for a text query by the cross-attention scorer, as search's
@@ -361,7 +361,7 @@ class Index:
         is not a usable image."""
         return self._searcher.rerank(query, check_rerank(items, rerank_precision), rerank_precision)
 
-    def explain(self, query: str, item: "int | str | os.PathLike | ImageInput") -> "Explanation":
+    def explain(self, query: str, item: int | str | os.PathLike | ImageInput) -> Explanation:
         """Why `item` (an indexed id or path, or another image: a path, bytes, a PIL image) matches
         the text `query`: per word, the weight of each region of the image
         (imgsearch.search.explain; with a classifier model, from the picture itself, read again

@@ -31,7 +31,7 @@ def read_tensors(directory: str | os.PathLike, prefix: str = "") -> dict[str, to
     require_model_files(directory)
     tensors = {}
     with safe_open(str(directory / WEIGHTS_NAME), framework="pt") as handle:
-        for key in handle.keys():
+        for key in handle.keys():  # noqa: SIM118 - safe_open's handle is not a mapping
             if key.startswith(prefix):
                 tensors[key[len(prefix):]] = handle.get_tensor(key)
     return tensors

@@ -116,6 +116,7 @@ def score_pool(
     first = cosines.astype(np.float32)
     zero_shot = hubness = None
     if zero_shot_weight and labels is not None and len(first):
+        assert query.sentence is not None  # the text encoder computes it
         zero_shot = model.label_scores(query.sentence, labels)  # (C,); sentence: the query's BERT run, mean-pooled
         first = first + np.float32(zero_shot_weight) * zero_shot  # the fused first stage
     if model.config.hubness.weight and vectors is not None and len(first):
@@ -240,6 +241,7 @@ def _first_stage_order(
         if label_list is not None and scored.zero_shot is not None:
             zero_shot = np.zeros(count, np.float32)
             zero_shot[:pool] = scored.zero_shot
+            assert text.sentence is not None  # the text encoder computes it
             rest = model.label_scores(text.sentence, label_list[pool:])
             zero_shot[pool:] = rest
             first[pool:] += np.float32(model.config.zero_shot_weight) * rest

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from imgsearch.indexer.vectors import VectorIndex
 from imgsearch.rwlock import ReadWriteLock
 from imgsearch.search.arguments import SearchArguments
 from imgsearch.search.defaults import RerankPrecision
-from imgsearch.search.query_model import QueryModel, TorchQueryModel
+from imgsearch.search.query_model import QueryEmbedding, QueryModel, TorchQueryModel
 from imgsearch.search.searcher import SearchPage, SearchResult, encode_text_query, score_pool, search_page
 
 # The torch side (the AlignmentModel, image queries, explanations) is imported where it is
@@ -49,11 +49,11 @@ __all__ = ["Searcher"]
 
 log = logging.getLogger(__name__)
 
-ImageItem = "int | str | os.PathLike | ImageInput"  # an indexed image's id or path, or another image
+ImageItem: TypeAlias = "int | str | os.PathLike | ImageInput"  # an indexed image's id or path, or another image
 
 
 class Searcher:
-    def __init__(self, data: StoredIndex, load_model: Callable[[], "AlignmentModel"],
+    def __init__(self, data: StoredIndex, load_model: Callable[[], AlignmentModel],
                  load_query_model: Callable[[], QueryModel | None] = lambda: None) -> None:
         """Search `data`, with the model `load_model()` gives when a search first needs it, and
         for text queries the lighter `load_query_model()` (search/query_model.py; None: none
@@ -80,7 +80,7 @@ class Searcher:
     # ---- the model ---------------------------------------------------------------
 
     @property
-    def model(self) -> "AlignmentModel":
+    def model(self) -> AlignmentModel:
         """The alignment model, loaded on first use."""
         if self._model is None:
             with self._model_lock:
@@ -89,7 +89,7 @@ class Searcher:
         return self._model
 
     @property
-    def loaded_model(self) -> "AlignmentModel | None":
+    def loaded_model(self) -> AlignmentModel | None:
         """The model if a search has loaded it, else None (loads nothing)."""
         return self._model
 
@@ -127,7 +127,7 @@ class Searcher:
     def _store_files_signature(self) -> tuple:
         """What changes on disk with every commit to index.db (WAL mode: the -wal file grows,
         or a checkpoint rewrites the database file)."""
-        signature = []
+        signature: list[tuple[int, int, int] | None] = []
         for name in (DB_NAME, DB_NAME + "-wal"):
             try:
                 st = os.stat(self._data.directory / name)
@@ -148,12 +148,14 @@ class Searcher:
         with self._snapshot_lock.reading():
             started = time.perf_counter()
             exclude_id = None
+            encoded: QueryEmbedding | np.ndarray
+            # arguments.value, checked at the boundary (search/arguments.py), is what its kind says
             if arguments.kind == "query":
-                encoded = encode_text_query(model, arguments.value)
+                encoded = encode_text_query(model, cast(str, arguments.value))
             elif arguments.kind == "image":
-                encoded = encode_image(image_encoder, load_image(arguments.value)).global_
+                encoded = encode_image(image_encoder, load_image(cast("ImageInput", arguments.value))).global_
             else:
-                exclude_id = self._indexed_id(arguments.value)
+                exclude_id = self._indexed_id(cast("int | str | os.PathLike", arguments.value))
                 encoded = self._store.global_vectors_of([exclude_id])[0]
             encode_ms = (time.perf_counter() - started) * 1000
             return search_page(
@@ -176,6 +178,7 @@ class Searcher:
         order = np.argsort(-scores.final, kind="stable")
         first_rank = np.empty(len(found), np.int64)
         first_rank[np.argsort(-scores.first_stage, kind="stable")] = np.arange(1, len(found) + 1)
+        assert scores.reranked is not None  # regions were given
         return [
             SearchResult(
                 rank=rank, id=found[i].id, path=found[i].path, score=float(scores.final[i]),
@@ -188,7 +191,7 @@ class Searcher:
             for rank, i in enumerate(order.tolist(), start=1)
         ]
 
-    def explain(self, query: str, item: ImageItem) -> "Explanation":
+    def explain(self, query: str, item: ImageItem) -> Explanation:
         """Why `item` matches the text `query`, per word and region (Index.explain)."""
         from imgsearch.search.explain import Explanation, explain_regions
 
@@ -268,9 +271,10 @@ class Searcher:
 
         from imgsearch.search.queries import encode_image, load_image
 
-        picture = load_image(item if path is None else path)
+        data = cast("bytes | Image.Image", item)  # when there is no path: an image's bytes or a PIL image
+        picture = load_image(data if path is None else path)
         encoded = encode_image(self.model.image, picture)
-        size = path.stat().st_size if path is not None else len(item) if not isinstance(item, Image.Image) else None
+        size = path.stat().st_size if path is not None else len(data) if not isinstance(data, Image.Image) else None
         return _ImageFeatures(None, "" if path is None else path_to_text(path), encoded.global_, encoded.regions,
                               encoded.labels, picture.width, picture.height, size, None, None, picture)
 
