@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from imgsearch.common import CONTEXT, json_option, keep_freed_memory_on_cpu, user_errors
+from imgsearch.common import CONTEXT, Date, WholeNumber, json_option, keep_freed_memory_on_cpu, user_errors
 from imgsearch.locations import default_index_dir
 from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir
 from imgsearch.train_commands import eval_command, train_command
@@ -113,8 +113,8 @@ def cli(verbose: bool) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @index_option
 @create_model_option
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
-@click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes (default: spare cores).")
+@click.option("--batch-size", default=32, show_default=True, type=WholeNumber(min=1), help="Images per forward pass.")
+@click.option("--workers", default=None, type=WholeNumber(min=0), help="Decoding processes (default: spare cores).")
 @click.option(
     "--prune/--no-prune", default=True, show_default=True,
     help="Remove indexed files under the given folders that no longer exist. Files indexed "
@@ -128,7 +128,7 @@ def cli(verbose: bool) -> None:
     "whose nodes must see the files and the model at the same paths. Give it after the paths "
     "(or as --ray=ADDRESS). --workers and --device then do not apply.",
 )
-@click.option("--shard-size", default=256, show_default=True, type=click.IntRange(min=1),
+@click.option("--shard-size", default=256, show_default=True, type=WholeNumber(min=1),
               help="With --ray: files per shard, the unit of work of an actor.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (there is none either when stderr is not a terminal).")
 @json_option
@@ -216,16 +216,16 @@ precision_option = click.option(
               help="More like an indexed image, given by its path or its id (--json shows ids); it is left out.")
 @index_option
 @model_option
-@click.option("-k", "--top", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Results to show.")
+@click.option("-k", "--top", "k", default=10, show_default=True, type=WholeNumber(min=1), help="Results to show.")
 @click.option("--under", "under", metavar="FOLDER", type=click.Path(file_okay=False),
               help="Only images inside this folder (and its subfolders).")
-@click.option("--after", "taken_after", metavar="DATE",
+@click.option("--after", "taken_after", metavar="DATE", type=Date(),
               help="Only photos taken on or after DATE (YYYY-MM-DD; EXIF date, else the file's mtime).")
-@click.option("--before", "taken_before", metavar="DATE", help="Only photos taken on or before DATE (YYYY-MM-DD).")
+@click.option("--before", "taken_before", metavar="DATE", type=Date(), help="Only photos taken on or before DATE (YYYY-MM-DD).")
 @click.option("--min-score", type=float, metavar="SCORE",
-              help="Only images whose first-stage score (the second column) is at least SCORE.")
+              help="Only images whose first-stage score (the 'first stage' column) is at least SCORE.")
 @click.option(
-    "--candidates", default=DEFAULT_CANDIDATES, show_default=True, type=click.IntRange(min=1),
+    "--candidates", default=DEFAULT_CANDIDATES, show_default=True, type=WholeNumber(min=1),
     help="First-stage candidates handed to the re-ranker.",
 )
 @click.option("--no-rerank", is_flag=True, help="Skip cross-attention re-ranking; rank by the first stage alone.")
@@ -270,6 +270,10 @@ def search_command(query, image, like, index_dir, model, k, under, taken_after, 
             taken_after=taken_after, taken_before=taken_before, min_score=min_score, candidates=candidates,
             rerank=not no_rerank, rerank_precision=precision,
         )
+    if not page.results and under is not None and not os.path.isdir(os.path.expanduser(under)):
+        # a folder that is gone may still have images in the index (an unplugged drive); only
+        # when nothing is found is its absence the answer
+        raise click.ClickException(f"--under: there is no folder {under}, and the index holds no images under it.")
     if as_json:
         asked = {"query": query} if query is not None else {"image": image} if image is not None else {"like": like}
         click.echo(json.dumps({**asked, "reranked": page.reranked, "results": [r.to_dict() for r in page.results],
@@ -321,7 +325,7 @@ def rerank_command(query, images, index_dir, model, precision, device, as_json) 
 @model_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback lets others on the network see every indexed photo.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(min=0, max=65535), help="TCP port.")
+@click.option("--port", default=8000, show_default=True, type=WholeNumber(min=0, max=65535), help="TCP port.")
 @device_option
 @user_errors
 def serve_command(index_dir, model, host, port, device) -> None:
