@@ -182,15 +182,23 @@ def index_command(paths, index_dir, model, batch_size, workers, prune, device, r
     else:
         click.echo(
             f"added {summary.added}, updated {summary.updated}, moved {summary.moved}, "
-            f"removed {summary.removed}, unchanged {summary.unchanged}, failed {summary.failed}; "
-            f"{_speed_note(summary)}"
+            f"removed {summary.removed}, unchanged {summary.unchanged}, failed {summary.failed}"
+            + (f" ({_still_failing(len(summary.still_failing))})" if summary.still_failing else "")
+            + f"; {_speed_note(summary)}"
         )
         for path, error in summary.failures:
             click.echo(f"  failed: {path}: {error}", err=True)
+        for path, error in summary.still_failing:
+            click.echo(f"  still failing: {path}: {error}", err=True)
     if summary.interrupted:
         click.echo("interrupted: everything counted above is stored; run the same command again "
                    "to index the rest.", err=True)
         sys.exit(INTERRUPTED_EXIT_CODE)
+
+
+def _still_failing(count: int) -> str:
+    """'and 1 unchanged file still fails' / 'and 2 unchanged files still fail'."""
+    return f"and {count} unchanged file still fails" if count == 1 else f"and {count} unchanged files still fail"
 
 
 def _speed_note(summary) -> str:

@@ -35,6 +35,9 @@ class AddSummary:
     removed: int = 0  # stored files gone from the folders indexed (pruned)
     embedded: int = 0  # distinct contents run through the backbone
     interrupted: bool = False  # stopped early (Ctrl-C); everything counted here is stored
+    # Files that failed before and are unchanged since (counted in `unchanged`, not read again):
+    # (path, reason). A re-run says they still fail instead of hiding them.
+    still_failing: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -47,6 +50,7 @@ class AddSummary:
             "interrupted": self.interrupted, "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "failures": [{"path": p, "error": e} for p, e in self.failures],
+            "still_failing": [{"path": p, "error": e} for p, e in self.still_failing],
         }
 
 

@@ -513,3 +513,16 @@ def test_a_missing_under_folder_is_an_error_unless_the_index_holds_images_there(
     shutil.move(image_folder / "sub", moved)
     result = run_json("search", "a red circle", "--index", index_dir, "--under", image_folder / "sub")
     assert result["results"] and all("/sub/" in r["path"] for r in result["results"])
+
+
+def test_a_rerun_reports_the_files_that_still_fail(indexed, image_folder, model_dir):
+    """An unchanged broken file is not read again, and the run still says that it fails
+    (issue 23: "failed 2", then "unchanged 303, failed 0" while info said 2 failed)."""
+    index_dir, first = indexed
+    assert [f["path"] for f in first["failures"]] == [str(image_folder / "sub" / "broken.jpg")]
+    again = run_json("index", image_folder, "--index", index_dir, "--workers", 0, "-q")
+    assert again["failed"] == 0 and again["unchanged"] == first["added"] + 1
+    assert again["still_failing"] == first["failures"]
+    result = run("index", image_folder, "--index", index_dir, "--workers", 0, "-q")
+    assert "failed 0 (and 1 unchanged file still fails)" in result.stdout
+    assert f"still failing: {image_folder / 'sub' / 'broken.jpg'}: " in result.stderr
