@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from imgsearch.indexer.plan import RunPlan
 from imgsearch.indexer.decode import ImageRecord
+from imgsearch.indexer.plan import RunPlan
 from imgsearch.indexer.shard import Shard
 from imgsearch.indexer.store import Change, Fail, Move, Put, Store, StoredImage, Touch
 from imgsearch.indexer.vectors import VectorIndex

@@ -26,7 +26,13 @@ from conftest import draw_image
 from imgsearch.cli import cli
 from imgsearch.index import Index
 from imgsearch.indexer.decode import (
-    RECORD_FIELDS, SHOWN_FIELDS, DecodeResult, ImageRecord, decode_file, record_of, record_values,
+    RECORD_FIELDS,
+    SHOWN_FIELDS,
+    DecodeResult,
+    ImageRecord,
+    decode_file,
+    record_of,
+    record_values,
 )
 from imgsearch.indexer.embed_worker import embed_shard
 from imgsearch.indexer.shard import Shard
@@ -129,8 +135,9 @@ def test_search_results_hold_the_record(decoded, index):
 
 
 def test_json_shows_every_shown_field(decoded, index):
-    out = CliRunner().invoke(cli, ["search", "a photo", "--index", str(index.directory), "-k", "5", "--json",
-                                   "--device", "cpu"])
+    out = CliRunner().invoke(
+        cli, ["search", "a photo", "--index", str(index.directory), "-k", "5", "--json", "--device", "cpu"]
+    )
     assert out.exit_code == 0, out.output
     [item] = [r for r in json.loads(out.stdout)["results"] if r["path"] == decoded.path]
     assert_record(item, record_values(decoded), SHOWN_FIELDS, "--json")
@@ -165,8 +172,11 @@ def test_no_other_class_declares_the_records_fields():
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if not isinstance(node, ast.ClassDef) or node.name == "ImageRecord":
                     continue
-                declared = {stmt.target.id for stmt in node.body
-                            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)}
+                declared = {
+                    stmt.target.id
+                    for stmt in node.body
+                    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                }
                 if len(declared & names) > 3:
                     offenders.append(f"{path.relative_to(ROOT)}: {node.name} {sorted(declared & names)}")
     assert not offenders, "\n".join(offenders)

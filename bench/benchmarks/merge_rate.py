@@ -27,9 +27,9 @@ import faiss
 import numpy as np
 
 from bench.benchmarks.machine import describe
+from imgsearch.indexer.decode import ImageRecord
 from imgsearch.indexer.merge import AddSummary, ShardWriter
 from imgsearch.indexer.plan import RunPlan
-from imgsearch.indexer.decode import ImageRecord
 from imgsearch.indexer.shard import Shard, shard_id_of
 from imgsearch.indexer.store import Store
 from imgsearch.indexer.vectors import VectorIndex
