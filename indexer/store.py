@@ -2,7 +2,8 @@
 
 Tables (schema version in PRAGMA user_version, upgraded by numbered migrations):
 - images: one row per file path, with size, mtime, sha256, width, height and
-  status 'ok' or 'error' (with the reason). Row ids are never reused
+  status 'ok' or 'error' (with the reason): a column for each field of the image's
+  ImageRecord (indexer/decode.py), read back as a StoredImage. Row ids are never reused
   (AUTOINCREMENT) and are the FAISS ids, so a FAISS file can be checked
   against this table by its id set alone.
 - embeddings: one row per distinct content (sha256): the projected global
@@ -123,8 +124,11 @@ TAKEN_AT_SQL = "COALESCE(exif_taken_at, strftime('%Y-%m-%dT%H:%M:%S', mtime, 'un
 
 
 # The images table's column of each ImageRecord field: a column of its name, but taken_at's,
-# which holds the EXIF date alone (a read gives that, else the mtime: TAKEN_AT_SQL).
+# which holds the EXIF date alone (a read gives that, else the mtime: TAKEN_AT_SQL). A Put
+# writes every field; a field added to the record needs only a migration that adds its column.
 _COLUMNS = {name: "exif_taken_at" if name == "taken_at" else name for name in RECORD_FIELDS}
+_INSERT_OK = (f"INSERT INTO images ({', '.join(_COLUMNS.values())}, status, indexed_at) "
+              f"VALUES ({', '.join('?' * len(_COLUMNS))}, 'ok', ?)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -475,12 +479,7 @@ class Store:
                     removed += self._delete_path(record.path)
                     if not self.has_content(record.sha256):
                         raise StoreCorrupt(f"no stored vectors for content {record.sha256[:12]} of {record.path}")
-                    values = record_values(record)  # every field, each in its column
-                    cursor = self.db.execute(
-                        f"INSERT INTO images ({', '.join(_COLUMNS[name] for name in values)}, status, indexed_at) "
-                        f"VALUES ({', '.join('?' * len(values))}, 'ok', ?)",
-                        [*values.values(), now],
-                    )
+                    cursor = self.db.execute(_INSERT_OK, [*record_values(record).values(), now])  # every field
                     added.append(cursor.lastrowid)
                 else:
                     removed += self._delete_path(record.path)
