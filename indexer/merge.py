@@ -104,7 +104,8 @@ class ShardWriter:
         """Decide what each file means for the store; one Put per content new to the store
         carries the shard's vectors."""
         out = _Reconciled()
-        rows = {sha: row for row, sha in enumerate(shard.contents)}  # contents whose vectors are still to hand over
+        # contents whose vectors are still to hand over (a Put's record has its sha256)
+        rows: dict[str | None, int] = {sha: row for row, sha in enumerate(shard.contents)}
         for record in shard.records:
             change = self._change(record, out)
             out.changes.append(change)

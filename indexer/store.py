@@ -478,7 +478,7 @@ class Store:
                 elif isinstance(change, Put):
                     removed += self._delete_path(record.path)
                     if not self.has_content(record.sha256):
-                        raise StoreCorrupt(f"no stored vectors for content {record.sha256[:12]} of {record.path}")
+                        raise StoreCorrupt(f"no stored vectors for content {str(record.sha256)[:12]} of {record.path}")
                     cursor = self.db.execute(_INSERT_OK, [*record_values(record).values(), now])  # every field
                     added.append(cursor.lastrowid)
                 else:

@@ -57,25 +57,25 @@ _RECORD_TYPES = get_type_hints(ImageRecord)
 
 # A search result (SearchResult.to_dict) with its URLs: id and path, the scores, then the image
 # record's shown fields (indexer/decode.py: ImageRecord, each as its type there), labels and URLs.
-SearchItem = create_model(
-    "SearchItem",
-    id=(int | None, Field(description="null for an uploaded image that is not in the index")),
-    path=(str | None, ...),
-    rank=(int, ...),
-    score=(float, ...),
-    first_stage_score=(float | None, ...),
-    rerank_score=(float | None, ...),
-    first_stage_rank=(int | None, ...),
+_SEARCH_ITEM: dict[str, Any] = {
+    "id": (int | None, Field(description="null for an uploaded image that is not in the index")),
+    "path": (str | None, ...),
+    "rank": (int, ...),
+    "score": (float, ...),
+    "first_stage_score": (float | None, ...),
+    "rerank_score": (float | None, ...),
+    "first_stage_rank": (int | None, ...),
     **{name: (_RECORD_TYPES[name], None) for name in SHOWN_FIELDS if name != "path"},
-    labels=(list[Label], []),
-    zero_shot_score=(float | None, None),
-    thumbnail_url=(str | None, ...),
-    image_url=(str | None, ...),
-)
+    "labels": (list[Label], []),
+    "zero_shot_score": (float | None, None),
+    "thumbnail_url": (str | None, ...),
+    "image_url": (str | None, ...),
+}
+SearchItem = create_model("SearchItem", **_SEARCH_ITEM)
 
 
 class SearchResponse(BaseModel):
-    items: list[SearchItem]
+    items: list[SearchItem]  # type: ignore[valid-type]  # a model made by create_model
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
     reranked: bool
     timings_ms: dict[str, float]
