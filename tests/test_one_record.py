@@ -41,7 +41,7 @@ from imgsearch.search.searcher import SearchResult
 from imgsearch.server.app import create_app
 
 ROOT = Path(__file__).parents[1]
-PACKAGES = ("imgsearch", "indexer", "search", "model", "training")
+PACKAGES = sorted(folder.name for folder in ROOT.iterdir() if (folder / "__init__.py").is_file())  # all of imgsearch.*
 HIDDEN_FIELDS = tuple(name for name in RECORD_FIELDS if name not in SHOWN_FIELDS)
 _EXIF_IFD, _DATE_TIME_ORIGINAL = 0x8769, 0x9003
 
