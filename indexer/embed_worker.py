@@ -15,7 +15,7 @@ import os
 import signal
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,10 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imgsearch.errors import ModelConfigError
-from imgsearch.indexer.decode import DecodeResult, decode_file
+from imgsearch.indexer.decode import DecodeResult, ImageRecord, decode_file, record_of
 from imgsearch.indexer.lock import close_inherited_locks
-from imgsearch.indexer.paths import path_to_text
-from imgsearch.indexer.shard import Shard, ShardRecord, shard_id_of
+from imgsearch.indexer.shard import Shard, shard_id_of
 from imgsearch.model.backbone import first_real_class
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
 
@@ -95,7 +94,7 @@ def _concatenated(parts: list[Shard], encoder: ImageEncoder) -> Shard:
     labels = None  # one encoder: every batch with contents has labels, or none has
     if filled and all(part.labels is not None for part in filled):
         labels = [row for part in filled for row in part.labels]
-    return Shard(shard_id_of([record.text for record in records]), records,
+    return Shard(shard_id_of([record.path for record in records]), records,
                  [sha for part in filled for sha in part.contents], global_, regions, labels)
 
 
@@ -103,7 +102,7 @@ def _concatenated(parts: list[Shard], encoder: ImageEncoder) -> Shard:
 
 
 class DecodeDataset(Dataset):
-    """File i --> (its ShardRecord, its pixels (3, S, S) uint8, or None when it failed)."""
+    """File i --> (its ImageRecord, its pixels (3, S, S) uint8, or None when it failed)."""
 
     def __init__(self, paths: Sequence[Path], image_size: int, decode: Decode = decode_file) -> None:
         self.paths = paths
@@ -113,17 +112,16 @@ class DecodeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[ShardRecord, torch.Tensor | None]:
+    def __getitem__(self, i: int) -> tuple[ImageRecord, torch.Tensor | None]:
         result = self.decode(self.paths[i], min_size=self.image_size)  # JPEGs at a reduced scale
+        # Plain values, no image: unpickling a batch costs the main process little.
+        record = record_of(result)
         pixels = None
         if result.image is not None:
             try:
                 pixels = resize_uint8(result.image, self.image_size)  # (3, S, S) uint8
             except Exception as exc:  # a decoder may defer errors until pixels are read
-                result.error = f"cannot decode image: {exc}"
-        # Plain values, no image and no Path object: unpickling a batch costs the main process little.
-        record = ShardRecord(path_to_text(result.path), result.size, result.mtime, result.ctime, result.sha256,
-                             result.width, result.height, result.taken_at, result.error)
+                record = replace(record, error=f"cannot decode image: {exc}")
         return record, pixels
 
 
@@ -131,14 +129,14 @@ class DecodeDataset(Dataset):
 class DecodedBatch:
     """What a decode worker hands over: every file's record, and the good ones' pixels stacked."""
 
-    records: list[ShardRecord]
+    records: list[ImageRecord]
     pixels: torch.Tensor | None  # (B_good, 3, S, S) uint8, in the order of the good records
 
     def __len__(self) -> int:
         return len(self.records)
 
 
-def collate(items: list[tuple[ShardRecord, torch.Tensor | None]]) -> DecodedBatch:
+def collate(items: list[tuple[ImageRecord, torch.Tensor | None]]) -> DecodedBatch:
     good = [pixels for record, pixels in items if record.error is None]
     return DecodedBatch([record for record, _ in items], torch.stack(good) if good else None)
 
@@ -185,7 +183,7 @@ class PendingShard:
     asynchronously; result() waits for them. On the CPU they are done already.
     """
 
-    records: list[ShardRecord]
+    records: list[ImageRecord]
     contents: list[str]  # sha256 of each content being embedded, in the encoder's row order
     global_: torch.Tensor | None = None  # (n, d) float32, host memory
     regions: torch.Tensor | None = None  # (n, R, d) float16, host memory
@@ -219,7 +217,7 @@ class PendingShard:
         else:
             global_ = np.zeros((0, self.embed_dim), np.float32)
             regions = np.zeros((0, self.num_regions, self.embed_dim), np.float16)
-        return Shard(shard_id_of([record.text for record in self.records]), self.records, self.contents,
+        return Shard(shard_id_of([record.path for record in self.records]), self.records, self.contents,
                      global_, regions, labels)
 
 

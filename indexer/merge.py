@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from imgsearch.indexer.decode import ImageRecord
 from imgsearch.indexer.plan import RunPlan
-from imgsearch.indexer.shard import Shard, ShardRecord
+from imgsearch.indexer.shard import Shard
 from imgsearch.indexer.store import Change, Fail, Move, Put, Store, StoredImage, Touch
 from imgsearch.indexer.vectors import VectorIndex
 
@@ -107,35 +108,34 @@ class ShardWriter:
         """Decide what each file means for the store; one Put per content new to the store
         carries the shard's vectors."""
         out = _Reconciled()
-        rows = {sha: row for row, sha in enumerate(shard.contents)}  # contents whose vectors are still to hand over
+        # contents whose vectors are still to hand over (a Put's record has its sha256)
+        rows: dict[str | None, int] = {sha: row for row, sha in enumerate(shard.contents)}
         for record in shard.records:
             change = self._change(record, out)
             out.changes.append(change)
-            if isinstance(change, Put) and (row := rows.pop(change.sha256, None)) is not None:
+            if isinstance(change, Put) and (row := rows.pop(change.record.sha256, None)) is not None:
                 change.global_, change.regions = shard.global_[row], shard.regions[row]  # (d,), (R, d)
                 if shard.labels is not None:
                     change.labels = shard.labels[row]
         return out
 
-    def _change(self, record: ShardRecord, out: _Reconciled) -> Change:
-        text = record.text
+    def _change(self, record: ImageRecord, out: _Reconciled) -> Change:
         if record.error is not None:
-            out.failures.append((text, record.error))
-            return Fail(text, record.error, record.size, record.mtime, record.ctime, record.sha256)
-        stored = self.plan.stored.get(text)
+            out.failures.append((record.path, record.error))
+            return Fail(record)
+        stored = self.plan.stored.get(record.path)
         if stored is not None and stored.status == "ok" and stored.sha256 == record.sha256:
             out.unchanged += 1
-            return Touch(stored.id, record.size, record.mtime, record.ctime)
+            return Touch(stored.id, record)
         if stored is None and (source := self.plan.take_vanished(record.sha256)) is not None:
             out.moved += 1
             out.moved_from.append(source)
-            return Move(source.id, text, record.size, record.mtime, record.ctime)
+            return Move(source.id, record)
         if stored is None:
             out.added += 1
         else:
             out.updated += 1
-        return Put(text, record.size, record.mtime, record.ctime, record.sha256, record.width, record.height,
-                   taken_at=record.taken_at)
+        return Put(record)
 
     def _count(self, reconciled: _Reconciled, *, embedded: int) -> None:
         summary = self.summary

@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from imgsearch.indexer.decode import ImageRecord
 from imgsearch.indexer.files import input_roots, iter_image_files
 from imgsearch.indexer.merge import AddSummary, ShardWriter
 from imgsearch.indexer.paths import path_to_text
 from imgsearch.indexer.plan import plan_run
-from imgsearch.indexer.shard import Shard, ShardRecord
+from imgsearch.indexer.shard import Shard
 from imgsearch.indexer.store import Store
 from imgsearch.indexer.vectors import VectorIndex
 
@@ -47,7 +48,7 @@ class Embedding(Protocol):
     being computed (a GPU's asynchronous work)."""
 
     @property
-    def records(self) -> Sequence[ShardRecord]:
+    def records(self) -> Sequence[ImageRecord]:
         """Every file of the group, as the shard will hold them."""
         ...
 
@@ -83,7 +84,7 @@ class Finished:
     asynchronous = False
 
     @property
-    def records(self) -> list[ShardRecord]:
+    def records(self) -> list[ImageRecord]:
         return self.shard.records
 
     def result(self) -> Shard:

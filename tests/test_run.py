@@ -53,7 +53,7 @@ class HashEmbedder:
                 global_ = np.stack([vector_of(c) for c in contents]) if contents else np.zeros((0, DIM), np.float32)
                 regions = np.repeat(global_[:, None, :], REGIONS, axis=1).astype(np.float16)  # (n, R, d)
                 self.handed += 1
-                yield Finished(Shard(shard_id_of([r.text for r in records]), records, contents, global_, regions,
+                yield Finished(Shard(shard_id_of([r.path for r in records]), records, contents, global_, regions,
                                      None))
         finally:
             self.closed = True

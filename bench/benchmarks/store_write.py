@@ -22,6 +22,7 @@ import numpy as np
 
 import imgsearch.indexer.store
 from bench.benchmarks.machine import describe
+from imgsearch.indexer.decode import ImageRecord
 from imgsearch.indexer.store import Put, Store
 
 EMBED_DIM = 256
@@ -38,8 +39,9 @@ def measure(page_size: int, num_regions: int, batches: int, batch_size: int, fol
             assert store.db.execute("PRAGMA page_size").fetchone()[0] == page_size
             seconds = []
             for b in range(batches):
-                puts = [Put(f"/photos/{b}/{i}.jpg", 20_000, 1.0, 1.0, hashlib.sha256(f"{b}/{i}".encode()).hexdigest(),
-                            224, 224, global_[i], regions[i]) for i in range(batch_size)]
+                puts = [Put(ImageRecord(path=f"/photos/{b}/{i}.jpg", size=20_000, mtime=1.0, ctime=1.0,
+                                        sha256=hashlib.sha256(f"{b}/{i}".encode()).hexdigest(), width=224, height=224),
+                            global_[i], regions[i]) for i in range(batch_size)]
                 started = time.perf_counter()
                 store.apply(puts)
                 seconds.append(time.perf_counter() - started)
