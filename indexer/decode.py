@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from imgsearch.errors import ImageTooLarge, InvalidImage
+from imgsearch.ground.errors import ImageTooLarge, InvalidImage
 from imgsearch.indexer.files import file_signature
 
 __all__ = ["DecodeResult", "MAX_PIXELS", "decode_file", "decode_image_bytes", "exif_taken_at", "to_rgb"]

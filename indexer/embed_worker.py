@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imgsearch.errors import ModelConfigError
+from imgsearch.ground.errors import ModelConfigError
 from imgsearch.indexer.decode import DecodeResult, decode_file
 from imgsearch.indexer.lock import close_inherited_locks
 from imgsearch.indexer.paths import path_to_text

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from imgsearch.errors import InputPathNotFound
+from imgsearch.ground.errors import InputPathNotFound
 
 __all__ = ["IMAGE_EXTENSIONS", "FileSignature", "file_signature", "is_image_name", "input_roots", "iter_image_files"]
 

@@ -23,8 +23,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from imgsearch.durable import replace_durably
-from imgsearch.errors import StoreCorrupt
+from imgsearch.ground.durable import replace_durably
+from imgsearch.ground.errors import StoreCorrupt
 
 __all__ = ["Shard", "ShardRecord", "SHARD_FORMAT", "SHARD_VERSION", "shard_id_of"]
 

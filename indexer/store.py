@@ -33,7 +33,7 @@ import numpy as np
 import sqlite_utils
 from PIL import Image
 
-from imgsearch.errors import StoreCorrupt, StoreWriteFailed
+from imgsearch.ground.errors import StoreCorrupt, StoreWriteFailed
 from imgsearch.indexer.decode import exif_taken_at
 from imgsearch.indexer.paths import path_to_text, text_to_path
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgsearch.errors import StoreCorrupt
+from imgsearch.ground.errors import StoreCorrupt
 from imgsearch.indexer.lock import VECTORS_LOCK_NAME, FileLock, WriterLock
 from imgsearch.indexer.store import Store
 from imgsearch.indexer.vectors import VectorIndex

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from imgsearch.errors import InvalidQuery
+from imgsearch.ground.errors import InvalidQuery
 from imgsearch.indexer.paths import path_to_text
 
 if TYPE_CHECKING:  # parsing filters loads neither numpy nor the store (search/arguments.py)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from imgsearch.errors import InvalidQuery
+from imgsearch.ground.errors import InvalidQuery
 from imgsearch.indexer.store import Store
 from imgsearch.indexer.vectors import VectorIndex
 from imgsearch.search.candidates import nearest

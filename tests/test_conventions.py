@@ -2,7 +2,7 @@
 
 - The library packages report through `logging`, never by writing to stderr themselves:
   only the command line (imgsearch/cli.py and its command modules) owns stderr.
-- Every exception class is defined in imgsearch/errors.py, each with a one-line docstring.
+- Every exception class is defined in ground/errors.py, each with a one-line docstring.
 - Settings of the whole process (malloc, thread counts, logging, signals, the environment,
   warning filters outside catch_warnings) are made only by the entry points.
 """
@@ -14,9 +14,9 @@ import builtins
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
-PACKAGES = ("imgsearch", "indexer", "search", "model", "training")  # all of imgsearch.*
-LIBRARY = ("indexer", "search", "model", "training")  # no command-line code in these
-ERRORS = ROOT / "imgsearch" / "errors.py"
+PACKAGES = ("ground", "imgsearch", "indexer", "search", "model", "training")  # all of imgsearch.*
+LIBRARY = ("ground", "indexer", "search", "model", "training")  # no command-line code in these
+ERRORS = ROOT / "ground" / "errors.py"
 
 
 def sources(folders) -> list[Path]:
@@ -88,7 +88,7 @@ def base_name(node: ast.expr) -> str:
 
 def exception_classes(tree: ast.Module, known: set[str]) -> list[ast.ClassDef]:
     """Classes (at any depth) deriving from an exception: a builtin one, one of `known`
-    (imgsearch.errors), one named *Error/*Exception/*Warning, or one of these found earlier
+    (imgsearch.ground.errors), one named *Error/*Exception/*Warning, or one of these found earlier
     in the same module."""
     classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
     exceptions = set(known) | BUILTIN_EXCEPTIONS
@@ -114,7 +114,7 @@ def test_every_exception_class_is_defined_in_the_errors_module():
     offenders = [f"{where(path, node)}: class {node.name}"
                  for path in sources(PACKAGES) if path != ERRORS
                  for node in exception_classes(parse(path), defined)]
-    assert not offenders, "move these to imgsearch/errors.py:\n" + "\n".join(offenders)
+    assert not offenders, "move these to ground/errors.py:\n" + "\n".join(offenders)
 
 
 def test_every_error_class_has_a_one_line_docstring():
@@ -182,16 +182,16 @@ PROCESS_SETTINGS = {
     "keep_freed_memory_on_cpu": {"imgsearch/cli.py", "imgsearch/train_commands.py"},
     "mallopt": {"model/allocator.py"},
     "use_threads": {"imgsearch/cli.py", "imgsearch/server/run.py"},
-    "set_num_threads": {"imgsearch/threads.py"},
+    "set_num_threads": {"ground/threads.py"},
     "set_num_interop_threads": set(),
-    "omp_set_num_threads": {"imgsearch/threads.py"},
+    "omp_set_num_threads": {"ground/threads.py"},
     "basicConfig": {"imgsearch/cli.py", "model/convert_mobilenet_v2.py"},  # the latter under __main__
-    "signal": {"imgsearch/interrupt.py", "indexer/embed_worker.py"},  # Ctrl-C of `index`; decode workers
+    "signal": {"ground/interrupt.py", "indexer/embed_worker.py"},  # Ctrl-C of `index`; decode workers
     "putenv": set(),
     "unsetenv": set(),
-    "threadpool_limits": {"imgsearch/threads.py"},
+    "threadpool_limits": {"ground/threads.py"},
     # a local Ray cluster's address, before ray is imported; thread counts for libraries loaded later
-    "os.environ": {"indexer/ray_engine.py", "imgsearch/threads.py"},
+    "os.environ": {"indexer/ray_engine.py", "ground/threads.py"},
 }
 WARNING_FILTERS = ("simplefilter", "filterwarnings")
 

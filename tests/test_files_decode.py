@@ -19,7 +19,7 @@ from PIL import Image
 
 import imgsearch.indexer.decode
 from imgsearch.indexer.decode import DecodeResult, decode_file, to_rgb
-from imgsearch.errors import InputPathNotFound
+from imgsearch.ground.errors import InputPathNotFound
 from imgsearch.indexer.files import IMAGE_EXTENSIONS, iter_image_files
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

@@ -19,7 +19,7 @@ import imgsearch.indexer.lock
 from conftest import make_photos
 from imgsearch.index import VECTORS_NAME, Index
 from index_oracle import check_consistent
-from imgsearch.errors import IndexLocked, StoreCorrupt, StoreWriteFailed
+from imgsearch.ground.errors import IndexLocked, StoreCorrupt, StoreWriteFailed
 from imgsearch.indexer.lock import LOCK_NAME, WriterLock
 from imgsearch.indexer.vectors import VectorIndex
 

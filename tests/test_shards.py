@@ -15,7 +15,7 @@ import pytest
 
 import imgsearch.indexer.merge
 from conftest import draw_image, make_photos
-from imgsearch.errors import StoreCorrupt
+from imgsearch.ground.errors import StoreCorrupt
 from imgsearch.index import Index
 from imgsearch.indexer.embed_worker import embed_shard
 from imgsearch.indexer.files import input_roots, iter_image_files

@@ -34,7 +34,7 @@ from imgsearch.indexer.store import Put, Store
 from imgsearch.indexer.vectors import IndexSpec, VectorIndex
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.search.rerank import rerank_scores
-from imgsearch.threads import QUERY_THREADS, use_threads
+from imgsearch.ground.threads import QUERY_THREADS, use_threads
 
 NOISE_SCALE = 0.5
 CANDIDATES = 100

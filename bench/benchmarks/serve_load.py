@@ -40,7 +40,7 @@ from pathlib import Path
 
 from bench.benchmarks.machine import describe, percentiles_ms
 from bench.benchmarks.query import synthetic_vectors
-from imgsearch.errors import ImageNotFound
+from imgsearch.ground.errors import ImageNotFound
 from imgsearch.index import DB_NAME, Index
 from imgsearch.indexer.lock import WriterLock
 from imgsearch.indexer.manifest import Manifest

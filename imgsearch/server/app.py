@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from imgsearch.errors import ImageNotFound, InvalidImage, InvalidQuery
+from imgsearch.ground.errors import ImageNotFound, InvalidImage, InvalidQuery
 from imgsearch.indexer.decode import decode_image_bytes
 from imgsearch.server.http_errors import add_error_handler, responses
 from imgsearch.server.middleware import CONTENT_SECURITY_POLICY, SecureApp
