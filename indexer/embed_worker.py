@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imgsearch.ground.errors import ModelConfigError
-from imgsearch.indexer.decode import DecodeResult, decode_file
+from imgsearch.images.decode import DecodeResult, decode_file
 from imgsearch.indexer.lock import close_inherited_locks
 from imgsearch.indexer.paths import path_to_text
 from imgsearch.indexer.shard import Shard, ShardRecord, shard_id_of

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from imgsearch.indexer.decode import decode_file
+from imgsearch.images.decode import decode_file
 from imgsearch.indexer.embed_worker import TOP_LABELS, Decode, PendingShard, embed_batches, top_labels
 from imgsearch.indexer.merge import AddSummary
 from imgsearch.indexer.run import ProgressCallback, StopCheck, run_indexing

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgsearch.indexer.files import file_signature
+from imgsearch.ground.file_signature import file_signature
 from imgsearch.indexer.paths import path_to_text, text_to_path
 from imgsearch.indexer.store import StoredImage
 

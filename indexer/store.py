@@ -34,7 +34,7 @@ import sqlite_utils
 from PIL import Image
 
 from imgsearch.ground.errors import StoreCorrupt, StoreWriteFailed
-from imgsearch.indexer.decode import exif_taken_at
+from imgsearch.images.decode import exif_taken_at
 from imgsearch.indexer.paths import path_to_text, text_to_path
 
 __all__ = ["Store", "StoredImage", "Touch", "Move", "Put", "Fail", "Change", "Applied", "SCHEMA_VERSION"]

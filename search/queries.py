@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from imgsearch.ground.errors import InvalidImage
-from imgsearch.indexer.decode import decode_image_bytes, to_rgb
+from imgsearch.images.decode import decode_image_bytes, to_rgb
 from imgsearch.indexer.pipeline import top_labels
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
 

@@ -18,7 +18,7 @@ from imgsearch.cli import cli
 from imgsearch.index import Index
 from index_oracle import assert_rows_match, assert_same_results, check_consistent, rows_of, search_results
 from imgsearch.ground.errors import StoreWriteFailed
-from imgsearch.indexer.decode import decode_file
+from imgsearch.images.decode import decode_file
 from imgsearch.indexer.pipeline import LocalEmbedder
 from imgsearch.indexer.store import Store
 from imgsearch.indexer.vectors import VectorIndex

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from conftest import draw_image, make_photos
 from imgsearch.cli import cli
 from imgsearch.index import Index
-from imgsearch.indexer.decode import decode_file
+from imgsearch.images.decode import decode_file
 from imgsearch.indexer.pipeline import LocalEmbedder
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
 from imgsearch.indexer.store import Fail, Put, Store

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imgsearch.ground.errors import CaptionFileError
-from imgsearch.indexer.decode import decode_file
+from imgsearch.images.decode import decode_file
 from imgsearch.model.image_encoder import resize_uint8
 from imgsearch.model.text_encoder import TextEncoder
 from imgsearch.training.captions import CaptionedImage

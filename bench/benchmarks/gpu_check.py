@@ -49,7 +49,7 @@ from imgsearch.model.allocator import keep_freed_memory
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.device import resolve_device
 from imgsearch.model.image_encoder import ImageEncoder
-from imgsearch.indexer.decode import decode_file
+from imgsearch.images.decode import decode_file
 from imgsearch.indexer.embed_worker import DecodeDataset, decode_loader
 from imgsearch.model.image_encoder import resize_uint8
 from imgsearch.indexer.pipeline import LocalEmbedder, default_workers

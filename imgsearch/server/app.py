@@ -27,7 +27,7 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from imgsearch.ground.errors import ImageNotFound, InvalidImage, InvalidQuery
-from imgsearch.indexer.decode import decode_image_bytes
+from imgsearch.images.decode import decode_image_bytes
 from imgsearch.server.http_errors import add_error_handler, responses
 from imgsearch.server.middleware import CONTENT_SECURITY_POLICY, SecureApp
 from imgsearch.server.schemas import (

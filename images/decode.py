@@ -1,4 +1,5 @@
-"""Indexing, decode stage: read one file, fingerprint it, decode it to an upright RGB image.
+"""Image decoding: read one file, fingerprint it, decode it to an upright RGB image (the
+indexer, training), or decode the bytes of an upload or a query photo (search, the server).
 
 Failures never raise: they come back as a DecodeResult with `error` set, so one
 bad file cannot stop a run.
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from imgsearch.ground.errors import ImageTooLarge, InvalidImage
-from imgsearch.indexer.files import file_signature
+from imgsearch.ground.file_signature import file_signature
 
 __all__ = ["DecodeResult", "MAX_PIXELS", "decode_file", "decode_image_bytes", "exif_taken_at", "to_rgb"]
 
