@@ -360,7 +360,7 @@ def _check_search_early(index_dir: str, query, k: int, **options) -> None:
     Light imports only."""
     from pathlib import Path
 
-    from imgsearch.indexer.manifest import read_index_manifest
+    from imgsearch.storage.manifest import read_index_manifest
     from imgsearch.search.arguments import check_search
 
     check_search(query, k, **options)

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgsearch.ground.errors import ModelConfigError
 from imgsearch.images.decode import DecodeResult, decode_file
-from imgsearch.indexer.lock import close_inherited_locks
-from imgsearch.indexer.paths import path_to_text
+from imgsearch.storage.lock import close_inherited_locks
+from imgsearch.storage.paths import path_to_text
 from imgsearch.indexer.shard import Shard, ShardRecord, shard_id_of
 from imgsearch.model.backbone import first_real_class
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8

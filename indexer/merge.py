@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from imgsearch.indexer.plan import RunPlan
 from imgsearch.indexer.shard import Shard, ShardRecord
-from imgsearch.indexer.store import Change, Fail, Move, Put, Store, StoredImage, Touch
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Change, Fail, Move, Put, Store, StoredImage, Touch
+from imgsearch.storage.vectors import VectorIndex
 
 __all__ = ["AddSummary", "ShardWriter"]
 

@@ -22,8 +22,8 @@ from imgsearch.images.decode import decode_file
 from imgsearch.indexer.embed_worker import TOP_LABELS, Decode, PendingShard, embed_batches, top_labels
 from imgsearch.indexer.merge import AddSummary
 from imgsearch.indexer.run import ProgressCallback, StopCheck, run_indexing
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 from imgsearch.model.image_encoder import ImageEncoder
 
 __all__ = ["AddSummary", "LocalEmbedder", "index_files", "default_workers", "TOP_LABELS", "top_labels"]

@@ -30,11 +30,11 @@ from typing import Protocol
 
 from imgsearch.indexer.files import input_roots, iter_image_files
 from imgsearch.indexer.merge import AddSummary, ShardWriter
-from imgsearch.indexer.paths import path_to_text
+from imgsearch.storage.paths import path_to_text
 from imgsearch.indexer.plan import plan_run
 from imgsearch.indexer.shard import Shard, ShardRecord
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 
 __all__ = ["run_indexing", "Embedder", "Embedding", "Finished", "AddSummary", "ProgressCallback", "StopCheck"]
 

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from imgsearch.ground.errors import InvalidQuery
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 from imgsearch.search.candidates import nearest
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
 from imgsearch.search.filters import SearchFilters

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imgsearch.ground.errors import ImageNotFound, InvalidImage
-from imgsearch.indexer.paths import path_to_text, text_to_path
-from imgsearch.indexer.store import Store, StoredImage
-from imgsearch.indexer.stored_index import DB_NAME, StoredIndex
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.paths import path_to_text, text_to_path
+from imgsearch.storage.store import Store, StoredImage
+from imgsearch.storage.stored_index import DB_NAME, StoredIndex
+from imgsearch.storage.vectors import VectorIndex
 from imgsearch.ground.rwlock import ReadWriteLock
 from imgsearch.search.arguments import SearchArguments
 from imgsearch.search.defaults import RerankPrecision

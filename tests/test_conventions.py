@@ -14,8 +14,8 @@ import builtins
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
-PACKAGES = ("ground", "images", "imgsearch", "indexer", "search", "model", "training")  # all of imgsearch.*
-LIBRARY = ("ground", "images", "indexer", "search", "model", "training")  # no command-line code in these
+PACKAGES = ("ground", "images", "storage", "imgsearch", "indexer", "search", "model", "training")  # all of imgsearch.*
+LIBRARY = ("ground", "images", "storage", "indexer", "search", "model", "training")  # no command-line code in these
 ERRORS = ROOT / "ground" / "errors.py"
 
 

@@ -20,8 +20,8 @@ from index_oracle import assert_rows_match, assert_same_results, check_consisten
 from imgsearch.ground.errors import StoreWriteFailed
 from imgsearch.images.decode import decode_file
 from imgsearch.indexer.pipeline import LocalEmbedder
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 
 QUERIES = ["a red circle", "a blue square"]
 

@@ -27,7 +27,7 @@ from imgsearch.index import Index
 from imgsearch.images.decode import decode_file
 from imgsearch.indexer.pipeline import LocalEmbedder
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
-from imgsearch.indexer.store import Fail, Put, Store
+from imgsearch.storage.store import Fail, Put, Store
 
 TOP = 5
 PROB_ATOL = 1.5e-4  # stored probabilities are rounded to 4 decimals; batches differ in the last float bits

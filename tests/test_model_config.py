@@ -190,7 +190,7 @@ def test_one_module_names_the_files():
     assert checkpoint.CONFIG_NAME is model_files.CONFIG_NAME and packaged.WEIGHTS_NAME is model_files.WEIGHTS_NAME
     root = Path(__file__).parents[1]
     definition = re.compile(r'=\s*"(config\.json|model\.safetensors|labels\.txt|imgsearch-alignment)"')
-    defining = sorted(str(path.relative_to(root)) for folder in ("imgsearch", "ground", "images", "indexer", "search", "model", "training")
+    defining = sorted(str(path.relative_to(root)) for folder in ("imgsearch", "ground", "images", "storage", "indexer", "search", "model", "training")
                       for path in (root / folder).rglob("*.py") if definition.search(path.read_text()))
     assert defining == ["model/model_files.py"]
 

@@ -20,7 +20,7 @@ from imgsearch.index import Index
 from imgsearch.indexer.embed_worker import embed_shard
 from imgsearch.indexer.files import input_roots, iter_image_files
 from imgsearch.indexer.merge import AddSummary, ShardWriter
-from imgsearch.indexer.paths import path_to_text
+from imgsearch.storage.paths import path_to_text
 from imgsearch.indexer.plan import plan_run
 from imgsearch.indexer.run import Finished
 from imgsearch.indexer.shard import Shard, ShardRecord, shard_id_of

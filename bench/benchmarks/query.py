@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from bench.benchmarks.machine import describe, percentiles_ms
-from imgsearch.indexer.store import Put, Store
-from imgsearch.indexer.vectors import IndexSpec, VectorIndex
+from imgsearch.storage.store import Put, Store
+from imgsearch.storage.vectors import IndexSpec, VectorIndex
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.search.rerank import rerank_scores
 from imgsearch.ground.threads import QUERY_THREADS, use_threads

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from imgsearch.ground.errors import StoreCorrupt
-from imgsearch.indexer.lock import VECTORS_LOCK_NAME, FileLock, WriterLock
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.lock import VECTORS_LOCK_NAME, FileLock, WriterLock
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 
 __all__ = ["StoredIndex", "DB_NAME", "VECTORS_NAME"]
 
