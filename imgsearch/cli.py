@@ -13,10 +13,10 @@ import sys
 import click
 
 from imgsearch.common import CONTEXT, Date, WholeNumber, json_option, keep_freed_memory_on_cpu, user_errors
-from imgsearch.locations import default_index_dir
+from imgsearch.ground.locations import default_index_dir
 from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir
 from imgsearch.train_commands import eval_command, train_command
-from imgsearch.errors import ModelNotFound
+from imgsearch.ground.errors import ModelNotFound
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
 
 # Only light modules above: `imgsearch --help`, `--version` and `CMD -h` answer without
@@ -155,7 +155,7 @@ def index_command(paths, index_dir, model, batch_size, workers, prune, device, r
     """
     from imgsearch.index import Index
     from imgsearch.indexer.files import input_roots
-    from imgsearch.interrupt import stop_on_interrupt
+    from imgsearch.ground.interrupt import stop_on_interrupt
     from imgsearch.progress import ProgressBar
 
     input_roots(paths)  # a path that does not exist is an error before any index is made
@@ -267,9 +267,9 @@ def search_command(query, image, like, index_dir, model, k, under, taken_after, 
                         taken_before=taken_before, min_score=min_score, candidates=candidates, rerank=not no_rerank,
                         rerank_precision=precision)
     from imgsearch.index import Index
-    from imgsearch.threads import QUERY_THREADS, use_threads
+    from imgsearch.ground.threads import QUERY_THREADS, use_threads
 
-    use_threads(QUERY_THREADS)  # one query is small work (imgsearch/threads.py)
+    use_threads(QUERY_THREADS)  # one query is small work (ground/threads.py)
     with Index.open(index_dir, model, device) as index:
         if image is not None:
             keep_freed_memory_on_cpu(index.device)
@@ -314,7 +314,7 @@ def rerank_command(query, images, index_dir, model, precision, device, as_json) 
       imgsearch rerank "a dog on the beach" ~/Pictures/a.jpg ~/Pictures/b.jpg 17
     """
     from imgsearch.index import Index
-    from imgsearch.threads import QUERY_THREADS, use_threads
+    from imgsearch.ground.threads import QUERY_THREADS, use_threads
 
     use_threads(QUERY_THREADS)
     refs = [_image_ref(item) for item in images]
@@ -355,7 +355,7 @@ def serve_command(index_dir, model, host, port, device) -> None:
 def _check_one_query(query, image, like) -> None:
     """The library's check that exactly one of QUERY, --image and --like is given (made before
     the index is opened), its error said as a usage error in the command's words."""
-    from imgsearch.errors import InvalidQuery
+    from imgsearch.ground.errors import InvalidQuery
     from imgsearch.search.arguments import query_kind
 
     try:
@@ -372,7 +372,7 @@ def _check_search_early(index_dir: str, query, k: int, **options) -> None:
     Light imports only."""
     from pathlib import Path
 
-    from imgsearch.indexer.manifest import read_index_manifest
+    from imgsearch.storage.manifest import read_index_manifest
     from imgsearch.search.arguments import check_search
 
     check_search(query, k, **options)

@@ -7,7 +7,7 @@ import functools
 
 import click
 
-from imgsearch.errors import ImgsearchError
+from imgsearch.ground.errors import ImgsearchError
 
 __all__ = ["CONTEXT", "json_option", "user_errors", "keep_freed_memory_on_cpu", "WholeNumber", "Date"]
 

@@ -23,20 +23,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imgsearch.errors import ModelConfigError
-from imgsearch.indexer.decode import DecodeResult, ImageRecord, decode_file, record_of
-from imgsearch.indexer.lock import close_inherited_locks
+from imgsearch.ground.errors import ModelConfigError
+from imgsearch.images.decode import DecodeResult, ImageRecord, decode_file, record_of
+from imgsearch.storage.lock import close_inherited_locks
 from imgsearch.indexer.shard import Shard, shard_id_of
 from imgsearch.model.backbone import first_real_class
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
+from imgsearch.model.labels import best_classes
 
 __all__ = [
     "embed_shard", "embed_batches", "DecodeDataset", "DecodedBatch", "collate", "init_worker", "decode_loader",
-    "start_embedding", "start_encoding", "PendingShard", "Started", "TOP_LABELS", "top_labels",
+    "start_embedding", "start_encoding", "PendingShard", "Started",
     "cudnn_autotuned",
 ]
-
-TOP_LABELS = 5  # classifier classes stored per content, best first
 
 Decode = Callable[..., DecodeResult]  # decode.decode_file, or a stand-in with its signature
 
@@ -263,7 +262,7 @@ def start_encoding(pixels: torch.Tensor, rows: torch.Tensor, encoder: ImageEncod
         global_ = out.global_.float()  # (n, d)
         top_probs = top_classes = None
         if out.class_probs is not None and encoder.labels is not None:
-            top_probs, top_classes = _top_classes(out.class_probs, encoder.labels)  # (n, k), (n, k)
+            top_probs, top_classes = best_classes(out.class_probs, encoder.labels)  # (n, k), (n, k)
         if not cuda:
             return Started(global_, regions, None, top_probs, top_classes)
         regions_host = torch.empty(regions.shape, dtype=torch.float16, pin_memory=True)
@@ -279,28 +278,6 @@ def start_encoding(pixels: torch.Tensor, rows: torch.Tensor, encoder: ImageEncod
         ready = torch.cuda.Event()
         ready.record()
     return Started(global_host, regions_host, ready, top_probs, top_classes)
-
-
-def top_labels(class_probs: torch.Tensor, labels: tuple[str, ...]) -> list[list[tuple[str, float]]]:
-    """Posteriors (n, C) --> per image its TOP_LABELS classes, best first, as the store keeps
-    them: [(name, prob rounded to 4 decimals), ...]."""
-    probs, classes = _top_classes(class_probs, labels)  # (n, k), (n, k)
-    return [[(labels[c], round(p, 4)) for c, p in zip(row_classes, row_probs)]
-            for row_classes, row_probs in zip(classes.tolist(), probs.tolist())]
-
-
-def _top_classes(class_probs: torch.Tensor, labels: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax posteriors (n, C) --> the TOP_LABELS most probable classes, TFLite's "background"
-    (class 0 of MobileNetV2's) left out, best first: probabilities (n, k) float32 and class
-    indices (n, k) int64."""
-    if class_probs.shape[1] != len(labels):
-        raise ModelConfigError(
-            f"the model's classifier has {class_probs.shape[1]} classes but its config names "
-            f"{len(labels)} labels; fix image.labels in its config.json."
-        )
-    first = first_real_class(labels)
-    probs, classes = class_probs[:, first:].float().topk(min(TOP_LABELS, class_probs.shape[1] - first), dim=1)
-    return probs, classes + first  # back to indices into `labels`
 
 
 @contextmanager

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from imgsearch.indexer.decode import ImageRecord
+from imgsearch.images.decode import ImageRecord
 from imgsearch.indexer.plan import RunPlan
 from imgsearch.indexer.shard import Shard
-from imgsearch.indexer.store import Change, Fail, Move, Put, Store, StoredImage, Touch
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Change, Fail, Move, Put, Store, StoredImage, Touch
+from imgsearch.storage.vectors import VectorIndex
 
 __all__ = ["AddSummary", "ShardWriter"]
 

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgsearch.indexer.files import file_signature
-from imgsearch.indexer.paths import path_to_text, text_to_path
-from imgsearch.indexer.store import StoredImage
+from imgsearch.ground.file_signature import file_signature
+from imgsearch.ground.paths import path_to_text, text_to_path
+from imgsearch.storage.store import StoredImage
 
 __all__ = ["RunPlan", "plan_run"]
 

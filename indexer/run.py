@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from imgsearch.indexer.decode import ImageRecord
+from imgsearch.images.decode import ImageRecord
 from imgsearch.indexer.files import input_roots, iter_image_files
 from imgsearch.indexer.merge import AddSummary, ShardWriter
-from imgsearch.indexer.paths import path_to_text
+from imgsearch.ground.paths import path_to_text
 from imgsearch.indexer.plan import plan_run
 from imgsearch.indexer.shard import Shard
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 
 __all__ = ["run_indexing", "Embedder", "Embedding", "Finished", "AddSummary", "ProgressCallback", "StopCheck"]
 

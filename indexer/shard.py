@@ -1,7 +1,7 @@
 """Indexing, shard stage: the unit of work between the embed workers and the one writer.
 
 A shard is what a worker found in a list of files: each file's ImageRecord (its facts, or
-why it failed; indexer/decode.py), and the vectors of each content it embedded, once per
+why it failed; images/decode.py), and the vectors of each content it embedded, once per
 content however many files of the shard hold it. It knows nothing of any store: the
 writer (merge.ShardWriter) decides what each file means for the index. A shard file is one
 safetensors file: the arrays as tensors ("global" (n, d) float32, "regions" (n, R, d)
@@ -23,9 +23,9 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from imgsearch.durable import replace_durably
-from imgsearch.errors import StoreCorrupt
-from imgsearch.indexer.decode import RECORD_FIELDS, ImageRecord
+from imgsearch.ground.durable import replace_durably
+from imgsearch.ground.errors import StoreCorrupt
+from imgsearch.images.decode import RECORD_FIELDS, ImageRecord
 
 __all__ = ["Shard", "SHARD_FORMAT", "SHARD_VERSION", "shard_id_of"]
 

@@ -31,7 +31,7 @@ import torch
 import torchvision
 from torch import nn
 
-from imgsearch.errors import ModelConfigError, WeightsMissing
+from imgsearch.ground.errors import ModelConfigError, WeightsMissing
 from imgsearch.model.config import (  # the backbone settings live with the other configs (no torch there)
     BACKBONES, CLASSIFIER_BACKBONES, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, EFFICIENTNET_LITES,
     IMAGENET_MEAN, IMAGENET_STD, MOBILENET_CHANNELS, MOBILENET_MEAN, MOBILENET_POOLS, MOBILENET_STD,

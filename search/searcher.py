@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from imgsearch.errors import InvalidQuery
-from imgsearch.indexer.decode import ImageRecord, record_values, shown_fields
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.ground.errors import InvalidQuery
+from imgsearch.images.decode import ImageRecord, record_values, shown_fields
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 from imgsearch.search.candidates import nearest
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
 from imgsearch.search.filters import SearchFilters

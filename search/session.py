@@ -8,7 +8,7 @@ the lookups of one image are here. imgsearch.index.Index holds one Searcher and 
 arguments it has checked (search/arguments.py); nothing here checks them again.
 
 Thread-safe: a server's request threads search side by side on one snapshot; refresh() and
-refresh_if_changed() move it, alone (imgsearch/rwlock.py).
+refresh_if_changed() move it, alone (ground/rwlock.py).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imgsearch.errors import ImageNotFound, InvalidImage
-from imgsearch.indexer.decode import ImageRecord, record_values
-from imgsearch.indexer.paths import path_to_text, text_to_path
-from imgsearch.indexer.store import Store, StoredImage
-from imgsearch.indexer.stored_index import DB_NAME, StoredIndex
-from imgsearch.indexer.vectors import VectorIndex
-from imgsearch.rwlock import ReadWriteLock
+from imgsearch.ground.errors import ImageNotFound, InvalidImage
+from imgsearch.images.decode import ImageRecord, record_values
+from imgsearch.ground.paths import path_to_text, text_to_path
+from imgsearch.storage.store import Store, StoredImage
+from imgsearch.storage.stored_index import DB_NAME, StoredIndex
+from imgsearch.storage.vectors import VectorIndex
+from imgsearch.ground.rwlock import ReadWriteLock
 from imgsearch.search.arguments import SearchArguments
 from imgsearch.search.defaults import RerankPrecision
 from imgsearch.search.query_model import QueryModel, TorchQueryModel

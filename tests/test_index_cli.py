@@ -17,7 +17,7 @@ from imgsearch.cli import cli
 from imgsearch.index import Index, default_index_dir
 from imgsearch.model.packaged import default_model_dir
 from imgsearch.model.model_files import fingerprint
-from imgsearch.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound, StoreCorrupt
+from imgsearch.ground.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound, StoreCorrupt
 
 
 @pytest.fixture(autouse=True)

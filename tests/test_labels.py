@@ -24,10 +24,10 @@ from click.testing import CliRunner
 from conftest import draw_image, make_photos
 from imgsearch.cli import cli
 from imgsearch.index import Index
-from imgsearch.indexer.decode import ImageRecord, decode_file
+from imgsearch.images.decode import ImageRecord, decode_file
 from imgsearch.indexer.pipeline import LocalEmbedder
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
-from imgsearch.indexer.store import Fail, Put, Store
+from imgsearch.storage.store import Fail, Put, Store
 
 TOP = 5
 PROB_ATOL = 1.5e-4  # stored probabilities are rounded to 4 decimals; batches differ in the last float bits

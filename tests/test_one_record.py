@@ -1,4 +1,4 @@
-"""One record: what is known about an image is one type, ImageRecord (indexer/decode.py), from
+"""One record: what is known about an image is one type, ImageRecord (images/decode.py), from
 decoding to the API; the decode result, the store's rows and the search results derive from it.
 
 One photo (and one file that fails) walks every stage: decode, the embed worker's shard (and
@@ -25,7 +25,7 @@ from PIL import Image
 from conftest import draw_image
 from imgsearch.cli import cli
 from imgsearch.index import Index
-from imgsearch.indexer.decode import (
+from imgsearch.images.decode import (
     RECORD_FIELDS,
     SHOWN_FIELDS,
     DecodeResult,
@@ -36,7 +36,7 @@ from imgsearch.indexer.decode import (
 )
 from imgsearch.indexer.embed_worker import embed_shard
 from imgsearch.indexer.shard import Shard
-from imgsearch.indexer.store import StoredImage
+from imgsearch.storage.store import StoredImage
 from imgsearch.search.searcher import SearchResult
 from imgsearch.server.app import create_app
 

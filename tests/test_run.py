@@ -12,11 +12,11 @@ import pytest
 
 from conftest import make_photos
 from imgsearch.indexer.embed_worker import DecodeDataset
-from imgsearch.indexer.paths import path_to_text
+from imgsearch.ground.paths import path_to_text
 from imgsearch.indexer.run import Finished, run_indexing
 from imgsearch.indexer.shard import Shard, shard_id_of
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 
 DIM, REGIONS = 8, 2
 

@@ -49,13 +49,13 @@ from imgsearch.model.allocator import keep_freed_memory
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.device import resolve_device
 from imgsearch.model.image_encoder import ImageEncoder
-from imgsearch.indexer.decode import ImageRecord, decode_file
+from imgsearch.images.decode import ImageRecord, decode_file
 from imgsearch.indexer.embed_worker import DecodeDataset, decode_loader
 from imgsearch.model.image_encoder import resize_uint8
 from imgsearch.indexer.pipeline import LocalEmbedder, default_workers
 from imgsearch.indexer.run import Finished, run_indexing
-from imgsearch.indexer.store import Put, Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Put, Store
+from imgsearch.storage.vectors import VectorIndex
 from imgsearch.model.fast_scorer import score_candidates_fast
 from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig
 

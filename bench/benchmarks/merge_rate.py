@@ -27,12 +27,12 @@ import faiss
 import numpy as np
 
 from bench.benchmarks.machine import describe
-from imgsearch.indexer.decode import ImageRecord
+from imgsearch.images.decode import ImageRecord
 from imgsearch.indexer.merge import AddSummary, ShardWriter
 from imgsearch.indexer.plan import RunPlan
 from imgsearch.indexer.shard import Shard, shard_id_of
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 
 EMBED_DIM = 256  # the photo model's
 NUM_REGIONS = 49  # 7 x 7

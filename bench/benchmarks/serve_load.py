@@ -40,12 +40,12 @@ from pathlib import Path
 
 from bench.benchmarks.machine import describe, percentiles_ms
 from bench.benchmarks.query import synthetic_vectors
-from imgsearch.errors import ImageNotFound
+from imgsearch.ground.errors import ImageNotFound
 from imgsearch.index import DB_NAME, Index
-from imgsearch.indexer.lock import WriterLock
-from imgsearch.indexer.manifest import Manifest
-from imgsearch.indexer.decode import ImageRecord
-from imgsearch.indexer.store import Put, Store
+from imgsearch.storage.lock import WriterLock
+from imgsearch.storage.manifest import Manifest
+from imgsearch.images.decode import ImageRecord
+from imgsearch.storage.store import Put, Store
 
 
 def read_captions(data: Path, split: str, count: int, seed: int) -> list[str]:

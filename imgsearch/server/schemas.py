@@ -8,7 +8,7 @@ from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from imgsearch.indexer.decode import SHOWN_FIELDS, ImageRecord
+from imgsearch.images.decode import SHOWN_FIELDS, ImageRecord
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
 
 __all__ = ["MAX_QUERY_CHARS", "SearchRequest", "RerankRequest", "SearchItem", "SearchResponse",
@@ -56,7 +56,7 @@ class Label(BaseModel):
 _RECORD_TYPES = get_type_hints(ImageRecord)
 
 # A search result (SearchResult.to_dict) with its URLs: id and path, the scores, then the image
-# record's shown fields (indexer/decode.py: ImageRecord, each as its type there), labels and URLs.
+# record's shown fields (images/decode.py: ImageRecord, each as its type there), labels and URLs.
 _SEARCH_ITEM: dict[str, Any] = {
     "id": (int | None, Field(description="null for an uploaded image that is not in the index")),
     "path": (str | None, ...),

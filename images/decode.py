@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from imgsearch.errors import ImageTooLarge, InvalidImage
-from imgsearch.indexer.files import file_signature
-from imgsearch.indexer.paths import path_to_text
+from imgsearch.ground.errors import ImageTooLarge, InvalidImage
+from imgsearch.ground.file_signature import file_signature
+from imgsearch.ground.paths import path_to_text
 
 __all__ = ["ImageRecord", "RECORD_FIELDS", "SHOWN_FIELDS", "HIDDEN", "shown_fields", "record_values", "record_of",
            "DecodeResult", "MAX_PIXELS", "decode_file", "decode_image_bytes", "exif_taken_at", "to_rgb"]
@@ -51,7 +51,7 @@ class ImageRecord:
     (sha256), shared by identical files, and come from the model, not from the file.
     """
 
-    path: str  # the path as stored (indexer/paths.py: path_to_text)
+    path: str  # the path as stored (ground/paths.py: path_to_text)
     width: int | None = None  # pixels, after EXIF orientation
     height: int | None = None
     size: int | None = None  # bytes on disk
