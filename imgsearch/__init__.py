@@ -7,7 +7,7 @@ Importing imgsearch or calling it changes nothing in the process beyond the obje
 returns: no allocator settings, thread counts or logging set-up. Those belong to the
 program: the `imgsearch` command and its server make them, and a program may ask for the
 same with keep_freed_memory() (glibc's malloc keeps freed memory: CPU indexing 2.1x faster,
-model/allocator.py) and imgsearch.threads.use_threads().
+model/allocator.py) and imgsearch.ground.threads.use_threads().
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ _WHERE = {  # public name --> the module that defines it
     "SearchResult": "imgsearch.search.searcher",
     "AlignmentModel": "imgsearch.model.alignment",
     "AlignmentConfig": "imgsearch.model.alignment",
-    "ImgsearchError": "imgsearch.errors",
+    "ImgsearchError": "imgsearch.ground.errors",
     "keep_freed_memory": "imgsearch.model.allocator",
 }
 
 if TYPE_CHECKING:
     from imgsearch.index import Index
-    from imgsearch.errors import ImgsearchError
+    from imgsearch.ground.errors import ImgsearchError
     from imgsearch.indexer.pipeline import AddSummary
     from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
     from imgsearch.model.allocator import keep_freed_memory

@@ -12,11 +12,11 @@ import sys
 
 import click
 
-from imgsearch.common import CONTEXT, json_option, keep_freed_memory_on_cpu, user_errors
-from imgsearch.locations import default_index_dir
+from imgsearch.common import CONTEXT, Date, WholeNumber, json_option, keep_freed_memory_on_cpu, user_errors
+from imgsearch.ground.locations import default_index_dir
 from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir
 from imgsearch.train_commands import eval_command, train_command
-from imgsearch.errors import ModelNotFound
+from imgsearch.ground.errors import ModelNotFound
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
 
 # Only light modules above: `imgsearch --help`, `--version` and `CMD -h` answer without
@@ -113,8 +113,8 @@ def cli(verbose: bool) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @index_option
 @create_model_option
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
-@click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes (default: spare cores).")
+@click.option("--batch-size", default=32, show_default=True, type=WholeNumber(min=1), help="Images per forward pass.")
+@click.option("--workers", default=None, type=WholeNumber(min=0), help="Decoding processes (default: spare cores).")
 @click.option(
     "--prune/--no-prune", default=True, show_default=True,
     help="Remove indexed files under the given folders that no longer exist. Files indexed "
@@ -128,7 +128,7 @@ def cli(verbose: bool) -> None:
     "whose nodes must see the files and the model at the same paths. Give it after the paths "
     "(or as --ray=ADDRESS). --workers and --device then do not apply.",
 )
-@click.option("--shard-size", default=256, show_default=True, type=click.IntRange(min=1),
+@click.option("--shard-size", default=256, show_default=True, type=WholeNumber(min=1),
               help="With --ray: files per shard, the unit of work of an actor.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (there is none either when stderr is not a terminal).")
 @json_option
@@ -155,7 +155,7 @@ def index_command(paths, index_dir, model, batch_size, workers, prune, device, r
     """
     from imgsearch.index import Index
     from imgsearch.indexer.files import input_roots
-    from imgsearch.interrupt import stop_on_interrupt
+    from imgsearch.ground.interrupt import stop_on_interrupt
     from imgsearch.progress import ProgressBar
 
     input_roots(paths)  # a path that does not exist is an error before any index is made
@@ -182,15 +182,23 @@ def index_command(paths, index_dir, model, batch_size, workers, prune, device, r
     else:
         click.echo(
             f"added {summary.added}, updated {summary.updated}, moved {summary.moved}, "
-            f"removed {summary.removed}, unchanged {summary.unchanged}, failed {summary.failed}; "
-            f"{_speed_note(summary)}"
+            f"removed {summary.removed}, unchanged {summary.unchanged}, failed {summary.failed}"
+            + (f" ({_still_failing(len(summary.still_failing))})" if summary.still_failing else "")
+            + f"; {_speed_note(summary)}"
         )
         for path, error in summary.failures:
             click.echo(f"  failed: {path}: {error}", err=True)
+        for path, error in summary.still_failing:
+            click.echo(f"  still failing: {path}: {error}", err=True)
     if summary.interrupted:
         click.echo("interrupted: everything counted above is stored; run the same command again "
                    "to index the rest.", err=True)
         sys.exit(INTERRUPTED_EXIT_CODE)
+
+
+def _still_failing(count: int) -> str:
+    """'and 1 unchanged file still fails' / 'and 2 unchanged files still fail'."""
+    return f"and {count} unchanged file still fails" if count == 1 else f"and {count} unchanged files still fail"
 
 
 def _speed_note(summary) -> str:
@@ -216,16 +224,16 @@ precision_option = click.option(
               help="More like an indexed image, given by its path or its id (--json shows ids); it is left out.")
 @index_option
 @model_option
-@click.option("-k", "--top", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Results to show.")
+@click.option("-k", "--top", "k", default=10, show_default=True, type=WholeNumber(min=1), help="Results to show.")
 @click.option("--under", "under", metavar="FOLDER", type=click.Path(file_okay=False),
               help="Only images inside this folder (and its subfolders).")
-@click.option("--after", "taken_after", metavar="DATE",
+@click.option("--after", "taken_after", metavar="DATE", type=Date(),
               help="Only photos taken on or after DATE (YYYY-MM-DD; EXIF date, else the file's mtime).")
-@click.option("--before", "taken_before", metavar="DATE", help="Only photos taken on or before DATE (YYYY-MM-DD).")
+@click.option("--before", "taken_before", metavar="DATE", type=Date(), help="Only photos taken on or before DATE (YYYY-MM-DD).")
 @click.option("--min-score", type=float, metavar="SCORE",
-              help="Only images whose first-stage score (the second column) is at least SCORE.")
+              help="Only images whose first-stage score (the 'first stage' column) is at least SCORE.")
 @click.option(
-    "--candidates", default=DEFAULT_CANDIDATES, show_default=True, type=click.IntRange(min=1),
+    "--candidates", default=DEFAULT_CANDIDATES, show_default=True, type=WholeNumber(min=1),
     help="First-stage candidates handed to the re-ranker.",
 )
 @click.option("--no-rerank", is_flag=True, help="Skip cross-attention re-ranking; rank by the first stage alone.")
@@ -259,9 +267,9 @@ def search_command(query, image, like, index_dir, model, k, under, taken_after, 
                         taken_before=taken_before, min_score=min_score, candidates=candidates, rerank=not no_rerank,
                         rerank_precision=precision)
     from imgsearch.index import Index
-    from imgsearch.threads import QUERY_THREADS, use_threads
+    from imgsearch.ground.threads import QUERY_THREADS, use_threads
 
-    use_threads(QUERY_THREADS)  # one query is small work (imgsearch/threads.py)
+    use_threads(QUERY_THREADS)  # one query is small work (ground/threads.py)
     with Index.open(index_dir, model, device) as index:
         if image is not None:
             keep_freed_memory_on_cpu(index.device)
@@ -270,6 +278,10 @@ def search_command(query, image, like, index_dir, model, k, under, taken_after, 
             taken_after=taken_after, taken_before=taken_before, min_score=min_score, candidates=candidates,
             rerank=not no_rerank, rerank_precision=precision,
         )
+    if not page.results and under is not None and not os.path.isdir(os.path.expanduser(under)):
+        # a folder that is gone may still have images in the index (an unplugged drive); only
+        # when nothing is found is its absence the answer
+        raise click.ClickException(f"--under: there is no folder {under}, and the index holds no images under it.")
     if as_json:
         asked = {"query": query} if query is not None else {"image": image} if image is not None else {"like": like}
         click.echo(json.dumps({**asked, "reranked": page.reranked, "results": [r.to_dict() for r in page.results],
@@ -302,7 +314,7 @@ def rerank_command(query, images, index_dir, model, precision, device, as_json) 
       imgsearch rerank "a dog on the beach" ~/Pictures/a.jpg ~/Pictures/b.jpg 17
     """
     from imgsearch.index import Index
-    from imgsearch.threads import QUERY_THREADS, use_threads
+    from imgsearch.ground.threads import QUERY_THREADS, use_threads
 
     use_threads(QUERY_THREADS)
     refs = [_image_ref(item) for item in images]
@@ -321,7 +333,7 @@ def rerank_command(query, images, index_dir, model, precision, device, as_json) 
 @model_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback lets others on the network see every indexed photo.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(min=0, max=65535), help="TCP port.")
+@click.option("--port", default=8000, show_default=True, type=WholeNumber(min=0, max=65535), help="TCP port.")
 @device_option
 @user_errors
 def serve_command(index_dir, model, host, port, device) -> None:
@@ -343,7 +355,7 @@ def serve_command(index_dir, model, host, port, device) -> None:
 def _check_one_query(query, image, like) -> None:
     """The library's check that exactly one of QUERY, --image and --like is given (made before
     the index is opened), its error said as a usage error in the command's words."""
-    from imgsearch.errors import InvalidQuery
+    from imgsearch.ground.errors import InvalidQuery
     from imgsearch.search.arguments import query_kind
 
     try:
@@ -360,7 +372,7 @@ def _check_search_early(index_dir: str, query, k: int, **options) -> None:
     Light imports only."""
     from pathlib import Path
 
-    from imgsearch.indexer.manifest import read_index_manifest
+    from imgsearch.storage.manifest import read_index_manifest
     from imgsearch.search.arguments import check_search
 
     check_search(query, k, **options)

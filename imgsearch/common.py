@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 
 import click
 
-from imgsearch.errors import ImgsearchError
+from imgsearch.ground.errors import ImgsearchError
 
-__all__ = ["CONTEXT", "json_option", "user_errors", "keep_freed_memory_on_cpu"]
+__all__ = ["CONTEXT", "json_option", "user_errors", "keep_freed_memory_on_cpu", "WholeNumber", "Date"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -23,6 +24,47 @@ def keep_freed_memory_on_cpu(device) -> None:
         from imgsearch.model.allocator import keep_freed_memory
 
         keep_freed_memory()
+
+
+class WholeNumber(click.ParamType):
+    """An integer option whose mistakes read as a sentence after click's "Invalid value for
+    '-k' / '--top':", such as "'abc' is not a whole number." or "it must be at least 1 (got 0)."
+    """
+
+    name = "integer"
+
+    def __init__(self, min: int | None = None, max: int | None = None) -> None:
+        self.min, self.max = min, max
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not a whole number.", param, ctx)
+        if self.min is not None and number < self.min:
+            self.fail(f"it must be at least {self.min} (got {number}).", param, ctx)
+        if self.max is not None and number > self.max:
+            self.fail(f"it must be at most {self.max} (got {number}).", param, ctx)
+        return number
+
+
+class Date(click.ParamType):
+    """A date option (YYYY-MM-DD), read by the command line so that a mistake names the option
+    as the user typed it: "Invalid value for '--after': write the date as YYYY-MM-DD (got
+    '01/06/2023')." """
+
+    name = "date"
+
+    def convert(self, value, param, ctx) -> dt.date:
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return dt.date.fromisoformat(str(value).strip())
+        except ValueError:
+            self.fail(f"write the date as YYYY-MM-DD (got {value!r}).", param, ctx)
 
 
 def user_errors(command):

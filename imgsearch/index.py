@@ -27,14 +27,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgsearch.errors import IndexExists, ModelMismatch, ModelNotFound
-from imgsearch.indexer.lock import LOCK_NAME, VECTORS_LOCK_NAME, WriterLock
-from imgsearch.indexer.manifest import MANIFEST_NAME, Manifest, ModelRecord, read_index_manifest
+from imgsearch.ground.errors import IndexExists, ModelMismatch, ModelNotFound
+from imgsearch.storage.lock import LOCK_NAME, VECTORS_LOCK_NAME, WriterLock
+from imgsearch.storage.manifest import MANIFEST_NAME, Manifest, ModelRecord, read_index_manifest
 from imgsearch.indexer.run import Embedder, ProgressCallback, StopCheck, run_indexing
-from imgsearch.indexer.store import SCHEMA_VERSION, Store
-from imgsearch.indexer.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
-from imgsearch.indexer.vectors import VectorIndex
-from imgsearch.locations import default_index_dir
+from imgsearch.storage.store import SCHEMA_VERSION, Store
+from imgsearch.storage.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
+from imgsearch.storage.vectors import VectorIndex
+from imgsearch.ground.locations import default_index_dir
 from imgsearch.model.config import read_model_config
 from imgsearch.model.device import resolve_device, runs_on_cpu
 from imgsearch.model.model_files import answers_to_fingerprint, fingerprint

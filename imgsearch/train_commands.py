@@ -9,7 +9,7 @@ import logging
 
 import click
 
-from imgsearch.common import CONTEXT, json_option, keep_freed_memory_on_cpu, user_errors
+from imgsearch.common import CONTEXT, WholeNumber, json_option, keep_freed_memory_on_cpu, user_errors
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
 from imgsearch.training.config import TrainConfig  # the options' defaults (no heavy imports)
 
@@ -42,8 +42,8 @@ split_option = click.option("--split", default=None, help="Karpathy JSON split t
 @click.option("--text-encoder", default=None, help="Transformers name or local directory of a BERT-family encoder.")
 @click.option("--backbone-mode", type=click.Choice(["scratch", "finetune", "frozen"]), default=None,
               help="Train the backbone from scratch, fine-tune it, or freeze it (default: the preset's).")
-@click.option("--epochs", default=TrainConfig.epochs, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=click.IntRange(min=2))
+@click.option("--epochs", default=TrainConfig.epochs, show_default=True, type=WholeNumber(min=1))
+@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=WholeNumber(min=2))
 @click.option("--lr", default=TrainConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--loss", type=click.Choice(["infonce", "vsepp"]), default=TrainConfig.loss, show_default=True,
               help="Contrastive loss of the dual encoder.")
@@ -59,10 +59,10 @@ split_option = click.option("--split", default=None, help="Karpathy JSON split t
               "or its first name and WordNet parent (ImageNet classes; model/imagenet_class_texts.tsv).")
 @click.option("--zero-shot-temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="0: a class matches a query by cosine; T > 0: by the softmax over all classes of cosine / T.")
-@click.option("--scorer-layers", default=None, type=click.IntRange(min=0),
+@click.option("--scorer-layers", default=None, type=WholeNumber(min=0),
               help="Attention layers of the re-ranker (default: the preset's). 0 keeps only its "
               "token-region alignment term (with --local-weight, trained in the first stage).")
-@click.option("--scorer-epochs", default=TrainConfig.scorer_epochs, show_default=True, type=click.IntRange(min=0),
+@click.option("--scorer-epochs", default=TrainConfig.scorer_epochs, show_default=True, type=WholeNumber(min=0),
               help="Epochs of the second stage: the re-ranker on the frozen dual encoder.")
 @click.option("--hard-share", default=TrainConfig.hard_share, show_default=True, type=click.FloatRange(0, 1),
               help="Share of the re-ranker's negatives mined from the first stage (the rest are uniform).")
@@ -84,9 +84,9 @@ split_option = click.option("--split", default=None, help="Karpathy JSON split t
               help="Weight of the hubness correction in the first stage (model/hubness.py; 0: none). "
               "The model keeps a bank of training caption vectors for it.")
 @click.option("--no-augment", is_flag=True, help="No random resized crops.")
-@click.option("--seed", default=TrainConfig.seed, show_default=True, type=int)
+@click.option("--seed", default=TrainConfig.seed, show_default=True, type=WholeNumber())
 @click.option("--time-limit", default=None, type=click.FloatRange(min=0, min_open=True), help="Stop after this many minutes.")
-@click.option("--workers", default=TrainConfig.workers, show_default=True, type=click.IntRange(min=0),
+@click.option("--workers", default=TrainConfig.workers, show_default=True, type=WholeNumber(min=0),
               help="Decoding processes.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/training-state.pt.")
 @user_errors
@@ -143,12 +143,12 @@ def show_training_progress() -> None:
 @images_option
 @only_option
 @split_option
-@click.option("--rerank-depth", default=20, show_default=True, type=click.IntRange(min=1),
+@click.option("--rerank-depth", default=20, show_default=True, type=WholeNumber(min=1),
               help="Image->text: captions per image that the re-ranker reorders.")
-@click.option("--candidates", default=DEFAULT_CANDIDATES, show_default=True, type=click.IntRange(min=1),
+@click.option("--candidates", default=DEFAULT_CANDIDATES, show_default=True, type=WholeNumber(min=1),
               help="Text->image: first-stage candidates per caption, re-ranked as `imgsearch search` does.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Decoding processes.")
+@click.option("--workers", default=0, show_default=True, type=WholeNumber(min=0), help="Decoding processes.")
 @json_option
 @user_errors
 def eval_command(captions, model, images, only, split, rerank_depth, candidates, device, workers, as_json) -> None:

@@ -1,5 +1,5 @@
-"""The write side of imgsearch, indexing: files --> plan --> decode --> encode (model) --> store + vectors.
+"""The write side of imgsearch, indexing: files --> plan --> decode (images) --> encode (model) --> store + vectors (storage).
 
-Import the stage modules themselves (imgsearch.indexer.pipeline, imgsearch.indexer.store, ...): this package
-imports nothing, so that light modules (files, paths, lock, manifest) load without torch.
+Import the stage modules themselves (imgsearch.indexer.pipeline, imgsearch.indexer.run, ...): this package
+imports nothing, so that light modules (files) load without torch.
 """

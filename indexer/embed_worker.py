@@ -15,7 +15,7 @@ import os
 import signal
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple, cast
 
@@ -23,21 +23,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imgsearch.errors import ModelConfigError
-from imgsearch.indexer.decode import DecodeResult, decode_file
-from imgsearch.indexer.lock import close_inherited_locks
-from imgsearch.indexer.paths import path_to_text
-from imgsearch.indexer.shard import Shard, ShardRecord, shard_id_of
-from imgsearch.model.backbone import first_real_class
+from imgsearch.images.decode import DecodeResult, ImageRecord, decode_file, record_of
+from imgsearch.storage.lock import close_inherited_locks
+from imgsearch.indexer.shard import Shard, shard_id_of
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
+from imgsearch.model.labels import best_classes
 
 __all__ = [
     "embed_shard", "embed_batches", "DecodeDataset", "DecodedBatch", "collate", "init_worker", "decode_loader",
-    "start_embedding", "start_encoding", "PendingShard", "Started", "TOP_LABELS", "top_labels",
+    "start_embedding", "start_encoding", "PendingShard", "Started",
     "cudnn_autotuned",
 ]
-
-TOP_LABELS = 5  # classifier classes stored per content, best first
 
 Decode = Callable[..., DecodeResult]  # decode.decode_file, or a stand-in with its signature
 
@@ -95,7 +91,7 @@ def _concatenated(parts: list[Shard], encoder: ImageEncoder) -> Shard:
     labels = None  # one encoder: every batch with contents has labels, or none has
     if filled and all(part.labels is not None for part in filled):
         labels = [row for part in filled if part.labels is not None for row in part.labels]
-    return Shard(shard_id_of([record.text for record in records]), records,
+    return Shard(shard_id_of([record.path for record in records]), records,
                  [sha for part in filled for sha in part.contents], global_, regions, labels)
 
 
@@ -103,7 +99,7 @@ def _concatenated(parts: list[Shard], encoder: ImageEncoder) -> Shard:
 
 
 class DecodeDataset(Dataset):
-    """File i --> (its ShardRecord, its pixels (3, S, S) uint8, or None when it failed)."""
+    """File i --> (its ImageRecord, its pixels (3, S, S) uint8, or None when it failed)."""
 
     def __init__(self, paths: Sequence[Path], image_size: int, decode: Decode = decode_file) -> None:
         self.paths = paths
@@ -113,17 +109,16 @@ class DecodeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[ShardRecord, torch.Tensor | None]:
+    def __getitem__(self, i: int) -> tuple[ImageRecord, torch.Tensor | None]:
         result = self.decode(self.paths[i], min_size=self.image_size)  # JPEGs at a reduced scale
+        # Plain values, no image: unpickling a batch costs the main process little.
+        record = record_of(result)
         pixels = None
         if result.image is not None:
             try:
                 pixels = resize_uint8(result.image, self.image_size)  # (3, S, S) uint8
             except Exception as exc:  # a decoder may defer errors until pixels are read
-                result.error = f"cannot decode image: {exc}"
-        # Plain values, no image and no Path object: unpickling a batch costs the main process little.
-        record = ShardRecord(path_to_text(result.path), result.size, result.mtime, result.ctime, result.sha256,
-                             result.width, result.height, result.taken_at, result.error)
+                record = replace(record, error=f"cannot decode image: {exc}")
         return record, pixels
 
 
@@ -131,14 +126,14 @@ class DecodeDataset(Dataset):
 class DecodedBatch:
     """What a decode worker hands over: every file's record, and the good ones' pixels stacked."""
 
-    records: list[ShardRecord]
+    records: list[ImageRecord]
     pixels: torch.Tensor | None  # (B_good, 3, S, S) uint8, in the order of the good records
 
     def __len__(self) -> int:
         return len(self.records)
 
 
-def collate(items: list[tuple[ShardRecord, torch.Tensor | None]]) -> DecodedBatch:
+def collate(items: list[tuple[ImageRecord, torch.Tensor | None]]) -> DecodedBatch:
     good = [pixels for record, pixels in items if record.error is None]
     stacked = torch.stack(cast("list[torch.Tensor]", good)) if good else None  # a good record has its pixels
     return DecodedBatch([record for record, _ in items], stacked)
@@ -186,7 +181,7 @@ class PendingShard:
     asynchronously; result() waits for them. On the CPU they are done already.
     """
 
-    records: list[ShardRecord]
+    records: list[ImageRecord]
     contents: list[str]  # sha256 of each content being embedded, in the encoder's row order
     global_: torch.Tensor | None = None  # (n, d) float32, host memory
     regions: torch.Tensor | None = None  # (n, R, d) float16, host memory
@@ -222,7 +217,7 @@ class PendingShard:
         else:
             global_ = np.zeros((0, self.embed_dim), np.float32)
             regions = np.zeros((0, self.num_regions, self.embed_dim), np.float16)
-        return Shard(shard_id_of([record.text for record in self.records]), self.records, self.contents,
+        return Shard(shard_id_of([record.path for record in self.records]), self.records, self.contents,
                      global_, regions, labels)
 
 
@@ -270,7 +265,7 @@ def start_encoding(pixels: torch.Tensor, rows: torch.Tensor, encoder: ImageEncod
         global_ = out.global_.float()  # (n, d)
         top_probs = top_classes = None
         if out.class_probs is not None and encoder.labels is not None:
-            top_probs, top_classes = _top_classes(out.class_probs, encoder.labels)  # (n, k), (n, k)
+            top_probs, top_classes = best_classes(out.class_probs, encoder.labels)  # (n, k), (n, k)
         if not cuda:
             return Started(global_, regions, None, top_probs, top_classes)
         regions_host = torch.empty(regions.shape, dtype=torch.float16, pin_memory=True)
@@ -286,28 +281,6 @@ def start_encoding(pixels: torch.Tensor, rows: torch.Tensor, encoder: ImageEncod
         ready = torch.cuda.Event()
         ready.record()
     return Started(global_host, regions_host, ready, top_probs, top_classes)
-
-
-def top_labels(class_probs: torch.Tensor, labels: tuple[str, ...]) -> list[list[tuple[str, float]]]:
-    """Posteriors (n, C) --> per image its TOP_LABELS classes, best first, as the store keeps
-    them: [(name, prob rounded to 4 decimals), ...]."""
-    probs, classes = _top_classes(class_probs, labels)  # (n, k), (n, k)
-    return [[(labels[c], round(p, 4)) for c, p in zip(row_classes, row_probs)]
-            for row_classes, row_probs in zip(classes.tolist(), probs.tolist())]
-
-
-def _top_classes(class_probs: torch.Tensor, labels: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax posteriors (n, C) --> the TOP_LABELS most probable classes, TFLite's "background"
-    (class 0 of MobileNetV2's) left out, best first: probabilities (n, k) float32 and class
-    indices (n, k) int64."""
-    if class_probs.shape[1] != len(labels):
-        raise ModelConfigError(
-            f"the model's classifier has {class_probs.shape[1]} classes but its config names "
-            f"{len(labels)} labels; fix image.labels in its config.json."
-        )
-    first = first_real_class(labels)
-    probs, classes = class_probs[:, first:].float().topk(min(TOP_LABELS, class_probs.shape[1] - first), dim=1)
-    return probs, classes + first  # back to indices into `labels`
 
 
 @contextmanager

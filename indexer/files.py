@@ -6,11 +6,10 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
 
-from imgsearch.errors import InputPathNotFound
+from imgsearch.ground.errors import InputPathNotFound
 
-__all__ = ["IMAGE_EXTENSIONS", "FileSignature", "file_signature", "is_image_name", "input_roots", "iter_image_files"]
+__all__ = ["IMAGE_EXTENSIONS", "is_image_name", "input_roots", "iter_image_files"]
 
 log = logging.getLogger(__name__)
 
@@ -19,26 +18,6 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 )
-
-
-class FileSignature(NamedTuple):
-    """What tells a changed file from an unchanged one without reading it."""
-
-    size: int
-    mtime: float
-    ctime: float  # also moves on chmod/chown: lets a file that failed for its permissions be retried
-
-
-def file_signature(path: str | os.PathLike) -> FileSignature | None:
-    """The file's signature, following symbolic links; a broken or looping link's own
-    signature; None if nothing is there."""
-    for stat_function in (os.stat, os.lstat):
-        try:
-            st = stat_function(path)
-        except (OSError, ValueError):
-            continue
-        return FileSignature(st.st_size, st.st_mtime, st.st_ctime)
-    return None
 
 
 def is_image_name(name: str) -> bool:

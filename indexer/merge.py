@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from imgsearch.images.decode import ImageRecord
 from imgsearch.indexer.plan import RunPlan
-from imgsearch.indexer.shard import Shard, ShardRecord
-from imgsearch.indexer.store import Change, Fail, Move, Put, Store, StoredImage, Touch
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.indexer.shard import Shard
+from imgsearch.storage.store import Change, Fail, Move, Put, Store, StoredImage, Touch
+from imgsearch.storage.vectors import VectorIndex
 
 __all__ = ["AddSummary", "ShardWriter"]
 
@@ -35,6 +36,9 @@ class AddSummary:
     removed: int = 0  # stored files gone from the folders indexed (pruned)
     embedded: int = 0  # distinct contents run through the backbone
     interrupted: bool = False  # stopped early (Ctrl-C); everything counted here is stored
+    # Files that failed before and are unchanged since (counted in `unchanged`, not read again):
+    # (path, reason). A re-run says they still fail instead of hiding them.
+    still_failing: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -47,6 +51,7 @@ class AddSummary:
             "interrupted": self.interrupted, "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "failures": [{"path": p, "error": e} for p, e in self.failures],
+            "still_failing": [{"path": p, "error": e} for p, e in self.still_failing],
         }
 
 
@@ -103,38 +108,35 @@ class ShardWriter:
         """Decide what each file means for the store; one Put per content new to the store
         carries the shard's vectors."""
         out = _Reconciled()
-        rows = {sha: row for row, sha in enumerate(shard.contents)}  # contents whose vectors are still to hand over
+        # contents whose vectors are still to hand over (a Put's record has its sha256)
+        rows: dict[str | None, int] = {sha: row for row, sha in enumerate(shard.contents)}
         for record in shard.records:
             change = self._change(record, out)
             out.changes.append(change)
-            if isinstance(change, Put) and (row := rows.pop(change.sha256, None)) is not None:
+            if isinstance(change, Put) and (row := rows.pop(change.record.sha256, None)) is not None:
                 change.global_, change.regions = shard.global_[row], shard.regions[row]  # (d,), (R, d)
                 if shard.labels is not None:
                     change.labels = shard.labels[row]
         return out
 
-    def _change(self, record: ShardRecord, out: _Reconciled) -> Change:
-        text = record.text
+    def _change(self, record: ImageRecord, out: _Reconciled) -> Change:
         if record.error is not None:
-            out.failures.append((text, record.error))
-            return Fail(text, record.error, record.size, record.mtime, record.ctime, record.sha256)
-        # a good file's record has all its facts
-        assert record.size is not None and record.mtime is not None and record.sha256 is not None
-        assert record.width is not None and record.height is not None
-        stored = self.plan.stored.get(text)
+            out.failures.append((record.path, record.error))
+            return Fail(record)
+        assert record.sha256 is not None  # a good file's record has it
+        stored = self.plan.stored.get(record.path)
         if stored is not None and stored.status == "ok" and stored.sha256 == record.sha256:
             out.unchanged += 1
-            return Touch(stored.id, record.size, record.mtime, record.ctime)
+            return Touch(stored.id, record)
         if stored is None and (source := self.plan.take_vanished(record.sha256)) is not None:
             out.moved += 1
             out.moved_from.append(source)
-            return Move(source.id, text, record.size, record.mtime, record.ctime)
+            return Move(source.id, record)
         if stored is None:
             out.added += 1
         else:
             out.updated += 1
-        return Put(text, record.size, record.mtime, record.ctime, record.sha256, record.width, record.height,
-                   taken_at=record.taken_at)
+        return Put(record)
 
     def _count(self, reconciled: _Reconciled, *, embedded: int) -> None:
         summary = self.summary

@@ -8,7 +8,7 @@ mode, channels-last, and on a GPU under float16 autocast, asynchronously, with t
 writer thread merging finished batches meanwhile. Content is identified by its sha256: a
 file whose content is already stored (a copy, a move, a `touch`) is never run through the
 backbone again. A failure in one file is recorded and the run goes on. With a backbone that
-has a classifier (mobilenet_v2), each new content's top TOP_LABELS classes (class 0,
+has a classifier (mobilenet_v2), each new content's top labels (model/labels.py; class 0,
 "background", skipped) are stored with its vectors.
 """
 
@@ -18,15 +18,15 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from imgsearch.indexer.decode import decode_file
-from imgsearch.indexer.embed_worker import TOP_LABELS, Decode, PendingShard, embed_batches, top_labels
+from imgsearch.images.decode import decode_file
+from imgsearch.indexer.embed_worker import Decode, PendingShard, embed_batches
 from imgsearch.indexer.merge import AddSummary
 from imgsearch.indexer.run import ProgressCallback, StopCheck, run_indexing
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 from imgsearch.model.image_encoder import ImageEncoder
 
-__all__ = ["AddSummary", "LocalEmbedder", "index_files", "default_workers", "TOP_LABELS", "top_labels"]
+__all__ = ["AddSummary", "LocalEmbedder", "index_files", "default_workers"]
 
 
 def default_workers() -> int:

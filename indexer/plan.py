@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgsearch.indexer.files import file_signature
-from imgsearch.indexer.paths import path_to_text, text_to_path
-from imgsearch.indexer.store import StoredImage
+from imgsearch.ground.file_signature import file_signature
+from imgsearch.ground.paths import path_to_text, text_to_path
+from imgsearch.storage.store import StoredImage
 
 __all__ = ["RunPlan", "plan_run"]
 
@@ -26,6 +26,8 @@ class RunPlan:
     stored: dict[str, StoredImage]  # every stored row, by path text, as the run starts
     todo: list[Path]  # new or changed files, to be read, in listing order
     unchanged: int
+    # Unchanged files that failed when they were last read (not read again): the run still reports them.
+    still_failing: list[StoredImage] = field(default_factory=list)
     # Stored files under the folders being indexed that are no longer on disk, by content.
     vanished: dict[str, list[StoredImage]] = field(default_factory=dict)
 
@@ -46,6 +48,7 @@ def plan_run(
 ) -> RunPlan:
     todo: list[Path] = []
     unchanged = 0
+    still_failing: list[StoredImage] = []
     listed_texts: set[str] = set()
     for path in listed:
         text = path_to_text(path)
@@ -53,9 +56,11 @@ def plan_run(
         row = stored.get(text)
         if row is not None and _unchanged(row, path):
             unchanged += 1
+            if row.status != "ok":
+                still_failing.append(row)
         else:
             todo.append(path)
-    plan = RunPlan(stored=stored, todo=todo, unchanged=unchanged)
+    plan = RunPlan(stored=stored, todo=todo, unchanged=unchanged, still_failing=still_failing)
     if prune:
         vanished: dict[str, list[StoredImage]] = defaultdict(list)
         for row in _gone_under(roots, stored, listed_texts):

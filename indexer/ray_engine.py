@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgsearch.errors import ImgsearchError, RayNotInstalled, ShardFailed
+from imgsearch.ground.errors import ImgsearchError, RayNotInstalled, ShardFailed
 from imgsearch.indexer.embed_worker import embed_shard
 from imgsearch.indexer.run import Finished
 from imgsearch.indexer.shard import Shard

@@ -28,13 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from imgsearch.images.decode import ImageRecord
 from imgsearch.indexer.files import input_roots, iter_image_files
 from imgsearch.indexer.merge import AddSummary, ShardWriter
-from imgsearch.indexer.paths import path_to_text
+from imgsearch.ground.paths import path_to_text
 from imgsearch.indexer.plan import plan_run
-from imgsearch.indexer.shard import Shard, ShardRecord
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.indexer.shard import Shard
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 
 __all__ = ["run_indexing", "Embedder", "Embedding", "Finished", "AddSummary", "ProgressCallback", "StopCheck"]
 
@@ -47,7 +48,7 @@ class Embedding(Protocol):
     being computed (a GPU's asynchronous work)."""
 
     @property
-    def records(self) -> Sequence[ShardRecord]:
+    def records(self) -> Sequence[ImageRecord]:
         """Every file of the group, as the shard will hold them."""
         ...
 
@@ -83,7 +84,7 @@ class Finished:
     asynchronous = False
 
     @property
-    def records(self) -> list[ShardRecord]:
+    def records(self) -> list[ImageRecord]:
         return self.shard.records
 
     def result(self) -> Shard:
@@ -114,7 +115,8 @@ def run_indexing(
     store.record_folders([path_to_text(root) for root in roots])  # what the service may serve from
     listed = list(iter_image_files(roots))
     plan = plan_run(listed, store.all_images(), roots, prune=prune)
-    summary = AddSummary(unchanged=plan.unchanged)
+    summary = AddSummary(unchanged=plan.unchanged,
+                         still_failing=[(row.path, row.error or "unknown") for row in plan.still_failing])
     shards = ShardWriter(store, vectors, plan, summary)
     writer = _StoreWriter(shards, len(plan.todo), progress)
     known_contents = store.content_hashes() if plan.todo else set()  # the embedder adds those it embeds

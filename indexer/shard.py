@@ -1,16 +1,16 @@
 """Indexing, shard stage: the unit of work between the embed workers and the one writer.
 
-A shard is what a worker found in a list of files: each file's facts (or why it failed),
-and the vectors of each content it embedded, once per content however many files of the
-shard hold it. It knows nothing of any store: the writer (merge.ShardWriter) decides what
-each file means for the index. A shard file is one safetensors file: the arrays as tensors
-("global" (n, d) float32, "regions" (n, R, d) float16) and everything else as JSON in the
-safetensors metadata (docs/index-format.md, "Shards").
+A shard is what a worker found in a list of files: each file's ImageRecord (its facts, or
+why it failed; images/decode.py), and the vectors of each content it embedded, once per
+content however many files of the shard hold it. It knows nothing of any store: the
+writer (merge.ShardWriter) decides what each file means for the index. A shard file is one
+safetensors file: the arrays as tensors ("global" (n, d) float32, "regions" (n, R, d)
+float16) and everything else as JSON in the safetensors metadata (docs/index-format.md,
+"Shards").
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -23,31 +23,14 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from imgsearch.durable import replace_durably
-from imgsearch.errors import StoreCorrupt
+from imgsearch.ground.durable import replace_durably
+from imgsearch.ground.errors import StoreCorrupt
+from imgsearch.images.decode import RECORD_FIELDS, ImageRecord
 
-__all__ = ["Shard", "ShardRecord", "SHARD_FORMAT", "SHARD_VERSION", "shard_id_of"]
+__all__ = ["Shard", "SHARD_FORMAT", "SHARD_VERSION", "shard_id_of"]
 
 SHARD_FORMAT = "imgsearch-shard"  # the metadata's "format", so that another safetensors file is told apart
 SHARD_VERSION = 1
-
-
-@dataclass
-class ShardRecord:
-    """One file of a shard, as the worker found it (decode.decode_file's facts, plain values)."""
-
-    text: str  # the path as stored (paths.path_to_text)
-    size: int | None
-    mtime: float | None
-    ctime: float | None
-    sha256: str | None
-    width: int | None  # after EXIF orientation
-    height: int | None
-    taken_at: str | None  # EXIF DateTimeOriginal, ISO text
-    error: str | None  # set: the file failed, with the reason
-
-
-_RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(ShardRecord))
 
 
 def shard_id_of(texts: Sequence[str]) -> str:
@@ -63,7 +46,7 @@ def shard_id_of(texts: Sequence[str]) -> str:
 @dataclass(eq=False)
 class Shard:
     shard_id: str  # stable: shard_id_of(the records' texts)
-    records: list[ShardRecord]  # every file of the shard, in the order given
+    records: list[ImageRecord]  # every file of the shard, in the order given (paths as stored)
     contents: list[str]  # sha256 of each content embedded: the rows of the arrays
     global_: np.ndarray  # (n, d) float32, L2-normalised
     regions: np.ndarray  # (n, R, d) float16
@@ -90,8 +73,8 @@ class Shard:
             "version": str(SHARD_VERSION),
             "shard": json.dumps({
                 "shard_id": self.shard_id,
-                "records": [[getattr(record, name) for name in _RECORD_FIELDS] for record in self.records],
-                "record_fields": list(_RECORD_FIELDS),
+                "records": [[getattr(record, name) for name in RECORD_FIELDS] for record in self.records],
+                "record_fields": list(RECORD_FIELDS),
                 "contents": self.contents,
                 "labels": self.labels,
             }, ensure_ascii=False),
@@ -120,12 +103,12 @@ class Shard:
             arrays = load_safetensors(data)
             body = json.loads(metadata["shard"])
             fields = body["record_fields"]
-            if fields != list(_RECORD_FIELDS):
-                raise ValueError(f"record fields {fields}, expected {list(_RECORD_FIELDS)}")
+            if fields != list(RECORD_FIELDS):
+                raise ValueError(f"record fields {fields}, expected {list(RECORD_FIELDS)}")
             labels = body["labels"]
             shard = cls(
                 shard_id=str(body["shard_id"]),
-                records=[ShardRecord(*values) for values in body["records"]],
+                records=[ImageRecord(**dict(zip(fields, values, strict=True))) for values in body["records"]],
                 contents=[str(sha) for sha in body["contents"]],
                 global_=arrays["global"],
                 regions=arrays["regions"],
@@ -149,7 +132,7 @@ class Shard:
             raise ValueError(f"{len(self.labels)} label lists for {n} contents")
         if len(set(self.contents)) != n:
             raise ValueError("a content is embedded twice in the shard")
-        if self.shard_id != shard_id_of([record.text for record in self.records]):
+        if self.shard_id != shard_id_of([record.path for record in self.records]):
             raise ValueError("the shard id does not match its files")
         good = {record.sha256 for record in self.records if record.error is None}
         if not set(self.contents) <= good:

@@ -29,7 +29,7 @@ import torch
 import torchvision
 from torch import nn
 
-from imgsearch.errors import ModelConfigError, WeightsMissing
+from imgsearch.ground.errors import ModelConfigError, WeightsMissing
 from imgsearch.model.config import (  # the backbone settings live with the other configs (no torch there)
     EFFICIENTNET_LITES, IMAGENET_MEAN, IMAGENET_STD, VGG16_IMAGENET, VGG16_LAYERS, BackboneConfig,
 )

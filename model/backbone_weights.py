@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from imgsearch.errors import WeightsMissing
+from imgsearch.ground.errors import WeightsMissing
 
 __all__ = ["load_backbone_weights"]
 

@@ -16,8 +16,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from imgsearch.durable import replace_durably
-from imgsearch.errors import ModelConfigError
+from imgsearch.ground.durable import replace_durably
+from imgsearch.ground.errors import ModelConfigError
 from imgsearch.model.model_files import (  # fingerprints are model_files'; named here as before
     CONFIG_NAME, LABELS_NAME, WEIGHTS_NAME, answers_to_fingerprint, fingerprint, require_model_files,
 )

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from imgsearch.errors import ModelConfigError
+from imgsearch.ground.errors import ModelConfigError
 from imgsearch.model.model_files import (
     FORMAT, FORMAT_VERSION, LABELS_NAME, labels_file_name, labels_text, read_config_json, read_labels,
 )

@@ -30,8 +30,8 @@ from typing import cast
 import numpy as np
 import torch
 
-from imgsearch.durable import replace_durably
-from imgsearch.errors import ConversionError
+from imgsearch.ground.durable import replace_durably
+from imgsearch.ground.errors import ConversionError
 from imgsearch.model.mobilenet_v2 import MobileNetV2
 
 __all__ = ["convert", "load_labels", "main"]

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgsearch.errors import ModelConfigError
+from imgsearch.ground.errors import ModelConfigError
 
 if TYPE_CHECKING:
     import torch

@@ -23,7 +23,7 @@ import re
 from functools import partial
 from pathlib import Path
 
-from imgsearch.errors import ModelConfigError, ModelNotFound
+from imgsearch.ground.errors import ModelConfigError, ModelNotFound
 
 __all__ = [
     "CONFIG_NAME", "WEIGHTS_NAME", "LABELS_NAME", "LEGACY_FINGERPRINTS_NAME", "FORMAT", "FORMAT_VERSION",

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-from imgsearch.errors import RuntimeUnsupported
+from imgsearch.ground.errors import RuntimeUnsupported
 from imgsearch.model.config import PACKAGED_MINILM, AlignmentConfig, read_model_config
 from imgsearch.model.model_files import WEIGHTS_NAME
 from imgsearch.model.zero_shot import zero_shot_scores

@@ -17,7 +17,7 @@ import importlib.util
 from pathlib import Path
 
 from imgsearch.model.model_files import CONFIG_NAME, WEIGHTS_NAME
-from imgsearch.errors import ModelNotFound
+from imgsearch.ground.errors import ModelNotFound
 
 __all__ = ["PHOTO_MODEL_PACKAGE", "PHOTO_MODEL_SOURCE", "PACKAGED_MODELS", "default_model_dir",
            "packaged_model_dir", "packaged_model_with_fingerprint"]

@@ -7,7 +7,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from imgsearch.errors import ModelConfigError
+from imgsearch.ground.errors import ModelConfigError
 
 __all__ = ["WeightsSource", "Provenance", "sha256_file"]
 

@@ -17,7 +17,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from imgsearch.errors import ModelConfigError, WeightsMissing
+from imgsearch.ground.errors import ModelConfigError, WeightsMissing
 from imgsearch.model.config import PACKAGED_MINILM, TextEncoderConfig  # defined with the other configs
 from imgsearch.model.projection import ProjectionHead, l2_normalize
 

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imgsearch.durable import replace_durably
-from imgsearch.locations import default_cache_dir
+from imgsearch.ground.durable import replace_durably
+from imgsearch.ground.locations import default_cache_dir
 
 if TYPE_CHECKING:  # no torch here: the numpy query runtime (model/numpy_query.py) uses this module too
     from imgsearch.model.alignment import AlignmentModel

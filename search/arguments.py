@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from imgsearch.errors import InvalidQuery
+from imgsearch.ground.errors import InvalidQuery
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
 from imgsearch.search.filters import DateLike, SearchFilters
 

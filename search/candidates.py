@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import EXACT_LIMIT, VectorIndex
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import EXACT_LIMIT, VectorIndex
 
 __all__ = ["nearest"]
 

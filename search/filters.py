@@ -13,13 +13,13 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from imgsearch.errors import InvalidQuery
-from imgsearch.indexer.paths import path_to_text
+from imgsearch.ground.errors import InvalidQuery
+from imgsearch.ground.paths import path_to_text
 
 if TYPE_CHECKING:  # parsing filters loads neither numpy nor the store (search/arguments.py)
     import numpy as np
 
-    from imgsearch.indexer.store import Store
+    from imgsearch.storage.store import Store
 
 __all__ = ["SearchFilters", "DateLike"]
 

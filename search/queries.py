@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgsearch.errors import InvalidImage
-from imgsearch.indexer.decode import decode_image_bytes, to_rgb
-from imgsearch.indexer.pipeline import top_labels
+from imgsearch.ground.errors import InvalidImage
+from imgsearch.images.decode import decode_image_bytes, to_rgb
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
+from imgsearch.model.labels import top_labels
 
 __all__ = ["ImageInput", "EncodedImage", "load_image", "encode_image"]
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from imgsearch.errors import InvalidQuery
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.ground.errors import InvalidQuery
+from imgsearch.images.decode import ImageRecord, record_values, shown_fields
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 from imgsearch.search.candidates import nearest
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
 from imgsearch.search.filters import SearchFilters
@@ -29,31 +31,49 @@ __all__ = ["SearchResult", "SearchPage", "PoolScores", "search_page", "encode_te
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class SearchResult:
+@dataclass(frozen=True, kw_only=True)
+class SearchResult(ImageRecord):
+    """An image found: its record (path, width, height, size, sha256, taken_at, ...: the store's,
+    or for a file not in the index what reading it now tells), its labels and its scores.
+    Made by SearchResult.of alone."""
+
     rank: int  # 1-based
     id: int | None  # None for a file that is not in the index (Index.rerank of other files)
-    path: str
     score: float  # final score: re-ranked, or the first-stage score with rerank off
     # cosine similarity of query and image vectors, plus zero_shot_weight * zero_shot_score
     # when the model uses the zero-shot ImageNet term
     first_stage_score: float
     rerank_score: float | None
     first_stage_rank: int  # 1-based rank before re-ranking
-    width: int | None
-    height: int | None
-    size: int | None
-    sha256: str | None
     # The backbone classifier's top classes for this image, best first: {"label": name, "score": prob}
     # (probabilities, 4 decimals); empty when the model has no classifier or none are stored.
     labels: list[dict] = field(default_factory=list)
     # The zero-shot ImageNet score (model/zero_shot.py) when the model uses it, else None.
     zero_shot_score: float | None = None
-    # When the photo was taken: EXIF DateTimeOriginal, else the file's mtime (local time), ISO text.
-    taken_at: str | None = None
+
+    @classmethod
+    def of(cls, image: ImageRecord, image_id: int | None, labels: Sequence[tuple[str, float]], *, rank: int,
+           score: float, first_stage_score: float, rerank_score: float | None, first_stage_rank: int,
+           zero_shot_score: float | None) -> SearchResult:
+        """The result for `image` (a stored row, or the record of a file read now), whose
+        stored labels are [(name, prob), ...], with its scores."""
+        return cls(
+            **record_values(image), id=image_id, rank=rank, score=score, first_stage_score=first_stage_score,
+            rerank_score=rerank_score, first_stage_rank=first_stage_rank, zero_shot_score=zero_shot_score,
+            labels=[{"label": name, "score": prob} for name, prob in labels],
+        )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """What --json and the HTTP API show: the scores, the labels and the record's shown fields."""
+        values = asdict(self)
+        shown = shown_fields(type(self))
+        keys = [name for name in _DICT_ORDER if name in shown] + [name for name in shown if name not in _DICT_ORDER]
+        return {name: values[name] for name in keys}
+
+
+# to_dict's keys in the order --json has always printed them; fields added later follow.
+_DICT_ORDER = ("rank", "id", "path", "score", "first_stage_score", "rerank_score", "first_stage_rank", "width",
+               "height", "size", "sha256", "labels", "zero_shot_score", "taken_at")
 
 
 def _valid_unicode(text: str) -> str:
@@ -186,15 +206,13 @@ def search_page(
     results = []
     for rank, position in enumerate(page.tolist(), start=offset + 1):
         row = rows[int(ids[position])]
-        results.append(SearchResult(
-            rank=rank, id=row.id, path=row.path, score=float(scores.final[position]),
+        results.append(SearchResult.of(
+            row, row.id, labels[row.id], rank=rank, score=float(scores.final[position]),
             first_stage_score=float(scores.first_stage[position]),
             rerank_score=None if scores.reranked is None or np.isnan(scores.reranked[position])
             else float(scores.reranked[position]),
             first_stage_rank=int(scores.first_stage_rank[position]),
             zero_shot_score=None if scores.zero_shot is None else float(scores.zero_shot[position]),
-            width=row.width, height=row.height, size=row.size, sha256=row.sha256, taken_at=row.taken_at,
-            labels=[{"label": name, "score": prob} for name, prob in labels[row.id]],
         ))
     clock.lap("first_stage")
     next_offset = offset + k if len(kept) > offset + k else None

@@ -8,7 +8,7 @@ the lookups of one image are here. imgsearch.index.Index holds one Searcher and 
 arguments it has checked (search/arguments.py); nothing here checks them again.
 
 Thread-safe: a server's request threads search side by side on one snapshot; refresh() and
-refresh_if_changed() move it, alone (imgsearch/rwlock.py).
+refresh_if_changed() move it, alone (ground/rwlock.py).
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, TypeAlias, cast
 
 import numpy as np
 
-from imgsearch.errors import ImageNotFound, InvalidImage
-from imgsearch.indexer.paths import path_to_text, text_to_path
-from imgsearch.indexer.store import Store, StoredImage
-from imgsearch.indexer.stored_index import DB_NAME, StoredIndex
-from imgsearch.indexer.vectors import VectorIndex
-from imgsearch.rwlock import ReadWriteLock
+from imgsearch.ground.errors import ImageNotFound, InvalidImage
+from imgsearch.images.decode import ImageRecord, record_values
+from imgsearch.ground.paths import path_to_text, text_to_path
+from imgsearch.storage.store import Store, StoredImage
+from imgsearch.storage.stored_index import DB_NAME, StoredIndex
+from imgsearch.storage.vectors import VectorIndex
+from imgsearch.ground.rwlock import ReadWriteLock
 from imgsearch.search.arguments import SearchArguments
 from imgsearch.search.defaults import RerankPrecision
 from imgsearch.search.query_model import QueryEmbedding, QueryModel, TorchQueryModel
@@ -180,13 +181,11 @@ class Searcher:
         first_rank[np.argsort(-scores.first_stage, kind="stable")] = np.arange(1, len(found) + 1)
         assert scores.reranked is not None  # regions were given
         return [
-            SearchResult(
-                rank=rank, id=found[i].id, path=found[i].path, score=float(scores.final[i]),
+            SearchResult.of(
+                found[i].image, found[i].id, found[i].labels, rank=rank, score=float(scores.final[i]),
                 first_stage_score=float(scores.first_stage[i]), rerank_score=float(scores.reranked[i]),
-                first_stage_rank=int(first_rank[i]), width=found[i].width, height=found[i].height,
-                size=found[i].size, sha256=found[i].sha256, taken_at=found[i].taken_at,
+                first_stage_rank=int(first_rank[i]),
                 zero_shot_score=None if scores.zero_shot is None else float(scores.zero_shot[i]),
-                labels=[{"label": name, "score": prob} for name, prob in found[i].labels],
             )
             for rank, i in enumerate(order.tolist(), start=1)
         ]
@@ -204,7 +203,7 @@ class Searcher:
                 picture = self._indexed_picture(features.id)
         side = int(round(len(features.regions) ** 0.5))
         method, words = explain_regions(model, text, query, features.regions, picture)
-        return Explanation(query, words, (side, side), features.id, features.path, method)
+        return Explanation(query, words, (side, side), features.id, features.image.path, method)
 
     def _indexed_picture(self, image_id: int):
         """The decoded file of an indexed image, or None when it is gone or no longer decodes.
@@ -237,8 +236,7 @@ class Searcher:
             image_id = self._indexed_id(image)
             row = self._store.images([image_id])[image_id]
             labels = self._store.labels([image_id])[image_id]
-        return {"id": row.id, "path": row.path, "width": row.width, "height": row.height, "size": row.size,
-                "sha256": row.sha256, "taken_at": row.taken_at,
+        return {"id": row.id, **record_values(row, shown=True),
                 "labels": [{"label": name, "score": prob} for name, prob in labels]}
 
     def _indexed_id(self, item: int | str | os.PathLike) -> int:
@@ -262,10 +260,10 @@ class Searcher:
             row = self._store.get(path_to_text(path))
             image_id = row.id if row is not None and row.status == "ok" else None
         if image_id is not None:
-            row = self._store.images([image_id])[image_id]
             return _ImageFeatures(
-                image_id, row.path, self._store.global_vectors_of([image_id])[0], self._store.regions([image_id])[0],
-                self._store.labels([image_id])[image_id], row.width, row.height, row.size, row.sha256, row.taken_at,
+                image=self._store.images([image_id])[image_id], id=image_id,
+                global_=self._store.global_vectors_of([image_id])[0], regions=self._store.regions([image_id])[0],
+                labels=self._store.labels([image_id])[image_id],
             )
         from PIL import Image
 
@@ -275,8 +273,10 @@ class Searcher:
         picture = load_image(data if path is None else path)
         encoded = encode_image(self.model.image, picture)
         size = path.stat().st_size if path is not None else len(data) if not isinstance(data, Image.Image) else None
-        return _ImageFeatures(None, "" if path is None else path_to_text(path), encoded.global_, encoded.regions,
-                              encoded.labels, picture.width, picture.height, size, None, None, picture)
+        image = ImageRecord(path="" if path is None else path_to_text(path), width=picture.width, height=picture.height,
+                            size=size)
+        return _ImageFeatures(image=image, id=None, global_=encoded.global_, regions=encoded.regions,
+                              labels=encoded.labels, picture=picture)
 
     # ---- the whole index -------------------------------------------------------------
 
@@ -312,16 +312,11 @@ class Searcher:
 class _ImageFeatures:
     """What re-ranking and explaining read of one image, indexed (id set) or not (id None)."""
 
+    image: ImageRecord  # the stored row; for another image, what reading it now tells (no sha256, no taken_at)
     id: int | None
-    path: str  # as stored (path_to_text)
     global_: np.ndarray  # (d,) float32
     regions: np.ndarray  # (R, d) float16
     labels: list[tuple[str, float]]
-    width: int | None
-    height: int | None
-    size: int | None
-    sha256: str | None
-    taken_at: str | None
     picture: Image.Image | None = None  # the decoded image, when it was read now (not indexed)
 
 

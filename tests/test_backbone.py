@@ -11,7 +11,7 @@ import torch
 import torchvision
 
 from imgsearch.model.backbone import VGG16_LAYERS, BackboneConfig, VGGBackbone
-from imgsearch.errors import ModelConfigError, WeightsMissing
+from imgsearch.ground.errors import ModelConfigError, WeightsMissing
 from imgsearch.model.mobilenet_v2 import MobileNetV2
 
 

@@ -21,7 +21,7 @@ from conftest import draw_image, file_permissions_enforced
 from imgsearch.cli import cli
 from imgsearch.index import Index
 from index_oracle import ATOL, check_consistent
-from imgsearch.indexer.paths import path_to_text, text_to_path
+from imgsearch.ground.paths import path_to_text, text_to_path
 from imgsearch.indexer.pipeline import LocalEmbedder
 
 

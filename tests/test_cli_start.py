@@ -56,13 +56,17 @@ def test_a_text_search_loads_neither_torch_nor_transformers(tmp_path, model_dir,
     assert photo["code"] == 0 and "torch" in photo["heavy"]
 
 
-@pytest.mark.parametrize("args", [("search", "", "--index", "NOWHERE"), ("search", "a dog", "--index", "NOWHERE"),
-                                  ("search", "a dog", "--after", "01/06/2023", "--index", "NOWHERE")])
-def test_search_mistakes_are_answered_before_anything_heavy_loads(args):
+@pytest.mark.parametrize(("args", "code"), [
+    (("search", "", "--index", "NOWHERE"), 1),
+    (("search", "a dog", "--index", "NOWHERE"), 1),
+    (("search", "a dog", "--after", "01/06/2023", "--index", "NOWHERE"), 2),  # click's usage error
+    (("search", "a dog", "-k", "0", "--index", "NOWHERE"), 2),
+])
+def test_search_mistakes_are_answered_before_anything_heavy_loads(args, code):
     """An empty query, no index, a date that is not one: answered by the light checks
-    (search/arguments.py, the manifest) before FAISS, the store or a model."""
+    (the options' types, search/arguments.py, the manifest) before FAISS, the store or a model."""
     result = _run(*args)
-    assert result == {"code": 1, "heavy": []}
+    assert result == {"code": code, "heavy": []}
 
 
 def test_library_names_load_on_first_use():

@@ -2,7 +2,10 @@
 
 - The library packages report through `logging`, never by writing to stderr themselves:
   only the command line (imgsearch/cli.py and its command modules) owns stderr.
-- Every exception class is defined in imgsearch/errors.py, each with a one-line docstring.
+- Every exception class is defined in ground/errors.py, each with a one-line docstring.
+- Floors: ground < images < storage < model < indexer, search, training < imgsearch (the top:
+  the command line, Index, the server). A module imports its own floor and those below it,
+  never one above; on the middle floor only training imports a sibling (search).
 - Settings of the whole process (malloc, thread counts, logging, signals, the environment,
   warning filters outside catch_warnings) are made only by the entry points.
 """
@@ -13,10 +16,12 @@ import ast
 import builtins
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
-PACKAGES = ("imgsearch", "indexer", "search", "model", "training")  # all of imgsearch.*
-LIBRARY = ("indexer", "search", "model", "training")  # no command-line code in these
-ERRORS = ROOT / "imgsearch" / "errors.py"
+PACKAGES = ("ground", "images", "storage", "imgsearch", "indexer", "search", "model", "training")  # all of imgsearch.*
+LIBRARY = ("ground", "images", "storage", "indexer", "search", "model", "training")  # no command-line code in these
+ERRORS = ROOT / "ground" / "errors.py"
 
 
 def sources(folders) -> list[Path]:
@@ -87,7 +92,7 @@ def base_name(node: ast.expr) -> str:
 
 def exception_classes(tree: ast.Module, known: set[str]) -> list[ast.ClassDef]:
     """Classes (at any depth) deriving from an exception: a builtin one, one of `known`
-    (imgsearch.errors), one named *Error/*Exception/*Warning, or one of these found earlier
+    (imgsearch.ground.errors), one named *Error/*Exception/*Warning, or one of these found earlier
     in the same module."""
     classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
     exceptions = set(known) | BUILTIN_EXCEPTIONS
@@ -113,7 +118,7 @@ def test_every_exception_class_is_defined_in_the_errors_module():
     offenders = [f"{where(path, node)}: class {node.name}"
                  for path in sources(PACKAGES) if path != ERRORS
                  for node in exception_classes(parse(path), defined)]
-    assert not offenders, "move these to imgsearch/errors.py:\n" + "\n".join(offenders)
+    assert not offenders, "move these to ground/errors.py:\n" + "\n".join(offenders)
 
 
 def test_every_error_class_has_a_one_line_docstring():
@@ -129,37 +134,84 @@ def test_the_exception_scan_finds_what_it_should():
     assert sorted(node.name for node in exception_classes(tree, {"ImgsearchError"})) == ["A", "B", "C", "D", "G"]
 
 
-# ---- layering: the model core imports no side; the write side does not import the read side ----
+# ---- layering: the floors, each importing only the floors below it ----
 
-MAY_NOT_IMPORT = {  # folder --> the imgsearch packages its modules never import
-    "model": ("imgsearch.indexer", "imgsearch.search", "imgsearch.training"),
-    "indexer": ("imgsearch.search", "imgsearch.training"),
-    "search": ("imgsearch.training",),
+FLOORS = {  # folder --> its floor: a module imports its own floor and those below it, never one above
+    "ground": 0,  # errors, durable writes, locations, threads, locks: nothing of imgsearch
+    "images": 1,  # image decoding
+    "storage": 2,  # the store and its migrations, the vectors, the manifest, the locks
+    "model": 3,  # the model core
+    "indexer": 4,  # the write side
+    "search": 4,  # the read side
+    "training": 4,
+    "imgsearch": 5,  # the top: the command line, Index, the server
 }
+# Siblings on one floor import each other only as named here: evaluation ranks with search's
+# own functions. The write side and the read side never import each other, nor training.
+SIBLINGS = {"training": {"search"}}
 
 
-def imported_modules(tree: ast.Module) -> list[tuple[ast.AST, str]]:
-    """(node, module) for every import in the tree, at any depth (imports inside functions too)."""
+def imported_modules(tree: ast.Module, package: str = "") -> list[tuple[ast.AST, str]]:
+    """(node, module) for every import in the tree, at any depth (imports inside functions too);
+    a relative import is resolved against `package`, the importing module's package."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [(node, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node, node.module))
-            found += [(node, f"{node.module}.{alias.name}") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                parts = package.split(".") if package else []
+                parts = parts[: max(0, len(parts) - node.level + 1)]
+                module = ".".join(parts + ([module] if module else []))
+            if module:
+                found.append((node, module))
+                found += [(node, f"{module}.{alias.name}") for alias in node.names]
     return found
 
 
-def layering_violations(folder: str) -> list[str]:
-    banned = MAY_NOT_IMPORT[folder]
-    return [f"{where(path, node)} imports {name}"
-            for path in sources([folder]) for node, name in imported_modules(parse(path))
-            if any(name == b or name.startswith(b + ".") for b in banned)]
+def floor_of(module: str) -> str | None:
+    """imgsearch.storage.store --> "storage"; imgsearch.index, imgsearch.server.app --> "imgsearch"
+    (the top); None for a module outside imgsearch."""
+    parts = module.split(".")
+    if parts[0] != "imgsearch":
+        return None
+    return parts[1] if len(parts) > 1 and parts[1] in FLOORS else "imgsearch"
 
 
-def test_the_model_core_and_the_write_side_import_only_downwards():
-    assert {folder: layering_violations(folder) for folder in MAY_NOT_IMPORT} == {
-        folder: [] for folder in MAY_NOT_IMPORT}
+def floor_violations(tree: ast.Module, folder: str, package: str) -> list[tuple[ast.AST, str]]:
+    """(node, module) for each import of an imgsearch module that a module in `folder` may not import."""
+    allowed = {other for other, floor in FLOORS.items() if floor < FLOORS[folder]}
+    allowed |= {folder} | SIBLINGS.get(folder, set())
+    found = []
+    for node, name in imported_modules(tree, package):
+        if isinstance(node, ast.ImportFrom) and name == "imgsearch":
+            continue  # `from imgsearch import x` is judged by imgsearch.x
+        floor = floor_of(name)
+        if floor is not None and floor not in allowed:
+            found.append((node, name))
+    return sorted(found, key=lambda item: item[0].lineno)
+
+
+def package_of(path: Path) -> str:
+    """ROOT/storage/store.py --> "imgsearch.storage"; ROOT/imgsearch/server/app.py --> "imgsearch.server"."""
+    folder, *inner = path.relative_to(ROOT).parent.parts
+    return ".".join(["imgsearch"] + ([] if folder == "imgsearch" else [folder]) + inner)
+
+
+def test_every_folder_of_the_package_has_a_floor():
+    assert set(FLOORS) == set(PACKAGES)
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    mapped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    code = {folder for folder in mapped.values() if not folder.startswith("data/")}
+    assert code | {"imgsearch"} == set(FLOORS)
+
+
+def test_each_floor_imports_only_the_floors_below_it():
+    offenders = [f"{where(path, node)} ({folder}) imports {name} ({floor_of(name)})"
+                 for folder in FLOORS for path in sources([folder])
+                 for node, name in floor_violations(parse(path), folder, package_of(path))]
+    assert not offenders, "an import goes up a floor or sideways:\n" + "\n".join(offenders)
 
 
 def test_the_layering_scan_sees_imports_inside_functions():
@@ -168,6 +220,27 @@ def test_the_layering_scan_sees_imports_inside_functions():
     names = [name for _, name in imported_modules(tree)]
     assert "imgsearch.search.searcher" in names and "imgsearch.training.trainer" in names
     assert "imgsearch.search.searcher" in [n for n in names if n.endswith("searcher")]
+
+
+def test_the_floor_scan_finds_what_it_should():
+    tree = ast.parse("import os\nfrom imgsearch.ground.errors import InvalidQuery\n"
+                     "from imgsearch.storage.store import Store\nfrom imgsearch.search import defaults\n"
+                     "def f():\n    from imgsearch.indexer.pipeline import LocalEmbedder\n"
+                     "import imgsearch.training.trainer\nfrom imgsearch import Index\nfrom imgsearch import model\n"
+                     "from . import session\nfrom .. import index\nfrom ..indexer import run\nimport imgsearch\n")
+    assert [(node.lineno, name) for node, name in floor_violations(tree, "search", "imgsearch.search")] == [
+        (6, "imgsearch.indexer.pipeline"), (6, "imgsearch.indexer.pipeline.LocalEmbedder"),
+        (7, "imgsearch.training.trainer"), (8, "imgsearch.Index"), (11, "imgsearch.index"),
+        (12, "imgsearch.indexer"), (12, "imgsearch.indexer.run"), (13, "imgsearch")]
+    assert floor_violations(tree, "imgsearch", "imgsearch") == []  # the top imports anything
+    assert [(node.lineno, name) for node, name in floor_violations(tree, "training", "imgsearch.training")] == [
+        (6, "imgsearch.indexer.pipeline"), (6, "imgsearch.indexer.pipeline.LocalEmbedder"), (8, "imgsearch.Index"),
+        (11, "imgsearch.index"), (12, "imgsearch.indexer"), (12, "imgsearch.indexer.run"), (13, "imgsearch")]
+    ground = ast.parse("from imgsearch.images.decode import to_rgb\nimport json\n")
+    assert [name for _, name in floor_violations(ground, "ground", "imgsearch.ground")] == [
+        "imgsearch.images.decode", "imgsearch.images.decode.to_rgb"]
+    assert package_of(ROOT / "storage" / "store.py") == "imgsearch.storage"
+    assert package_of(ROOT / "imgsearch" / "server" / "app.py") == "imgsearch.server"
 
 
 # ---- process-wide settings: the program's entry points make them, never the library ----
@@ -181,16 +254,16 @@ PROCESS_SETTINGS = {
     "keep_freed_memory_on_cpu": {"imgsearch/cli.py", "imgsearch/train_commands.py"},
     "mallopt": {"model/allocator.py"},
     "use_threads": {"imgsearch/cli.py", "imgsearch/server/run.py"},
-    "set_num_threads": {"imgsearch/threads.py"},
+    "set_num_threads": {"ground/threads.py"},
     "set_num_interop_threads": set(),
-    "omp_set_num_threads": {"imgsearch/threads.py"},
+    "omp_set_num_threads": {"ground/threads.py"},
     "basicConfig": {"imgsearch/cli.py", "model/convert_mobilenet_v2.py"},  # the latter under __main__
-    "signal": {"imgsearch/interrupt.py", "indexer/embed_worker.py"},  # Ctrl-C of `index`; decode workers
+    "signal": {"ground/interrupt.py", "indexer/embed_worker.py"},  # Ctrl-C of `index`; decode workers
     "putenv": set(),
     "unsetenv": set(),
-    "threadpool_limits": {"imgsearch/threads.py"},
+    "threadpool_limits": {"ground/threads.py"},
     # a local Ray cluster's address, before ray is imported; thread counts for libraries loaded later
-    "os.environ": {"indexer/ray_engine.py", "imgsearch/threads.py"},
+    "os.environ": {"indexer/ray_engine.py", "ground/threads.py"},
 }
 WARNING_FILTERS = ("simplefilter", "filterwarnings")
 

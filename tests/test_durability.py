@@ -11,9 +11,9 @@ from fsync_spy import FsyncSpy
 from imgsearch.index import DB_NAME, VECTORS_NAME, Index
 from imgsearch.model.checkpoint import write_checkpoint
 from imgsearch.model.model_files import CONFIG_NAME, LABELS_NAME, WEIGHTS_NAME
-from imgsearch.indexer.manifest import MANIFEST_NAME, Manifest
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.manifest import MANIFEST_NAME, Manifest
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 
 
 def test_manifest_is_written_durably(tmp_path, model_dir, monkeypatch):

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from conftest import small_config
-from imgsearch.errors import WeightsMissing
-from imgsearch.indexer.embed_worker import top_labels
+from imgsearch.ground.errors import WeightsMissing
+from imgsearch.model.labels import top_labels
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.model.backbone import BackboneConfig, build_backbone, first_real_class
 from imgsearch.model.image_encoder import resize_uint8

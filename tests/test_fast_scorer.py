@@ -71,7 +71,7 @@ def test_refuses_training_mode_and_too_many_regions():
 
 def test_index_search_in_bfloat16_matches_float32_top_results(tmp_path, model_dir, image_folder):
     from imgsearch import Index
-    from imgsearch.errors import InvalidQuery
+    from imgsearch.ground.errors import InvalidQuery
 
     with Index.create(tmp_path / "idx", model=model_dir, device="cpu") as index:
         index.add([image_folder], workers=0)

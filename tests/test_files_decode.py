@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import imgsearch.indexer.decode
-from imgsearch.indexer.decode import DecodeResult, decode_file, to_rgb
-from imgsearch.errors import InputPathNotFound
+import imgsearch.images.decode
+from imgsearch.images.decode import DecodeResult, decode_file, to_rgb
+from imgsearch.ground.errors import InputPathNotFound
 from imgsearch.indexer.files import IMAGE_EXTENSIONS, iter_image_files
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -287,10 +287,10 @@ def test_missing_file(tmp_path):
 def test_image_over_max_pixels_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     Image.new("RGB", (100, 50), RED).save(path)
-    monkeypatch.setattr(imgsearch.indexer.decode, "MAX_PIXELS", 4_999)
+    monkeypatch.setattr(imgsearch.images.decode, "MAX_PIXELS", 4_999)
     result = decode_file(path)
     assert_failed(result, "too large", "100x50")
-    monkeypatch.setattr(imgsearch.indexer.decode, "MAX_PIXELS", 5_000)
+    monkeypatch.setattr(imgsearch.images.decode, "MAX_PIXELS", 5_000)
     assert decode_file(path).error is None  # exactly at the limit is fine
 
 

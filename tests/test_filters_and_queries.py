@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 from conftest import draw_image
-from imgsearch.errors import ImageNotFound, InvalidImage, InvalidQuery
+from imgsearch.ground.errors import ImageNotFound, InvalidImage, InvalidQuery
 from imgsearch.index import Index
-from imgsearch.indexer.vectors import IndexSpec, VectorIndex
+from imgsearch.storage.vectors import IndexSpec, VectorIndex
 from imgsearch.search.explain import SHARPNESS, overlay_png
 
 ATOL = 1e-4

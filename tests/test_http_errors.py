@@ -1,6 +1,6 @@
 """The HTTP API's one error table (imgsearch/server/http_errors.py; docs/api.md, Errors; issue 21 item 8).
 
-Every exception class of imgsearch.errors, found by introspection, must have its own row: a new
+Every exception class of imgsearch.ground.errors, found by introspection, must have its own row: a new
 error class without one fails here. Each is raised where a real request meets the library (the
 shared Index's refresh, before every endpoint) and must come back with its row's status and
 `{"detail": its message}`; docs/api.md's table must say the same as the code's. Then real routes
@@ -18,20 +18,20 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
 
-import imgsearch.errors
+import imgsearch.ground.errors
 from imgsearch import Index
-from imgsearch.errors import ImageNotFound, InvalidImage, InvalidQuery
+from imgsearch.ground.errors import ImageNotFound, InvalidImage, InvalidQuery
 from imgsearch.server.app import create_app
 from imgsearch.server.http_errors import STATUS_OF
 
 ROOT = Path(__file__).parents[1]
 PHOTOS = ROOT / "data" / "photos"
-ERROR_CLASSES = [value for _, value in inspect.getmembers(imgsearch.errors, inspect.isclass)
-                 if issubclass(value, BaseException) and value.__module__ == imgsearch.errors.__name__]
+ERROR_CLASSES = [value for _, value in inspect.getmembers(imgsearch.ground.errors, inspect.isclass)
+                 if issubclass(value, BaseException) and value.__module__ == imgsearch.ground.errors.__name__]
 
 
 def test_every_error_class_of_the_library_has_its_own_row():
-    assert len(ERROR_CLASSES) >= 20 and imgsearch.errors.ImgsearchError in ERROR_CLASSES  # introspection finds them
+    assert len(ERROR_CLASSES) >= 20 and imgsearch.ground.errors.ImgsearchError in ERROR_CLASSES  # introspection finds them
     missing = sorted(kind.__name__ for kind in ERROR_CLASSES if kind not in STATUS_OF)
     assert not missing, f"add these to STATUS_OF (imgsearch/server/http_errors.py) and docs/api.md: {missing}"
 

@@ -17,11 +17,11 @@ from conftest import draw_image, file_permissions_enforced, make_photos
 from imgsearch.cli import cli
 from imgsearch.index import Index
 from index_oracle import assert_rows_match, assert_same_results, check_consistent, rows_of, search_results
-from imgsearch.errors import StoreWriteFailed
-from imgsearch.indexer.decode import decode_file
+from imgsearch.ground.errors import StoreWriteFailed
+from imgsearch.images.decode import decode_file
 from imgsearch.indexer.pipeline import LocalEmbedder
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 
 QUERIES = ["a red circle", "a blue square"]
 

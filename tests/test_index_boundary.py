@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from imgsearch.errors import InvalidQuery, ModelNotFound
+from imgsearch.ground.errors import InvalidQuery, ModelNotFound
 from imgsearch.index import Index
 
 

@@ -17,7 +17,7 @@ from imgsearch.cli import cli
 from imgsearch.index import Index, default_index_dir
 from imgsearch.model.packaged import default_model_dir
 from imgsearch.model.model_files import fingerprint
-from imgsearch.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound, StoreCorrupt
+from imgsearch.ground.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound, StoreCorrupt
 
 
 @pytest.fixture(autouse=True)
@@ -475,3 +475,54 @@ def test_newer_schema_is_refused(indexed):
 def test_user_errors_are_click_exceptions_only_in_the_cli():
     # Library errors are plain ImgsearchError subclasses; only the CLI wraps them.
     assert not issubclass(IndexNotFound, click.ClickException)
+
+
+# ---- mistakes in options: named as the user typed them (issue 23) ----------------------
+
+@pytest.mark.parametrize(("args", "said"), [
+    (("-k", "abc"), "Invalid value for '-k' / '--top': 'abc' is not a whole number."),
+    (("-k", "0"), "Invalid value for '-k' / '--top': it must be at least 1 (got 0)."),
+    (("--candidates", "1.5"), "Invalid value for '--candidates': '1.5' is not a whole number."),
+    (("--after", "01/06/2023"), "Invalid value for '--after': write the date as YYYY-MM-DD (got '01/06/2023')."),
+    (("--before", "2023-13-01"), "Invalid value for '--before': write the date as YYYY-MM-DD (got '2023-13-01')."),
+])
+def test_option_mistakes_name_the_option_and_the_expected_form(indexed, args, said):
+    index_dir, _ = indexed
+    result = run("search", "a red circle", "--index", index_dir, *args)
+    assert result.exit_code == 2 and said in result.stderr, result.stderr
+
+
+def test_dates_as_options_filter_as_the_library_does(indexed):
+    index_dir, _ = indexed
+    everything = run_json("search", "a red circle", "--index", index_dir, "-k", 50)["results"]
+    assert run_json("search", "a red circle", "--index", index_dir, "-k", 50, "--after", "2000-01-01",
+                    "--before", "2999-12-31")["results"] == everything  # files written today: all of them
+    assert run_json("search", "a red circle", "--index", index_dir, "--after", "2999-01-01")["results"] == []
+
+
+def test_a_missing_under_folder_is_an_error_unless_the_index_holds_images_there(indexed, image_folder):
+    index_dir, _ = indexed
+    result = run("search", "a red circle", "--index", index_dir, "--under", image_folder / "no-such-folder")
+    assert_user_error(result, "--under", "no folder", "no-such-folder")
+    # an existing folder without images is a search that finds nothing, not a mistake
+    (image_folder / "empty").mkdir()
+    result = run("search", "a red circle", "--index", index_dir, "--under", image_folder / "empty")
+    assert result.exit_code == 0 and "no images match" in result.stderr
+    # a folder that is gone while its images are still indexed (an unplugged drive) still searches
+    moved = image_folder.parent / "moved-away"
+    shutil.move(image_folder / "sub", moved)
+    result = run_json("search", "a red circle", "--index", index_dir, "--under", image_folder / "sub")
+    assert result["results"] and all("/sub/" in r["path"] for r in result["results"])
+
+
+def test_a_rerun_reports_the_files_that_still_fail(indexed, image_folder, model_dir):
+    """An unchanged broken file is not read again, and the run still says that it fails
+    (issue 23: "failed 2", then "unchanged 303, failed 0" while info said 2 failed)."""
+    index_dir, first = indexed
+    assert [f["path"] for f in first["failures"]] == [str(image_folder / "sub" / "broken.jpg")]
+    again = run_json("index", image_folder, "--index", index_dir, "--workers", 0, "-q")
+    assert again["failed"] == 0 and again["unchanged"] == first["added"] + 1
+    assert again["still_failing"] == first["failures"]
+    result = run("index", image_folder, "--index", index_dir, "--workers", 0, "-q")
+    assert "failed 0 (and 1 unchanged file still fails)" in result.stdout
+    assert f"still failing: {image_folder / 'sub' / 'broken.jpg'}: " in result.stderr

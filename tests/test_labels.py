@@ -24,10 +24,10 @@ from click.testing import CliRunner
 from conftest import draw_image, make_photos
 from imgsearch.cli import cli
 from imgsearch.index import Index
-from imgsearch.indexer.decode import decode_file
+from imgsearch.images.decode import ImageRecord, decode_file
 from imgsearch.indexer.pipeline import LocalEmbedder
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
-from imgsearch.indexer.store import Fail, Put, Store
+from imgsearch.storage.store import Fail, Put, Store
 
 TOP = 5
 PROB_ATOL = 1.5e-4  # stored probabilities are rounded to 4 decimals; batches differ in the last float bits
@@ -261,14 +261,16 @@ def test_store_top1_counts_over_many_labels(tmp_path):
         top1 = names[int(rng.integers(0, 4))] if i % 3 else names[int(rng.integers(0, len(names)))]  # skewed
         labels = None if i % 7 == 0 else [(top1, 0.5 + rng.random() / 3), ("other", 0.0123456), ("rest", 0.00004)]
         path = f"/photos/{i:03d}.jpg"
-        changes.append(Put(path, 100, 1.0, 1.0, f"{i:064x}", 8, 8, global_=np.full(4, 0.5, np.float32),
-                           regions=np.zeros((1, 4), np.float16), labels=labels))
+        record = ImageRecord(path=path, size=100, mtime=1.0, ctime=1.0, sha256=f"{i:064x}", width=8, height=8)
+        changes.append(Put(record, global_=np.full(4, 0.5, np.float32), regions=np.zeros((1, 4), np.float16),
+                           labels=labels))
         expected_labels[path] = labels
         if i % 10 == 1:  # a copy shares the content (and its labels): one more image
-            changes.append(Put(f"/copies/{i:03d}.jpg", 100, 1.0, 1.0, f"{i:064x}", 8, 8))
+            changes.append(Put(ImageRecord(path=f"/copies/{i:03d}.jpg", size=100, mtime=1.0, ctime=1.0,
+                                           sha256=f"{i:064x}", width=8, height=8)))
             expected_labels[f"/copies/{i:03d}.jpg"] = labels
     store.apply(changes)
-    store.apply([Fail("/photos/broken.jpg", "not an image")])
+    store.apply([Fail(ImageRecord(path="/photos/broken.jpg", error="not an image"))])
 
     rows = store.all_images()
     by_id = store.labels([rows[p].id for p in expected_labels])

@@ -15,13 +15,13 @@ import threading
 import numpy as np
 import pytest
 
-import imgsearch.indexer.lock
+import imgsearch.storage.lock
 from conftest import make_photos
 from imgsearch.index import VECTORS_NAME, Index
 from index_oracle import check_consistent
-from imgsearch.errors import IndexLocked, StoreCorrupt, StoreWriteFailed
-from imgsearch.indexer.lock import LOCK_NAME, WriterLock
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.ground.errors import IndexLocked, StoreCorrupt, StoreWriteFailed
+from imgsearch.storage.lock import LOCK_NAME, WriterLock
+from imgsearch.storage.vectors import VectorIndex
 
 
 def test_a_symlink_at_write_lock_is_refused_and_its_target_left_alone(tmp_path):
@@ -53,21 +53,21 @@ def test_a_failed_write_of_the_holder_details_releases_the_lock(tmp_path, monkey
     def disk_full(fd, length):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    held_before = set(imgsearch.indexer.lock._held_fds)
-    monkeypatch.setattr(imgsearch.indexer.lock.os, "ftruncate", disk_full)
+    held_before = set(imgsearch.storage.lock._held_fds)
+    monkeypatch.setattr(imgsearch.storage.lock.os, "ftruncate", disk_full)
     lock = WriterLock(tmp_path)
     with pytest.raises(StoreWriteFailed, match="No space left on device"):
         lock.acquire()
     monkeypatch.undo()
 
-    assert not lock.held and imgsearch.indexer.lock._held_fds == held_before
+    assert not lock.held and imgsearch.storage.lock._held_fds == held_before
     other = WriterLock(tmp_path)
     assert other.try_acquire()  # not left locked until this process exits
     other.release()
 
 
 def test_holder_details_are_written_without_os_pwrite(tmp_path, monkeypatch):
-    monkeypatch.delattr(imgsearch.indexer.lock.os, "pwrite", raising=False)  # as on Windows
+    monkeypatch.delattr(imgsearch.storage.lock.os, "pwrite", raising=False)  # as on Windows
     (tmp_path / LOCK_NAME).write_text('{"pid": 1, "host": "an earlier, longer holder record", "x": 0}\n' * 3)
     with WriterLock(tmp_path):
         holder = json.loads((tmp_path / LOCK_NAME).read_text())

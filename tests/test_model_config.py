@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import MOBILENET_64, SMALL_BACKBONE, mobilenet_state, small_config
-from imgsearch.errors import ModelConfigError, ModelNotFound
+from imgsearch.ground.errors import ModelConfigError, ModelNotFound
 from imgsearch.model import checkpoint, model_files
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.model.backbone import VGG16_LAYERS, BackboneConfig
@@ -190,7 +190,7 @@ def test_one_module_names_the_files():
     assert checkpoint.CONFIG_NAME is model_files.CONFIG_NAME and packaged.WEIGHTS_NAME is model_files.WEIGHTS_NAME
     root = Path(__file__).parents[1]
     definition = re.compile(r'=\s*"(config\.json|model\.safetensors|labels\.txt|imgsearch-alignment)"')
-    defining = sorted(str(path.relative_to(root)) for folder in ("imgsearch", "indexer", "search", "model", "training")
+    defining = sorted(str(path.relative_to(root)) for folder in ("imgsearch", "ground", "images", "storage", "indexer", "search", "model", "training")
                       for path in (root / folder).rglob("*.py") if definition.search(path.read_text()))
     assert defining == ["model/model_files.py"]
 

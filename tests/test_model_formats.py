@@ -23,8 +23,8 @@ from PIL import Image
 
 from conftest import make_photos
 from imgsearch import Index
-from imgsearch.errors import ModelMismatch
-from imgsearch.indexer.manifest import Manifest
+from imgsearch.ground.errors import ModelMismatch
+from imgsearch.storage.manifest import Manifest
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.model.model_files import answers_to_fingerprint, fingerprint
 from imgsearch.model.config import read_model_config

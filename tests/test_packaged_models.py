@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from conftest import make_photos
 from imgsearch import Index
 from imgsearch.cli import cli
-from imgsearch.errors import ModelMismatch
-from imgsearch.indexer.manifest import Manifest
+from imgsearch.ground.errors import ModelMismatch
+from imgsearch.storage.manifest import Manifest
 from imgsearch.model.model_files import fingerprint
 from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir, packaged_model_dir
 

@@ -19,7 +19,7 @@ import pytest
 from imgsearch.model import packaged as models
 from imgsearch.model.model_files import LEGACY_FINGERPRINTS_NAME, fingerprinted_files
 from imgsearch.model.packaged import PACKAGED_MODELS, PHOTO_MODEL_PACKAGE, PHOTO_MODEL_SOURCE, default_model_dir
-from imgsearch.errors import ModelNotFound
+from imgsearch.ground.errors import ModelNotFound
 
 ROOT = Path(__file__).parents[1]
 # two models: photo (EfficientNet-Lite0, 26 MB) and fast (MobileNetV2, 17 MB), compressed to about
@@ -66,7 +66,7 @@ def wheel(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "photos", "*.tmp")
-    for name in ("imgsearch", "indexer", "search", "model", "training", "data"):
+    for name in ("imgsearch", "ground", "images", "storage", "indexer", "search", "model", "training", "data"):
         shutil.copytree(ROOT / name, source / name, ignore=skip)
     out = work / "dist"
     subprocess.run(
@@ -113,7 +113,7 @@ def test_the_wheel_installs_only_the_imgsearch_namespace(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"imgsearch"}
-    for package in ("indexer", "search", "model", "training"):  # each top-level folder, mapped inside
+    for package in ("ground", "images", "storage", "indexer", "search", "model", "training"):  # each top-level folder, mapped inside
         assert f"imgsearch/{package}/__init__.py" in names
 
 
@@ -122,8 +122,9 @@ import sys
 import imgsearch.cli
 from imgsearch import Index
 import imgsearch.search.searcher, imgsearch.indexer.pipeline, imgsearch.training.trainer, imgsearch.model.alignment
+import imgsearch.ground.errors, imgsearch.images.decode, imgsearch.storage.store
 mine = {name: getattr(module, "__file__", None) for name, module in sys.modules.items()
-        if name.split(".")[0] in ("search", "indexer", "training", "model")}
+        if name.split(".")[0] in ("ground", "images", "storage", "search", "indexer", "training", "model")}
 print(Index.__module__, sorted(mine))
 """
 
@@ -131,7 +132,7 @@ print(Index.__module__, sorted(mine))
 def _plant_shadows(folder: Path) -> None:
     """What a user may well have in the folder they run from: scripts and data folders named
     like the repository's top-level folders. Importing any of them would fail loudly."""
-    for name in ("search", "indexer", "model"):
+    for name in ("ground", "images", "storage", "search", "indexer", "model"):
         (folder / f"{name}.py").write_text(f"raise SystemExit('the user\'s {name}.py was imported')\n")
     (folder / "training").mkdir()
     (folder / "training" / "__init__.py").write_text("raise SystemExit('the user\'s training/ was imported')\n")

@@ -20,7 +20,7 @@ from conftest import draw_image
 from imgsearch.cli import cli
 from imgsearch.index import Index
 from imgsearch.progress import ProgressBar
-from imgsearch.errors import InvalidQuery
+from imgsearch.ground.errors import InvalidQuery
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ import pytest
 
 from conftest import make_photos
 from imgsearch.indexer.embed_worker import DecodeDataset
-from imgsearch.indexer.paths import path_to_text
+from imgsearch.ground.paths import path_to_text
 from imgsearch.indexer.run import Finished, run_indexing
 from imgsearch.indexer.shard import Shard, shard_id_of
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 
 DIM, REGIONS = 8, 2
 
@@ -53,7 +53,7 @@ class HashEmbedder:
                 global_ = np.stack([vector_of(c) for c in contents]) if contents else np.zeros((0, DIM), np.float32)
                 regions = np.repeat(global_[:, None, :], REGIONS, axis=1).astype(np.float16)  # (n, R, d)
                 self.handed += 1
-                yield Finished(Shard(shard_id_of([r.text for r in records]), records, contents, global_, regions,
+                yield Finished(Shard(shard_id_of([r.path for r in records]), records, contents, global_, regions,
                                      None))
         finally:
             self.closed = True

@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import draw_image, make_model_dir, small_config
 from imgsearch.index import VECTORS_NAME, Index
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.vectors import VectorIndex
 from imgsearch.search.rerank import rerank_scores
 from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig
 

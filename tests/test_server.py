@@ -455,7 +455,7 @@ def test_serve_warns_when_bound_beyond_this_machine(index, monkeypatch, caplog, 
 def test_serve_says_when_the_port_is_taken(index):
     import socket
 
-    from imgsearch.errors import ImgsearchError
+    from imgsearch.ground.errors import ImgsearchError
     from imgsearch.server.run import serve
 
     with socket.socket() as taken:

@@ -15,15 +15,16 @@ import pytest
 
 import imgsearch.indexer.merge
 from conftest import draw_image, make_photos
-from imgsearch.errors import StoreCorrupt
+from imgsearch.ground.errors import StoreCorrupt
 from imgsearch.index import Index
+from imgsearch.images.decode import ImageRecord
 from imgsearch.indexer.embed_worker import embed_shard
 from imgsearch.indexer.files import input_roots, iter_image_files
 from imgsearch.indexer.merge import AddSummary, ShardWriter
-from imgsearch.indexer.paths import path_to_text
+from imgsearch.ground.paths import path_to_text
 from imgsearch.indexer.plan import plan_run
 from imgsearch.indexer.run import Finished
-from imgsearch.indexer.shard import Shard, ShardRecord, shard_id_of
+from imgsearch.indexer.shard import Shard, shard_id_of
 from index_oracle import assert_rows_match, check_consistent, rows_of
 from test_search_oracles import encode_file
 
@@ -105,15 +106,16 @@ def index(tmp_path, model_dir):
 def hand_made_shard() -> Shard:
     rng = np.random.default_rng(3)
     records = [
-        ShardRecord("/photos/a.jpg", 1234, 1700000000.123456, 1700000001.5, "aa" * 32, 640, 480,
-                    "2021-06-01T12:00:00", None),
-        ShardRecord("/photos/caf\\xe9 \u00e9t\u00e9.png", 99, 1.0, 2.0, "bb" * 32, 3, 4, None, None),
-        ShardRecord("/photos/copy.jpg", 1234, 5.0, 6.0, "aa" * 32, 640, 480, None, None),
-        ShardRecord("/photos/bad.gif", None, None, None, None, None, None, None, "cannot decode image: truncated"),
+        ImageRecord(path="/photos/a.jpg", size=1234, mtime=1700000000.123456, ctime=1700000001.5, sha256="aa" * 32,
+                    width=640, height=480, taken_at="2021-06-01T12:00:00"),
+        ImageRecord(path="/photos/caf\\xe9 \u00e9t\u00e9.png", size=99, mtime=1.0, ctime=2.0, sha256="bb" * 32,
+                    width=3, height=4),
+        ImageRecord(path="/photos/copy.jpg", size=1234, mtime=5.0, ctime=6.0, sha256="aa" * 32, width=640, height=480),
+        ImageRecord(path="/photos/bad.gif", error="cannot decode image: truncated"),
     ]
     global_ = rng.standard_normal((2, 8)).astype(np.float32)
     global_ /= np.linalg.norm(global_, axis=1, keepdims=True)
-    return Shard(shard_id_of([r.text for r in records]), records, ["aa" * 32, "bb" * 32], global_,
+    return Shard(shard_id_of([r.path for r in records]), records, ["aa" * 32, "bb" * 32], global_,
                  rng.standard_normal((2, 5, 8)).astype(np.float16),
                  [[("tabby", 0.5123), ("tiger cat", 0.25)], [("daisy", 0.9999), ("bee", 0.0001)]])
 
@@ -184,12 +186,12 @@ def test_embed_shard_equals_the_encoder_on_each_file_and_embeds_a_copy_once(inde
     finally:
         hook.remove()
 
-    assert [r.text for r in shard.records] == [path_to_text(f) for f in files]
+    assert [r.path for r in shard.records] == [path_to_text(f) for f in files]
     assert shard.shard_id == hashlib.sha256("".join(path_to_text(f) + "\n" for f in files).encode()).hexdigest()
     good = [f for f in files if f.name != "broken.png"]
     assert shard.contents == list(dict.fromkeys(sha(f) for f in good))  # in file order, the copy once
     assert len(shard.contents) == 6 and sum(seen) == 6
-    bad = next(r for r in shard.records if r.text.endswith("broken.png"))
+    bad = next(r for r in shard.records if r.path.endswith("broken.png"))
     assert bad.error and bad.sha256 == sha(photos / "broken.png")
     for record, path in zip(shard.records, files):
         if record.error is None:
@@ -344,7 +346,7 @@ def test_the_local_run_merges_each_batch_as_a_shard(index, photos, monkeypatch):
     merge = ShardWriter.merge
 
     def spy(self, shard):
-        merged.append([Path(r.text).name for r in shard.records])
+        merged.append([Path(r.path).name for r in shard.records])
         return merge(self, shard)
 
     monkeypatch.setattr(ShardWriter, "merge", spy)

@@ -93,7 +93,7 @@ def test_importing_and_using_the_library_changes_no_process_setting(tmp_path, mo
 
 @pytest.fixture
 def thread_counts_kept():
-    """The command line and the server set this process's thread counts (imgsearch/threads.py):
+    """The command line and the server set this process's thread counts (ground/threads.py):
     put them back for the tests that follow."""
     import faiss
     import torch

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 import sqlite_utils
 
-import imgsearch.indexer.store
+import imgsearch.storage.store
 from conftest import draw_image, make_photos
 from imgsearch.index import Index
 from index_oracle import assert_rows_match, check_consistent, rows_of
@@ -69,10 +69,10 @@ def test_a_downgraded_store_has_the_schema_of_the_earlier_migrations(tmp_path, v
     """The downgrade helpers below stand for stores written by earlier releases: check them against
     a store made by the first `version` migrations alone."""
     old = sqlite3.connect(tmp_path / "old.db")
-    for migration in imgsearch.indexer.store.MIGRATIONS[:version]:
+    for migration in imgsearch.storage.store.MIGRATIONS[:version]:
         migration(sqlite_utils.Database(old))
     old.execute(f"PRAGMA user_version = {version}")
-    imgsearch.indexer.store.Store(tmp_path / "new.db", embed_dim=4, num_regions=1).close()
+    imgsearch.storage.store.Store(tmp_path / "new.db", embed_dim=4, num_regions=1).close()
     current = sqlite3.connect(tmp_path / "new.db")
     at_current = schema_of(current)
     current.close()
@@ -101,7 +101,7 @@ def test_a_schema_1_store_is_upgraded_in_place(schema_1_index):
     index_dir, photos, before = schema_1_index
     assert "ctime" not in columns(index_dir / "index.db")
     with Index.open(index_dir, device="cpu") as index:
-        assert index.store.db.execute("PRAGMA user_version").fetchone()[0] == imgsearch.indexer.store.SCHEMA_VERSION
+        assert index.store.db.execute("PRAGMA user_version").fetchone()[0] == imgsearch.storage.store.SCHEMA_VERSION
         check_consistent(index)
         assert_rows_match(rows_of(index), before)
         # A failure recorded without a ctime is retried once, then left alone while unchanged.
@@ -118,7 +118,7 @@ def test_a_migration_that_fails_half_way_leaves_the_old_schema(schema_1_index, m
         db.execute("ALTER TABLE images ADD COLUMN ctime REAL")
         raise sqlite3.OperationalError("simulated crash during the migration")
 
-    monkeypatch.setattr(imgsearch.indexer.store, "MIGRATIONS", (imgsearch.indexer.store.MIGRATIONS[0], half_done))
+    monkeypatch.setattr(imgsearch.storage.store, "MIGRATIONS", (imgsearch.storage.store.MIGRATIONS[0], half_done))
     with pytest.raises(Exception, match="simulated crash"):
         Index.open(index_dir)
     assert "ctime" not in columns(index_dir / "index.db")  # the ALTER was rolled back with it
@@ -140,7 +140,7 @@ def test_a_new_store_uses_large_pages_and_an_old_one_keeps_its_own(tmp_path, mod
     with Index.create(tmp_path / "new", model_dir, device="cpu") as index:
         index.add([photos], workers=0)
         expected = rows_of(index)
-    assert page_size(tmp_path / "new" / "index.db") == imgsearch.indexer.store.PAGE_SIZE
+    assert page_size(tmp_path / "new" / "index.db") == imgsearch.storage.store.PAGE_SIZE
 
     old_dir = tmp_path / "old"  # a store written with SQLite's default 4 KiB pages, as before
     old_dir.mkdir()
@@ -171,7 +171,7 @@ def test_a_schema_2_store_is_upgraded_and_its_images_have_no_labels(schema_2_ind
     index_dir, photos, before = schema_2_index
     assert "labels" not in columns(index_dir / "index.db", "embeddings")
     with Index.open(index_dir, device="cpu") as index:
-        assert index.store.db.execute("PRAGMA user_version").fetchone()[0] == imgsearch.indexer.store.SCHEMA_VERSION == 4
+        assert index.store.db.execute("PRAGMA user_version").fetchone()[0] == imgsearch.storage.store.SCHEMA_VERSION == 4
         assert "labels" in columns(index_dir / "index.db", "embeddings")
         check_consistent(index)
         assert_rows_match(rows_of(index), before)

@@ -90,7 +90,7 @@ def test_a_search_leaves_the_thread_counts_alone(index, monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("torch", n)))
     monkeypatch.setattr(faiss, "omp_set_num_threads", lambda n: calls.append(("faiss", n)))
     index.search("a red circle", k=3, candidates=8)
-    assert calls == []  # set once per process (imgsearch.threads), never flipped per query
+    assert calls == []  # set once per process (imgsearch.ground.threads), never flipped per query
 
 
 def test_use_threads_sets_torch_faiss_and_blas_once(monkeypatch):
@@ -98,7 +98,7 @@ def test_use_threads_sets_torch_faiss_and_blas_once(monkeypatch):
     import torch
     from threadpoolctl import threadpool_info
 
-    from imgsearch.threads import _THREAD_VARIABLES, use_threads
+    from imgsearch.ground.threads import _THREAD_VARIABLES, use_threads
 
     for name in _THREAD_VARIABLES:  # restored (unset, if they were) after the test
         monkeypatch.setenv(name, os.environ.get(name, "0"))

@@ -28,7 +28,7 @@ from conftest import SMALL_BACKBONE, draw_image, small_config
 from fsync_spy import FsyncSpy
 from imgsearch.cli import cli
 from imgsearch.model.model_files import CONFIG_NAME, WEIGHTS_NAME
-from imgsearch.errors import CaptionFileError, ImgsearchError
+from imgsearch.ground.errors import CaptionFileError, ImgsearchError
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.training.captions import CaptionedImage, read_captions
 from imgsearch.training.data import encode_captions, group_batches, load_images
@@ -915,7 +915,7 @@ def test_every_torch_load_passes_weights_only_true():
     every torch.load says weights_only=True itself. (bench/ is left out until its loads do.)"""
     root = Path(__file__).parents[1]
     calls = []
-    for package in ("imgsearch", "indexer", "search", "training", "data", "scripts", "tests", "bench"):
+    for package in ("imgsearch", "ground", "images", "storage", "indexer", "search", "training", "data", "scripts", "tests", "bench"):
         for path in sorted((root / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import imgsearch.indexer.vectors as vectors_module
+import imgsearch.storage.vectors as vectors_module
 from imgsearch import Index
-from imgsearch.indexer.vectors import DEFAULT_MEMORY_BUDGET, EXACT_LIMIT, IndexSpec, VectorIndex, choose_spec
+from imgsearch.storage.vectors import DEFAULT_MEMORY_BUDGET, EXACT_LIMIT, IndexSpec, VectorIndex, choose_spec
 
 
 def clustered(count: int, dim: int, clusters: int, seed: int, spread: float = 0.35) -> np.ndarray:

@@ -253,7 +253,7 @@ def test_softmax_match_over_wordnet_texts_against_a_naive_loop(tmp_path, wordnet
 
 
 def test_the_zero_shot_settings_round_trip_and_old_configs_read_the_same(mobilenet_model_dir):
-    from imgsearch.errors import ModelConfigError
+    from imgsearch.ground.errors import ModelConfigError
 
     config = AlignmentModel.from_pretrained(mobilenet_model_dir, device="cpu").config
     assert "zero_shot" not in config.to_dict()["rerank"]  # a config without them is written as before

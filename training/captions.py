@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgsearch.errors import CaptionFileError
+from imgsearch.ground.errors import CaptionFileError
 
 __all__ = ["CaptionedImage", "read_captions"]
 

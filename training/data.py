@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imgsearch.errors import CaptionFileError
-from imgsearch.indexer.decode import decode_file
+from imgsearch.ground.errors import CaptionFileError
+from imgsearch.images.decode import decode_file
 from imgsearch.model.image_encoder import resize_uint8
 from imgsearch.model.text_encoder import TextEncoder
 from imgsearch.training.captions import CaptionedImage

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from imgsearch.model.alignment import AlignmentModel
-from imgsearch.indexer.embed_worker import TOP_LABELS
+from imgsearch.model.labels import TOP_LABELS, top_labels
 from imgsearch.model.backbone import first_real_class
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
 from imgsearch.model.zero_shot import class_matches, sentence_vectors
@@ -193,7 +193,6 @@ def search_t2i_ranks(model: AlignmentModel, image_global: np.ndarray, regions: t
     (Nc,) with re-ranking off (the first stage) and on (equal to the first without `rerank`).
 
     image_global (Ni, d), regions (Ni, R, d) float16, class_probs (Ni, C) or None."""
-    from imgsearch.indexer.embed_worker import top_labels
     from imgsearch.search.query_model import TorchQueryModel, query_from_batch
     from imgsearch.search.searcher import final_order, score_pool
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from imgsearch.errors import ImgsearchError
+from imgsearch.ground.errors import ImgsearchError
 from imgsearch.model.model_files import CONFIG_NAME
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.training.captions import CaptionedImage, read_captions

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
-from imgsearch.durable import replace_durably
-from imgsearch.errors import ImgsearchError
+from imgsearch.ground.durable import replace_durably
+from imgsearch.ground.errors import ImgsearchError
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.model.hubness import HubnessConfig, HubnessCorrection
 from imgsearch.model.scorer import CrossAttentionScorer

@@ -7,7 +7,7 @@ as every search ran before), with two CPU-bound processes beside it or none.
 
 The index: as bench/benchmarks/cli_start.py makes it (1,000 Flickr8k dev images, default model).
 Queries: Flickr8k dev captions. Threads: one per query, as `imgsearch search` and the server run
-(imgsearch.threads.use_threads; imgsearch/threads.py says why); the last row leaves the thread
+(imgsearch.ground.threads.use_threads; ground/threads.py says why); the last row leaves the thread
 counts as a program that never calls use_threads gets them. Target (issue 22): p50 at most
 100 ms busy, and the quiet numpy figure no slower than the quiet torch one.
 """
@@ -43,7 +43,7 @@ def timed(index_dir: Path, runtime: str, queries: list[str], threads: bool, busy
     """p50/p90 ms of index.search over `queries` in a fresh process (its own thread settings)."""
     script = f"""
 import json, sys, time
-{'from imgsearch.threads import use_threads; use_threads(1)' if threads else ''}
+{'from imgsearch.ground.threads import use_threads; use_threads(1)' if threads else ''}
 from imgsearch import Index
 queries = json.loads(sys.stdin.read())
 with Index.open({str(index_dir)!r}, device="cpu") as index:

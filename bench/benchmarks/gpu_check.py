@@ -49,13 +49,13 @@ from imgsearch.model.allocator import keep_freed_memory
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.device import resolve_device
 from imgsearch.model.image_encoder import ImageEncoder
-from imgsearch.indexer.decode import decode_file
+from imgsearch.images.decode import ImageRecord, decode_file
 from imgsearch.indexer.embed_worker import DecodeDataset, decode_loader
 from imgsearch.model.image_encoder import resize_uint8
 from imgsearch.indexer.pipeline import LocalEmbedder, default_workers
 from imgsearch.indexer.run import Finished, run_indexing
-from imgsearch.indexer.store import Put, Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Put, Store
+from imgsearch.storage.vectors import VectorIndex
 from imgsearch.model.fast_scorer import score_candidates_fast
 from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig
 
@@ -165,8 +165,9 @@ def store_apply_ms(batch_size: int, embed_dim: int, num_regions: int, batches: i
     with tempfile.TemporaryDirectory(prefix="imgsearch-gpu-store-") as work:
         store = Store(Path(work) / "index.db", embed_dim, num_regions)
         for b in range(batches):
-            puts = [Put(f"/photos/{b}/{i}.jpg", 20_000, 1.0, 1.0, hashlib.sha256(f"{b}/{i}".encode()).hexdigest(),
-                        SIZE, SIZE, global_[i], regions[i]) for i in range(batch_size)]
+            puts = [Put(ImageRecord(path=f"/photos/{b}/{i}.jpg", size=20_000, mtime=1.0, ctime=1.0,
+                                    sha256=hashlib.sha256(f"{b}/{i}".encode()).hexdigest(), width=SIZE, height=SIZE),
+                        global_[i], regions[i]) for i in range(batch_size)]
             started = time.perf_counter()
             store.apply(puts)
             seconds.append(time.perf_counter() - started)

@@ -38,8 +38,8 @@ from imgsearch.model.packaged import packaged_model_dir
 from imgsearch.model.image_encoder import ImageEncoder
 from imgsearch.indexer.embed_worker import DecodeDataset
 from imgsearch.indexer.pipeline import default_workers, index_files
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 from imgsearch.training.presets import PRESETS
 
 CONFIGS = {

@@ -27,11 +27,12 @@ import faiss
 import numpy as np
 
 from bench.benchmarks.machine import describe
+from imgsearch.images.decode import ImageRecord
 from imgsearch.indexer.merge import AddSummary, ShardWriter
 from imgsearch.indexer.plan import RunPlan
-from imgsearch.indexer.shard import Shard, ShardRecord, shard_id_of
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.indexer.shard import Shard, shard_id_of
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 
 EMBED_DIM = 256  # the photo model's
 NUM_REGIONS = 49  # 7 x 7
@@ -41,7 +42,7 @@ LABELS = [("tabby", 0.4), ("Egyptian cat", 0.3), ("tiger cat", 0.1), ("lynx", 0.
 def random_shard(number: int, size: int, rng: np.random.Generator) -> Shard:
     texts = [f"/photos/{number:06d}/{i:05d}.jpg" for i in range(size)]
     contents = [hashlib.sha256(text.encode()).hexdigest() for text in texts]
-    records = [ShardRecord(text, 2_500_000, 1.7e9, 1.7e9, sha, 4000, 3000, None, None)
+    records = [ImageRecord(path=text, size=2_500_000, mtime=1.7e9, ctime=1.7e9, sha256=sha, width=4000, height=3000)
                for text, sha in zip(texts, contents)]
     global_ = rng.standard_normal((size, EMBED_DIM)).astype(np.float32)  # (n, d)
     global_ /= np.linalg.norm(global_, axis=1, keepdims=True)

@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 from bench.benchmarks.machine import describe, percentiles_ms
-from imgsearch.indexer.store import Put, Store
-from imgsearch.indexer.vectors import IndexSpec, VectorIndex
+from imgsearch.images.decode import ImageRecord
+from imgsearch.storage.store import Put, Store
+from imgsearch.storage.vectors import IndexSpec, VectorIndex
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.search.rerank import rerank_scores
-from imgsearch.threads import QUERY_THREADS, use_threads
+from imgsearch.ground.threads import QUERY_THREADS, use_threads
 
 NOISE_SCALE = 0.5
 CANDIDATES = 100
@@ -63,8 +64,9 @@ def build_store(path: Path, regions: np.ndarray, global_: np.ndarray, rows: int)
         batch = []
         for i in range(start, min(rows, start + 2000)):
             sha = hashlib.sha256(str(i).encode()).hexdigest()  # distinct contents: one embeddings row each
-            batch.append(Put(f"/synthetic/{i:08d}.jpg", 20_000, 0.0, 0.0, sha, 500, 375,
-                             global_[i % count], regions[i % count].astype(np.float16)))
+            record = ImageRecord(path=f"/synthetic/{i:08d}.jpg", size=20_000, mtime=0.0, ctime=0.0, sha256=sha,
+                                 width=500, height=375)
+            batch.append(Put(record, global_[i % count], regions[i % count].astype(np.float16)))
         store.apply(batch)
     return store
 

@@ -40,11 +40,12 @@ from pathlib import Path
 
 from bench.benchmarks.machine import describe, percentiles_ms
 from bench.benchmarks.query import synthetic_vectors
-from imgsearch.errors import ImageNotFound
+from imgsearch.ground.errors import ImageNotFound
 from imgsearch.index import DB_NAME, Index
-from imgsearch.indexer.lock import WriterLock
-from imgsearch.indexer.manifest import Manifest
-from imgsearch.indexer.store import Put, Store
+from imgsearch.storage.lock import WriterLock
+from imgsearch.storage.manifest import Manifest
+from imgsearch.images.decode import ImageRecord
+from imgsearch.storage.store import Put, Store
 
 
 def read_captions(data: Path, split: str, count: int, seed: int) -> list[str]:
@@ -77,8 +78,9 @@ def build_index(directory: Path, data: Path, real: int, total: int, seed: int) -
                 batch = []
                 for i in range(start, min(len(synthetic), start + 2000)):
                     sha = hashlib.sha256(f"synthetic {i}".encode()).hexdigest()
-                    batch.append(Put(f"/synthetic/{i:08d}.jpg", 20_000, 1.6e9, 1.6e9, sha, 500, 375,
-                                     synthetic[i], regions[i % len(ids)]))
+                    record = ImageRecord(path=f"/synthetic/{i:08d}.jpg", size=20_000, mtime=1.6e9, ctime=1.6e9,
+                                         sha256=sha, width=500, height=375)
+                    batch.append(Put(record, synthetic[i], regions[i % len(ids)]))
                 store.apply(batch)
         finally:
             store.close()

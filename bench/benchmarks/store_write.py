@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-import imgsearch.indexer.store
+import imgsearch.storage.store
 from bench.benchmarks.machine import describe
-from imgsearch.indexer.store import Put, Store
+from imgsearch.images.decode import ImageRecord
+from imgsearch.storage.store import Put, Store
 
 EMBED_DIM = 256
 
@@ -31,15 +32,16 @@ def measure(page_size: int, num_regions: int, batches: int, batch_size: int, fol
     rng = np.random.default_rng(0)
     global_ = rng.standard_normal((batch_size, EMBED_DIM)).astype(np.float32)
     regions = rng.standard_normal((batch_size, num_regions, EMBED_DIM)).astype(np.float16)
-    default, imgsearch.indexer.store.PAGE_SIZE = imgsearch.indexer.store.PAGE_SIZE, page_size
+    default, imgsearch.storage.store.PAGE_SIZE = imgsearch.storage.store.PAGE_SIZE, page_size
     try:
         with tempfile.TemporaryDirectory(dir=folder, prefix="imgsearch-store-bench-") as work:
             store = Store(Path(work) / "index.db", EMBED_DIM, num_regions)
             assert store.db.execute("PRAGMA page_size").fetchone()[0] == page_size
             seconds = []
             for b in range(batches):
-                puts = [Put(f"/photos/{b}/{i}.jpg", 20_000, 1.0, 1.0, hashlib.sha256(f"{b}/{i}".encode()).hexdigest(),
-                            224, 224, global_[i], regions[i]) for i in range(batch_size)]
+                puts = [Put(ImageRecord(path=f"/photos/{b}/{i}.jpg", size=20_000, mtime=1.0, ctime=1.0,
+                                        sha256=hashlib.sha256(f"{b}/{i}".encode()).hexdigest(), width=224, height=224),
+                            global_[i], regions[i]) for i in range(batch_size)]
                 started = time.perf_counter()
                 store.apply(puts)
                 seconds.append(time.perf_counter() - started)
@@ -54,7 +56,7 @@ def measure(page_size: int, num_regions: int, batches: int, batch_size: int, fol
                 fetches.append(time.perf_counter() - started)
             store.close()
     finally:
-        imgsearch.indexer.store.PAGE_SIZE = default
+        imgsearch.storage.store.PAGE_SIZE = default
     return float(np.mean(seconds[3:]) * 1e3), disk, float(np.median(fetches) * 1e3)
 
 
@@ -71,7 +73,7 @@ def main() -> None:
     for num_regions in (49, 36):
         for page_size in (4096, 8192, 16384, 65536):
             apply_ms, disk, fetch_ms = measure(page_size, num_regions, args.batches, args.batch_size, args.folder)
-            default = " (new stores)" if page_size == imgsearch.indexer.store.PAGE_SIZE else ""
+            default = " (new stores)" if page_size == imgsearch.storage.store.PAGE_SIZE else ""
             lines.append(f"| {num_regions} ({num_regions * EMBED_DIM * 2:,} B) | {page_size}{default} | {apply_ms:.1f} | "
                          f"{disk:,.0f} | {fetch_ms:.2f} |")
             print(lines[-1], flush=True)

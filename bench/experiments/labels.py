@@ -69,7 +69,7 @@ def pool_parts(model: AlignmentModel, image_global, regions, class_probs, captio
     """Per caption: its pool (the top `candidates` by cosine, FAISS order), the pool's first-stage
     score and re-rank term with the label weight at 0 (neither depends on the label score), the
     query's sentence vector and the pool's stored labels."""
-    from imgsearch.indexer.embed_worker import top_labels
+    from imgsearch.model.labels import top_labels
     from imgsearch.search.query_model import TorchQueryModel, query_from_batch
     from imgsearch.search.searcher import score_pool
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).parents[2]
 sys.path.insert(0, str(ROOT))
 
-from imgsearch.indexer.decode import decode_file  # noqa: E402
+from imgsearch.images.decode import decode_file  # noqa: E402
 from imgsearch.model.image_encoder import resize_uint8  # noqa: E402
 from imgsearch.model.alignment import AlignmentModel  # noqa: E402
 from imgsearch.model.zero_shot import sentence_vectors  # noqa: E402

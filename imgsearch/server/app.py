@@ -26,8 +26,8 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from imgsearch.errors import ImageNotFound, InvalidImage, InvalidQuery
-from imgsearch.indexer.decode import decode_image_bytes
+from imgsearch.ground.errors import ImageNotFound, InvalidImage, InvalidQuery
+from imgsearch.images.decode import decode_image_bytes
 from imgsearch.server.http_errors import add_error_handler, responses
 from imgsearch.server.middleware import CONTENT_SECURITY_POLICY, SecureApp
 from imgsearch.server.schemas import (

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.utils import is_body_allowed_for_status_code
 from starlette.exceptions import HTTPException
 
-from imgsearch.errors import (
+from imgsearch.ground.errors import (
     CaptionFileError, ConversionError, ImageNotFound, ImageTooLarge, ImgsearchError, IndexExists, IndexLocked,
     IndexNotFound, InputPathNotFound, InvalidImage, InvalidQuery, ModelConfigError, ModelMismatch, ModelNotFound,
     RayNotInstalled, RuntimeUnsupported, ServeFailed, ShardFailed, StoreCorrupt, StoreWriteFailed, WeightsMissing,
@@ -34,7 +34,7 @@ __all__ = ["STATUS_OF", "status_of", "error_body", "add_error_handler", "respons
 
 log = logging.getLogger(__name__)
 
-# Every exception class of imgsearch.errors has its row (tests/test_http_errors.py holds this,
+# Every exception class of imgsearch.ground.errors has its row (tests/test_http_errors.py holds this,
 # and that docs/api.md's table says the same). 500: the fault is the server's (its index, its
 # model, its disk), not the request's; most of these cannot happen while serving (the server
 # never writes to the index), and answer 500 with their message if they ever do.

@@ -2,7 +2,7 @@
 model, run uvicorn.
 
 The settings are this process's, made here and not by the library: one torch/FAISS thread per
-request (imgsearch/threads.py) and, on the CPU, glibc's malloc keeping freed memory for the
+request (ground/threads.py) and, on the CPU, glibc's malloc keeping freed memory for the
 photos that requests encode (model/allocator.py). create_app() alone leaves them as they are.
 
 The socket is bound before the model loads, so a port in use is said at once; the URL
@@ -16,9 +16,9 @@ import logging
 import os
 import socket
 
-from imgsearch.errors import ServeFailed
+from imgsearch.ground.errors import ServeFailed
 from imgsearch.model.allocator import keep_freed_memory
-from imgsearch.threads import QUERY_THREADS, use_threads
+from imgsearch.ground.threads import QUERY_THREADS, use_threads
 
 __all__ = ["serve", "is_loopback", "local_names"]
 

@@ -4,10 +4,11 @@ description of bodies that come as JSON or as multipart/form-data."""
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from imgsearch.images.decode import SHOWN_FIELDS, ImageRecord
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
 
 __all__ = ["MAX_QUERY_CHARS", "SearchRequest", "RerankRequest", "SearchItem", "SearchResponse",
@@ -52,27 +53,29 @@ class Label(BaseModel):
     score: float
 
 
-class SearchItem(BaseModel):
-    id: int | None = Field(description="null for an uploaded image that is not in the index")
-    path: str | None
-    rank: int
-    score: float
-    first_stage_score: float | None
-    rerank_score: float | None
-    first_stage_rank: int | None
-    width: int | None
-    height: int | None
-    size: int | None = None
-    sha256: str | None = None
-    taken_at: str | None = None
-    labels: list[Label] = []
-    zero_shot_score: float | None = None
-    thumbnail_url: str | None
-    image_url: str | None
+_RECORD_TYPES = get_type_hints(ImageRecord)
+
+# A search result (SearchResult.to_dict) with its URLs: id and path, the scores, then the image
+# record's shown fields (images/decode.py: ImageRecord, each as its type there), labels and URLs.
+_SEARCH_ITEM: dict[str, Any] = {
+    "id": (int | None, Field(description="null for an uploaded image that is not in the index")),
+    "path": (str | None, ...),
+    "rank": (int, ...),
+    "score": (float, ...),
+    "first_stage_score": (float | None, ...),
+    "rerank_score": (float | None, ...),
+    "first_stage_rank": (int | None, ...),
+    **{name: (_RECORD_TYPES[name], None) for name in SHOWN_FIELDS if name != "path"},
+    "labels": (list[Label], []),
+    "zero_shot_score": (float | None, None),
+    "thumbnail_url": (str | None, ...),
+    "image_url": (str | None, ...),
+}
+SearchItem = create_model("SearchItem", **_SEARCH_ITEM)
 
 
 class SearchResponse(BaseModel):
-    items: list[SearchItem]
+    items: list[SearchItem]  # type: ignore[valid-type]  # a model made by create_model
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
     reranked: bool
     timings_ms: dict[str, float]

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from imgsearch.durable import replace_durably
-from imgsearch.indexer.decode import decode_image_bytes
+from imgsearch.ground.durable import replace_durably
+from imgsearch.images.decode import decode_image_bytes
 
 __all__ = ["THUMBNAIL_SIDE", "Thumbnail", "ThumbnailCache", "load_image", "thumbnail_key"]
 

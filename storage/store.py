@@ -1,8 +1,9 @@
-"""Indexing, store stage: the SQLite store, the source of truth of an index.
+"""The SQLite store, the source of truth of an index.
 
-Tables (schema version in PRAGMA user_version, upgraded by numbered migrations):
+Tables (schema version in PRAGMA user_version, upgraded by numbered migrations, migrations.py):
 - images: one row per file path, with size, mtime, sha256, width, height and
-  status 'ok' or 'error' (with the reason). Row ids are never reused
+  status 'ok' or 'error' (with the reason): a column for each field of the image's
+  ImageRecord (images/decode.py), read back as a StoredImage. Row ids are never reused
   (AUTOINCREMENT) and are the FAISS ids, so a FAISS file can be checked
   against this table by its id set alone.
 - embeddings: one row per distinct content (sha256): the projected global
@@ -24,7 +25,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,110 +33,35 @@ from typing import Any
 
 import numpy as np
 import sqlite_utils
-from PIL import Image
 
-from imgsearch.errors import StoreCorrupt, StoreWriteFailed
-from imgsearch.indexer.decode import exif_taken_at
-from imgsearch.indexer.paths import path_to_text, text_to_path
+from imgsearch.ground.errors import StoreCorrupt, StoreWriteFailed
+from imgsearch.images.decode import RECORD_FIELDS, ImageRecord, record_values
+from imgsearch.storage.migrations import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["Store", "StoredImage", "Touch", "Move", "Put", "Fail", "Change", "Applied", "SCHEMA_VERSION"]
 
 
-def _migration_1(db: sqlite_utils.Database) -> None:
-    # One statement per execute(): executescript() would COMMIT first and break the
-    # migration's transaction (a crash half-way must leave the store at version 0).
-    for statement in (
-        """CREATE TABLE images (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            path TEXT NOT NULL UNIQUE,
-            size INTEGER,
-            mtime REAL,
-            sha256 TEXT,
-            width INTEGER,
-            height INTEGER,
-            status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
-            error TEXT,
-            indexed_at TEXT NOT NULL
-        )""",
-        "CREATE INDEX images_sha256 ON images (sha256)",
-        "CREATE INDEX images_status ON images (status)",
-        """CREATE TABLE embeddings (
-            sha256 TEXT PRIMARY KEY,
-            global BLOB NOT NULL,
-            regions BLOB NOT NULL
-        )""",
-    ):
-        db.execute(statement)
-
-
-def _migration_2(db: sqlite_utils.Database) -> None:
-    # ctime lets a file that failed (e.g. for its permissions) be retried once chmod changes it.
-    db.execute("ALTER TABLE images ADD COLUMN ctime REAL")
-
-
-def _migration_3(db: sqlite_utils.Database) -> None:
-    # The backbone classifier's top classes per content, JSON [[name, prob], ...] best first.
-    # Rows stored before, and models without a classifier, keep NULL: no labels.
-    db.execute("ALTER TABLE embeddings ADD COLUMN labels TEXT")
-
-
-def _migration_4(db: sqlite_utils.Database) -> None:
-    # When each photo was taken (EXIF), and the folders that were indexed. Both are filled for
-    # the rows already stored: the EXIF dates read from the files (one file per content; a file
-    # that is gone keeps NULL, i.e. its mtime), the folders as the ones holding indexed images.
-    db.execute("ALTER TABLE images ADD COLUMN exif_taken_at TEXT")
-    db.execute("CREATE TABLE folders (path TEXT PRIMARY KEY)")
-    rows = db.execute("SELECT id, path FROM images WHERE status = 'ok'").fetchall()
-    for image_id, text in rows:
-        taken = _read_exif_taken_at(text_to_path(text))
-        if taken is not None:
-            db.execute("UPDATE images SET exif_taken_at = ? WHERE id = ?", [taken, image_id])
-    for folder in _covering_folders(text_to_path(text).parent for _, text in rows):
-        db.execute("INSERT OR IGNORE INTO folders (path) VALUES (?)", [path_to_text(folder)])
-
-
-def _read_exif_taken_at(path: Path) -> str | None:
-    """The EXIF DateTimeOriginal of the image file at `path` (ISO text), or None (none, or unreadable)."""
-    try:
-        with Image.open(path) as image:
-            return exif_taken_at(image)
-    except Exception:  # a file gone or damaged since it was indexed keeps its mtime as its date
-        return None
-
-
-def _covering_folders(folders: Iterable[Path]) -> list[Path]:
-    """The fewest folders that hold all of `folders`: each one not inside another."""
-    kept: list[Path] = []
-    for folder in sorted(set(folders), key=lambda f: len(f.parts)):
-        if not any(folder.is_relative_to(outer) for outer in kept):
-            kept.append(folder)
-    return sorted(kept)
-
-
-# Migration N upgrades a store from version N-1 to N. Append; never edit a released one.
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
-    _migration_1, _migration_2, _migration_3, _migration_4,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
 PAGE_SIZE = 8192  # bytes, for new stores
 # An image's taken_at: its EXIF DateTimeOriginal, else its file's mtime in local time; ISO text,
 # so that comparing the text compares the times.
 TAKEN_AT_SQL = "COALESCE(exif_taken_at, strftime('%Y-%m-%dT%H:%M:%S', mtime, 'unixepoch', 'localtime'))"
 
 
-@dataclass
-class StoredImage:
+# The images table's column of each ImageRecord field: a column of its name, but taken_at's,
+# which holds the EXIF date alone (a read gives that, else the mtime: TAKEN_AT_SQL). A Put
+# writes every field; a field added to the record needs only a migration that adds its column.
+_COLUMNS = {name: "exif_taken_at" if name == "taken_at" else name for name in RECORD_FIELDS}
+_INSERT_OK = (f"INSERT INTO images ({', '.join(_COLUMNS.values())}, status, indexed_at) "
+              f"VALUES ({', '.join('?' * len(_COLUMNS))}, 'ok', ?)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredImage(ImageRecord):
+    """A row of the images table: the image's record as stored (taken_at: TAKEN_AT_SQL, None
+    for rows read without it), with the row's id and status ('ok', or 'error' with the reason)."""
+
     id: int
-    path: str  # as paths.path_to_text wrote it
-    size: int | None
-    mtime: float | None
-    sha256: str | None
-    width: int | None
-    height: int | None
     status: str
-    error: str | None
-    ctime: float | None = None
-    taken_at: str | None = None  # ISO text (TAKEN_AT_SQL); None for rows read without it
 
 
 # ---- the changes one indexing batch makes; Store.apply writes them in one transaction ----
@@ -146,9 +72,7 @@ class Touch:
     """Same path, same content, new size/mtime/ctime (e.g. `touch`): only the file facts change."""
 
     id: int
-    size: int
-    mtime: float
-    ctime: float | None
+    record: ImageRecord  # the file as found now
 
 
 @dataclass
@@ -156,42 +80,29 @@ class Move:
     """A stored image found under a new path (moved or renamed): the row keeps its id and vectors."""
 
     id: int
-    path: str
-    size: int
-    mtime: float
-    ctime: float | None
+    record: ImageRecord  # the file as found now, under its new path
 
 
 @dataclass
 class Put:
-    """A path with good content, new or changed. `global_`/`regions` are None when the
-    content is already in the store (a copy, or content seen earlier): nothing is embedded."""
+    """A path with good content, new or changed: its record is stored whole. `global_`/`regions`
+    are None when the content is already in the store (a copy, or content seen earlier):
+    nothing is embedded."""
 
-    path: str
-    size: int
-    mtime: float
-    ctime: float | None
-    sha256: str
-    width: int
-    height: int
+    record: ImageRecord  # error None
     global_: np.ndarray | None = None  # (d,) float32, L2-normalised
     regions: np.ndarray | None = None  # (R, d) float16
     # The classifier's top classes, best first: [(name, prob rounded to 4 decimals), ...];
     # None when the model has no classifier (stored as NULL). Written with the vectors.
     labels: list[tuple[str, float]] | None = None
-    taken_at: str | None = None  # EXIF DateTimeOriginal, ISO text; None when the file has none
 
 
 @dataclass
 class Fail:
-    """A path that could not be read or decoded, with the reason."""
+    """A path that could not be read or decoded: its file facts (path, size, mtime, ctime,
+    sha256) are stored with the reason, record.error."""
 
-    path: str
-    error: str
-    size: int | None = None
-    mtime: float | None = None
-    ctime: float | None = None
-    sha256: str | None = None
+    record: ImageRecord  # error set
 
 
 Change = Touch | Move | Put | Fail
@@ -476,36 +387,32 @@ class Store:
                     assert change.regions is not None  # embedded with global_
                     self.db.execute(
                         "INSERT OR IGNORE INTO embeddings (sha256, global, regions, labels) VALUES (?, ?, ?, ?)",
-                        [change.sha256, _blob(change.global_, np.float32, (self.embed_dim,)),
+                        [change.record.sha256, _blob(change.global_, np.float32, (self.embed_dim,)),
                          _blob(change.regions, np.float16, (self.num_regions, self.embed_dim)),
                          _labels_json(change.labels)],
                     )
             for change in changes:
+                record = change.record
                 if isinstance(change, Touch):
                     self.db.execute("UPDATE images SET size = ?, mtime = ?, ctime = ?, indexed_at = ? WHERE id = ?",
-                                    [change.size, change.mtime, change.ctime, now, change.id])
+                                    [record.size, record.mtime, record.ctime, now, change.id])
                 elif isinstance(change, Move):
                     self.db.execute(
                         "UPDATE images SET path = ?, size = ?, mtime = ?, ctime = ?, indexed_at = ? WHERE id = ?",
-                        [change.path, change.size, change.mtime, change.ctime, now, change.id])
+                        [record.path, record.size, record.mtime, record.ctime, now, change.id])
                 elif isinstance(change, Put):
-                    removed += self._delete_path(change.path)
-                    if not self.has_content(change.sha256):
-                        raise StoreCorrupt(f"no stored vectors for content {change.sha256[:12]} of {change.path}")
-                    cursor = self.db.execute(
-                        "INSERT INTO images (path, size, mtime, ctime, sha256, width, height, status, error, "
-                        "indexed_at, exif_taken_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'ok', NULL, ?, ?)",
-                        [change.path, change.size, change.mtime, change.ctime, change.sha256,
-                         change.width, change.height, now, change.taken_at],
-                    )
+                    removed += self._delete_path(record.path)
+                    if not self.has_content(record.sha256):
+                        raise StoreCorrupt(f"no stored vectors for content {str(record.sha256)[:12]} of {record.path}")
+                    cursor = self.db.execute(_INSERT_OK, [*record_values(record).values(), now])  # every field
                     assert cursor.lastrowid is not None  # set by the INSERT
                     added.append(cursor.lastrowid)
                 else:
-                    removed += self._delete_path(change.path)
+                    removed += self._delete_path(record.path)
                     self.db.execute(
                         "INSERT INTO images (path, size, mtime, ctime, sha256, status, error, indexed_at) "
                         "VALUES (?, ?, ?, ?, ?, 'error', ?, ?)",
-                        [change.path, change.size, change.mtime, change.ctime, change.sha256, change.error, now],
+                        [record.path, record.size, record.mtime, record.ctime, record.sha256, record.error, now],
                     )
             ids, vectors = self._global_vectors_of(added)
         return Applied(removed, ids, vectors)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from imgsearch.errors import StoreCorrupt
-from imgsearch.indexer.lock import VECTORS_LOCK_NAME, FileLock, WriterLock
-from imgsearch.indexer.store import Store
-from imgsearch.indexer.vectors import VectorIndex
+from imgsearch.ground.errors import StoreCorrupt
+from imgsearch.storage.lock import VECTORS_LOCK_NAME, FileLock, WriterLock
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 
 __all__ = ["StoredIndex", "DB_NAME", "VECTORS_NAME"]
 

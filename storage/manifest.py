@@ -8,9 +8,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from imgsearch.durable import write_text_durably
-from imgsearch.errors import IndexNotFound, StoreCorrupt
-from imgsearch.locations import default_index_dir
+from imgsearch.ground.durable import write_text_durably
+from imgsearch.ground.errors import IndexNotFound, StoreCorrupt
+from imgsearch.ground.locations import default_index_dir
 
 __all__ = ["Manifest", "ModelRecord", "MANIFEST_NAME", "read_index_manifest"]
 

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from imgsearch.errors import IndexLocked, StoreCorrupt, StoreWriteFailed
+from imgsearch.ground.errors import IndexLocked, StoreCorrupt, StoreWriteFailed
 
 try:
     import fcntl

@@ -1,4 +1,5 @@
 """Indexing, decode stage: read one file, fingerprint it, decode it to an upright RGB image.
+Here too the ImageRecord: what is known about an image, from decoding to the API.
 
 Failures never raise: they come back as a DecodeResult with `error` set, so one
 bad file cannot stop a run.
@@ -13,35 +14,84 @@ import io
 import os
 import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from imgsearch.errors import ImageTooLarge, InvalidImage
-from imgsearch.indexer.files import file_signature
+from imgsearch.ground.errors import ImageTooLarge, InvalidImage
+from imgsearch.ground.file_signature import file_signature
+from imgsearch.ground.paths import path_to_text
 
-__all__ = ["DecodeResult", "MAX_PIXELS", "decode_file", "decode_image_bytes", "exif_taken_at", "to_rgb"]
+__all__ = ["ImageRecord", "RECORD_FIELDS", "SHOWN_FIELDS", "HIDDEN", "shown_fields", "record_values", "record_of",
+           "DecodeResult", "MAX_PIXELS", "decode_file", "decode_image_bytes", "exif_taken_at", "to_rgb"]
 
 # Images with more pixels than this are refused as likely decompression bombs
 # (a small file that declares huge dimensions). 8K x 8K, about 4x a 48 MP photo.
 MAX_PIXELS = 64_000_000
 
 
-@dataclass
-class DecodeResult:
-    path: Path
-    size: int | None = None  # bytes on disk
-    mtime: float | None = None
-    ctime: float | None = None
-    sha256: str | None = None
-    width: int | None = None  # after EXIF orientation
+# A field's metadata: not shown (in search results, --json, the HTTP API).
+HIDDEN = {"shown": False}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageRecord:
+    """What is known about one image file, from decoding to the API: the one record of an
+    image's facts. The decoder makes it (decode_file), a shard carries it (indexer/shard.py),
+    the store keeps it (store.StoredImage derives from it, with the row's id and status) and
+    a search result shows it (search/searcher.py's SearchResult derives from it, with the
+    scores); search results, --json and the HTTP API show every field not marked HIDDEN.
+    A field added here is filled by decode_file and kept by the store (a migration adds
+    its column); nothing between them names it.
+
+    The vectors and the classifier's labels are not here: they belong to the content
+    (sha256), shared by identical files, and come from the model, not from the file.
+    """
+
+    path: str  # the path as stored (ground/paths.py: path_to_text)
+    width: int | None = None  # pixels, after EXIF orientation
     height: int | None = None
-    image: Image.Image | None = None  # RGB, upright; None when error is set
-    error: str | None = None
-    # EXIF DateTimeOriginal as ISO text ("2021-06-01T12:00:00", the camera's wall clock), or None
+    size: int | None = None  # bytes on disk
+    sha256: str | None = None  # of the file's bytes: its content
+    # When the photo was taken, ISO text: as decoded, its EXIF DateTimeOriginal ("2021-06-01T12:00:00",
+    # the camera's wall clock) or None; as read from the store, that, else the file's mtime in
+    # local time (store.TAKEN_AT_SQL).
     taken_at: str | None = None
+    # What tells the indexer that a file changed (with size), and why a file failed: not shown.
+    mtime: float | None = field(default=None, metadata=HIDDEN)
+    ctime: float | None = field(default=None, metadata=HIDDEN)
+    error: str | None = field(default=None, metadata=HIDDEN)  # set: the file could not be read or decoded
+
+
+def shown_fields(cls: type) -> tuple[str, ...]:
+    """The fields of dataclass `cls` (ImageRecord, or a type derived from it) that are shown:
+    those not marked HIDDEN, in order."""
+    return tuple(f.name for f in fields(cls) if f.metadata.get("shown", True))
+
+
+RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ImageRecord))
+SHOWN_FIELDS: tuple[str, ...] = shown_fields(ImageRecord)
+
+
+def record_values(record: ImageRecord, *, shown: bool = False) -> dict[str, Any]:
+    """The ImageRecord fields of `record` (an ImageRecord, or a type derived from it) by name,
+    in the record's order; with `shown`, only those search results show."""
+    return {name: getattr(record, name) for name in (SHOWN_FIELDS if shown else RECORD_FIELDS)}
+
+
+def record_of(record: ImageRecord) -> ImageRecord:
+    """The plain ImageRecord of a type derived from it (a DecodeResult without its image)."""
+    return ImageRecord(**record_values(record))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeResult(ImageRecord):
+    """A file decoded: its record, and the image."""
+
+    image: Image.Image | None = None  # RGB, upright; None when error is set
 
 
 def decode_file(path: Path, min_size: int | None = None) -> DecodeResult:
@@ -50,40 +100,34 @@ def decode_file(path: Path, min_size: int | None = None) -> DecodeResult:
     With `min_size`, a JPEG is decoded at a reduced scale (libjpeg's 1/2, 1/4 or 1/8,
     through Pillow's draft mode) that keeps both sides at least min_size: the model
     resizes to min_size x min_size anyway, and a 12 MP photo decodes about 20x faster
-    at 1/8. width and height still report the full image.
+    at 1/8. width and height still report the full image. A file that fails has its file
+    facts (size, mtime, ctime, and sha256 once read) and the reason.
     """
-    result = DecodeResult(path=path)
+    result = DecodeResult(path=path_to_text(path))
     signature = file_signature(path)
     if signature is not None:  # for a broken link, the link's own: it is retried once it changes
-        result.size, result.mtime, result.ctime = signature
+        result = replace(result, size=signature.size, mtime=signature.mtime, ctime=signature.ctime)
     error = _unreadable_reason(path)
     if error is not None:
-        result.error = error
-        return result
+        return replace(result, error=error)
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        result.error = "file not found (it vanished after the folder was listed)"
-        return result
+        return replace(result, error="file not found (it vanished after the folder was listed)")
     except PermissionError:
-        result.error = "permission denied (the file is not readable by this user)"
-        return result
+        return replace(result, error="permission denied (the file is not readable by this user)")
     except OSError as exc:
-        result.error = f"cannot read file: {exc.strerror or exc}"
-        return result
+        return replace(result, error=f"cannot read file: {exc.strerror or exc}")
     if not data:
-        result.error = "empty file (0 bytes)"
-        return result
-    result.size = len(data)
-    result.sha256 = hashlib.sha256(data).hexdigest()
+        return replace(result, error="empty file (0 bytes)")
+    result = replace(result, size=len(data), sha256=hashlib.sha256(data).hexdigest())
     try:
-        image, (result.width, result.height) = _open_checked(data, min_size)
-        result.taken_at = exif_taken_at(image)
-        result.image = to_rgb(image)
+        image, (width, height) = _open_checked(data, min_size)
+        taken_at = exif_taken_at(image)
+        rgb = to_rgb(image)
     except Exception as exc:  # Pillow raises many types for bad data; all mean "cannot decode".
-        result.error = _describe(exc)
-        return result
-    return result
+        return replace(result, error=_describe(exc))
+    return replace(result, width=width, height=height, taken_at=taken_at, image=rgb)
 
 
 def decode_image_bytes(data: bytes, min_size: int | None = None) -> Image.Image:

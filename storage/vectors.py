@@ -26,7 +26,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from imgsearch.durable import replace_durably
+from imgsearch.ground.durable import replace_durably
 
 __all__ = ["VectorIndex", "IndexSpec", "choose_spec", "EXACT_LIMIT", "DEFAULT_MEMORY_BUDGET"]
 
