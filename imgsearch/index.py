@@ -28,23 +28,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgsearch.ground.errors import IndexExists, ModelMismatch, ModelNotFound
-from imgsearch.storage.lock import LOCK_NAME, VECTORS_LOCK_NAME, WriterLock
-from imgsearch.storage.manifest import MANIFEST_NAME, Manifest, ModelRecord, read_index_manifest
-from imgsearch.indexer.run import Embedder, ProgressCallback, StopCheck, run_indexing
-from imgsearch.storage.store import SCHEMA_VERSION, Store
-from imgsearch.storage.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
-from imgsearch.storage.vectors import VectorIndex
 from imgsearch.ground.locations import default_index_dir
+from imgsearch.indexer.run import Embedder, ProgressCallback, StopCheck, run_indexing
 from imgsearch.model.config import read_model_config
 from imgsearch.model.device import resolve_device, runs_on_cpu
 from imgsearch.model.model_files import answers_to_fingerprint, fingerprint
-from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir, packaged_model_dir, packaged_model_with_fingerprint
+from imgsearch.model.packaged import (
+    PACKAGED_MODELS,
+    default_model_dir,
+    packaged_model_dir,
+    packaged_model_with_fingerprint,
+)
 from imgsearch.search.arguments import check_image_item, check_indexed_image, check_rerank, check_search
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
 from imgsearch.search.filters import DateLike
 from imgsearch.search.query_model import QueryModel
 from imgsearch.search.searcher import SearchPage, SearchResult
 from imgsearch.search.session import Searcher
+from imgsearch.storage.lock import LOCK_NAME, VECTORS_LOCK_NAME, WriterLock
+from imgsearch.storage.manifest import MANIFEST_NAME, Manifest, ModelRecord, read_index_manifest
+from imgsearch.storage.store import SCHEMA_VERSION, Store
+from imgsearch.storage.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
+from imgsearch.storage.vectors import VectorIndex
 
 # torch, transformers and the modules that use them are imported where they are needed: a
 # text search on the CPU runs on the numpy query runtime (search/query_model.py) without them.

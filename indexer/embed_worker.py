@@ -24,10 +24,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imgsearch.images.decode import DecodeResult, ImageRecord, decode_file, record_of
-from imgsearch.storage.lock import close_inherited_locks
 from imgsearch.indexer.shard import Shard, shard_id_of
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
 from imgsearch.model.labels import best_classes
+from imgsearch.storage.lock import close_inherited_locks
 
 __all__ = [
     "embed_shard", "embed_batches", "DecodeDataset", "DecodedBatch", "collate", "init_worker", "decode_loader",

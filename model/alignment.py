@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from imgsearch.ground.errors import WeightsMissing
 from imgsearch.model.checkpoint import load_module_state, read_tensors, write_checkpoint
 from imgsearch.model.config import AlignmentConfig, read_model_config
 from imgsearch.model.device import resolve_device
-from imgsearch.ground.errors import WeightsMissing
 from imgsearch.model.hubness import HubnessCorrection
 from imgsearch.model.image_encoder import ImageEncoder
 from imgsearch.model.scorer import CrossAttentionScorer

@@ -31,7 +31,12 @@ from torch import nn
 
 from imgsearch.ground.errors import ModelConfigError, WeightsMissing
 from imgsearch.model.config import (  # the backbone settings live with the other configs (no torch there)
-    EFFICIENTNET_LITES, IMAGENET_MEAN, IMAGENET_STD, VGG16_IMAGENET, VGG16_LAYERS, BackboneConfig,
+    EFFICIENTNET_LITES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VGG16_IMAGENET,
+    VGG16_LAYERS,
+    BackboneConfig,
 )
 from imgsearch.model.provenance import WeightsSource, sha256_file
 

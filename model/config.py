@@ -34,7 +34,13 @@ from typing import Literal
 
 from imgsearch.ground.errors import ModelConfigError
 from imgsearch.model.model_files import (
-    FORMAT, FORMAT_VERSION, LABELS_NAME, labels_file_name, labels_text, read_config_json, read_labels,
+    FORMAT,
+    FORMAT_VERSION,
+    LABELS_NAME,
+    labels_file_name,
+    labels_text,
+    read_config_json,
+    read_labels,
 )
 from imgsearch.model.provenance import Provenance, WeightsSource
 

@@ -28,7 +28,6 @@ import os
 import threading
 import weakref
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -18,12 +18,12 @@ import numpy as np
 
 from imgsearch.ground.errors import InvalidQuery
 from imgsearch.images.decode import ImageRecord, record_values, shown_fields
-from imgsearch.storage.store import Store
-from imgsearch.storage.vectors import VectorIndex
 from imgsearch.search.candidates import nearest
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
 from imgsearch.search.filters import SearchFilters
 from imgsearch.search.query_model import QueryEmbedding, QueryModel
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 
 __all__ = ["SearchResult", "SearchPage", "PoolScores", "search_page", "encode_text_query", "score_pool",
            "final_order", "DEFAULT_CANDIDATES", "RerankPrecision"]

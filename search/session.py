@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +26,16 @@ from typing import TYPE_CHECKING, TypeAlias, cast
 import numpy as np
 
 from imgsearch.ground.errors import ImageNotFound, InvalidImage
-from imgsearch.images.decode import ImageRecord, record_values
 from imgsearch.ground.paths import path_to_text, text_to_path
-from imgsearch.storage.store import Store, StoredImage
-from imgsearch.storage.stored_index import DB_NAME, StoredIndex
-from imgsearch.storage.vectors import VectorIndex
 from imgsearch.ground.rwlock import ReadWriteLock
+from imgsearch.images.decode import ImageRecord, record_values
 from imgsearch.search.arguments import SearchArguments
 from imgsearch.search.defaults import RerankPrecision
 from imgsearch.search.query_model import QueryEmbedding, QueryModel, TorchQueryModel
 from imgsearch.search.searcher import SearchPage, SearchResult, encode_text_query, score_pool, search_page
+from imgsearch.storage.store import Store, StoredImage
+from imgsearch.storage.stored_index import DB_NAME, StoredIndex
+from imgsearch.storage.vectors import VectorIndex
 
 # The torch side (the AlignmentModel, image queries, explanations) is imported where it is
 # used: a text search on the CPU runs on the numpy query runtime and never loads torch.

@@ -18,9 +18,9 @@ from PIL import Image
 
 from conftest import draw_image, make_model_dir, small_config
 from imgsearch.index import VECTORS_NAME, Index
-from imgsearch.storage.vectors import VectorIndex
-from imgsearch.search.rerank import rerank_scores
 from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig
+from imgsearch.search.rerank import rerank_scores
+from imgsearch.storage.vectors import VectorIndex
 
 ATOL = 1e-5
 

@@ -4,7 +4,6 @@ and Index.search give what one thread alone gets (the oracle)."""
 from __future__ import annotations
 
 import os
-
 import random
 import threading
 

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from imgsearch.model.alignment import AlignmentModel
-from imgsearch.model.labels import TOP_LABELS, top_labels
 from imgsearch.model.backbone import first_real_class
-from imgsearch.search.defaults import DEFAULT_CANDIDATES
+from imgsearch.model.labels import TOP_LABELS, top_labels
 from imgsearch.model.zero_shot import class_matches, sentence_vectors
+from imgsearch.search.defaults import DEFAULT_CANDIDATES
 from imgsearch.training.data import CaptionBank
 
 __all__ = [

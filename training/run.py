@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from imgsearch.ground.errors import ImgsearchError
-from imgsearch.model.model_files import CONFIG_NAME
 from imgsearch.model.alignment import AlignmentModel
+from imgsearch.model.model_files import CONFIG_NAME
+from imgsearch.search.defaults import DEFAULT_CANDIDATES
 from imgsearch.training.captions import CaptionedImage, read_captions
 from imgsearch.training.config import BackboneMode
 from imgsearch.training.presets import preset
-from imgsearch.search.defaults import DEFAULT_CANDIDATES
 from imgsearch.training.trainer import TrainConfig, train
 
 __all__ = ["read_dataset", "build_model", "train_model", "check_output_dir", "evaluate_model", "TrainConfig"]

@@ -33,11 +33,11 @@ from imgsearch.model.alignment import AlignmentModel
 from imgsearch.model.hubness import HubnessConfig, HubnessCorrection
 from imgsearch.model.scorer import CrossAttentionScorer
 from imgsearch.training.captions import CaptionedImage
+from imgsearch.training.config import TrainConfig  # the run's settings; `imgsearch train` takes its defaults
 from imgsearch.training.data import CaptionBank, ImageBank, encode_captions, group_batches, load_images
 from imgsearch.training.evaluate import evaluate, format_table
 from imgsearch.training.losses import alignment_matrix, infonce_loss, itm_loss, multi_positive_infonce_loss, vsepp_loss
 from imgsearch.training.rerank_stage import train_scorer
-from imgsearch.training.config import TrainConfig  # the run's settings; `imgsearch train` takes its defaults
 from imgsearch.training.selection import RerankerSelection
 
 __all__ = ["TrainConfig", "train", "split_validation", "warmup_steps"]

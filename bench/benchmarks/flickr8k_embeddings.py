@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgsearch.model.image_encoder import preprocess
 from imgsearch.model.alignment import AlignmentModel
+from imgsearch.model.image_encoder import preprocess
 from imgsearch.training.evaluate import embed_captions
 
 

@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 
 from bench.benchmarks.machine import describe
+from imgsearch.indexer.embed_worker import DecodeDataset
+from imgsearch.indexer.pipeline import default_workers, index_files
 from imgsearch.model.allocator import heap_block_limit, keep_freed_memory
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.device import resolve_device
-from imgsearch.model.packaged import packaged_model_dir
 from imgsearch.model.image_encoder import ImageEncoder
-from imgsearch.indexer.embed_worker import DecodeDataset
-from imgsearch.indexer.pipeline import default_workers, index_files
+from imgsearch.model.packaged import packaged_model_dir
 from imgsearch.storage.store import Store
 from imgsearch.storage.vectors import VectorIndex
 from imgsearch.training.presets import PRESETS

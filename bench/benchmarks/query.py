@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from bench.benchmarks.machine import describe, percentiles_ms
+from imgsearch.ground.threads import QUERY_THREADS, use_threads
 from imgsearch.images.decode import ImageRecord
-from imgsearch.storage.store import Put, Store
-from imgsearch.storage.vectors import IndexSpec, VectorIndex
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.search.rerank import rerank_scores
-from imgsearch.ground.threads import QUERY_THREADS, use_threads
+from imgsearch.storage.store import Put, Store
+from imgsearch.storage.vectors import IndexSpec, VectorIndex
 
 NOISE_SCALE = 0.5
 CANDIDATES = 100

@@ -37,14 +37,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-
 from bench.benchmarks.machine import describe, percentiles_ms
 from bench.benchmarks.query import synthetic_vectors
 from imgsearch.ground.errors import ImageNotFound
+from imgsearch.images.decode import ImageRecord
 from imgsearch.index import DB_NAME, Index
 from imgsearch.storage.lock import WriterLock
 from imgsearch.storage.manifest import Manifest
-from imgsearch.images.decode import ImageRecord
 from imgsearch.storage.store import Put, Store
 
 

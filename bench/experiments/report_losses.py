@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 
-
 def read_run(directory: Path) -> dict:
     """training.json of a finished run; for a run stopped early, what its training-state.pt holds."""
     if (directory / "training.json").exists():

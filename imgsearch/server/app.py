@@ -31,8 +31,14 @@ from imgsearch.images.decode import decode_image_bytes
 from imgsearch.server.http_errors import add_error_handler, responses
 from imgsearch.server.middleware import CONTENT_SECURITY_POLICY, SecureApp
 from imgsearch.server.schemas import (
-    MAX_QUERY_CHARS, ExplainResponse, Health, RerankRequest, SearchRequest, SearchResponse,
-    rerank_body_doc, search_body_doc,
+    MAX_QUERY_CHARS,
+    ExplainResponse,
+    Health,
+    RerankRequest,
+    SearchRequest,
+    SearchResponse,
+    rerank_body_doc,
+    search_body_doc,
 )
 from imgsearch.server.thumbnails import ThumbnailCache, load_image
 from imgsearch.server.uploads import Body, parse_body, read_body, too_large

@@ -24,9 +24,27 @@ from fastapi.utils import is_body_allowed_for_status_code
 from starlette.exceptions import HTTPException
 
 from imgsearch.ground.errors import (
-    CaptionFileError, ConversionError, ImageNotFound, ImageTooLarge, ImgsearchError, IndexExists, IndexLocked,
-    IndexNotFound, InputPathNotFound, InvalidImage, InvalidQuery, ModelConfigError, ModelMismatch, ModelNotFound,
-    RayNotInstalled, RuntimeUnsupported, ServeFailed, ShardFailed, StoreCorrupt, StoreWriteFailed, WeightsMissing,
+    CaptionFileError,
+    ConversionError,
+    ImageNotFound,
+    ImageTooLarge,
+    ImgsearchError,
+    IndexExists,
+    IndexLocked,
+    IndexNotFound,
+    InputPathNotFound,
+    InvalidImage,
+    InvalidQuery,
+    ModelConfigError,
+    ModelMismatch,
+    ModelNotFound,
+    RayNotInstalled,
+    RuntimeUnsupported,
+    ServeFailed,
+    ShardFailed,
+    StoreCorrupt,
+    StoreWriteFailed,
+    WeightsMissing,
 )
 from imgsearch.server.schemas import ErrorBody
 

@@ -17,8 +17,8 @@ import os
 import socket
 
 from imgsearch.ground.errors import ServeFailed
-from imgsearch.model.allocator import keep_freed_memory
 from imgsearch.ground.threads import QUERY_THREADS, use_threads
+from imgsearch.model.allocator import keep_freed_memory
 
 __all__ = ["serve", "is_loopback", "local_names"]
 
