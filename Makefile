@@ -2,12 +2,14 @@
 #   make demo   set up .venv, index the sample photos (data/photos) with the packaged
 #               photo model into demo-out/index, run searches (bench/recipes/scenes_demo.sh: the
 #               synthetic-scenes demo with data/demo-model)
-#   make test   set up .venv (and Debian's chromium for the browser tests, when root), run the test suite
+#   make test   set up .venv (and Debian's chromium for the browser tests, when root), run `make lint`,
+#               then the test suite
+#   make lint   ruff check, ruff format --check and mypy (scripts/typecheck.py); settings in pyproject.toml
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench-flickr8k bench-losses bench-indexing bench-query bench-compact bench-serve clean
+.PHONY: demo test lint setup bench-flickr8k bench-losses bench-indexing bench-query bench-compact bench-serve clean
 
 setup: $(STAMP)
 
@@ -23,7 +25,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 scripts/demo.sh
 
-test: $(STAMP)
+# All three run, and lint fails if any did. `ruff format .` and `ruff check --fix .` mend most findings.
+lint: $(STAMP)
+	@status=0; \
+	echo "ruff check"; $(VENV)/bin/ruff check . || status=1; \
+	echo "ruff format --check"; $(VENV)/bin/ruff format --check . || status=1; \
+	echo "mypy (scripts/typecheck.py)"; $(VENV)/bin/python scripts/typecheck.py || status=1; \
+	exit $$status
+
+# Lint first: a finding fails the run before the (longer) test suite starts.
+test: $(STAMP) lint
 	scripts/ensure_chromium.sh
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
 

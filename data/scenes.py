@@ -25,6 +25,7 @@ import os
 import random
 import sys
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -205,7 +206,7 @@ def generate(out_dir: str | os.PathLike, count: int, seed: int = 0, size: int = 
         rel_path = f"images/scene_{index:05d}.{image_format}"
         image = render(scene, size, rng)
         options = {"quality": 95} if pil_format == "JPEG" else {}
-        _write_atomic(out / rel_path, lambda p: image.save(p, format=pil_format, **options))
+        _write_atomic(out / rel_path, partial(image.save, format=pil_format, **options))
         captions = scene.captions()
         rows += [(rel_path, caption) for caption in captions]
         groups += [index // 3 if swaps else index] * len(captions)

@@ -29,8 +29,8 @@ _WHERE = {  # public name --> the module that defines it
 }
 
 if TYPE_CHECKING:
-    from imgsearch.index import Index
     from imgsearch.ground.errors import ImgsearchError
+    from imgsearch.index import Index
     from imgsearch.indexer.pipeline import AddSummary
     from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
     from imgsearch.model.allocator import keep_freed_memory

@@ -13,11 +13,11 @@ import sys
 import click
 
 from imgsearch.common import CONTEXT, Date, WholeNumber, json_option, keep_freed_memory_on_cpu, user_errors
+from imgsearch.ground.errors import ModelNotFound
 from imgsearch.ground.locations import default_index_dir
 from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir
-from imgsearch.train_commands import eval_command, train_command
-from imgsearch.ground.errors import ModelNotFound
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
+from imgsearch.train_commands import eval_command, train_command
 
 # Only light modules above: `imgsearch --help`, `--version` and `CMD -h` answer without
 # loading torch (tests/test_cli_start.py). Each command imports what it runs.
@@ -153,9 +153,9 @@ def index_command(paths, index_dir, model, batch_size, workers, prune, device, r
       imgsearch index data/photos --index demo-out/index --model my-model
       imgsearch index /mnt/archive --ray 10.0.0.5:6379
     """
+    from imgsearch.ground.interrupt import stop_on_interrupt
     from imgsearch.index import Index
     from imgsearch.indexer.files import input_roots
-    from imgsearch.ground.interrupt import stop_on_interrupt
     from imgsearch.progress import ProgressBar
 
     input_roots(paths)  # a path that does not exist is an error before any index is made
@@ -266,8 +266,8 @@ def search_command(query, image, like, index_dir, model, k, under, taken_after, 
     _check_search_early(index_dir, query, k, image=image, like=like, under=under, taken_after=taken_after,
                         taken_before=taken_before, min_score=min_score, candidates=candidates, rerank=not no_rerank,
                         rerank_precision=precision)
-    from imgsearch.index import Index
     from imgsearch.ground.threads import QUERY_THREADS, use_threads
+    from imgsearch.index import Index
 
     use_threads(QUERY_THREADS)  # one query is small work (ground/threads.py)
     with Index.open(index_dir, model, device) as index:
@@ -313,8 +313,8 @@ def rerank_command(query, images, index_dir, model, precision, device, as_json) 
     Example:
       imgsearch rerank "a dog on the beach" ~/Pictures/a.jpg ~/Pictures/b.jpg 17
     """
-    from imgsearch.index import Index
     from imgsearch.ground.threads import QUERY_THREADS, use_threads
+    from imgsearch.index import Index
 
     use_threads(QUERY_THREADS)
     refs = [_image_ref(item) for item in images]
@@ -372,8 +372,8 @@ def _check_search_early(index_dir: str, query, k: int, **options) -> None:
     Light imports only."""
     from pathlib import Path
 
-    from imgsearch.storage.manifest import read_index_manifest
     from imgsearch.search.arguments import check_search
+    from imgsearch.storage.manifest import read_index_manifest
 
     check_search(query, k, **options)
     read_index_manifest(Path(os.path.expanduser(index_dir)))

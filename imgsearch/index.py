@@ -28,23 +28,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgsearch.ground.errors import IndexExists, ModelMismatch, ModelNotFound
-from imgsearch.storage.lock import LOCK_NAME, VECTORS_LOCK_NAME, WriterLock
-from imgsearch.storage.manifest import MANIFEST_NAME, Manifest, ModelRecord, read_index_manifest
-from imgsearch.indexer.run import Embedder, ProgressCallback, StopCheck, run_indexing
-from imgsearch.storage.store import SCHEMA_VERSION, Store
-from imgsearch.storage.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
-from imgsearch.storage.vectors import VectorIndex
 from imgsearch.ground.locations import default_index_dir
+from imgsearch.indexer.run import Embedder, ProgressCallback, StopCheck, run_indexing
 from imgsearch.model.config import read_model_config
 from imgsearch.model.device import resolve_device, runs_on_cpu
 from imgsearch.model.model_files import answers_to_fingerprint, fingerprint
-from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir, packaged_model_dir, packaged_model_with_fingerprint
+from imgsearch.model.packaged import (
+    PACKAGED_MODELS,
+    default_model_dir,
+    packaged_model_dir,
+    packaged_model_with_fingerprint,
+)
 from imgsearch.search.arguments import check_image_item, check_indexed_image, check_rerank, check_search
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
 from imgsearch.search.filters import DateLike
 from imgsearch.search.query_model import QueryModel
 from imgsearch.search.searcher import SearchPage, SearchResult
 from imgsearch.search.session import Searcher
+from imgsearch.storage.lock import LOCK_NAME, VECTORS_LOCK_NAME, WriterLock
+from imgsearch.storage.manifest import MANIFEST_NAME, Manifest, ModelRecord, read_index_manifest
+from imgsearch.storage.store import SCHEMA_VERSION, Store
+from imgsearch.storage.stored_index import DB_NAME, VECTORS_NAME, StoredIndex
+from imgsearch.storage.vectors import VectorIndex
 
 # torch, transformers and the modules that use them are imported where they are needed: a
 # text search on the CPU runs on the numpy query runtime (search/query_model.py) without them.
@@ -86,7 +91,7 @@ class Index:
     @classmethod
     def create(
         cls, directory: str | os.PathLike, model: str | os.PathLike | None = None, device: str = "auto"
-    ) -> "Index":
+    ) -> Index:
         """Create an empty index in `directory` for the alignment model in `model`
         (by default the photo model packaged with imgsearch: imgsearch.model.packaged.default_model_dir())."""
         directory = _user_path(directory)
@@ -120,7 +125,7 @@ class Index:
     @classmethod
     def open(
         cls, directory: str | os.PathLike, model: str | os.PathLike | None = None, device: str = "auto"
-    ) -> "Index":
+    ) -> Index:
         """Open an existing index. `model` defaults to the model recorded in the manifest;
         a model other than the one that built the index is refused. A given `model` is
         checked now; the recorded one when first used, so info() and failures() work
@@ -136,7 +141,7 @@ class Index:
     @classmethod
     def open_or_create(
         cls, directory: str | os.PathLike, model: str | os.PathLike | None = None, device: str = "auto"
-    ) -> "Index":
+    ) -> Index:
         """Open the index in `directory` (with its recorded model unless `model` is given), or
         create it with `model`, by default the packaged photo model."""
         if (_user_path(directory) / MANIFEST_NAME).exists():
@@ -203,11 +208,11 @@ class Index:
             self._model_checked = True
 
     @cached_property
-    def device(self) -> "torch.device":
+    def device(self) -> torch.device:
         """The torch device this index's models run on ("auto": CUDA when present)."""
         return resolve_device(self._device)
 
-    def _load_model(self) -> "AlignmentModel":
+    def _load_model(self) -> AlignmentModel:
         from imgsearch.model.alignment import AlignmentModel
 
         self._require_model()
@@ -228,12 +233,12 @@ class Index:
             return None
 
     @property
-    def model(self) -> "AlignmentModel":
+    def model(self) -> AlignmentModel:
         """The alignment model (the Searcher's), loaded on first use."""
         return self._searcher.model
 
     @property
-    def image_encoder(self) -> "ImageEncoder":
+    def image_encoder(self) -> ImageEncoder:
         from imgsearch.model.image_encoder import ImageEncoder
 
         model = self._searcher.loaded_model
@@ -258,7 +263,7 @@ class Index:
         ray: bool | str | None = None,
         shard_size: int = 256,
         embedder: Embedder | None = None,
-    ) -> "AddSummary":
+    ) -> AddSummary:
         """Index image files and folders (recursively), incrementally.
 
         New and changed files are read (size and mtime first, then the content
@@ -323,7 +328,7 @@ class Index:
         query: str | None = None,
         k: int = 10,
         *,
-        image: "ImageInput | None" = None,
+        image: ImageInput | None = None,
         like: int | str | os.PathLike | None = None,
         under: str | os.PathLike | None = None,
         taken_after: DateLike | None = None,
@@ -350,7 +355,7 @@ class Index:
         return self._searcher.search_page(arguments)
 
     def rerank(
-        self, query: str, items: "Iterable[int | str | os.PathLike | ImageInput]", *,
+        self, query: str, items: Iterable[int | str | os.PathLike | ImageInput], *,
         rerank_precision: RerankPrecision = "float32",
     ) -> list[SearchResult]:
         """Order the given images for a text query by the cross-attention scorer, as search's
@@ -361,7 +366,7 @@ class Index:
         is not a usable image."""
         return self._searcher.rerank(query, check_rerank(items, rerank_precision), rerank_precision)
 
-    def explain(self, query: str, item: "int | str | os.PathLike | ImageInput") -> "Explanation":
+    def explain(self, query: str, item: int | str | os.PathLike | ImageInput) -> Explanation:
         """Why `item` (an indexed id or path, or another image: a path, bytes, a PIL image) matches
         the text `query`: per word, the weight of each region of the image
         (imgsearch.search.explain; with a classifier model, from the picture itself, read again
@@ -411,7 +416,7 @@ class Index:
         self.data.close()
         self.lock.close()
 
-    def __enter__(self) -> "Index":
+    def __enter__(self) -> Index:
         return self
 
     def __exit__(self, *exc) -> None:

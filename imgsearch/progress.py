@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import click
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar as ClickProgressBar  # what click.progressbar returns
 
 __all__ = ["ProgressBar"]
 
@@ -21,7 +24,7 @@ class ProgressBar:
     def __init__(self, stream: TextIO, *, quiet: bool = False) -> None:
         self.enabled = not quiet and stream.isatty()
         self.stream = stream
-        self._bar = None
+        self._bar: ClickProgressBar[str | None] | None = None
         self._first: tuple[float, int] | None = None  # (time, files done) at the first report
 
     def __call__(self, done: int, total: int) -> None:
@@ -38,6 +41,7 @@ class ProgressBar:
 
     def _rate_and_eta(self, now: float, done: int, total: int) -> str | None:
         """'12.5 images/s, ETA 0:01:20', measured from the first report (which includes start-up)."""
+        assert self._first is not None  # set with the bar, at the first report
         start_time, start_done = self._first
         if now <= start_time or done <= start_done:
             return None

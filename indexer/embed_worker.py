@@ -17,19 +17,17 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imgsearch.ground.errors import ModelConfigError
 from imgsearch.images.decode import DecodeResult, ImageRecord, decode_file, record_of
-from imgsearch.storage.lock import close_inherited_locks
 from imgsearch.indexer.shard import Shard, shard_id_of
-from imgsearch.model.backbone import first_real_class
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
 from imgsearch.model.labels import best_classes
+from imgsearch.storage.lock import close_inherited_locks
 
 __all__ = [
     "embed_shard", "embed_batches", "DecodeDataset", "DecodedBatch", "collate", "init_worker", "decode_loader",
@@ -92,7 +90,7 @@ def _concatenated(parts: list[Shard], encoder: ImageEncoder) -> Shard:
         regions = np.zeros((0, encoder.num_regions, encoder.embed_dim), np.float16)
     labels = None  # one encoder: every batch with contents has labels, or none has
     if filled and all(part.labels is not None for part in filled):
-        labels = [row for part in filled for row in part.labels]
+        labels = [row for part in filled if part.labels is not None for row in part.labels]
     return Shard(shard_id_of([record.path for record in records]), records,
                  [sha for part in filled for sha in part.contents], global_, regions, labels)
 
@@ -137,7 +135,8 @@ class DecodedBatch:
 
 def collate(items: list[tuple[ImageRecord, torch.Tensor | None]]) -> DecodedBatch:
     good = [pixels for record, pixels in items if record.error is None]
-    return DecodedBatch([record for record, _ in items], torch.stack(good) if good else None)
+    stacked = torch.stack(cast("list[torch.Tensor]", good)) if good else None  # a good record has its pixels
+    return DecodedBatch([record for record, _ in items], stacked)
 
 
 def init_worker(_worker_id: int) -> None:
@@ -207,9 +206,11 @@ class PendingShard:
             self.ready.synchronize()
         labels = None
         if self.contents:
+            assert self.global_ is not None and self.regions is not None  # set with the contents
             global_, regions = self.global_.numpy(), self.regions.numpy()  # (n, d), (n, R, d)
             if self.top_probs is not None:
                 names = self.label_names
+                assert self.top_classes is not None and names is not None  # set with top_probs
                 probs, classes = self.top_probs.tolist(), self.top_classes.tolist()  # (n, TOP_LABELS) each
                 labels = [[(names[c], round(p, 4)) for c, p in zip(row_classes, row_probs)]
                           for row_classes, row_probs in zip(classes, probs)]
@@ -235,12 +236,14 @@ def start_embedding(
         if record.error is not None:
             continue
         good_row += 1
+        assert record.sha256 is not None  # a good file's record has it
         if record.sha256 not in known_contents:
             known_contents.add(record.sha256)
             rows.append(good_row)
             contents.append(record.sha256)
     pending = PendingShard(batch.records, contents, embed_dim=encoder.embed_dim, num_regions=encoder.num_regions)
     if contents:
+        assert batch.pixels is not None  # the good records' pixels
         started = start_encoding(batch.pixels, torch.tensor(rows), encoder, device)
         pending.global_, pending.regions, pending.ready = started.global_, started.regions, started.ready
         if started.top_probs is not None:
@@ -269,7 +272,7 @@ def start_encoding(pixels: torch.Tensor, rows: torch.Tensor, encoder: ImageEncod
         global_host = torch.empty(global_.shape, dtype=torch.float32, pin_memory=True)
         regions_host.copy_(regions, non_blocking=True)
         global_host.copy_(global_, non_blocking=True)
-        if top_probs is not None:
+        if top_probs is not None and top_classes is not None:  # both, with a classifier
             probs_host = torch.empty(top_probs.shape, dtype=torch.float32, pin_memory=True)
             classes_host = torch.empty(top_classes.shape, dtype=torch.int64, pin_memory=True)
             probs_host.copy_(top_probs, non_blocking=True)

@@ -123,6 +123,7 @@ class ShardWriter:
         if record.error is not None:
             out.failures.append((record.path, record.error))
             return Fail(record)
+        assert record.sha256 is not None  # a good file's record has it
         stored = self.plan.stored.get(record.path)
         if stored is not None and stored.status == "ok" and stored.sha256 == record.sha256:
             out.unchanged += 1

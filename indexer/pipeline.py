@@ -22,9 +22,9 @@ from imgsearch.images.decode import decode_file
 from imgsearch.indexer.embed_worker import Decode, PendingShard, embed_batches
 from imgsearch.indexer.merge import AddSummary
 from imgsearch.indexer.run import ProgressCallback, StopCheck, run_indexing
+from imgsearch.model.image_encoder import ImageEncoder
 from imgsearch.storage.store import Store
 from imgsearch.storage.vectors import VectorIndex
-from imgsearch.model.image_encoder import ImageEncoder
 
 __all__ = ["AddSummary", "LocalEmbedder", "index_files", "default_workers"]
 

@@ -180,7 +180,7 @@ class _ActorPool:
         cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
         if gpus:
             count = actors or gpus
-            options = dict(num_gpus=1, num_cpus=max(1, cpus // count))
+            options: dict[str, float] = dict(num_gpus=1, num_cpus=max(1, cpus // count))
             device, workers = "cuda", min(MAX_DECODE_WORKERS, max(0, cpus // count - 1))
         else:
             count = actors or max(1, cpus)

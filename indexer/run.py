@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from imgsearch.ground.paths import path_to_text
 from imgsearch.images.decode import ImageRecord
 from imgsearch.indexer.files import input_roots, iter_image_files
 from imgsearch.indexer.merge import AddSummary, ShardWriter
-from imgsearch.ground.paths import path_to_text
 from imgsearch.indexer.plan import plan_run
 from imgsearch.indexer.shard import Shard
 from imgsearch.storage.store import Store

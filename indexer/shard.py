@@ -63,7 +63,7 @@ class Shard:
                     for a, b in ((self.global_, other.global_), (self.regions, other.regions)))
         )
 
-    __hash__ = None  # mutable
+    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the shard to `path` as one file, atomically and durably (PATH.tmp, then renamed)."""

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from imgsearch.ground.errors import WeightsMissing
 from imgsearch.model.checkpoint import load_module_state, read_tensors, write_checkpoint
 from imgsearch.model.config import AlignmentConfig, read_model_config
 from imgsearch.model.device import resolve_device
-from imgsearch.ground.errors import WeightsMissing
 from imgsearch.model.hubness import HubnessCorrection
 from imgsearch.model.image_encoder import ImageEncoder
 from imgsearch.model.scorer import CrossAttentionScorer
@@ -42,7 +42,7 @@ class AlignmentModel(nn.Module):
     @classmethod
     def initialize(
         cls, config: AlignmentConfig, backbone_state: dict[str, torch.Tensor] | None = None
-    ) -> "AlignmentModel":
+    ) -> AlignmentModel:
         """A new model for training: pretrained backbone and text encoder where the
         config names them, freshly initialised heads and scorer. On the CPU.
 
@@ -69,7 +69,7 @@ class AlignmentModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike, device: str | torch.device = "auto", **overrides
-    ) -> "AlignmentModel":
+    ) -> AlignmentModel:
         """Load a saved model in eval mode. `overrides` replace top-level config fields
         (e.g. fusion_weight=0.5); unknown names raise TypeError."""
         config = read_model_config(directory)

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torchvision
@@ -33,15 +31,18 @@ from torch import nn
 
 from imgsearch.ground.errors import ModelConfigError, WeightsMissing
 from imgsearch.model.config import (  # the backbone settings live with the other configs (no torch there)
-    BACKBONES, CLASSIFIER_BACKBONES, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, EFFICIENTNET_LITES,
-    IMAGENET_MEAN, IMAGENET_STD, MOBILENET_CHANNELS, MOBILENET_MEAN, MOBILENET_POOLS, MOBILENET_STD,
-    VGG16_IMAGENET, VGG16_LAYERS, VGG_BACKBONES, BackboneConfig,
+    EFFICIENTNET_LITES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VGG16_IMAGENET,
+    VGG16_LAYERS,
+    BackboneConfig,
 )
 from imgsearch.model.provenance import WeightsSource, sha256_file
 
 __all__ = ["BackboneConfig", "VGGBackbone", "MobileNetV2Backbone", "EfficientNetLiteBackbone", "build_backbone", "first_real_class",
            "efficientnet_lite_weights", "efficientnet_lite_weights_file", "IMAGENET_MEAN", "IMAGENET_STD",
-           "VGG16_IMAGENET"]
+           "VGG16_IMAGENET", "VGG16_LAYERS"]
 
 TFLITE_IMAGENET_CLASSES = 1001  # TFLite's ImageNet classifiers: class 0 "background", then ImageNet's 1,000
 
@@ -52,7 +53,7 @@ def first_real_class(labels: tuple[str, ...] | list[str]) -> int:
     return 1 if len(labels) == TFLITE_IMAGENET_CLASSES else 0
 
 
-def build_backbone(config: BackboneConfig) -> nn.Module:
+def build_backbone(config: BackboneConfig) -> Backbone:
     """The backbone module a config names: forward(pixels) --> (regions (B, R, C), global (B, G))."""
     if config.name in EFFICIENTNET_LITES:
         return EfficientNetLiteBackbone(config)
@@ -65,7 +66,7 @@ class VGGBackbone(nn.Module):
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
         self.config = config
-        self.features = _make_layers(config.layers, config.batch_norm)
+        self.features = _make_layers(config.vgg_layers, config.batch_norm)
         # fc6 and fc7 of VGG16 (classifier[:5] in torchvision); fc8 is not kept.
         self.fc67 = (
             nn.Sequential(
@@ -200,6 +201,8 @@ class EfficientNetLiteBackbone(nn.Module):
         self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return source
 
+
+Backbone = VGGBackbone | MobileNetV2Backbone | EfficientNetLiteBackbone  # what build_backbone gives
 
 def efficientnet_lite_weights(name: str) -> dict[str, torch.Tensor]:
     """The ImageNet state dict of EfficientNet-Lite `name` ("efficientnet_lite0"..2), read from

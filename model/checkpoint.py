@@ -19,7 +19,12 @@ from safetensors.torch import save_file
 from imgsearch.ground.durable import replace_durably
 from imgsearch.ground.errors import ModelConfigError
 from imgsearch.model.model_files import (  # fingerprints are model_files'; named here as before
-    CONFIG_NAME, LABELS_NAME, WEIGHTS_NAME, answers_to_fingerprint, fingerprint, require_model_files,
+    CONFIG_NAME,
+    LABELS_NAME,
+    WEIGHTS_NAME,
+    answers_to_fingerprint,
+    fingerprint,
+    require_model_files,
 )
 
 __all__ = ["read_tensors", "write_checkpoint", "fingerprint", "answers_to_fingerprint", "load_module_state"]
@@ -31,7 +36,7 @@ def read_tensors(directory: str | os.PathLike, prefix: str = "") -> dict[str, to
     require_model_files(directory)
     tensors = {}
     with safe_open(str(directory / WEIGHTS_NAME), framework="pt") as handle:
-        for key in handle.keys():
+        for key in handle.keys():  # noqa: SIM118 - safe_open's handle is not a mapping
             if key.startswith(prefix):
                 tensors[key[len(prefix):]] = handle.get_tensor(key)
     return tensors

@@ -34,7 +34,13 @@ from typing import Literal
 
 from imgsearch.ground.errors import ModelConfigError
 from imgsearch.model.model_files import (
-    FORMAT, FORMAT_VERSION, LABELS_NAME, labels_file_name, labels_text, read_config_json, read_labels,
+    FORMAT,
+    FORMAT_VERSION,
+    LABELS_NAME,
+    labels_file_name,
+    labels_text,
+    read_config_json,
+    read_labels,
 )
 from imgsearch.model.provenance import Provenance, WeightsSource
 
@@ -110,16 +116,22 @@ class BackboneConfig:
             )
 
     @property
+    def vgg_layers(self) -> tuple[int | str, ...]:
+        """A VGG stack's `layers` (__post_init__ sets them for every VGG backbone)."""
+        assert self.layers is not None, f"the {self.name} backbone has no VGG layers"
+        return self.layers
+
+    @property
     def _pools(self) -> int:
         if self.name in CLASSIFIER_BACKBONES:
             return MOBILENET_POOLS
-        return sum(1 for layer in self.layers if layer == "M")
+        return sum(1 for layer in self.vgg_layers if layer == "M")
 
     @property
     def region_dim(self) -> int:
         if self.name in CLASSIFIER_BACKBONES:
             return MOBILENET_CHANNELS
-        return [layer for layer in self.layers if layer != "M"][-1]
+        return int([layer for layer in self.vgg_layers if layer != "M"][-1])
 
     @property
     def grid_side(self) -> int:
@@ -154,7 +166,7 @@ class BackboneConfig:
             return f"torchvision vgg16 VGG16_Weights.{self.weights}"
         if self.name in CLASSIFIER_BACKBONES:
             return f"{self.name} ImageNet ({source or 'weights in checkpoint'}) @{self.image_size}px"
-        return f"{self.name} {list(self.layers)} @{self.image_size}px (weights in checkpoint)"
+        return f"{self.name} {list(self.vgg_layers)} @{self.image_size}px (weights in checkpoint)"
 
     def to_dict(self) -> dict:
         """The settings that apply to this backbone, JSON-able: `weights` for vgg16 only,
@@ -163,14 +175,15 @@ class BackboneConfig:
         if self.name == "vgg16":
             data["weights"] = self.weights
         if self.name in VGG_BACKBONES:
-            data.update(layers=list(self.layers), batch_norm=self.batch_norm)
+            data.update(layers=list(self.vgg_layers), batch_norm=self.batch_norm)
         data.update(image_size=self.image_size, global_pool=self.global_pool)
         return data
 
 
 # --- The cross-attention scorer (model/scorer.py) ---
 
-_LAYER_DEFAULTS = {"num_heads": 4, "ffn_mult": 2, "dropout": 0.1}
+_NUM_HEADS, _FFN_MULT, _DROPOUT = 4, 2, 0.1
+_LAYER_DEFAULTS = {"num_heads": _NUM_HEADS, "ffn_mult": _FFN_MULT, "dropout": _DROPOUT}
 
 
 @dataclass(frozen=True)
@@ -178,10 +191,10 @@ class ScorerConfig:
     num_layers: int = 2  # attention layers; 0 leaves the token-region alignment term alone
     # The attention layers' settings: None when num_layers is 0 (they do not apply; given
     # values are dropped), their defaults when None is given with layers.
-    num_heads: int | None = _LAYER_DEFAULTS["num_heads"]  # must divide the shared embedding size
-    ffn_mult: int | None = _LAYER_DEFAULTS["ffn_mult"]  # feed-forward width as a multiple of the embedding size
+    num_heads: int | None = _NUM_HEADS  # must divide the shared embedding size
+    ffn_mult: int | None = _FFN_MULT  # feed-forward width as a multiple of the embedding size
     max_regions: int = 49  # region position table: grid side^2 (7x7 for VGG16 at 224px)
-    dropout: float | None = _LAYER_DEFAULTS["dropout"]
+    dropout: float | None = _DROPOUT
 
     def __post_init__(self) -> None:
         for name, default in _LAYER_DEFAULTS.items():
@@ -263,11 +276,12 @@ class AlignmentConfig:
     def __post_init__(self) -> None:
         if self.zero_shot_texts not in ZERO_SHOT_TEXTS:
             raise ModelConfigError(
-                f"rerank.zero_shot.class_texts is {self.zero_shot_texts!r}; expected one of {', '.join(ZERO_SHOT_TEXTS)}."
+                f"rerank.zero_shot.class_texts is {self.zero_shot_texts!r}; "
+                f"expected one of {', '.join(ZERO_SHOT_TEXTS)}."
             )
         if self.zero_shot_temperature < 0:
             raise ModelConfigError(f"rerank.zero_shot.temperature is {self.zero_shot_temperature}; expected >= 0.")
-        if self.scorer.num_layers and self.embed_dim % self.scorer.num_heads:
+        if self.scorer.num_heads is not None and self.embed_dim % self.scorer.num_heads:  # None without layers
             raise ModelConfigError(
                 f"embed_dim {self.embed_dim} is not divisible by scorer.num_heads {self.scorer.num_heads}."
             )
@@ -305,7 +319,7 @@ class AlignmentConfig:
         return {LABELS_NAME: labels_text(self.image_labels)} if self.image_labels else {}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "AlignmentConfig":
+    def from_dict(cls, data: dict) -> AlignmentConfig:
         """config.json's content, of either format version, with the labels given inline (a list)
         rather than as a file name (read_model_config reads the file)."""
         if data.get("format_version", 1) == 1:

@@ -25,6 +25,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -197,6 +198,7 @@ def convert(tflite_path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if step.block is not None:
             block_inputs.setdefault(step.block, current)
         if step.kind == "ADD":
+            assert step.block is not None  # an ADD closes a block
             if sorted(inputs) != sorted([current, block_inputs[step.block]]):
                 _fail(k, step, "does not add the block's input to its projection")
             if g.act_names[g.options(op, tflite.AddOptions).FusedActivationFunction()] != "NONE":
@@ -204,7 +206,7 @@ def convert(tflite_path: str | os.PathLike) -> dict[str, torch.Tensor]:
         elif inputs[0] != current:
             _fail(k, step, f"reads {g.name(inputs[0])!r}, not the previous operator's output")
         if step.key is not None:
-            state.update(_convert_conv(g, k, step, op, net.get_submodule(step.key)))
+            state.update(_convert_conv(g, k, step, op, cast(torch.nn.Conv2d, net.get_submodule(step.key))))
         elif step.kind == "AVERAGE_POOL_2D":
             options = g.options(op, tflite.Pool2DOptions)
             _, h, w, _ = g.shape(inputs[0])

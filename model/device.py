@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 __all__ = ["resolve_device", "runs_on_cpu"]
 
 
-def resolve_device(device: "str | torch.device" = "auto") -> "torch.device":
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
     import torch
 
     if isinstance(device, torch.device):

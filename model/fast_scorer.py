@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from imgsearch.model.scorer import CrossAttentionScorer, _FusionLayer
 
@@ -44,8 +46,8 @@ def score_candidates_fast(
     alignment = _alignment_one_query(tokens, mask, positioned)  # (C,)
     keys = scorer.region_norm(positioned)  # (C, R, d)
     state = tokens.unsqueeze(0)  # (1, T, d): shared by every candidate until the first cross-attention
-    for layer in scorer.layers:
-        state = _fusion_layer(layer, state, mask, keys, compute_dtype)  # (1 or C, T, d) --> (C, T, d)
+    for layer in scorer.layers:  # (1 or C, T, d) --> (C, T, d)
+        state = _fusion_layer(cast(_FusionLayer, layer), state, mask, keys, compute_dtype)
     state = scorer.out_norm(state)
     weights = mask.to(state.dtype)[None, :, None]  # (1, T, 1)
     pooled = (state * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (C, T, d) --> (C, d)
@@ -70,8 +72,9 @@ def _fusion_layer(
     tokens = tokens + _self_attention(layer.self_attention, x, mask, dtype)  # (B, T, d)
     x = layer.norm_cross(tokens)
     tokens = tokens + _cross_attention(layer.cross_attention, x, regions, dtype)  # (C, T, d)
-    hidden = F.gelu(_linear(layer.ffn[0], layer.norm_ffn(tokens), dtype))  # (C, T, m*d); ffn[2] is dropout
-    return tokens + _linear(layer.ffn[3], hidden, dtype)  # (C, T, d)
+    first, last = cast(nn.Linear, layer.ffn[0]), cast(nn.Linear, layer.ffn[3])  # ffn[2] is dropout
+    hidden = F.gelu(_linear(first, layer.norm_ffn(tokens), dtype))  # (C, T, m*d)
+    return tokens + _linear(last, hidden, dtype)  # (C, T, d)
 
 
 def _self_attention(attention, x: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

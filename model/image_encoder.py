@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from imgsearch.model.allocator import heap_block_limit
-from imgsearch.model.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, build_backbone
+from imgsearch.model.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, VGGBackbone, build_backbone
 from imgsearch.model.checkpoint import load_module_state, read_tensors
 from imgsearch.model.config import read_model_config
 from imgsearch.model.device import resolve_device
@@ -35,14 +35,16 @@ class ImageEmbedding:
     class_probs: torch.Tensor | None = None
 
     @staticmethod
-    def cat(parts: list["ImageEmbedding"]) -> "ImageEmbedding":
+    def cat(parts: list[ImageEmbedding]) -> ImageEmbedding:
         """Embeddings of consecutive chunks of a batch --> the batch's embedding."""
         if len(parts) == 1:
             return parts[0]
+        probs = [p.class_probs for p in parts if p.class_probs is not None]
+        assert len(probs) in (0, len(parts)), "class_probs in some parts only"
         return ImageEmbedding(
             regions=torch.cat([p.regions for p in parts]),
             global_=torch.cat([p.global_ for p in parts]),
-            class_probs=None if parts[0].class_probs is None else torch.cat([p.class_probs for p in parts]),
+            class_probs=torch.cat(probs) if probs else None,
         )
 
 
@@ -75,6 +77,7 @@ class ImageEncoder(nn.Module):
         regions, global_features = self.backbone(pixels)  # (B, R, C), (B, global_dim)
         embedding = self.project(regions, global_features)
         if self.backbone_config.has_classifier:
+            assert not isinstance(self.backbone, VGGBackbone)  # the VGG stacks have no classifier
             logits = self.backbone.classify(global_features)  # (B, global_dim) --> (B, num_classes)
             embedding.class_probs = logits.float().softmax(dim=-1)
         return embedding
@@ -110,6 +113,7 @@ class ImageEncoder(nn.Module):
             with self._measuring_activations():
                 outputs.append(run(self.normalize(pixels[:1]).contiguous(memory_format=memory_format)))
             start = 1
+        assert self._activation_bytes is not None  # measured on the first such call
         chunk = max(1, limit // self._activation_bytes)
         for part in pixels[start:].split(chunk):
             outputs.append(run(self.normalize(part).contiguous(memory_format=memory_format)))
@@ -153,7 +157,7 @@ class ImageEncoder(nn.Module):
         load_module_state(self, tensors, provided_elsewhere=() if carries_backbone else ("backbone.",))
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "auto") -> "ImageEncoder":
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "auto") -> ImageEncoder:
         config = read_model_config(directory)
         encoder = cls(config.backbone, config.embed_dim, config.image_labels)
         encoder.load_weights(read_tensors(Path(directory), "image."))

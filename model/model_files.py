@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+from functools import partial
 from pathlib import Path
 
 from imgsearch.ground.errors import ModelConfigError, ModelNotFound
@@ -149,11 +150,11 @@ def fingerprint(directory: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     for path in fingerprinted_files(directory):
         try:
-            handle = open(path, "rb")
+            handle = open(path, "rb")  # noqa: SIM115 - closed by the `with` below; the try is for the open alone
         except FileNotFoundError:
             raise ModelConfigError(f"{path} is missing: {directory / CONFIG_NAME} names it.") from None
         with handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
+            for block in iter(partial(handle.read, 1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
 

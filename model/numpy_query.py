@@ -56,7 +56,8 @@ def read_numpy(path: str | os.PathLike, prefix: str = "") -> dict[str, np.ndarra
     """The tensors of a safetensors file whose key starts with `prefix` (removed), as float32 arrays."""
     with safe_open(str(path), framework="numpy") as handle:
         return {key[len(prefix):]: handle.get_tensor(key).astype(np.float32, copy=False)
-                for key in handle.keys() if key.startswith(prefix)}
+                for key in handle.keys()  # noqa: SIM118 - safe_open's handle is not a mapping
+                if key.startswith(prefix)}
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -230,7 +231,7 @@ class NumpyScorer:
 
     def score(self, tokens: np.ndarray, mask: np.ndarray, regions: np.ndarray) -> np.ndarray:
         """Query tokens (T, d), mask (T,) bool, regions (C, R, d) --> logits (C,) float32."""
-        w, count, num_regions = self.w, *regions.shape[:2]
+        w, _count, num_regions = self.w, *regions.shape[:2]
         if num_regions > self.max_regions:
             raise ValueError(f"{num_regions} regions, but the scorer knows {self.max_regions} positions")
         positioned = regions.astype(np.float32) + w["region_position"][:num_regions]  # (C, R, d) + (R, d)
@@ -300,13 +301,14 @@ class NumpyQueryModel:
         self.bank = part("hubness.").get("bank") if config.hubness.bank_size else None  # (Nb, d)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "NumpyQueryModel":
+    def from_pretrained(cls, directory: str | os.PathLike) -> NumpyQueryModel:
         """The query side of the model in `directory`; RuntimeUnsupported where this runtime cannot run it."""
         directory = Path(directory)
         config = read_model_config(directory)
         with safe_open(str(directory / WEIGHTS_NAME), framework="numpy") as handle:
             tensors = {key: handle.get_tensor(key).astype(np.float32, copy=False)
-                       for key in handle.keys() if key.startswith(("text.", "scorer.", "hubness."))}
+                       for key in handle.keys()  # noqa: SIM118 - safe_open's handle is not a mapping
+                       if key.startswith(("text.", "scorer.", "hubness."))}
         return cls(config, tensors)
 
     def hub_scores(self, image_vectors: np.ndarray) -> np.ndarray:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from imgsearch.model.model_files import CONFIG_NAME, WEIGHTS_NAME
 from imgsearch.ground.errors import ModelNotFound
+from imgsearch.model.model_files import CONFIG_NAME, WEIGHTS_NAME
 
 __all__ = ["PHOTO_MODEL_PACKAGE", "PHOTO_MODEL_SOURCE", "PACKAGED_MODELS", "default_model_dir",
            "packaged_model_dir", "packaged_model_with_fingerprint"]

@@ -36,7 +36,7 @@ class Provenance:
         return {"backbone_weights": self.backbone_weights.to_dict()} if self.backbone_weights else {}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Provenance":
+    def from_dict(cls, data: dict) -> Provenance:
         try:
             weights = data.get("backbone_weights")
             return cls(backbone_weights=WeightsSource(**weights) if weights else None,

@@ -26,14 +26,16 @@ class _FusionLayer(nn.Module):
 
     def __init__(self, dim: int, config: ScorerConfig) -> None:
         super().__init__()
+        heads, ffn_mult, dropout = config.num_heads, config.ffn_mult, config.dropout
+        assert heads is not None and ffn_mult is not None and dropout is not None  # set when there are layers
         self.norm_self = nn.LayerNorm(dim)
-        self.self_attention = nn.MultiheadAttention(dim, config.num_heads, dropout=config.dropout, batch_first=True)
+        self.self_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.norm_cross = nn.LayerNorm(dim)
-        self.cross_attention = nn.MultiheadAttention(dim, config.num_heads, dropout=config.dropout, batch_first=True)
+        self.cross_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(
-            nn.Linear(dim, dim * config.ffn_mult), nn.GELU(), nn.Dropout(config.dropout),
-            nn.Linear(dim * config.ffn_mult, dim),
+            nn.Linear(dim, dim * ffn_mult), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(dim * ffn_mult, dim),
         )
 
     def forward(self, tokens: torch.Tensor, padding: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,7 +85,9 @@ class TextEncoder(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         self.bert = bert
-        hidden = bert.config.hidden_size
+        bert_config: Any = bert.config  # a transformers config; load_bert checked that it has hidden_size
+        self.hidden_size: int = bert_config.hidden_size
+        hidden = self.hidden_size
         self.token_head = ProjectionHead(hidden, embed_dim)
         self.global_head = ProjectionHead(hidden, embed_dim)
         # One score per token state (pool "attention"); zero-initialised, so training starts from the mean.
@@ -124,7 +127,7 @@ class TextEncoder(nn.Module):
                 batch, _ = self.tokenize(texts[start : start + batch_size], next(self.parameters()).device)
                 states = self.bert(**batch).last_hidden_state  # (b, T, h)
                 out.append(F.normalize(mean_pool(states, batch["attention_mask"]), dim=-1).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.bert.config.hidden_size), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.hidden_size), np.float32)
 
     def bert_weight_bytes(self) -> Iterator[tuple[str, bytes]]:
         """BERT's weights by name, sorted, as bytes (cache keys: model/zero_shot.py)."""

@@ -28,7 +28,6 @@ import os
 import threading
 import weakref
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,11 +50,11 @@ log = logging.getLogger(__name__)
 # itself is left as it is (nothing is stored on it), and a model that is dropped takes its
 # entry with it. The lock makes threads that ask for the same model at once (a server's
 # requests) encode its names once.
-_NAME_VECTORS: weakref.WeakKeyDictionary["AlignmentModel | NumpyQueryModel", "_ClassTable"] = weakref.WeakKeyDictionary()
+_NAME_VECTORS: weakref.WeakKeyDictionary[AlignmentModel | NumpyQueryModel, _ClassTable] = weakref.WeakKeyDictionary()
 _NAME_VECTORS_LOCK = threading.Lock()
 
 
-def sentence_vectors(model: "AlignmentModel | NumpyQueryModel", texts: list[str]) -> np.ndarray:
+def sentence_vectors(model: AlignmentModel | NumpyQueryModel, texts: list[str]) -> np.ndarray:
     """Mean-pooled, L2-normalised states of the model's (frozen) BERT: (N, h) float32. A torch
     model (model/text_encoder.py) and the numpy query runtime (model/numpy_query.py) give the same."""
     return model.text.sentence_vectors(texts)
@@ -70,7 +69,7 @@ class _ClassTable:
         self.by_name = {name: vectors[i] for i, name in enumerate(names)}
 
 
-def class_texts(model: "AlignmentModel | NumpyQueryModel") -> dict[str, str]:
+def class_texts(model: AlignmentModel | NumpyQueryModel) -> dict[str, str]:
     """Each class name of the model's classifier --> the text its zero-shot match compares a
     query with (the model's zero_shot_texts; module docstring)."""
     names = sorted(set(model.config.image_labels or ()))
@@ -87,7 +86,7 @@ def _wordnet_texts() -> dict[str, str]:
     return dict(line.split("\t", 1) for line in lines if line and not line.startswith("#"))
 
 
-def class_name_vectors(model: "AlignmentModel | NumpyQueryModel") -> dict[str, np.ndarray]:
+def class_name_vectors(model: AlignmentModel | NumpyQueryModel) -> dict[str, np.ndarray]:
     """Sentence vector of each class's text (class_texts), by class name: computed once per
     model and text encoder, then read from the per-user cache (encoding the 1,000 ImageNet
     names took about 10 s of every `imgsearch search` on a 2-core machine; reading them,
@@ -95,7 +94,7 @@ def class_name_vectors(model: "AlignmentModel | NumpyQueryModel") -> dict[str, n
     return _class_table(model).by_name
 
 
-def class_matches(model: "AlignmentModel | NumpyQueryModel", query_sentences: np.ndarray) -> tuple[list[str], np.ndarray]:
+def class_matches(model: AlignmentModel | NumpyQueryModel, query_sentences: np.ndarray) -> tuple[list[str], np.ndarray]:
     """The model's class names and match(query, c) (module docstring) of each L2-normalised
     query sentence vector (n, h) with each class: (n, C) float32."""
     table = _class_table(model)
@@ -110,7 +109,7 @@ def class_matches(model: "AlignmentModel | NumpyQueryModel", query_sentences: np
     return table.names, (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _class_table(model: "AlignmentModel | NumpyQueryModel") -> _ClassTable:
+def _class_table(model: AlignmentModel | NumpyQueryModel) -> _ClassTable:
     with _NAME_VECTORS_LOCK:
         table = _NAME_VECTORS.get(model)
         if table is None:
@@ -118,20 +117,21 @@ def _class_table(model: "AlignmentModel | NumpyQueryModel") -> _ClassTable:
     return table
 
 
-def _encode_class_texts(model: "AlignmentModel | NumpyQueryModel") -> _ClassTable:
+def _encode_class_texts(model: AlignmentModel | NumpyQueryModel) -> _ClassTable:
     texts_of = class_texts(model)
     names, texts = list(texts_of), list(texts_of.values())
-    vectors = np.zeros((0, 0), np.float32)
+    vectors: np.ndarray = np.zeros((0, 0), np.float32)
     if names:
         path = default_cache_dir() / f"class-names-{_cache_key(model, texts)}.npz"
-        vectors = _read_cached(path, texts)
-        if vectors is None:
-            vectors = sentence_vectors(model, texts)  # (C, h)
-            _write_cached(path, texts, vectors)
+        cached = _read_cached(path, texts)
+        if cached is None:
+            cached = sentence_vectors(model, texts)  # (C, h)
+            _write_cached(path, texts, cached)
+        vectors = cached
     return _ClassTable(names, vectors)
 
 
-def _cache_key(model: "AlignmentModel | NumpyQueryModel", names: list[str]) -> str:
+def _cache_key(model: AlignmentModel | NumpyQueryModel, names: list[str]) -> str:
     """What the vectors depend on: the texts encoded (`names`), the tokenizer's settings and every weight of the
     text encoder's BERT (hashed exactly: about 0.1 s for MiniLM's 90 MB). Both runtimes give the same key."""
     digest = hashlib.blake2b(digest_size=16)
@@ -167,7 +167,7 @@ def _write_cached(path: Path, names: list[str], vectors: np.ndarray) -> None:
 
 
 def zero_shot_scores(
-    model: "AlignmentModel | NumpyQueryModel", query_sentence: np.ndarray, labels: list[list[tuple[str, float]]]
+    model: AlignmentModel | NumpyQueryModel, query_sentence: np.ndarray, labels: list[list[tuple[str, float]]]
 ) -> np.ndarray:
     """query_sentence (h,) L2-normalised, per candidate its [(class name, prob), ...] --> (C,) float32.
 

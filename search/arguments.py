@@ -44,7 +44,8 @@ class SearchArguments:
 def query_kind(query: object, image: object, like: object) -> QueryKind:
     """Which one of a text `query`, an `image` or `like` (an indexed image) is given.
     Raises InvalidQuery unless exactly one is."""
-    given = [name for name, value in (("query", query), ("image", image), ("like", like)) if value is not None]
+    named: tuple[tuple[QueryKind, object], ...] = (("query", query), ("image", image), ("like", like))
+    given = [name for name, value in named if value is not None]
     if len(given) != 1:
         raise InvalidQuery(
             "give exactly one of a text query, an image or an indexed image to find more like it"

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from imgsearch.model.alignment import AlignmentModel
-from imgsearch.model.backbone import first_real_class
+from imgsearch.model.backbone import VGGBackbone, first_real_class
 from imgsearch.model.image_encoder import resize_uint8
 from imgsearch.model.numpy_query import QueryEmbedding
 from imgsearch.model.zero_shot import class_name_vectors
@@ -90,6 +90,7 @@ def _alignment_per_token(model: AlignmentModel, query: QueryEmbedding, regions: 
 def _class_maps(model: AlignmentModel, text: str, words: list[tuple[str, list[int]]], image: Image.Image) -> list[dict]:
     """The "classes" explanation (module docstring) of each word."""
     encoder = model.image
+    assert model.config.image_labels is not None and not isinstance(encoder.backbone, VGGBackbone)  # a classifier's
     labels = list(model.config.image_labels)
     names = class_name_vectors(model)
     name_vectors = torch.from_numpy(np.stack([names[label] for label in labels]))  # (C, h)

@@ -40,7 +40,7 @@ class SearchFilters:
         taken_after: DateLike | None = None,
         taken_before: DateLike | None = None,
         min_score: float | None = None,
-    ) -> "SearchFilters":
+    ) -> SearchFilters:
         """Filters as a user gives them: a folder ("~" expanded, relative to the working
         directory), dates as date, datetime or ISO text ("2021-06-01", "2021-06-01T12:00").
         A date alone as taken_before means the end of that day. Raises InvalidQuery."""

@@ -49,7 +49,7 @@ class TorchQueryModel:
 
     runtime = "torch"
 
-    def __init__(self, model: "AlignmentModel") -> None:
+    def __init__(self, model: AlignmentModel) -> None:
         self.model = model
         self.config = model.config
 
@@ -87,7 +87,7 @@ class TorchQueryModel:
                              compute_dtype=dtype)
 
 
-def query_from_batch(batch: "TextEmbedding", row: int) -> QueryEmbedding:
+def query_from_batch(batch: TextEmbedding, row: int) -> QueryEmbedding:
     """Row `row` of a batch of encoded texts (TextEncoder.encode), as one query: its tokens
     without the batch's padding, in numpy float32."""
     length = int(batch.mask[row].sum())

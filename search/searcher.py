@@ -18,12 +18,12 @@ import numpy as np
 
 from imgsearch.ground.errors import InvalidQuery
 from imgsearch.images.decode import ImageRecord, record_values, shown_fields
-from imgsearch.storage.store import Store
-from imgsearch.storage.vectors import VectorIndex
 from imgsearch.search.candidates import nearest
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
 from imgsearch.search.filters import SearchFilters
 from imgsearch.search.query_model import QueryEmbedding, QueryModel
+from imgsearch.storage.store import Store
+from imgsearch.storage.vectors import VectorIndex
 
 __all__ = ["SearchResult", "SearchPage", "PoolScores", "search_page", "encode_text_query", "score_pool",
            "final_order", "DEFAULT_CANDIDATES", "RerankPrecision"]
@@ -136,6 +136,7 @@ def score_pool(
     first = cosines.astype(np.float32)
     zero_shot = hubness = None
     if zero_shot_weight and labels is not None and len(first):
+        assert query.sentence is not None  # the text encoder computes it
         zero_shot = model.label_scores(query.sentence, labels)  # (C,); sentence: the query's BERT run, mean-pooled
         first = first + np.float32(zero_shot_weight) * zero_shot  # the fused first stage
     if model.config.hubness.weight and vectors is not None and len(first):
@@ -238,7 +239,7 @@ class _Ranked:
 
 def _first_stage_order(
     model: QueryModel, text: QueryEmbedding | None, cosines: np.ndarray, ids: np.ndarray, labels: dict | None,
-    pool_size: int, store: Store, rerank: bool, rerank_precision: RerankPrecision, clock: "_Clock",
+    pool_size: int, store: Store, rerank: bool, rerank_precision: RerankPrecision, clock: _Clock,
 ) -> _Ranked:
     """Score and order fetched candidates: the pool (the first pool_size, re-ranked for text
     queries) by final score, then the rest in FAISS order with their first-stage scores."""
@@ -258,6 +259,7 @@ def _first_stage_order(
         if label_list is not None and scored.zero_shot is not None:
             zero_shot = np.zeros(count, np.float32)
             zero_shot[:pool] = scored.zero_shot
+            assert text.sentence is not None  # the text encoder computes it
             rest = model.label_scores(text.sentence, label_list[pool:])
             zero_shot[pool:] = rest
             first[pool:] += np.float32(model.config.zero_shot_weight) * rest

@@ -16,26 +16,26 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import numpy as np
 
 from imgsearch.ground.errors import ImageNotFound, InvalidImage
-from imgsearch.images.decode import ImageRecord, record_values
 from imgsearch.ground.paths import path_to_text, text_to_path
+from imgsearch.ground.rwlock import ReadWriteLock
+from imgsearch.images.decode import ImageRecord, record_values
+from imgsearch.search.arguments import SearchArguments
+from imgsearch.search.defaults import RerankPrecision
+from imgsearch.search.query_model import QueryEmbedding, QueryModel, TorchQueryModel
+from imgsearch.search.searcher import SearchPage, SearchResult, encode_text_query, score_pool, search_page
 from imgsearch.storage.store import Store, StoredImage
 from imgsearch.storage.stored_index import DB_NAME, StoredIndex
 from imgsearch.storage.vectors import VectorIndex
-from imgsearch.ground.rwlock import ReadWriteLock
-from imgsearch.search.arguments import SearchArguments
-from imgsearch.search.defaults import RerankPrecision
-from imgsearch.search.query_model import QueryModel, TorchQueryModel
-from imgsearch.search.searcher import SearchPage, SearchResult, encode_text_query, score_pool, search_page
 
 # The torch side (the AlignmentModel, image queries, explanations) is imported where it is
 # used: a text search on the CPU runs on the numpy query runtime and never loads torch.
@@ -50,11 +50,11 @@ __all__ = ["Searcher"]
 
 log = logging.getLogger(__name__)
 
-ImageItem = "int | str | os.PathLike | ImageInput"  # an indexed image's id or path, or another image
+ImageItem: TypeAlias = "int | str | os.PathLike | ImageInput"  # an indexed image's id or path, or another image
 
 
 class Searcher:
-    def __init__(self, data: StoredIndex, load_model: Callable[[], "AlignmentModel"],
+    def __init__(self, data: StoredIndex, load_model: Callable[[], AlignmentModel],
                  load_query_model: Callable[[], QueryModel | None] = lambda: None) -> None:
         """Search `data`, with the model `load_model()` gives when a search first needs it, and
         for text queries the lighter `load_query_model()` (search/query_model.py; None: none
@@ -81,7 +81,7 @@ class Searcher:
     # ---- the model ---------------------------------------------------------------
 
     @property
-    def model(self) -> "AlignmentModel":
+    def model(self) -> AlignmentModel:
         """The alignment model, loaded on first use."""
         if self._model is None:
             with self._model_lock:
@@ -90,7 +90,7 @@ class Searcher:
         return self._model
 
     @property
-    def loaded_model(self) -> "AlignmentModel | None":
+    def loaded_model(self) -> AlignmentModel | None:
         """The model if a search has loaded it, else None (loads nothing)."""
         return self._model
 
@@ -128,7 +128,7 @@ class Searcher:
     def _store_files_signature(self) -> tuple:
         """What changes on disk with every commit to index.db (WAL mode: the -wal file grows,
         or a checkpoint rewrites the database file)."""
-        signature = []
+        signature: list[tuple[int, int, int] | None] = []
         for name in (DB_NAME, DB_NAME + "-wal"):
             try:
                 st = os.stat(self._data.directory / name)
@@ -149,12 +149,14 @@ class Searcher:
         with self._snapshot_lock.reading():
             started = time.perf_counter()
             exclude_id = None
+            encoded: QueryEmbedding | np.ndarray
+            # arguments.value, checked at the boundary (search/arguments.py), is what its kind says
             if arguments.kind == "query":
-                encoded = encode_text_query(model, arguments.value)
+                encoded = encode_text_query(model, cast(str, arguments.value))
             elif arguments.kind == "image":
-                encoded = encode_image(image_encoder, load_image(arguments.value)).global_
+                encoded = encode_image(image_encoder, load_image(cast("ImageInput", arguments.value))).global_
             else:
-                exclude_id = self._indexed_id(arguments.value)
+                exclude_id = self._indexed_id(cast("int | str | os.PathLike", arguments.value))
                 encoded = self._store.global_vectors_of([exclude_id])[0]
             encode_ms = (time.perf_counter() - started) * 1000
             return search_page(
@@ -177,6 +179,7 @@ class Searcher:
         order = np.argsort(-scores.final, kind="stable")
         first_rank = np.empty(len(found), np.int64)
         first_rank[np.argsort(-scores.first_stage, kind="stable")] = np.arange(1, len(found) + 1)
+        assert scores.reranked is not None  # regions were given
         return [
             SearchResult.of(
                 found[i].image, found[i].id, found[i].labels, rank=rank, score=float(scores.final[i]),
@@ -187,7 +190,7 @@ class Searcher:
             for rank, i in enumerate(order.tolist(), start=1)
         ]
 
-    def explain(self, query: str, item: ImageItem) -> "Explanation":
+    def explain(self, query: str, item: ImageItem) -> Explanation:
         """Why `item` matches the text `query`, per word and region (Index.explain)."""
         from imgsearch.search.explain import Explanation, explain_regions
 
@@ -246,7 +249,7 @@ class Searcher:
             raise ImageNotFound(f"{item} is not an image in this index; index it first, or give its id.")
         return row.id
 
-    def _image_features(self, item: ImageItem) -> "_ImageFeatures":
+    def _image_features(self, item: ImageItem) -> _ImageFeatures:
         """Global vector, regions and labels of an indexed image (by id or path: from the store),
         or of another image (a path, the bytes of an image file, a PIL image: encoded now)."""
         image_id, path = None, None
@@ -266,9 +269,10 @@ class Searcher:
 
         from imgsearch.search.queries import encode_image, load_image
 
-        picture = load_image(item if path is None else path)
+        data = cast("bytes | Image.Image", item)  # when there is no path: an image's bytes or a PIL image
+        picture = load_image(data if path is None else path)
         encoded = encode_image(self.model.image, picture)
-        size = path.stat().st_size if path is not None else len(item) if not isinstance(item, Image.Image) else None
+        size = path.stat().st_size if path is not None else len(data) if not isinstance(data, Image.Image) else None
         image = ImageRecord(path="" if path is None else path_to_text(path), width=picture.width, height=picture.height,
                             size=size)
         return _ImageFeatures(image=image, id=None, global_=encoded.global_, regions=encoded.regions,
@@ -313,7 +317,7 @@ class _ImageFeatures:
     global_: np.ndarray  # (d,) float32
     regions: np.ndarray  # (R, d) float16
     labels: list[tuple[str, float]]
-    picture: "Image.Image | None" = None  # the decoded image, when it was read now (not indexed)
+    picture: Image.Image | None = None  # the decoded image, when it was read now (not indexed)
 
 
 def _servable_file(image_id: int, row: StoredImage | None, folders: list[str]) -> Path:

@@ -19,6 +19,7 @@ is refused, never followed (its target would be truncated and overwritten).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import json
@@ -33,7 +34,7 @@ from imgsearch.ground.errors import IndexLocked, StoreCorrupt, StoreWriteFailed
 try:
     import fcntl
 except ImportError:  # Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # the code checks for None
     import msvcrt
 
 __all__ = ["LOCK_NAME", "VECTORS_LOCK_NAME", "FileLock", "WriterLock", "close_inherited_locks"]
@@ -52,10 +53,8 @@ _held_fds: set[int] = set()
 def close_inherited_locks() -> None:
     """Call in a forked child: drop its copies of the parent's lock descriptors."""
     for fd in list(_held_fds):
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
         _held_fds.discard(fd)
 
 
@@ -214,7 +213,7 @@ class WriterLock(FileLock):
         except (OSError, ValueError, KeyError, TypeError):  # being written this instant, or unreadable
             return "another process (its details are not readable yet)"
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         self.acquire()
         return self
 

@@ -42,7 +42,7 @@ class Manifest:
         write_text_durably(Path(directory) / MANIFEST_NAME, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def read(cls, directory: str | os.PathLike) -> "Manifest":
+    def read(cls, directory: str | os.PathLike) -> Manifest:
         path = Path(directory) / MANIFEST_NAME
         try:
             data = json.loads(path.read_text())

@@ -11,8 +11,8 @@ from pathlib import Path
 import sqlite_utils
 from PIL import Image
 
-from imgsearch.images.decode import exif_taken_at
 from imgsearch.ground.paths import path_to_text, text_to_path
+from imgsearch.images.decode import exif_taken_at
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
 

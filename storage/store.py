@@ -29,12 +29,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sqlite_utils
 
 from imgsearch.ground.errors import StoreCorrupt, StoreWriteFailed
-from imgsearch.ground.paths import path_to_text, text_to_path
 from imgsearch.images.decode import RECORD_FIELDS, ImageRecord, record_values
 from imgsearch.storage.migrations import MIGRATIONS, SCHEMA_VERSION
 
@@ -384,6 +384,7 @@ class Store:
         with self._write_transaction():
             for change in changes:  # contents first, so that any row of the batch may use them
                 if isinstance(change, Put) and change.global_ is not None:
+                    assert change.regions is not None  # embedded with global_
                     self.db.execute(
                         "INSERT OR IGNORE INTO embeddings (sha256, global, regions, labels) VALUES (?, ?, ?, ?)",
                         [change.record.sha256, _blob(change.global_, np.float32, (self.embed_dim,)),
@@ -404,6 +405,7 @@ class Store:
                     if not self.has_content(record.sha256):
                         raise StoreCorrupt(f"no stored vectors for content {str(record.sha256)[:12]} of {record.path}")
                     cursor = self.db.execute(_INSERT_OK, [*record_values(record).values(), now])  # every field
+                    assert cursor.lastrowid is not None  # set by the INSERT
                     added.append(cursor.lastrowid)
                 else:
                     removed += self._delete_path(record.path)
@@ -463,7 +465,8 @@ class Store:
 
 
 def _stored(row: dict) -> StoredImage:
-    return StoredImage(**{k: row.get(k) for k in StoredImage.__dataclass_fields__})
+    fields: dict[str, Any] = {k: row.get(k) for k in StoredImage.__dataclass_fields__}
+    return StoredImage(**fields)
 
 
 def _labels_json(labels: Sequence[tuple[str, float]] | None) -> str | None:

@@ -45,9 +45,12 @@ MIN_NPROBE = 64
 TRAIN_POINTS_PER_LIST = 64
 
 
+IndexKind = Literal["flat", "ivf_flat", "ivf_sq8"]
+
+
 @dataclass(frozen=True)
 class IndexSpec:
-    kind: Literal["flat", "ivf_flat", "ivf_sq8"]
+    kind: IndexKind
     nlist: int = 0  # IVF lists (0 for flat)
     nprobe: int = 0  # lists scanned per query (0 for flat)
 
@@ -65,7 +68,7 @@ def choose_spec(count: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET
     nlist = 2 ** round(math.log2(4 * math.sqrt(count)))
     nlist = max(1, min(nlist, count // TRAIN_POINTS_PER_LIST))  # enough points to train each list
     nprobe = max(MIN_NPROBE, round(nlist * NPROBE_FRACTION))
-    kind = "ivf_flat" if count * IndexSpec("ivf_flat").bytes_per_vector(dim) <= memory_budget else "ivf_sq8"
+    kind: IndexKind = "ivf_flat" if count * IndexSpec("ivf_flat").bytes_per_vector(dim) <= memory_budget else "ivf_sq8"
     return IndexSpec(kind, nlist, nprobe)
 
 
@@ -74,13 +77,13 @@ class VectorIndex:
         self.index = index
 
     @classmethod
-    def empty(cls, dim: int) -> "VectorIndex":
+    def empty(cls, dim: int) -> VectorIndex:
         return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
 
     @classmethod
     def build(
         cls, ids: np.ndarray, vectors: np.ndarray, dim: int, spec: IndexSpec | None = None, seed: int = 0
-    ) -> "VectorIndex":
+    ) -> VectorIndex:
         """An index of `vectors` (N, d) under `ids` (N,); the kind is chosen by size unless given."""
         spec = spec or choose_spec(len(ids), dim)
         if spec.kind == "flat":
@@ -91,7 +94,7 @@ class VectorIndex:
         return index
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "VectorIndex":
+    def load(cls, path: str | os.PathLike) -> VectorIndex:
         return cls(faiss.read_index(str(path)))
 
     def save(self, path: str | os.PathLike) -> None:
@@ -109,7 +112,8 @@ class VectorIndex:
         ivf = _as_ivf(self.index)
         if ivf is None:
             return IndexSpec("flat")
-        kind = "ivf_flat" if ivf.code_size == 4 * ivf.d else "ivf_sq8"  # float32 codes, or 1 byte a dimension
+        # float32 codes, or 1 byte a dimension
+        kind: IndexKind = "ivf_flat" if ivf.code_size == 4 * ivf.d else "ivf_sq8"
         return IndexSpec(kind, ivf.nlist, ivf.nprobe)
 
     def fits(self, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> bool:

@@ -41,8 +41,8 @@ def _child(args: list[str], output: str, pause_before: str | None, pause: str | 
 def _pause_before_reading(name: str, pause: str) -> None:
     """Have this process's Index.add runs read files through a local embedder whose decoder
     pauses before the file called `name` (in whichever process decodes it: a worker or this one)."""
-    from imgsearch.index import Index
     from imgsearch.images.decode import decode_file
+    from imgsearch.index import Index
     from imgsearch.indexer.pipeline import LocalEmbedder
 
     def decode_with_pause(path, **options):

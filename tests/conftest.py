@@ -18,10 +18,11 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
+from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.scorer import ScorerConfig
-from imgsearch.model.text_encoder import TextEncoderConfig, resolve_name, PACKAGED_MINILM
+from imgsearch.model.text_encoder import PACKAGED_MINILM, TextEncoderConfig, resolve_name
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):

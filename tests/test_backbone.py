@@ -10,8 +10,8 @@ import pytest
 import torch
 import torchvision
 
-from imgsearch.model.backbone import VGG16_LAYERS, BackboneConfig, VGGBackbone
 from imgsearch.ground.errors import ModelConfigError, WeightsMissing
+from imgsearch.model.backbone import VGG16_LAYERS, BackboneConfig, VGGBackbone
 from imgsearch.model.mobilenet_v2 import MobileNetV2
 
 

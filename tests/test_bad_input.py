@@ -19,10 +19,10 @@ from PIL import Image, ImageOps
 
 from conftest import draw_image, file_permissions_enforced
 from imgsearch.cli import cli
-from imgsearch.index import Index
-from index_oracle import ATOL, check_consistent
 from imgsearch.ground.paths import path_to_text, text_to_path
+from imgsearch.index import Index
 from imgsearch.indexer.pipeline import LocalEmbedder
+from index_oracle import ATOL, check_consistent
 
 
 def png_bytes(color_type: int, bit_depth: int, pixels: np.ndarray) -> bytes:

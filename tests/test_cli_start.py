@@ -13,15 +13,15 @@ import pytest
 HEAVY = ("torch", "torchvision", "transformers", "faiss", "sqlite_utils", "safetensors", "PIL")
 COMMANDS = ("index", "search", "info", "errors", "train", "eval")
 
-PROBE = """
+PROBE = f"HEAVY = {HEAVY!r}\n" + """
 import json, sys
 from imgsearch.cli import main
 try:
     main(sys.argv[1:])
 except SystemExit as stop:
     code = stop.code
-print(json.dumps({"code": code, "heavy": sorted({m.split('.')[0] for m in sys.modules} & set(%r))}))
-""" % (HEAVY,)
+print(json.dumps({"code": code, "heavy": sorted({m.split('.')[0] for m in sys.modules} & set(HEAVY))}))
+"""
 
 
 def _run(*args: str) -> dict:

@@ -16,9 +16,9 @@ import pytest
 
 from cli_process import CliProcess
 from conftest import draw_image
+from imgsearch.ground.errors import IndexLocked
 from imgsearch.index import Index
 from index_oracle import assert_rows_match, assert_same_results, check_consistent, open_index, rows_of, search_results
-from imgsearch.ground.errors import IndexLocked
 
 COUNT = 24
 QUERIES = ["a red circle", "a green square"]

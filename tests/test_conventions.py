@@ -58,11 +58,10 @@ def stderr_writes(tree: ast.Module) -> list[ast.AST]:
                     found.append(node)
                     print_targets.add(id(target))  # reported once, as the print
     for node in ast.walk(tree):
-        if is_stderr(node) and id(node) not in print_targets:
+        imports_stderr = isinstance(node, ast.ImportFrom) and node.module == "sys" and any(
+            alias.name in ("stderr", "__stderr__") for alias in node.names)
+        if (is_stderr(node) and id(node) not in print_targets) or imports_stderr:
             found.append(node)
-        elif isinstance(node, ast.ImportFrom) and node.module == "sys":
-            if any(alias.name in ("stderr", "__stderr__") for alias in node.names):
-                found.append(node)
     return sorted(found, key=lambda node: node.lineno)
 
 

@@ -15,10 +15,10 @@ from PIL import Image
 
 from conftest import small_config
 from imgsearch.ground.errors import WeightsMissing
-from imgsearch.model.labels import top_labels
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.model.backbone import BackboneConfig, build_backbone, first_real_class
 from imgsearch.model.image_encoder import resize_uint8
+from imgsearch.model.labels import top_labels
 from imgsearch.model.provenance import WeightsSource
 from imgsearch.model.scorer import ScorerConfig
 

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 import imgsearch.images.decode
-from imgsearch.images.decode import DecodeResult, decode_file, to_rgb
 from imgsearch.ground.errors import InputPathNotFound
+from imgsearch.images.decode import DecodeResult, decode_file, to_rgb
 from imgsearch.indexer.files import IMAGE_EXTENSIONS, iter_image_files
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

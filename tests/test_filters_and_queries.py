@@ -22,8 +22,8 @@ from PIL import Image
 from conftest import draw_image
 from imgsearch.ground.errors import ImageNotFound, InvalidImage, InvalidQuery
 from imgsearch.index import Index
-from imgsearch.storage.vectors import IndexSpec, VectorIndex
 from imgsearch.search.explain import SHARPNESS, overlay_png
+from imgsearch.storage.vectors import IndexSpec, VectorIndex
 
 ATOL = 1e-4
 TEXT = "a red circle"

@@ -15,13 +15,13 @@ from click.testing import CliRunner
 
 from conftest import draw_image, file_permissions_enforced, make_photos
 from imgsearch.cli import cli
-from imgsearch.index import Index
-from index_oracle import assert_rows_match, assert_same_results, check_consistent, rows_of, search_results
 from imgsearch.ground.errors import StoreWriteFailed
 from imgsearch.images.decode import decode_file
+from imgsearch.index import Index
 from imgsearch.indexer.pipeline import LocalEmbedder
 from imgsearch.storage.store import Store
 from imgsearch.storage.vectors import VectorIndex
+from index_oracle import assert_rows_match, assert_same_results, check_consistent, rows_of, search_results
 
 QUERIES = ["a red circle", "a blue square"]
 

@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_model_dir, make_photos, small_config
-from imgsearch.model import packaged as models
 from imgsearch.cli import cli
-from imgsearch.index import Index, default_index_dir
-from imgsearch.model.packaged import default_model_dir
-from imgsearch.model.model_files import fingerprint
 from imgsearch.ground.errors import IndexExists, IndexNotFound, ModelMismatch, ModelNotFound, StoreCorrupt
+from imgsearch.index import Index, default_index_dir
+from imgsearch.model import packaged as models
+from imgsearch.model.model_files import fingerprint
+from imgsearch.model.packaged import default_model_dir
 
 
 @pytest.fixture(autouse=True)

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 
 from conftest import draw_image, make_photos
 from imgsearch.cli import cli
-from imgsearch.index import Index
 from imgsearch.images.decode import ImageRecord, decode_file
+from imgsearch.index import Index
 from imgsearch.indexer.pipeline import LocalEmbedder
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
 from imgsearch.storage.store import Fail, Put, Store

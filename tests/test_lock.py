@@ -17,11 +17,11 @@ import pytest
 
 import imgsearch.storage.lock
 from conftest import make_photos
-from imgsearch.index import VECTORS_NAME, Index
-from index_oracle import check_consistent
 from imgsearch.ground.errors import IndexLocked, StoreCorrupt, StoreWriteFailed
+from imgsearch.index import VECTORS_NAME, Index
 from imgsearch.storage.lock import LOCK_NAME, WriterLock
 from imgsearch.storage.vectors import VectorIndex
+from index_oracle import check_consistent
 
 
 def test_a_symlink_at_write_lock_is_refused_and_its_target_left_alone(tmp_path):

@@ -28,10 +28,10 @@ if not SHARED.is_dir():
 pytest.importorskip("tflite", reason="needs the tflite package: pip install tflite==2.18.0")
 litert = pytest.importorskip("ai_edge_litert.interpreter", reason="needs ai-edge-litert: pip install ai-edge-litert")
 
-from imgsearch.model import mobilenet_v2  # noqa: E402
-from imgsearch.model.mobilenet_v2 import MobileNetV2, pixels_from_uint8  # noqa: E402
 from imgsearch.ground.errors import ConversionError  # noqa: E402
+from imgsearch.model import mobilenet_v2  # noqa: E402
 from imgsearch.model.convert_mobilenet_v2 import convert, load_labels, main  # noqa: E402
+from imgsearch.model.mobilenet_v2 import MobileNetV2, pixels_from_uint8  # noqa: E402
 
 MODEL_DIR = SHARED / "models" / "mobilenet_v2_imagenet"
 TFLITE = MODEL_DIR / "mobilenet_v2_1.0_224_quant.tflite"

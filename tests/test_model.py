@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from imgsearch.model.checkpoint import fingerprint, read_tensors
-from imgsearch.model.model_files import CONFIG_NAME, WEIGHTS_NAME
-from imgsearch.ground.errors import ModelConfigError, ModelNotFound, WeightsMissing
-from imgsearch.model.image_encoder import ImageEncoder
-from imgsearch.model.alignment import AlignmentModel
 from conftest import make_model_dir, small_config
+from imgsearch.ground.errors import ModelConfigError, ModelNotFound, WeightsMissing
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.model.checkpoint import fingerprint, read_tensors
+from imgsearch.model.image_encoder import ImageEncoder
+from imgsearch.model.model_files import CONFIG_NAME, WEIGHTS_NAME
 
 QUERIES = ["a red circle", "two blue squares next to a green triangle, on a white background"]
 

@@ -22,10 +22,17 @@ from imgsearch.ground.errors import ModelConfigError, ModelNotFound
 from imgsearch.model import checkpoint, model_files
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.model.backbone import VGG16_LAYERS, BackboneConfig
-from imgsearch.model.model_files import answers_to_fingerprint, fingerprint
 from imgsearch.model.config import AlignmentConfig, Provenance, WeightsSource, read_model_config
 from imgsearch.model.image_encoder import ImageEncoder
-from imgsearch.model.model_files import CONFIG_NAME, FORMAT_VERSION, LABELS_NAME, LEGACY_FINGERPRINTS_NAME, WEIGHTS_NAME
+from imgsearch.model.model_files import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    LABELS_NAME,
+    LEGACY_FINGERPRINTS_NAME,
+    WEIGHTS_NAME,
+    answers_to_fingerprint,
+    fingerprint,
+)
 from imgsearch.model.scorer import ScorerConfig
 
 LABELS = ("background", "tench, Tinca tinca", "goldfish, Carassius auratus", "great white shark", "ångström")

@@ -24,13 +24,19 @@ from PIL import Image
 from conftest import make_photos
 from imgsearch import Index
 from imgsearch.ground.errors import ModelMismatch
-from imgsearch.storage.manifest import Manifest
 from imgsearch.model.alignment import AlignmentModel
-from imgsearch.model.model_files import answers_to_fingerprint, fingerprint
 from imgsearch.model.config import read_model_config
 from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
-from imgsearch.model.model_files import CONFIG_NAME, LABELS_NAME, WEIGHTS_NAME, legacy_fingerprints
+from imgsearch.model.model_files import (
+    CONFIG_NAME,
+    LABELS_NAME,
+    WEIGHTS_NAME,
+    answers_to_fingerprint,
+    fingerprint,
+    legacy_fingerprints,
+)
 from imgsearch.model.packaged import packaged_model_dir
+from imgsearch.storage.manifest import Manifest
 
 ROOT = Path(__file__).parents[1]
 DATA = ROOT / "data"

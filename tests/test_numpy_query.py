@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_model_dir, small_config
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.model.config import HubnessConfig
 from imgsearch.model.numpy_query import NumpyQueryModel, RuntimeUnsupported
 from imgsearch.model.packaged import packaged_model_dir
-
-from conftest import make_model_dir, small_config
 
 TEXTS = [
     "a parrot",

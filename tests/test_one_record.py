@@ -24,7 +24,6 @@ from PIL import Image
 
 from conftest import draw_image
 from imgsearch.cli import cli
-from imgsearch.index import Index
 from imgsearch.images.decode import (
     RECORD_FIELDS,
     SHOWN_FIELDS,
@@ -34,11 +33,12 @@ from imgsearch.images.decode import (
     record_of,
     record_values,
 )
+from imgsearch.index import Index
 from imgsearch.indexer.embed_worker import embed_shard
 from imgsearch.indexer.shard import Shard
-from imgsearch.storage.store import StoredImage
 from imgsearch.search.searcher import SearchResult
 from imgsearch.server.app import create_app
+from imgsearch.storage.store import StoredImage
 
 ROOT = Path(__file__).parents[1]
 PACKAGES = sorted(folder.name for folder in ROOT.iterdir() if (folder / "__init__.py").is_file())  # all of imgsearch.*

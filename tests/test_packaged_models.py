@@ -14,9 +14,9 @@ from conftest import make_photos
 from imgsearch import Index
 from imgsearch.cli import cli
 from imgsearch.ground.errors import ModelMismatch
-from imgsearch.storage.manifest import Manifest
 from imgsearch.model.model_files import fingerprint
 from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir, packaged_model_dir
+from imgsearch.storage.manifest import Manifest
 
 
 def test_each_packaged_model_is_found_and_they_differ():

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from imgsearch.ground.errors import ModelNotFound
 from imgsearch.model import packaged as models
 from imgsearch.model.model_files import LEGACY_FINGERPRINTS_NAME, fingerprinted_files
 from imgsearch.model.packaged import PACKAGED_MODELS, PHOTO_MODEL_PACKAGE, PHOTO_MODEL_SOURCE, default_model_dir
-from imgsearch.ground.errors import ModelNotFound
 
 ROOT = Path(__file__).parents[1]
 # two models: photo (EfficientNet-Lite0, 26 MB) and fast (MobileNetV2, 17 MB), compressed to about

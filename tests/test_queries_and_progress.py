@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from cli_process import CliProcess
 from conftest import draw_image
 from imgsearch.cli import cli
+from imgsearch.ground.errors import InvalidQuery
 from imgsearch.index import Index
 from imgsearch.progress import ProgressBar
-from imgsearch.ground.errors import InvalidQuery
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def photo_index_dir(tmp_path_factory) -> Path:
 def both_runtimes(photo_index_dir):
     light = Index.open(photo_index_dir, device="cpu")  # text queries on the numpy runtime
     full = Index.open(photo_index_dir, device="cpu")
-    full.model  # the torch model loaded: text queries go through it (Searcher.query_model)
+    full.model  # noqa: B018 - the torch model loaded: text queries go through it (Searcher.query_model)
     yield light, full
     light.close()
     full.close()

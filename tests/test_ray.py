@@ -8,6 +8,7 @@ is killed after its first merged shard (the next run finishes the job).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -196,10 +197,8 @@ def test_the_writer_killed_after_a_shard_then_run_again_equals_a_local_run(tmp_p
                 os.kill(child.pid, signal.SIGKILL)  # the writer, after its first merged shard
         finally:
             child.wait(60)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)  # Ray's agents outlive a killed driver
-            except ProcessLookupError:
-                pass
         output = child.stdout.read().decode(errors="replace")
         at_kill = committed_rows(index_dir / "index.db")
         if child.returncode == -signal.SIGKILL and at_kill < files:

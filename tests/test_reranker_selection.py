@@ -10,13 +10,13 @@ import json
 import pytest
 import torch
 
+import imgsearch.training.selection as selection_module
 from conftest import draw_image, small_config
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.model.scorer import ScorerConfig
 from imgsearch.training.captions import CaptionedImage, read_captions
 from imgsearch.training.data import encode_captions, load_images
 from imgsearch.training.evaluate import embed_captions, embed_images, evaluate, t2i_ranks
-import imgsearch.training.selection as selection_module
 from imgsearch.training.selection import RerankerSelection
 from imgsearch.training.trainer import TrainConfig, split_validation, train
 

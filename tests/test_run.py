@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import make_photos
-from imgsearch.indexer.embed_worker import DecodeDataset
 from imgsearch.ground.paths import path_to_text
+from imgsearch.indexer.embed_worker import DecodeDataset
 from imgsearch.indexer.run import Finished, run_indexing
 from imgsearch.indexer.shard import Shard, shard_id_of
 from imgsearch.storage.store import Store

@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +18,9 @@ from PIL import Image
 
 from conftest import draw_image, make_model_dir, small_config
 from imgsearch.index import VECTORS_NAME, Index
-from imgsearch.storage.vectors import VectorIndex
-from imgsearch.search.rerank import rerank_scores
 from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig
+from imgsearch.search.rerank import rerank_scores
+from imgsearch.storage.vectors import VectorIndex
 
 ATOL = 1e-5
 
@@ -294,7 +295,7 @@ def test_stored_vectors_equal_the_encoder_on_each_file(built, image_folder):
         row = index.store.images([int(image_id)])[int(image_id)]
         with Image.open(row.path) as image:
             assert (row.width, row.height) == image.size
-        assert row.sha256 == hashlib.sha256(open(row.path, "rb").read()).hexdigest()
+        assert row.sha256 == hashlib.sha256(Path(row.path).read_bytes()).hexdigest()
         expected = encode_file(encoder, row.path)
         np.testing.assert_allclose(vector, expected.global_[0].numpy(), atol=ATOL)
         np.testing.assert_allclose(np.linalg.norm(vector), 1.0, atol=ATOL)
@@ -460,9 +461,8 @@ def test_intact_vectors_file_is_not_rebuilt(built, caplog, monkeypatch):
     saved = (directory / VECTORS_NAME).read_bytes()
     # Every rebuild, saved or in memory only, logged or not, builds through VectorIndex.build.
     monkeypatch.setattr(VectorIndex, "build", lambda *args, **kwargs: pytest.fail("rebuilt an intact index"))
-    with caplog.at_level(logging.INFO, logger="imgsearch"):
-        with Index.open(directory, device="cpu") as reopened:
-            assert len(reopened.search("a red circle", k=3)) == 3
+    with caplog.at_level(logging.INFO, logger="imgsearch"), Index.open(directory, device="cpu") as reopened:
+        assert len(reopened.search("a red circle", k=3)) == 3
     assert "rebuilding" not in caplog.text
     assert (directory / VECTORS_NAME).read_bytes() == saved
 

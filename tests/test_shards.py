@@ -16,12 +16,12 @@ import pytest
 import imgsearch.indexer.merge
 from conftest import draw_image, make_photos
 from imgsearch.ground.errors import StoreCorrupt
-from imgsearch.index import Index
+from imgsearch.ground.paths import path_to_text
 from imgsearch.images.decode import ImageRecord
+from imgsearch.index import Index
 from imgsearch.indexer.embed_worker import embed_shard
 from imgsearch.indexer.files import input_roots, iter_image_files
 from imgsearch.indexer.merge import AddSummary, ShardWriter
-from imgsearch.ground.paths import path_to_text
 from imgsearch.indexer.plan import plan_run
 from imgsearch.indexer.run import Finished
 from imgsearch.indexer.shard import Shard, shard_id_of

@@ -4,7 +4,6 @@ and Index.search give what one thread alone gets (the oracle)."""
 from __future__ import annotations
 
 import os
-
 import random
 import threading
 
@@ -27,7 +26,7 @@ def run_together(work, threads: int = THREADS) -> list:
         start.wait()
         try:
             work(i)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
+        except BaseException as exc:  # reported to the test
             errors.append(exc)
 
     pool = [threading.Thread(target=one, args=(i,)) for i in range(threads)]

@@ -27,15 +27,21 @@ from cli_process import CliProcess
 from conftest import SMALL_BACKBONE, draw_image, small_config
 from fsync_spy import FsyncSpy
 from imgsearch.cli import cli
-from imgsearch.model.model_files import CONFIG_NAME, WEIGHTS_NAME
 from imgsearch.ground.errors import CaptionFileError, ImgsearchError
 from imgsearch.model.alignment import AlignmentModel
+from imgsearch.model.model_files import CONFIG_NAME, WEIGHTS_NAME
+from imgsearch.model.scorer import CrossAttentionScorer
 from imgsearch.training.captions import CaptionedImage, read_captions
 from imgsearch.training.data import encode_captions, group_batches, load_images
 from imgsearch.training.evaluate import (
-    captions_describing, evaluate, i2t_ranks, recall_at_k, rerank_i2t_ranks, rerank_t2i_ranks, t2i_ranks,
+    captions_describing,
+    evaluate,
+    i2t_ranks,
+    recall_at_k,
+    rerank_i2t_ranks,
+    rerank_t2i_ranks,
+    t2i_ranks,
 )
-from imgsearch.model.scorer import CrossAttentionScorer
 from imgsearch.training.losses import _negative_weights, alignment_matrix, infonce_loss, itm_loss, vsepp_loss
 from imgsearch.training.trainer import STATE_NAME, TrainConfig, split_validation, train
 

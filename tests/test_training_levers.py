@@ -70,7 +70,9 @@ def test_mixed_batches_cover_the_first_set_once_and_take_their_share_of_the_seco
         assert set(drawn[:mixed]) == set(range(primary, primary + mixed))
 
 
-def test_a_run_with_every_lever_writes_a_hubness_bank_of_its_text_head(tmp_path, tiny_bert_dir, captioned_images):
+def test_a_run_with_every_lever_writes_a_hubness_bank_of_its_text_head(
+    tmp_path, tiny_bert_dir, captioned_images  # noqa: F811 - the fixture imported above
+):
     items = read_captions(captioned_images / "captions.tsv")
     mix_root = tmp_path / "mix"
     mix_root.mkdir()

@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "BackboneMode"]
+
+BackboneMode = Literal["scratch", "finetune", "frozen"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class TrainConfig:
     local_weight: float = 0.0
     # "scratch": train the backbone from its random init; "finetune": train it at
     # lr * backbone_lr_scale; "frozen": keep it fixed and cache its features once.
-    backbone_mode: Literal["scratch", "finetune", "frozen"] = "scratch"
+    backbone_mode: BackboneMode = "scratch"
     backbone_lr_scale: float = 0.1
     scorer_lr_scale: float = 0.5  # the transformer scorer trains stably at a lower rate
     augment: bool = True  # random resized crops (no flips: captions say left and right)

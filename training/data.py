@@ -13,6 +13,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ class ImageBank:
     pixels: torch.Tensor  # (N, 3, S, S) uint8
     failures: list[tuple[str, str]]  # (path, reason) of images left out
 
-    def concat(self, other: "ImageBank") -> "ImageBank":
+    def concat(self, other: ImageBank) -> ImageBank:
         """This bank's images, then `other`'s (same pixel size)."""
         return ImageBank(self.items + other.items, torch.cat([self.pixels, other.pixels]), self.failures + other.failures)
 
@@ -86,7 +87,9 @@ class CaptionBank:
 def encode_captions(
     text: TextEncoder, items: list[CaptionedImage], *, cache_states: bool, batch_size: int = 256
 ) -> CaptionBank:
-    captions, image_of, captions_of = [], [], []
+    captions: list[str] = []
+    image_of: list[int] = []
+    captions_of: list[list[int]] = []
     for i, item in enumerate(items):
         captions_of.append(list(range(len(captions), len(captions) + len(item.captions))))
         captions += item.captions
@@ -106,7 +109,8 @@ def _bert_states(text: TextEncoder, captions: list[str], batch_size: int) -> tup
     ids, attention = batch["input_ids"], batch["attention_mask"]  # (Nc, T)
     lengths = attention.sum(1)  # (Nc,)
     order = torch.argsort(lengths, stable=True)
-    states = torch.zeros(*ids.shape, text.bert.config.hidden_size, dtype=torch.float16)  # (Nc, T, h)
+    bert_config: Any = text.bert.config  # a transformers config
+    states = torch.zeros(*ids.shape, bert_config.hidden_size, dtype=torch.float16)  # (Nc, T, h)
     started = last = time.perf_counter()
     log.info("encoding %d captions with the text encoder", len(captions))
     with torch.inference_mode():
@@ -130,7 +134,9 @@ def group_batches(items: list[CaptionedImage], batch_size: int, rng: random.Rand
         groups.setdefault(item.group if item.group is not None else ("image", i), []).append(i)
     order = list(groups.values())
     rng.shuffle(order)
-    batches, current, alone = [], [], []
+    batches: list[list[int]] = []
+    current: list[int] = []
+    alone: list[int] = []
 
     def close(batch: list[int]) -> None:
         if len(batch) > 1:
@@ -147,7 +153,7 @@ def group_batches(items: list[CaptionedImage], batch_size: int, rng: random.Rand
             close(current[:batch_size])
             current = current[batch_size:]
     close(current)
-    leftover = []
+    leftover: list[int] = []
     for i in alone:  # a lone image joins a batch with room, else the other lone ones
         room = next((b for b in batches if len(b) < batch_size), None)
         (room if room is not None else leftover).append(i)

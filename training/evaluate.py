@@ -9,14 +9,16 @@ keeps its first-stage rank.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from imgsearch.model.alignment import AlignmentModel
-from imgsearch.model.labels import TOP_LABELS, top_labels
 from imgsearch.model.backbone import first_real_class
-from imgsearch.search.defaults import DEFAULT_CANDIDATES
+from imgsearch.model.labels import TOP_LABELS, top_labels
 from imgsearch.model.zero_shot import class_matches, sentence_vectors
+from imgsearch.search.defaults import DEFAULT_CANDIDATES
 from imgsearch.training.data import CaptionBank
 
 __all__ = [
@@ -79,10 +81,12 @@ def zero_shot_matrix(model: AlignmentModel, class_probs: torch.Tensor, captions:
     """(Nc, Ni) zero-shot scores (model/zero_shot.py) from each image's top classes, as the index
     stores them (TOP_LABELS best non-background classes, probabilities to 4 decimals)."""
     names, matches = class_matches(model, sentence_vectors(model, captions))  # (Nc, C') over sorted names
+    labels = model.config.image_labels
+    assert labels is not None  # a model with a classifier: class_probs are its posteriors
     row = {name: i for i, name in enumerate(names)}
-    label_rows = torch.tensor([row[name] for name in model.config.image_labels])  # classifier class --> names row
+    label_rows = torch.tensor([row[name] for name in labels])  # classifier class --> names row
     probs = class_probs.clone()
-    probs[:, : first_real_class(model.config.image_labels)] = 0  # "background" is never stored
+    probs[:, : first_real_class(labels)] = 0  # "background" is never stored
     top, index = probs.topk(TOP_LABELS, dim=1)  # (Ni, TOP_LABELS)
     sparse = torch.zeros_like(probs).scatter_(1, index, torch.round(top * 1e4) / 1e4)  # (Ni, C)
     per_class = torch.from_numpy(matches)[:, label_rows]  # (Nc, C): each classifier class's match
@@ -232,16 +236,18 @@ def evaluate(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, dep
         # the first stage as search() scores it: cosine + weight * zero-shot ImageNet score
         sim = sim + np.float32(model.config.zero_shot_weight) * zero_shot_matrix(model, class_probs, bank.captions)
     describing = captions_describing(bank.captions, bank.captions_of)  # per image, for image->text
-    first = {"t2i": recall_at_k(t2i_ranks(sim, bank.image_of)), "i2t": recall_at_k(i2t_ranks(sim, describing))}
-    reranked = None
+    first: dict[str, Any] = {"t2i": recall_at_k(t2i_ranks(sim, bank.image_of)),
+                              "i2t": recall_at_k(i2t_ranks(sim, describing))}
+    reranked: dict[str, Any] | None = None
     if rerank:
         first_ranks, final_ranks = search_t2i_ranks(model, image_global, regions, class_probs, bank.captions,
                                                     bank.image_of, candidates)
         first["t2i"] = recall_at_k(first_ranks)
         reranked = {"t2i": recall_at_k(final_ranks),
                     "i2t": recall_at_k(rerank_i2t_ranks(model, sim, describing, tokens, mask, regions, depth))}
-    for block in (first, reranked) if rerank else (first,):
-        block["mean_recall"] = float(np.mean([v for d in ("t2i", "i2t") for v in block[d].values()]))
+    for block in (first, reranked):
+        if block is not None:  # reranked: with rerank
+            block["mean_recall"] = float(np.mean([v for d in ("t2i", "i2t") for v in block[d].values()]))
     return {"images": len(pixels), "captions": len(bank.captions), "rerank_depth": depth,
             "candidates": candidates if rerank else None, "first_stage": first, "reranked": reranked}
 

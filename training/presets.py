@@ -9,10 +9,11 @@ from __future__ import annotations
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.config import AlignmentConfig, TextEncoderConfig
 from imgsearch.model.scorer import ScorerConfig
+from imgsearch.training.config import BackboneMode
 
 __all__ = ["PRESETS", "preset"]
 
-PRESETS: dict[str, tuple[AlignmentConfig, str]] = {
+PRESETS: dict[str, tuple[AlignmentConfig, BackboneMode]] = {
     # Synthetic scenes: 64px, 3 pools --> an 8x8 grid of 8px cells, so that a region
     # sees one shape (with 4 pools, each cell's receptive field covered the whole
     # image and the re-ranker could not bind colours to shapes).
@@ -68,5 +69,5 @@ PRESETS: dict[str, tuple[AlignmentConfig, str]] = {
 }
 
 
-def preset(name: str) -> tuple[AlignmentConfig, str]:
+def preset(name: str) -> tuple[AlignmentConfig, BackboneMode]:
     return PRESETS[name]

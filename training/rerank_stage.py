@@ -51,6 +51,7 @@ def _frozen_inputs(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBan
 
     `backbone_features`: the backbone's (regions (N, R, C), global (N, G)) for `pixels`, when a
     frozen backbone's outputs are cached already; else the backbone runs here."""
+    assert bank.states is not None and bank.mask is not None  # cached: the re-ranker stage's text encoder is frozen
     device = model.device
     raw_regions, image_global, text_global = [], [], []
     with torch.inference_mode():
@@ -72,6 +73,7 @@ def train_scorer(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank,
                  batch_size: int, mine_depth: int, hard_share: float, seed: int, negatives: int = 3,
                  heads_from_global: bool = True, on_epoch=None,
                  backbone_features: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    assert bank.states is not None and bank.mask is not None  # cached: the re-ranker stage's text encoder is frozen
     rng = random.Random(seed)
     model.eval()
     started = time.perf_counter()

@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from imgsearch.ground.errors import ImgsearchError
-from imgsearch.model.model_files import CONFIG_NAME
 from imgsearch.model.alignment import AlignmentModel
-from imgsearch.training.captions import CaptionedImage, read_captions
-from imgsearch.training.presets import preset
+from imgsearch.model.model_files import CONFIG_NAME
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
+from imgsearch.training.captions import CaptionedImage, read_captions
+from imgsearch.training.config import BackboneMode
+from imgsearch.training.presets import preset
 from imgsearch.training.trainer import TrainConfig, train
 
 __all__ = ["read_dataset", "build_model", "train_model", "check_output_dir", "evaluate_model", "TrainConfig"]
@@ -44,7 +45,7 @@ def build_model(preset_name: str = "small", *, backbone_weights: str | os.PathLi
                 labels_file: str | os.PathLike | None = None, text_encoder: str | None = None,
                 scorer_layers: int | None = None, zero_shot_weight: float = 0.0,
                 zero_shot_texts: str = "names", zero_shot_temperature: float = 0.0,
-                seed: int = 0) -> tuple[AlignmentModel, str]:
+                seed: int = 0) -> tuple[AlignmentModel, BackboneMode]:
     """A preset, adjusted by the options --> a freshly initialised model (seeded) and the
     preset's backbone mode ("scratch", "finetune" or "frozen"). Raises ImgsearchError on
     options that do not fit the preset."""

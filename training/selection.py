@@ -57,6 +57,7 @@ class RerankerSelection:
             r1 = recall_at_k(fused_t2i_ranks(sim, self.bank.image_of, top, scores, weight))["R@1"]
             if choice is None or r1 > choice.t2i_r1:
                 choice = RerankerChoice(epoch, weight, r1)
+        assert choice is not None  # fusion_grid is not empty
         self.history.append(choice)
         if self.best is None or choice.t2i_r1 > self.best.t2i_r1:
             self.best = choice
@@ -67,6 +68,7 @@ class RerankerSelection:
         """Put the best candidate's weights back into the model; returns its choice."""
         if self.best is None:
             raise RuntimeError("no candidate was considered")
+        assert self._best_state is not None  # kept with self.best
         for name, part in _trained_parts(model).items():
             part.load_state_dict(self._best_state[name])
         return self.best

@@ -16,11 +16,13 @@ import hashlib
 import json
 import logging
 import math
+import os
 import pickle
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.transforms import v2
@@ -31,11 +33,11 @@ from imgsearch.model.alignment import AlignmentModel
 from imgsearch.model.hubness import HubnessConfig, HubnessCorrection
 from imgsearch.model.scorer import CrossAttentionScorer
 from imgsearch.training.captions import CaptionedImage
+from imgsearch.training.config import TrainConfig  # the run's settings; `imgsearch train` takes its defaults
 from imgsearch.training.data import CaptionBank, ImageBank, encode_captions, group_batches, load_images
 from imgsearch.training.evaluate import evaluate, format_table
 from imgsearch.training.losses import alignment_matrix, infonce_loss, itm_loss, multi_positive_infonce_loss, vsepp_loss
 from imgsearch.training.rerank_stage import train_scorer
-from imgsearch.training.config import TrainConfig  # the run's settings; `imgsearch train` takes its defaults
 from imgsearch.training.selection import RerankerSelection
 
 __all__ = ["TrainConfig", "train", "split_validation", "warmup_steps"]
@@ -104,7 +106,7 @@ class _FirstStage:
     stopped_early: bool = False
 
 
-def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | Path,
+def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | os.PathLike,
           config: TrainConfig = TrainConfig(), *, resume: bool = False,
           mix: list[CaptionedImage] | None = None) -> dict:
     """Train `model` on captioned images and write it to `out_dir`; returns the summary that
@@ -177,6 +179,7 @@ def _fill_hubness_bank(model: AlignmentModel, data: _Data, config: TrainConfig) 
     vectors of up to config.hubness_bank training captions of the first data set, a seeded sample."""
     if not config.hubness_weight:
         return
+    assert data.bank.states is not None and data.bank.mask is not None  # cached: training's text encoder is frozen
     primary_captions = [c for i in range(data.primary) for c in data.bank.captions_of[i]]
     chosen = sorted(random.Random(config.seed).sample(primary_captions, min(config.hubness_bank, len(primary_captions))))
     with torch.inference_mode():
@@ -291,8 +294,8 @@ def _train_first_stage(model: AlignmentModel, data: _Data, stage: _FirstStage, r
                 stage.stopped_early = True
                 break
         stage.elapsed += time.perf_counter() - epoch_start
-        record = {"epoch": epoch + 1, "step": stage.step, "elapsed_s": round(stage.elapsed, 1)}
-        if data.val_images is not None:
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": stage.step, "elapsed_s": round(stage.elapsed, 1)}
+        if data.val_images is not None and data.val_bank is not None:
             result = evaluate(model, data.val_images.pixels, data.val_bank, config.rerank_depth,
                               rerank=config.itm_weight > 0)
             record["val"] = {"first_stage": result["first_stage"], "reranked": result["reranked"]}
@@ -308,6 +311,7 @@ def _first_stage_losses(model: AlignmentModel, data: _Data, stage: _FirstStage, 
                         images: list[int], captions: list[int], crop, owner: list[int] | None = None) -> dict:
     """One batch's first-stage loss ("loss") and its parts, for the log. Caption j belongs to
     image owner[j] of the batch (None: to image j, one caption each)."""
+    assert data.bank.states is not None and data.bank.mask is not None  # cached: training's text encoder is frozen
     device = model.device
     if data.cached is not None:
         regions_raw, global_raw = data.cached[0][images].float(), data.cached[1][images].float()
@@ -373,11 +377,12 @@ def _train_second_stage(model: AlignmentModel, data: _Data, stage: _FirstStage, 
     the selection or None, the validation history)."""
     scorer_history: list[dict] = []  # validation during the re-ranker stage
     selection = (RerankerSelection(data.val_images.pixels, data.val_bank, config.rerank_depth, config.fusion_grid)
-                 if data.val_images is not None else None)
+                 if data.val_images is not None and data.val_bank is not None else None)
 
     def after_epoch(epoch: int) -> None:
         if selection is None:
             return
+        assert data.val_images is not None and data.val_bank is not None  # as the selection has them
         choice = selection.consider(model, epoch + 1)
         log.info("re-ranker epoch %d: validation t2i R@1 after re-ranking %.1f (fusion weight %g)",
                  epoch + 1, choice.t2i_r1, choice.fusion_weight)

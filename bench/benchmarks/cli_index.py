@@ -24,8 +24,8 @@ import torch
 
 from bench.benchmarks.gpu_check import make_jpegs
 from bench.benchmarks.machine import describe
-from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
+from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.text_encoder import PACKAGED_MINILM, TextEncoderConfig
 
 

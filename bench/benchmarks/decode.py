@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench.benchmarks.machine import describe  # noqa: E402
-from imgsearch.images.decode import decode_file  # noqa: E402
-from imgsearch.model.image_encoder import resize_uint8  # noqa: E402
+from bench.benchmarks.machine import describe
+from imgsearch.images.decode import decode_file
+from imgsearch.model.image_encoder import resize_uint8
 
 
 def photo(seed: int, width: int = 4000, height: int = 3000) -> Image.Image:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgsearch.model.image_encoder import preprocess
 from imgsearch.model.alignment import AlignmentModel
+from imgsearch.model.image_encoder import preprocess
 from imgsearch.training.evaluate import embed_captions
 
 
@@ -33,7 +33,8 @@ def main(model_dir: str, data_dir: str, out: str) -> None:
         rows = list(csv.DictReader(f, delimiter="\t"))
     names = sorted({r["image"] for r in rows})
     index_of = {name: i for i, name in enumerate(names)}
-    dev = [line.strip() for line in open(data / "dev.txt") if line.strip()]
+    with open(data / "dev.txt") as f:
+        dev = [line.strip() for line in f if line.strip()]
     started = time.perf_counter()
     globals_, regions = [], []
     with torch.inference_mode():

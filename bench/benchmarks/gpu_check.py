@@ -30,8 +30,8 @@ import argparse
 import cProfile
 import functools
 import hashlib
-import pstats
 import os
+import pstats
 import sys
 import tempfile
 import time
@@ -45,19 +45,18 @@ import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
 from bench.benchmarks.machine import describe, percentiles_ms
+from imgsearch.images.decode import ImageRecord, decode_file
+from imgsearch.indexer.embed_worker import DecodeDataset, decode_loader
+from imgsearch.indexer.pipeline import LocalEmbedder, default_workers
+from imgsearch.indexer.run import Finished, run_indexing
 from imgsearch.model.allocator import keep_freed_memory
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.device import resolve_device
-from imgsearch.model.image_encoder import ImageEncoder
-from imgsearch.images.decode import ImageRecord, decode_file
-from imgsearch.indexer.embed_worker import DecodeDataset, decode_loader
-from imgsearch.model.image_encoder import resize_uint8
-from imgsearch.indexer.pipeline import LocalEmbedder, default_workers
-from imgsearch.indexer.run import Finished, run_indexing
+from imgsearch.model.fast_scorer import score_candidates_fast
+from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
+from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig
 from imgsearch.storage.store import Put, Store
 from imgsearch.storage.vectors import VectorIndex
-from imgsearch.model.fast_scorer import score_candidates_fast
-from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig
 
 SIZE = 224
 

@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 
 from bench.benchmarks.machine import describe
+from imgsearch.indexer.embed_worker import DecodeDataset
+from imgsearch.indexer.pipeline import default_workers, index_files
 from imgsearch.model.allocator import heap_block_limit, keep_freed_memory
 from imgsearch.model.backbone import BackboneConfig
 from imgsearch.model.device import resolve_device
-from imgsearch.model.packaged import packaged_model_dir
 from imgsearch.model.image_encoder import ImageEncoder
-from imgsearch.indexer.embed_worker import DecodeDataset
-from imgsearch.indexer.pipeline import default_workers, index_files
+from imgsearch.model.packaged import packaged_model_dir
 from imgsearch.storage.store import Store
 from imgsearch.storage.vectors import VectorIndex
 from imgsearch.training.presets import PRESETS
@@ -166,11 +166,14 @@ def format_report(rows, machine, device, workers, args) -> str:
            f"Machine: {machine}. Device: {device}; {workers} decode worker(s); batch {args.batch_size}; "
            f"torch threads: forward-only at the faster of 1 and {torch.get_num_threads()} (shown in brackets), "
            f"end to end at all of torch's threads beside the decode workers. Allocator: "
-           f"{'glibc default' if heap_block_limit() is None else 'freed memory kept (model/allocator.py)'}. Files: JPEGs from {args.images} (photo: the "
-           "packaged model's weights; the others random-init weights, timing only). Forward-only = normalise + encoder + outputs to CPU from pixels in memory "
+           f"{'glibc default' if heap_block_limit() is None else 'freed memory kept (model/allocator.py)'}. "
+           f"Files: JPEGs from {args.images} (photo: the "
+           "packaged model's weights; the others random-init weights, timing only). "
+           "Forward-only = normalise + encoder + outputs to CPU from pixels in memory "
            "(channels-last, as the pipeline runs it), measured before and after the end-to-end run.\n",
-           "| config | input | grid | images | forward-only contiguous img/s (default threads) | forward-only before (threads) | "
-           "end to end img/s | forward-only after | end to end / forward-only | ceiling decoding leaves (CPU) | "
+           "| config | input | grid | images | forward-only contiguous img/s (default threads) | "
+           "forward-only before (threads) | end to end img/s | forward-only after | end to end / forward-only | "
+           "ceiling decoding leaves (CPU) | "
            "load (1 min) |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, size, grid, count, contiguous, before, e2e, after, ratio, bound, load in rows:

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from bench.benchmarks.machine import describe, percentiles_ms
+from imgsearch.ground.threads import QUERY_THREADS, use_threads
 from imgsearch.images.decode import ImageRecord
-from imgsearch.storage.store import Put, Store
-from imgsearch.storage.vectors import IndexSpec, VectorIndex
 from imgsearch.model.alignment import AlignmentModel
 from imgsearch.search.rerank import rerank_scores
-from imgsearch.ground.threads import QUERY_THREADS, use_threads
+from imgsearch.storage.store import Put, Store
+from imgsearch.storage.vectors import IndexSpec, VectorIndex
 
 NOISE_SCALE = 0.5
 CANDIDATES = 100
@@ -227,7 +227,8 @@ def format_report(args, lines, sweep_lines, machine, store_rows, store_build, db
            f"Store: {store_rows} real images' features (float16) in SQLite, built in {store_build:.0f} s; "
            f"larger sizes fetch from it by id mod {store_rows} (warm page cache).\n",
            "| images | index | build s | recall@10 | recall@100 | FAISS p50 / p95 / p99 ms | exact p50 ms | "
-           "encode p50 | fetch p50 | re-rank reference module p50 | re-rank fp32 p50 | re-rank bf16 p50 | whole query fp32 p50 / p95 / p99 | "
+           "encode p50 | fetch p50 | re-rank reference module p50 | re-rank fp32 p50 | re-rank bf16 p50 | "
+           "whole query fp32 p50 / p95 / p99 | "
            "whole query bf16 p50 / p95 / p99 | load (1 min) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in lines:
@@ -238,7 +239,8 @@ def format_report(args, lines, sweep_lines, machine, store_rows, store_build, db
         out.append(
             f"| {r['size']:,} | {name} | {r['build_s']:.1f} | {r['recall10']:.3f} | {r['recall100']:.3f} | "
             f"{r['faiss'][0]:.2f} / {r['faiss'][1]:.2f} / {r['faiss'][2]:.2f} | {exact} | "
-            f"{st['encode'][0]:.1f} | {st['fetch'][0]:.1f} | {st['rerank_reference'][0]:.1f} | {st['rerank_fp32'][0]:.1f} | {st['rerank_bf16'][0]:.1f} | "
+            f"{st['encode'][0]:.1f} | {st['fetch'][0]:.1f} | {st['rerank_reference'][0]:.1f} | "
+            f"{st['rerank_fp32'][0]:.1f} | {st['rerank_bf16'][0]:.1f} | "
             f"{r['total_fp32'][0]:.1f} / {r['total_fp32'][1]:.1f} / {r['total_fp32'][2]:.1f} | "
             f"{r['total_bf16'][0]:.1f} / {r['total_bf16'][1]:.1f} / {r['total_bf16'][2]:.1f} | {r['load']:.2f} |")
     if sweep_lines:

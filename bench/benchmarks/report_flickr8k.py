@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench.benchmarks.machine import commit  # noqa: E402
+from bench.benchmarks.machine import commit
 
 out, train_seconds, eval_seconds, data = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 result = json.loads((out / "eval.json").read_text())
@@ -31,10 +31,14 @@ print(f"""
 Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only. Commit {commit()}.
 Preset `small` (backbone trained from scratch), text encoder: packaged all-MiniLM-L6-v2 (frozen).
 Training: {training['train_images']} images / {training['train_captions']} captions, {training['steps']} steps,
-{training['train_seconds']:.0f} s of training, both stages ({train_seconds} s wall with loading); evaluation {eval_seconds} s.
-Options: first-stage time limit {(training['config']['time_limit_s'] or 0) / 60:.0f} min, loss {training['config']['loss']},
-local (alignment-term) weight {training['config'].get('local_weight', 0.0)}, {training['config']['scorer_epochs']} re-ranker epochs.
-Load average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (other work shared the 2 cores when it is above 2).
+{training['train_seconds']:.0f} s of training, both stages ({train_seconds} s wall with loading); \
+evaluation {eval_seconds} s.
+Options: first-stage time limit {(training['config']['time_limit_s'] or 0) / 60:.0f} min, \
+loss {training['config']['loss']},
+local (alignment-term) weight {training['config'].get('local_weight', 0.0)}, \
+{training['config']['scorer_epochs']} re-ranker epochs.
+Load average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} \
+(other work shared the 2 cores when it is above 2).
 Fusion weight chosen on a held-out slice of train: {training['fusion_weight']}. Re-rank depth {result['rerank_depth']}.
 Data: {data}; dev: {result['images']} images, {result['captions']} captions.
 

@@ -37,14 +37,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-
 from bench.benchmarks.machine import describe, percentiles_ms
 from bench.benchmarks.query import synthetic_vectors
 from imgsearch.ground.errors import ImageNotFound
+from imgsearch.images.decode import ImageRecord
 from imgsearch.index import DB_NAME, Index
 from imgsearch.storage.lock import WriterLock
 from imgsearch.storage.manifest import Manifest
-from imgsearch.images.decode import ImageRecord
 from imgsearch.storage.store import Put, Store
 
 
@@ -180,14 +179,15 @@ def main() -> None:
 
         url = f"http://127.0.0.1:{args.port}/"
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        server_log = open(work / "server.log", "w")  # noqa: SIM115 - the server's stderr while it runs
         server = subprocess.Popen([sys.executable, "-m", "imgsearch", "serve", "--index", str(index_dir),
-                                   "--port", str(args.port)], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=open(work / "server.log", "w"))
+                                   "--port", str(args.port)], env=env, stdout=subprocess.DEVNULL, stderr=server_log)
         try:
             wait_for_server(url, server)
+            writer_log = open(work / "writer.log", "w")  # noqa: SIM115 - the writer's stderr while it runs
             writer = subprocess.Popen([sys.executable, "-m", "imgsearch", "index", str(added_folder), "--index",
                                        str(index_dir), "-q", "--json", "--batch-size", "8"], env=env, stdout=subprocess.PIPE,
-                                      stderr=open(work / "writer.log", "w"))
+                                      stderr=writer_log)
             latencies: list[float] = []
             errors: list[str] = []
             started = time.time()
@@ -232,7 +232,8 @@ def main() -> None:
               f"/api/search (k=24, re-ranked, 100 candidates) back to back for {load_seconds:.0f} s, while "
               f"`imgsearch index --batch-size 8` added Flickr8k photos to the same index (one commit per 8 photos).\n")
         print("| clients | requests | errors | requests/s | p50 ms | p95 ms | p99 ms | writer: added | "
-              "writer finished during the load | stored after | /api/index images | added images found first by image query |")
+              "writer finished during the load | stored after | /api/index images | "
+              "added images found first by image query |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         print(f"| {args.clients} | {len(latencies) + len(errors)} | {len(errors)} | "
               f"{len(latencies) / load_seconds:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | "

@@ -42,7 +42,8 @@ def class_texts(labels: tuple[str, ...], mode: str) -> list[str]:
         return list(labels)
     if mode == "first":
         return [name.split(",")[0].strip() for name in labels]
-    texts = dict(line.rstrip("\n").split("\t") for line in open(mode, encoding="utf-8"))  # a TSV: name, text
+    with open(mode, encoding="utf-8") as f:
+        texts = dict(line.rstrip("\n").split("\t") for line in f)  # a TSV: name, text
     return [texts.get(name, name.split(",")[0].strip()) for name in labels]
 
 
@@ -144,7 +145,8 @@ def main() -> None:
 
     print(f"{args.model}: {n_images} dev images, {len(dev)} captions, "
           f"{args.candidates} candidates, fusion weight {base.fusion_weight:g}")
-    print("| class names | temperature | label weight | fusion | t2i R@1 | R@5 | R@10 | demo queries first | demo misses (rank) |")
+    print("| class names | temperature | label weight | fusion | t2i R@1 | R@5 | R@10 | demo queries first | "
+          "demo misses (rank) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for mode, temperature, weight, fusion in itertools.product(args.names, args.temperatures,
                                                                args.weights or [base.zero_shot_weight],
@@ -157,7 +159,8 @@ def main() -> None:
                                       fusion)[0]) for w in wanted)
             if best:
                 misses.append(f"{query} ({best + 1})")
-        print(f"| {mode} | {temperature:g} | {weight:g} | {fusion:g} | {r['R@1']:.2f} | {r['R@5']:.2f} | {r['R@10']:.2f} | "
+        print(f"| {mode} | {temperature:g} | {weight:g} | {fusion:g} | "
+              f"{r['R@1']:.2f} | {r['R@5']:.2f} | {r['R@10']:.2f} | "
               f"{len(demo) - len(misses)}/{len(demo)} | {', '.join(misses)} |", flush=True)
 
 

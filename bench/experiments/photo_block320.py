@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
-from bench.experiments.photo_features import mobilenet, parse_arguments, split_images  # noqa: E402
-from imgsearch.model.image_encoder import normalize_pixels  # noqa: E402
+from bench.experiments.photo_features import mobilenet, parse_arguments, split_images
+from imgsearch.model.image_encoder import normalize_pixels
 
 
 def main() -> None:

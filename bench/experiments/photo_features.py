@@ -20,12 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
-from imgsearch.model.backbone import BackboneConfig, MobileNetV2Backbone  # noqa: E402
-from imgsearch.model.image_encoder import normalize_pixels  # noqa: E402
-from imgsearch.model.text_encoder import TextEncoder, TextEncoderConfig, load_bert  # noqa: E402
-from imgsearch.model.backbone_weights import load_backbone_weights  # noqa: E402
-from imgsearch.training.captions import read_captions  # noqa: E402
-from imgsearch.training.data import encode_captions, load_images  # noqa: E402
+from imgsearch.model.backbone import BackboneConfig, MobileNetV2Backbone
+from imgsearch.model.backbone_weights import load_backbone_weights
+from imgsearch.model.image_encoder import normalize_pixels
+from imgsearch.model.text_encoder import TextEncoder, TextEncoderConfig, load_bert
+from imgsearch.training.captions import read_captions
+from imgsearch.training.data import encode_captions, load_images
 
 
 def parse_arguments() -> argparse.Namespace:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
-from imgsearch.training.evaluate import i2t_ranks, recall_at_k, t2i_ranks  # noqa: E402
+from imgsearch.training.evaluate import i2t_ranks, recall_at_k, t2i_ranks
 
 
 def mean_states(split: dict) -> torch.Tensor:

@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 
-
 def read_run(directory: Path) -> dict:
     """training.json of a finished run; for a run stopped early, what its training-state.pt holds."""
     if (directory / "training.json").exists():
@@ -25,7 +24,8 @@ print(f"""
 ## First-stage loss: InfoNCE vs VSE++ on Flickr8k, {dt.date.today()} (bench/experiments/compare_losses.sh)
 
 Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only. Preset `small`
-(backbone from scratch), batch {first['config']['batch_size']}, lr {first['config']['lr']}, seed {first['config']['seed']},
+(backbone from scratch), batch {first['config']['batch_size']}, lr {first['config']['lr']}, \
+seed {first['config']['seed']},
 {first['config']['epochs']} epochs, no re-ranker stage. Validation: {first['val_images']} held-out train images
 (their captions as queries), text->image recall and mean recall of both directions, after each epoch.
 

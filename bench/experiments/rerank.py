@@ -30,9 +30,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from heads import load  # noqa: E402
-from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig  # noqa: E402
-from imgsearch.training.evaluate import recall_at_k, t2i_ranks  # noqa: E402
+from heads import load
+from imgsearch.model.scorer import CrossAttentionScorer, ScorerConfig
+from imgsearch.training.evaluate import recall_at_k, t2i_ranks
 
 
 def first_stage(split: dict, images: np.ndarray, epochs: int, seed: int, dim: int = 256):

@@ -29,12 +29,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
-from imgsearch.model.alignment import AlignmentModel  # noqa: E402
-from imgsearch.training import trainer  # noqa: E402
-from imgsearch.training.captions import read_captions  # noqa: E402
-from imgsearch.training.data import CaptionBank, ImageBank  # noqa: E402
-from imgsearch.training.evaluate import i2t_ranks, recall_at_k, t2i_ranks  # noqa: E402
-from imgsearch.training.run import build_model  # noqa: E402
+from imgsearch.model.alignment import AlignmentModel
+from imgsearch.training import trainer
+from imgsearch.training.captions import read_captions
+from imgsearch.training.data import CaptionBank, ImageBank
+from imgsearch.training.evaluate import i2t_ranks, recall_at_k, t2i_ranks
+from imgsearch.training.run import build_model
 
 BENCH = Path(__file__).parents[1]
 

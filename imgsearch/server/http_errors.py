@@ -14,6 +14,7 @@ status. Anything else is a 500 that hides its message and is logged.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,9 +24,27 @@ from fastapi.utils import is_body_allowed_for_status_code
 from starlette.exceptions import HTTPException
 
 from imgsearch.ground.errors import (
-    CaptionFileError, ConversionError, ImageNotFound, ImageTooLarge, ImgsearchError, IndexExists, IndexLocked,
-    IndexNotFound, InputPathNotFound, InvalidImage, InvalidQuery, ModelConfigError, ModelMismatch, ModelNotFound,
-    RayNotInstalled, RuntimeUnsupported, ServeFailed, ShardFailed, StoreCorrupt, StoreWriteFailed, WeightsMissing,
+    CaptionFileError,
+    ConversionError,
+    ImageNotFound,
+    ImageTooLarge,
+    ImgsearchError,
+    IndexExists,
+    IndexLocked,
+    IndexNotFound,
+    InputPathNotFound,
+    InvalidImage,
+    InvalidQuery,
+    ModelConfigError,
+    ModelMismatch,
+    ModelNotFound,
+    RayNotInstalled,
+    RuntimeUnsupported,
+    ServeFailed,
+    ShardFailed,
+    StoreCorrupt,
+    StoreWriteFailed,
+    WeightsMissing,
 )
 from imgsearch.server.schemas import ErrorBody
 
@@ -110,7 +129,7 @@ _WHERE = ("body", "query", "path", "header", "cookie")  # FastAPI's first elemen
 _NAMES = {"image_id": "the image id"}  # a path parameter, named as docs/api.md names it
 
 
-def validation_message(errors: list[dict[str, Any]]) -> str:
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
     """Pydantic's errors (a list of {type, loc, msg, ctx}) as sentences, one per error, in order."""
     sentences: list[str] = []
     for error in errors:
@@ -138,7 +157,7 @@ def _number(value: Any) -> str:
     return f"{value:,}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
-def _sentence(error: dict[str, Any]) -> str:
+def _sentence(error: Mapping[str, Any]) -> str:
     name = _field(error.get("loc", ()))
     kind, ctx = error.get("type", ""), error.get("ctx") or {}
     message = str(error.get("msg", "")).rstrip(".")

@@ -17,8 +17,8 @@ import os
 import socket
 
 from imgsearch.ground.errors import ServeFailed
-from imgsearch.model.allocator import keep_freed_memory
 from imgsearch.ground.threads import QUERY_THREADS, use_threads
+from imgsearch.model.allocator import keep_freed_memory
 
 __all__ = ["serve", "is_loopback", "local_names"]
 
@@ -110,6 +110,6 @@ def _url(listener: socket.socket) -> str:
 def _warm_up(index) -> None:
     """Load the model and run one tiny search, so that the first request is not the slow one
     (it also fills the cache of class-name vectors)."""
-    index.model
+    index.model  # noqa: B018 - reading the property loads the model
     if index.image_count():
         index.search(WARM_UP_QUERY, k=1)

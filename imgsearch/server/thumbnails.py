@@ -84,7 +84,7 @@ class ThumbnailCache:
         self._write_failed = False  # logged once: a read-only index still serves thumbnails
 
     @classmethod
-    def for_index(cls, index_directory: str | os.PathLike) -> "ThumbnailCache":
+    def for_index(cls, index_directory: str | os.PathLike) -> ThumbnailCache:
         return cls(Path(index_directory) / FOLDER_NAME)
 
     def cached_file(self, path: str | os.PathLike, key: str) -> Path:
