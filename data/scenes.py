@@ -75,8 +75,7 @@ class Scene:
             da, db = a.describe(with_size), b.describe(with_size)
             candidates += [f"a {da} {rel} a {db}", f"a {db} {conv} a {da}"]
         da, db = a.describe(False), b.describe(False)
-        candidates += [f"a {da} {PHRASE.get(rel, rel)} a {db}",
-                       f"a {db} {PHRASE.get(conv, conv)} a {da}"]
+        candidates += [f"a {da} {PHRASE.get(rel, rel)} a {db}", f"a {db} {PHRASE.get(conv, conv)} a {da}"]
         return list(dict.fromkeys(candidates))  # de-duplicate, keep order
 
 
@@ -100,8 +99,11 @@ def swapped(scene: Scene, kind: str) -> Scene:
     if kind == "attributes":
         if scene.first.colour == scene.second.colour:
             raise ValueError("attribute swap of two same-coloured shapes changes nothing")
-        return replace(scene, first=replace(scene.first, colour=scene.second.colour),
-                       second=replace(scene.second, colour=scene.first.colour))
+        return replace(
+            scene,
+            first=replace(scene.first, colour=scene.second.colour),
+            second=replace(scene.second, colour=scene.first.colour),
+        )
     if kind == "relation":
         return Scene(scene.second, scene.relation, scene.first)
     raise ValueError(f"kind must be one of {SWAP_KINDS}, got {kind!r}")
@@ -131,8 +133,7 @@ def _layout(r_lo: int, r_hi: int, size: int, rng: random.Random) -> tuple[int, i
     return lo, hi, r_lo, r_hi
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: Shape, cx: int, cy: int, r: int,
-          rng: random.Random) -> None:
+def _draw(draw: ImageDraw.ImageDraw, shape: Shape, cx: int, cy: int, r: int, rng: random.Random) -> None:
     fill = tuple(min(255, max(0, c + rng.randint(-10, 10))) for c in RGB[shape.colour])
     if shape.shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -149,8 +150,7 @@ def render(scene: Scene, size: int, rng: random.Random) -> Image.Image:
     """Draw the scene so that its relation holds; shapes never overlap or clip."""
     if size < 32:
         raise ValueError(f"size must be at least 32, got {size}")
-    radii = [max(2, round(RADIUS[s.size] * size * rng.uniform(0.95, 1.05)))
-             for s in (scene.first, scene.second)]
+    radii = [max(2, round(RADIUS[s.size] * size * rng.uniform(0.95, 1.05))) for s in (scene.first, scene.second)]
     # The object with the smaller coordinate on the relation's axis is "lo".
     first_is_lo = scene.relation in ("left of", "above")
     horizontal = scene.relation in ("left of", "right of")
@@ -173,8 +173,14 @@ def _write_atomic(path: Path, save) -> None:
     os.replace(tmp, path)
 
 
-def generate(out_dir: str | os.PathLike, count: int, seed: int = 0, size: int = 64,
-             swaps: bool = False, image_format: str = "png") -> list[tuple[str, str]]:
+def generate(
+    out_dir: str | os.PathLike,
+    count: int,
+    seed: int = 0,
+    size: int = 64,
+    swaps: bool = False,
+    image_format: str = "png",
+) -> list[tuple[str, str]]:
     """Write `count` images and captions.tsv under `out_dir`; return the rows.
 
     With `swaps`, images come in groups of three (scene, attribute swap,
@@ -189,8 +195,9 @@ def generate(out_dir: str | os.PathLike, count: int, seed: int = 0, size: int = 
     out = Path(out_dir)
     captions_path = out / "captions.tsv"
     if captions_path.exists():
-        raise FileExistsError(f"{captions_path} already exists; refusing to overwrite it "
-                              "(choose another output directory or delete it)")
+        raise FileExistsError(
+            f"{captions_path} already exists; refusing to overwrite it (choose another output directory or delete it)"
+        )
     (out / "images").mkdir(parents=True, exist_ok=True)
 
     rng = random.Random(seed)
@@ -227,6 +234,7 @@ def _int_at_least(minimum: int):
         if number < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {number}")
         return number
+
     return parse
 
 
@@ -236,13 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=_int_at_least(1), required=True, help="number of images")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--size", type=_int_at_least(32), default=64, help="image side in pixels")
-    parser.add_argument("--swaps", action="store_true",
-                        help="render each scene with its attribute and relation swaps")
+    parser.add_argument("--swaps", action="store_true", help="render each scene with its attribute and relation swaps")
     parser.add_argument("--format", choices=tuple(FORMATS), default="png", dest="image_format")
     args = parser.parse_args(argv)
     try:
-        rows = generate(args.out_dir, args.count, seed=args.seed, size=args.size,
-                        swaps=args.swaps, image_format=args.image_format)
+        rows = generate(
+            args.out_dir, args.count, seed=args.seed, size=args.size, swaps=args.swaps, image_format=args.image_format
+        )
     except (ValueError, FileExistsError) as error:
         parser.error(str(error))
     images = len({path for path, _ in rows})

@@ -37,8 +37,7 @@ def stop_on_interrupt() -> Iterator[StopRequest]:
         if request.requested:
             raise KeyboardInterrupt
         request.requested = True
-        log.warning("stopping after the current batch; everything done so far is kept "
-                    "(Ctrl-C again stops at once)")
+        log.warning("stopping after the current batch; everything done so far is kept (Ctrl-C again stops at once)")
 
     previous = signal.signal(signal.SIGINT, handle)
     try:

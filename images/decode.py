@@ -25,8 +25,21 @@ from imgsearch.ground.errors import ImageTooLarge, InvalidImage
 from imgsearch.ground.file_signature import file_signature
 from imgsearch.ground.paths import path_to_text
 
-__all__ = ["ImageRecord", "RECORD_FIELDS", "SHOWN_FIELDS", "HIDDEN", "shown_fields", "record_values", "record_of",
-           "DecodeResult", "MAX_PIXELS", "decode_file", "decode_image_bytes", "exif_taken_at", "to_rgb"]
+__all__ = [
+    "ImageRecord",
+    "RECORD_FIELDS",
+    "SHOWN_FIELDS",
+    "HIDDEN",
+    "shown_fields",
+    "record_values",
+    "record_of",
+    "DecodeResult",
+    "MAX_PIXELS",
+    "decode_file",
+    "decode_image_bytes",
+    "exif_taken_at",
+    "to_rgb",
+]
 
 # Images with more pixels than this are refused as likely decompression bombs
 # (a small file that declares huge dimensions). 8K x 8K, about 4x a 48 MP photo.

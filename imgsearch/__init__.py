@@ -15,8 +15,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__all__ = ["Index", "AddSummary", "SearchResult", "AlignmentModel", "AlignmentConfig", "ImgsearchError",
-           "keep_freed_memory"]
+__all__ = [
+    "Index",
+    "AddSummary",
+    "SearchResult",
+    "AlignmentModel",
+    "AlignmentConfig",
+    "ImgsearchError",
+    "keep_freed_memory",
+]
 
 _WHERE = {  # public name --> the module that defines it
     "Index": "imgsearch.index",

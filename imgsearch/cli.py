@@ -25,7 +25,6 @@ from imgsearch.train_commands import eval_command, train_command
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
-
 class _DefaultIndexDir:
     """--index's default, read when a command runs (HOME and XDG_DATA_HOME then); --help shows it."""
 
@@ -51,11 +50,18 @@ class _PackagedModel:
 
 
 index_option = click.option(
-    "--index", "index_dir", default=_DefaultIndexDir(), show_default=True, envvar="IMGSEARCH_INDEX",
-    metavar="DIR", type=click.Path(file_okay=False),
+    "--index",
+    "index_dir",
+    default=_DefaultIndexDir(),
+    show_default=True,
+    envvar="IMGSEARCH_INDEX",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
     help="Index directory (env IMGSEARCH_INDEX); without either, $XDG_DATA_HOME/imgsearch/index, "
     "else ~/.local/share/imgsearch/index.",
 )
+
+
 class _ModelParam(click.Path):
     """--model: a packaged model's name (photo, fast) or an existing model directory."""
 
@@ -71,7 +77,11 @@ class _ModelParam(click.Path):
 
 
 create_model_option = click.option(
-    "--model", envvar="IMGSEARCH_MODEL", metavar="NAME|DIR", default=_PackagedModel(), show_default=True,
+    "--model",
+    envvar="IMGSEARCH_MODEL",
+    metavar="NAME|DIR",
+    default=_PackagedModel(),
+    show_default=True,
     type=_ModelParam(),
     help="Model for a new index (env IMGSEARCH_MODEL): 'photo' (the default: EfficientNet-Lite0, "
     "better results), 'fast' (MobileNetV2: indexes about 1.6x faster, finds the right photo less "
@@ -79,7 +89,10 @@ create_model_option = click.option(
     "(a different one is refused).",
 )
 model_option = click.option(
-    "--model", envvar="IMGSEARCH_MODEL", metavar="NAME|DIR", default=None,
+    "--model",
+    envvar="IMGSEARCH_MODEL",
+    metavar="NAME|DIR",
+    default=None,
     type=_ModelParam(),
     help="Model (env IMGSEARCH_MODEL): a packaged model's name (photo, fast) or a directory. By "
     "default the one the index records; a different one is refused.",
@@ -116,25 +129,40 @@ def cli(verbose: bool) -> None:
 @click.option("--batch-size", default=32, show_default=True, type=WholeNumber(min=1), help="Images per forward pass.")
 @click.option("--workers", default=None, type=WholeNumber(min=0), help="Decoding processes (default: spare cores).")
 @click.option(
-    "--prune/--no-prune", default=True, show_default=True,
+    "--prune/--no-prune",
+    default=True,
+    show_default=True,
     help="Remove indexed files under the given folders that no longer exist. Files indexed "
     "from other folders are never removed.",
 )
 @device_option
 @click.option(
-    "--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
     help="Embed on Ray actors (one per GPU, else per CPU; needs `pip install 'imgsearch[ray]'`): "
     "alone, on a new local Ray; with an address (HOST:PORT, ray://HOST:PORT, auto), on that cluster, "
     "whose nodes must see the files and the model at the same paths. Give it after the paths "
     "(or as --ray=ADDRESS). --workers and --device then do not apply.",
 )
-@click.option("--shard-size", default=256, show_default=True, type=WholeNumber(min=1),
-              help="With --ray: files per shard, the unit of work of an actor.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar (there is none either when stderr is not a terminal).")
+@click.option(
+    "--shard-size",
+    default=256,
+    show_default=True,
+    type=WholeNumber(min=1),
+    help="With --ray: files per shard, the unit of work of an actor.",
+)
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress bar (there is none either when stderr is not a terminal)."
+)
 @json_option
 @user_errors
-def index_command(paths, index_dir, model, batch_size, workers, prune, device, ray_address, shard_size, quiet,
-                  as_json) -> None:
+def index_command(
+    paths, index_dir, model, batch_size, workers, prune, device, ray_address, shard_size, quiet, as_json
+) -> None:
     """Index image files and folders (recursively) into an index directory.
 
     Creates the index on first use, with --model or else the packaged photo
@@ -170,8 +198,16 @@ def index_command(paths, index_dir, model, batch_size, workers, prune, device, r
         bar = ProgressBar(sys.stderr, quiet=quiet)
         with stop_on_interrupt() as stop:
             try:
-                summary = index.add(paths, batch_size=batch_size, workers=workers, progress=bar,
-                                    prune=prune, should_stop=stop, ray=ray, shard_size=shard_size)
+                summary = index.add(
+                    paths,
+                    batch_size=batch_size,
+                    workers=workers,
+                    progress=bar,
+                    prune=prune,
+                    should_stop=stop,
+                    ray=ray,
+                    shard_size=shard_size,
+                )
             except BaseException:
                 index.discard_if_empty()  # a failed first run leaves no empty index behind
                 raise
@@ -191,8 +227,9 @@ def index_command(paths, index_dir, model, batch_size, workers, prune, device, r
         for path, error in summary.still_failing:
             click.echo(f"  still failing: {path}: {error}", err=True)
     if summary.interrupted:
-        click.echo("interrupted: everything counted above is stored; run the same command again "
-                   "to index the rest.", err=True)
+        click.echo(
+            "interrupted: everything counted above is stored; run the same command again to index the rest.", err=True
+        )
         sys.exit(INTERRUPTED_EXIT_CODE)
 
 
@@ -205,35 +242,67 @@ def _speed_note(summary) -> str:
     """'1.4 s, 300 new images embedded at 212.5 images/s' or '0.3 s, nothing new to embed'."""
     if not summary.embedded:
         return f"{summary.seconds:.1f} s, nothing new to embed"
-    return (f"{summary.seconds:.1f} s, {summary.embedded} new images embedded at "
-            f"{summary.images_per_second:.1f} images/s")
+    return (
+        f"{summary.seconds:.1f} s, {summary.embedded} new images embedded at {summary.images_per_second:.1f} images/s"
+    )
 
 
 precision_option = click.option(
-    "--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+    "--precision",
+    type=click.Choice(["auto", "float32", "bfloat16"]),
+    default="auto",
+    show_default=True,
     help="Re-ranker arithmetic: auto is bfloat16 where the hardware runs it natively (a GPU, a CPU with "
-         "AVX512-BF16 or AMX), about 3x faster; float32 gives the reference scores.",
+    "AVX512-BF16 or AMX), about 3x faster; float32 gives the reference scores.",
 )
 
 
 @cli.command("search", context_settings=CONTEXT)
 @click.argument("query", required=False)
-@click.option("--image", "image", metavar="PATH", type=click.Path(exists=True, dir_okay=False),
-              help="Search with a photo instead of words: images that look like it.")
-@click.option("--like", "like", metavar="PATH_OR_ID",
-              help="More like an indexed image, given by its path or its id (--json shows ids); it is left out.")
+@click.option(
+    "--image",
+    "image",
+    metavar="PATH",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Search with a photo instead of words: images that look like it.",
+)
+@click.option(
+    "--like",
+    "like",
+    metavar="PATH_OR_ID",
+    help="More like an indexed image, given by its path or its id (--json shows ids); it is left out.",
+)
 @index_option
 @model_option
 @click.option("-k", "--top", "k", default=10, show_default=True, type=WholeNumber(min=1), help="Results to show.")
-@click.option("--under", "under", metavar="FOLDER", type=click.Path(file_okay=False),
-              help="Only images inside this folder (and its subfolders).")
-@click.option("--after", "taken_after", metavar="DATE", type=Date(),
-              help="Only photos taken on or after DATE (YYYY-MM-DD; EXIF date, else the file's mtime).")
-@click.option("--before", "taken_before", metavar="DATE", type=Date(), help="Only photos taken on or before DATE (YYYY-MM-DD).")
-@click.option("--min-score", type=float, metavar="SCORE",
-              help="Only images whose first-stage score (the 'first stage' column) is at least SCORE.")
 @click.option(
-    "--candidates", default=DEFAULT_CANDIDATES, show_default=True, type=WholeNumber(min=1),
+    "--under",
+    "under",
+    metavar="FOLDER",
+    type=click.Path(file_okay=False),
+    help="Only images inside this folder (and its subfolders).",
+)
+@click.option(
+    "--after",
+    "taken_after",
+    metavar="DATE",
+    type=Date(),
+    help="Only photos taken on or after DATE (YYYY-MM-DD; EXIF date, else the file's mtime).",
+)
+@click.option(
+    "--before", "taken_before", metavar="DATE", type=Date(), help="Only photos taken on or before DATE (YYYY-MM-DD)."
+)
+@click.option(
+    "--min-score",
+    type=float,
+    metavar="SCORE",
+    help="Only images whose first-stage score (the 'first stage' column) is at least SCORE.",
+)
+@click.option(
+    "--candidates",
+    default=DEFAULT_CANDIDATES,
+    show_default=True,
+    type=WholeNumber(min=1),
     help="First-stage candidates handed to the re-ranker.",
 )
 @click.option("--no-rerank", is_flag=True, help="Skip cross-attention re-ranking; rank by the first stage alone.")
@@ -241,8 +310,23 @@ precision_option = click.option(
 @device_option
 @json_option
 @user_errors
-def search_command(query, image, like, index_dir, model, k, under, taken_after, taken_before, min_score,
-                   candidates, no_rerank, precision, device, as_json) -> None:
+def search_command(
+    query,
+    image,
+    like,
+    index_dir,
+    model,
+    k,
+    under,
+    taken_after,
+    taken_before,
+    min_score,
+    candidates,
+    no_rerank,
+    precision,
+    device,
+    as_json,
+) -> None:
     """Find the images that best match a text description, a photo (--image),
     or an indexed image (--like).
 
@@ -263,9 +347,20 @@ def search_command(query, image, like, index_dir, model, k, under, taken_after, 
       imgsearch search --like ~/Pictures/cat.jpg
     """
     _check_one_query(query, image, like)
-    _check_search_early(index_dir, query, k, image=image, like=like, under=under, taken_after=taken_after,
-                        taken_before=taken_before, min_score=min_score, candidates=candidates, rerank=not no_rerank,
-                        rerank_precision=precision)
+    _check_search_early(
+        index_dir,
+        query,
+        k,
+        image=image,
+        like=like,
+        under=under,
+        taken_after=taken_after,
+        taken_before=taken_before,
+        min_score=min_score,
+        candidates=candidates,
+        rerank=not no_rerank,
+        rerank_precision=precision,
+    )
     from imgsearch.ground.threads import QUERY_THREADS, use_threads
     from imgsearch.index import Index
 
@@ -274,9 +369,17 @@ def search_command(query, image, like, index_dir, model, k, under, taken_after, 
         if image is not None:
             keep_freed_memory_on_cpu(index.device)
         page = index.search_page(
-            query, k, image=image, like=None if like is None else _image_ref(like), under=under,
-            taken_after=taken_after, taken_before=taken_before, min_score=min_score, candidates=candidates,
-            rerank=not no_rerank, rerank_precision=precision,
+            query,
+            k,
+            image=image,
+            like=None if like is None else _image_ref(like),
+            under=under,
+            taken_after=taken_after,
+            taken_before=taken_before,
+            min_score=min_score,
+            candidates=candidates,
+            rerank=not no_rerank,
+            rerank_precision=precision,
         )
     if not page.results and under is not None and not os.path.isdir(os.path.expanduser(under)):
         # a folder that is gone may still have images in the index (an unplugged drive); only
@@ -284,13 +387,25 @@ def search_command(query, image, like, index_dir, model, k, under, taken_after, 
         raise click.ClickException(f"--under: there is no folder {under}, and the index holds no images under it.")
     if as_json:
         asked = {"query": query} if query is not None else {"image": image} if image is not None else {"like": like}
-        click.echo(json.dumps({**asked, "reranked": page.reranked, "results": [r.to_dict() for r in page.results],
-                               "timings_ms": page.timings_ms}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    **asked,
+                    "reranked": page.reranked,
+                    "results": [r.to_dict() for r in page.results],
+                    "timings_ms": page.timings_ms,
+                },
+                indent=2,
+            )
+        )
         return
     if not page.results:
-        click.echo("no images match; add some with `imgsearch index`, or loosen the filters." if min_score is not None
-                   or under or taken_after or taken_before else
-                   "no images in the index yet; add some with `imgsearch index`.", err=True)
+        click.echo(
+            "no images match; add some with `imgsearch index`, or loosen the filters."
+            if min_score is not None or under or taken_after or taken_before
+            else "no images in the index yet; add some with `imgsearch index`.",
+            err=True,
+        )
     else:
         click.echo(_results_table(page.results, reranked=page.reranked))
 
@@ -331,8 +446,12 @@ def rerank_command(query, images, index_dir, model, precision, device, as_json) 
 @cli.command("serve", context_settings=CONTEXT)
 @index_option
 @model_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. Anything but loopback lets others on the network see every indexed photo.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Anything but loopback lets others on the network see every indexed photo.",
+)
 @click.option("--port", default=8000, show_default=True, type=WholeNumber(min=0, max=65535), help="TCP port.")
 @device_option
 @user_errors
@@ -362,8 +481,10 @@ def _check_one_query(query, image, like) -> None:
         query_kind(query, image, like)
     except InvalidQuery:
         given = [flag for flag, value in (("QUERY", query), ("--image", image), ("--like", like)) if value is not None]
-        raise click.UsageError("give exactly one of QUERY, --image PATH or --like PATH_OR_ID"
-                               + (f" (got {' and '.join(given)})." if given else ".")) from None
+        raise click.UsageError(
+            "give exactly one of QUERY, --image PATH or --like PATH_OR_ID"
+            + (f" (got {' and '.join(given)})." if given else ".")
+        ) from None
 
 
 def _check_search_early(index_dir: str, query, k: int, **options) -> None:
@@ -405,8 +526,9 @@ SHOWN_LABEL_MIN_SCORE = 0.1  # classifier probability a label needs to be shown 
 
 def _label_note(labels: list[dict]) -> str:
     """'  [golden retriever 82%, tabby 12%]': the image's top 1-2 labels with probability >= 0.1, or ''."""
-    shown = [f"{_short(item['label'])} {item['score']:.0%}" for item in labels
-             if item["score"] >= SHOWN_LABEL_MIN_SCORE][:SHOWN_LABELS]
+    shown = [
+        f"{_short(item['label'])} {item['score']:.0%}" for item in labels if item["score"] >= SHOWN_LABEL_MIN_SCORE
+    ][:SHOWN_LABELS]
     return f"  [{', '.join(shown)}]" if shown else ""
 
 
@@ -434,11 +556,15 @@ def info_command(index_dir, as_json) -> None:
     click.echo(f"images:     {info['images']} indexed, {info['failed']} failed (see `imgsearch errors`)")
     for reason, count in info["failures_by_reason"].items():
         click.echo(f"            {count:6d} failed: {reason}")
-    click.echo(f"vectors:    {info['vectors']} x {manifest['embed_dim']} ({manifest['metric']}), "
-               f"{manifest['num_regions']} regions per image ({manifest['region_dtype']})")
+    click.echo(
+        f"vectors:    {info['vectors']} x {manifest['embed_dim']} ({manifest['metric']}), "
+        f"{manifest['num_regions']} regions per image ({manifest['region_dtype']})"
+    )
     click.echo(f"labels:     {_labels_summary(info['labels'], info['images'])}")
-    click.echo(f"model:      {manifest['model']['path']} ({manifest['model']['fingerprint'][:12]}"
-               f"{_packaged_note(manifest['model']['path'])})")
+    click.echo(
+        f"model:      {manifest['model']['path']} ({manifest['model']['fingerprint'][:12]}"
+        f"{_packaged_note(manifest['model']['path'])})"
+    )
     click.echo(f"backbone:   {manifest['model']['backbone']}")
     click.echo(f"text:       {manifest['model']['text_encoder']}")
     click.echo(f"disk:       {sum(info['bytes_on_disk'].values()):,} bytes")

@@ -106,8 +106,10 @@ class Index:
             embed_dim=config.embed_dim,
             num_regions=config.backbone.grid_side**2,
             model=ModelRecord(
-                fingerprint=fingerprint(model_dir), path=str(model_dir),
-                backbone=config.describe_backbone(), text_encoder=config.text.name_or_path,
+                fingerprint=fingerprint(model_dir),
+                path=str(model_dir),
+                backbone=config.describe_backbone(),
+                text_encoder=config.text.name_or_path,
             ),
         )
         made_folders = [folder for folder in (directory, *directory.parents) if not folder.exists()]
@@ -123,9 +125,7 @@ class Index:
         return index
 
     @classmethod
-    def open(
-        cls, directory: str | os.PathLike, model: str | os.PathLike | None = None, device: str = "auto"
-    ) -> Index:
+    def open(cls, directory: str | os.PathLike, model: str | os.PathLike | None = None, device: str = "auto") -> Index:
         """Open an existing index. `model` defaults to the model recorded in the manifest;
         a model other than the one that built the index is refused. A given `model` is
         checked now; the recorded one when first used, so info() and failures() work
@@ -289,8 +289,9 @@ class Index:
             self.data.open_snapshot_locked()
             self.store.end_snapshot()
             try:
-                summary = run_indexing(paths, self.store, self.vectors, embedder, progress=progress, prune=prune,
-                                       should_stop=should_stop)
+                summary = run_indexing(
+                    paths, self.store, self.vectors, embedder, progress=progress, prune=prune, should_stop=should_stop
+                )
                 if not self.vectors.fits():  # grew past a size step: exact --> IVF, or more IVF lists
                     log.info("rebuilding %s for %d images", VECTORS_NAME, len(self.vectors))
                     self.data.rebuild()
@@ -348,14 +349,26 @@ class Index:
         rerank_precision: see imgsearch.search.searcher.search_page. Raises InvalidQuery for
         arguments it cannot use (imgsearch.search.arguments.check_search)."""
         arguments = check_search(
-            query, k, image=image, like=like, under=under, taken_after=taken_after, taken_before=taken_before,
-            min_score=min_score, offset=offset, candidates=candidates, rerank=rerank,
+            query,
+            k,
+            image=image,
+            like=like,
+            under=under,
+            taken_after=taken_after,
+            taken_before=taken_before,
+            min_score=min_score,
+            offset=offset,
+            candidates=candidates,
+            rerank=rerank,
             rerank_precision=rerank_precision,
         )
         return self._searcher.search_page(arguments)
 
     def rerank(
-        self, query: str, items: Iterable[int | str | os.PathLike | ImageInput], *,
+        self,
+        query: str,
+        items: Iterable[int | str | os.PathLike | ImageInput],
+        *,
         rerank_precision: RerankPrecision = "float32",
     ) -> list[SearchResult]:
         """Order the given images for a text query by the cross-attention scorer, as search's
@@ -387,8 +400,11 @@ class Index:
         return self._searcher.image_info(image_id)
 
     def info(self) -> dict:
-        files = {name: (self.directory / name).stat().st_size for name in (DB_NAME, VECTORS_NAME, MANIFEST_NAME)
-                 if (self.directory / name).exists()}
+        files = {
+            name: (self.directory / name).stat().st_size
+            for name in (DB_NAME, VECTORS_NAME, MANIFEST_NAME)
+            if (self.directory / name).exists()
+        }
         return {
             "directory": str(self.directory),
             **self._searcher.contents(),

@@ -34,8 +34,13 @@ class ProgressBar:
         if self._bar is None:
             self._first = (now, done)
             self._bar = click.progressbar(
-                length=max(total, 1), label="indexing", file=self.stream, show_pos=True, show_eta=False,
-                item_show_func=lambda text: text, width=30,
+                length=max(total, 1),
+                label="indexing",
+                file=self.stream,
+                show_pos=True,
+                show_eta=False,
+                item_show_func=lambda text: text,
+                width=30,
             )
         self._bar.update(done - self._bar.pos, self._rate_and_eta(now, done, total))
 

@@ -15,11 +15,15 @@ from imgsearch.training.config import TrainConfig  # the options' defaults (no h
 
 captions_argument = click.argument("captions", type=click.Path(exists=True, dir_okay=False))
 images_option = click.option(
-    "--images", type=click.Path(exists=True, file_okay=False), default=None,
+    "--images",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
     help="Folder the captions' image paths are relative to (default: the captions file's folder).",
 )
 only_option = click.option(
-    "--only", type=click.Path(exists=True, dir_okay=False), default=None,
+    "--only",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
     help="File listing the image names to use, one per line (e.g. Flickr8k's train.txt).",
 )
 split_option = click.option("--split", default=None, help="Karpathy JSON split to use (train, val, test, restval).")
@@ -31,70 +35,197 @@ split_option = click.option("--split", default=None, help="Karpathy JSON split t
 @only_option
 @split_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the trained model.")
-@click.option("--preset", "preset_name", default="small", show_default=True,
-              type=click.Choice(["scenes", "small", "mobilenet_v2", "efficientnet_lite0", "vgg16"]),
-              help="Starting model configuration.")
-@click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Pretrained backbone weights (mobilenet_v2: the TFLite file or its converted .safetensors).")
-@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Class names of the backbone's classifier, one a line (mobilenet_v2: imagenet_labels.txt), "
-              "stored in the model so that indexed images get labels.")
+@click.option(
+    "--preset",
+    "preset_name",
+    default="small",
+    show_default=True,
+    type=click.Choice(["scenes", "small", "mobilenet_v2", "efficientnet_lite0", "vgg16"]),
+    help="Starting model configuration.",
+)
+@click.option(
+    "--backbone-weights",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Pretrained backbone weights (mobilenet_v2: the TFLite file or its converted .safetensors).",
+)
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Class names of the backbone's classifier, one a line (mobilenet_v2: imagenet_labels.txt), "
+    "stored in the model so that indexed images get labels.",
+)
 @click.option("--text-encoder", default=None, help="Transformers name or local directory of a BERT-family encoder.")
-@click.option("--backbone-mode", type=click.Choice(["scratch", "finetune", "frozen"]), default=None,
-              help="Train the backbone from scratch, fine-tune it, or freeze it (default: the preset's).")
+@click.option(
+    "--backbone-mode",
+    type=click.Choice(["scratch", "finetune", "frozen"]),
+    default=None,
+    help="Train the backbone from scratch, fine-tune it, or freeze it (default: the preset's).",
+)
 @click.option("--epochs", default=TrainConfig.epochs, show_default=True, type=WholeNumber(min=1))
 @click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=WholeNumber(min=2))
 @click.option("--lr", default=TrainConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--loss", type=click.Choice(["infonce", "vsepp"]), default=TrainConfig.loss, show_default=True,
-              help="Contrastive loss of the dual encoder.")
-@click.option("--itm-weight", default=TrainConfig.itm_weight, show_default=True, type=click.FloatRange(min=0),
-              help="Weight of a joint ITM loss in the first stage (0: the scorer trains in the second stage only).")
-@click.option("--local-weight", default=TrainConfig.local_weight, show_default=True, type=click.FloatRange(min=0),
-              help="Weight of a first-stage contrastive loss on the re-ranker's token-region alignment term.")
-@click.option("--zero-shot-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
-              help="Weight of the zero-shot ImageNet score in the first stage (needs --labels; "
-              "model/zero_shot.py). Stored in the model; it does not change training.")
-@click.option("--zero-shot-texts", type=click.Choice(["names", "wordnet"]), default="names", show_default=True,
-              help="What the zero-shot score compares a query with: each class's names as --labels gives them, "
-              "or its first name and WordNet parent (ImageNet classes; model/imagenet_class_texts.tsv).")
-@click.option("--zero-shot-temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
-              help="0: a class matches a query by cosine; T > 0: by the softmax over all classes of cosine / T.")
-@click.option("--scorer-layers", default=None, type=WholeNumber(min=0),
-              help="Attention layers of the re-ranker (default: the preset's). 0 keeps only its "
-              "token-region alignment term (with --local-weight, trained in the first stage).")
-@click.option("--scorer-epochs", default=TrainConfig.scorer_epochs, show_default=True, type=WholeNumber(min=0),
-              help="Epochs of the second stage: the re-ranker on the frozen dual encoder.")
-@click.option("--hard-share", default=TrainConfig.hard_share, show_default=True, type=click.FloatRange(0, 1),
-              help="Share of the re-ranker's negatives mined from the first stage (the rest are uniform).")
-@click.option("--scorer-lr", default=TrainConfig.scorer_lr, show_default=True,
-              type=click.FloatRange(min=0, min_open=True),
-              help="Learning rate of the second stage.")
-@click.option("--val-fraction", default=TrainConfig.val_fraction, show_default=True, type=click.FloatRange(0, 0.5),
-              help="Share of the images held out to choose the re-ranker's epoch and fusion weight (0: none).")
-@click.option("--mix", "mix_captions", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A second captions file (e.g. webcaps) whose images fill --mix-share of every first-stage batch.")
-@click.option("--mix-images", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Folder of --mix's images (default: the captions file's folder).")
-@click.option("--mix-share", default=TrainConfig.mix_share, show_default=True,
-              type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Share of each first-stage batch drawn from --mix.")
-@click.option("--multi-positive", is_flag=True, default=TrainConfig.multi_positive,
-              help="Every caption of each batch image joins the batch (all are its positives), not one drawn at random.")
-@click.option("--hubness-weight", default=TrainConfig.hubness_weight, show_default=True, type=click.FloatRange(min=0),
-              help="Weight of the hubness correction in the first stage (model/hubness.py; 0: none). "
-              "The model keeps a bank of training caption vectors for it.")
+@click.option(
+    "--loss",
+    type=click.Choice(["infonce", "vsepp"]),
+    default=TrainConfig.loss,
+    show_default=True,
+    help="Contrastive loss of the dual encoder.",
+)
+@click.option(
+    "--itm-weight",
+    default=TrainConfig.itm_weight,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Weight of a joint ITM loss in the first stage (0: the scorer trains in the second stage only).",
+)
+@click.option(
+    "--local-weight",
+    default=TrainConfig.local_weight,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Weight of a first-stage contrastive loss on the re-ranker's token-region alignment term.",
+)
+@click.option(
+    "--zero-shot-weight",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Weight of the zero-shot ImageNet score in the first stage (needs --labels; "
+    "model/zero_shot.py). Stored in the model; it does not change training.",
+)
+@click.option(
+    "--zero-shot-texts",
+    type=click.Choice(["names", "wordnet"]),
+    default="names",
+    show_default=True,
+    help="What the zero-shot score compares a query with: each class's names as --labels gives them, "
+    "or its first name and WordNet parent (ImageNet classes; model/imagenet_class_texts.tsv).",
+)
+@click.option(
+    "--zero-shot-temperature",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="0: a class matches a query by cosine; T > 0: by the softmax over all classes of cosine / T.",
+)
+@click.option(
+    "--scorer-layers",
+    default=None,
+    type=WholeNumber(min=0),
+    help="Attention layers of the re-ranker (default: the preset's). 0 keeps only its "
+    "token-region alignment term (with --local-weight, trained in the first stage).",
+)
+@click.option(
+    "--scorer-epochs",
+    default=TrainConfig.scorer_epochs,
+    show_default=True,
+    type=WholeNumber(min=0),
+    help="Epochs of the second stage: the re-ranker on the frozen dual encoder.",
+)
+@click.option(
+    "--hard-share",
+    default=TrainConfig.hard_share,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of the re-ranker's negatives mined from the first stage (the rest are uniform).",
+)
+@click.option(
+    "--scorer-lr",
+    default=TrainConfig.scorer_lr,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Learning rate of the second stage.",
+)
+@click.option(
+    "--val-fraction",
+    default=TrainConfig.val_fraction,
+    show_default=True,
+    type=click.FloatRange(0, 0.5),
+    help="Share of the images held out to choose the re-ranker's epoch and fusion weight (0: none).",
+)
+@click.option(
+    "--mix",
+    "mix_captions",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A second captions file (e.g. webcaps) whose images fill --mix-share of every first-stage batch.",
+)
+@click.option(
+    "--mix-images",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Folder of --mix's images (default: the captions file's folder).",
+)
+@click.option(
+    "--mix-share",
+    default=TrainConfig.mix_share,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Share of each first-stage batch drawn from --mix.",
+)
+@click.option(
+    "--multi-positive",
+    is_flag=True,
+    default=TrainConfig.multi_positive,
+    help="Every caption of each batch image joins the batch (all are its positives), not one drawn at random.",
+)
+@click.option(
+    "--hubness-weight",
+    default=TrainConfig.hubness_weight,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Weight of the hubness correction in the first stage (model/hubness.py; 0: none). "
+    "The model keeps a bank of training caption vectors for it.",
+)
 @click.option("--no-augment", is_flag=True, help="No random resized crops.")
 @click.option("--seed", default=TrainConfig.seed, show_default=True, type=WholeNumber())
-@click.option("--time-limit", default=None, type=click.FloatRange(min=0, min_open=True), help="Stop after this many minutes.")
-@click.option("--workers", default=TrainConfig.workers, show_default=True, type=WholeNumber(min=0),
-              help="Decoding processes.")
+@click.option(
+    "--time-limit", default=None, type=click.FloatRange(min=0, min_open=True), help="Stop after this many minutes."
+)
+@click.option(
+    "--workers", default=TrainConfig.workers, show_default=True, type=WholeNumber(min=0), help="Decoding processes."
+)
 @click.option("--resume", is_flag=True, help="Continue from OUT/training-state.pt.")
 @user_errors
-def train_command(captions, images, only, split, out, preset_name, backbone_weights, labels_file, text_encoder,
-                  backbone_mode, epochs, batch_size, scorer_layers, zero_shot_weight, zero_shot_texts,
-                  zero_shot_temperature, lr, loss, itm_weight,
-                  local_weight, scorer_epochs, hard_share, scorer_lr, val_fraction, mix_captions, mix_images,
-                  mix_share, multi_positive, hubness_weight, no_augment, seed, time_limit, workers, resume) -> None:
+def train_command(
+    captions,
+    images,
+    only,
+    split,
+    out,
+    preset_name,
+    backbone_weights,
+    labels_file,
+    text_encoder,
+    backbone_mode,
+    epochs,
+    batch_size,
+    scorer_layers,
+    zero_shot_weight,
+    zero_shot_texts,
+    zero_shot_temperature,
+    lr,
+    loss,
+    itm_weight,
+    local_weight,
+    scorer_epochs,
+    hard_share,
+    scorer_lr,
+    val_fraction,
+    mix_captions,
+    mix_images,
+    mix_share,
+    multi_positive,
+    hubness_weight,
+    no_augment,
+    seed,
+    time_limit,
+    workers,
+    resume,
+) -> None:
     """Train an alignment model on captioned images and save it to --out.
 
     CAPTIONS is a TSV/CSV (image and caption columns), JSON Lines, a
@@ -113,15 +244,34 @@ def train_command(captions, images, only, split, out, preset_name, backbone_weig
     dataset = read_dataset(captions, images, only, split)
     mix = read_dataset(mix_captions, mix_images) if mix_captions else None
     model, default_mode = build_model(
-        preset_name, backbone_weights=backbone_weights, labels_file=labels_file, text_encoder=text_encoder,
-        scorer_layers=scorer_layers, zero_shot_weight=zero_shot_weight, zero_shot_texts=zero_shot_texts,
-        zero_shot_temperature=zero_shot_temperature, seed=seed,
+        preset_name,
+        backbone_weights=backbone_weights,
+        labels_file=labels_file,
+        text_encoder=text_encoder,
+        scorer_layers=scorer_layers,
+        zero_shot_weight=zero_shot_weight,
+        zero_shot_texts=zero_shot_texts,
+        zero_shot_temperature=zero_shot_temperature,
+        seed=seed,
     )
     train_config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, itm_weight=itm_weight, local_weight=local_weight,
-        scorer_epochs=scorer_epochs, scorer_lr=scorer_lr, hard_share=hard_share, val_fraction=val_fraction,
-        backbone_mode=backbone_mode or default_mode, augment=not no_augment, seed=seed, workers=workers,
-        time_limit_s=time_limit * 60 if time_limit else None, multi_positive=multi_positive, mix_share=mix_share,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        loss=loss,
+        itm_weight=itm_weight,
+        local_weight=local_weight,
+        scorer_epochs=scorer_epochs,
+        scorer_lr=scorer_lr,
+        hard_share=hard_share,
+        val_fraction=val_fraction,
+        backbone_mode=backbone_mode or default_mode,
+        augment=not no_augment,
+        seed=seed,
+        workers=workers,
+        time_limit_s=time_limit * 60 if time_limit else None,
+        multi_positive=multi_positive,
+        mix_share=mix_share,
         hubness_weight=hubness_weight,
     )
     keep_freed_memory_on_cpu(model.device)
@@ -139,14 +289,26 @@ def show_training_progress() -> None:
 
 @click.command("eval", context_settings=CONTEXT)
 @captions_argument
-@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False), help="Alignment model directory.")
+@click.option(
+    "--model", required=True, type=click.Path(exists=True, file_okay=False), help="Alignment model directory."
+)
 @images_option
 @only_option
 @split_option
-@click.option("--rerank-depth", default=20, show_default=True, type=WholeNumber(min=1),
-              help="Image->text: captions per image that the re-ranker reorders.")
-@click.option("--candidates", default=DEFAULT_CANDIDATES, show_default=True, type=WholeNumber(min=1),
-              help="Text->image: first-stage candidates per caption, re-ranked as `imgsearch search` does.")
+@click.option(
+    "--rerank-depth",
+    default=20,
+    show_default=True,
+    type=WholeNumber(min=1),
+    help="Image->text: captions per image that the re-ranker reorders.",
+)
+@click.option(
+    "--candidates",
+    default=DEFAULT_CANDIDATES,
+    show_default=True,
+    type=WholeNumber(min=1),
+    help="Text->image: first-stage candidates per caption, re-ranked as `imgsearch search` does.",
+)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", default=0, show_default=True, type=WholeNumber(min=0), help="Decoding processes.")
 @json_option
@@ -168,8 +330,13 @@ def eval_command(captions, model, images, only, split, rerank_depth, candidates,
 
     dataset = read_dataset(captions, images, only, split)
     keep_freed_memory_on_cpu(resolve_device(device))
-    result = evaluate_model(model, dataset, rerank_depth=rerank_depth,
-                            candidates=candidates,
-                            device=device, workers=workers,
-                            on_skip=lambda path, error: click.echo(f"skipped {path}: {error}", err=True))
+    result = evaluate_model(
+        model,
+        dataset,
+        rerank_depth=rerank_depth,
+        candidates=candidates,
+        device=device,
+        workers=workers,
+        on_skip=lambda path, error: click.echo(f"skipped {path}: {error}", err=True),
+    )
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))

@@ -30,8 +30,17 @@ from imgsearch.model.labels import best_classes
 from imgsearch.storage.lock import close_inherited_locks
 
 __all__ = [
-    "embed_shard", "embed_batches", "DecodeDataset", "DecodedBatch", "collate", "init_worker", "decode_loader",
-    "start_embedding", "start_encoding", "PendingShard", "Started",
+    "embed_shard",
+    "embed_batches",
+    "DecodeDataset",
+    "DecodedBatch",
+    "collate",
+    "init_worker",
+    "decode_loader",
+    "start_embedding",
+    "start_encoding",
+    "PendingShard",
+    "Started",
     "cudnn_autotuned",
 ]
 
@@ -91,8 +100,14 @@ def _concatenated(parts: list[Shard], encoder: ImageEncoder) -> Shard:
     labels = None  # one encoder: every batch with contents has labels, or none has
     if filled and all(part.labels is not None for part in filled):
         labels = [row for part in filled if part.labels is not None for row in part.labels]
-    return Shard(shard_id_of([record.path for record in records]), records,
-                 [sha for part in filled for sha in part.contents], global_, regions, labels)
+    return Shard(
+        shard_id_of([record.path for record in records]),
+        records,
+        [sha for part in filled for sha in part.contents],
+        global_,
+        regions,
+        labels,
+    )
 
 
 # ---- decode: files --> records and uint8 pixels, in DataLoader worker processes -------------------
@@ -212,13 +227,16 @@ class PendingShard:
                 names = self.label_names
                 assert self.top_classes is not None and names is not None  # set with top_probs
                 probs, classes = self.top_probs.tolist(), self.top_classes.tolist()  # (n, TOP_LABELS) each
-                labels = [[(names[c], round(p, 4)) for c, p in zip(row_classes, row_probs)]
-                          for row_classes, row_probs in zip(classes, probs)]
+                labels = [
+                    [(names[c], round(p, 4)) for c, p in zip(row_classes, row_probs)]
+                    for row_classes, row_probs in zip(classes, probs)
+                ]
         else:
             global_ = np.zeros((0, self.embed_dim), np.float32)
             regions = np.zeros((0, self.num_regions, self.embed_dim), np.float16)
-        return Shard(shard_id_of([record.path for record in self.records]), self.records, self.contents,
-                     global_, regions, labels)
+        return Shard(
+            shard_id_of([record.path for record in self.records]), self.records, self.contents, global_, regions, labels
+        )
 
 
 def start_embedding(

@@ -15,9 +15,7 @@ log = logging.getLogger(__name__)
 
 # Lower-case suffixes the indexer picks up when walking a folder. A file named
 # explicitly on the command line is always tried, whatever its suffix.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 
 def is_image_name(name: str) -> bool:
@@ -55,9 +53,11 @@ def _walk_one(root: Path) -> Iterator[Path]:
     if not root.is_dir():
         yield root
         return
+
     def report(error: OSError) -> None:
-        log.warning("cannot list folder %s (%s); files indexed from it before are kept",
-                    error.filename, error.strerror or error)
+        log.warning(
+            "cannot list folder %s (%s); files indexed from it before are kept", error.filename, error.strerror or error
+        )
 
     for folder, subfolders, names in os.walk(root, followlinks=False, onerror=report):
         subfolders.sort()

@@ -46,9 +46,15 @@ class AddSummary:
 
     def to_dict(self) -> dict:
         return {
-            "added": self.added, "updated": self.updated, "moved": self.moved, "removed": self.removed,
-            "unchanged": self.unchanged, "failed": self.failed, "embedded": self.embedded,
-            "interrupted": self.interrupted, "seconds": round(self.seconds, 3),
+            "added": self.added,
+            "updated": self.updated,
+            "moved": self.moved,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "failed": self.failed,
+            "embedded": self.embedded,
+            "interrupted": self.interrupted,
+            "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "failures": [{"path": p, "error": e} for p, e in self.failures],
             "still_failing": [{"path": p, "error": e} for p, e in self.still_failing],

@@ -40,8 +40,9 @@ class LocalEmbedder:
     GPU each batch's vectors are still on their way when it is handed over (asynchronous).
     `decode` reads one file (decode.decode_file, or a stand-in with its signature)."""
 
-    def __init__(self, encoder: ImageEncoder, *, batch_size: int = 32, workers: int | None = None,
-                 decode: Decode = decode_file) -> None:
+    def __init__(
+        self, encoder: ImageEncoder, *, batch_size: int = 32, workers: int | None = None, decode: Decode = decode_file
+    ) -> None:
         self.encoder, self.batch_size, self.workers, self.decode = encoder, batch_size, workers, decode
 
     def embed(self, paths: Sequence[Path], known_contents: set[str]) -> Iterator[PendingShard]:
@@ -49,8 +50,9 @@ class LocalEmbedder:
         # torch keeps all its threads beside the decode workers: on an idle 2-core machine that
         # indexed VGG16 at 224px at 94% of forward-only, against 54% with one thread left to
         # torch (bench/RESULTS-archive.md, the two idle-machine indexing runs); decoding needs far less than a core.
-        return embed_batches(paths, self.encoder, known_contents, batch_size=self.batch_size, workers=workers,
-                             decode=self.decode)
+        return embed_batches(
+            paths, self.encoder, known_contents, batch_size=self.batch_size, workers=workers, decode=self.decode
+        )
 
 
 def index_files(
@@ -73,5 +75,12 @@ def index_files(
     it is: a caller that indexes on the CPU calls model.allocator.keep_freed_memory() first
     (`imgsearch index` does), before the decode workers are forked.
     """
-    return run_indexing(paths, store, vectors, LocalEmbedder(encoder, batch_size=batch_size, workers=workers),
-                        progress=progress, prune=prune, should_stop=should_stop)
+    return run_indexing(
+        paths,
+        store,
+        vectors,
+        LocalEmbedder(encoder, batch_size=batch_size, workers=workers),
+        progress=progress,
+        prune=prune,
+        should_stop=should_stop,
+    )

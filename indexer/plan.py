@@ -43,9 +43,7 @@ class RunPlan:
         return [row for rows in self.vanished.values() for row in rows]
 
 
-def plan_run(
-    listed: Sequence[Path], stored: dict[str, StoredImage], roots: Sequence[Path], *, prune: bool
-) -> RunPlan:
+def plan_run(listed: Sequence[Path], stored: dict[str, StoredImage], roots: Sequence[Path], *, prune: bool) -> RunPlan:
     todo: list[Path] = []
     unchanged = 0
     still_failing: list[StoredImage] = []
@@ -85,7 +83,8 @@ def _gone_under(roots: Sequence[Path], stored: dict[str, StoredImage], listed: s
     if not prefixes:
         return []
     return [
-        row for text, row in stored.items()
+        row
+        for text, row in stored.items()
         if text.startswith(prefixes) and text not in listed and _surely_gone(text_to_path(text))
     ]
 

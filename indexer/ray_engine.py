@@ -71,8 +71,9 @@ class EmbedActor:
         return os.getpid()
 
     def embed(self, paths: list[str], batch_size: int) -> Shard:
-        return embed_shard(paths, self.encoder, known_contents=self.known_contents, batch_size=batch_size,
-                           workers=self.workers)
+        return embed_shard(
+            paths, self.encoder, known_contents=self.known_contents, batch_size=batch_size, workers=self.workers
+        )
 
 
 def require_ray():
@@ -173,8 +174,9 @@ def _stream(ray, pool: _ActorPool, queue: deque[_Task], batch_size: int, max_in_
 class _ActorPool:
     """The embed actors: one per GPU (with its share of the CPUs to decode), else one per CPU."""
 
-    def __init__(self, ray, model_dir: str, known_contents: set[str], actors: int | None,
-                 actor_class: type[EmbedActor]) -> None:
+    def __init__(
+        self, ray, model_dir: str, known_contents: set[str], actors: int | None, actor_class: type[EmbedActor]
+    ) -> None:
         self.ray = ray
         resources = ray.cluster_resources()
         cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
@@ -195,8 +197,10 @@ class _ActorPool:
 
     def least_busy(self, busy: Iterable[tuple]):
         if not self.actors:
-            raise ShardFailed("every Ray embed worker died; every shard merged before is kept: check the "
-                                 "workers' logs (Ray's session folder, logs/) and run the same command again.")
+            raise ShardFailed(
+                "every Ray embed worker died; every shard merged before is kept: check the "
+                "workers' logs (Ray's session folder, logs/) and run the same command again."
+            )
         load = {id(actor): 0 for actor in self.actors}
         for _, actor in busy:
             if id(actor) in load:
@@ -220,8 +224,10 @@ def _connected(ray, address: str | None) -> Iterator[None]:
         yield
         return
     if ray.is_initialized():
-        raise ImgsearchError(f"this process is already connected to a Ray cluster; to use {address}, "
-                             "call ray.shutdown() first, or pass no address.")
+        raise ImgsearchError(
+            f"this process is already connected to a Ray cluster; to use {address}, "
+            "call ray.shutdown() first, or pass no address."
+        )
     options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     if address is None:
         ray.init(address="local", **options)

@@ -115,8 +115,9 @@ def run_indexing(
     store.record_folders([path_to_text(root) for root in roots])  # what the service may serve from
     listed = list(iter_image_files(roots))
     plan = plan_run(listed, store.all_images(), roots, prune=prune)
-    summary = AddSummary(unchanged=plan.unchanged,
-                         still_failing=[(row.path, row.error or "unknown") for row in plan.still_failing])
+    summary = AddSummary(
+        unchanged=plan.unchanged, still_failing=[(row.path, row.error or "unknown") for row in plan.still_failing]
+    )
     shards = ShardWriter(store, vectors, plan, summary)
     writer = _StoreWriter(shards, len(plan.todo), progress)
     known_contents = store.content_hashes() if plan.todo else set()  # the embedder adds those it embeds

@@ -56,11 +56,14 @@ class Shard:
         """Equal field by field: the arrays by shape, dtype and every value."""
         if not isinstance(other, Shard):
             return NotImplemented
-        return (
-            (self.shard_id, self.records, self.contents, self.labels)
-            == (other.shard_id, other.records, other.contents, other.labels)
-            and all(a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
-                    for a, b in ((self.global_, other.global_), (self.regions, other.regions)))
+        return (self.shard_id, self.records, self.contents, self.labels) == (
+            other.shard_id,
+            other.records,
+            other.contents,
+            other.labels,
+        ) and all(
+            a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+            for a, b in ((self.global_, other.global_), (self.regions, other.regions))
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable: unhashable
@@ -71,18 +74,24 @@ class Shard:
         metadata = {
             "format": SHARD_FORMAT,
             "version": str(SHARD_VERSION),
-            "shard": json.dumps({
-                "shard_id": self.shard_id,
-                "records": [[getattr(record, name) for name in RECORD_FIELDS] for record in self.records],
-                "record_fields": list(RECORD_FIELDS),
-                "contents": self.contents,
-                "labels": self.labels,
-            }, ensure_ascii=False),
+            "shard": json.dumps(
+                {
+                    "shard_id": self.shard_id,
+                    "records": [[getattr(record, name) for name in RECORD_FIELDS] for record in self.records],
+                    "record_fields": list(RECORD_FIELDS),
+                    "contents": self.contents,
+                    "labels": self.labels,
+                },
+                ensure_ascii=False,
+            ),
         }
-        data = save_safetensors({
-            "global": np.ascontiguousarray(self.global_, dtype=np.float32),  # (n, d)
-            "regions": np.ascontiguousarray(self.regions, dtype=np.float16),  # (n, R, d)
-        }, metadata=metadata)
+        data = save_safetensors(
+            {
+                "global": np.ascontiguousarray(self.global_, dtype=np.float32),  # (n, d)
+                "regions": np.ascontiguousarray(self.regions, dtype=np.float16),  # (n, R, d)
+            },
+            metadata=metadata,
+        )
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(data)
@@ -98,8 +107,9 @@ class Shard:
             if metadata.get("format") != SHARD_FORMAT:
                 raise ValueError("it is not an imgsearch shard file")
             if metadata.get("version") != str(SHARD_VERSION):
-                raise ValueError(f"shard format version {metadata.get('version')}, this imgsearch reads "
-                                 f"{SHARD_VERSION}")
+                raise ValueError(
+                    f"shard format version {metadata.get('version')}, this imgsearch reads {SHARD_VERSION}"
+                )
             arrays = load_safetensors(data)
             body = json.loads(metadata["shard"])
             fields = body["record_fields"]
@@ -116,9 +126,7 @@ class Shard:
             )
             shard._check()
         except (SafetensorError, ValueError, KeyError, TypeError) as exc:  # json's errors are ValueErrors
-            raise StoreCorrupt(
-                f"shard file {path} is damaged ({exc}); delete it and embed its files again."
-            ) from exc
+            raise StoreCorrupt(f"shard file {path} is damaged ({exc}); delete it and embed its files again.") from exc
         return shard
 
     def _check(self) -> None:

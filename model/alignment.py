@@ -63,7 +63,8 @@ class AlignmentModel(nn.Module):
             source = model.image.backbone.load_pretrained()
             if source is not None:
                 model.config = dataclasses.replace(
-                    config, provenance=dataclasses.replace(config.provenance, backbone_weights=source))
+                    config, provenance=dataclasses.replace(config.provenance, backbone_weights=source)
+                )
         return model
 
     @classmethod
@@ -95,7 +96,11 @@ class AlignmentModel(nn.Module):
         download, and the BERT weights only when config.text.carries_weights."""
         tensors = {}
         for key, value in self.state_dict().items():
-            if key.startswith("image.backbone.") and self.config.backbone.name == "vgg16" and self.config.backbone.weights:
+            if (
+                key.startswith("image.backbone.")
+                and self.config.backbone.name == "vgg16"
+                and self.config.backbone.weights
+            ):
                 continue
             if key.startswith("text.bert.") and not self.config.text.carries_weights:
                 continue
@@ -108,5 +113,4 @@ class AlignmentModel(nn.Module):
 
 
 def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

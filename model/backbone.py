@@ -40,9 +40,20 @@ from imgsearch.model.config import (  # the backbone settings live with the othe
 )
 from imgsearch.model.provenance import WeightsSource, sha256_file
 
-__all__ = ["BackboneConfig", "VGGBackbone", "MobileNetV2Backbone", "EfficientNetLiteBackbone", "build_backbone", "first_real_class",
-           "efficientnet_lite_weights", "efficientnet_lite_weights_file", "IMAGENET_MEAN", "IMAGENET_STD",
-           "VGG16_IMAGENET", "VGG16_LAYERS"]
+__all__ = [
+    "BackboneConfig",
+    "VGGBackbone",
+    "MobileNetV2Backbone",
+    "EfficientNetLiteBackbone",
+    "build_backbone",
+    "first_real_class",
+    "efficientnet_lite_weights",
+    "efficientnet_lite_weights_file",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "VGG16_IMAGENET",
+    "VGG16_LAYERS",
+]
 
 TFLITE_IMAGENET_CLASSES = 1001  # TFLite's ImageNet classifiers: class 0 "background", then ImageNet's 1,000
 
@@ -70,8 +81,11 @@ class VGGBackbone(nn.Module):
         # fc6 and fc7 of VGG16 (classifier[:5] in torchvision); fc8 is not kept.
         self.fc67 = (
             nn.Sequential(
-                nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
-                nn.Linear(4096, 4096), nn.ReLU(True),
+                nn.Linear(512 * 7 * 7, 4096),
+                nn.ReLU(True),
+                nn.Dropout(),
+                nn.Linear(4096, 4096),
+                nn.ReLU(True),
             )
             if config.global_pool == "fc7"
             else None
@@ -115,8 +129,11 @@ class VGGBackbone(nn.Module):
         self.features.load_state_dict(features)
         if self.fc67 is not None:
             # torchvision classifier indices 0 and 3 are fc6 and fc7, the same as ours.
-            fc = {k.removeprefix("classifier."): v for k, v in state.items()
-                  if k.startswith(("classifier.0.", "classifier.3."))}
+            fc = {
+                k.removeprefix("classifier."): v
+                for k, v in state.items()
+                if k.startswith(("classifier.0.", "classifier.3."))
+            }
             self.fc67.load_state_dict(fc)
 
 
@@ -203,6 +220,7 @@ class EfficientNetLiteBackbone(nn.Module):
 
 
 Backbone = VGGBackbone | MobileNetV2Backbone | EfficientNetLiteBackbone  # what build_backbone gives
+
 
 def efficientnet_lite_weights(name: str) -> dict[str, torch.Tensor]:
     """The ImageNet state dict of EfficientNet-Lite `name` ("efficientnet_lite0"..2), read from

@@ -24,7 +24,9 @@ def load_backbone_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             state = convert(path)
         except ImportError as exc:  # the converter's parser is an optional extra
-            raise WeightsMissing(f"reading {path} needs the tflite package: pip install 'imgsearch[convert]' ({exc}).") from exc
+            raise WeightsMissing(
+                f"reading {path} needs the tflite package: pip install 'imgsearch[convert]' ({exc})."
+            ) from exc
     elif path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

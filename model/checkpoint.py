@@ -38,12 +38,13 @@ def read_tensors(directory: str | os.PathLike, prefix: str = "") -> dict[str, to
     with safe_open(str(directory / WEIGHTS_NAME), framework="pt") as handle:
         for key in handle.keys():  # noqa: SIM118 - safe_open's handle is not a mapping
             if key.startswith(prefix):
-                tensors[key[len(prefix):]] = handle.get_tensor(key)
+                tensors[key[len(prefix) :]] = handle.get_tensor(key)
     return tensors
 
 
-def write_checkpoint(directory: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor],
-                     files: Mapping[str, str] | None = None) -> None:
+def write_checkpoint(
+    directory: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor], files: Mapping[str, str] | None = None
+) -> None:
     """Write the weights, the text `files` (name --> UTF-8 text, e.g. the labels) and config.json
     as temp files, then rename them into place, config.json last. A labels file left from an
     earlier save that this config does not name is removed."""

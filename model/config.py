@@ -44,8 +44,18 @@ from imgsearch.model.model_files import (
 )
 from imgsearch.model.provenance import Provenance, WeightsSource
 
-__all__ = ["AlignmentConfig", "BackboneConfig", "ScorerConfig", "HubnessConfig", "TextEncoderConfig", "ZERO_SHOT_TEXTS",
-           "Provenance", "WeightsSource", "PACKAGED_MINILM", "read_model_config"]
+__all__ = [
+    "AlignmentConfig",
+    "BackboneConfig",
+    "ScorerConfig",
+    "HubnessConfig",
+    "TextEncoderConfig",
+    "ZERO_SHOT_TEXTS",
+    "Provenance",
+    "WeightsSource",
+    "PACKAGED_MINILM",
+    "read_model_config",
+]
 
 # --- The image backbone ---
 
@@ -68,15 +78,33 @@ BACKBONES = (*VGG_BACKBONES, *CLASSIFIER_BACKBONES)
 
 # torchvision's VGG16 layer list ("M" is a 2x2 max-pool); five pools: 224px --> 7x7 pool5 grid.
 VGG16_LAYERS: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
 )
 VGG16_IMAGENET = "IMAGENET1K_V1"  # the pinned torchvision.models.VGG16_Weights member
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    name: Literal["vgg16", "vgg", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1",
-                  "efficientnet_lite2"] = "vgg16"
+    name: Literal["vgg16", "vgg", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] = (
+        "vgg16"
+    )
     # "vgg16" only: the member of torchvision.models.VGG16_Weights loaded at run time, or None
     # when the checkpoint carries the backbone weights. Every other backbone's weights live in
     # the checkpoint: its `weights` is None (the default becomes None there), and where they
@@ -111,9 +139,7 @@ class BackboneConfig:
             raise ModelConfigError("global_pool 'fc7' needs the 'vgg16' backbone; use 'mean'.")
         pools = self._pools
         if self.image_size % (2**pools):
-            raise ModelConfigError(
-                f"image_size {self.image_size} is not divisible by 2^{pools} (one per pool)."
-            )
+            raise ModelConfigError(f"image_size {self.image_size} is not divisible by 2^{pools} (one per pool).")
 
     @property
     def vgg_layers(self) -> tuple[int | str, ...]:
@@ -210,6 +236,7 @@ class ScorerConfig:
 
 # --- The first stage's hubness correction (model/hubness.py) ---
 
+
 @dataclass(frozen=True)
 class HubnessConfig:
     weight: float = 0.0  # 0: no correction (and no bank)
@@ -305,11 +332,17 @@ class AlignmentConfig:
             "image": {"backbone": self.backbone.to_dict(), **({"labels": LABELS_NAME} if self.image_labels else {})},
             "text": self.text.to_dict(),
             "scorer": self.scorer.to_dict(),
-            "rerank": {"fusion_weight": self.fusion_weight, "zero_shot_weight": self.zero_shot_weight,
-                       **({"hubness": dataclasses.asdict(self.hubness)} if self.hubness.bank_size else {}),
-                       # only when not the default, so that configs written before it existed read the same
-                       **({"zero_shot": {"class_texts": self.zero_shot_texts, "temperature": self.zero_shot_temperature}}
-                          if (self.zero_shot_texts, self.zero_shot_temperature) != ("names", 0.0) else {})},
+            "rerank": {
+                "fusion_weight": self.fusion_weight,
+                "zero_shot_weight": self.zero_shot_weight,
+                **({"hubness": dataclasses.asdict(self.hubness)} if self.hubness.bank_size else {}),
+                # only when not the default, so that configs written before it existed read the same
+                **(
+                    {"zero_shot": {"class_texts": self.zero_shot_texts, "temperature": self.zero_shot_temperature}}
+                    if (self.zero_shot_texts, self.zero_shot_temperature) != ("names", 0.0)
+                    else {}
+                ),
+            },
         }
         provenance = self.provenance.to_dict()
         return {**data, "provenance": provenance} if provenance else data
@@ -329,7 +362,8 @@ class AlignmentConfig:
             labels = image.get("labels")
             if isinstance(labels, str):
                 raise ModelConfigError(
-                    f"image.labels names the file {labels!r}: read the model with read_model_config().")
+                    f"image.labels names the file {labels!r}: read the model with read_model_config()."
+                )
             return cls(
                 embed_dim=int(data["embed_dim"]),
                 backbone=BackboneConfig(**image["backbone"]),

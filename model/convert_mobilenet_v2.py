@@ -45,9 +45,7 @@ def _import_tflite():
     try:
         import tflite
     except ImportError as exc:
-        raise ImportError(
-            "reading .tflite files needs the `tflite` package: pip install tflite==2.18.0"
-        ) from exc
+        raise ImportError("reading .tflite files needs the `tflite` package: pip install tflite==2.18.0") from exc
     return tflite
 
 

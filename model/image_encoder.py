@@ -164,7 +164,6 @@ class ImageEncoder(nn.Module):
         return encoder.eval().to(resolve_device(device))
 
 
-
 def resize_uint8(image: Image.Image, size: int) -> torch.Tensor:
     """RGB image --> (3, size, size) uint8, resized whole (no crop).
 

@@ -18,8 +18,10 @@ def top_labels(class_probs: torch.Tensor, labels: tuple[str, ...]) -> list[list[
     """Posteriors (n, C) --> per image its TOP_LABELS classes, best first, as the store keeps
     them: [(name, prob rounded to 4 decimals), ...]."""
     probs, classes = best_classes(class_probs, labels)  # (n, k), (n, k)
-    return [[(labels[c], round(p, 4)) for c, p in zip(row_classes, row_probs)]
-            for row_classes, row_probs in zip(classes.tolist(), probs.tolist())]
+    return [
+        [(labels[c], round(p, 4)) for c, p in zip(row_classes, row_probs)]
+        for row_classes, row_probs in zip(classes.tolist(), probs.tolist())
+    ]
 
 
 def best_classes(class_probs: torch.Tensor, labels: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,4 +120,3 @@ class MobileNetV2(nn.Module):
 def pixels_from_uint8(images: Tensor) -> Tensor:
     """uint8 RGB (B, S, S, 3) as the TFLite input takes it --> float (B, 3, S, S) in [-1, 1]."""
     return (images.permute(0, 3, 1, 2).float() - 128.0) / 128.0  # (B, S, S, 3) --> (B, 3, S, S)
-

@@ -26,9 +26,21 @@ from pathlib import Path
 from imgsearch.ground.errors import ModelConfigError, ModelNotFound
 
 __all__ = [
-    "CONFIG_NAME", "WEIGHTS_NAME", "LABELS_NAME", "LEGACY_FINGERPRINTS_NAME", "FORMAT", "FORMAT_VERSION",
-    "require_model_files", "read_config_json", "labels_file_name", "fingerprinted_files", "legacy_fingerprints",
-    "read_labels", "labels_text", "fingerprint", "answers_to_fingerprint",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "LABELS_NAME",
+    "LEGACY_FINGERPRINTS_NAME",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "require_model_files",
+    "read_config_json",
+    "labels_file_name",
+    "fingerprinted_files",
+    "legacy_fingerprints",
+    "read_labels",
+    "labels_text",
+    "fingerprint",
+    "answers_to_fingerprint",
 ]
 
 CONFIG_NAME = "config.json"
@@ -86,7 +98,8 @@ def labels_file_name(config: dict, path: Path | None = None) -> str | None:
         return None
     if not labels or labels != os.path.basename(labels) or labels in (".", "..") or "\\" in labels:
         raise ModelConfigError(
-            f"{path or CONFIG_NAME}: image.labels {labels!r} must name a file in the model directory.")
+            f"{path or CONFIG_NAME}: image.labels {labels!r} must name a file in the model directory."
+        )
     return labels
 
 

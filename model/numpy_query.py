@@ -34,8 +34,7 @@ from imgsearch.model.config import PACKAGED_MINILM, AlignmentConfig, read_model_
 from imgsearch.model.model_files import WEIGHTS_NAME
 from imgsearch.model.zero_shot import zero_shot_scores
 
-__all__ = ["NumpyQueryModel", "NumpyTextEncoder", "NumpyBert", "NumpyScorer", "QueryEmbedding",
-           "RuntimeUnsupported"]
+__all__ = ["NumpyQueryModel", "NumpyTextEncoder", "NumpyBert", "NumpyScorer", "QueryEmbedding", "RuntimeUnsupported"]
 
 _LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which the scorer uses
 
@@ -55,9 +54,11 @@ class QueryEmbedding:
 def read_numpy(path: str | os.PathLike, prefix: str = "") -> dict[str, np.ndarray]:
     """The tensors of a safetensors file whose key starts with `prefix` (removed), as float32 arrays."""
     with safe_open(str(path), framework="numpy") as handle:
-        return {key[len(prefix):]: handle.get_tensor(key).astype(np.float32, copy=False)
-                for key in handle.keys()  # noqa: SIM118 - safe_open's handle is not a mapping
-                if key.startswith(prefix)}
+        return {
+            key[len(prefix) :]: handle.get_tensor(key).astype(np.float32, copy=False)
+            for key in handle.keys()  # noqa: SIM118 - safe_open's handle is not a mapping
+            if key.startswith(prefix)
+        }
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -92,8 +93,11 @@ class NumpyBert:
 
     def __init__(self, directory: Path, weights: dict[str, np.ndarray] | None = None) -> None:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-        if config.get("model_type") != "bert" or config.get("hidden_act") != "gelu" \
-                or config.get("position_embedding_type", "absolute") != "absolute":
+        if (
+            config.get("model_type") != "bert"
+            or config.get("hidden_act") != "gelu"
+            or config.get("position_embedding_type", "absolute") != "absolute"
+        ):
             raise RuntimeUnsupported(f"{directory} is not a BERT with GELU and absolute positions")
         self.heads = int(config["num_attention_heads"])
         self.layers = int(config["num_hidden_layers"])
@@ -102,17 +106,20 @@ class NumpyBert:
             weights = read_numpy(directory / "model.safetensors")
         # checkpoints save BertModel's keys bare or under "bert." (a BertFor... head model)
         # (without the position_ids buffer old checkpoints saved: BertModel's state_dict has none)
-        self.w = {key.removeprefix("bert."): value for key, value in weights.items()
-                  if not key.endswith("position_ids")}
+        self.w = {
+            key.removeprefix("bert."): value for key, value in weights.items() if not key.endswith("position_ids")
+        }
         if "embeddings.word_embeddings.weight" not in self.w:
             raise RuntimeUnsupported(f"{directory}'s weights are not a BertModel's")
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Token ids (B, T) and attention mask (B, T) --> last hidden states (B, T, h) float32."""
         w, batch, length = self.w, *ids.shape
-        x = (w["embeddings.word_embeddings.weight"][ids]  # (B, T, h)
-             + w["embeddings.position_embeddings.weight"][:length]  # (T, h)
-             + w["embeddings.token_type_embeddings.weight"][0])  # (h,): one segment
+        x = (
+            w["embeddings.word_embeddings.weight"][ids]  # (B, T, h)
+            + w["embeddings.position_embeddings.weight"][:length]  # (T, h)
+            + w["embeddings.token_type_embeddings.weight"][0]
+        )  # (h,): one segment
         x = layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], self.eps)
         hidden = x.shape[-1]
         head_dim = hidden // self.heads
@@ -127,12 +134,19 @@ class NumpyBert:
             q, k, v = (split(linear(x, w, p + f"attention.self.{n}")) for n in ("query", "key", "value"))
             scores = q @ k.transpose(0, 1, 3, 2) / np.float32(math.sqrt(head_dim)) + key_bias  # (B, H, T, T)
             context = (softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(batch, length, hidden)  # (B, T, h)
-            x = layer_norm(x + linear(context, w, p + "attention.output.dense"),
-                           w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"],
-                           self.eps)
+            x = layer_norm(
+                x + linear(context, w, p + "attention.output.dense"),
+                w[p + "attention.output.LayerNorm.weight"],
+                w[p + "attention.output.LayerNorm.bias"],
+                self.eps,
+            )
             inner = gelu(linear(x, w, p + "intermediate.dense"))  # (B, T, 4h)
-            x = layer_norm(x + linear(inner, w, p + "output.dense"),
-                           w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], self.eps)
+            x = layer_norm(
+                x + linear(inner, w, p + "output.dense"),
+                w[p + "output.LayerNorm.weight"],
+                w[p + "output.LayerNorm.bias"],
+                self.eps,
+            )
         return x.astype(np.float32, copy=False)
 
 
@@ -164,7 +178,7 @@ class NumpyTextEncoder:
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.tokenizer.no_padding()  # the file pads to 128; one text needs none
         self.tokenizer.no_truncation()
-        bert = {k[len("bert."):]: v for k, v in tensors.items() if k.startswith("bert.")}
+        bert = {k[len("bert.") :]: v for k, v in tensors.items() if k.startswith("bert.")}
         self.bert = NumpyBert(directory, bert if config.text.carries_weights else None)
         self.w = tensors  # the heads: token_head.linear, global_head.linear, pool_score
         self.attention_pool = config.text.pool == "attention"
@@ -212,8 +226,9 @@ class NumpyTextEncoder:
             pooled = states.mean(0)
         global_ = l2_normalize(np.tanh(linear(pooled, w, "global_head.linear")), 1e-6)  # (d,)
         sentence = l2_normalize(states.mean(0), 1e-12)  # (h,): F.normalize's eps
-        return QueryEmbedding(tokens.astype(np.float32), mask[0], global_.astype(np.float32),
-                                  sentence.astype(np.float32), truncated[0])
+        return QueryEmbedding(
+            tokens.astype(np.float32), mask[0], global_.astype(np.float32), sentence.astype(np.float32), truncated[0]
+        )
 
 
 def l2_normalize(x: np.ndarray, eps: float) -> np.ndarray:
@@ -295,7 +310,7 @@ class NumpyQueryModel:
 
     def __init__(self, config: AlignmentConfig, tensors: dict[str, np.ndarray]) -> None:
         self.config = config
-        part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+        part = lambda prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
         self.text = NumpyTextEncoder(config, part("text."))
         self.scorer = NumpyScorer(config, part("scorer."))
         self.bank = part("hubness.").get("bank") if config.hubness.bank_size else None  # (Nb, d)
@@ -306,9 +321,11 @@ class NumpyQueryModel:
         directory = Path(directory)
         config = read_model_config(directory)
         with safe_open(str(directory / WEIGHTS_NAME), framework="numpy") as handle:
-            tensors = {key: handle.get_tensor(key).astype(np.float32, copy=False)
-                       for key in handle.keys()  # noqa: SIM118 - safe_open's handle is not a mapping
-                       if key.startswith(("text.", "scorer.", "hubness."))}
+            tensors = {
+                key: handle.get_tensor(key).astype(np.float32, copy=False)
+                for key in handle.keys()  # noqa: SIM118 - safe_open's handle is not a mapping
+                if key.startswith(("text.", "scorer.", "hubness."))
+            }
         return cls(config, tensors)
 
     def hub_scores(self, image_vectors: np.ndarray) -> np.ndarray:
@@ -333,12 +350,15 @@ class NumpyQueryModel:
     def label_scores(self, sentence: np.ndarray, labels: list[list[tuple[str, float]]]) -> np.ndarray:
         return zero_shot_scores(self, sentence, labels)
 
-    def rerank_logits(self, query: QueryEmbedding, regions: np.ndarray, precision: str = "float32",
-                      chunk: int = 256) -> np.ndarray:
+    def rerank_logits(
+        self, query: QueryEmbedding, regions: np.ndarray, precision: str = "float32", chunk: int = 256
+    ) -> np.ndarray:
         """The scorer's logits (C,) float32 for candidates' regions (C, R, d), in chunks of `chunk`.
         In float32: "auto" is float32 here, and "bfloat16" is refused (the Searcher asks torch for it)."""
         if precision == "bfloat16":
             raise RuntimeUnsupported("the numpy runtime computes in float32 only")
-        parts = [self.scorer.score(query.tokens, query.mask, regions[start : start + chunk])
-                 for start in range(0, len(regions), chunk)]
+        parts = [
+            self.scorer.score(query.tokens, query.mask, regions[start : start + chunk])
+            for start in range(0, len(regions), chunk)
+        ]
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)

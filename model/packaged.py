@@ -19,8 +19,14 @@ from pathlib import Path
 from imgsearch.ground.errors import ModelNotFound
 from imgsearch.model.model_files import CONFIG_NAME, WEIGHTS_NAME
 
-__all__ = ["PHOTO_MODEL_PACKAGE", "PHOTO_MODEL_SOURCE", "PACKAGED_MODELS", "default_model_dir",
-           "packaged_model_dir", "packaged_model_with_fingerprint"]
+__all__ = [
+    "PHOTO_MODEL_PACKAGE",
+    "PHOTO_MODEL_SOURCE",
+    "PACKAGED_MODELS",
+    "default_model_dir",
+    "packaged_model_dir",
+    "packaged_model_with_fingerprint",
+]
 
 # name --> (package, where its files live in the project; pyproject.toml's package-dir says the same)
 PACKAGED_MODELS: dict[str, tuple[str, Path]] = {

@@ -39,8 +39,10 @@ class Provenance:
     def from_dict(cls, data: dict) -> Provenance:
         try:
             weights = data.get("backbone_weights")
-            return cls(backbone_weights=WeightsSource(**weights) if weights else None,
-                       **{k: v for k, v in data.items() if k != "backbone_weights"})
+            return cls(
+                backbone_weights=WeightsSource(**weights) if weights else None,
+                **{k: v for k, v in data.items() if k != "backbone_weights"},
+            )
         except (AttributeError, TypeError) as exc:
             raise ModelConfigError(f"config.json's provenance has unknown fields: {exc}") from exc
 

@@ -34,7 +34,9 @@ class _FusionLayer(nn.Module):
         self.cross_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(
-            nn.Linear(dim, dim * ffn_mult), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(dim, dim * ffn_mult),
+            nn.GELU(),
+            nn.Dropout(dropout),
             nn.Linear(dim * ffn_mult, dim),
         )
 
@@ -91,7 +93,9 @@ class CrossAttentionScorer(nn.Module):
         mask = token_mask.to(best.dtype)
         return (best * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # (C,)
 
-    def score_candidates(self, query_tokens: torch.Tensor, query_mask: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    def score_candidates(
+        self, query_tokens: torch.Tensor, query_mask: torch.Tensor, regions: torch.Tensor
+    ) -> torch.Tensor:
         """One query against C candidates in one batch: (T, d), (T,), (C, R, d) --> (C,)."""
         count = regions.shape[0]
         tokens = query_tokens.unsqueeze(0).expand(count, -1, -1)  # (T, d) --> (C, T, d)

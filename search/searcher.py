@@ -25,8 +25,17 @@ from imgsearch.search.query_model import QueryEmbedding, QueryModel
 from imgsearch.storage.store import Store
 from imgsearch.storage.vectors import VectorIndex
 
-__all__ = ["SearchResult", "SearchPage", "PoolScores", "search_page", "encode_text_query", "score_pool",
-           "final_order", "DEFAULT_CANDIDATES", "RerankPrecision"]
+__all__ = [
+    "SearchResult",
+    "SearchPage",
+    "PoolScores",
+    "search_page",
+    "encode_text_query",
+    "score_pool",
+    "final_order",
+    "DEFAULT_CANDIDATES",
+    "RerankPrecision",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +61,30 @@ class SearchResult(ImageRecord):
     zero_shot_score: float | None = None
 
     @classmethod
-    def of(cls, image: ImageRecord, image_id: int | None, labels: Sequence[tuple[str, float]], *, rank: int,
-           score: float, first_stage_score: float, rerank_score: float | None, first_stage_rank: int,
-           zero_shot_score: float | None) -> SearchResult:
+    def of(
+        cls,
+        image: ImageRecord,
+        image_id: int | None,
+        labels: Sequence[tuple[str, float]],
+        *,
+        rank: int,
+        score: float,
+        first_stage_score: float,
+        rerank_score: float | None,
+        first_stage_rank: int,
+        zero_shot_score: float | None,
+    ) -> SearchResult:
         """The result for `image` (a stored row, or the record of a file read now), whose
         stored labels are [(name, prob), ...], with its scores."""
         return cls(
-            **record_values(image), id=image_id, rank=rank, score=score, first_stage_score=first_stage_score,
-            rerank_score=rerank_score, first_stage_rank=first_stage_rank, zero_shot_score=zero_shot_score,
+            **record_values(image),
+            id=image_id,
+            rank=rank,
+            score=score,
+            first_stage_score=first_stage_score,
+            rerank_score=rerank_score,
+            first_stage_rank=first_stage_rank,
+            zero_shot_score=zero_shot_score,
             labels=[{"label": name, "score": prob} for name, prob in labels],
         )
 
@@ -72,8 +97,22 @@ class SearchResult(ImageRecord):
 
 
 # to_dict's keys in the order --json has always printed them; fields added later follow.
-_DICT_ORDER = ("rank", "id", "path", "score", "first_stage_score", "rerank_score", "first_stage_rank", "width",
-               "height", "size", "sha256", "labels", "zero_shot_score", "taken_at")
+_DICT_ORDER = (
+    "rank",
+    "id",
+    "path",
+    "score",
+    "first_stage_score",
+    "rerank_score",
+    "first_stage_rank",
+    "width",
+    "height",
+    "size",
+    "sha256",
+    "labels",
+    "zero_shot_score",
+    "taken_at",
+)
 
 
 def _valid_unicode(text: str) -> str:
@@ -114,8 +153,9 @@ def encode_text_query(model: QueryModel, text: str) -> QueryEmbedding:
         )
     query = model.encode_query(text)
     if query.truncated:
-        log.warning("the query is longer than the text encoder's %d tokens; the rest was ignored",
-                    model.config.text.max_length)
+        log.warning(
+            "the query is longer than the text encoder's %d tokens; the rest was ignored", model.config.text.max_length
+        )
     return query
 
 
@@ -194,7 +234,9 @@ def search_page(
             keep = ids != exclude_id
             cosines, ids = cosines[keep], ids[keep]
         labels = store.labels(ids.tolist()) if uses_zero_shot else None  # every candidate's, for the zero-shot term
-        scores = _first_stage_order(model, text, cosines, ids, labels, pool_size, store, rerank, rerank_precision, clock)
+        scores = _first_stage_order(
+            model, text, cosines, ids, labels, pool_size, store, rerank, rerank_precision, clock
+        )
         kept = scores.kept(filters.min_score)
         if len(kept) > offset + k or depth >= limit:
             break
@@ -206,14 +248,21 @@ def search_page(
     results = []
     for rank, position in enumerate(page.tolist(), start=offset + 1):
         row = rows[int(ids[position])]
-        results.append(SearchResult.of(
-            row, row.id, labels[row.id], rank=rank, score=float(scores.final[position]),
-            first_stage_score=float(scores.first_stage[position]),
-            rerank_score=None if scores.reranked is None or np.isnan(scores.reranked[position])
-            else float(scores.reranked[position]),
-            first_stage_rank=int(scores.first_stage_rank[position]),
-            zero_shot_score=None if scores.zero_shot is None else float(scores.zero_shot[position]),
-        ))
+        results.append(
+            SearchResult.of(
+                row,
+                row.id,
+                labels[row.id],
+                rank=rank,
+                score=float(scores.final[position]),
+                first_stage_score=float(scores.first_stage[position]),
+                rerank_score=None
+                if scores.reranked is None or np.isnan(scores.reranked[position])
+                else float(scores.reranked[position]),
+                first_stage_rank=int(scores.first_stage_rank[position]),
+                zero_shot_score=None if scores.zero_shot is None else float(scores.zero_shot[position]),
+            )
+        )
     clock.lap("first_stage")
     next_offset = offset + k if len(kept) > offset + k else None
     return SearchPage(results, next_offset, scores.reranked is not None, clock.timings())
@@ -238,8 +287,16 @@ class _Ranked:
 
 
 def _first_stage_order(
-    model: QueryModel, text: QueryEmbedding | None, cosines: np.ndarray, ids: np.ndarray, labels: dict | None,
-    pool_size: int, store: Store, rerank: bool, rerank_precision: RerankPrecision, clock: _Clock,
+    model: QueryModel,
+    text: QueryEmbedding | None,
+    cosines: np.ndarray,
+    ids: np.ndarray,
+    labels: dict | None,
+    pool_size: int,
+    store: Store,
+    rerank: bool,
+    rerank_precision: RerankPrecision,
+    clock: _Clock,
 ) -> _Ranked:
     """Score and order fetched candidates: the pool (the first pool_size, re-ranked for text
     queries) by final score, then the rest in FAISS order with their first-stage scores."""
@@ -296,4 +353,3 @@ class _Clock:
     def timings(self) -> dict[str, float]:
         total = self.spent["encode"] + (time.perf_counter() - self.started) * 1000
         return {name: round(ms, 2) for name, ms in {**self.spent, "total": total}.items()}
-

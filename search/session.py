@@ -54,8 +54,12 @@ ImageItem: TypeAlias = "int | str | os.PathLike | ImageInput"  # an indexed imag
 
 
 class Searcher:
-    def __init__(self, data: StoredIndex, load_model: Callable[[], AlignmentModel],
-                 load_query_model: Callable[[], QueryModel | None] = lambda: None) -> None:
+    def __init__(
+        self,
+        data: StoredIndex,
+        load_model: Callable[[], AlignmentModel],
+        load_query_model: Callable[[], QueryModel | None] = lambda: None,
+    ) -> None:
         """Search `data`, with the model `load_model()` gives when a search first needs it, and
         for text queries the lighter `load_query_model()` (search/query_model.py; None: none
         here, the model serves them) while the model is not loaded."""
@@ -160,9 +164,18 @@ class Searcher:
                 encoded = self._store.global_vectors_of([exclude_id])[0]
             encode_ms = (time.perf_counter() - started) * 1000
             return search_page(
-                model, self._store, self._vectors, encoded, k=arguments.k, offset=arguments.offset,
-                candidates=arguments.candidates, rerank=arguments.rerank, filters=arguments.filters,
-                exclude_id=exclude_id, rerank_precision=arguments.rerank_precision, encode_ms=encode_ms,
+                model,
+                self._store,
+                self._vectors,
+                encoded,
+                k=arguments.k,
+                offset=arguments.offset,
+                candidates=arguments.candidates,
+                rerank=arguments.rerank,
+                filters=arguments.filters,
+                exclude_id=exclude_id,
+                rerank_precision=arguments.rerank_precision,
+                encode_ms=encode_ms,
             )
 
     def rerank(self, query: str, items: list[ImageItem], rerank_precision: RerankPrecision) -> list[SearchResult]:
@@ -174,16 +187,22 @@ class Searcher:
             vector = text.global_  # (d,)
             globals_ = np.stack([f.global_ for f in found])  # (n, d)
             regions = np.stack([f.regions for f in found])  # (n, R, d) float16
-            scores = score_pool(model, text, globals_ @ vector, regions, [f.labels for f in found], rerank_precision,
-                                globals_)
+            scores = score_pool(
+                model, text, globals_ @ vector, regions, [f.labels for f in found], rerank_precision, globals_
+            )
         order = np.argsort(-scores.final, kind="stable")
         first_rank = np.empty(len(found), np.int64)
         first_rank[np.argsort(-scores.first_stage, kind="stable")] = np.arange(1, len(found) + 1)
         assert scores.reranked is not None  # regions were given
         return [
             SearchResult.of(
-                found[i].image, found[i].id, found[i].labels, rank=rank, score=float(scores.final[i]),
-                first_stage_score=float(scores.first_stage[i]), rerank_score=float(scores.reranked[i]),
+                found[i].image,
+                found[i].id,
+                found[i].labels,
+                rank=rank,
+                score=float(scores.final[i]),
+                first_stage_score=float(scores.first_stage[i]),
+                rerank_score=float(scores.reranked[i]),
                 first_stage_rank=int(first_rank[i]),
                 zero_shot_score=None if scores.zero_shot is None else float(scores.zero_shot[i]),
             )
@@ -236,8 +255,11 @@ class Searcher:
             image_id = self._indexed_id(image)
             row = self._store.images([image_id])[image_id]
             labels = self._store.labels([image_id])[image_id]
-        return {"id": row.id, **record_values(row, shown=True),
-                "labels": [{"label": name, "score": prob} for name, prob in labels]}
+        return {
+            "id": row.id,
+            **record_values(row, shown=True),
+            "labels": [{"label": name, "score": prob} for name, prob in labels],
+        }
 
     def _indexed_id(self, item: int | str | os.PathLike) -> int:
         """An indexed image's id, from its id or its path. Raises ImageNotFound."""
@@ -261,8 +283,10 @@ class Searcher:
             image_id = row.id if row is not None and row.status == "ok" else None
         if image_id is not None:
             return _ImageFeatures(
-                image=self._store.images([image_id])[image_id], id=image_id,
-                global_=self._store.global_vectors_of([image_id])[0], regions=self._store.regions([image_id])[0],
+                image=self._store.images([image_id])[image_id],
+                id=image_id,
+                global_=self._store.global_vectors_of([image_id])[0],
+                regions=self._store.regions([image_id])[0],
                 labels=self._store.labels([image_id])[image_id],
             )
         from PIL import Image
@@ -273,10 +297,17 @@ class Searcher:
         picture = load_image(data if path is None else path)
         encoded = encode_image(self.model.image, picture)
         size = path.stat().st_size if path is not None else len(data) if not isinstance(data, Image.Image) else None
-        image = ImageRecord(path="" if path is None else path_to_text(path), width=picture.width, height=picture.height,
-                            size=size)
-        return _ImageFeatures(image=image, id=None, global_=encoded.global_, regions=encoded.regions,
-                              labels=encoded.labels, picture=picture)
+        image = ImageRecord(
+            path="" if path is None else path_to_text(path), width=picture.width, height=picture.height, size=size
+        )
+        return _ImageFeatures(
+            image=image,
+            id=None,
+            global_=encoded.global_,
+            regions=encoded.regions,
+            labels=encoded.labels,
+            picture=picture,
+        )
 
     # ---- the whole index -------------------------------------------------------------
 

@@ -86,7 +86,7 @@ def _replace_contents(fd: int, data: bytes) -> None:
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 def _command_line() -> str:
@@ -184,7 +184,9 @@ class WriterLock(FileLock):
 
     def _on_acquired(self, fd: int) -> None:
         holder = {
-            "pid": os.getpid(), "host": socket.gethostname(), "command": _command_line(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": _command_line(),
             "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         _replace_contents(fd, (json.dumps(holder) + "\n").encode())
@@ -208,8 +210,7 @@ class WriterLock(FileLock):
     def describe_holder(self) -> str:
         try:
             holder = json.loads(self.path.read_text())
-            return (f"pid {holder['pid']} on {holder['host']} (`{holder['command']}`, "
-                    f"since {holder['since']})")
+            return f"pid {holder['pid']} on {holder['host']} (`{holder['command']}`, since {holder['since']})"
         except (OSError, ValueError, KeyError, TypeError):  # being written this instant, or unreadable
             return "another process (its details are not readable yet)"
 

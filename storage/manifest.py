@@ -34,9 +34,7 @@ class Manifest:
     metric: str = "inner_product"  # on L2-normalised vectors: cosine similarity
     normalized: bool = True
     region_dtype: str = "float16"
-    created_at: str = field(
-        default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    )
+    created_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
     def write(self, directory: str | os.PathLike) -> None:
         write_text_durably(Path(directory) / MANIFEST_NAME, json.dumps(asdict(self), indent=2) + "\n")

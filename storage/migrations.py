@@ -90,6 +90,9 @@ def _covering_folders(folders: Iterable[Path]) -> list[Path]:
 
 # Migration N upgrades a store from version N-1 to N. Append; never edit a released one.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
-    _migration_1, _migration_2, _migration_3, _migration_4,
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

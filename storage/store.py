@@ -51,8 +51,10 @@ TAKEN_AT_SQL = "COALESCE(exif_taken_at, strftime('%Y-%m-%dT%H:%M:%S', mtime, 'un
 # which holds the EXIF date alone (a read gives that, else the mtime: TAKEN_AT_SQL). A Put
 # writes every field; a field added to the record needs only a migration that adds its column.
 _COLUMNS = {name: "exif_taken_at" if name == "taken_at" else name for name in RECORD_FIELDS}
-_INSERT_OK = (f"INSERT INTO images ({', '.join(_COLUMNS.values())}, status, indexed_at) "
-              f"VALUES ({', '.join('?' * len(_COLUMNS))}, 'ok', ?)")
+_INSERT_OK = (
+    f"INSERT INTO images ({', '.join(_COLUMNS.values())}, status, indexed_at) "
+    f"VALUES ({', '.join('?' * len(_COLUMNS))}, 'ok', ?)"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,7 +174,7 @@ class Store:
             # leaves the store at the old version or the new one, never half-way.
             with self._write_transaction():
                 version = self.db.execute("PRAGMA user_version").fetchone()[0]  # another process may have
-                if version < SCHEMA_VERSION:                                     # migrated meanwhile
+                if version < SCHEMA_VERSION:  # migrated meanwhile
                     MIGRATIONS[version](self.db)
                     version += 1
                     self.db.execute(f"PRAGMA user_version = {version}")
@@ -387,19 +389,25 @@ class Store:
                     assert change.regions is not None  # embedded with global_
                     self.db.execute(
                         "INSERT OR IGNORE INTO embeddings (sha256, global, regions, labels) VALUES (?, ?, ?, ?)",
-                        [change.record.sha256, _blob(change.global_, np.float32, (self.embed_dim,)),
-                         _blob(change.regions, np.float16, (self.num_regions, self.embed_dim)),
-                         _labels_json(change.labels)],
+                        [
+                            change.record.sha256,
+                            _blob(change.global_, np.float32, (self.embed_dim,)),
+                            _blob(change.regions, np.float16, (self.num_regions, self.embed_dim)),
+                            _labels_json(change.labels),
+                        ],
                     )
             for change in changes:
                 record = change.record
                 if isinstance(change, Touch):
-                    self.db.execute("UPDATE images SET size = ?, mtime = ?, ctime = ?, indexed_at = ? WHERE id = ?",
-                                    [record.size, record.mtime, record.ctime, now, change.id])
+                    self.db.execute(
+                        "UPDATE images SET size = ?, mtime = ?, ctime = ?, indexed_at = ? WHERE id = ?",
+                        [record.size, record.mtime, record.ctime, now, change.id],
+                    )
                 elif isinstance(change, Move):
                     self.db.execute(
                         "UPDATE images SET path = ?, size = ?, mtime = ?, ctime = ?, indexed_at = ? WHERE id = ?",
-                        [record.path, record.size, record.mtime, record.ctime, now, change.id])
+                        [record.path, record.size, record.mtime, record.ctime, now, change.id],
+                    )
                 elif isinstance(change, Put):
                     removed += self._delete_path(record.path)
                     if not self.has_content(record.sha256):
@@ -424,8 +432,10 @@ class Store:
         with self._write_transaction():
             for chunk in _chunks(list(ids)):
                 marks = ",".join("?" * len(chunk))
-                removed += [r[0] for r in self.db.execute(
-                    f"SELECT id FROM images WHERE status = 'ok' AND id IN ({marks})", chunk)]
+                removed += [
+                    r[0]
+                    for r in self.db.execute(f"SELECT id FROM images WHERE status = 'ok' AND id IN ({marks})", chunk)
+                ]
                 self.db.execute(f"DELETE FROM images WHERE id IN ({marks})", chunk)
         return removed
 
@@ -455,9 +465,13 @@ class Store:
         by_id: dict[int, bytes] = {}
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
-            by_id.update(self.db.execute(
-                "SELECT images.id, embeddings.global FROM images JOIN embeddings USING (sha256) "
-                f"WHERE images.id IN ({marks})", chunk).fetchall())
+            by_id.update(
+                self.db.execute(
+                    "SELECT images.id, embeddings.global FROM images JOIN embeddings USING (sha256) "
+                    f"WHERE images.id IN ({marks})",
+                    chunk,
+                ).fetchall()
+            )
         vectors = np.zeros((len(ids), self.embed_dim), np.float32)
         for row, image_id in enumerate(ids):
             vectors[row] = np.frombuffer(by_id[image_id], dtype=np.float32)

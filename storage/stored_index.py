@@ -102,8 +102,10 @@ class StoredIndex:
             return None, f"holds {vectors.dim}-d vectors, not the index's {self.embed_dim}-d"
         expected = self.store.ok_ids()
         if not np.array_equal(vectors.ids(), expected):
-            return None, (f"is out of step with {DB_NAME} ({len(vectors)} vectors for "
-                          f"{len(expected)} indexed images, not the same ids)")
+            return None, (
+                f"is out of step with {DB_NAME} ({len(vectors)} vectors for "
+                f"{len(expected)} indexed images, not the same ids)"
+            )
         return vectors, ""
 
     # ---- the writer (holds the writer lock) ---------------------------------------
@@ -138,8 +140,9 @@ class StoredIndex:
         try:
             self._write_vectors()
         except (OSError, RuntimeError, StoreCorrupt) as exc:  # faiss reports write errors as RuntimeError
-            log.warning("could not save %s (%s); it will be rebuilt from %s when next opened",
-                        self.vectors_path, exc, DB_NAME)
+            log.warning(
+                "could not save %s (%s); it will be rebuilt from %s when next opened", self.vectors_path, exc, DB_NAME
+            )
 
     def _write_vectors(self) -> None:
         """Write vectors.faiss under vectors.lock. The writer waits for a search that is saving

@@ -61,8 +61,9 @@ def _pause_before_reading(name: str, pause: str) -> None:
             self.index, self.batch_size, self.workers = index, batch_size, workers
 
         def embed(self, paths, known_contents):
-            local = LocalEmbedder(self.index.image_encoder, batch_size=self.batch_size, workers=self.workers,
-                                  decode=decode_with_pause)
+            local = LocalEmbedder(
+                self.index.image_encoder, batch_size=self.batch_size, workers=self.workers, decode=decode_with_pause
+            )
             yield from local.embed(paths, known_contents)
 
     add = Index.add

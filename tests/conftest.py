@@ -47,8 +47,14 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BertModel (random init, saved like any local model) with MiniLM's tokenizer."""
     directory = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(directory)
     AutoTokenizer.from_pretrained(resolve_name(PACKAGED_MINILM)).save_pretrained(directory)
     return directory
@@ -56,7 +62,9 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 
 def small_config(text_dir: Path | str, **overrides) -> AlignmentConfig:
     fields = dict(
-        embed_dim=32, backbone=SMALL_BACKBONE, text=TextEncoderConfig(name_or_path=str(text_dir), max_length=24),
+        embed_dim=32,
+        backbone=SMALL_BACKBONE,
+        text=TextEncoderConfig(name_or_path=str(text_dir), max_length=24),
         scorer=ScorerConfig(num_layers=1, num_heads=2, max_regions=16, dropout=0.0),
     )
     fields.update(overrides)
@@ -189,8 +197,12 @@ def mobilenet_state(seed: int = 0) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def mobilenet_model_dir(tmp_path_factory, tiny_bert_dir) -> Path:
     """A 64px mobilenet_v2 alignment model (random weights) with 1,001 labels "class 0" ... "class 1000"."""
-    config = small_config(tiny_bert_dir, backbone=MOBILENET_64, scorer=ScorerConfig(num_heads=4, max_regions=49),
-                          image_labels=tuple(f"class {i}" for i in range(1001)))
+    config = small_config(
+        tiny_bert_dir,
+        backbone=MOBILENET_64,
+        scorer=ScorerConfig(num_heads=4, max_regions=49),
+        image_labels=tuple(f"class {i}" for i in range(1001)),
+    )
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("mobilenet-model")
     AlignmentModel.initialize(config, backbone_state=mobilenet_state()).save_pretrained(directory)

@@ -31,5 +31,5 @@ class FsyncSpy:
         at = renames[-1]
         inode = self.events[at][1]
         assert ("fsync", inode) in self.events[:at], f"{path}'s data was not flushed before the rename"
-        assert ("fsync", path.parent.stat().st_ino) in self.events[at + 1:], f"{path.parent} not flushed"
+        assert ("fsync", path.parent.stat().st_ino) in self.events[at + 1 :], f"{path.parent} not flushed"
         assert path.stat().st_ino == inode

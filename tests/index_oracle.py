@@ -47,7 +47,8 @@ def check_consistent(index: Index) -> None:
     assert index.store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     missing = index.store.db.execute(
         "SELECT count(*) FROM images LEFT JOIN embeddings USING (sha256) "
-        "WHERE images.status = 'ok' AND embeddings.sha256 IS NULL").fetchone()[0]
+        "WHERE images.status = 'ok' AND embeddings.sha256 IS NULL"
+    ).fetchone()[0]
     assert missing == 0
 
 
@@ -56,7 +57,7 @@ def assert_rows_match(actual: dict[str, Row], expected: dict[str, Row], *, subse
     if subset:
         assert set(actual) <= set(expected), set(actual) - set(expected)
     else:
-        assert set(actual) == set(expected), (set(actual) ^ set(expected))
+        assert set(actual) == set(expected), set(actual) ^ set(expected)
     for path, row in actual.items():
         want = expected[path]
         assert (row.status, row.sha256) == (want.status, want.sha256), path

@@ -17,15 +17,18 @@ from imgsearch.model.image_encoder import ImageEncoder
 def _fresh_process(probe: str, **env: str) -> list[str]:
     """What `probe` prints, run in a new interpreter: the allocator is set once per process,
     and this test process's is left as it is."""
-    done = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **env}, capture_output=True, text=True,
-                          check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env={**os.environ, **env}, capture_output=True, text=True, check=True
+    )
     return done.stdout.split()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux only")
 def test_keep_freed_memory_takes_effect_on_glibc():
-    probe = ("from imgsearch.model.allocator import keep_freed_memory, heap_block_limit; "
-             "print(heap_block_limit(), keep_freed_memory(), keep_freed_memory(), heap_block_limit())")
+    probe = (
+        "from imgsearch.model.allocator import keep_freed_memory, heap_block_limit; "
+        "print(heap_block_limit(), keep_freed_memory(), keep_freed_memory(), heap_block_limit())"
+    )
     # none before it is asked for; the second call is a no-op
     assert _fresh_process(probe, IMGSEARCH_DEFAULT_MALLOC="") == ["None", "True", "True", str(32 * 1024 * 1024)]
 
@@ -33,7 +36,9 @@ def test_keep_freed_memory_takes_effect_on_glibc():
 def _encoder(name: str) -> ImageEncoder:
     torch.manual_seed(0)
     layers = (8, "M", 16, "M") if name == "vgg" else ()
-    backbone = BackboneConfig(name=name, image_size=64, weights=None, global_pool="mean", **({"layers": layers} if layers else {}))
+    backbone = BackboneConfig(
+        name=name, image_size=64, weights=None, global_pool="mean", **({"layers": layers} if layers else {})
+    )
     return ImageEncoder(backbone, embed_dim=16).eval()
 
 
@@ -62,9 +67,15 @@ def _largest_activation(encoder: ImageEncoder) -> int:
     """Bytes per image of the largest tensor a layer takes or gives: a brute-force walk over every
     leaf module's inputs and outputs, for one image."""
     largest = []
-    hooks = [m.register_forward_hook(lambda _m, i, o: largest.extend(t.numel() * t.element_size()
-                                                                     for t in (*i, o) if isinstance(t, torch.Tensor)))
-             for m in encoder.modules() if not list(m.children())]
+    hooks = [
+        m.register_forward_hook(
+            lambda _m, i, o: largest.extend(
+                t.numel() * t.element_size() for t in (*i, o) if isinstance(t, torch.Tensor)
+            )
+        )
+        for m in encoder.modules()
+        if not list(m.children())
+    ]
     encoder(encoder.normalize(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)))
     for hook in hooks:
         hook.remove()
@@ -82,8 +93,10 @@ def test_the_first_cpu_batch_measures_the_widest_layer(monkeypatch):
 
 
 def test_the_environment_can_leave_malloc_alone():
-    probe = ("from imgsearch.model.allocator import keep_freed_memory, heap_block_limit; "
-             "print(keep_freed_memory(), heap_block_limit())")
+    probe = (
+        "from imgsearch.model.allocator import keep_freed_memory, heap_block_limit; "
+        "print(keep_freed_memory(), heap_block_limit())"
+    )
     assert _fresh_process(probe, IMGSEARCH_DEFAULT_MALLOC="1") == ["False", "None"]
 
 

@@ -33,8 +33,7 @@ def test_vgg16_matches_torchvision_layer_for_layer(monkeypatch):
     torch.manual_seed(0)
     reference = torchvision.models.vgg16().eval()  # random init; stands in for the ImageNet weights
     state = reference.state_dict()
-    monkeypatch.setattr(torchvision.models.VGG16_Weights, "get_state_dict",
-                        lambda self, *args, **kwargs: state)
+    monkeypatch.setattr(torchvision.models.VGG16_Weights, "get_state_dict", lambda self, *args, **kwargs: state)
 
     ours = VGGBackbone(BackboneConfig(name="vgg16", weights="IMAGENET1K_V1", global_pool="fc7"))
     ours.load_pretrained()  # maps features.* and classifier.0/3.* onto our modules
@@ -84,8 +83,9 @@ def test_custom_vgg_gives_grid_of_regions(layers, image_size, grid_side, region_
 
 
 def test_custom_vgg_with_batch_norm_builds():
-    config = BackboneConfig(name="vgg", weights=None, layers=(4, "M"), image_size=8, global_pool="mean",
-                            batch_norm=True)
+    config = BackboneConfig(
+        name="vgg", weights=None, layers=(4, "M"), image_size=8, global_pool="mean", batch_norm=True
+    )
     backbone = VGGBackbone(config)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.features)
 
@@ -100,8 +100,7 @@ def test_config_layers_given_as_list_are_stored_as_tuple():
     "kwargs, message",
     [
         (dict(name="vgg16", image_size=100), "not divisible"),  # 100 is not a multiple of 2^5
-        (dict(name="vgg", weights=None, layers=(8, "M", 8, "M"), image_size=30, global_pool="mean"),
-         "not divisible"),
+        (dict(name="vgg", weights=None, layers=(8, "M", 8, "M"), image_size=30, global_pool="mean"), "not divisible"),
         (dict(name="vgg", weights=None, layers=(8, "M"), image_size=8, global_pool="fc7"), "fc7"),
         (dict(name="resnet"), "unknown backbone"),
         (dict(global_pool="max"), "global_pool"),
@@ -190,9 +189,13 @@ def test_mobilenet_model_needs_its_weights_and_saves_them(tiny_bert_dir, tmp_pat
     from imgsearch.model.scorer import ScorerConfig
     from imgsearch.model.text_encoder import TextEncoderConfig
 
-    config = AlignmentConfig(embed_dim=16, backbone=MOBILENET, text=TextEncoderConfig(name_or_path=str(tiny_bert_dir)),
-                             scorer=ScorerConfig(num_layers=1, num_heads=2, max_regions=4),
-                             image_labels=tuple(f"class {i}" for i in range(1001)))
+    config = AlignmentConfig(
+        embed_dim=16,
+        backbone=MOBILENET,
+        text=TextEncoderConfig(name_or_path=str(tiny_bert_dir)),
+        scorer=ScorerConfig(num_layers=1, num_heads=2, max_regions=4),
+        image_labels=tuple(f"class {i}" for i in range(1001)),
+    )
     with pytest.raises(WeightsMissing, match="--backbone-weights"):
         AlignmentModel.initialize(config)  # never random ImageNet weights
     torch.manual_seed(1)

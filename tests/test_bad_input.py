@@ -44,8 +44,17 @@ def write_bytes_path(folder: Path, name: bytes, data: bytes) -> bytes:
     return path
 
 
-GOOD = ["cmyk.jpg", "rgba16.png", "la16.png", "palette_alpha.png", "animated.gif", "rotated.jpg",
-        "plain.png", "l" * 251 + ".png", "é" * 125 + ".png"]
+GOOD = [
+    "cmyk.jpg",
+    "rgba16.png",
+    "la16.png",
+    "palette_alpha.png",
+    "animated.gif",
+    "rotated.jpg",
+    "plain.png",
+    "l" * 251 + ".png",
+    "é" * 125 + ".png",
+]
 # name --> words its reason must contain
 BAD = {
     "empty.jpg": "empty file",
@@ -92,8 +101,15 @@ def hostile_folder(tmp_path) -> Path:
     (root / "text.jpg").write_text("a text file that says it is a JPEG\n")
     header = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 2, 0, 0, 0)
     (root / "bomb.png").write_bytes(
-        b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + header + struct.pack(">I", zlib.crc32(b"IHDR" + header))
-        + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + b"IHDR"
+        + header
+        + struct.pack(">I", zlib.crc32(b"IHDR" + header))
+        + struct.pack(">I", 0)
+        + b"IEND"
+        + struct.pack(">I", zlib.crc32(b"IEND"))
+    )
     os.symlink(root / "nowhere.jpg", root / "broken_link.jpg")
     os.symlink(root / "loop_b.jpg", root / "loop_a.jpg")
     os.symlink(root / "loop_a.jpg", root / "loop_b.jpg")
@@ -213,7 +229,8 @@ def test_unreadable_file_is_recorded_and_retried_once_its_permissions_change(tmp
         with file_permissions_enforced():  # even as root, as CI runs
             summary = index.add([photos], workers=0)
             assert summary.failures == [
-                (f"{photos}/locked.png", "permission denied (the file is not readable by this user)")]
+                (f"{photos}/locked.png", "permission denied (the file is not readable by this user)")
+            ]
             assert index.add([photos], workers=0).unchanged == 2  # not retried while still locked
             (photos / "locked.png").chmod(0o644)  # content and mtime unchanged; ctime moves
             fixed = index.add([photos], workers=0)
@@ -221,8 +238,17 @@ def test_unreadable_file_is_recorded_and_retried_once_its_permissions_change(tmp
         assert index.failures() == []
 
 
-NAMES = [b"plain.jpg", b"caf\xe9.jpg", b"\xff\xfe\x80", b"back\\slash.jpg", b"literal\\xe9.jpg",
-         b"both\\\xe9.jpg", "日本語の写真.jpg".encode(), b"\\\\x41", b"a" * 255]
+NAMES = [
+    b"plain.jpg",
+    b"caf\xe9.jpg",
+    b"\xff\xfe\x80",
+    b"back\\slash.jpg",
+    b"literal\\xe9.jpg",
+    b"both\\\xe9.jpg",
+    "日本語の写真.jpg".encode(),
+    b"\\\\x41",
+    b"a" * 255,
+]
 
 
 def test_path_text_is_utf8_readable_and_round_trips():

@@ -48,8 +48,15 @@ expect = sync_api.expect
 
 PHOTOS = Path(__file__).parents[1] / "data" / "photos"
 CATS = set(json.loads((PHOTOS / "queries.json").read_text())["a cat"])  # the photos "a cat" describes
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 MARKUP_FOLDER = "<b>x</b>"  # a path holding it: folders "<b>x<" then "b>"
 MARKUP_NAME = "dog <img src=x onerror=alert(1)>.jpg"
 WAIT_MS = 60_000  # the first search of a fresh server also encodes the class names (seconds on 2 cores)
@@ -71,8 +78,9 @@ def photo_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(photo_root, tmp_path_factory):
     """Base URL of a live server over an index of the photos."""
-    with Index.create(tmp_path_factory.mktemp("browser-index") / "index", model=default_model_dir(),
-                      device="cpu") as index:
+    with Index.create(
+        tmp_path_factory.mktemp("browser-index") / "index", model=default_model_dir(), device="cpu"
+    ) as index:
         summary = index.add([photo_root], workers=0)
         assert (summary.added, summary.failed) == (25, 0)
         sock = socket.socket()
@@ -278,12 +286,15 @@ def test_search_explain_more_like_this_and_upload(server, page, shots, photo_roo
     _shot(page, shots, "06-upload-sunflower")
 
     # Drag and drop a photo onto the page: the drop zone shows while dragging, then the search runs.
-    dropped = page.evaluate_handle("""([b64, name]) => {
+    dropped = page.evaluate_handle(
+        """([b64, name]) => {
         const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
         const transfer = new DataTransfer();
         transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
         return transfer;
-    }""", [base64.b64encode((PHOTOS / "owl.jpg").read_bytes()).decode(), "owl.jpg"])
+    }""",
+        [base64.b64encode((PHOTOS / "owl.jpg").read_bytes()).decode(), "owl.jpg"],
+    )
     page.dispatch_event("#grid", "dragenter", {"dataTransfer": dropped})
     expect(page.locator("#drop")).to_be_visible()
     _shot(page, shots, "07-dragging-owl")
@@ -318,10 +329,20 @@ def test_search_explain_more_like_this_and_upload(server, page, shots, photo_roo
 def _api_error(base: str, data: bytes) -> tuple[int, str]:
     """The status and `detail` the API gives for an upload of these bytes (an oracle for the page's message)."""
     boundary = "imgsearchtestboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"notes.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(base + "api/search", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="notes.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        base + "api/search",
+        data=body,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=60)
     assert 400 <= caught.value.code < 500
@@ -353,7 +374,9 @@ def test_shared_url_with_a_folder_filter_shows_markup_as_text(server, page, shot
     later = (datetime.date.today() + datetime.timedelta(days=2)).isoformat()
     page.locator("#after").fill(later)
     page.locator("#after").press("Enter")
-    expect(page.locator("#status")).to_have_text("No photos for “a dog”. Try removing a filter (folder, dates, min score).")
+    expect(page.locator("#status")).to_have_text(
+        "No photos for “a dog”. Try removing a filter (folder, dates, min score)."
+    )
     expect(page).to_have_url(re.compile(rf"[?&]after={later}(&|$)"))
     expect(page.locator("#grid .card")).to_have_count(0)
     _shot(page, shots, "12-no-results")

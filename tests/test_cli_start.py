@@ -13,7 +13,9 @@ import pytest
 HEAVY = ("torch", "torchvision", "transformers", "faiss", "sqlite_utils", "safetensors", "PIL")
 COMMANDS = ("index", "search", "info", "errors", "train", "eval")
 
-PROBE = f"HEAVY = {HEAVY!r}\n" + """
+PROBE = (
+    f"HEAVY = {HEAVY!r}\n"
+    + """
 import json, sys
 from imgsearch.cli import main
 try:
@@ -22,6 +24,7 @@ except SystemExit as stop:
     code = stop.code
 print(json.dumps({"code": code, "heavy": sorted({m.split('.')[0] for m in sys.modules} & set(HEAVY))}))
 """
+)
 
 
 def _run(*args: str) -> dict:
@@ -56,12 +59,15 @@ def test_a_text_search_loads_neither_torch_nor_transformers(tmp_path, model_dir,
     assert photo["code"] == 0 and "torch" in photo["heavy"]
 
 
-@pytest.mark.parametrize(("args", "code"), [
-    (("search", "", "--index", "NOWHERE"), 1),
-    (("search", "a dog", "--index", "NOWHERE"), 1),
-    (("search", "a dog", "--after", "01/06/2023", "--index", "NOWHERE"), 2),  # click's usage error
-    (("search", "a dog", "-k", "0", "--index", "NOWHERE"), 2),
-])
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("search", "", "--index", "NOWHERE"), 1),
+        (("search", "a dog", "--index", "NOWHERE"), 1),
+        (("search", "a dog", "--after", "01/06/2023", "--index", "NOWHERE"), 2),  # click's usage error
+        (("search", "a dog", "-k", "0", "--index", "NOWHERE"), 2),
+    ],
+)
 def test_search_mistakes_are_answered_before_anything_heavy_loads(args, code):
     """An empty query, no index, a date that is not one: answered by the light checks
     (the options' types, search/arguments.py, the manifest) before FAISS, the store or a model."""
@@ -70,17 +76,21 @@ def test_search_mistakes_are_answered_before_anything_heavy_loads(args, code):
 
 
 def test_library_names_load_on_first_use():
-    probe = ("import sys, imgsearch; before = 'torch' in sys.modules; from imgsearch import Index, "
-             "ImgsearchError; after_index = 'torch' in sys.modules; from imgsearch import AlignmentModel; "
-             "print(before, after_index, 'torch' in sys.modules, Index.__module__, ImgsearchError.__name__)")
+    probe = (
+        "import sys, imgsearch; before = 'torch' in sys.modules; from imgsearch import Index, "
+        "ImgsearchError; after_index = 'torch' in sys.modules; from imgsearch import AlignmentModel; "
+        "print(before, after_index, 'torch' in sys.modules, Index.__module__, ImgsearchError.__name__)"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.split() == ["False", "False", "True", "imgsearch.index", "ImgsearchError"]
 
 
 def test_opening_a_model_prints_nothing(model_dir):
     # transformers draws a "Loading weights" bar on stderr for every load; a library open stays quiet
-    probe = ("import sys; from imgsearch.model.alignment import AlignmentModel; "
-             f"AlignmentModel.from_pretrained({str(model_dir)!r}, device='cpu')")
+    probe = (
+        "import sys; from imgsearch.model.alignment import AlignmentModel; "
+        f"AlignmentModel.from_pretrained({str(model_dir)!r}, device='cpu')"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (done.stdout, done.stderr) == ("", "")

@@ -57,20 +57,36 @@ def wait_for_rows(db_path, rows: int, timeout: float = 60) -> None:
 
 
 def index_args(photos, index_dir, model_dir, *extra):
-    return ["index", photos, "--index", index_dir, "--model", model_dir, "--device", "cpu",
-            "--batch-size", 1, "-q", "--json", *extra]
+    return [
+        "index",
+        photos,
+        "--index",
+        index_dir,
+        "--model",
+        model_dir,
+        "--device",
+        "cpu",
+        "--batch-size",
+        1,
+        "-q",
+        "--json",
+        *extra,
+    ]
 
 
 def test_second_writer_is_refused_naming_the_holder(tmp_path, model_dir, photos, oracle):
     index_dir = tmp_path / "index"
-    writer = CliProcess(index_args(photos, index_dir, model_dir, "--workers", 0), tmp_path / "writer.txt",
-                        pause_before="img_010.png")
+    writer = CliProcess(
+        index_args(photos, index_dir, model_dir, "--workers", 0), tmp_path / "writer.txt", pause_before="img_010.png"
+    )
     writer.wait_until_paused()
 
     # Another process, started like a user would (python -m imgsearch), is refused at once.
     second = subprocess.run(
         [sys.executable, "-m", "imgsearch", *map(str, index_args(photos, index_dir, model_dir, "--workers", 0))],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert second.returncode == 1, second.stderr
     assert f"Error: index {index_dir} is being written by pid {writer.pid}" in second.stderr
@@ -92,8 +108,9 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path, model_dir, photos,
 
 def test_a_killed_writers_lock_blocks_nobody(tmp_path, model_dir, photos, oracle):
     index_dir = tmp_path / "index"
-    writer = CliProcess(index_args(photos, index_dir, model_dir, "--workers", 1), tmp_path / "writer.txt",
-                        pause_before="img_005.png")
+    writer = CliProcess(
+        index_args(photos, index_dir, model_dir, "--workers", 1), tmp_path / "writer.txt", pause_before="img_005.png"
+    )
     writer.wait_until_paused()  # the decode worker waits at img_005.png...
     wait_for_rows(index_dir / "index.db", 5)  # ...once the main process has committed the 5 before it
     os.kill(writer.pid, signal.SIGKILL)
@@ -110,8 +127,9 @@ def test_a_killed_writers_lock_blocks_nobody(tmp_path, model_dir, photos, oracle
 
 def test_readers_see_a_consistent_snapshot_while_a_writer_runs(tmp_path, model_dir, photos, oracle):
     index_dir = tmp_path / "index"
-    writer = CliProcess(index_args(photos, index_dir, model_dir, "--workers", 0), tmp_path / "writer.txt",
-                        pause_before="img_010.png")
+    writer = CliProcess(
+        index_args(photos, index_dir, model_dir, "--workers", 0), tmp_path / "writer.txt", pause_before="img_010.png"
+    )
     writer.wait_until_paused()
     first_ten = {f"{photos}/img_{i:03d}.png" for i in range(10)}
 
@@ -126,8 +144,9 @@ def test_readers_see_a_consistent_snapshot_while_a_writer_runs(tmp_path, model_d
         assert writer.wait() == 0, writer.text()
         # Still the same snapshot after the writer committed everything...
         assert reader.info()["images"] == 10
-        assert [(r.path, r.score) for r in reader.search("a red circle", 100, candidates=100)] == \
-            [(r.path, r.score) for r in results]
+        assert [(r.path, r.score) for r in reader.search("a red circle", 100, candidates=100)] == [
+            (r.path, r.score) for r in results
+        ]
         # ...until it refreshes.
         reader.refresh()
         check_consistent(reader)
@@ -138,8 +157,11 @@ def test_readers_see_a_consistent_snapshot_while_a_writer_runs(tmp_path, model_d
         for i in range(COUNT):
             draw_image(100 + i).save(photos / f"img_{i:03d}.png")
         before = search_results(reader, QUERIES)
-        rewriter = CliProcess(index_args(photos, index_dir, model_dir, "--workers", 0), tmp_path / "rewriter.txt",
-                              pause_before="img_012.png")
+        rewriter = CliProcess(
+            index_args(photos, index_dir, model_dir, "--workers", 0),
+            tmp_path / "rewriter.txt",
+            pause_before="img_012.png",
+        )
         rewriter.wait_until_paused()
         # The reader's rows are being deleted under it, but its snapshot still has them.
         assert search_results(reader, QUERIES) == before
@@ -156,8 +178,11 @@ def test_readers_see_a_consistent_snapshot_while_a_writer_runs(tmp_path, model_d
 @pytest.mark.parametrize("workers", [0, 1])
 def test_sigint_stops_after_the_current_batch_and_keeps_it(tmp_path, model_dir, photos, oracle, workers):
     index_dir = tmp_path / "index"
-    writer = CliProcess(index_args(photos, index_dir, model_dir, "--workers", workers), tmp_path / "writer.txt",
-                        pause_before="img_010.png")
+    writer = CliProcess(
+        index_args(photos, index_dir, model_dir, "--workers", workers),
+        tmp_path / "writer.txt",
+        pause_before="img_010.png",
+    )
     writer.wait_until_paused()
     os.kill(writer.pid, signal.SIGINT)  # Ctrl-C while img_010.png is being read
     writer.resume()
@@ -165,7 +190,7 @@ def test_sigint_stops_after_the_current_batch_and_keeps_it(tmp_path, model_dir, 
     output = writer.text()
     assert "stopping after the current batch" in output and "interrupted" in output
     assert "Traceback" not in output
-    summary = json.loads(output[output.index("{"): output.rindex("}") + 1])
+    summary = json.loads(output[output.index("{") : output.rindex("}") + 1])
     assert summary["interrupted"] is True
     kept = summary["added"]
     if workers == 0:

@@ -40,8 +40,12 @@ def where(path: Path, node: ast.AST) -> str:
 
 def is_stderr(node: ast.AST) -> bool:
     """sys.stderr or sys.__stderr__."""
-    return (isinstance(node, ast.Attribute) and node.attr in ("stderr", "__stderr__")
-            and isinstance(node.value, ast.Name) and node.value.id == "sys")
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr in ("stderr", "__stderr__")
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "sys"
+    )
 
 
 def stderr_writes(tree: ast.Module) -> list[ast.AST]:
@@ -52,33 +56,46 @@ def stderr_writes(tree: ast.Module) -> list[ast.AST]:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
             for keyword in node.keywords:
                 target = keyword.value
-                to_stdout = (isinstance(target, ast.Attribute) and target.attr == "stdout"
-                             and isinstance(target.value, ast.Name) and target.value.id == "sys")
+                to_stdout = (
+                    isinstance(target, ast.Attribute)
+                    and target.attr == "stdout"
+                    and isinstance(target.value, ast.Name)
+                    and target.value.id == "sys"
+                )
                 if keyword.arg == "file" and not to_stdout:
                     found.append(node)
                     print_targets.add(id(target))  # reported once, as the print
     for node in ast.walk(tree):
-        imports_stderr = isinstance(node, ast.ImportFrom) and node.module == "sys" and any(
-            alias.name in ("stderr", "__stderr__") for alias in node.names)
+        imports_stderr = (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "sys"
+            and any(alias.name in ("stderr", "__stderr__") for alias in node.names)
+        )
         if (is_stderr(node) and id(node) not in print_targets) or imports_stderr:
             found.append(node)
     return sorted(found, key=lambda node: node.lineno)
 
 
 def test_library_packages_log_and_never_write_to_stderr():
-    offenders = [f"{where(path, node)}: {ast.unparse(node)[:80]}"
-                 for path in sources(LIBRARY) for node in stderr_writes(parse(path))]
+    offenders = [
+        f"{where(path, node)}: {ast.unparse(node)[:80]}"
+        for path in sources(LIBRARY)
+        for node in stderr_writes(parse(path))
+    ]
     assert not offenders, "use `log = logging.getLogger(__name__)` instead:\n" + "\n".join(offenders)
 
 
 def test_the_stderr_scan_finds_what_it_should():
-    tree = ast.parse("import sys\nprint('x', file=sys.stderr)\nsys.stderr.write('y')\n"
-                     "print('z', end='', file=err)\nfrom sys import stderr\nprint('ok')\nprint('ok', file=sys.stdout)\n")
+    tree = ast.parse(
+        "import sys\nprint('x', file=sys.stderr)\nsys.stderr.write('y')\n"
+        "print('z', end='', file=err)\nfrom sys import stderr\nprint('ok')\nprint('ok', file=sys.stdout)\n"
+    )
     assert [node.lineno for node in stderr_writes(tree)] == [2, 3, 4, 5]
 
 
-BUILTIN_EXCEPTIONS = {name for name, value in vars(builtins).items()
-                      if isinstance(value, type) and issubclass(value, BaseException)}
+BUILTIN_EXCEPTIONS = {
+    name for name, value in vars(builtins).items() if isinstance(value, type) and issubclass(value, BaseException)
+}
 
 
 def base_name(node: ast.expr) -> str:
@@ -115,9 +132,12 @@ def test_every_exception_class_is_defined_in_the_errors_module():
     errors = parse(ERRORS)
     defined = {node.name for node in exception_classes(errors, set())}
     assert "ImgsearchError" in defined
-    offenders = [f"{where(path, node)}: class {node.name}"
-                 for path in sources(PACKAGES) if path != ERRORS
-                 for node in exception_classes(parse(path), defined)]
+    offenders = [
+        f"{where(path, node)}: class {node.name}"
+        for path in sources(PACKAGES)
+        if path != ERRORS
+        for node in exception_classes(parse(path), defined)
+    ]
     assert not offenders, "move these to ground/errors.py:\n" + "\n".join(offenders)
 
 
@@ -128,9 +148,11 @@ def test_every_error_class_has_a_one_line_docstring():
 
 
 def test_the_exception_scan_finds_what_it_should():
-    tree = ast.parse("class A(ValueError): pass\nclass B(A): pass\nclass C(ImgsearchError): pass\n"
-                     "class D(Image.DecompressionBombError): pass\nclass E: pass\nclass F(nn.Module): pass\n"
-                     "def f():\n    class G(OSError): pass\n")
+    tree = ast.parse(
+        "class A(ValueError): pass\nclass B(A): pass\nclass C(ImgsearchError): pass\n"
+        "class D(Image.DecompressionBombError): pass\nclass E: pass\nclass F(nn.Module): pass\n"
+        "def f():\n    class G(OSError): pass\n"
+    )
     assert sorted(node.name for node in exception_classes(tree, {"ImgsearchError"})) == ["A", "B", "C", "D", "G"]
 
 
@@ -208,37 +230,58 @@ def test_every_folder_of_the_package_has_a_floor():
 
 
 def test_each_floor_imports_only_the_floors_below_it():
-    offenders = [f"{where(path, node)} ({folder}) imports {name} ({floor_of(name)})"
-                 for folder in FLOORS for path in sources([folder])
-                 for node, name in floor_violations(parse(path), folder, package_of(path))]
+    offenders = [
+        f"{where(path, node)} ({folder}) imports {name} ({floor_of(name)})"
+        for folder in FLOORS
+        for path in sources([folder])
+        for node, name in floor_violations(parse(path), folder, package_of(path))
+    ]
     assert not offenders, "an import goes up a floor or sideways:\n" + "\n".join(offenders)
 
 
 def test_the_layering_scan_sees_imports_inside_functions():
-    tree = ast.parse("def f():\n    from imgsearch.search.searcher import search\n"
-                     "import imgsearch.training.trainer as t\nfrom imgsearch.search import searcher\n")
+    tree = ast.parse(
+        "def f():\n    from imgsearch.search.searcher import search\n"
+        "import imgsearch.training.trainer as t\nfrom imgsearch.search import searcher\n"
+    )
     names = [name for _, name in imported_modules(tree)]
     assert "imgsearch.search.searcher" in names and "imgsearch.training.trainer" in names
     assert "imgsearch.search.searcher" in [n for n in names if n.endswith("searcher")]
 
 
 def test_the_floor_scan_finds_what_it_should():
-    tree = ast.parse("import os\nfrom imgsearch.ground.errors import InvalidQuery\n"
-                     "from imgsearch.storage.store import Store\nfrom imgsearch.search import defaults\n"
-                     "def f():\n    from imgsearch.indexer.pipeline import LocalEmbedder\n"
-                     "import imgsearch.training.trainer\nfrom imgsearch import Index\nfrom imgsearch import model\n"
-                     "from . import session\nfrom .. import index\nfrom ..indexer import run\nimport imgsearch\n")
+    tree = ast.parse(
+        "import os\nfrom imgsearch.ground.errors import InvalidQuery\n"
+        "from imgsearch.storage.store import Store\nfrom imgsearch.search import defaults\n"
+        "def f():\n    from imgsearch.indexer.pipeline import LocalEmbedder\n"
+        "import imgsearch.training.trainer\nfrom imgsearch import Index\nfrom imgsearch import model\n"
+        "from . import session\nfrom .. import index\nfrom ..indexer import run\nimport imgsearch\n"
+    )
     assert [(node.lineno, name) for node, name in floor_violations(tree, "search", "imgsearch.search")] == [
-        (6, "imgsearch.indexer.pipeline"), (6, "imgsearch.indexer.pipeline.LocalEmbedder"),
-        (7, "imgsearch.training.trainer"), (8, "imgsearch.Index"), (11, "imgsearch.index"),
-        (12, "imgsearch.indexer"), (12, "imgsearch.indexer.run"), (13, "imgsearch")]
+        (6, "imgsearch.indexer.pipeline"),
+        (6, "imgsearch.indexer.pipeline.LocalEmbedder"),
+        (7, "imgsearch.training.trainer"),
+        (8, "imgsearch.Index"),
+        (11, "imgsearch.index"),
+        (12, "imgsearch.indexer"),
+        (12, "imgsearch.indexer.run"),
+        (13, "imgsearch"),
+    ]
     assert floor_violations(tree, "imgsearch", "imgsearch") == []  # the top imports anything
     assert [(node.lineno, name) for node, name in floor_violations(tree, "training", "imgsearch.training")] == [
-        (6, "imgsearch.indexer.pipeline"), (6, "imgsearch.indexer.pipeline.LocalEmbedder"), (8, "imgsearch.Index"),
-        (11, "imgsearch.index"), (12, "imgsearch.indexer"), (12, "imgsearch.indexer.run"), (13, "imgsearch")]
+        (6, "imgsearch.indexer.pipeline"),
+        (6, "imgsearch.indexer.pipeline.LocalEmbedder"),
+        (8, "imgsearch.Index"),
+        (11, "imgsearch.index"),
+        (12, "imgsearch.indexer"),
+        (12, "imgsearch.indexer.run"),
+        (13, "imgsearch"),
+    ]
     ground = ast.parse("from imgsearch.images.decode import to_rgb\nimport json\n")
     assert [name for _, name in floor_violations(ground, "ground", "imgsearch.ground")] == [
-        "imgsearch.images.decode", "imgsearch.images.decode.to_rgb"]
+        "imgsearch.images.decode",
+        "imgsearch.images.decode.to_rgb",
+    ]
     assert package_of(ROOT / "storage" / "store.py") == "imgsearch.storage"
     assert package_of(ROOT / "imgsearch" / "server" / "app.py") == "imgsearch.server"
 
@@ -274,8 +317,12 @@ def called_name(node: ast.Call) -> str:
 
 
 def is_environ(node: ast.AST) -> bool:
-    return (isinstance(node, ast.Attribute) and node.attr == "environ"
-            and isinstance(node.value, ast.Name) and node.value.id == "os")
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr == "environ"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "os"
+    )
 
 
 def process_settings(tree: ast.Module) -> list[tuple[ast.AST, str]]:
@@ -284,9 +331,10 @@ def process_settings(tree: ast.Module) -> list[tuple[ast.AST, str]]:
     `with warnings.catch_warnings()` block."""
     found, scoped = [], set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.With) and any(isinstance(item.context_expr, ast.Call)
-                                              and called_name(item.context_expr) == "catch_warnings"
-                                              for item in node.items):
+        if isinstance(node, ast.With) and any(
+            isinstance(item.context_expr, ast.Call) and called_name(item.context_expr) == "catch_warnings"
+            for item in node.items
+        ):
             scoped.update(id(inner) for statement in node.body for inner in ast.walk(statement))
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
@@ -295,8 +343,11 @@ def process_settings(tree: ast.Module) -> list[tuple[ast.AST, str]]:
                 found.append((node, name))
             elif name in WARNING_FILTERS and id(node) not in scoped:
                 found.append((node, "a warning filter outside catch_warnings"))
-            elif (isinstance(node.func, ast.Attribute) and is_environ(node.func.value)
-                  and node.func.attr in ("setdefault", "update", "pop", "popitem", "clear")):
+            elif (
+                isinstance(node.func, ast.Attribute)
+                and is_environ(node.func.value)
+                and node.func.attr in ("setdefault", "update", "pop", "popitem", "clear")
+            ):
                 found.append((node, "os.environ"))
         elif isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
             targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
@@ -306,21 +357,35 @@ def process_settings(tree: ast.Module) -> list[tuple[ast.AST, str]]:
 
 
 def test_process_wide_settings_are_made_only_at_the_entry_points():
-    offenders = [f"{where(path, node)}: {what}: {ast.unparse(node)[:80]}"
-                 for path in sources(PACKAGES) for node, what in process_settings(parse(path))
-                 if path.relative_to(ROOT).as_posix() not in PROCESS_SETTINGS.get(what, set())]
-    assert not offenders, ("the library changes the whole process here; leave it to the command line, the "
-                           "server's start or a call the program makes:\n" + "\n".join(offenders))
+    offenders = [
+        f"{where(path, node)}: {what}: {ast.unparse(node)[:80]}"
+        for path in sources(PACKAGES)
+        for node, what in process_settings(parse(path))
+        if path.relative_to(ROOT).as_posix() not in PROCESS_SETTINGS.get(what, set())
+    ]
+    assert not offenders, (
+        "the library changes the whole process here; leave it to the command line, the "
+        "server's start or a call the program makes:\n" + "\n".join(offenders)
+    )
 
 
 def test_the_process_settings_scan_finds_what_it_should():
-    tree = ast.parse("import os, warnings\nkeep_freed_memory()\nx.mallopt(1, 2)\nos.environ['A'] = '1'\n"
-                     "os.environ.setdefault('B', '2')\nwarnings.simplefilter('error')\n"
-                     "with warnings.catch_warnings():\n    warnings.simplefilter('error')\n"
-                     "torch.set_num_threads(1)\nos.environ.get('C')\nsignal.signal(2, f)\ndel os.environ['A']\n")
+    tree = ast.parse(
+        "import os, warnings\nkeep_freed_memory()\nx.mallopt(1, 2)\nos.environ['A'] = '1'\n"
+        "os.environ.setdefault('B', '2')\nwarnings.simplefilter('error')\n"
+        "with warnings.catch_warnings():\n    warnings.simplefilter('error')\n"
+        "torch.set_num_threads(1)\nos.environ.get('C')\nsignal.signal(2, f)\ndel os.environ['A']\n"
+    )
     assert [(node.lineno, what) for node, what in process_settings(tree)] == [
-        (2, "keep_freed_memory"), (3, "mallopt"), (4, "os.environ"), (5, "os.environ"),
-        (6, "a warning filter outside catch_warnings"), (9, "set_num_threads"), (11, "signal"), (12, "os.environ")]
+        (2, "keep_freed_memory"),
+        (3, "mallopt"),
+        (4, "os.environ"),
+        (5, "os.environ"),
+        (6, "a warning filter outside catch_warnings"),
+        (9, "set_num_threads"),
+        (11, "signal"),
+        (12, "os.environ"),
+    ]
 
 
 # ---- bench/ uses the library as a program would: public names only ----
@@ -357,19 +422,27 @@ def private_uses(tree: ast.Module) -> list[tuple[ast.AST, str]]:
 
 
 def test_bench_scripts_use_public_names_only():
-    offenders = [f"{where(path, node)}: {name}"
-                 for path in sorted(BENCH.rglob("*.py"))
-                 if path.relative_to(ROOT).as_posix() not in BENCH_PRIVATE_ALLOWED
-                 for node, name in private_uses(parse(path))]
+    offenders = [
+        f"{where(path, node)}: {name}"
+        for path in sorted(BENCH.rglob("*.py"))
+        if path.relative_to(ROOT).as_posix() not in BENCH_PRIVATE_ALLOWED
+        for node, name in private_uses(parse(path))
+    ]
     assert not offenders, "bench/ reaches into the library's private names; add a public way:\n" + "\n".join(offenders)
 
 
 def test_the_private_names_scan_finds_what_it_should():
-    tree = ast.parse("import imgsearch.indexer.pipeline\nfrom imgsearch.training import trainer\n"
-                     "from imgsearch.indexer.run import _StoreWriter, run_indexing\nimport numpy as np\n"
-                     "imgsearch.indexer.pipeline._start_encoding = f\ntrainer._first_stage(m)\nnp._private\n"
-                     "started._replace(ready=None)\ntrainer.__name__\nrun_indexing._x\n")
+    tree = ast.parse(
+        "import imgsearch.indexer.pipeline\nfrom imgsearch.training import trainer\n"
+        "from imgsearch.indexer.run import _StoreWriter, run_indexing\nimport numpy as np\n"
+        "imgsearch.indexer.pipeline._start_encoding = f\ntrainer._first_stage(m)\nnp._private\n"
+        "started._replace(ready=None)\ntrainer.__name__\nrun_indexing._x\n"
+    )
     assert [(node.lineno, name) for node, name in private_uses(tree)] == [
-        (3, "_StoreWriter"), (5, "_start_encoding"), (6, "_first_stage"), (10, "_x")]
+        (3, "_StoreWriter"),
+        (5, "_start_encoding"),
+        (6, "_first_stage"),
+        (10, "_x"),
+    ]
     for allowed in BENCH_PRIVATE_ALLOWED:  # still needed: once a script is fixed, its line above goes
         assert private_uses(parse(ROOT / allowed)), allowed

@@ -80,8 +80,22 @@ def test_sigkill_at_many_points_then_resume_equals_an_uninterrupted_run(tmp_path
 
     index_dir = tmp_path / "index"
     db_path = index_dir / "index.db"
-    args = ["index", folder, "--index", index_dir, "--model", model_dir, "--device", "cpu",
-            "--workers", 0, "--batch-size", 1, "-q", "--json"]
+    args = [
+        "index",
+        folder,
+        "--index",
+        index_dir,
+        "--model",
+        model_dir,
+        "--device",
+        "cpu",
+        "--workers",
+        0,
+        "--batch-size",
+        1,
+        "-q",
+        "--json",
+    ]
     # Kill points: three during start-up (by time, each into a new index: on an idle
     # machine the whole run can finish within 0.1 s, which would leave no rows to spread
     # the later kills over), then at rows spread over the whole run, then twice once every
@@ -90,8 +104,10 @@ def test_sigkill_at_many_points_then_resume_equals_an_uninterrupted_run(tmp_path
         startup_dir = tmp_path / f"startup{n}"
         startup_args = [startup_dir if a == index_dir else a for a in args]
         child = CliProcess(startup_args, tmp_path / f"startup{n}.txt")
-        if kill_when(child, startup_dir / "index.db", seconds=seconds) is not None and \
-                (startup_dir / "manifest.json").exists():
+        if (
+            kill_when(child, startup_dir / "index.db", seconds=seconds) is not None
+            and (startup_dir / "manifest.json").exists()
+        ):
             with open_index(startup_dir) as index:  # opens cleanly, whatever the kill interrupted
                 check_consistent(index)
                 assert_rows_match(rows_of(index), expected, subset=True)

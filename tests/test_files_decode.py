@@ -122,8 +122,14 @@ def half_red_image(width: int = 60, height: int = 40) -> Image.Image:
 
 @pytest.mark.parametrize(
     "fmt, suffix, tol",
-    [("JPEG", ".jpg", 12), ("PNG", ".png", 0), ("WEBP", ".webp", 12), ("BMP", ".bmp", 0),
-     ("TIFF", ".tif", 0), ("GIF", ".gif", 0)],
+    [
+        ("JPEG", ".jpg", 12),
+        ("PNG", ".png", 0),
+        ("WEBP", ".webp", 12),
+        ("BMP", ".bmp", 0),
+        ("TIFF", ".tif", 0),
+        ("GIF", ".gif", 0),
+    ],
 )
 def test_decodes_each_format(tmp_path, fmt, suffix, tol):
     path = tmp_path / f"image{suffix}"
@@ -216,7 +222,7 @@ def test_la_mode_is_flattened_on_white():
 
 
 def test_16bit_png_decodes_to_full_range_rgb(tmp_path):
-    ramp = (np.arange(100, dtype=np.uint16).reshape(10, 10) * 600)  # 0 .. 59400
+    ramp = np.arange(100, dtype=np.uint16).reshape(10, 10) * 600  # 0 .. 59400
     path = tmp_path / "deep.png"
     Image.fromarray(ramp).save(path)
     with Image.open(path) as check:
@@ -301,8 +307,12 @@ def png_declaring(width: int, height: int) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("side", [9_000, 12_000, 60_000])
@@ -317,6 +327,7 @@ def test_decompression_bomb_header_is_refused(tmp_path, side):
 # --------------------------------------------------------------------------------------
 # Reduced-scale JPEG decoding (min_size): what the indexer and the trainer use.
 # --------------------------------------------------------------------------------------
+
 
 def smooth_photo(width: int, height: int) -> Image.Image:
     """A photo-like image: smooth gradients plus a few sharp-edged blocks."""

@@ -128,6 +128,7 @@ def oracle_keep(root, filters):
             if row.taken_at > bound:
                 return False
         return True
+
     return keep
 
 
@@ -169,13 +170,16 @@ def test_faiss_id_selector_equals_brute_force_on_flat_and_ivf():
         np.testing.assert_allclose(scores, (vectors[mask] @ query)[expected], atol=1e-5)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(taken_after="last tuesday"), "not a date"),
-    (dict(taken_after="2021-05-01", taken_before="2021-01-01"), "later than"),
-    (dict(min_score="high"), "must be a number"),
-    (dict(under="  "), "folder filter is empty"),
-    (dict(offset=-1), "offset"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(taken_after="last tuesday"), "not a date"),
+        (dict(taken_after="2021-05-01", taken_before="2021-01-01"), "later than"),
+        (dict(min_score="high"), "must be a number"),
+        (dict(under="  "), "folder filter is empty"),
+        (dict(offset=-1), "offset"),
+    ],
+)
 def test_bad_filters_are_clear_errors(dated_index, bad, message):
     with pytest.raises(InvalidQuery, match=message):
         dated_index.search(TEXT, **bad)

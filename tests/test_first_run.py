@@ -31,8 +31,12 @@ def test_the_readmes_library_example_runs_as_written_twice(tmp_path):
     env = {**os.environ, "HOME": str(home), "HF_HUB_OFFLINE": "1"}
     env.pop("XDG_DATA_HOME", None)
     example = readme_library_example()
-    runs = [subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=600) for _ in range(2)]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", example], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+        for _ in range(2)
+    ]
     for run in runs:
         assert run.returncode == 0, run.stderr
         assert run.stdout.strip(), "the example prints its results"
@@ -49,7 +53,8 @@ def test_library_paths_expand_the_home_folder(tmp_path, model_dir, monkeypatch):
         summary = index.add(["~/Pictures"], workers=0)
         assert summary.added == 3
         assert {r.path for r in index.search("a red circle", k=3)} == {
-            str(p) for p in (tmp_path / "Pictures").iterdir()}
+            str(p) for p in (tmp_path / "Pictures").iterdir()
+        }
     assert (tmp_path / "my-index" / "manifest.json").is_file()
     with Index.open("~/my-index") as index:  # and once more, opened by the same "~" path
         assert index.info()["images"] == 3

@@ -26,12 +26,17 @@ from imgsearch.server.http_errors import STATUS_OF
 
 ROOT = Path(__file__).parents[1]
 PHOTOS = ROOT / "data" / "photos"
-ERROR_CLASSES = [value for _, value in inspect.getmembers(imgsearch.ground.errors, inspect.isclass)
-                 if issubclass(value, BaseException) and value.__module__ == imgsearch.ground.errors.__name__]
+ERROR_CLASSES = [
+    value
+    for _, value in inspect.getmembers(imgsearch.ground.errors, inspect.isclass)
+    if issubclass(value, BaseException) and value.__module__ == imgsearch.ground.errors.__name__
+]
 
 
 def test_every_error_class_of_the_library_has_its_own_row():
-    assert len(ERROR_CLASSES) >= 20 and imgsearch.ground.errors.ImgsearchError in ERROR_CLASSES  # introspection finds them
+    assert (
+        len(ERROR_CLASSES) >= 20 and imgsearch.ground.errors.ImgsearchError in ERROR_CLASSES
+    )  # introspection finds them
     missing = sorted(kind.__name__ for kind in ERROR_CLASSES if kind not in STATUS_OF)
     assert not missing, f"add these to STATUS_OF (imgsearch/server/http_errors.py) and docs/api.md: {missing}"
 
@@ -78,8 +83,8 @@ def test_a_subclass_answers_as_its_parent_and_anything_else_is_a_500_that_hides_
 def _documented() -> dict[str, int]:
     """docs/api.md's error table: error type name --> status (rows whose first cell names types)."""
     text = (ROOT / "docs" / "api.md").read_text()
-    section = text[text.index("### Errors"):]
-    section = section[:section.index("\n## ")]
+    section = text[text.index("### Errors") :]
+    section = section[: section.index("\n## ")]
     rows: dict[str, int] = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -149,10 +154,16 @@ def test_an_image_id_that_is_not_one_is_400(client):
 
 def test_an_upload_that_does_not_decode_is_415_on_every_route_that_takes_one(client):
     notes = b"just some notes, not a photo\n"
-    _refused(client.post("/api/search", files={"image": ("notes.jpg", notes, "image/jpeg")}),
-             STATUS_OF[InvalidImage], "not an image")
-    _refused(client.post("/api/rerank", data={"query": "a cat"}, files={"images": ("notes.jpg", notes, "image/jpeg")}),
-             STATUS_OF[InvalidImage], "not an image")
+    _refused(
+        client.post("/api/search", files={"image": ("notes.jpg", notes, "image/jpeg")}),
+        STATUS_OF[InvalidImage],
+        "not an image",
+    )
+    _refused(
+        client.post("/api/rerank", data={"query": "a cat"}, files={"images": ("notes.jpg", notes, "image/jpeg")}),
+        STATUS_OF[InvalidImage],
+        "not an image",
+    )
 
 
 def test_an_indexed_file_that_no_longer_decodes_is_404_not_415(client, index, photos):
@@ -162,8 +173,12 @@ def test_an_indexed_file_that_no_longer_decodes_is_404_not_415(client, index, ph
     (photos / "owl.jpg").write_bytes(b"no longer a photo")
     try:
         for suffix in ("/thumbnail", "/explain.png?query=an+owl"):
-            _refused(client.get(f"/api/images/{owl}{suffix}"), 404, f"image {owl}'s file no longer decodes",
-                     "imgsearch index")
+            _refused(
+                client.get(f"/api/images/{owl}{suffix}"),
+                404,
+                f"image {owl}'s file no longer decodes",
+                "imgsearch index",
+            )
     finally:
         (photos / "owl.jpg").write_bytes(kept)
 
@@ -179,8 +194,9 @@ def test_a_query_too_long_is_400_in_words_wherever_it_is_given(client, index):
     _refused(client.get(f"/api/images/{cat}/explain.png", params={"query": long}), 400, said)
 
 
-@pytest.mark.parametrize("k, said", [(0, "k must be at least 1"), (201, "k must be at most 200"),
-                                     ("many", "k must be a whole number")])
+@pytest.mark.parametrize(
+    "k, said", [(0, "k must be at least 1"), (201, "k must be at most 200"), ("many", "k must be a whole number")]
+)
 def test_a_bad_k_is_400_as_the_library_s_own_check_is(client, index, k, said):
     _refused(client.post("/api/search", json={"query": "a cat", "k": k}), 400, said)
     _refused(client.post("/api/search", data={"query": "a cat", "k": str(k)}), 400, said)

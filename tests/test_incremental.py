@@ -73,8 +73,14 @@ def test_rerun_reads_only_new_and_changed_files(tmp_path, model_dir, index):
 
     assert sorted(spy.read) == ["img_003.png", "img_004.png", "img_020.png", "img_021.png"]
     assert spy.embedded == summary.embedded == 3  # the touched file is confirmed by its hash
-    assert (summary.added, summary.updated, summary.unchanged, summary.moved, summary.removed, summary.failed) == \
-        (2, 1, 9, 0, 0, 0)
+    assert (summary.added, summary.updated, summary.unchanged, summary.moved, summary.removed, summary.failed) == (
+        2,
+        1,
+        9,
+        0,
+        0,
+        0,
+    )
     check_consistent(index)
     expected_rows, expected_results = fresh_rows(tmp_path, model_dir, [photos])
     assert_rows_match(rows_of(index), expected_rows)
@@ -125,9 +131,7 @@ def test_identical_content_under_several_paths_is_embedded_once(tmp_path, model_
     assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
 
 
-def test_old_content_reappearing_under_a_new_path_in_the_same_run_is_not_re_embedded(
-    tmp_path, model_dir, index
-):
+def test_old_content_reappearing_under_a_new_path_in_the_same_run_is_not_re_embedded(tmp_path, model_dir, index):
     photos = make_photos(tmp_path / "photos", range(4))
     index.add([photos], workers=0)
     shutil.copyfile(photos / "img_000.png", photos / "zz_old_version.png")  # read after img_000 changes
@@ -175,13 +179,19 @@ def test_the_gpus_writer_thread_stores_what_the_cpu_path_stores(tmp_path, model_
 
     # Batches of 3: img_000 img_001 img_002 | img_002_copy img_003 img_004 | img_005 img_006.
     # The copy's content may not be stored yet when its batch is read: it must not be embedded again.
-    summary = index.add([photos], embedder=deferred,
-                        progress=lambda done, total: progress.append((done, total, threading.current_thread().name)))
+    summary = index.add(
+        [photos],
+        embedder=deferred,
+        progress=lambda done, total: progress.append((done, total, threading.current_thread().name)),
+    )
 
     assert spy.embedded == summary.embedded == 7 and summary.added == 8
     assert deferred.waits == 3
-    assert progress == [(3, 8, "imgsearch-store-writer"), (6, 8, "imgsearch-store-writer"),
-                        (8, 8, "imgsearch-store-writer")]
+    assert progress == [
+        (3, 8, "imgsearch-store-writer"),
+        (6, 8, "imgsearch-store-writer"),
+        (8, 8, "imgsearch-store-writer"),
+    ]
     check_consistent(index)
     assert_rows_match(rows_of(index), fresh_rows(tmp_path, model_dir, [photos])[0])
 
@@ -272,8 +282,10 @@ def test_prune_leaves_a_sibling_folder_whose_name_starts_the_same_alone(tmp_path
 
 @pytest.mark.parametrize("source, target", [("photos2", "photos"), ("photos", "photos2")])
 def test_a_move_between_sibling_folders_is_not_taken_from_a_folder_not_given(tmp_path, model_dir, source, target):
-    folders = {name: make_photos(tmp_path / name, seeds, name) for name, seeds in
-               (("photos", range(3)), ("photos2", range(10, 13)))}
+    folders = {
+        name: make_photos(tmp_path / name, seeds, name)
+        for name, seeds in (("photos", range(3)), ("photos2", range(10, 13)))
+    }
     base = ["--index", tmp_path / "index", "--model", model_dir, "--workers", 0, "-q"]
     run_json("index", *folders.values(), *base)
     moved_from = next(iter(sorted(folders[source].iterdir())))
@@ -306,8 +318,14 @@ def test_json_summary_counts_every_kind_of_change(tmp_path, model_dir):
     photos = make_photos(tmp_path / "photos", range(6))
     base = ["--index", tmp_path / "index", "--model", model_dir, "--workers", 0, "-q"]
     first = run_json("index", photos, *base)
-    assert {k: first[k] for k in ("added", "updated", "moved", "removed", "unchanged", "failed")} == \
-        {"added": 6, "updated": 0, "moved": 0, "removed": 0, "unchanged": 0, "failed": 0}
+    assert {k: first[k] for k in ("added", "updated", "moved", "removed", "unchanged", "failed")} == {
+        "added": 6,
+        "updated": 0,
+        "moved": 0,
+        "removed": 0,
+        "unchanged": 0,
+        "failed": 0,
+    }
     make_photos(photos, [30])  # added
     draw_image(31).save(photos / "img_001.png")  # updated
     os.rename(photos / "img_002.png", photos / "moved.png")  # moved
@@ -316,8 +334,14 @@ def test_json_summary_counts_every_kind_of_change(tmp_path, model_dir):
 
     summary = run_json("index", photos, *base)
 
-    assert {k: summary[k] for k in ("added", "updated", "moved", "removed", "unchanged", "failed")} == \
-        {"added": 1, "updated": 1, "moved": 1, "removed": 1, "unchanged": 3, "failed": 1}
+    assert {k: summary[k] for k in ("added", "updated", "moved", "removed", "unchanged", "failed")} == {
+        "added": 1,
+        "updated": 1,
+        "moved": 1,
+        "removed": 1,
+        "unchanged": 3,
+        "failed": 1,
+    }
     assert summary["embedded"] == 2 and summary["interrupted"] is False
     assert [f["path"] for f in summary["failures"]] == [f"{photos}/broken.png"]
 

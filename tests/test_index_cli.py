@@ -65,10 +65,18 @@ def test_index_creates_an_index_and_reports_counts(indexed, image_folder, model_
     assert (index_dir / "index.db").is_file()
     assert (index_dir / "vectors.faiss").is_file()
     assert {k: summary[k] for k in ("added", "updated", "unchanged", "failed")} == {
-        "added": 12, "updated": 0, "unchanged": 0, "failed": 1}
+        "added": 12,
+        "updated": 0,
+        "unchanged": 0,
+        "failed": 1,
+    }
     assert summary["seconds"] >= 0 and summary["images_per_second"] >= 0
-    assert summary["failures"] == [{"path": str(image_folder / "sub" / "broken.jpg"),
-                                    "error": "not an image Pillow can read (unknown format or not an image file)"}]
+    assert summary["failures"] == [
+        {
+            "path": str(image_folder / "sub" / "broken.jpg"),
+            "error": "not an image Pillow can read (unknown format or not an image file)",
+        }
+    ]
 
     # Running again changes nothing, and no --model is needed once the index exists.
     again = run_json("index", image_folder, "--index", index_dir, "--workers", 0)
@@ -137,8 +145,22 @@ def test_index_dir_from_environment(indexed):
 # ---- search ---------------------------------------------------------------------------
 
 
-FIELDS = {"rank", "id", "path", "score", "first_stage_score", "rerank_score", "first_stage_rank", "zero_shot_score",
-          "width", "height", "size", "sha256", "labels", "taken_at"}
+FIELDS = {
+    "rank",
+    "id",
+    "path",
+    "score",
+    "first_stage_score",
+    "rerank_score",
+    "first_stage_rank",
+    "zero_shot_score",
+    "width",
+    "height",
+    "size",
+    "sha256",
+    "labels",
+    "taken_at",
+}
 
 
 def test_search_json_fields_and_order(indexed, image_folder):
@@ -161,8 +183,20 @@ def test_search_json_fields_and_order(indexed, image_folder):
     assert scores == sorted(scores, reverse=True)
 
     # The CLI is a thin twin of the library call, precision included (the CLI's default is auto).
-    exact = run_json("search", "a red circle", "--index", index_dir, "-k", 5, "--candidates", 8, "--device", "cpu",
-                     "--precision", "float32")["results"]
+    exact = run_json(
+        "search",
+        "a red circle",
+        "--index",
+        index_dir,
+        "-k",
+        5,
+        "--candidates",
+        8,
+        "--device",
+        "cpu",
+        "--precision",
+        "float32",
+    )["results"]
     with Index.open(index_dir, device="cpu") as index:
         assert [r.to_dict() for r in index.search("a red circle", 5, candidates=8, rerank_precision="auto")] == results
         assert [r.to_dict() for r in index.search("a red circle", 5, candidates=8)] == exact
@@ -200,8 +234,12 @@ def test_search_text_output(indexed):
     for row, want in zip(rows, expected):
         rank, score, first, first_rank, path = row.split()[:5]
         assert (int(rank), float(score), float(first), first_rank, path) == (
-            want["rank"], round(want["score"], 4), round(want["first_stage_score"], 4),
-            f"(#{want['first_stage_rank']})", want["path"])
+            want["rank"],
+            round(want["score"], 4),
+            round(want["first_stage_score"], 4),
+            f"(#{want['first_stage_rank']})",
+            want["path"],
+        )
 
 
 def test_search_text_output_without_rerank_shows_the_first_stage_score(indexed):
@@ -212,7 +250,8 @@ def test_search_text_output_without_rerank_shows_the_first_stage_score(indexed):
     assert header.split() == ["rank", "first", "stage", "path", "[labels]"]
     expected = run_json("search", "a red circle", "--index", index_dir, "--top", 2, "--no-rerank")["results"]
     assert [(int(r.split()[0]), float(r.split()[1]), r.split()[2]) for r in rows] == [
-        (want["rank"], round(want["first_stage_score"], 4), want["path"]) for want in expected]
+        (want["rank"], round(want["first_stage_score"], 4), want["path"]) for want in expected
+    ]
 
 
 def test_search_empty_index_says_so(tmp_path, model_dir):
@@ -293,15 +332,25 @@ def test_a_new_index_without_model_uses_the_packaged_photo_model(tmp_path):
 
 
 def test_a_new_index_without_model_or_packaged_model_says_to_pass_one(tmp_path, image_folder, monkeypatch):
-    monkeypatch.setattr(models, "_candidates", lambda package: [tmp_path / "site-packages" / "imgsearch" / "photo_model"])
+    monkeypatch.setattr(
+        models, "_candidates", lambda package: [tmp_path / "site-packages" / "imgsearch" / "photo_model"]
+    )
     result = run("index", image_folder, "--index", tmp_path / "ix", "--workers", 0)
     assert_user_error(result, "packaged", "--model", str(tmp_path / "site-packages"))
     assert not (tmp_path / "ix" / "manifest.json").exists()
 
 
 def test_model_from_environment_makes_the_new_index(tmp_path, model_dir, image_folder):
-    result = run("index", image_folder, "--index", tmp_path / "ix", "--workers", 0, "--json",
-                 env={"IMGSEARCH_MODEL": str(model_dir)})
+    result = run(
+        "index",
+        image_folder,
+        "--index",
+        tmp_path / "ix",
+        "--workers",
+        0,
+        "--json",
+        env={"IMGSEARCH_MODEL": str(model_dir)},
+    )
     assert result.exit_code == 0, result.output
     assert run_json("info", "--index", tmp_path / "ix")["manifest"]["model"]["path"] == str(model_dir.resolve())
 
@@ -322,8 +371,9 @@ def test_index_defaults_to_xdg_data_home(tmp_path, model_dir, image_folder):
 
 
 @pytest.mark.parametrize("xdg", [None, "", "relative/dir"])
-def test_index_defaults_to_local_share_without_a_usable_xdg_data_home(tmp_path, model_dir, image_folder,
-                                                                      monkeypatch, xdg):
+def test_index_defaults_to_local_share_without_a_usable_xdg_data_home(
+    tmp_path, model_dir, image_folder, monkeypatch, xdg
+):
     if xdg is None:
         monkeypatch.delenv("XDG_DATA_HOME")
     else:
@@ -381,9 +431,7 @@ def test_indexing_a_missing_path(tmp_path, model_dir):
     assert_user_error(result, "does not exist")
 
 
-@pytest.mark.parametrize(
-    "args", [["--candidates", "0"], ["-k", "0"], ["--top", "-3"], ["--candidates", "many"]]
-)
+@pytest.mark.parametrize("args", [["--candidates", "0"], ["-k", "0"], ["--top", "-3"], ["--candidates", "many"]])
 def test_bad_search_numbers_are_usage_errors(indexed, args):
     index_dir, _ = indexed
     result = run("search", "a cat", "--index", index_dir, *args)
@@ -391,11 +439,16 @@ def test_bad_search_numbers_are_usage_errors(indexed, args):
     assert "Error:" in result.stderr
 
 
-@pytest.mark.parametrize("args, said", [
-    ([], "Error: give exactly one of QUERY, --image PATH or --like PATH_OR_ID.\n"),
-    (["a cat", "--like", "3"], "Error: give exactly one of QUERY, --image PATH or --like PATH_OR_ID "
-                               "(got QUERY and --like).\n"),
-])
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        ([], "Error: give exactly one of QUERY, --image PATH or --like PATH_OR_ID.\n"),
+        (
+            ["a cat", "--like", "3"],
+            "Error: give exactly one of QUERY, --image PATH or --like PATH_OR_ID (got QUERY and --like).\n",
+        ),
+    ],
+)
 def test_search_wants_exactly_one_query_a_usage_error_before_the_index_is_opened(tmp_path, args, said):
     result = run("search", *args, "--index", tmp_path / "no-index")  # no index there: not looked at
     assert result.exit_code == 2, result.output
@@ -479,13 +532,17 @@ def test_user_errors_are_click_exceptions_only_in_the_cli():
 
 # ---- mistakes in options: named as the user typed them (issue 23) ----------------------
 
-@pytest.mark.parametrize(("args", "said"), [
-    (("-k", "abc"), "Invalid value for '-k' / '--top': 'abc' is not a whole number."),
-    (("-k", "0"), "Invalid value for '-k' / '--top': it must be at least 1 (got 0)."),
-    (("--candidates", "1.5"), "Invalid value for '--candidates': '1.5' is not a whole number."),
-    (("--after", "01/06/2023"), "Invalid value for '--after': write the date as YYYY-MM-DD (got '01/06/2023')."),
-    (("--before", "2023-13-01"), "Invalid value for '--before': write the date as YYYY-MM-DD (got '2023-13-01')."),
-])
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("-k", "abc"), "Invalid value for '-k' / '--top': 'abc' is not a whole number."),
+        (("-k", "0"), "Invalid value for '-k' / '--top': it must be at least 1 (got 0)."),
+        (("--candidates", "1.5"), "Invalid value for '--candidates': '1.5' is not a whole number."),
+        (("--after", "01/06/2023"), "Invalid value for '--after': write the date as YYYY-MM-DD (got '01/06/2023')."),
+        (("--before", "2023-13-01"), "Invalid value for '--before': write the date as YYYY-MM-DD (got '2023-13-01')."),
+    ],
+)
 def test_option_mistakes_name_the_option_and_the_expected_form(indexed, args, said):
     index_dir, _ = indexed
     result = run("search", "a red circle", "--index", index_dir, *args)
@@ -495,8 +552,12 @@ def test_option_mistakes_name_the_option_and_the_expected_form(indexed, args, sa
 def test_dates_as_options_filter_as_the_library_does(indexed):
     index_dir, _ = indexed
     everything = run_json("search", "a red circle", "--index", index_dir, "-k", 50)["results"]
-    assert run_json("search", "a red circle", "--index", index_dir, "-k", 50, "--after", "2000-01-01",
-                    "--before", "2999-12-31")["results"] == everything  # files written today: all of them
+    assert (
+        run_json(
+            "search", "a red circle", "--index", index_dir, "-k", 50, "--after", "2000-01-01", "--before", "2999-12-31"
+        )["results"]
+        == everything
+    )  # files written today: all of them
     assert run_json("search", "a red circle", "--index", index_dir, "--after", "2999-01-01")["results"] == []
 
 

@@ -47,8 +47,10 @@ def stored_labels(index_dir: Path) -> dict[str, list | None]:
     """path --> the labels column as stored (parsed JSON, or None for NULL), read with plain sqlite3."""
     conn = sqlite3.connect(index_dir / "index.db")
     try:
-        rows = conn.execute("SELECT images.path, embeddings.labels FROM images JOIN embeddings USING (sha256) "
-                            "WHERE images.status = 'ok'").fetchall()
+        rows = conn.execute(
+            "SELECT images.path, embeddings.labels FROM images JOIN embeddings USING (sha256) "
+            "WHERE images.status = 'ok'"
+        ).fetchall()
     finally:
         conn.close()
     return {path: None if text is None else json.loads(text) for path, text in rows}
@@ -154,8 +156,9 @@ def test_stored_labels_are_the_encoders_top_classes(tmp_path, mobilenet_model_di
     with Index.open(index_dir, device="cpu") as index:
         again = index.add([photos], **add_options(index, path))
     assert (again.moved, again.embedded) == (1, 0)
-    assert_labels_equal(stored_labels(index_dir)[str(photos / "renamed.png")], expected[str(photos / "img_005.png")],
-                        "renamed")
+    assert_labels_equal(
+        stored_labels(index_dir)[str(photos / "renamed.png")], expected[str(photos / "img_005.png")], "renamed"
+    )
 
 
 def test_search_results_carry_the_stored_labels(tmp_path, mobilenet_model_dir, photos):
@@ -169,8 +172,20 @@ def test_search_results_carry_the_stored_labels(tmp_path, mobilenet_model_dir, p
     for result in results + first_stage:
         assert result.labels == [{"label": name, "score": prob} for name, prob in stored[result.path]]
 
-    out = run_json("search", "a red circle", "--index", index_dir, "-k", 20, "--candidates", 20,
-                   "--device", "cpu", "--precision", "float32")
+    out = run_json(
+        "search",
+        "a red circle",
+        "--index",
+        index_dir,
+        "-k",
+        20,
+        "--candidates",
+        20,
+        "--device",
+        "cpu",
+        "--precision",
+        "float32",
+    )
     assert [r["path"] for r in out["results"]] == [r.path for r in results]
     for r in out["results"]:
         assert r["labels"] == [{"label": name, "score": prob} for name, prob in stored[r["path"]]]
@@ -262,12 +277,24 @@ def test_store_top1_counts_over_many_labels(tmp_path):
         labels = None if i % 7 == 0 else [(top1, 0.5 + rng.random() / 3), ("other", 0.0123456), ("rest", 0.00004)]
         path = f"/photos/{i:03d}.jpg"
         record = ImageRecord(path=path, size=100, mtime=1.0, ctime=1.0, sha256=f"{i:064x}", width=8, height=8)
-        changes.append(Put(record, global_=np.full(4, 0.5, np.float32), regions=np.zeros((1, 4), np.float16),
-                           labels=labels))
+        changes.append(
+            Put(record, global_=np.full(4, 0.5, np.float32), regions=np.zeros((1, 4), np.float16), labels=labels)
+        )
         expected_labels[path] = labels
         if i % 10 == 1:  # a copy shares the content (and its labels): one more image
-            changes.append(Put(ImageRecord(path=f"/copies/{i:03d}.jpg", size=100, mtime=1.0, ctime=1.0,
-                                           sha256=f"{i:064x}", width=8, height=8)))
+            changes.append(
+                Put(
+                    ImageRecord(
+                        path=f"/copies/{i:03d}.jpg",
+                        size=100,
+                        mtime=1.0,
+                        ctime=1.0,
+                        sha256=f"{i:064x}",
+                        width=8,
+                        height=8,
+                    )
+                )
+            )
             expected_labels[f"/copies/{i:03d}.jpg"] = labels
     store.apply(changes)
     store.apply([Fail(ImageRecord(path="/photos/broken.jpg", error="not an image"))])

@@ -115,7 +115,7 @@ def run_torch(net: MobileNetV2, images: np.ndarray, keep_maps: bool = False, bat
     channels_last = net.stem.weight.is_contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         for start in range(0, len(images), batch):
-            x = pixels_from_uint8(torch.from_numpy(images[start:start + batch]))  # (B, 3, 224, 224)
+            x = pixels_from_uint8(torch.from_numpy(images[start : start + batch]))  # (B, 3, 224, 224)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             feature_map, out = net(x)  # (B, 1280, 7, 7), (B, 1001)
@@ -219,8 +219,10 @@ def test_features_match_the_interpreter(net, state, photos):
     pooled_cos = cosine(pooled, photos.pooled)
     map_cos = cosine(maps.reshape(n, -1), photos.maps.reshape(n, -1))
     logit_cos = cosine(logits, photos.logits)
-    print(f"pooled cosine mean {pooled_cos.mean():.4f} min {pooled_cos.min():.4f}; feature map mean "
-          f"{map_cos.mean():.4f} min {map_cos.min():.4f}; logits mean {logit_cos.mean():.4f} min {logit_cos.min():.4f}")
+    print(
+        f"pooled cosine mean {pooled_cos.mean():.4f} min {pooled_cos.min():.4f}; feature map mean "
+        f"{map_cos.mean():.4f} min {map_cos.min():.4f}; logits mean {logit_cos.mean():.4f} min {logit_cos.min():.4f}"
+    )
     assert pooled_cos.mean() >= MIN_MEAN_POOLED_COS
     assert pooled_cos.min() >= MIN_PHOTO_POOLED_COS, photos.names[int(pooled_cos.argmin())]
     assert map_cos.mean() >= MIN_MEAN_MAP_COS
@@ -239,8 +241,10 @@ def test_top1_agreement(net, flickr, photos):
     _, logits, _ = run_torch(net, pixels)
     share, top5 = agreement(logits, oracle_scores), in_top5(logits, oracle_scores)
     photo_share = agreement(run_torch(net, photos.pixels)[1], photos.scores)
-    print(f"top-1 agreement: Flickr8k {share:.1%} of {len(pixels)} (in the interpreter's top 5: {top5:.1%}), "
-          f"photos {photo_share:.1%}")
+    print(
+        f"top-1 agreement: Flickr8k {share:.1%} of {len(pixels)} (in the interpreter's top 5: {top5:.1%}), "
+        f"photos {photo_share:.1%}"
+    )
     assert share >= MIN_AGREEMENT
     assert top5 >= MIN_IN_TOP5  # the misses are near-ties of low-confidence images, not wrong answers
     assert photo_share >= MIN_AGREEMENT
@@ -259,8 +263,10 @@ def test_a_wrong_network_fails_the_thresholds(net, photos, flickr, monkeypatch, 
     pooled_cos = cosine(pooled, photos.pooled)
     map_cos = cosine(maps.reshape(len(maps), -1), photos.maps.reshape(len(maps), -1))
     share = agreement(run_torch(net, flickr_pixels)[1], flickr[1][:N_BROKEN])
-    print(f"{variant}: pooled cosine mean {pooled_cos.mean():.4f} min {pooled_cos.min():.4f}, feature map mean "
-          f"{map_cos.mean():.4f} min {map_cos.min():.4f}, agreement {share:.1%} of {N_BROKEN}")
+    print(
+        f"{variant}: pooled cosine mean {pooled_cos.mean():.4f} min {pooled_cos.min():.4f}, feature map mean "
+        f"{map_cos.mean():.4f} min {map_cos.min():.4f}, agreement {share:.1%} of {N_BROKEN}"
+    )
     # Clearly below, not just below: the thresholds would catch it with room to spare.
     assert pooled_cos.mean() < MIN_MEAN_POOLED_COS - 0.05
     assert pooled_cos.min() < MIN_PHOTO_POOLED_COS - 0.1

@@ -175,8 +175,13 @@ def test_image_encoder_reads_only_image_tensors(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "removed", ["scorer.head.weight", "text.token_head.linear.bias", "image.global_head.linear.weight",
-                "image.backbone.features.0.weight"],
+    "removed",
+    [
+        "scorer.head.weight",
+        "text.token_head.linear.bias",
+        "image.global_head.linear.weight",
+        "image.backbone.features.0.weight",
+    ],
 )
 def test_checkpoint_with_a_removed_tensor_raises_model_config_error(model_dir, tmp_path, removed):
     broken = copy_model(model_dir, tmp_path)
@@ -218,9 +223,7 @@ def test_models_with_different_seeds_differ(tiny_bert_dir, model_dir, tmp_path):
     assert not torch.equal(outputs(a)[1], outputs(b)[1])
 
 
-def test_vgg16_model_without_cached_weights_fails_instead_of_random_weights(
-    tiny_bert_dir, tmp_path, monkeypatch
-):
+def test_vgg16_model_without_cached_weights_fails_instead_of_random_weights(tiny_bert_dir, tmp_path, monkeypatch):
     """A checkpoint that relies on torchvision's VGG16 download must not silently run random weights."""
     import torchvision
 
@@ -228,8 +231,11 @@ def test_vgg16_model_without_cached_weights_fails_instead_of_random_weights(
     from imgsearch.model.scorer import ScorerConfig
     from imgsearch.model.text_encoder import TextEncoder, load_bert
 
-    config = small_config(tiny_bert_dir, backbone=BackboneConfig(name="vgg16", image_size=32),
-                          scorer=ScorerConfig(num_layers=1, num_heads=2, max_regions=1, dropout=0.0))
+    config = small_config(
+        tiny_bert_dir,
+        backbone=BackboneConfig(name="vgg16", image_size=32),
+        scorer=ScorerConfig(num_layers=1, num_heads=2, max_regions=1, dropout=0.0),
+    )
     tokenizer, bert = load_bert(config.text.name_or_path)
     AlignmentModel(config, TextEncoder(config.text, tokenizer, bert, config.embed_dim)).save_pretrained(
         tmp_path / "vgg16-model"

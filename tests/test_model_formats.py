@@ -67,7 +67,9 @@ def test_the_shipped_model_is_the_model_it_was(name, tmp_path):
     before, now = read_model_config(old), read_model_config(new)
     # the same model to load; its provenance only gained the weights file's name and hash, and its
     # ranking settings changed only as RANKING_SINCE says
-    assert dataclasses.replace(now, provenance=before.provenance) == dataclasses.replace(before, **RANKING_SINCE.get(name, {}))
+    assert dataclasses.replace(now, provenance=before.provenance) == dataclasses.replace(
+        before, **RANKING_SINCE.get(name, {})
+    )
     if before.provenance.backbone_weights is not None:
         assert now.provenance.backbone_weights.source == before.provenance.backbone_weights.source
         assert len(now.provenance.backbone_weights.sha256) == 64
@@ -94,8 +96,16 @@ def test_a_format_1_directory_loads_and_gives_the_same_outputs(name, tmp_path):
             embedding = model.image(model.image.normalize(pixels))
             text = model.text.encode(QUERIES)
             logits = model.scorer.score_candidates(text.tokens[0], text.mask[0], embedding.regions)  # (1,)
-        outputs.append([embedding.regions, embedding.global_, text.tokens, text.global_, logits,
-                        *([embedding.class_probs] if embedding.class_probs is not None else [])])
+        outputs.append(
+            [
+                embedding.regions,
+                embedding.global_,
+                text.tokens,
+                text.global_,
+                logits,
+                *([embedding.class_probs] if embedding.class_probs is not None else []),
+            ]
+        )
     for a, b in zip(*outputs):
         assert torch.equal(a, b)
     assert old.image.labels == new.image.labels
@@ -119,7 +129,9 @@ def test_an_index_made_with_the_model_as_shipped_before_opens_with_it_now(name, 
     assert manifest.model.fingerprint == fingerprint(old)
     # as the earlier release recorded it: the shipped directory's path, and that model's fingerprint
     shutil.rmtree(old)
-    dataclasses.replace(manifest, model=dataclasses.replace(manifest.model, path=str(DATA / name))).write(tmp_path / "ix")
+    dataclasses.replace(manifest, model=dataclasses.replace(manifest.model, path=str(DATA / name))).write(
+        tmp_path / "ix"
+    )
     with Index.open(tmp_path / "ix", device="cpu") as index:
         assert [r.to_dict() for r in index.search("a red shape", k=3)] == expected
         assert index.model_dir == DATA / name
@@ -129,7 +141,8 @@ def test_an_index_made_with_the_model_as_shipped_before_opens_with_it_now(name, 
         Index.open(tmp_path / "ix", DATA / next(other for other in SHIPPED if other != name), device="cpu")
     if name in PACKAGED:  # a packaged model that moved: found among the packaged ones by its earlier fingerprint
         dataclasses.replace(manifest, model=dataclasses.replace(manifest.model, path=str(tmp_path / "gone"))).write(
-            tmp_path / "ix")
+            tmp_path / "ix"
+        )
         with Index.open(tmp_path / "ix", device="cpu") as index:
             assert [r.to_dict() for r in index.search("a red shape", k=3)] == expected
             assert index.model_dir == packaged_model_dir(PACKAGED[name])

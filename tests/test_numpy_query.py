@@ -68,11 +68,13 @@ def test_scorer_and_hubness_equal_torch_on_the_photo_model(photo_models):
     regions = np.tanh(np.random.default_rng(0).standard_normal((30, 49, 256))).astype(np.float16)
     with torch.inference_mode():
         reference = torch_model.scorer.score_candidates(
-            torch.from_numpy(query.tokens), torch.from_numpy(query.mask), torch.from_numpy(regions).float())
+            torch.from_numpy(query.tokens), torch.from_numpy(query.mask), torch.from_numpy(regions).float()
+        )
         vectors = torch.nn.functional.normalize(torch.from_numpy(regions[:, 0]).float(), dim=-1)
         hubs = torch_model.hubness.scores(vectors)
-    np.testing.assert_allclose(numpy_model.scorer.score(query.tokens, query.mask, regions), reference.numpy(),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        numpy_model.scorer.score(query.tokens, query.mask, regions), reference.numpy(), atol=1e-4
+    )
     assert float(reference.std()) > 1e-2  # the candidates really differ
     np.testing.assert_allclose(numpy_model.hub_scores(vectors.numpy()), hubs.numpy(), atol=1e-5)
 
@@ -106,7 +108,8 @@ def test_scorer_with_attention_layers_equals_torch(small_models, count):
     regions = np.tanh(np.random.default_rng(count).standard_normal((count, 16, 32))).astype(np.float16)
     with torch.inference_mode():
         reference = torch_model.scorer.score_candidates(
-            torch.from_numpy(query.tokens), torch.from_numpy(query.mask), torch.from_numpy(regions).float())
+            torch.from_numpy(query.tokens), torch.from_numpy(query.mask), torch.from_numpy(regions).float()
+        )
     got = numpy_model.scorer.score(query.tokens, query.mask, regions)
     assert got.shape == (count,) and got.dtype == np.float32
     np.testing.assert_allclose(got, reference.numpy(), atol=1e-4)
@@ -115,8 +118,9 @@ def test_scorer_with_attention_layers_equals_torch(small_models, count):
 def test_hub_scores_equal_torch(small_models):
     numpy_model, torch_model = small_models
     vectors = torch.nn.functional.normalize(torch.randn(9, 32), dim=-1)
-    np.testing.assert_allclose(numpy_model.hub_scores(vectors.numpy()), torch_model.hubness.scores(vectors).numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        numpy_model.hub_scores(vectors.numpy()), torch_model.hubness.scores(vectors).numpy(), atol=1e-5
+    )
     assert numpy_model.hub_scores(np.zeros((0, 32), np.float32)).shape == (0,)
 
 
@@ -142,6 +146,7 @@ def test_class_texts_encode_the_same_and_share_the_cache(small_models, photo_mod
 
     for numpy_model, torch_model in (small_models, photo_models):
         texts = ["macaw, parrot", "dragonfly, odonate", "a much longer class text with several words", "x"]
-        np.testing.assert_allclose(zero_shot.sentence_vectors(numpy_model, texts),
-                                   zero_shot.sentence_vectors(torch_model, texts), atol=1e-5)
+        np.testing.assert_allclose(
+            zero_shot.sentence_vectors(numpy_model, texts), zero_shot.sentence_vectors(torch_model, texts), atol=1e-5
+        )
         assert zero_shot._cache_key(numpy_model, texts) == zero_shot._cache_key(torch_model, texts)

@@ -23,7 +23,9 @@ def test_each_packaged_model_is_found_and_they_differ():
     dirs = {name: packaged_model_dir(name) for name in PACKAGED_MODELS}
     assert dirs["photo"] == default_model_dir()
     assert len({fingerprint(d) for d in dirs.values()}) == len(dirs)
-    backbones = {name: json.loads((d / "config.json").read_text())["image"]["backbone"]["name"] for name, d in dirs.items()}
+    backbones = {
+        name: json.loads((d / "config.json").read_text())["image"]["backbone"]["name"] for name, d in dirs.items()
+    }
     assert backbones == {"photo": "efficientnet_lite0", "fast": "mobilenet_v2"}
 
 
@@ -45,8 +47,9 @@ def test_an_index_of_the_earlier_default_finds_its_model_by_fingerprint(tmp_path
 
 def test_model_names_on_the_command_line(tmp_path):
     photos = make_photos(tmp_path / "photos", range(2))
-    result = CliRunner().invoke(cli, ["index", str(photos), "--index", str(tmp_path / "ix"), "--model", "fast",
-                                      "--workers", "0", "--quiet"])
+    result = CliRunner().invoke(
+        cli, ["index", str(photos), "--index", str(tmp_path / "ix"), "--model", "fast", "--workers", "0", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     info = CliRunner().invoke(cli, ["info", "--index", str(tmp_path / "ix")])
     assert "the packaged fast model" in info.output and "mobilenet_v2" in info.output

@@ -70,9 +70,23 @@ def wheel(tmp_path_factory) -> Path:
         shutil.copytree(ROOT / name, source / name, ignore=skip)
     out = work / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "-w", str(out), str(source)],
-        check=True, capture_output=True, text=True, cwd=work,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(out),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=work,
     )
     (built,) = out.glob("imgsearch-*.whl")
     return built
@@ -81,28 +95,39 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_ships_the_photo_model_but_not_the_photos(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for package in ("photo_model", "photo_model_fast"):
-        assert {f"imgsearch/{package}/{name}" for name in ("config.json", "model.safetensors", "labels.txt",
-                                                           "legacy-fingerprints.txt", "LICENSE")} <= names
+        assert {
+            f"imgsearch/{package}/{name}"
+            for name in ("config.json", "model.safetensors", "labels.txt", "legacy-fingerprints.txt", "LICENSE")
+        } <= names
     assert "imgsearch/model/packaged.py" in names
     assert not [n for n in names if n.lower().endswith((".jpg", ".jpeg", ".png"))]
     assert not [n for n in names if "demo-model" in n or "demo_model" in n or n.endswith("scenes.py")]
     assert wheel.stat().st_size < WHEEL_LIMIT
     with zipfile.ZipFile(wheel) as archive:
-        assert archive.read("imgsearch/photo_model/model.safetensors") == (
-            ROOT / "data" / "photo-model" / "model.safetensors").read_bytes()
+        assert (
+            archive.read("imgsearch/photo_model/model.safetensors")
+            == (ROOT / "data" / "photo-model" / "model.safetensors").read_bytes()
+        )
 
 
 def test_installed_wheel_finds_its_photo_model(wheel, tmp_path):
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),
-                    str(wheel)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     # Run from elsewhere with the installed copy first on the path: not this checkout.
     env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
-    code = ("import imgsearch, imgsearch.model.packaged as m; from imgsearch.model.config import read_model_config; "
-            "print(imgsearch.__file__); print(m.default_model_dir()); "
-            "print(len(read_model_config(m.packaged_model_dir('fast')).image_labels))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
-                            capture_output=True, text=True)
+    code = (
+        "import imgsearch, imgsearch.model.packaged as m; from imgsearch.model.config import read_model_config; "
+        "print(imgsearch.__file__); print(m.default_model_dir()); "
+        "print(len(read_model_config(m.packaged_model_dir('fast')).image_labels))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+    )
     package_file, model, labels = result.stdout.splitlines()[-3:]
     assert Path(package_file).is_relative_to(site)
     assert Path(model) == (site / "imgsearch" / "photo_model").resolve()
@@ -113,7 +138,15 @@ def test_the_wheel_installs_only_the_imgsearch_namespace(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"imgsearch"}
-    for package in ("ground", "images", "storage", "indexer", "search", "model", "training"):  # each top-level folder, mapped inside
+    for package in (
+        "ground",
+        "images",
+        "storage",
+        "indexer",
+        "search",
+        "model",
+        "training",
+    ):  # each top-level folder, mapped inside
         assert f"imgsearch/{package}/__init__.py" in names
 
 
@@ -133,15 +166,19 @@ def _plant_shadows(folder: Path) -> None:
     """What a user may well have in the folder they run from: scripts and data folders named
     like the repository's top-level folders. Importing any of them would fail loudly."""
     for name in ("ground", "images", "storage", "search", "indexer", "model"):
-        (folder / f"{name}.py").write_text(f"raise SystemExit('the user\'s {name}.py was imported')\n")
+        (folder / f"{name}.py").write_text(f"raise SystemExit('the user's {name}.py was imported')\n")
     (folder / "training").mkdir()
-    (folder / "training" / "__init__.py").write_text("raise SystemExit('the user\'s training/ was imported')\n")
+    (folder / "training" / "__init__.py").write_text("raise SystemExit('the user's training/ was imported')\n")
 
 
 def test_user_files_named_like_the_folders_change_nothing_in_a_wheel_install(wheel, tmp_path):
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),
-                    str(wheel)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     work = tmp_path / "work"
     work.mkdir()
     _plant_shadows(work)
@@ -153,7 +190,12 @@ def test_user_files_named_like_the_folders_change_nothing_in_a_wheel_install(whe
 
 def test_user_files_named_like_the_folders_change_nothing_in_this_checkout(tmp_path):
     _plant_shadows(tmp_path)
-    result = subprocess.run([sys.executable, "-c", SHADOWING_PROBE], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", SHADOWING_PROBE],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["imgsearch.index", "[]"]

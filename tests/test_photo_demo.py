@@ -55,11 +55,22 @@ KNOWN_MISSES = {
 }
 
 
-@pytest.mark.parametrize(("photo_index", "query"), [
-    pytest.param(name, query, marks=[pytest.mark.xfail(reason=KNOWN_MISSES[name, query], strict=True)]
-                 if (name, query) in KNOWN_MISSES else [], id=f"{name}-{query}")
-    for name, queries in MODEL_QUERIES.items() for query in queries
-], indirect=["photo_index"])
+@pytest.mark.parametrize(
+    ("photo_index", "query"),
+    [
+        pytest.param(
+            name,
+            query,
+            marks=[pytest.mark.xfail(reason=KNOWN_MISSES[name, query], strict=True)]
+            if (name, query) in KNOWN_MISSES
+            else [],
+            id=f"{name}-{query}",
+        )
+        for name, queries in MODEL_QUERIES.items()
+        for query in queries
+    ],
+    indirect=["photo_index"],
+)
 def test_demo_query_finds_the_described_photo_first(photo_index, query):
     name = Path(photo_index.manifest.model.path).name  # data/photo-model or data/photo-model-fast
     results = photo_index.search(query, k=3)

@@ -53,8 +53,17 @@ def test_empty_or_unreadable_queries_are_clear_errors(index, index_dir, query):
     assert result.exit_code == 1 and "Error:" in result.stderr and "Traceback" not in result.output
 
 
-UNICODE = ["café crème", "日本の赤い丸", "🐶🏖️ on a beach", "مرحبا بالعالم", "e\u0301 combining", "Ωμέγα",
-           "\U0001F600", "tab\tand\nnewline", "photo \udce9 from a Latin-1 terminal"]
+UNICODE = [
+    "café crème",
+    "日本の赤い丸",
+    "🐶🏖️ on a beach",
+    "مرحبا بالعالم",
+    "e\u0301 combining",
+    "Ωμέγα",
+    "\U0001f600",
+    "tab\tand\nnewline",
+    "photo \udce9 from a Latin-1 terminal",
+]
 
 
 @pytest.mark.parametrize("query", UNICODE)
@@ -96,8 +105,9 @@ def test_long_query_is_truncated_with_a_warning_and_ranks_as_its_first_tokens(in
 
 
 def test_the_cli_prints_the_truncation_warning_on_stderr(tmp_path, index_dir):
-    child = CliProcess(["search", "red " * 300, "--index", index_dir, "--device", "cpu", "-k", 2, "--json"],
-                       tmp_path / "search.txt")
+    child = CliProcess(
+        ["search", "red " * 300, "--index", index_dir, "--device", "cpu", "-k", 2, "--json"], tmp_path / "search.txt"
+    )
     assert child.wait() == 0, child.text()
     assert "WARNING: the query is longer than the text encoder's 24 tokens" in child.text()
 
@@ -164,8 +174,21 @@ def test_index_on_a_real_terminal_draws_the_bar_unless_quiet(tmp_path, model_dir
     except OSError as exc:
         pytest.skip(f"needs a pseudo-terminal (/dev/ptmx): {exc}")
     try:
-        args = ["index", photos, "--index", tmp_path / "index", "--model", model_dir, "--device", "cpu",
-                "--workers", 0, "--batch-size", 4, *(["--quiet"] if quiet else [])]
+        args = [
+            "index",
+            photos,
+            "--index",
+            tmp_path / "index",
+            "--model",
+            model_dir,
+            "--device",
+            "cpu",
+            "--workers",
+            0,
+            "--batch-size",
+            4,
+            *(["--quiet"] if quiet else []),
+        ]
         child = CliProcess(args, tmp_path / "out.txt", stderr_to=os.ttyname(terminal))
         assert child.wait() == 0, child.text()
         os.close(terminal)

@@ -24,8 +24,13 @@ from imgsearch import Index
 from imgsearch.model.packaged import packaged_model_dir
 
 PHOTOS = Path(__file__).parents[1] / "data" / "photos"
-QUERIES = [*json.loads((PHOTOS / "queries.json").read_text()),
-           "a dog running in the water", "xqzv blorft wug", "A RED CAR!", "two cats on a sofa " * 10]
+QUERIES = [
+    *json.loads((PHOTOS / "queries.json").read_text()),
+    "a dog running in the water",
+    "xqzv blorft wug",
+    "A RED CAR!",
+    "two cats on a sofa " * 10,
+]
 SCORE_TOLERANCE = 1e-3
 
 
@@ -62,8 +67,9 @@ def test_numpy_and_torch_runtimes_give_the_same_results(both_runtimes, query):
     got, want = light.search(query, k=24), full.search(query, k=24)
     assert len(got) == len(want) == 24
     for field in ("score", "first_stage_score", "rerank_score", "zero_shot_score"):
-        np.testing.assert_allclose([getattr(r, field) for r in got], [getattr(r, field) for r in want],
-                                   atol=SCORE_TOLERANCE, err_msg=field)
+        np.testing.assert_allclose(
+            [getattr(r, field) for r in got], [getattr(r, field) for r in want], atol=SCORE_TOLERANCE, err_msg=field
+        )
     for a, b in zip(got, want):
         if a.id != b.id:  # only a near-tie may be broken the other way
             assert abs(a.score - b.score) < SCORE_TOLERANCE, (query, a.path, b.path)
@@ -83,7 +89,8 @@ def test_a_text_search_loads_neither_torch_nor_transformers(photo_index_dir):
         print(json.dumps({{"top": top, "after_text": text_only, "after_image": "torch" in sys.modules}}))
     """)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # "auto" is the CPU here even on a GPU machine
-    out = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                                    check=True).stdout)
+    out = json.loads(
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True).stdout
+    )
     assert Path(out["top"]).name == "parrot.jpg"
     assert out["after_text"] == [] and out["after_image"] is True

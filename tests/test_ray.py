@@ -183,11 +183,28 @@ def test_the_writer_killed_after_a_shard_then_run_again_equals_a_local_run(tmp_p
     expected, expected_results = local_oracle(folder, tmp_path / "oracle", model_dir)
     for attempt in range(3):
         index_dir = tmp_path / f"index{attempt}"
-        args = [sys.executable, "-m", "imgsearch", "index", str(folder), "--ray", "--index", str(index_dir),
-                "--model", str(model_dir), "--shard-size", "2", "--batch-size", "2", "-q", "--json"]
+        args = [
+            sys.executable,
+            "-m",
+            "imgsearch",
+            "index",
+            str(folder),
+            "--ray",
+            "--index",
+            str(index_dir),
+            "--model",
+            str(model_dir),
+            "--shard-size",
+            "2",
+            "--batch-size",
+            "2",
+            "-q",
+            "--json",
+        ]
         # Its own session: once it is killed, what is left of the local Ray it started is killed too.
-        child = subprocess.Popen(args, env=cli_env(), start_new_session=True, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            args, env=cli_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         try:
             deadline = time.monotonic() + 180
             while child.poll() is None and committed_rows(index_dir / "index.db") == 0:
@@ -212,8 +229,9 @@ def test_the_writer_killed_after_a_shard_then_run_again_equals_a_local_run(tmp_p
         assert len(rows_of(index)) == at_kill > 0
 
     # Run again, this time on the test's cluster by its address: it finishes the job.
-    again = subprocess.run([*args[:5], f"--ray={ray_cluster}", *args[6:]], env=cli_env(), capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        [*args[:5], f"--ray={ray_cluster}", *args[6:]], env=cli_env(), capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert '"added": ' in again.stdout
     assert_equals_oracle(index_dir, expected, expected_results)

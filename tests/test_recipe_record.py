@@ -84,7 +84,7 @@ def script_settings(script: Path) -> list[str]:
     match = _SETTINGS.search(text)
     assert match, f"{script.name} has no settings=( ... ) array"
     variables: dict[str, str] = {}
-    for name, raw in _ASSIGNMENT.findall(text[:match.start()]):
+    for name, raw in _ASSIGNMENT.findall(text[: match.start()]):
         variables[name] = shlex.split(raw)[0] if raw.strip("'\"") else ""
     return [expand(word, variables) for word in shlex.split(match.group(1), comments=True)]
 
@@ -117,7 +117,7 @@ def record(model: str) -> dict:
 
 def recorded_settings(model: str) -> list[str]:
     settings = record(model).get("settings")
-    assert isinstance(settings, str), f"data/{model}/training.json has no \"settings\" string"
+    assert isinstance(settings, str), f'data/{model}/training.json has no "settings" string'
     return shlex.split(settings)
 
 
@@ -164,8 +164,11 @@ def config_the_cli_builds(settings: list[str], folder: Path, monkeypatch) -> dic
     monkeypatch.setattr(imgsearch.train_commands, "keep_freed_memory_on_cpu", lambda device: None)
     monkeypatch.setattr(imgsearch.training.run, "check_output_dir", lambda out, resume: None)
     monkeypatch.setattr(imgsearch.training.run, "read_dataset", lambda *args, **kwargs: [])
-    monkeypatch.setattr(imgsearch.training.run, "build_model",
-                        lambda preset_name, **kwargs: (types.SimpleNamespace(device=None), preset(preset_name)[1]))
+    monkeypatch.setattr(
+        imgsearch.training.run,
+        "build_model",
+        lambda preset_name, **kwargs: (types.SimpleNamespace(device=None), preset(preset_name)[1]),
+    )
     monkeypatch.setattr(imgsearch.training.run, "train_model", train_model)
     result = CliRunner().invoke(train_command, args + settings, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -174,13 +177,21 @@ def config_the_cli_builds(settings: list[str], folder: Path, monkeypatch) -> dic
     return json.loads(json.dumps({**dataclasses.asdict(config), "warmup_steps": warmup_steps(config)}))
 
 
-@pytest.mark.parametrize("model, run", [
-    pytest.param(model, run, marks=[pytest.mark.xfail(raises=KnownGap, strict=True, reason=KNOWN_GAP_REASON)]
-                 if (model, run) in KNOWN_GAPS else [])
-    for model, (_, runs) in RECIPES.items() for run in runs
-])
-def test_recorded_trainer_config_is_what_imgsearch_train_builds_from_the_settings(model, run, tmp_path,
-                                                                                   monkeypatch):
+@pytest.mark.parametrize(
+    "model, run",
+    [
+        pytest.param(
+            model,
+            run,
+            marks=[pytest.mark.xfail(raises=KnownGap, strict=True, reason=KNOWN_GAP_REASON)]
+            if (model, run) in KNOWN_GAPS
+            else [],
+        )
+        for model, (_, runs) in RECIPES.items()
+        for run in runs
+    ],
+)
+def test_recorded_trainer_config_is_what_imgsearch_train_builds_from_the_settings(model, run, tmp_path, monkeypatch):
     recorded = record(model)[run]["config"]
     built = config_the_cli_builds(recorded_settings(model), tmp_path, monkeypatch)
     # A setting the trainer gained after the run is not in an older record: it ran as its default.

@@ -89,7 +89,8 @@ def test_selection_keeps_the_best_candidate_and_restores_its_weights(validation,
         assert (choice.epoch, choice.fusion_weight) == (epoch, weight)
         assert choice.t2i_r1 == pytest.approx(r1)
     assert [(c.epoch, c.fusion_weight, c.t2i_r1) for c in selection.history] == [
-        (e, w, pytest.approx(r)) for e, w, r in expected]
+        (e, w, pytest.approx(r)) for e, w, r in expected
+    ]
     kept = selection.restore(model)
     assert (kept.epoch, kept.fusion_weight) == (2, GRID[0]) and kept.t2i_r1 == pytest.approx(expected[2][2])
     restored = model.scorer.state_dict()
@@ -128,8 +129,17 @@ def test_train_with_local_weight_considers_the_scorer_before_its_stage(tmp_path,
     """With the alignment loss, the re-ranker stage starts from a zero output head (the scorer
     is its alignment term) and that start is candidate epoch 0; the saved model is the kept one."""
     folder = _captioned_images(tmp_path / "images", first_seed=500)
-    config = TrainConfig(epochs=1, batch_size=8, val_fraction=0.25, rerank_depth=4, warmup_steps=1, lr=3e-3,
-                         local_weight=1.0, scorer_epochs=2, fusion_grid=GRID)
+    config = TrainConfig(
+        epochs=1,
+        batch_size=8,
+        val_fraction=0.25,
+        rerank_depth=4,
+        warmup_steps=1,
+        lr=3e-3,
+        local_weight=1.0,
+        scorer_epochs=2,
+        fusion_grid=GRID,
+    )
     torch.manual_seed(0)
     items = read_captions(folder / "captions.tsv")
     summary = train(AlignmentModel.initialize(small_config(tiny_bert_dir)), items, tmp_path / "model", config)
@@ -154,8 +164,17 @@ def test_train_with_local_weight_and_no_scorer_stage_keeps_the_alignment_term(tm
     """--scorer-epochs 0 with the alignment loss (and no attention layers): the re-ranker is the
     trained alignment term alone, chosen with its fusion weight on validation, and saved so."""
     folder = _captioned_images(tmp_path / "images", first_seed=700)
-    config = TrainConfig(epochs=1, batch_size=8, val_fraction=0.25, rerank_depth=4, warmup_steps=1, lr=3e-3,
-                         local_weight=1.0, scorer_epochs=0, fusion_grid=GRID)
+    config = TrainConfig(
+        epochs=1,
+        batch_size=8,
+        val_fraction=0.25,
+        rerank_depth=4,
+        warmup_steps=1,
+        lr=3e-3,
+        local_weight=1.0,
+        scorer_epochs=0,
+        fusion_grid=GRID,
+    )
     torch.manual_seed(0)
     items = read_captions(folder / "captions.tsv")
     no_layers = small_config(tiny_bert_dir, scorer=ScorerConfig(num_layers=0, num_heads=2, max_regions=16, dropout=0.0))

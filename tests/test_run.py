@@ -53,8 +53,7 @@ class HashEmbedder:
                 global_ = np.stack([vector_of(c) for c in contents]) if contents else np.zeros((0, DIM), np.float32)
                 regions = np.repeat(global_[:, None, :], REGIONS, axis=1).astype(np.float16)  # (n, R, d)
                 self.handed += 1
-                yield Finished(Shard(shard_id_of([r.path for r in records]), records, contents, global_, regions,
-                                     None))
+                yield Finished(Shard(shard_id_of([r.path for r in records]), records, contents, global_, regions, None))
         finally:
             self.closed = True
 
@@ -103,8 +102,7 @@ def test_a_run_stores_what_its_embedder_hands_over(tmp_path, photos, store):
     assert (again.unchanged, again.added, again.embedded) == (8, 0, 0)
 
 
-def test_a_stop_keeps_the_groups_handed_over_closes_the_embedder_and_the_next_run_finishes(tmp_path, photos,
-                                                                                         store):
+def test_a_stop_keeps_the_groups_handed_over_closes_the_embedder_and_the_next_run_finishes(tmp_path, photos, store):
     vectors = VectorIndex.empty(DIM)
     run_indexing([photos], store, vectors, HashEmbedder())
     (photos / "img_000.png").unlink()  # stored, then gone: pruned only by a run that ends

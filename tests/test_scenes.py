@@ -23,9 +23,11 @@ def colour_pixels(image):
     for y in range(height):
         for x in range(width):
             pixel = data[x, y]
-            name, dist = min(((n, sum((a - b) ** 2 for a, b in zip(pixel, rgb)))
-                              for n, rgb in scenes.RGB.items()), key=lambda t: t[1])
-            if dist < 40 ** 2:
+            name, dist = min(
+                ((n, sum((a - b) ** 2 for a, b in zip(pixel, rgb))) for n, rgb in scenes.RGB.items()),
+                key=lambda t: t[1],
+            )
+            if dist < 40**2:
                 found[name].append((x, y))
     return found
 
@@ -108,8 +110,7 @@ def test_random_scene_shapes_are_distinguishable():
 def test_attribute_swap_exchanges_colours_only():
     scene = Scene(Shape("circle", "red", "small"), "left of", Shape("square", "blue", "large"))
     swap = scenes.swapped(scene, "attributes")
-    assert swap == Scene(Shape("circle", "blue", "small"), "left of",
-                         Shape("square", "red", "large"))
+    assert swap == Scene(Shape("circle", "blue", "small"), "left of", Shape("square", "red", "large"))
     with pytest.raises(ValueError):
         scenes.swapped(Scene(scene.first, "above", Shape("square", "red", "large")), "attributes")
 
@@ -143,8 +144,9 @@ def test_generate_writes_images_and_captions(tmp_path):
 def test_generate_is_deterministic(tmp_path):
     def snapshot(name, seed, image_format="png"):
         scenes.generate(tmp_path / name, 4, seed=seed, size=40, image_format=image_format)
-        return {p.relative_to(tmp_path / name): p.read_bytes()
-                for p in sorted((tmp_path / name).rglob("*")) if p.is_file()}
+        return {
+            p.relative_to(tmp_path / name): p.read_bytes() for p in sorted((tmp_path / name).rglob("*")) if p.is_file()
+        }
 
     first = snapshot("a", 7)
     assert first == snapshot("b", 7)
@@ -178,8 +180,7 @@ def test_generate_refuses_to_overwrite(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=60)
 
 
 def test_cli_generates_and_rejects_bad_arguments(tmp_path):

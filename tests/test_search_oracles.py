@@ -246,7 +246,8 @@ def assert_same_ids_unless_tied(got_ids, ref_ids, ref_scores, atol=ATOL):
     assert len(got_ids) == len(ref_ids)
     for i, (got, ref) in enumerate(zip(list(got_ids), list(ref_ids))):
         tied = (i > 0 and abs(ref_scores[i] - ref_scores[i - 1]) <= atol) or (
-            i + 1 < len(ref_scores) and abs(ref_scores[i] - ref_scores[i + 1]) <= atol)
+            i + 1 < len(ref_scores) and abs(ref_scores[i] - ref_scores[i + 1]) <= atol
+        )
         if not tied:
             assert got == ref, (i, list(got_ids), list(ref_ids))
 
@@ -393,8 +394,12 @@ def snapshot(index):
     out = []
     for text in QUERIES:
         for rerank in (True, False):
-            out.append([(r.id, r.path, r.score, r.first_stage_score, r.rerank_score)
-                        for r in index.search(text, k=7, candidates=9, rerank=rerank)])
+            out.append(
+                [
+                    (r.id, r.path, r.score, r.first_stage_score, r.rerank_score)
+                    for r in index.search(text, k=7, candidates=9, rerank=rerank)
+                ]
+            )
     return out
 
 
@@ -467,13 +472,16 @@ def test_intact_vectors_file_is_not_rebuilt(built, caplog, monkeypatch):
     assert (directory / VECTORS_NAME).read_bytes() == saved
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (damage_missing, "is missing"),
-    (damage_garbage, 'is unreadable (Index type 0x73696874 ("this") not recognized)'),
-    (damage_empty, "is unreadable (Error: 'ret == (1)' failed: read error in"),
-    (damage_drop_one, "is out of step with index.db (11 vectors for 12 indexed images"),
-    (damage_wrong_dim, "holds 5-d vectors, not the index's 32-d"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (damage_missing, "is missing"),
+        (damage_garbage, 'is unreadable (Index type 0x73696874 ("this") not recognized)'),
+        (damage_empty, "is unreadable (Error: 'ret == (1)' failed: read error in"),
+        (damage_drop_one, "is out of step with index.db (11 vectors for 12 indexed images"),
+        (damage_wrong_dim, "holds 5-d vectors, not the index's 32-d"),
+    ],
+)
 def test_why_vectors_faiss_is_rebuilt_is_logged(built, caplog, damage, reason):
     index, _ = built
     directory, ids = index.directory, index.store.ok_ids()
@@ -622,8 +630,14 @@ def test_file_that_breaks_and_is_repaired(built, image_folder):
 def test_worker_processes_and_batch_size_do_not_change_vectors(tmp_path, model_dir, image_folder):
     calls = []
     a, _ = build_index(tmp_path / "a", model_dir, image_folder)
-    b, summary = build_index(tmp_path / "b", model_dir, image_folder, workers=1, batch_size=5,
-                             progress=lambda done, total: calls.append((done, total)))
+    b, summary = build_index(
+        tmp_path / "b",
+        model_dir,
+        image_folder,
+        workers=1,
+        batch_size=5,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     with a, b:
         assert summary.added == 12
         assert calls == [(5, 12), (10, 12), (12, 12)]

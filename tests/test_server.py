@@ -111,8 +111,11 @@ def test_search_without_rerank_and_with_fewer_candidates_equals_the_library(clie
 
 def test_multipart_fields_give_what_json_gives(client):
     as_json = _search(client, query="a hot dog", k=6, rerank="false")
-    as_form = client.post("/api/search", data={"query": "a hot dog", "k": "6", "rerank": "false", "folder": ""},
-                          files={"unused": ("", b"")})  # an empty file input, as a browser sends it
+    as_form = client.post(
+        "/api/search",
+        data={"query": "a hot dog", "k": "6", "rerank": "false", "folder": ""},
+        files={"unused": ("", b"")},
+    )  # an empty file input, as a browser sends it
     assert as_form.status_code == 200, as_form.text
     assert [i["id"] for i in as_form.json()["items"]] == [i["id"] for i in as_json["items"]]
     assert [i["score"] for i in as_form.json()["items"]] == [i["score"] for i in as_json["items"]]
@@ -168,28 +171,34 @@ def test_pages_follow_the_cursor_and_add_up_to_one_long_page(client, index):
     _same(by_page["items"], index.search("a dog", k=7, offset=7))
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({}, "query"),  # none of query, like, image
-    ({"query": "a cat", "like": 1}, "query"),  # two of them
-    ({"query": "   "}, "empty"),
-    ({"query": "a cat", "cursor": "abc"}, "cursor"),
-    ({"query": "a cat", "cursor": "5", "page": 2}, "not both"),
-    ({"query": "a cat", "taken_after": "last tuesday"}, "taken_after"),
-    ({"query": "a cat", "folder": "Pictures/2021"}, "absolute path"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({}, "query"),  # none of query, like, image
+        ({"query": "a cat", "like": 1}, "query"),  # two of them
+        ({"query": "   "}, "empty"),
+        ({"query": "a cat", "cursor": "abc"}, "cursor"),
+        ({"query": "a cat", "cursor": "5", "page": 2}, "not both"),
+        ({"query": "a cat", "taken_after": "last tuesday"}, "taken_after"),
+        ({"query": "a cat", "folder": "Pictures/2021"}, "absolute path"),
+    ],
+)
 def test_bad_parameters_are_400_with_a_message(client, fields, message):
     response = client.post("/api/search", json=fields)
     assert response.status_code == 400, response.text
     assert message in response.json()["detail"]
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"query": "a cat", "k": 0}, "k must be at least 1."),
-    ({"query": "a cat", "k": 201}, "k must be at most 200."),
-    ({"query": "a cat", "colour": "red"}, "colour is not a field of this request"),
-    ({"query": "a cat", "like": "three"}, "like must be a whole number."),
-    ({"query": "a cat" * 201}, "query is too long: at most 1,000 characters."),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"query": "a cat", "k": 0}, "k must be at least 1."),
+        ({"query": "a cat", "k": 201}, "k must be at most 200."),
+        ({"query": "a cat", "colour": "red"}, "colour is not a field of this request"),
+        ({"query": "a cat", "like": "three"}, "like must be a whole number."),
+        ({"query": "a cat" * 201}, "query is too long: at most 1,000 characters."),
+    ],
+)
 def test_fields_that_fail_validation_are_400_like_the_library_s_checks(client, fields, message):
     """Request validation answers as InvalidQuery does (docs/api.md, Errors): 400, a sentence."""
     response = client.post("/api/search", json=fields)
@@ -223,8 +232,9 @@ def test_rerank_of_an_upload_scores_it_as_its_indexed_copy(client, index, photos
     """cat.jpg (512x341) is decoded at full size by the indexer too, so the upload is the same image."""
     cat = _id_of(index, "cat.jpg")
     data = (photos / "cat.jpg").read_bytes()
-    response = client.post("/api/rerank", data={"query": "a cat", "ids": str(cat)},
-                           files=[("images", ("upload.jpg", data, "image/jpeg"))])
+    response = client.post(
+        "/api/rerank", data={"query": "a cat", "ids": str(cat)}, files=[("images", ("upload.jpg", data, "image/jpeg"))]
+    )
     assert response.status_code == 200, response.text
     items = response.json()["items"]
     [indexed] = [i for i in items if i["id"] == cat]
@@ -241,7 +251,9 @@ def test_explain_equals_the_library_and_its_weights_sum_to_one(client, index):
     expected = index.explain("an owl in a tree", owl).to_dict()
     rows, cols = body["grid"]
     assert [rows, cols] == list(expected["grid"]) and body["image_id"] == owl
-    assert [w["word"] for w in body["words"]] == [w["word"] for w in expected["words"]] == ["an", "owl", "in", "a", "tree"]
+    assert (
+        [w["word"] for w in body["words"]] == [w["word"] for w in expected["words"]] == ["an", "owl", "in", "a", "tree"]
+    )
     for word, oracle in zip(body["words"], expected["words"]):
         assert len(word["weights"]) == rows * cols
         assert sum(word["weights"]) == pytest.approx(1.0, abs=1e-4)
@@ -274,8 +286,11 @@ def test_image_info_is_what_the_index_holds(client, index):
     parrot = _id_of(index, "parrot.jpg")
     info = client.get(f"/api/images/{parrot}/info").json()
     assert {k: v for k, v in info.items() if not k.endswith("_url")} == index.image_info(parrot)
-    searched = [item for item in client.post("/api/search", json={"query": "a parrot", "k": 24}).json()["items"]
-                if item["id"] == parrot][0]
+    searched = [
+        item
+        for item in client.post("/api/search", json={"query": "a parrot", "k": 24}).json()["items"]
+        if item["id"] == parrot
+    ][0]
     assert {k: searched[k] for k in info} == info  # the same facts a search result gives
     assert client.get("/api/images/999999/info").status_code == 404
 
@@ -373,8 +388,12 @@ def test_openapi_documents_json_and_multipart_bodies(client):
         assert set(content) == {"application/json", "multipart/form-data"}
         assert upload in content["multipart/form-data"]["schema"]["properties"]
         assert "query" in content["application/json"]["schema"]["properties"]
-    assert {"/api/images/{image_id}/thumbnail", "/api/images/{image_id}/explain.png", "/api/index",
-            "/api/health"} <= set(schema["paths"])
+    assert {
+        "/api/images/{image_id}/thumbnail",
+        "/api/images/{image_id}/explain.png",
+        "/api/index",
+        "/api/health",
+    } <= set(schema["paths"])
     docs = client.get("/docs")
     assert docs.status_code == 200
     # The docs render offline: Swagger UI's own files are served here, and nothing is loaded from elsewhere.
@@ -406,9 +425,20 @@ def test_images_a_concurrent_writer_commits_are_found_without_a_restart(tmp_path
 # ---- serve ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
-                                            ("[::1]", True), ("127.0.0.2", True), ("0.0.0.0", False),
-                                            ("::", False), ("192.168.1.20", False), ("photos.example", False)])
+@pytest.mark.parametrize(
+    "host, loopback",
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("127.0.0.2", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.20", False),
+        ("photos.example", False),
+    ],
+)
 def test_only_loopback_hosts_count_as_private(host, loopback):
     assert is_loopback(host) is loopback
 
@@ -423,8 +453,13 @@ def _first_line(process: subprocess.Popen, timeout: float) -> str:
 
 def test_serve_prints_its_url_and_answers_there(index):
     code = f"from imgsearch.server.run import serve; serve({str(index.directory)!r}, port=0, device='cpu')"
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     try:
         line = _first_line(process, timeout=300)
         assert line.startswith(f"imgsearch: serving {index.directory} at http://127.0.0.1:"), line

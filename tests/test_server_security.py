@@ -99,10 +99,18 @@ def call_asgi(app, method: str, raw_path: str, headers=(), chunks=(b"",)) -> tup
         sent.append(message)
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-        "path": unquote(path), "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(path),
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
         "headers": [(k.lower().encode(), v.encode()) for k, v in _with_host(headers)],
-        "server": ("testserver", 80), "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 5000),
     }
     anyio.run(app, scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
@@ -132,10 +140,20 @@ def test_ids_that_are_not_ids_are_refused(client, image_id):
 
 
 TRAVERSALS = [
-    "/api/images/..%2f..%2fetc%2fpasswd", "/api/images/1/../../etc/passwd", "/api/images/1/..%2f..%2f..%2fsecret.txt",
-    "/api/images/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/../../../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd",
-    "/..%2fsecret.txt", "/../secret.txt", "/site/../../secret.txt", "/..%5csecret.txt", "/%2e%2e%2fsecret.txt",
-    "/api/images/1/thumbnail/../../../../secret.txt", "//etc/passwd", "/api/../../secret.txt",
+    "/api/images/..%2f..%2fetc%2fpasswd",
+    "/api/images/1/../../etc/passwd",
+    "/api/images/1/..%2f..%2f..%2fsecret.txt",
+    "/api/images/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/../../../../etc/passwd",
+    "/%2e%2e/%2e%2e/etc/passwd",
+    "/..%2fsecret.txt",
+    "/../secret.txt",
+    "/site/../../secret.txt",
+    "/..%5csecret.txt",
+    "/%2e%2e%2fsecret.txt",
+    "/api/images/1/thumbnail/../../../../secret.txt",
+    "//etc/passwd",
+    "/api/../../secret.txt",
 ]
 
 
@@ -188,8 +206,14 @@ def capped(index):
 
 
 def _multipart(data: bytes, boundary: str = "b0undary") -> tuple[list[tuple[str, str]], bytes]:
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return [("content-type", f"multipart/form-data; boundary={boundary}")], body
 
 
@@ -212,15 +236,16 @@ def test_an_image_over_the_cap_is_413(capped):
 
 def test_a_declared_content_length_over_the_cap_is_refused_before_reading(capped):
     headers, body = _multipart(b"x" * 200_000)
-    status, _, answer, read = call_asgi(capped, "POST", "/api/search",
-                                        headers=[*headers, ("content-length", str(len(body)))], chunks=[body])
+    status, _, answer, read = call_asgi(
+        capped, "POST", "/api/search", headers=[*headers, ("content-length", str(len(body)))], chunks=[body]
+    )
     assert status == 413 and read == 0
     assert "the limit is 10,000 bytes" in json.loads(answer)["detail"]
 
 
 def test_a_body_without_content_length_is_counted_and_cut_off(capped):
     headers, body = _multipart(b"x" * 200_000)
-    chunks = [body[i:i + 1000] for i in range(0, len(body), 1000)]
+    chunks = [body[i : i + 1000] for i in range(0, len(body), 1000)]
     status, _, _, read = call_asgi(capped, "POST", "/api/search", headers=headers, chunks=chunks)
     assert status == 413 and read < len(chunks) / 2  # stopped at the limit, not at the end
 
@@ -246,11 +271,14 @@ def test_a_decompression_bomb_is_refused_with_a_clear_message(client, bombs, nam
         assert "too large" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("payload, reason", [
-    (b"just some notes, not a photo\n", "not an image"),
-    ((PHOTOS / "cat.jpg").read_bytes()[:3000], "truncated"),
-    (b"", "empty"),
-])
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"just some notes, not a photo\n", "not an image"),
+        ((PHOTOS / "cat.jpg").read_bytes()[:3000], "truncated"),
+        (b"", "empty"),
+    ],
+)
 def test_an_upload_that_is_not_a_usable_image_is_415(client, payload, reason):
     response = client.post("/api/search", files={"image": ("notes.jpg", payload, "image/jpeg")})
     assert response.status_code == 415, response.text
@@ -259,8 +287,9 @@ def test_an_upload_that_is_not_a_usable_image_is_415(client, payload, reason):
 
 def test_rerank_takes_a_bounded_number_of_uploads(client):
     tiny = (PHOTOS / "dog.jpg").read_bytes()
-    response = client.post("/api/rerank", data={"query": "a dog"},
-                           files=[("images", (f"{i}.jpg", tiny, "image/jpeg")) for i in range(17)])
+    response = client.post(
+        "/api/rerank", data={"query": "a dog"}, files=[("images", (f"{i}.jpg", tiny, "image/jpeg")) for i in range(17)]
+    )
     assert response.status_code == 400 and "at most 16" in response.json()["detail"]
 
 
@@ -278,7 +307,7 @@ def test_a_body_that_is_neither_json_nor_multipart_is_415(client):
     assert response.status_code == 415 and "multipart/form-data" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"--b\r\nContent-Disposition: form-data; name=\"q\""])
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'--b\r\nContent-Disposition: form-data; name="q"'])
 def test_a_malformed_body_is_400(client, body):
     kind = "multipart/form-data; boundary=b" if body.startswith(b"--") else "application/json"
     response = client.post("/api/search", content=body, headers={"content-type": kind})
@@ -295,16 +324,29 @@ def test_only_get_and_post_routes_exist(app):
 
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
-@pytest.mark.parametrize("path", ["/api/search", "/api/rerank", "/api/images/1", "/api/images/1/thumbnail",
-                                  "/api/health", "/api/index", "/", "/index.html"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/search",
+        "/api/rerank",
+        "/api/images/1",
+        "/api/images/1/thumbnail",
+        "/api/health",
+        "/api/index",
+        "/",
+        "/index.html",
+    ],
+)
 def test_other_methods_are_405(client, method, path):
     assert client.request(method, path).status_code == 405
 
 
 def _index_files(index) -> dict[str, str]:
-    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(index.directory.iterdir())
-            if path.is_file() and not path.name.endswith(("-wal", "-shm", ".lock"))}
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(index.directory.iterdir())
+        if path.is_file() and not path.name.endswith(("-wal", "-shm", ".lock"))
+    }
 
 
 def test_requests_never_change_the_index(client, index, ids):
@@ -319,8 +361,11 @@ def test_requests_never_change_the_index(client, index, ids):
 
 
 def _has_security_headers(headers, policy=CONTENT_SECURITY_POLICY) -> bool:
-    return (headers.get("x-content-type-options") == "nosniff" and headers.get("referrer-policy") == "no-referrer"
-            and headers.get("content-security-policy") == policy)
+    return (
+        headers.get("x-content-type-options") == "nosniff"
+        and headers.get("referrer-policy") == "no-referrer"
+        and headers.get("content-security-policy") == policy
+    )
 
 
 def test_every_kind_of_response_carries_the_security_headers(client, capped, ids):
@@ -358,9 +403,19 @@ def test_an_unexpected_error_is_a_500_with_the_headers_and_no_traceback(tmp_path
     assert "/secret/place" not in response.text and "log" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("host, answered", [("127.0.0.1:8000", True), ("localhost:8000", True), ("[::1]:8000", True),
-                                             ("LOCALHOST", True), ("attacker.example", False),
-                                             ("attacker.example:8000", False), ("127.0.0.1.nip.io", False), ("", False)])
+@pytest.mark.parametrize(
+    "host, answered",
+    [
+        ("127.0.0.1:8000", True),
+        ("localhost:8000", True),
+        ("[::1]:8000", True),
+        ("LOCALHOST", True),
+        ("attacker.example", False),
+        ("attacker.example:8000", False),
+        ("127.0.0.1.nip.io", False),
+        ("", False),
+    ],
+)
 def test_a_loopback_server_answers_only_its_own_names(index, host, answered):
     """DNS rebinding: a page at attacker.example whose name now resolves to 127.0.0.1 sends Host: attacker.example."""
     app = create_app(index, allowed_hosts=local_names("127.0.0.1"))
@@ -381,10 +436,15 @@ def test_a_path_with_script_in_it_comes_back_as_plain_json(client, tree):
     assert str(tree / "indexed" / SCRIPT_FOLDER / SCRIPT_FILE) in paths  # as it is: escaping is the page's job
 
 
-@pytest.mark.parametrize("path", ["/nothing<script>alert(1)</script>?q=<script>alert(2)</script>",
-                                  "/api/nothing?q=<script>alert(1)</script>",
-                                  "/api/images/999999/explain?query=<script>alert(1)</script>",
-                                  "/api/images/<script>alert(1)</script>"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/nothing<script>alert(1)</script>?q=<script>alert(2)</script>",
+        "/api/nothing?q=<script>alert(1)</script>",
+        "/api/images/999999/explain?query=<script>alert(1)</script>",
+        "/api/images/<script>alert(1)</script>",
+    ],
+)
 def test_errors_do_not_reflect_input_as_html(app, path):
     status, headers, body, _ = call_asgi(app, "GET", path)
     assert status in (400, 404)

@@ -52,8 +52,9 @@ class ShardsInOrder:
         self.shards: list[Shard] = []
 
     def embed(self, paths, known_contents):
-        shards = [embed_shard(part, self.encoder, known_contents=known_contents, batch_size=2)
-                  for part in self.split(paths)]
+        shards = [
+            embed_shard(part, self.encoder, known_contents=known_contents, batch_size=2) for part in self.split(paths)
+        ]
         if self.through_files is not None:
             for number, shard in enumerate(shards):
                 shard.save(self.through_files / f"{number}.shard")
@@ -63,8 +64,9 @@ class ShardsInOrder:
             yield Finished(shard)
 
 
-def index_by_shards(index: Index, folders: list[Path], split, order=lambda shards: shards, *,
-                    through_files: Path | None = None) -> tuple[AddSummary, list[Shard]]:
+def index_by_shards(
+    index: Index, folders: list[Path], split, order=lambda shards: shards, *, through_files: Path | None = None
+) -> tuple[AddSummary, list[Shard]]:
     """What an engine does: the run (Index.add) with the files to read embedded as shards
     (`split` cuts the list), optionally saved and loaded, and merged in `order`."""
     embedder = ShardsInOrder(index.image_encoder, split, order, through_files)
@@ -106,18 +108,38 @@ def index(tmp_path, model_dir):
 def hand_made_shard() -> Shard:
     rng = np.random.default_rng(3)
     records = [
-        ImageRecord(path="/photos/a.jpg", size=1234, mtime=1700000000.123456, ctime=1700000001.5, sha256="aa" * 32,
-                    width=640, height=480, taken_at="2021-06-01T12:00:00"),
-        ImageRecord(path="/photos/caf\\xe9 \u00e9t\u00e9.png", size=99, mtime=1.0, ctime=2.0, sha256="bb" * 32,
-                    width=3, height=4),
+        ImageRecord(
+            path="/photos/a.jpg",
+            size=1234,
+            mtime=1700000000.123456,
+            ctime=1700000001.5,
+            sha256="aa" * 32,
+            width=640,
+            height=480,
+            taken_at="2021-06-01T12:00:00",
+        ),
+        ImageRecord(
+            path="/photos/caf\\xe9 \u00e9t\u00e9.png",
+            size=99,
+            mtime=1.0,
+            ctime=2.0,
+            sha256="bb" * 32,
+            width=3,
+            height=4,
+        ),
         ImageRecord(path="/photos/copy.jpg", size=1234, mtime=5.0, ctime=6.0, sha256="aa" * 32, width=640, height=480),
         ImageRecord(path="/photos/bad.gif", error="cannot decode image: truncated"),
     ]
     global_ = rng.standard_normal((2, 8)).astype(np.float32)
     global_ /= np.linalg.norm(global_, axis=1, keepdims=True)
-    return Shard(shard_id_of([r.path for r in records]), records, ["aa" * 32, "bb" * 32], global_,
-                 rng.standard_normal((2, 5, 8)).astype(np.float16),
-                 [[("tabby", 0.5123), ("tiger cat", 0.25)], [("daisy", 0.9999), ("bee", 0.0001)]])
+    return Shard(
+        shard_id_of([r.path for r in records]),
+        records,
+        ["aa" * 32, "bb" * 32],
+        global_,
+        rng.standard_normal((2, 5, 8)).astype(np.float16),
+        [[("tabby", 0.5123), ("tiger cat", 0.25)], [("daisy", 0.9999), ("bee", 0.0001)]],
+    )
 
 
 def test_a_saved_shard_loads_equal_field_by_field(tmp_path, index, photos):
@@ -154,8 +176,9 @@ def wrong_length(data: bytes) -> bytes:
     return (len(data) * 4).to_bytes(8, "little") + data[8:]
 
 
-@pytest.mark.parametrize("damage", [truncated, garbled_header, garbled_metadata, wrong_length,
-                                    lambda data: b"", lambda data: data[:5]])
+@pytest.mark.parametrize(
+    "damage", [truncated, garbled_header, garbled_metadata, wrong_length, lambda data: b"", lambda data: data[:5]]
+)
 def test_a_damaged_shard_file_is_store_corrupt(tmp_path, damage):
     path = tmp_path / "x.shard"
     hand_made_shard().save(path)
@@ -195,8 +218,11 @@ def test_embed_shard_equals_the_encoder_on_each_file_and_embeds_a_copy_once(inde
     assert bad.error and bad.sha256 == sha(photos / "broken.png")
     for record, path in zip(shard.records, files):
         if record.error is None:
-            assert (record.sha256, record.size, (record.width, record.height)) == (sha(path), path.stat().st_size,
-                                                                                   (48, 48))
+            assert (record.sha256, record.size, (record.width, record.height)) == (
+                sha(path),
+                path.stat().st_size,
+                (48, 48),
+            )
             assert record.mtime == path.stat().st_mtime
     assert shard.global_.dtype == np.float32 and shard.regions.dtype == np.float16
     assert shard.labels is None  # this model has no classifier
@@ -308,8 +334,9 @@ def test_incremental_runs_through_shards(tmp_path, model_dir, index, photos):
     assert (summary.moved, summary.added, summary.updated, summary.removed, summary.failed) == (1, 2, 1, 1, 1)
     assert summary.failures == [(path_to_text(photos / "bad.jpg"), bad.error)]
     assert summary.embedded == 2  # the changed file and the new one: neither the move nor the copy
-    assert sorted(c for s in shards for c in s.contents) == sorted([sha(photos / "img_002.png"),
-                                                                    sha(photos / "new.png")])
+    assert sorted(c for s in shards for c in s.contents) == sorted(
+        [sha(photos / "img_002.png"), sha(photos / "new.png")]
+    )
     check_consistent(index)
     assert_rows_match(rows_of(index), oracle_rows(tmp_path, model_dir, [photos])[0])
     assert index.add([photos], workers=0).unchanged == 9  # and the next local run finds nothing to do

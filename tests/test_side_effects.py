@@ -82,8 +82,12 @@ def pngs(tmp_path):
 
 def test_importing_and_using_the_library_changes_no_process_setting(tmp_path, model_dir, pngs):
     env = {k: v for k, v in os.environ.items() if k != allocator.DEFAULT_MALLOC_ENV}
-    done = subprocess.run([sys.executable, "-c", PROBE, str(model_dir), str(pngs), str(tmp_path / "index")],
-                          env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(model_dir), str(pngs), str(tmp_path / "index")],
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.splitlines()[-1])
     assert found["before"]["malloc"] is None and found["before"]["mallopt calls"] == []
@@ -127,22 +131,23 @@ def run(*args):
 
 
 @glibc_only
-def test_the_index_command_keeps_freed_memory_before_it_encodes(tmp_path, model_dir, pngs, mallopt_calls,
-                                                              monkeypatch):
+def test_the_index_command_keeps_freed_memory_before_it_encodes(tmp_path, model_dir, pngs, mallopt_calls, monkeypatch):
     import imgsearch.index as index_module
 
     seen_at_add = []
     add = index_module.Index.add
-    monkeypatch.setattr(index_module.Index, "add",
-                        lambda self, *a, **k: seen_at_add.append(len(mallopt_calls)) or add(self, *a, **k))
+    monkeypatch.setattr(
+        index_module.Index, "add", lambda self, *a, **k: seen_at_add.append(len(mallopt_calls)) or add(self, *a, **k)
+    )
     run("index", pngs, "--index", tmp_path / "index", "--model", model_dir, "--device", "cpu", "--workers", 0, "-q")
     assert seen_at_add == [2]  # both thresholds, before the run starts (and its workers fork)
     assert allocator.heap_block_limit() == 32 * 1024 * 1024
 
 
 @glibc_only
-def test_search_keeps_freed_memory_only_when_it_encodes_a_photo(tmp_path, model_dir, pngs, mallopt_calls,
-                                                                monkeypatch, thread_counts_kept):
+def test_search_keeps_freed_memory_only_when_it_encodes_a_photo(
+    tmp_path, model_dir, pngs, mallopt_calls, monkeypatch, thread_counts_kept
+):
     from imgsearch.index import Index
 
     with Index.create(tmp_path / "index", model_dir, device="cpu") as index:
@@ -154,8 +159,9 @@ def test_search_keeps_freed_memory_only_when_it_encodes_a_photo(tmp_path, model_
 
 
 @glibc_only
-def test_the_server_keeps_freed_memory_at_start(tmp_path, model_dir, pngs, mallopt_calls, monkeypatch,
-                                                thread_counts_kept):
+def test_the_server_keeps_freed_memory_at_start(
+    tmp_path, model_dir, pngs, mallopt_calls, monkeypatch, thread_counts_kept
+):
     import uvicorn
 
     from imgsearch.index import Index

@@ -63,8 +63,9 @@ def schema_of(conn: sqlite3.Connection) -> dict:
     }
 
 
-@pytest.mark.parametrize("version, downgrade",
-                         [(1, downgrade_to_schema_1), (2, downgrade_to_schema_2), (3, downgrade_to_schema_3)])
+@pytest.mark.parametrize(
+    "version, downgrade", [(1, downgrade_to_schema_1), (2, downgrade_to_schema_2), (3, downgrade_to_schema_3)]
+)
 def test_a_downgraded_store_has_the_schema_of_the_earlier_migrations(tmp_path, version, downgrade):
     """The downgrade helpers below stand for stores written by earlier releases: check them against
     a store made by the first `version` migrations alone."""
@@ -171,7 +172,9 @@ def test_a_schema_2_store_is_upgraded_and_its_images_have_no_labels(schema_2_ind
     index_dir, photos, before = schema_2_index
     assert "labels" not in columns(index_dir / "index.db", "embeddings")
     with Index.open(index_dir, device="cpu") as index:
-        assert index.store.db.execute("PRAGMA user_version").fetchone()[0] == imgsearch.storage.store.SCHEMA_VERSION == 4
+        assert (
+            index.store.db.execute("PRAGMA user_version").fetchone()[0] == imgsearch.storage.store.SCHEMA_VERSION == 4
+        )
         assert "labels" in columns(index_dir / "index.db", "embeddings")
         check_consistent(index)
         assert_rows_match(rows_of(index), before)

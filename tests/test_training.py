@@ -60,6 +60,7 @@ def one_thread():
 # Caption readers: one generated dataset written in every format, read back.
 # --------------------------------------------------------------------------------------
 
+
 def caption_spec(seed: int = 3) -> list[tuple[str, list[str], str | None]]:
     """(relative image path, captions, group): 1 to 7 captions per image, some in a subfolder."""
     rng = random.Random(seed)
@@ -104,9 +105,9 @@ def write_csv(path: Path, rows) -> None:
 
 
 def write_jsonl_caption(path: Path, rows) -> None:
-    path.write_text("".join(
-        json.dumps({"image": n, "caption": c, **({"group": g} if g else {})}) + "\n" for n, c, g in rows
-    ))
+    path.write_text(
+        "".join(json.dumps({"image": n, "caption": c, **({"group": g} if g else {})}) + "\n" for n, c, g in rows)
+    )
 
 
 def write_flickr(path: Path, rows) -> None:
@@ -121,20 +122,28 @@ def write_flickr(path: Path, rows) -> None:
 def write_coco(path: Path, rows) -> None:
     names = sorted({n for n, _, _ in rows})
     ids = {n: 1000 + 7 * k for k, n in enumerate(names)}  # not 0..N-1: the lookup must use the ids
-    path.write_text(json.dumps({
-        "info": {}, "images": [{"id": ids[n], "file_name": n, "width": 32, "height": 32} for n in names],
-        "annotations": [{"id": k, "image_id": ids[n], "caption": c} for k, (n, c, _) in enumerate(rows)],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "info": {},
+                "images": [{"id": ids[n], "file_name": n, "width": 32, "height": 32} for n in names],
+                "annotations": [{"id": k, "image_id": ids[n], "caption": c} for k, (n, c, _) in enumerate(rows)],
+            }
+        )
+    )
 
 
-@pytest.mark.parametrize("writer, suffix, with_groups", [
-    (write_tsv, ".tsv", True),
-    (write_csv, ".csv", True),
-    (write_jsonl_caption, ".jsonl", True),
-    (write_jsonl_caption, ".txt", True),  # chosen by content, not suffix
-    (write_flickr, ".token", False),
-    (write_coco, ".json", False),
-])
+@pytest.mark.parametrize(
+    "writer, suffix, with_groups",
+    [
+        (write_tsv, ".tsv", True),
+        (write_csv, ".csv", True),
+        (write_jsonl_caption, ".jsonl", True),
+        (write_jsonl_caption, ".txt", True),  # chosen by content, not suffix
+        (write_flickr, ".token", False),
+        (write_coco, ".json", False),
+    ],
+)
 def test_read_captions_flat_formats_match_the_generated_rows(tmp_path, writer, suffix, with_groups):
     spec = caption_spec()
     rows = flat_rows(spec)
@@ -152,20 +161,30 @@ def test_read_captions_flat_formats_match_the_generated_rows(tmp_path, writer, s
 def test_read_captions_jsonl_with_caption_lists(tmp_path):
     spec = caption_spec()
     path = tmp_path / "captions.jsonl"
-    path.write_text("".join(
-        json.dumps({"file_name": n, "captions": c, **({"group": g} if g else {})}) + "\n\n" for n, c, g in spec
-    ))
+    path.write_text(
+        "".join(json.dumps({"file_name": n, "captions": c, **({"group": g} if g else {})}) + "\n\n" for n, c, g in spec)
+    )
     assert as_tuples(read_captions(path)) == [(tmp_path / n, c, g) for n, c, g in spec]
 
 
 def karpathy(spec) -> dict:
     splits = ["train", "val", "test", "restval", "train", "test", "train"]
-    return {"dataset": "coco", "images": [
-        {"filepath": "" if k % 3 == 0 else "train2014", "filename": Path(n).name, "split": splits[k], "imgid": k,
-         "sentences": [{"raw": c, "tokens": c.lower().split()} if j % 2 == 0 else {"tokens": c.split(), "raw": ""}
-                       for j, c in enumerate(captions)]}
-        for k, (n, captions, _) in enumerate(spec)
-    ]}
+    return {
+        "dataset": "coco",
+        "images": [
+            {
+                "filepath": "" if k % 3 == 0 else "train2014",
+                "filename": Path(n).name,
+                "split": splits[k],
+                "imgid": k,
+                "sentences": [
+                    {"raw": c, "tokens": c.lower().split()} if j % 2 == 0 else {"tokens": c.split(), "raw": ""}
+                    for j, c in enumerate(captions)
+                ],
+            }
+            for k, (n, captions, _) in enumerate(spec)
+        ],
+    }
 
 
 @pytest.mark.parametrize("split", ["train", "val", "test", "restval", None])
@@ -177,9 +196,13 @@ def test_read_captions_karpathy_json_filters_by_split(tmp_path, split):
     root = tmp_path / "images"
     items = read_captions(path, root, split=split)
     expected = [
-        (root / image["filepath"] / image["filename"],
-         [s["raw"] or " ".join(s["tokens"]) for s in image["sentences"]], None)
-        for image in data["images"] if split is None or image["split"] == split
+        (
+            root / image["filepath"] / image["filename"],
+            [s["raw"] or " ".join(s["tokens"]) for s in image["sentences"]],
+            None,
+        )
+        for image in data["images"]
+        if split is None or image["split"] == split
     ]
     assert as_tuples(items) == expected
     if split == "train":
@@ -194,8 +217,11 @@ def test_read_captions_only_keeps_listed_names_and_relative_paths(tmp_path):
     # "img_01.jpg" is listed by file name although it lies in sub/; "sub/img_04.jpg" by relative path
     only = {"img_00.jpg", "img_01.jpg", "sub/img_04.jpg", "not_in_the_file.jpg"}
     items = read_captions(tsv, only=only)
-    expected = [e for e in expected_from_rows(rows, tmp_path, True) if e[0].relative_to(tmp_path).as_posix() in
-                {"img_00.jpg", "sub/img_01.jpg", "sub/img_04.jpg"}]
+    expected = [
+        e
+        for e in expected_from_rows(rows, tmp_path, True)
+        if e[0].relative_to(tmp_path).as_posix() in {"img_00.jpg", "sub/img_01.jpg", "sub/img_04.jpg"}
+    ]
     assert as_tuples(items) == expected and len(items) == 3
 
     karpathy_path = tmp_path / "dataset.json"
@@ -206,17 +232,21 @@ def test_read_captions_only_keeps_listed_names_and_relative_paths(tmp_path):
 
 def test_read_captions_normalises_whitespace_and_drops_duplicates_and_empties(tmp_path):
     path = tmp_path / "captions.tsv"
-    path.write_text("Image\tCaption\tGroup\n"  # header names are case-insensitive
-                    "a.jpg\t  a   dog running  \t\n"
-                    "a.jpg\ta dog running\t\n"  # the same caption once whitespace is normalised
-                    "a.jpg\t   \t\n"  # empty caption: ignored
-                    "b.jpg\ta cat\tpets\n"
-                    "b.jpg\ta cat sleeping\tpets\n"
-                    "\n")
+    path.write_text(
+        "Image\tCaption\tGroup\n"  # header names are case-insensitive
+        "a.jpg\t  a   dog running  \t\n"
+        "a.jpg\ta dog running\t\n"  # the same caption once whitespace is normalised
+        "a.jpg\t   \t\n"  # empty caption: ignored
+        "b.jpg\ta cat\tpets\n"
+        "b.jpg\ta cat sleeping\tpets\n"
+        "\n"
+    )
     items = read_captions(path)
     # an empty group cell means "no group", not a group named ""
-    assert as_tuples(items) == [(tmp_path / "a.jpg", ["a dog running"], None),
-                                (tmp_path / "b.jpg", ["a cat", "a cat sleeping"], "pets")]
+    assert as_tuples(items) == [
+        (tmp_path / "a.jpg", ["a dog running"], None),
+        (tmp_path / "b.jpg", ["a cat", "a cat sleeping"], "pets"),
+    ]
 
 
 def test_read_captions_short_rows_byte_order_mark_split_column_and_one_line_jsonl(tmp_path):
@@ -225,7 +255,7 @@ def test_read_captions_short_rows_byte_order_mark_split_column_and_one_line_json
     assert as_tuples(read_captions(short)) == [(tmp_path / "a.jpg", ["a dog"], None)]
 
     bom = tmp_path / "excel.csv"
-    bom.write_bytes("\ufeffimage,caption\na.jpg,\"a dog, running\"\n".encode("utf-8"))
+    bom.write_bytes('\ufeffimage,caption\na.jpg,"a dog, running"\n'.encode("utf-8"))
     assert as_tuples(read_captions(bom)) == [(tmp_path / "a.jpg", ["a dog, running"], None)]
 
     with_split = tmp_path / "split.tsv"
@@ -238,21 +268,30 @@ def test_read_captions_short_rows_byte_order_mark_split_column_and_one_line_json
     assert as_tuples(read_captions(one)) == [(tmp_path / "a.jpg", ["a dog", "a puppy"], None)]
 
 
-@pytest.mark.parametrize("name, content, words", [
-    ("missing.tsv", "picture\tcaption\na.jpg\ta dog\n", ["header must name an image column", "picture"]),
-    ("missing.csv", "image,label\na.jpg,dog\n", ["caption column", "label"]),
-    ("empty.tsv", "", ["header"]),
-    ("header_only.tsv", "image\tcaption\n", ["gave no (image, caption) pairs"]),
-    ("blank.tsv", "image\tcaption\na.jpg\t  \n", ["gave no (image, caption) pairs"]),
-    ("bad.jsonl", '{"image": "a.jpg", "caption": "a dog"}\n{"image": "b.jpg", "caption": \n',
-     ["bad.jsonl:2:", "image field"]),
-    ("noimage.jsonl", '{"image": "a.jpg", "caption": "a dog"}\n{"caption": "no image"}\n', ["noimage.jsonl:2:"]),
-    ("flickr.token", "a.jpg#0\ta dog\nthis line is not a token line\n", ["flickr.token:2:", "name.jpg#N"]),
-    ("coco.json", json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}],
-                              "annotations": [{"image_id": 2, "caption": "x"}]}), ["COCO annotation"]),
-    ("other.json", json.dumps({"something": "else"}, indent=1), ["neither COCO captions nor a Karpathy"]),
-    ("short.tsv", "image\tsplit\tcaption\na.jpg\ttrain\n", ["short.tsv:2: too few columns"]),
-])
+@pytest.mark.parametrize(
+    "name, content, words",
+    [
+        ("missing.tsv", "picture\tcaption\na.jpg\ta dog\n", ["header must name an image column", "picture"]),
+        ("missing.csv", "image,label\na.jpg,dog\n", ["caption column", "label"]),
+        ("empty.tsv", "", ["header"]),
+        ("header_only.tsv", "image\tcaption\n", ["gave no (image, caption) pairs"]),
+        ("blank.tsv", "image\tcaption\na.jpg\t  \n", ["gave no (image, caption) pairs"]),
+        (
+            "bad.jsonl",
+            '{"image": "a.jpg", "caption": "a dog"}\n{"image": "b.jpg", "caption": \n',
+            ["bad.jsonl:2:", "image field"],
+        ),
+        ("noimage.jsonl", '{"image": "a.jpg", "caption": "a dog"}\n{"caption": "no image"}\n', ["noimage.jsonl:2:"]),
+        ("flickr.token", "a.jpg#0\ta dog\nthis line is not a token line\n", ["flickr.token:2:", "name.jpg#N"]),
+        (
+            "coco.json",
+            json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 2, "caption": "x"}]}),
+            ["COCO annotation"],
+        ),
+        ("other.json", json.dumps({"something": "else"}, indent=1), ["neither COCO captions nor a Karpathy"]),
+        ("short.tsv", "image\tsplit\tcaption\na.jpg\ttrain\n", ["short.tsv:2: too few columns"]),
+    ],
+)
 def test_read_captions_malformed_inputs_raise_clear_errors(tmp_path, name, content, words):
     path = tmp_path / name
     path.write_text(content)
@@ -262,18 +301,36 @@ def test_read_captions_malformed_inputs_raise_clear_errors(tmp_path, name, conte
         assert word in str(info.value), str(info.value)
 
 
-@pytest.mark.parametrize("name, content, where", [
-    ("up.tsv", "image\tcaption\na.jpg\ta dog\n../secret.jpg\ta cat\n", "up.tsv:3"),
-    ("absolute.csv", "image,caption\n/etc/passwd,a file\n", "absolute.csv:2"),
-    ("deep.jsonl", '{"image": "a.jpg", "caption": "x"}\n{"image": "sub/../../b.jpg", "caption": "y"}\n',
-     "deep.jsonl:2"),
-    ("flickr.token", "a.jpg#0\ta dog\n../../b.jpg#0\ta cat\n", "flickr.token:2"),
-    ("coco.json", json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "/b.jpg"}],
-                              "annotations": [{"image_id": 1, "caption": "x"}, {"image_id": 2, "caption": "y"}]}),
-     "coco.json: annotations[1]"),
-    ("karpathy.json", json.dumps({"images": [{"filepath": "..", "filename": "b.jpg", "split": "train",
-                                              "sentences": [{"raw": "y"}]}]}), "karpathy.json: images[0]"),
-])
+@pytest.mark.parametrize(
+    "name, content, where",
+    [
+        ("up.tsv", "image\tcaption\na.jpg\ta dog\n../secret.jpg\ta cat\n", "up.tsv:3"),
+        ("absolute.csv", "image,caption\n/etc/passwd,a file\n", "absolute.csv:2"),
+        (
+            "deep.jsonl",
+            '{"image": "a.jpg", "caption": "x"}\n{"image": "sub/../../b.jpg", "caption": "y"}\n',
+            "deep.jsonl:2",
+        ),
+        ("flickr.token", "a.jpg#0\ta dog\n../../b.jpg#0\ta cat\n", "flickr.token:2"),
+        (
+            "coco.json",
+            json.dumps(
+                {
+                    "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "/b.jpg"}],
+                    "annotations": [{"image_id": 1, "caption": "x"}, {"image_id": 2, "caption": "y"}],
+                }
+            ),
+            "coco.json: annotations[1]",
+        ),
+        (
+            "karpathy.json",
+            json.dumps(
+                {"images": [{"filepath": "..", "filename": "b.jpg", "split": "train", "sentences": [{"raw": "y"}]}]}
+            ),
+            "karpathy.json: images[0]",
+        ),
+    ],
+)
 def test_read_captions_refuses_images_outside_the_images_folder(tmp_path, name, content, where):
     path = tmp_path / "data" / name
     path.parent.mkdir()
@@ -287,7 +344,10 @@ def test_read_captions_keeps_names_that_stay_inside_the_images_folder(tmp_path):
     path = tmp_path / "captions.tsv"
     path.write_text("image\tcaption\nsub/../a.jpg\ta dog\n./b.jpg\ta cat\nsub/c..jpg\ta cow\n")
     assert [item.path for item in read_captions(path, tmp_path / "images")] == [
-        tmp_path / "images" / "sub/../a.jpg", tmp_path / "images" / "b.jpg", tmp_path / "images" / "sub/c..jpg"]
+        tmp_path / "images" / "sub/../a.jpg",
+        tmp_path / "images" / "b.jpg",
+        tmp_path / "images" / "sub/c..jpg",
+    ]
 
 
 def test_eval_names_the_line_of_an_image_outside_images(trained, captioned_images, tmp_path):
@@ -318,6 +378,7 @@ def test_read_captions_empty_selection_and_unreadable_file(tmp_path):
 # Metrics: brute force with plain loops.
 # --------------------------------------------------------------------------------------
 
+
 def brute_rank(row, correct_score) -> int:
     """Position of the first correct item in the query's sorted scores (ties: strictly higher count)."""
     ordered = sorted((float(s) for s in row), reverse=True)
@@ -329,8 +390,10 @@ def brute_t2i(sim, image_of) -> list[int]:
 
 
 def brute_i2t(sim, captions_of) -> list[int]:
-    return [brute_rank([sim[c][i] for c in range(len(sim))], max(sim[c][i] for c in own))
-            for i, own in enumerate(captions_of)]
+    return [
+        brute_rank([sim[c][i] for c in range(len(sim))], max(sim[c][i] for c in own))
+        for i, own in enumerate(captions_of)
+    ]
 
 
 def caption_layout(seed: int, images: int):
@@ -378,6 +441,7 @@ def test_ranks_count_only_strictly_higher_scores():
 
 # ---- re-ranking: a naive loop, one (query, candidate) pair at a time ----
 
+
 def pair_score(model, tokens, mask, regions) -> float:
     with torch.inference_mode():
         return float(model.scorer(tokens.unsqueeze(0), mask.unsqueeze(0), regions.unsqueeze(0).float())[0])
@@ -390,8 +454,10 @@ def naive_rerank_t2i(model, sim, image_of, tokens, mask, regions, depth) -> list
         if image_of[c] not in candidates:
             ranks.append(brute_rank(sim[c].tolist(), sim[c, image_of[c]]))
             continue
-        fused = {i: pair_score(model, tokens[c], mask[c], regions[i]) + model.config.fusion_weight * float(sim[c, i])
-                 for i in candidates}
+        fused = {
+            i: pair_score(model, tokens[c], mask[c], regions[i]) + model.config.fusion_weight * float(sim[c, i])
+            for i in candidates
+        }
         reordered = sorted(candidates, key=lambda i: -fused[i])  # stable: ties keep the first-stage order
         ranks.append(reordered.index(image_of[c]))
     return ranks
@@ -405,8 +471,10 @@ def naive_rerank_i2t(model, sim, captions_of, tokens, mask, regions, depth) -> l
         if not set(own) & set(candidates):
             ranks.append(brute_rank(column.tolist(), max(column[c] for c in own)))
             continue
-        fused = {c: pair_score(model, tokens[c], mask[c], regions[i]) + model.config.fusion_weight * float(column[c])
-                 for c in candidates}
+        fused = {
+            c: pair_score(model, tokens[c], mask[c], regions[i]) + model.config.fusion_weight * float(column[c])
+            for c in candidates
+        }
         reordered = sorted(candidates, key=lambda c: -fused[c])  # stable: ties keep the first-stage order
         ranks.append(min(reordered.index(c) for c in own if c in candidates))
     return ranks
@@ -494,8 +562,9 @@ def test_rerank_i2t_counts_a_word_for_word_copy_of_an_own_caption_as_correct(rer
 
 def test_evaluate_matches_direct_encoding_and_brute_force(model_dir):
     model = AlignmentModel.from_pretrained(model_dir, device="cpu", fusion_weight=2.0)
-    items = [CaptionedImage(Path(f"img{i}.png"), [f"picture {i} caption {k}" for k in range(1 + i % 3)])
-             for i in range(7)]
+    items = [
+        CaptionedImage(Path(f"img{i}.png"), [f"picture {i} caption {k}" for k in range(1 + i % 3)]) for i in range(7)
+    ]
     pixels = torch.stack([torch.from_numpy(np.asarray(draw_image(i, 32)).transpose(2, 0, 1).copy()) for i in range(7)])
     bank = encode_captions(model.text, items, cache_states=False)
     result = evaluate(model, pixels, bank, depth=3, candidates=3)  # search re-ranks its top `candidates`
@@ -526,6 +595,7 @@ def test_evaluate_matches_direct_encoding_and_brute_force(model_dir):
 # --------------------------------------------------------------------------------------
 # Batching and the validation split.
 # --------------------------------------------------------------------------------------
+
 
 def grouped_items(seed: int, count: int, max_group: int) -> list[CaptionedImage]:
     rng = random.Random(seed)
@@ -582,8 +652,11 @@ def test_group_batches_examples():
     # a lone image before a group that fills a whole batch used to make a batch of one
     # (ITM then finds no negative: torch.multinomial fails on an all-zero row)
     for seed in range(10):
-        check_batches(items(None, "a", "a", "b", "b", "b"), group_batches(items(None, "a", "a", "b", "b", "b"), 3,
-                                                                         random.Random(seed)), 3)
+        check_batches(
+            items(None, "a", "a", "b", "b", "b"),
+            group_batches(items(None, "a", "a", "b", "b", "b"), 3, random.Random(seed)),
+            3,
+        )
         batches = group_batches(items(*"aaabbbccc"), 2, random.Random(seed))  # groups of 3, batches of 2
         check_batches(items(*"aaabbbccc"), batches, 2)
     ungrouped = items(*[None] * 20)
@@ -610,6 +683,7 @@ def test_split_validation_holds_out_whole_groups():
 # Losses.
 # --------------------------------------------------------------------------------------
 
+
 def test_infonce_equals_hand_computed_cross_entropy():
     sim = [[0.9, 0.4, -0.2], [0.1, 0.8, 0.3], [-0.5, 0.2, 0.7]]
     positives = [[True, True, False], [False, True, False], [False, False, True]]  # caption 1 also fits image 0
@@ -620,16 +694,19 @@ def test_infonce_equals_hand_computed_cross_entropy():
         return -(values[target] - math.log(sum(math.exp(values[j]) for j in allowed)))
 
     rows = [nll(logits[i], i, [j for j in range(3) if j == i or not positives[i][j]]) for i in range(3)]
-    columns = [nll([logits[i][j] for i in range(3)], j, [i for i in range(3) if i == j or not positives[i][j]])
-               for j in range(3)]
+    columns = [
+        nll([logits[i][j] for i in range(3)], j, [i for i in range(3) if i == j or not positives[i][j]])
+        for j in range(3)
+    ]
     expected = (sum(rows) / 3 + sum(columns) / 3) / 2
     got = infonce_loss(torch.tensor(sim), torch.tensor(math.log(scale)), torch.tensor(positives))
     assert got.item() == pytest.approx(expected, rel=1e-6)
 
     # the scale is clamped at 100
     big = infonce_loss(torch.tensor(sim), torch.tensor(math.log(1e4)), torch.tensor(positives))
-    assert big.item() == pytest.approx(infonce_loss(torch.tensor(sim), torch.tensor(math.log(100.0)),
-                                                    torch.tensor(positives)).item(), rel=1e-6)
+    assert big.item() == pytest.approx(
+        infonce_loss(torch.tensor(sim), torch.tensor(math.log(100.0)), torch.tensor(positives)).item(), rel=1e-6
+    )
 
 
 def test_infonce_ignores_off_diagonal_positives():
@@ -646,8 +723,9 @@ def test_infonce_ignores_off_diagonal_positives():
     changed[0, 3], changed[4, 1] = 50.0, -50.0
     assert infonce_loss(changed, torch.tensor(math.log(10.0)), positives).item() == pytest.approx(loss.item())
     # without the extra positives the loss is different (the masking is what the test sees)
-    assert infonce_loss(changed, torch.tensor(math.log(10.0)), torch.eye(5, dtype=torch.bool)).item() != \
-        pytest.approx(loss.item())
+    assert infonce_loss(changed, torch.tensor(math.log(10.0)), torch.eye(5, dtype=torch.bool)).item() != pytest.approx(
+        loss.item()
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -720,8 +798,9 @@ class RecordingScorer(torch.nn.Module):
         self.calls = []
 
     def forward(self, tokens, mask, regions):
-        self.calls.append((tokens[:, 0, 0].round().long().tolist(), regions[:, 0, 0].round().long().tolist(),
-                           mask.clone()))
+        self.calls.append(
+            (tokens[:, 0, 0].round().long().tolist(), regions[:, 0, 0].round().long().tolist(), mask.clone())
+        )
         return torch.zeros(len(tokens))
 
 
@@ -746,12 +825,12 @@ def test_itm_never_draws_a_positive_as_negative():
         loss, accuracy = itm_loss(scorer, regions, tokens, mask, sim, positives, generator=g, hard_share=0.5)
         token_rows, region_rows, masks = scorer.calls[-1]
         assert token_rows[:b] == list(range(b)) and region_rows[:b] == list(range(b))  # positives
-        assert region_rows[b:2 * b] == list(range(b)) and token_rows[2 * b:] == list(range(b))
-        for i, caption in enumerate(token_rows[b:2 * b]):  # image i with a negative caption
+        assert region_rows[b : 2 * b] == list(range(b)) and token_rows[2 * b :] == list(range(b))
+        for i, caption in enumerate(token_rows[b : 2 * b]):  # image i with a negative caption
             assert not positives[i, caption], (i, caption)
             assert torch.equal(masks[b + i], mask[caption])
             seen_captions.add((i, caption))
-        for j, image in enumerate(region_rows[2 * b:]):  # caption j with a negative image
+        for j, image in enumerate(region_rows[2 * b :]):  # caption j with a negative image
             assert not positives[image, j], (image, j)
             seen_images.add((image, j))
         assert loss.item() == pytest.approx(math.log(2))  # zero logits: BCE is log 2
@@ -767,22 +846,28 @@ def test_itm_loss_against_binary_cross_entropy_by_hand(model_dir):
     tokens, regions = torch.randn(b, 5, d, generator=g), torch.randn(b, 16, d, generator=g)
     mask = torch.ones(b, 5, dtype=torch.bool)
     sim, positives = torch.rand(b, b, generator=g), torch.eye(b, dtype=torch.bool)
-    loss, accuracy = itm_loss(model.scorer, regions, tokens, mask, sim, positives,
-                              generator=torch.Generator().manual_seed(7))
+    loss, accuracy = itm_loss(
+        model.scorer, regions, tokens, mask, sim, positives, generator=torch.Generator().manual_seed(7)
+    )
     # replay the draws with the same generator seed
     replay = torch.Generator().manual_seed(7)
     neg_caption = torch.multinomial(_negative_weights(sim, positives, 0.5), 1, generator=replay).squeeze(1)
     neg_image = torch.multinomial(_negative_weights(sim.T, positives.T, 0.5), 1, generator=replay).squeeze(1)
+
     def logit(caption: int, image: int) -> float:  # one pair at a time
         with torch.no_grad():
-            return model.scorer(tokens[caption:caption + 1], mask[caption:caption + 1], regions[image:image + 1]).item()
+            return model.scorer(
+                tokens[caption : caption + 1], mask[caption : caption + 1], regions[image : image + 1]
+            ).item()
 
     logits = [logit(i, i) for i in range(b)]
     logits += [logit(n, i) for i, n in enumerate(neg_caption.tolist())]
     logits += [logit(j, n) for j, n in enumerate(neg_image.tolist())]
     labels = [1.0] * b + [0.0] * (2 * b)
-    bce = [-(y * math.log(1 / (1 + math.exp(-z))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-z))))
-           for z, y in zip(logits, labels)]
+    bce = [
+        -(y * math.log(1 / (1 + math.exp(-z))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-z))))
+        for z, y in zip(logits, labels)
+    ]
     assert loss.item() == pytest.approx(sum(bce) / len(bce), rel=1e-4)
     assert accuracy == pytest.approx(sum((z > 0) == (y == 1) for z, y in zip(logits, labels)) / len(labels))
 
@@ -791,8 +876,16 @@ def test_itm_loss_against_binary_cross_entropy_by_hand(model_dir):
 # train(): a tiny run end to end.
 # --------------------------------------------------------------------------------------
 
-TINY_RUN = TrainConfig(epochs=2, batch_size=8, val_fraction=0.25, log_every=1, rerank_depth=5, warmup_steps=2,
-                       lr=3e-3, fusion_grid=(0.0, 5.0))
+TINY_RUN = TrainConfig(
+    epochs=2,
+    batch_size=8,
+    val_fraction=0.25,
+    log_every=1,
+    rerank_depth=5,
+    warmup_steps=2,
+    lr=3e-3,
+    fusion_grid=(0.0, 5.0),
+)
 
 
 @pytest.fixture(scope="module")
@@ -921,7 +1014,19 @@ def test_every_torch_load_passes_weights_only_true():
     every torch.load says weights_only=True itself. (bench/ is left out until its loads do.)"""
     root = Path(__file__).parents[1]
     calls = []
-    for package in ("imgsearch", "ground", "images", "storage", "indexer", "search", "training", "data", "scripts", "tests", "bench"):
+    for package in (
+        "imgsearch",
+        "ground",
+        "images",
+        "storage",
+        "indexer",
+        "search",
+        "training",
+        "data",
+        "scripts",
+        "tests",
+        "bench",
+    ):
         for path in sorted((root / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
@@ -937,8 +1042,9 @@ class Interrupted(Exception):
     pass
 
 
-def test_train_resumed_after_an_interruption_equals_an_uninterrupted_run(trained, tmp_path, tiny_bert_dir,
-                                                                        captioned_images, monkeypatch):
+def test_train_resumed_after_an_interruption_equals_an_uninterrupted_run(
+    trained, tmp_path, tiny_bert_dir, captioned_images, monkeypatch
+):
     import imgsearch.training.trainer as trainer
 
     calls = []
@@ -964,8 +1070,9 @@ def test_train_resumed_after_an_interruption_equals_an_uninterrupted_run(trained
     assert [h["val"] for h in resumed["history"]] == [h["val"] for h in trained[1]["history"]]
 
 
-def test_train_local_weight_trains_the_region_and_token_heads_in_the_first_stage(trained, tmp_path, tiny_bert_dir,
-                                                                                captioned_images):
+def test_train_local_weight_trains_the_region_and_token_heads_in_the_first_stage(
+    trained, tmp_path, tiny_bert_dir, captioned_images
+):
     initial = new_model(tiny_bert_dir).state_dict()
     plain = load_file(str(trained[0] / WEIGHTS_NAME))
     out = tmp_path / "local"
@@ -1016,6 +1123,7 @@ def test_train_frozen_backbone_is_unchanged_and_its_features_cached(tmp_path, ti
 # The command line.
 # --------------------------------------------------------------------------------------
 
+
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
@@ -1046,8 +1154,22 @@ def test_train_command_runs_the_scenes_preset(tmp_path, tiny_bert_dir, captioned
     kept = [r for r in rows if int(r.split("\t")[0][4:6]) < 12]
     (images / "captions.tsv").write_text("image\tcaption\n" + "\n".join(kept) + "\n")
     out = tmp_path / "model"
-    result = invoke("train", images / "captions.tsv", "--images", captioned_images, "--out", out,
-                    "--preset", "scenes", "--text-encoder", tiny_bert_dir, "--epochs", 1, "--batch-size", 8)
+    result = invoke(
+        "train",
+        images / "captions.tsv",
+        "--images",
+        captioned_images,
+        "--out",
+        out,
+        "--preset",
+        "scenes",
+        "--text-encoder",
+        tiny_bert_dir,
+        "--epochs",
+        1,
+        "--batch-size",
+        8,
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["train_images"] + summary["val_images"] == 12 and "history" not in summary
@@ -1055,8 +1177,22 @@ def test_train_command_runs_the_scenes_preset(tmp_path, tiny_bert_dir, captioned
     assert model.config.backbone.image_size == 64 and model.config.text.name_or_path == str(tiny_bert_dir)
     assert json.loads((out / "training.json").read_text())["config"]["backbone_mode"] == "scratch"
 
-    again = ["train", images / "captions.tsv", "--images", captioned_images, "--out", out, "--preset", "scenes",
-             "--text-encoder", tiny_bert_dir, "--epochs", 1, "--batch-size", 8]
+    again = [
+        "train",
+        images / "captions.tsv",
+        "--images",
+        captioned_images,
+        "--out",
+        out,
+        "--preset",
+        "scenes",
+        "--text-encoder",
+        tiny_bert_dir,
+        "--epochs",
+        1,
+        "--batch-size",
+        8,
+    ]
     refused = invoke(*again)
     assert refused.exit_code == 1 and "already holds a model" in refused.stderr
     resumed = invoke(*again, "--resume")  # all epochs done: nothing more to train, the model is saved again
@@ -1069,24 +1205,46 @@ def test_train_shows_its_progress_on_stderr_without_verbose(tmp_path, tiny_bert_
     lines through the CLI's WARNING default, on stderr, and keeps stdout for the summary."""
     stderr = tmp_path / "stderr.txt"
     stderr.touch()
-    child = CliProcess(["train", captioned_images / "captions.tsv", "--out", tmp_path / "model", "--preset", "scenes",
-                        "--text-encoder", tiny_bert_dir, "--epochs", 1, "--batch-size", 8, "--scorer-epochs", 1,
-                        "--val-fraction", 0.25], tmp_path / "stdout.txt", stderr_to=str(stderr))
+    child = CliProcess(
+        [
+            "train",
+            captioned_images / "captions.tsv",
+            "--out",
+            tmp_path / "model",
+            "--preset",
+            "scenes",
+            "--text-encoder",
+            tiny_bert_dir,
+            "--epochs",
+            1,
+            "--batch-size",
+            8,
+            "--scorer-epochs",
+            1,
+            "--val-fraction",
+            0.25,
+        ],
+        tmp_path / "stdout.txt",
+        stderr_to=str(stderr),
+    )
     assert child.wait(300) == 0, child.text() + stderr.read_text()
     progress = stderr.read_text()
-    for line in ("INFO: loading 18 training and 6 validation images at 64px",
-                 "INFO: encoding 45 captions with the text encoder",
-                 "INFO: epoch 1 validation (",
-                 "INFO: re-ranker epoch 1/1: listwise loss",
-                 "INFO: kept the re-ranker of second-stage epoch"):
+    for line in (
+        "INFO: loading 18 training and 6 validation images at 64px",
+        "INFO: encoding 45 captions with the text encoder",
+        "INFO: epoch 1 validation (",
+        "INFO: re-ranker epoch 1/1: listwise loss",
+        "INFO: kept the re-ranker of second-stage epoch",
+    ):
         assert line in progress, progress
     assert json.loads(child.text())["train_images"] == 18  # stdout: the summary alone
 
 
 def test_eval_json_matches_evaluate(trained, captioned_images):
     out, _ = trained
-    result = invoke("eval", captioned_images / "captions.tsv", "--model", out, "--rerank-depth", 5,
-                    "--device", "cpu", "--json")
+    result = invoke(
+        "eval", captioned_images / "captions.tsv", "--model", out, "--rerank-depth", 5, "--device", "cpu", "--json"
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["images"] == 24 and report["captions"] == 60 and report["rerank_depth"] == 5

@@ -46,8 +46,9 @@ def test_multi_positive_loss_matches_a_loop(seed):
 
 
 def _data(primary: int, mixed: int) -> _Data:
-    items = [CaptionedImage(f"p{i}.png", ["x"]) for i in range(primary)] + \
-            [CaptionedImage(f"m{i}.png", ["y"]) for i in range(mixed)]
+    items = [CaptionedImage(f"p{i}.png", ["x"]) for i in range(primary)] + [
+        CaptionedImage(f"m{i}.png", ["y"]) for i in range(mixed)
+    ]
     bank = ImageBank(items, torch.zeros(len(items), 3, 2, 2, dtype=torch.uint8), [])
     return _Data(bank, None, None, None, None, primary)
 
@@ -71,7 +72,9 @@ def test_mixed_batches_cover_the_first_set_once_and_take_their_share_of_the_seco
 
 
 def test_a_run_with_every_lever_writes_a_hubness_bank_of_its_text_head(
-    tmp_path, tiny_bert_dir, captioned_images  # noqa: F811 - the fixture imported above
+    tmp_path,
+    tiny_bert_dir,
+    captioned_images,  # noqa: F811 - the fixture imported above
 ):
     items = read_captions(captioned_images / "captions.tsv")
     mix_root = tmp_path / "mix"
@@ -80,8 +83,17 @@ def test_a_run_with_every_lever_writes_a_hubness_bank_of_its_text_head(
     for i in range(10):
         draw_image(500 + i, 32).save(mix_root / f"web_{i}.png")
         mix.append(CaptionedImage(mix_root / f"web_{i}.png", [f"a web picture number {i}"]))
-    config = dataclasses.replace(TINY_RUN, epochs=1, multi_positive=True, mix_share=0.25, hubness_weight=0.5,
-                                 hubness_bank=20, local_weight=1.0, scorer_epochs=0, backbone_mode="frozen")
+    config = dataclasses.replace(
+        TINY_RUN,
+        epochs=1,
+        multi_positive=True,
+        mix_share=0.25,
+        hubness_weight=0.5,
+        hubness_bank=20,
+        local_weight=1.0,
+        scorer_epochs=0,
+        backbone_mode="frozen",
+    )
     out = tmp_path / "model"
     summary = train(new_model(tiny_bert_dir), items, out, config, mix=mix)
     assert summary["train_images"] == 18 + 10

@@ -57,8 +57,9 @@ def test_first_stage_is_cosine_plus_weighted_zero_shot(tmp_path, zero_shot_model
             expected_first = {}
             for r in results:
                 assert r.labels, "every image of a classifier model has labels"
-                zero_shot = sum(label["score"] * float(_sentence(model, label["label"]) @ sentence)
-                                for label in r.labels)
+                zero_shot = sum(
+                    label["score"] * float(_sentence(model, label["label"]) @ sentence) for label in r.labels
+                )
                 assert r.zero_shot_score == pytest.approx(zero_shot, abs=1e-4)
                 cosine = float(query_vector @ vector_of[r.id])
                 expected_first[r.id] = cosine + WEIGHT * zero_shot
@@ -116,13 +117,16 @@ def test_eval_first_stage_matches_search_with_zero_shot(tmp_path, mobilenet_mode
 
 
 def test_class_name_vectors_are_cached_per_text_encoder_and_equal_a_fresh_encoding(
-        tmp_path, zero_shot_model_dir, monkeypatch):
+    tmp_path, zero_shot_model_dir, monkeypatch
+):
     import imgsearch.model.zero_shot as zero_shot
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     encoded = []
     real = zero_shot.sentence_vectors
-    monkeypatch.setattr(zero_shot, "sentence_vectors", lambda model, texts: encoded.append(len(texts)) or real(model, texts))
+    monkeypatch.setattr(
+        zero_shot, "sentence_vectors", lambda model, texts: encoded.append(len(texts)) or real(model, texts)
+    )
 
     first = zero_shot.class_name_vectors(AlignmentModel.from_pretrained(zero_shot_model_dir, device="cpu"))
     assert len(encoded) == 1 and len(list((tmp_path / "cache" / "imgsearch").glob("class-names-*.npz"))) == 1
@@ -151,7 +155,9 @@ def test_class_name_vectors_are_kept_beside_the_model_not_on_it(tmp_path, zero_s
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     encoded = []
     real = zero_shot.sentence_vectors
-    monkeypatch.setattr(zero_shot, "sentence_vectors", lambda model, texts: encoded.append(len(texts)) or real(model, texts))
+    monkeypatch.setattr(
+        zero_shot, "sentence_vectors", lambda model, texts: encoded.append(len(texts)) or real(model, texts)
+    )
     kept = len(zero_shot._NAME_VECTORS)  # other tests' models, still alive
     model = AlignmentModel.from_pretrained(zero_shot_model_dir, device="cpu")
     attributes = set(vars(model))
@@ -213,8 +219,13 @@ def wordnet_model_dir(tmp_path_factory, mobilenet_model_dir):
     """The 1,001-class test model with ImageNet's real class names (the fast model's, "background"
     first), WordNet class texts and the softmax match."""
     model = AlignmentModel.from_pretrained(mobilenet_model_dir, device="cpu")
-    model.config = dataclasses.replace(model.config, zero_shot_weight=WEIGHT, image_labels=tuple(FAST_LABELS),
-                                       zero_shot_texts="wordnet", zero_shot_temperature=TEMPERATURE)
+    model.config = dataclasses.replace(
+        model.config,
+        zero_shot_weight=WEIGHT,
+        image_labels=tuple(FAST_LABELS),
+        zero_shot_texts="wordnet",
+        zero_shot_temperature=TEMPERATURE,
+    )
     directory = tmp_path_factory.mktemp("wordnet-model")
     model.save_pretrained(directory)
     return directory
@@ -226,8 +237,13 @@ def test_every_imagenet_class_has_a_wordnet_text():
     assert set(photo_labels) == set(table)
     assert set(FAST_LABELS) - set(table) == {"background"}
     assert table["macaw"] == "macaw, parrot"
-    assert table["dragonfly, darning needle, devil's darning needle, sewing needle, snake feeder, snake doctor, "
-                 "mosquito hawk, skeeter hawk"] == "dragonfly, odonate"
+    assert (
+        table[
+            "dragonfly, darning needle, devil's darning needle, sewing needle, snake feeder, snake doctor, "
+            "mosquito hawk, skeeter hawk"
+        ]
+        == "dragonfly, odonate"
+    )
     assert table["screw"] == "screw, inclined plane"  # a machine, not the prison guard (WordNet's first sense)
 
 

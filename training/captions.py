@@ -113,8 +113,9 @@ def _parse(text: str, path: Path) -> list[Row]:
         except json.JSONDecodeError:
             data = None  # maybe JSON Lines
         # a one-record JSON Lines file is valid JSON too: {"image": ..., "caption": ...}
-        if data is not None and not (isinstance(data, dict) and "images" not in data
-                                     and any(c in data for c in IMAGE_COLUMNS)):
+        if data is not None and not (
+            isinstance(data, dict) and "images" not in data and any(c in data for c in IMAGE_COLUMNS)
+        ):
             return _parse_json(data, path)
     if stripped.startswith("{"):
         return _parse_jsonl(text, path)
@@ -130,16 +131,25 @@ def _parse_json(data, path: Path) -> list[Row]:
     if "annotations" in data:  # COCO
         names = {image["id"]: image["file_name"] for image in data["images"]}
         try:
-            return [(names[a["image_id"]], a["caption"], None, None, f"{path}: annotations[{n}]")
-                    for n, a in enumerate(data["annotations"])]
+            return [
+                (names[a["image_id"]], a["caption"], None, None, f"{path}: annotations[{n}]")
+                for n, a in enumerate(data["annotations"])
+            ]
         except KeyError as exc:
             raise CaptionFileError(f"{path}: COCO annotation refers to unknown image or lacks {exc}.") from exc
     rows: list[Row] = []  # Karpathy
     for n, image in enumerate(data["images"]):
         name = os.path.join(image.get("filepath", ""), image["filename"])
         for sentence in image.get("sentences", []):
-            rows.append((name, sentence.get("raw") or " ".join(sentence.get("tokens", [])), None, image.get("split"),
-                         f"{path}: images[{n}]"))
+            rows.append(
+                (
+                    name,
+                    sentence.get("raw") or " ".join(sentence.get("tokens", [])),
+                    None,
+                    image.get("split"),
+                    f"{path}: images[{n}]",
+                )
+            )
     return rows
 
 
@@ -155,8 +165,10 @@ def _parse_jsonl(text: str, path: Path) -> list[Row]:
             raise CaptionFileError(f"{path}:{number}: expected a JSON object with an image field ({exc}).") from exc
         captions = record.get("captions") or [next((record[c] for c in CAPTION_COLUMNS if c in record), "")]
         group = record.get("group")
-        rows += [(str(name), str(c), None if group is None else str(group), record.get("split"), f"{path}:{number}")
-                 for c in captions]
+        rows += [
+            (str(name), str(c), None if group is None else str(group), record.get("split"), f"{path}:{number}")
+            for c in captions
+        ]
     return rows
 
 
@@ -192,8 +204,15 @@ def _parse_table(text: str, path: Path) -> list[Row]:
             continue
         if len(record) <= max(image_col, caption_col):
             raise CaptionFileError(f"{path}:{number}: too few columns.")
-        rows.append((record[image_col], record[caption_col], _cell(record, group_col), _cell(record, split_col),
-                     f"{path}:{number}"))
+        rows.append(
+            (
+                record[image_col],
+                record[caption_col],
+                _cell(record, group_col),
+                _cell(record, split_col),
+                f"{path}:{number}",
+            )
+        )
     return rows
 
 

@@ -40,7 +40,9 @@ class ImageBank:
 
     def concat(self, other: ImageBank) -> ImageBank:
         """This bank's images, then `other`'s (same pixel size)."""
-        return ImageBank(self.items + other.items, torch.cat([self.pixels, other.pixels]), self.failures + other.failures)
+        return ImageBank(
+            self.items + other.items, torch.cat([self.pixels, other.pixels]), self.failures + other.failures
+        )
 
 
 class _ResizeDataset(Dataset):

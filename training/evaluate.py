@@ -22,9 +22,20 @@ from imgsearch.search.defaults import DEFAULT_CANDIDATES
 from imgsearch.training.data import CaptionBank
 
 __all__ = [
-    "recall_at_k", "t2i_ranks", "i2t_ranks", "rerank_t2i_ranks", "rerank_i2t_ranks",
-    "t2i_candidate_scores", "fused_t2i_ranks", "captions_describing",
-    "embed_images", "embed_captions", "evaluate", "search_t2i_ranks", "format_table", "KS",
+    "recall_at_k",
+    "t2i_ranks",
+    "i2t_ranks",
+    "rerank_t2i_ranks",
+    "rerank_i2t_ranks",
+    "t2i_candidate_scores",
+    "fused_t2i_ranks",
+    "captions_describing",
+    "embed_images",
+    "embed_captions",
+    "evaluate",
+    "search_t2i_ranks",
+    "format_table",
+    "KS",
 ]
 
 KS = (1, 5, 10)
@@ -162,7 +173,9 @@ def rerank_t2i_ranks(model, sim, image_of, tokens, mask, regions, depth: int, pa
     return fused_t2i_ranks(sim, image_of, top, scores, model.config.fusion_weight)
 
 
-def rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, depth: int, pairs_per_call: int = 2048) -> np.ndarray:
+def rerank_i2t_ranks(
+    model, sim, captions_of, tokens, mask, regions, depth: int, pairs_per_call: int = 2048
+) -> np.ndarray:
     """Re-rank each image's top-`depth` captions."""
     by_image = sim.T  # (Ni, Nc)
     depth = min(depth, by_image.shape[1])
@@ -174,8 +187,15 @@ def rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, depth: int,
         cand = top[rows]  # (q, depth)
         q = len(rows)
         flat = torch.from_numpy(cand.reshape(-1))
-        r = regions[torch.from_numpy(rows)].unsqueeze(1).expand(-1, depth, -1, -1).reshape(q * depth, *regions.shape[1:])
-        fused = _scores(model, tokens[flat], mask[flat], r).reshape(q, depth) + model.config.fusion_weight * np.take_along_axis(by_image[rows], cand, 1)
+        r = (
+            regions[torch.from_numpy(rows)]
+            .unsqueeze(1)
+            .expand(-1, depth, -1, -1)
+            .reshape(q * depth, *regions.shape[1:])
+        )
+        fused = _scores(model, tokens[flat], mask[flat], r).reshape(
+            q, depth
+        ) + model.config.fusion_weight * np.take_along_axis(by_image[rows], cand, 1)
         for j, row in enumerate(rows):
             rank = _rank_in_list(fused[j], np.isin(cand[j], captions_of[row]))
             if rank is not None:
@@ -183,9 +203,16 @@ def rerank_i2t_ranks(model, sim, captions_of, tokens, mask, regions, depth: int,
     return ranks
 
 
-def search_t2i_ranks(model: AlignmentModel, image_global: np.ndarray, regions: torch.Tensor,
-                     class_probs: torch.Tensor | None, captions: list[str], image_of: np.ndarray,
-                     candidates: int = DEFAULT_CANDIDATES, rerank: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def search_t2i_ranks(
+    model: AlignmentModel,
+    image_global: np.ndarray,
+    regions: torch.Tensor,
+    class_probs: torch.Tensor | None,
+    captions: list[str],
+    image_of: np.ndarray,
+    candidates: int = DEFAULT_CANDIDATES,
+    rerank: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Each caption's image ranked as Index.search ranks it, over a gallery of images: the
     top `candidates` by cosine (what FAISS returns), scored by search's own score_pool (the
     zero-shot label score from the labels an index would store, the hubness correction, the
@@ -211,17 +238,29 @@ def search_t2i_ranks(model: AlignmentModel, image_global: np.ndarray, regions: t
                 query = query_from_batch(queries, row)
                 order = np.argsort(-cosines[:, row], kind="stable")  # FAISS order
                 pool = order[:candidates]
-                scored = score_pool(query_model, query, cosines[pool, row], region_array[pool] if rerank else None,
-                                    None if labels is None else [labels[i] for i in pool], "float32",
-                                    image_global[pool])
+                scored = score_pool(
+                    query_model,
+                    query,
+                    cosines[pool, row],
+                    region_array[pool] if rerank else None,
+                    None if labels is None else [labels[i] for i in pool],
+                    "float32",
+                    image_global[pool],
+                )
                 correct = order == image_of[start + row]  # (Ni,) in FAISS order
                 first_ranks[start + row] = int(np.argmax(correct[final_order(scored.first_stage, len(order))]))
                 final_ranks[start + row] = int(np.argmax(correct[final_order(scored.final, len(order))]))
     return first_ranks, final_ranks
 
 
-def evaluate(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, depth: int = 20,
-             rerank: bool = True, candidates: int = DEFAULT_CANDIDATES) -> dict:
+def evaluate(
+    model: AlignmentModel,
+    pixels: torch.Tensor,
+    bank: CaptionBank,
+    depth: int = 20,
+    rerank: bool = True,
+    candidates: int = DEFAULT_CANDIDATES,
+) -> dict:
     """Recall@1/5/10 both directions, first stage and re-ranked (None with rerank=False), plus mean recall.
 
     With `rerank`, text->image is ranked exactly as Index.search ranks (search_t2i_ranks,
@@ -236,30 +275,45 @@ def evaluate(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, dep
         # the first stage as search() scores it: cosine + weight * zero-shot ImageNet score
         sim = sim + np.float32(model.config.zero_shot_weight) * zero_shot_matrix(model, class_probs, bank.captions)
     describing = captions_describing(bank.captions, bank.captions_of)  # per image, for image->text
-    first: dict[str, Any] = {"t2i": recall_at_k(t2i_ranks(sim, bank.image_of)),
-                              "i2t": recall_at_k(i2t_ranks(sim, describing))}
+    first: dict[str, Any] = {
+        "t2i": recall_at_k(t2i_ranks(sim, bank.image_of)),
+        "i2t": recall_at_k(i2t_ranks(sim, describing)),
+    }
     reranked: dict[str, Any] | None = None
     if rerank:
-        first_ranks, final_ranks = search_t2i_ranks(model, image_global, regions, class_probs, bank.captions,
-                                                    bank.image_of, candidates)
+        first_ranks, final_ranks = search_t2i_ranks(
+            model, image_global, regions, class_probs, bank.captions, bank.image_of, candidates
+        )
         first["t2i"] = recall_at_k(first_ranks)
-        reranked = {"t2i": recall_at_k(final_ranks),
-                    "i2t": recall_at_k(rerank_i2t_ranks(model, sim, describing, tokens, mask, regions, depth))}
+        reranked = {
+            "t2i": recall_at_k(final_ranks),
+            "i2t": recall_at_k(rerank_i2t_ranks(model, sim, describing, tokens, mask, regions, depth)),
+        }
     for block in (first, reranked):
         if block is not None:  # reranked: with rerank
             block["mean_recall"] = float(np.mean([v for d in ("t2i", "i2t") for v in block[d].values()]))
-    return {"images": len(pixels), "captions": len(bank.captions), "rerank_depth": depth,
-            "candidates": candidates if rerank else None, "first_stage": first, "reranked": reranked}
+    return {
+        "images": len(pixels),
+        "captions": len(bank.captions),
+        "rerank_depth": depth,
+        "candidates": candidates if rerank else None,
+        "first_stage": first,
+        "reranked": reranked,
+    }
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{result['images']} images, {result['captions']} captions, re-rank depth {result['rerank_depth']}",
-             f"{'':12s} {'t2i R@1':>8s} {'R@5':>6s} {'R@10':>6s}   {'i2t R@1':>8s} {'R@5':>6s} {'R@10':>6s}   {'mean':>6s}"]
+    lines = [
+        f"{result['images']} images, {result['captions']} captions, re-rank depth {result['rerank_depth']}",
+        f"{'':12s} {'t2i R@1':>8s} {'R@5':>6s} {'R@10':>6s}   {'i2t R@1':>8s} {'R@5':>6s} {'R@10':>6s}   {'mean':>6s}",
+    ]
     for name in ("first_stage", "reranked"):
         block = result[name]
         if block is None:
             continue
         t, i = block["t2i"], block["i2t"]
-        lines.append(f"{name:12s} {t['R@1']:8.1f} {t['R@5']:6.1f} {t['R@10']:6.1f}   "
-                     f"{i['R@1']:8.1f} {i['R@5']:6.1f} {i['R@10']:6.1f}   {block['mean_recall']:6.1f}")
+        lines.append(
+            f"{name:12s} {t['R@1']:8.1f} {t['R@5']:6.1f} {t['R@10']:6.1f}   "
+            f"{i['R@1']:8.1f} {i['R@5']:6.1f} {i['R@10']:6.1f}   {block['mean_recall']:6.1f}"
+        )
     return "\n".join(lines)

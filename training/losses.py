@@ -24,8 +24,9 @@ def infonce_loss(sim: torch.Tensor, logit_scale: torch.Tensor, positives: torch.
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def multi_positive_infonce_loss(sim: torch.Tensor, logit_scale: torch.Tensor, owner: torch.Tensor,
-                                positives: torch.Tensor) -> torch.Tensor:
+def multi_positive_infonce_loss(
+    sim: torch.Tensor, logit_scale: torch.Tensor, owner: torch.Tensor, positives: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE when each image brings several captions (all of its own) to the batch.
 
     sim (B_img, B_txt) cosines; owner (B_txt,) the image row each caption came with;

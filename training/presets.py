@@ -20,8 +20,9 @@ PRESETS: dict[str, tuple[AlignmentConfig, BackboneMode]] = {
     "scenes": (
         AlignmentConfig(
             embed_dim=128,
-            backbone=BackboneConfig(name="vgg", layers=(32, "M", 64, "M", 128, "M", 128),
-                                    batch_norm=True, image_size=64, global_pool="mean"),
+            backbone=BackboneConfig(
+                name="vgg", layers=(32, "M", 64, "M", 128, "M", 128), batch_norm=True, image_size=64, global_pool="mean"
+            ),
             text=TextEncoderConfig(max_length=32),
             scorer=ScorerConfig(num_layers=2, num_heads=4, max_regions=64),
         ),
@@ -32,8 +33,13 @@ PRESETS: dict[str, tuple[AlignmentConfig, BackboneMode]] = {
     "small": (
         AlignmentConfig(
             embed_dim=256,
-            backbone=BackboneConfig(name="vgg", layers=(32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256),
-                                    batch_norm=True, image_size=96, global_pool="mean"),
+            backbone=BackboneConfig(
+                name="vgg",
+                layers=(32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256),
+                batch_norm=True,
+                image_size=96,
+                global_pool="mean",
+            ),
             text=TextEncoderConfig(max_length=40),
             scorer=ScorerConfig(num_layers=2, num_heads=4, max_regions=36),
         ),

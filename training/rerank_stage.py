@@ -45,8 +45,13 @@ def mine_negatives(sim: torch.Tensor, is_match, depth: int) -> list[list[int]]:
     return [[j for j in row if not is_match(q, j)][:depth] for q, row in enumerate(top)]
 
 
-def _frozen_inputs(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, batch_size: int = 128,
-                   backbone_features: tuple[torch.Tensor, torch.Tensor] | None = None):
+def _frozen_inputs(
+    model: AlignmentModel,
+    pixels: torch.Tensor,
+    bank: CaptionBank,
+    batch_size: int = 128,
+    backbone_features: tuple[torch.Tensor, torch.Tensor] | None = None,
+):
     """Backbone regions (N, R, C) float16, image vectors (N, d), caption vectors (Nc, d).
 
     `backbone_features`: the backbone's (regions (N, R, C), global (N, G)) for `pixels`, when a
@@ -69,10 +74,22 @@ def _frozen_inputs(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBan
     return torch.cat(raw_regions), torch.cat(image_global), torch.cat(text_global)
 
 
-def train_scorer(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank, *, epochs: int, lr: float,
-                 batch_size: int, mine_depth: int, hard_share: float, seed: int, negatives: int = 3,
-                 heads_from_global: bool = True, on_epoch=None,
-                 backbone_features: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+def train_scorer(
+    model: AlignmentModel,
+    pixels: torch.Tensor,
+    bank: CaptionBank,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    mine_depth: int,
+    hard_share: float,
+    seed: int,
+    negatives: int = 3,
+    heads_from_global: bool = True,
+    on_epoch=None,
+    backbone_features: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> None:
     assert bank.states is not None and bank.mask is not None  # cached: the re-ranker stage's text encoder is frozen
     rng = random.Random(seed)
     model.eval()
@@ -110,10 +127,22 @@ def train_scorer(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank,
             captions = [rng.choice(bank.captions_of[i]) for i in images]
             b = len(images)
             # text->image lists: [true image, n negatives] per caption; image->text likewise.
-            image_lists = [[i] + [_draw(hard_images[c], rng, hard_share, num_images, lambda j, c=c: describes(c, j))
-                                  for _ in range(negatives)] for i, c in zip(images, captions)]
-            caption_lists = [[c] + [_draw(hard_captions[i], rng, hard_share, num_captions, lambda k, i=i: describes(k, i))
-                                    for _ in range(negatives)] for i, c in zip(images, captions)]
+            image_lists = [
+                [i]
+                + [
+                    _draw(hard_images[c], rng, hard_share, num_images, lambda j, c=c: describes(c, j))
+                    for _ in range(negatives)
+                ]
+                for i, c in zip(images, captions)
+            ]
+            caption_lists = [
+                [c]
+                + [
+                    _draw(hard_captions[i], rng, hard_share, num_captions, lambda k, i=i: describes(k, i))
+                    for _ in range(negatives)
+                ]
+                for i, c in zip(images, captions)
+            ]
             n = negatives + 1
             region_index = [j for row in image_lists for j in row] + [i for i in images for _ in range(n)]  # (2*B*n,)
             caption_index = [c for c in captions for _ in range(n)] + [k for row in caption_lists for k in row]
@@ -130,8 +159,14 @@ def train_scorer(model: AlignmentModel, pixels: torch.Tensor, bank: CaptionBank,
             correct += int((logits.argmax(1) == 0).sum())
             seen += 2 * b
         model.eval()
-        log.info("re-ranker epoch %d/%d: listwise loss %.3f, match ranked first in %.3f of lists of %d",
-                 epoch + 1, epochs, np.mean(losses), correct / max(seen, 1), negatives + 1)
+        log.info(
+            "re-ranker epoch %d/%d: listwise loss %.3f, match ranked first in %.3f of lists of %d",
+            epoch + 1,
+            epochs,
+            np.mean(losses),
+            correct / max(seen, 1),
+            negatives + 1,
+        )
         if on_epoch is not None:
             on_epoch(epoch)
 

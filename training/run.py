@@ -31,8 +31,12 @@ from imgsearch.training.trainer import TrainConfig, train
 __all__ = ["read_dataset", "build_model", "train_model", "check_output_dir", "evaluate_model", "TrainConfig"]
 
 
-def read_dataset(captions: str | os.PathLike, images: str | os.PathLike | None = None,
-                 only: str | os.PathLike | None = None, split: str | None = None) -> list[CaptionedImage]:
+def read_dataset(
+    captions: str | os.PathLike,
+    images: str | os.PathLike | None = None,
+    only: str | os.PathLike | None = None,
+    split: str | None = None,
+) -> list[CaptionedImage]:
     """A captions file --> captioned images, optionally only those named in `only` (one name a
     line, e.g. Flickr8k's train.txt) or in a Karpathy JSON `split`."""
     names = None
@@ -41,11 +45,18 @@ def read_dataset(captions: str | os.PathLike, images: str | os.PathLike | None =
     return read_captions(captions, images, split=split, only=names)
 
 
-def build_model(preset_name: str = "small", *, backbone_weights: str | os.PathLike | None = None,
-                labels_file: str | os.PathLike | None = None, text_encoder: str | None = None,
-                scorer_layers: int | None = None, zero_shot_weight: float = 0.0,
-                zero_shot_texts: str = "names", zero_shot_temperature: float = 0.0,
-                seed: int = 0) -> tuple[AlignmentModel, BackboneMode]:
+def build_model(
+    preset_name: str = "small",
+    *,
+    backbone_weights: str | os.PathLike | None = None,
+    labels_file: str | os.PathLike | None = None,
+    text_encoder: str | None = None,
+    scorer_layers: int | None = None,
+    zero_shot_weight: float = 0.0,
+    zero_shot_texts: str = "names",
+    zero_shot_temperature: float = 0.0,
+    seed: int = 0,
+) -> tuple[AlignmentModel, BackboneMode]:
     """A preset, adjusted by the options --> a freshly initialised model (seeded) and the
     preset's backbone mode ("scratch", "finetune" or "frozen"). Raises ImgsearchError on
     options that do not fit the preset."""
@@ -71,20 +82,32 @@ def build_model(preset_name: str = "small", *, backbone_weights: str | os.PathLi
         config = dataclasses.replace(config, provenance=dataclasses.replace(config.provenance, backbone_weights=source))
     if labels_file is not None:
         if not config.backbone.has_classifier:
-            raise ImgsearchError(f"--labels needs a backbone with a classifier (mobilenet_v2, efficientnet_lite0), "
-                             f"not {preset_name}.")
+            raise ImgsearchError(
+                f"--labels needs a backbone with a classifier (mobilenet_v2, efficientnet_lite0), not {preset_name}."
+            )
         labels = tuple(line.strip() for line in Path(labels_file).read_text().splitlines() if line.strip())
         config = dataclasses.replace(config, image_labels=labels)
     if zero_shot_weight:
         if not config.image_labels:
             raise ImgsearchError("--zero-shot-weight needs the classifier's class names: pass --labels FILE.")
-        config = dataclasses.replace(config, zero_shot_weight=zero_shot_weight, zero_shot_texts=zero_shot_texts,
-                                     zero_shot_temperature=zero_shot_temperature)
+        config = dataclasses.replace(
+            config,
+            zero_shot_weight=zero_shot_weight,
+            zero_shot_texts=zero_shot_texts,
+            zero_shot_temperature=zero_shot_temperature,
+        )
     return AlignmentModel.initialize(config, backbone_state), default_mode
 
 
-def train_model(model: AlignmentModel, dataset: list[CaptionedImage], out: str | os.PathLike,
-                config: TrainConfig, *, resume: bool = False, mix: list[CaptionedImage] | None = None) -> dict:
+def train_model(
+    model: AlignmentModel,
+    dataset: list[CaptionedImage],
+    out: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    mix: list[CaptionedImage] | None = None,
+) -> dict:
     """Train `model` on `dataset` (and `mix` in each batch, config.mix_share of it) and save it
     to `out` (training/trainer.py); returns the training summary. Refuses to overwrite a model
     in `out` unless resuming."""
@@ -98,9 +121,16 @@ def check_output_dir(out: str | os.PathLike, resume: bool) -> None:
         raise ImgsearchError(f"{out} already holds a model; choose another --out, or pass --resume.")
 
 
-def evaluate_model(model_dir: str | os.PathLike, dataset: list[CaptionedImage], *, rerank_depth: int = 20,
-                   candidates: int = DEFAULT_CANDIDATES, device: str = "auto", workers: int = 0,
-                   on_skip: Callable[[str, str], None] | None = None) -> dict:
+def evaluate_model(
+    model_dir: str | os.PathLike,
+    dataset: list[CaptionedImage],
+    *,
+    rerank_depth: int = 20,
+    candidates: int = DEFAULT_CANDIDATES,
+    device: str = "auto",
+    workers: int = 0,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> dict:
     """Recall@1/5/10 (text->image, image->text), first stage and re-ranked, of the model in
     `model_dir` on `dataset`. Images that cannot be read are skipped, each reported to
     `on_skip(path, reason)`."""

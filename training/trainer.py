@@ -106,9 +106,15 @@ class _FirstStage:
     stopped_early: bool = False
 
 
-def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | os.PathLike,
-          config: TrainConfig = TrainConfig(), *, resume: bool = False,
-          mix: list[CaptionedImage] | None = None) -> dict:
+def train(
+    model: AlignmentModel,
+    items: list[CaptionedImage],
+    out_dir: str | os.PathLike,
+    config: TrainConfig = TrainConfig(),
+    *,
+    resume: bool = False,
+    mix: list[CaptionedImage] | None = None,
+) -> dict:
     """Train `model` on captioned images and write it to `out_dir`; returns the summary that
     is also written there as training.json. Stages: data --> first stage (dual encoder, a
     checkpoint after every epoch) --> hubness bank --> second stage (re-ranker) --> model
@@ -131,8 +137,9 @@ def train(model: AlignmentModel, items: list[CaptionedImage], out_dir: str | os.
     return _write_model(model, out_dir, data, stage, config, kept, selection, scorer_history)
 
 
-def _load_data(model: AlignmentModel, items: list[CaptionedImage], out_dir: Path, config: TrainConfig,
-               mix: list[CaptionedImage]) -> _Data:
+def _load_data(
+    model: AlignmentModel, items: list[CaptionedImage], out_dir: Path, config: TrainConfig, mix: list[CaptionedImage]
+) -> _Data:
     """Images decoded and resized once (the mixed-in set's after the first set's), captions
     through the frozen BERT once, and with a frozen backbone its features once (cached on disk)."""
     train_items, val_items = split_validation(items, config.val_fraction, config.seed)
@@ -181,12 +188,18 @@ def _fill_hubness_bank(model: AlignmentModel, data: _Data, config: TrainConfig) 
         return
     assert data.bank.states is not None and data.bank.mask is not None  # cached: training's text encoder is frozen
     primary_captions = [c for i in range(data.primary) for c in data.bank.captions_of[i]]
-    chosen = sorted(random.Random(config.seed).sample(primary_captions, min(config.hubness_bank, len(primary_captions))))
+    chosen = sorted(
+        random.Random(config.seed).sample(primary_captions, min(config.hubness_bank, len(primary_captions)))
+    )
     with torch.inference_mode():
-        vectors = torch.cat([
-            model.text.project(data.bank.states[part].float().to(model.device), data.bank.mask[part].to(model.device))[1]
-            for part in torch.tensor(chosen).split(1024)
-        ])  # (Nb, d), L2-normalised
+        vectors = torch.cat(
+            [
+                model.text.project(
+                    data.bank.states[part].float().to(model.device), data.bank.mask[part].to(model.device)
+                )[1]
+                for part in torch.tensor(chosen).split(1024)
+            ]
+        )  # (Nb, d), L2-normalised
     hubness = HubnessConfig(weight=config.hubness_weight, k=model.config.hubness.k, bank_size=len(chosen))
     model.config = dataclasses.replace(model.config, hubness=hubness)
     model.hubness = HubnessCorrection(hubness, model.config.embed_dim).to(model.device)
@@ -208,9 +221,11 @@ def _first_stage(model: AlignmentModel, data: _Data, config: TrainConfig) -> _Fi
     head_params = [p for p in model.parameters() if p.requires_grad and id(p) not in special] + [logit_scale]
     if config.local_weight > 0:
         local_params.append(local_scale)
-    groups = [{"params": head_params, "lr": config.lr},
-              {"params": local_params, "lr": config.lr},
-              {"params": scorer_params, "lr": config.lr * config.scorer_lr_scale}]
+    groups = [
+        {"params": head_params, "lr": config.lr},
+        {"params": local_params, "lr": config.lr},
+        {"params": scorer_params, "lr": config.lr * config.scorer_lr_scale},
+    ]
     if config.backbone_mode != "frozen":
         scale = config.backbone_lr_scale if config.backbone_mode == "finetune" else 1.0
         groups.append({"params": backbone_params, "lr": config.lr * scale})
@@ -233,8 +248,9 @@ def _first_stage(model: AlignmentModel, data: _Data, config: TrainConfig) -> _Fi
     return _FirstStage(groups, optimizer, schedule, logit_scale, local_scale, total_steps, clock)
 
 
-def _resume(model: AlignmentModel, stage: _FirstStage, rng: random.Random, state_path: Path,
-            config: TrainConfig) -> None:
+def _resume(
+    model: AlignmentModel, stage: _FirstStage, rng: random.Random, state_path: Path, config: TrainConfig
+) -> None:
     """Continue from the checkpoint the last finished epoch wrote."""
     state = _load_state(state_path)
     model.load_state_dict(state["model"], strict=False)
@@ -249,14 +265,20 @@ def _resume(model: AlignmentModel, stage: _FirstStage, rng: random.Random, state
         stage.schedule.load_state_dict(state["schedule"])
     stage.logit_scale.data.copy_(state["logit_scale"])
     stage.local_scale.data.copy_(state.get("local_scale", stage.local_scale.detach()))
-    stage.epoch, stage.step, stage.elapsed, stage.history = state["epoch"], state["step"], state["elapsed"], state["history"]
+    stage.epoch, stage.step, stage.elapsed, stage.history = (
+        state["epoch"],
+        state["step"],
+        state["elapsed"],
+        state["history"],
+    )
     rng.setstate(state["rng"])
     torch.set_rng_state(state["torch_rng"])
     log.info("resumed from %s at epoch %d, step %d", state_path, stage.epoch, stage.step)
 
 
-def _train_first_stage(model: AlignmentModel, data: _Data, stage: _FirstStage, rng: random.Random,
-                       state_path: Path, config: TrainConfig) -> None:
+def _train_first_stage(
+    model: AlignmentModel, data: _Data, stage: _FirstStage, rng: random.Random, state_path: Path, config: TrainConfig
+) -> None:
     """The dual encoder's epochs, from stage.epoch on: steps, then validation and a checkpoint
     after each epoch; stops early at the time limit."""
     size = model.config.backbone.image_size
@@ -286,18 +308,30 @@ def _train_first_stage(model: AlignmentModel, data: _Data, stage: _FirstStage, r
             stage.step += 1
             if stage.step % config.log_every == 0:
                 rate = (batch_number + 1) * config.batch_size / (time.perf_counter() - epoch_start)
-                log.info("epoch %d step %d/%d: contrastive %.3f local %.3f itm %.3f (acc %.2f) temp %.3f %.0f img/s",
-                         epoch + 1, stage.step, stage.total_steps, losses["contrastive"].item(),
-                         losses["local"].item(), losses["matching"].item(), losses["accuracy"],
-                         1 / stage.logit_scale.exp().item(), rate)
-            if config.time_limit_s is not None and stage.elapsed + time.perf_counter() - epoch_start > config.time_limit_s:
+                log.info(
+                    "epoch %d step %d/%d: contrastive %.3f local %.3f itm %.3f (acc %.2f) temp %.3f %.0f img/s",
+                    epoch + 1,
+                    stage.step,
+                    stage.total_steps,
+                    losses["contrastive"].item(),
+                    losses["local"].item(),
+                    losses["matching"].item(),
+                    losses["accuracy"],
+                    1 / stage.logit_scale.exp().item(),
+                    rate,
+                )
+            if (
+                config.time_limit_s is not None
+                and stage.elapsed + time.perf_counter() - epoch_start > config.time_limit_s
+            ):
                 stage.stopped_early = True
                 break
         stage.elapsed += time.perf_counter() - epoch_start
         record: dict[str, Any] = {"epoch": epoch + 1, "step": stage.step, "elapsed_s": round(stage.elapsed, 1)}
         if data.val_images is not None and data.val_bank is not None:
-            result = evaluate(model, data.val_images.pixels, data.val_bank, config.rerank_depth,
-                              rerank=config.itm_weight > 0)
+            result = evaluate(
+                model, data.val_images.pixels, data.val_bank, config.rerank_depth, rerank=config.itm_weight > 0
+            )
             record["val"] = {"first_stage": result["first_stage"], "reranked": result["reranked"]}
             log.info("epoch %d validation (%.0fs):\n%s", epoch + 1, stage.elapsed, format_table(result))
         stage.history.append(record)
@@ -307,8 +341,16 @@ def _train_first_stage(model: AlignmentModel, data: _Data, stage: _FirstStage, r
             break
 
 
-def _first_stage_losses(model: AlignmentModel, data: _Data, stage: _FirstStage, config: TrainConfig,
-                        images: list[int], captions: list[int], crop, owner: list[int] | None = None) -> dict:
+def _first_stage_losses(
+    model: AlignmentModel,
+    data: _Data,
+    stage: _FirstStage,
+    config: TrainConfig,
+    images: list[int],
+    captions: list[int],
+    crop,
+    owner: list[int] | None = None,
+) -> dict:
     """One batch's first-stage loss ("loss") and its parts, for the log. Caption j belongs to
     image owner[j] of the batch (None: to image j, one caption each)."""
     assert data.bank.states is not None and data.bank.mask is not None  # cached: training's text encoder is frozen
@@ -344,30 +386,45 @@ def _first_stage_losses(model: AlignmentModel, data: _Data, stage: _FirstStage, 
         positioned = image.regions + model.scorer.region_position[: image.regions.shape[1]]  # (B, R, d)
         # One caption per image (with multi_positive, each image's first in the batch): the
         # alignment matrix costs B_img x B_txt token-region comparisons, 5x more with all captions.
-        first = torch.arange(len(captions), device=device) if owner is None else \
-            torch.tensor([owner.index(row) for row in range(len(images))], device=device)
-        local = infonce_loss(alignment_matrix(tokens[first], mask[first], positioned), stage.local_scale,
-                             positives[:, first])
+        first = (
+            torch.arange(len(captions), device=device)
+            if owner is None
+            else torch.tensor([owner.index(row) for row in range(len(images))], device=device)
+        )
+        local = infonce_loss(
+            alignment_matrix(tokens[first], mask[first], positioned), stage.local_scale, positives[:, first]
+        )
         loss = loss + config.local_weight * local
     if config.itm_weight > 0:
         if owners is not None:
             raise ImgsearchError("multi_positive does not go with the joint ITM loss (itm_weight).")
-        matching, accuracy = itm_loss(model.scorer, image.regions, tokens, mask, sim.detach(), positives,
-                                      hard_share=config.hard_share)
+        matching, accuracy = itm_loss(
+            model.scorer, image.regions, tokens, mask, sim.detach(), positives, hard_share=config.hard_share
+        )
         loss = contrastive + config.itm_weight * matching
     return {"loss": loss, "contrastive": contrastive, "local": local, "matching": matching, "accuracy": accuracy}
 
 
-def _save_state(model: AlignmentModel, stage: _FirstStage, rng: random.Random, epochs_done: int,
-                state_path: Path) -> None:
+def _save_state(
+    model: AlignmentModel, stage: _FirstStage, rng: random.Random, epochs_done: int, state_path: Path
+) -> None:
     """The checkpoint --resume continues from (BERT left out: it is frozen and loads from its name)."""
-    torch.save({
-        "model": {k: v for k, v in model.state_dict().items() if not k.startswith("text.bert.")},
-        "optimizer": stage.optimizer.state_dict(), "schedule": stage.schedule.state_dict(),
-        "logit_scale": stage.logit_scale.detach(), "local_scale": stage.local_scale.detach(),
-        "epoch": epochs_done, "step": stage.step, "elapsed": stage.elapsed,
-        "history": stage.history, "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
-    }, state_path.with_name(STATE_NAME + ".tmp"))
+    torch.save(
+        {
+            "model": {k: v for k, v in model.state_dict().items() if not k.startswith("text.bert.")},
+            "optimizer": stage.optimizer.state_dict(),
+            "schedule": stage.schedule.state_dict(),
+            "logit_scale": stage.logit_scale.detach(),
+            "local_scale": stage.local_scale.detach(),
+            "epoch": epochs_done,
+            "step": stage.step,
+            "elapsed": stage.elapsed,
+            "history": stage.history,
+            "rng": rng.getstate(),
+            "torch_rng": torch.get_rng_state(),
+        },
+        state_path.with_name(STATE_NAME + ".tmp"),
+    )
     replace_durably(state_path.with_name(STATE_NAME + ".tmp"), state_path)
 
 
@@ -376,20 +433,28 @@ def _train_second_stage(model: AlignmentModel, data: _Data, stage: _FirstStage, 
     the best epoch and fusion weight are kept (selection.py). Returns (the kept choice or None,
     the selection or None, the validation history)."""
     scorer_history: list[dict] = []  # validation during the re-ranker stage
-    selection = (RerankerSelection(data.val_images.pixels, data.val_bank, config.rerank_depth, config.fusion_grid)
-                 if data.val_images is not None and data.val_bank is not None else None)
+    selection = (
+        RerankerSelection(data.val_images.pixels, data.val_bank, config.rerank_depth, config.fusion_grid)
+        if data.val_images is not None and data.val_bank is not None
+        else None
+    )
 
     def after_epoch(epoch: int) -> None:
         if selection is None:
             return
         assert data.val_images is not None and data.val_bank is not None  # as the selection has them
         choice = selection.consider(model, epoch + 1)
-        log.info("re-ranker epoch %d: validation t2i R@1 after re-ranking %.1f (fusion weight %g)",
-                 epoch + 1, choice.t2i_r1, choice.fusion_weight)
+        log.info(
+            "re-ranker epoch %d: validation t2i R@1 after re-ranking %.1f (fusion weight %g)",
+            epoch + 1,
+            choice.t2i_r1,
+            choice.fusion_weight,
+        )
         if (epoch + 1) % 5 == 0 or epoch + 1 == config.scorer_epochs:
             result = evaluate(model, data.val_images.pixels, data.val_bank, config.rerank_depth)
-            scorer_history.append({"epoch": epoch + 1, "val": {"first_stage": result["first_stage"],
-                                                               "reranked": result["reranked"]}})
+            scorer_history.append(
+                {"epoch": epoch + 1, "val": {"first_stage": result["first_stage"], "reranked": result["reranked"]}}
+            )
             log.info("%s", format_table(result))
 
     if config.itm_weight == 0 and (config.scorer_epochs > 0 or config.local_weight > 0):
@@ -406,13 +471,27 @@ def _train_second_stage(model: AlignmentModel, data: _Data, stage: _FirstStage, 
             torch.nn.init.zeros_(model.scorer.head.bias)
             if selection is not None:
                 choice = selection.consider(model, 0)
-                log.info("re-ranker before the second stage (its alignment term alone): validation t2i R@1 "
-                         "after re-ranking %.1f (fusion weight %g)", choice.t2i_r1, choice.fusion_weight)
+                log.info(
+                    "re-ranker before the second stage (its alignment term alone): validation t2i R@1 "
+                    "after re-ranking %.1f (fusion weight %g)",
+                    choice.t2i_r1,
+                    choice.fusion_weight,
+                )
     if config.scorer_epochs > 0:
-        train_scorer(model, data.train_images.pixels, data.bank, epochs=config.scorer_epochs, lr=config.scorer_lr,
-                     heads_from_global=config.local_weight == 0,
-                     batch_size=config.batch_size, mine_depth=config.mine_depth, hard_share=config.hard_share,
-                     seed=config.seed, on_epoch=after_epoch, backbone_features=data.cached)
+        train_scorer(
+            model,
+            data.train_images.pixels,
+            data.bank,
+            epochs=config.scorer_epochs,
+            lr=config.scorer_lr,
+            heads_from_global=config.local_weight == 0,
+            batch_size=config.batch_size,
+            mine_depth=config.mine_depth,
+            hard_share=config.hard_share,
+            seed=config.seed,
+            on_epoch=after_epoch,
+            backbone_features=data.cached,
+        )
 
     model.eval()
     # --local-weight trains the alignment term, which alone is a re-ranker (a zero output head).
@@ -424,25 +503,44 @@ def _train_second_stage(model: AlignmentModel, data: _Data, stage: _FirstStage, 
         if not selection.history:  # re-ranker trained jointly in the first stage (--itm-weight)
             selection.consider(model, 0)
         kept = selection.restore(model)
-        log.info("kept the re-ranker of second-stage epoch %d with fusion weight %g "
-                 "(validation t2i R@1 after re-ranking %.1f)", kept.epoch, kept.fusion_weight, kept.t2i_r1)
+        log.info(
+            "kept the re-ranker of second-stage epoch %d with fusion weight %g "
+            "(validation t2i R@1 after re-ranking %.1f)",
+            kept.epoch,
+            kept.fusion_weight,
+            kept.t2i_r1,
+        )
     return kept, selection, scorer_history
 
 
-def _write_model(model: AlignmentModel, out_dir: Path, data: _Data, stage: _FirstStage, config: TrainConfig,
-                 kept, selection, scorer_history: list[dict]) -> dict:
+def _write_model(
+    model: AlignmentModel,
+    out_dir: Path,
+    data: _Data,
+    stage: _FirstStage,
+    config: TrainConfig,
+    kept,
+    selection,
+    scorer_history: list[dict],
+) -> dict:
     """The model directory (with the kept fusion weight) and training.json; returns the summary."""
     fusion = kept.fusion_weight if kept is not None else 0.0
     model.config = dataclasses.replace(model.config, fusion_weight=fusion)
     model.save_pretrained(out_dir)
-    summary = {"train_images": len(data.train_images.items), "train_captions": len(data.bank.captions),
-               "val_images": len(data.val_images.items) if data.val_images else 0, "steps": stage.step,
-               "train_seconds": round(stage.elapsed, 1), "stopped_early": stage.stopped_early,
-               "fusion_weight": fusion,
-               "reranker_kept": kept.to_dict() if kept is not None else None,
-               "reranker_candidates": [c.to_dict() for c in selection.history] if selection is not None else [],
-               "config": {**dataclasses.asdict(config), "warmup_steps": warmup_steps(config)}, "history": stage.history,
-               "scorer_history": scorer_history}
+    summary = {
+        "train_images": len(data.train_images.items),
+        "train_captions": len(data.bank.captions),
+        "val_images": len(data.val_images.items) if data.val_images else 0,
+        "steps": stage.step,
+        "train_seconds": round(stage.elapsed, 1),
+        "stopped_early": stage.stopped_early,
+        "fusion_weight": fusion,
+        "reranker_kept": kept.to_dict() if kept is not None else None,
+        "reranker_candidates": [c.to_dict() for c in selection.history] if selection is not None else [],
+        "config": {**dataclasses.asdict(config), "warmup_steps": warmup_steps(config)},
+        "history": stage.history,
+        "scorer_history": scorer_history,
+    }
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

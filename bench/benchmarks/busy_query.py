@@ -43,11 +43,11 @@ def timed(index_dir: Path, runtime: str, queries: list[str], threads: bool, busy
     """p50/p90 ms of index.search over `queries` in a fresh process (its own thread settings)."""
     script = f"""
 import json, sys, time
-{'from imgsearch.ground.threads import use_threads; use_threads(1)' if threads else ''}
+{"from imgsearch.ground.threads import use_threads; use_threads(1)" if threads else ""}
 from imgsearch import Index
 queries = json.loads(sys.stdin.read())
 with Index.open({str(index_dir)!r}, device="cpu") as index:
-    if {runtime == 'torch'!r}:
+    if {runtime == "torch"!r}:
         index.model  # loaded: text queries go through the torch model
     index.search(queries[0], k=10)  # warm: the model, the class table
     times = []
@@ -61,8 +61,9 @@ print(json.dumps(times))
     for process in burners:
         process.start()
     try:
-        out = subprocess.run([sys.executable, "-c", script], input=json.dumps(queries), capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", script], input=json.dumps(queries), capture_output=True, text=True, check=True
+        ).stdout
     finally:
         for process in burners:
             process.terminate()
@@ -80,17 +81,25 @@ def main() -> None:
     make_index(args.index, entry)
     queries = captions(args.queries + 1)
     rows = []
-    for runtime, threads, busy in [("numpy", True, 0), ("torch", True, 0), ("numpy", True, 2), ("torch", True, 2),
-                                   ("numpy", False, 2)]:
+    for runtime, threads, busy in [
+        ("numpy", True, 0),
+        ("torch", True, 0),
+        ("numpy", True, 2),
+        ("torch", True, 2),
+        ("numpy", False, 2),
+    ]:
         started = time.perf_counter()
         result = timed(args.index, runtime, queries, threads, busy)
         rows.append((runtime, "1 (use_threads)" if threads else "library defaults", busy, result))
         print(runtime, threads, busy, result, f"{time.perf_counter() - started:.0f} s", flush=True)
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
-    out = [f"\n## Index.search on a quiet and a busy machine, {stamp} (bench/benchmarks/busy_query.py)\n",
-           f"Machine: {describe()}. {args.queries} Flickr8k dev captions, k=10, 100 candidates re-ranked, "
-           "1,000-image index, default model.\n",
-           "| query runtime | threads | CPU-bound processes beside it | p50 ms | p90 ms |", "|---|---|---|---|---|"]
+    out = [
+        f"\n## Index.search on a quiet and a busy machine, {stamp} (bench/benchmarks/busy_query.py)\n",
+        f"Machine: {describe()}. {args.queries} Flickr8k dev captions, k=10, 100 candidates re-ranked, "
+        "1,000-image index, default model.\n",
+        "| query runtime | threads | CPU-bound processes beside it | p50 ms | p90 ms |",
+        "|---|---|---|---|---|",
+    ]
     out += [f"| {r} | {t} | {b} | {x['p50']:.1f} | {x['p90']:.1f} |" for r, t, b, x in rows]
     report = "\n".join(out) + "\n"
     print(report)

@@ -43,11 +43,27 @@ def main() -> None:
         photos.mkdir()
         make_jpegs(photos, args.images)
         torch.manual_seed(0)
-        config = AlignmentConfig(embed_dim=256, backbone=BackboneConfig(name="vgg16", weights=None),
-                                 text=TextEncoderConfig(name_or_path=args.text))
+        config = AlignmentConfig(
+            embed_dim=256,
+            backbone=BackboneConfig(name="vgg16", weights=None),
+            text=TextEncoderConfig(name_or_path=args.text),
+        )
         AlignmentModel.initialize(config).save_pretrained(work / "model")
-        command = [sys.executable, "-m", "imgsearch", "index", str(photos), "--index", str(work / "index"),
-                   "--model", str(work / "model"), "--device", args.device, "--json", "-q"]
+        command = [
+            sys.executable,
+            "-m",
+            "imgsearch",
+            "index",
+            str(photos),
+            "--index",
+            str(work / "index"),
+            "--model",
+            str(work / "model"),
+            "--device",
+            args.device,
+            "--json",
+            "-q",
+        ]
         if args.batch_size:
             command += ["--batch-size", str(args.batch_size)]
         started = time.perf_counter()
@@ -59,9 +75,13 @@ def main() -> None:
     if summary["embedded"] != args.images or summary["failed"]:
         sys.exit(f"imgsearch index did not embed every image: {summary}")
     batch = args.batch_size or "CLI default"
-    lines = [f"Machine: {describe()}", "",
-             "| `imgsearch index`, VGG16 224px | images | batch | run's images/s | command wall s |", "|---|---|---|---|---|",
-             f"| {args.device} | {args.images} | {batch} | {summary['images_per_second']:.0f} | {wall:.1f} |"]
+    lines = [
+        f"Machine: {describe()}",
+        "",
+        "| `imgsearch index`, VGG16 224px | images | batch | run's images/s | command wall s |",
+        "|---|---|---|---|---|",
+        f"| {args.device} | {args.images} | {batch} | {summary['images_per_second']:.0f} | {wall:.1f} |",
+    ]
     print("\n".join(lines))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -38,8 +38,12 @@ def cases(index: Path, missing: Path) -> list[tuple[str, list[str], int, float]]
         ("imgsearch search -h", ["search", "-h"], 0, 0.5),
         ("imgsearch index -h", ["index", "-h"], 0, 0.5),
         ("imgsearch train -h", ["train", "-h"], 0, 0.5),
-        ('imgsearch search "a dog running on the beach" (1,000 images, re-ranked)',
-         ["search", "a dog running on the beach", *where], 0, 1.5),
+        (
+            'imgsearch search "a dog running on the beach" (1,000 images, re-ranked)',
+            ["search", "a dog running on the beach", *where],
+            0,
+            1.5,
+        ),
         ('imgsearch search "a dog" with no index there', ["search", "a dog", "--index", str(missing)], 1, 0.5),
         ('imgsearch search ""', ["search", "", *where], 1, 0.5),
         ("imgsearch search --image MISSING.jpg", ["search", "--image", str(missing / "a.jpg"), *where], 2, 0.5),
@@ -84,16 +88,29 @@ def main() -> None:
     entry = shutil.which("imgsearch") or sys.exit("Error: the imgsearch command is not on PATH (make setup).")
     make_index(args.index, entry)
     with tempfile.TemporaryDirectory() as missing:
-        rows = [(name, seconds([entry, *argv], code, args.repeat), target)
-                for name, argv, code, target in cases(args.index, Path(missing) / "nothing")]
-    rows.append(("python -c 'import torch' (what a text search no longer loads)",
-                 seconds([sys.executable, "-c", "import torch"], 0, args.repeat), None))
+        rows = [
+            (name, seconds([entry, *argv], code, args.repeat), target)
+            for name, argv, code, target in cases(args.index, Path(missing) / "nothing")
+        ]
+    rows.append(
+        (
+            "python -c 'import torch' (what a text search no longer loads)",
+            seconds([sys.executable, "-c", "import torch"], 0, args.repeat),
+            None,
+        )
+    )
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
-    out = [f"\n## Command line start, {stamp} (bench/benchmarks/cli_start.py)\n",
-           f"Machine: {describe()}. Median wall time of {args.repeat} cold runs each (a new process each).\n",
-           "| command | seconds | target | met |", "|---|---|---|---|"]
-    out += [f"| {name} | {value:.3f} | {'' if target is None else f'{target:g}'} | "
-            f"{'' if target is None else 'yes' if value <= target else 'NO'} |" for name, value, target in rows]
+    out = [
+        f"\n## Command line start, {stamp} (bench/benchmarks/cli_start.py)\n",
+        f"Machine: {describe()}. Median wall time of {args.repeat} cold runs each (a new process each).\n",
+        "| command | seconds | target | met |",
+        "|---|---|---|---|",
+    ]
+    out += [
+        f"| {name} | {value:.3f} | {'' if target is None else f'{target:g}'} | "
+        f"{'' if target is None else 'yes' if value <= target else 'NO'} |"
+        for name, value, target in rows
+    ]
     report = "\n".join(out) + "\n"
     print(report)
     with open(args.report, "a") as f:

@@ -85,18 +85,22 @@ def main() -> None:
         changed = int((ranks != reference).sum())
         rows.append((name, str(dtype).removeprefix("torch."), nbytes, recall_at_k(ranks), changed, seconds))
         print(f"{name}: {rows[-1][3]} ({changed} ranks differ from float32, {seconds:.0f} s)", file=sys.stderr)
-    out = [f"\n## Compact re-ranking features, {args.title}, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC "
-           "(bench/benchmarks/compact_features.sh)\n",
-           f"Machine: {machine}. Model: {args.model} ({num_regions} regions x {dim}). {len(dev)} images, "
-           f"{len(sim)} captions; each caption's top {args.depth} re-ranked (fusion weight "
-           f"{model.config.fusion_weight}). First stage: t2i R@1 {first['R@1']:.1f}, R@5 {first['R@5']:.1f}, "
-           f"R@10 {first['R@10']:.1f}.\n",
-           "| region features | scorer products | bytes / image (this model) | bytes / image at VGG16 7x7x256 | "
-           "t2i R@1 | R@5 | R@10 | captions whose rank differs from float32 |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"\n## Compact re-ranking features, {args.title}, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC "
+        "(bench/benchmarks/compact_features.sh)\n",
+        f"Machine: {machine}. Model: {args.model} ({num_regions} regions x {dim}). {len(dev)} images, "
+        f"{len(sim)} captions; each caption's top {args.depth} re-ranked (fusion weight "
+        f"{model.config.fusion_weight}). First stage: t2i R@1 {first['R@1']:.1f}, R@5 {first['R@5']:.1f}, "
+        f"R@10 {first['R@10']:.1f}.\n",
+        "| region features | scorer products | bytes / image (this model) | bytes / image at VGG16 7x7x256 | "
+        "t2i R@1 | R@5 | R@10 | captions whose rank differs from float32 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, dtype, nbytes, r, changed, _ in rows:
-        out.append(f"| {name} | {dtype} | {nbytes[0]:,} | {nbytes[1]:,} | {r['R@1']:.2f} | {r['R@5']:.2f} | "
-                   f"{r['R@10']:.2f} | {changed} of {len(sim)} |")
+        out.append(
+            f"| {name} | {dtype} | {nbytes[0]:,} | {nbytes[1]:,} | {r['R@1']:.2f} | {r['R@5']:.2f} | "
+            f"{r['R@10']:.2f} | {changed} of {len(sim)} |"
+        )
     report = "\n".join(out) + "\n"
     print(report)
     with open(args.report, "a") as f:

@@ -66,17 +66,22 @@ def main() -> None:
             photo(seed).save(path, quality=90)
             photos.append(path)
         megabytes = sum(p.stat().st_size for p in photos) / len(photos) / 1e6
-        for name, paths, sizes in ((f"Flickr8k 224x224 ({len(flickr)} files)", flickr, (96, 224)),
-                                   (f"4000x3000 JPEG ({megabytes:.1f} MB, {len(photos)} files)", photos, (96, 224))):
+        for name, paths, sizes in (
+            (f"Flickr8k 224x224 ({len(flickr)} files)", flickr, (96, 224)),
+            (f"4000x3000 JPEG ({megabytes:.1f} MB, {len(photos)} files)", photos, (96, 224)),
+        ):
             for size in sizes:
                 full = time_per_image(paths, size, False, args.repeats)
                 reduced = time_per_image(paths, size, True, args.repeats)
                 rows.append((name, size, full * 1e3, reduced * 1e3, full / reduced))
-    lines = [f"## Decoding cost, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC (bench/benchmarks/decode.py)", "",
-             f"Machine: {describe()}. One process, decode + resize to the model's input, median of "
-             f"{args.repeats} passes.", "",
-             "| files | model input | full-scale decode ms/img | reduced-scale decode ms/img | speed-up |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"## Decoding cost, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC (bench/benchmarks/decode.py)",
+        "",
+        f"Machine: {describe()}. One process, decode + resize to the model's input, median of {args.repeats} passes.",
+        "",
+        "| files | model input | full-scale decode ms/img | reduced-scale decode ms/img | speed-up |",
+        "|---|---|---|---|---|",
+    ]
     lines += [f"| {n} | {s}px | {f:.2f} | {r:.2f} | {f / r:.1f}x |" for n, s, f, r, _ in rows]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -39,8 +39,12 @@ def main(model_dir: str, data_dir: str, out: str) -> None:
     globals_, regions = [], []
     with torch.inference_mode():
         for start in range(0, len(names), 128):
-            pixels = torch.stack([preprocess(Image.open(data / "images" / n).convert("RGB"), size, model.config.backbone)
-                                  for n in names[start : start + 128]])  # (B, 3, S, S)
+            pixels = torch.stack(
+                [
+                    preprocess(Image.open(data / "images" / n).convert("RGB"), size, model.config.backbone)
+                    for n in names[start : start + 128]
+                ]
+            )  # (B, 3, S, S)
             emb = model.image(pixels)
             globals_.append(emb.global_.numpy())
             regions.append(emb.regions.numpy())
@@ -51,13 +55,20 @@ def main(model_dir: str, data_dir: str, out: str) -> None:
     caption_global, tokens, mask = embed_captions(model, captions)
     np.savez(
         out,
-        names=np.array(names), image_global=np.concatenate(globals_), image_regions=np.concatenate(regions),
+        names=np.array(names),
+        image_global=np.concatenate(globals_),
+        image_regions=np.concatenate(regions),
         dev_image=np.array([index_of[n] for n in dev]),
-        caption_global=caption_global, caption_tokens=tokens.numpy(), caption_mask=mask.numpy(),
-        caption_image=np.array([index_of[r["image"]] for r in dev_rows]), captions=np.array(captions),
+        caption_global=caption_global,
+        caption_tokens=tokens.numpy(),
+        caption_mask=mask.numpy(),
+        caption_image=np.array([index_of[r["image"]] for r in dev_rows]),
+        captions=np.array(captions),
     )
-    print(f"embedded {len(names)} images and {len(captions)} captions in {time.perf_counter() - started:.0f} s",
-          file=sys.stderr)
+    print(
+        f"embedded {len(names)} images and {len(captions)} captions in {time.perf_counter() - started:.0f} s",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

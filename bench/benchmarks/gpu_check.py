@@ -110,9 +110,16 @@ def decode_only(files: list[Path], image_size: int, batch_size: int, workers: in
     return count / (time.perf_counter() - started)
 
 
-def end_to_end(encoder: ImageEncoder, files: list[Path], batch_size: int, workers: int, *,
-               writer_thread: bool = True, profile: Path | None = None,
-               check_vectors: int = 0) -> float | tuple[float, float]:
+def end_to_end(
+    encoder: ImageEncoder,
+    files: list[Path],
+    batch_size: int,
+    workers: int,
+    *,
+    writer_thread: bool = True,
+    profile: Path | None = None,
+    check_vectors: int = 0,
+) -> float | tuple[float, float]:
     """Images/s through the indexing run with the local embedder (index_files, the product path).
     Variants for finding the bottleneck: writer_thread=False waits for each batch's vectors and
     stores it on the main thread (WaitedEmbedder); `profile` writes the main thread's cProfile
@@ -164,9 +171,22 @@ def store_apply_ms(batch_size: int, embed_dim: int, num_regions: int, batches: i
     with tempfile.TemporaryDirectory(prefix="imgsearch-gpu-store-") as work:
         store = Store(Path(work) / "index.db", embed_dim, num_regions)
         for b in range(batches):
-            puts = [Put(ImageRecord(path=f"/photos/{b}/{i}.jpg", size=20_000, mtime=1.0, ctime=1.0,
-                                    sha256=hashlib.sha256(f"{b}/{i}".encode()).hexdigest(), width=SIZE, height=SIZE),
-                        global_[i], regions[i]) for i in range(batch_size)]
+            puts = [
+                Put(
+                    ImageRecord(
+                        path=f"/photos/{b}/{i}.jpg",
+                        size=20_000,
+                        mtime=1.0,
+                        ctime=1.0,
+                        sha256=hashlib.sha256(f"{b}/{i}".encode()).hexdigest(),
+                        width=SIZE,
+                        height=SIZE,
+                    ),
+                    global_[i],
+                    regions[i],
+                )
+                for i in range(batch_size)
+            ]
             started = time.perf_counter()
             store.apply(puts)
             seconds.append(time.perf_counter() - started)
@@ -204,15 +224,26 @@ class _Bytes(torch.utils.data.Dataset):
 
 
 def gpu_decode(encoder: ImageEncoder, files: list[Path], device: torch.device, batch_size: int, workers: int) -> float:
-    loader = torch.utils.data.DataLoader(_Bytes(files), batch_size=batch_size, num_workers=workers,
-                                         collate_fn=list, prefetch_factor=4 if workers else None)
+    loader = torch.utils.data.DataLoader(
+        _Bytes(files),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=list,
+        prefetch_factor=4 if workers else None,
+    )
     half = device.type == "cuda"
     started = time.perf_counter()
     count = 0
     for data in loader:
         images = torchvision.io.decode_jpeg(data, device=device)  # list of (3, H, W) uint8
-        batch = torch.stack([F.interpolate(im[None].float(), size=(SIZE, SIZE), mode="bilinear",
-                                           antialias=True, align_corners=False)[0] for im in images])  # (B, 3, S, S)
+        batch = torch.stack(
+            [
+                F.interpolate(
+                    im[None].float(), size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False
+                )[0]
+                for im in images
+            ]
+        )  # (B, 3, S, S)
         x = encoder.normalize(batch.round().clamp(0, 255).to(torch.uint8)).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=half):
             out = encoder(x)
@@ -275,8 +306,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=os.environ.get("OUT"))
     parser.add_argument("--profile", action="store_true", help="one more end-to-end run under cProfile")
-    parser.add_argument("--only", default=None,
-                        help="comma-separated parts of run names: only the runs of the table that contain one")
+    parser.add_argument(
+        "--only", default=None, help="comma-separated parts of run names: only the runs of the table that contain one"
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     if device.type == "cpu":
@@ -284,8 +316,11 @@ def main() -> None:
     workers = default_workers() if args.workers is None else args.workers
     torch.backends.cudnn.benchmark = True
     table = Table(args.out)
-    table.add(f"Machine: {describe()}", f"Device: {device}; {workers} decode workers; batch {args.batch_size}; "
-              f"{args.images} synthetic {SIZE}px JPEGs", "")
+    table.add(
+        f"Machine: {describe()}",
+        f"Device: {device}; {workers} decode workers; batch {args.batch_size}; {args.images} synthetic {SIZE}px JPEGs",
+        "",
+    )
     with tempfile.TemporaryDirectory(prefix="imgsearch-gpu-jpegs-") as folder:
         started = time.perf_counter()
         files, mean_bytes = make_jpegs(Path(folder), args.images)
@@ -295,24 +330,34 @@ def main() -> None:
         half = device.type == "cuda"
         short = min(args.images, 8 * args.batch_size)
         runs = [
-            ("forward-only, float16 autocast" if half else "forward-only, float32",
-             lambda: forward_only(encoder, device, args.images, args.batch_size, half)),
-            ("decode workers alone (no model)",
-             lambda: decode_only(files, SIZE, args.batch_size, workers)),
-            ("end to end (index_files, the product path)",
-             lambda: end_to_end(encoder, files, args.batch_size, workers)),
-            ("end to end, writer thread off (wait for the GPU, store on the main thread)",
-             lambda: end_to_end(encoder, files, args.batch_size, workers, writer_thread=False)),
+            (
+                "forward-only, float16 autocast" if half else "forward-only, float32",
+                lambda: forward_only(encoder, device, args.images, args.batch_size, half),
+            ),
+            ("decode workers alone (no model)", lambda: decode_only(files, SIZE, args.batch_size, workers)),
+            (
+                "end to end (index_files, the product path)",
+                lambda: end_to_end(encoder, files, args.batch_size, workers),
+            ),
+            (
+                "end to end, writer thread off (wait for the GPU, store on the main thread)",
+                lambda: end_to_end(encoder, files, args.batch_size, workers, writer_thread=False),
+            ),
         ]
-        runs += [(f"end to end, batch {batch_size}", functools.partial(end_to_end, encoder, files, batch_size, workers))
-                 for batch_size in (32, 64, 128)]
         runs += [
-            ("GPU JPEG decode + forward (not the product path)",
-             lambda: gpu_decode(encoder, files, device, args.batch_size, workers)),
+            (f"end to end, batch {batch_size}", functools.partial(end_to_end, encoder, files, batch_size, workers))
+            for batch_size in (32, 64, 128)
+        ]
+        runs += [
+            (
+                "GPU JPEG decode + forward (not the product path)",
+                lambda: gpu_decode(encoder, files, device, args.batch_size, workers),
+            ),
         ]
         if half:
-            runs.insert(1, ("forward-only, float32",
-                            lambda: forward_only(encoder, device, short, args.batch_size, False)))
+            runs.insert(
+                1, ("forward-only, float32", lambda: forward_only(encoder, device, short, args.batch_size, False))
+            )
         if args.only:
             runs = [(name, run) for name, run in runs if any(part in name for part in args.only.split(","))]
         table.add("| VGG16 224px | images/s |", "|---|---|")
@@ -329,13 +374,19 @@ def main() -> None:
                 table.add("", f"Main thread profiled (cProfile, {rate:.0f} images/s under it): {profile.name}")
             except Exception as exc:
                 table.add("", f"Profiled run failed: {type(exc).__name__}: {exc}")
-        table.add("", f"Store.apply of {args.batch_size} new images (49 x 256 fp16 regions each), median: "
-                      f"{store_apply_ms(args.batch_size, encoder.embed_dim, encoder.num_regions):.1f} ms")
+        table.add(
+            "",
+            f"Store.apply of {args.batch_size} new images (49 x 256 fp16 regions each), median: "
+            f"{store_apply_ms(args.batch_size, encoder.embed_dim, encoder.num_regions):.1f} ms",
+        )
         try:
             checked = min(256, short)
             _, lowest = end_to_end(encoder, files[:short], args.batch_size, workers, check_vectors=checked)
-            table.add("", f"Stored global vectors against a float32 forward pass of the same file, "
-                          f"{checked} files: lowest cosine similarity {lowest:.4f}")
+            table.add(
+                "",
+                f"Stored global vectors against a float32 forward pass of the same file, "
+                f"{checked} files: lowest cosine similarity {lowest:.4f}",
+            )
         except Exception as exc:
             table.add("", f"Stored-vector check failed: {type(exc).__name__}: {exc}")
     table.add("", "| re-rank K=100, 49 regions x 256 | p50 ms |", "|---|---|")

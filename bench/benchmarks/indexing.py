@@ -51,8 +51,9 @@ CONFIGS = {
 }
 
 
-def forward_only(encoder: ImageEncoder, count: int, batch_size: int, device: torch.device,
-                 channels_last: bool = True) -> float:
+def forward_only(
+    encoder: ImageEncoder, count: int, batch_size: int, device: torch.device, channels_last: bool = True
+) -> float:
     """Images/s of normalise + encoder forward + copy of the outputs to the CPU, from uint8 pixels in memory."""
     size = encoder.image_size
     pixels = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)  # (B, 3, S, S)
@@ -119,8 +120,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="decode workers (default: one per spare core)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--report", default="bench/RESULTS.md")
-    parser.add_argument("--default-allocator", action="store_true",
-                        help="leave glibc's malloc as it is (`imgsearch index` keeps freed memory: model/allocator.py)")
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's malloc as it is (`imgsearch index` keeps freed memory: model/allocator.py)",
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     if device.type == "cpu" and not args.default_allocator:
@@ -149,10 +153,26 @@ def main() -> None:
         if device.type == "cpu":
             cores = os.cpu_count() or 1
             bound = 1 / (1 + ceiling / (cores * decode_one_core(files, backbone.image_size)))
-        rows.append((name, backbone.image_size, backbone.grid_side, count, contiguous, before, e2e, after,
-                     e2e / ceiling, bound, os.getloadavg()[0]))
-        print(f"{name}: forward-only {before[0]:.1f} / {after[0]:.1f} img/s, end to end {e2e:.1f} img/s "
-              f"({100 * e2e / ceiling:.0f}%)", file=sys.stderr)
+        rows.append(
+            (
+                name,
+                backbone.image_size,
+                backbone.grid_side,
+                count,
+                contiguous,
+                before,
+                e2e,
+                after,
+                e2e / ceiling,
+                bound,
+                os.getloadavg()[0],
+            )
+        )
+        print(
+            f"{name}: forward-only {before[0]:.1f} / {after[0]:.1f} img/s, end to end {e2e:.1f} img/s "
+            f"({100 * e2e / ceiling:.0f}%)",
+            file=sys.stderr,
+        )
     report = format_report(rows, machine, device, workers, args)
     print(report)
     with open(args.report, "a") as f:
@@ -162,24 +182,28 @@ def main() -> None:
 
 def format_report(rows, machine, device, workers, args) -> str:
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
-    out = [f"\n## Indexing throughput, {stamp} (bench/benchmarks/indexing.sh)\n",
-           f"Machine: {machine}. Device: {device}; {workers} decode worker(s); batch {args.batch_size}; "
-           f"torch threads: forward-only at the faster of 1 and {torch.get_num_threads()} (shown in brackets), "
-           f"end to end at all of torch's threads beside the decode workers. Allocator: "
-           f"{'glibc default' if heap_block_limit() is None else 'freed memory kept (model/allocator.py)'}. "
-           f"Files: JPEGs from {args.images} (photo: the "
-           "packaged model's weights; the others random-init weights, timing only). "
-           "Forward-only = normalise + encoder + outputs to CPU from pixels in memory "
-           "(channels-last, as the pipeline runs it), measured before and after the end-to-end run.\n",
-           "| config | input | grid | images | forward-only contiguous img/s (default threads) | "
-           "forward-only before (threads) | end to end img/s | forward-only after | end to end / forward-only | "
-           "ceiling decoding leaves (CPU) | "
-           "load (1 min) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"\n## Indexing throughput, {stamp} (bench/benchmarks/indexing.sh)\n",
+        f"Machine: {machine}. Device: {device}; {workers} decode worker(s); batch {args.batch_size}; "
+        f"torch threads: forward-only at the faster of 1 and {torch.get_num_threads()} (shown in brackets), "
+        f"end to end at all of torch's threads beside the decode workers. Allocator: "
+        f"{'glibc default' if heap_block_limit() is None else 'freed memory kept (model/allocator.py)'}. "
+        f"Files: JPEGs from {args.images} (photo: the "
+        "packaged model's weights; the others random-init weights, timing only). "
+        "Forward-only = normalise + encoder + outputs to CPU from pixels in memory "
+        "(channels-last, as the pipeline runs it), measured before and after the end-to-end run.\n",
+        "| config | input | grid | images | forward-only contiguous img/s (default threads) | "
+        "forward-only before (threads) | end to end img/s | forward-only after | end to end / forward-only | "
+        "ceiling decoding leaves (CPU) | "
+        "load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, size, grid, count, contiguous, before, e2e, after, ratio, bound, load in rows:
-        out.append(f"| {name} | {size}px | {grid}x{grid} | {count} | {contiguous:.1f} | {before[0]:.1f} ({before[1]}) | "
-                   f"{e2e:.1f} | {after[0]:.1f} ({after[1]}) | {100 * ratio:.0f}% | "
-                   f"{'-' if bound is None else f'{100 * bound:.0f}%'} | {load:.2f} |")
+        out.append(
+            f"| {name} | {size}px | {grid}x{grid} | {count} | {contiguous:.1f} | {before[0]:.1f} ({before[1]}) | "
+            f"{e2e:.1f} | {after[0]:.1f} ({after[1]}) | {100 * ratio:.0f}% | "
+            f"{'-' if bound is None else f'{100 * bound:.0f}%'} | {load:.2f} |"
+        )
     return "\n".join(out) + "\n"
 
 

@@ -34,10 +34,15 @@ def commit() -> str:
     root = Path(__file__).resolve().parents[2]
     git = ["git", "-C", str(root)]
     try:
-        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench"],
-                                 capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "not recorded"
     return f"{head} + changes" if changed else head
@@ -45,9 +50,11 @@ def commit() -> str:
 
 def describe() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu_model()} ({platform.machine()}, {os.cpu_count()} cores), {gpu}; torch {torch.__version__}, "
-            f"torchvision {torchvision.__version__}, faiss {faiss.__version__}, numpy {np.__version__}; "
-            f"load average {load_average()}; commit {commit()}")
+    return (
+        f"{cpu_model()} ({platform.machine()}, {os.cpu_count()} cores), {gpu}; torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, faiss {faiss.__version__}, numpy {np.__version__}; "
+        f"load average {load_average()}; commit {commit()}"
+    )
 
 
 def percentiles_ms(seconds: list[float]) -> tuple[float, float, float]:

@@ -42,8 +42,10 @@ LABELS = [("tabby", 0.4), ("Egyptian cat", 0.3), ("tiger cat", 0.1), ("lynx", 0.
 def random_shard(number: int, size: int, rng: np.random.Generator) -> Shard:
     texts = [f"/photos/{number:06d}/{i:05d}.jpg" for i in range(size)]
     contents = [hashlib.sha256(text.encode()).hexdigest() for text in texts]
-    records = [ImageRecord(path=text, size=2_500_000, mtime=1.7e9, ctime=1.7e9, sha256=sha, width=4000, height=3000)
-               for text, sha in zip(texts, contents)]
+    records = [
+        ImageRecord(path=text, size=2_500_000, mtime=1.7e9, ctime=1.7e9, sha256=sha, width=4000, height=3000)
+        for text, sha in zip(texts, contents)
+    ]
     global_ = rng.standard_normal((size, EMBED_DIM)).astype(np.float32)  # (n, d)
     global_ /= np.linalg.norm(global_, axis=1, keepdims=True)
     regions = rng.standard_normal((size, NUM_REGIONS, EMBED_DIM)).astype(np.float16)  # (n, R, d)
@@ -56,8 +58,9 @@ def sqlite_merge_rate(shards: int, shard_size: int, folder: str) -> tuple[float,
     prepared = [random_shard(n, shard_size, rng) for n in range(shards)]
     with tempfile.TemporaryDirectory(dir=folder, prefix="imgsearch-merge-bench-") as work:
         store = Store(Path(work) / "index.db", EMBED_DIM, NUM_REGIONS)
-        writer = ShardWriter(store, VectorIndex.empty(EMBED_DIM), RunPlan(stored={}, todo=[], unchanged=0),
-                             AddSummary())
+        writer = ShardWriter(
+            store, VectorIndex.empty(EMBED_DIM), RunPlan(stored={}, todo=[], unchanged=0), AddSummary()
+        )
         seconds = []
         for shard in prepared:
             started = time.perf_counter()
@@ -75,8 +78,9 @@ def ivf_index(kind: str, nlist: int) -> faiss.Index:
     if kind == "ivf_flat":
         index = faiss.IndexIVFFlat(quantizer, EMBED_DIM, nlist, faiss.METRIC_INNER_PRODUCT)
     elif kind == "ivf_sq8":
-        index = faiss.IndexIVFScalarQuantizer(quantizer, EMBED_DIM, nlist, faiss.ScalarQuantizer.QT_8bit,
-                                              faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, EMBED_DIM, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
     else:  # ivf_pq: 32 sub-vectors of 8 dimensions, one byte each
         index = faiss.IndexIVFPQ(quantizer, EMBED_DIM, nlist, 32, 8, faiss.METRIC_INNER_PRODUCT)
     index.own_fields = True
@@ -116,29 +120,43 @@ def main() -> None:
     parser.add_argument("--folder", default=tempfile.gettempdir())
     parser.add_argument("--report", default=None, help="append the tables to this file (bench/RESULTS.md)")
     args = parser.parse_args()
-    lines = [f"Machine: {describe()}. Threads: faiss {faiss.omp_get_max_threads()}. Store in {args.folder}.", "",
-             "| writer: ShardWriter.merge | shards x images | rows/s | p50 ms per shard | MB/s of regions | "
-             "bytes on disk per image |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {describe()}. Threads: faiss {faiss.omp_get_max_threads()}. Store in {args.folder}.",
+        "",
+        "| writer: ShardWriter.merge | shards x images | rows/s | p50 ms per shard | MB/s of regions | "
+        "bytes on disk per image |",
+        "|---|---|---|---|---|---|",
+    ]
     for shard_size in sorted({args.shard_size, 1024}):
         shards = max(8, args.shards * args.shard_size // shard_size)
         rate, p50, disk = sqlite_merge_rate(shards, shard_size, args.folder)
-        lines.append(f"| 256-d global, 49 x 256 fp16 regions, 5 labels | {shards} x {shard_size} | {rate:,.0f} | "
-                     f"{p50:.0f} | {rate * NUM_REGIONS * EMBED_DIM * 2 / 1e6:.0f} | {disk:,.0f} |")
+        lines.append(
+            f"| 256-d global, 49 x 256 fp16 regions, 5 labels | {shards} x {shard_size} | {rate:,.0f} | "
+            f"{p50:.0f} | {rate * NUM_REGIONS * EMBED_DIM * 2 / 1e6:.0f} | {disk:,.0f} |"
+        )
         print(lines[-1], flush=True)
-    lines += ["", f"| FAISS index (256-d, inner product) | nlist | train s (max(64 x nlist, 16,384) points) | add: vectors/s "
-              f"({args.faiss_vectors:,}) | bytes per vector | GB per 100M vectors |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"| FAISS index (256-d, inner product) | nlist | train s (max(64 x nlist, 16,384) points) | add: vectors/s "
+        f"({args.faiss_vectors:,}) | bytes per vector | GB per 100M vectors |",
+        "|---|---|---|---|---|---|",
+    ]
     for nlist in args.nlist:
         for kind in ("ivf_flat", "ivf_sq8", "ivf_pq"):
             trained, rate, per_vector = faiss_add_rate(kind, nlist, args.faiss_vectors)
             name = {"ivf_flat": "IVF-flat", "ivf_sq8": "IVF-SQ8", "ivf_pq": "IVF-PQ32x8"}[kind]
-            lines.append(f"| {name} | {nlist} | {trained:.1f} | {rate:,.0f} | {per_vector:.1f} | "
-                         f"{per_vector * 1e8 / 1e9:.1f} |")
+            lines.append(
+                f"| {name} | {nlist} | {trained:.1f} | {rate:,.0f} | {per_vector:.1f} | {per_vector * 1e8 / 1e9:.1f} |"
+            )
             print(lines[-1], flush=True)
     if args.report:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         with open(args.report, "a") as f:
-            f.write(f"\n## The writer's merge rate and FAISS add rates, {stamp} (bench/benchmarks/merge_rate.py)\n\n"
-                    + "\n".join(lines) + "\n")
+            f.write(
+                f"\n## The writer's merge rate and FAISS add rates, {stamp} (bench/benchmarks/merge_rate.py)\n\n"
+                + "\n".join(lines)
+                + "\n"
+            )
 
 
 if __name__ == "__main__":

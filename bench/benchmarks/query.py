@@ -64,8 +64,9 @@ def build_store(path: Path, regions: np.ndarray, global_: np.ndarray, rows: int)
         batch = []
         for i in range(start, min(rows, start + 2000)):
             sha = hashlib.sha256(str(i).encode()).hexdigest()  # distinct contents: one embeddings row each
-            record = ImageRecord(path=f"/synthetic/{i:08d}.jpg", size=20_000, mtime=0.0, ctime=0.0, sha256=sha,
-                                 width=500, height=375)
+            record = ImageRecord(
+                path=f"/synthetic/{i:08d}.jpg", size=20_000, mtime=0.0, ctime=0.0, sha256=sha, width=500, height=375
+            )
             batch.append(Put(record, global_[i % count], regions[i % count].astype(np.float16)))
         store.apply(batch)
     return store
@@ -139,12 +140,23 @@ def main() -> None:
         build_s = time.perf_counter() - started
         spec = index.spec
         found, faiss_seconds = time_searches(index, queries, CANDIDATES)
-        exact_p50 = percentiles_ms(time_searches(VectorIndex.build(ids, vectors, vectors.shape[1], IndexSpec("flat")),
-                                                 queries[:100], CANDIDATES)[1])[0] if spec.kind != "flat" else None
+        exact_p50 = (
+            percentiles_ms(
+                time_searches(
+                    VectorIndex.build(ids, vectors, vectors.shape[1], IndexSpec("flat")), queries[:100], CANDIDATES
+                )[1]
+            )[0]
+            if spec.kind != "flat"
+            else None
+        )
         row = {
-            "size": size, "spec": spec, "build_s": build_s,
-            "recall10": recall(found, truth, 10), "recall100": recall(found, truth, CANDIDATES),
-            "faiss": percentiles_ms(faiss_seconds), "exact_p50": exact_p50,
+            "size": size,
+            "spec": spec,
+            "build_s": build_s,
+            "recall10": recall(found, truth, 10),
+            "recall100": recall(found, truth, CANDIDATES),
+            "faiss": percentiles_ms(faiss_seconds),
+            "exact_p50": exact_p50,
             "ram_per_image": index_bytes(index) / size,
         }
         faiss_path = work / "vectors.faiss"
@@ -164,8 +176,15 @@ def main() -> None:
             t3 = time.perf_counter()
             for name, dtype in (("rerank_fp32", torch.float32), ("rerank_bf16", torch.bfloat16)):
                 s = time.perf_counter()
-                final = rerank_scores(model.scorer, query.tokens[0], query.mask[0], regions, scores,
-                                      model.config.fusion_weight, compute_dtype=dtype)
+                final = rerank_scores(
+                    model.scorer,
+                    query.tokens[0],
+                    query.mask[0],
+                    regions,
+                    scores,
+                    model.config.fusion_weight,
+                    compute_dtype=dtype,
+                )
                 top = np.argsort(-final, kind="stable")[:10]
                 stages[name].append(time.perf_counter() - s)
             s = time.perf_counter()
@@ -183,14 +202,18 @@ def main() -> None:
         row["total_bf16"] = percentiles_ms(base + np.array(stages["rerank_bf16"]))
         row["load"] = os.getloadavg()[0]
         lines.append(row)
-        print(f"size {size}: {spec}, recall@10 {row['recall10']:.3f}, faiss p50 {row['faiss'][0]:.2f} ms, "
-              f"total p50 fp32 {row['total_fp32'][0]:.1f} / bf16 {row['total_bf16'][0]:.1f} ms", file=sys.stderr)
+        print(
+            f"size {size}: {spec}, recall@10 {row['recall10']:.3f}, faiss p50 {row['faiss'][0]:.2f} ms, "
+            f"total p50 fp32 {row['total_fp32'][0]:.1f} / bf16 {row['total_bf16'][0]:.1f} ms",
+            file=sys.stderr,
+        )
         if size == largest and spec.kind != "flat":
             for nprobe in [int(n) for n in args.sweep.split(",")]:
                 faiss.extract_index_ivf(index.index).nprobe = nprobe
                 f, secs = time_searches(index, queries, CANDIDATES)
-                sweep_lines.append((spec.kind, nprobe, recall(f, truth, 10), recall(f, truth, CANDIDATES),
-                                    percentiles_ms(secs)[0]))
+                sweep_lines.append(
+                    (spec.kind, nprobe, recall(f, truth, 10), recall(f, truth, CANDIDATES), percentiles_ms(secs)[0])
+                )
             sq8 = IndexSpec("ivf_sq8", spec.nlist, spec.nprobe)
             started = time.perf_counter()
             small = VectorIndex.build(ids, vectors, vectors.shape[1], sq8)
@@ -198,13 +221,24 @@ def main() -> None:
             for nprobe in [int(n) for n in args.sweep.split(",")]:
                 faiss.extract_index_ivf(small.index).nprobe = nprobe
                 f, secs = time_searches(small, queries, CANDIDATES)
-                sweep_lines.append(("ivf_sq8", nprobe, recall(f, truth, 10), recall(f, truth, CANDIDATES),
-                                    percentiles_ms(secs)[0]))
+                sweep_lines.append(
+                    ("ivf_sq8", nprobe, recall(f, truth, 10), recall(f, truth, CANDIDATES), percentiles_ms(secs)[0])
+                )
             sq8_bytes = index_bytes(small) / size
             del small
     store.close()
-    report = format_report(args, lines, sweep_lines, machine_before, store_rows, store_build, db_bytes,
-                           locals().get("sq8_bytes"), locals().get("sq8_build"), len(real))
+    report = format_report(
+        args,
+        lines,
+        sweep_lines,
+        machine_before,
+        store_rows,
+        store_build,
+        db_bytes,
+        locals().get("sq8_bytes"),
+        locals().get("sq8_build"),
+        len(real),
+    )
     print(report)
     with open(args.report, "a") as f:
         f.write(report)
@@ -214,23 +248,26 @@ def main() -> None:
     work.rmdir()
 
 
-def format_report(args, lines, sweep_lines, machine, store_rows, store_build, db_bytes, sq8_bytes, sq8_build,
-                  real_count) -> str:
+def format_report(
+    args, lines, sweep_lines, machine, store_rows, store_build, db_bytes, sq8_bytes, sq8_build, real_count
+) -> str:
     import datetime as dt
 
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
-    out = [f"\n## Query latency and ANN recall, {stamp} (bench/benchmarks/query.sh)\n",
-           f"Machine: {machine}. One thread (torch and FAISS).",
-           f"Vectors: {real_count} real Flickr8k image vectors from {args.model}, the rest synthetic "
-           f"(real vector + {NOISE_SCALE} x Gaussian noise with the real covariance). Queries: "
-           f"{args.recall_queries} real dev captions for recall, {args.queries} of them timed end to end. "
-           f"Store: {store_rows} real images' features (float16) in SQLite, built in {store_build:.0f} s; "
-           f"larger sizes fetch from it by id mod {store_rows} (warm page cache).\n",
-           "| images | index | build s | recall@10 | recall@100 | FAISS p50 / p95 / p99 ms | exact p50 ms | "
-           "encode p50 | fetch p50 | re-rank reference module p50 | re-rank fp32 p50 | re-rank bf16 p50 | "
-           "whole query fp32 p50 / p95 / p99 | "
-           "whole query bf16 p50 / p95 / p99 | load (1 min) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"\n## Query latency and ANN recall, {stamp} (bench/benchmarks/query.sh)\n",
+        f"Machine: {machine}. One thread (torch and FAISS).",
+        f"Vectors: {real_count} real Flickr8k image vectors from {args.model}, the rest synthetic "
+        f"(real vector + {NOISE_SCALE} x Gaussian noise with the real covariance). Queries: "
+        f"{args.recall_queries} real dev captions for recall, {args.queries} of them timed end to end. "
+        f"Store: {store_rows} real images' features (float16) in SQLite, built in {store_build:.0f} s; "
+        f"larger sizes fetch from it by id mod {store_rows} (warm page cache).\n",
+        "| images | index | build s | recall@10 | recall@100 | FAISS p50 / p95 / p99 ms | exact p50 ms | "
+        "encode p50 | fetch p50 | re-rank reference module p50 | re-rank fp32 p50 | re-rank bf16 p50 | "
+        "whole query fp32 p50 / p95 / p99 | "
+        "whole query bf16 p50 / p95 / p99 | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in lines:
         s = r["spec"]
         name = "flat (exact)" if s.kind == "flat" else f"{s.kind} nlist {s.nlist} nprobe {s.nprobe}"
@@ -242,17 +279,27 @@ def format_report(args, lines, sweep_lines, machine, store_rows, store_build, db
             f"{st['encode'][0]:.1f} | {st['fetch'][0]:.1f} | {st['rerank_reference'][0]:.1f} | "
             f"{st['rerank_fp32'][0]:.1f} | {st['rerank_bf16'][0]:.1f} | "
             f"{r['total_fp32'][0]:.1f} / {r['total_fp32'][1]:.1f} / {r['total_fp32'][2]:.1f} | "
-            f"{r['total_bf16'][0]:.1f} / {r['total_bf16'][1]:.1f} / {r['total_bf16'][2]:.1f} | {r['load']:.2f} |")
+            f"{r['total_bf16'][0]:.1f} / {r['total_bf16'][1]:.1f} / {r['total_bf16'][2]:.1f} | {r['load']:.2f} |"
+        )
     if sweep_lines:
-        out += ["", f"nprobe sweep at {max(r['size'] for r in lines):,} images (same queries):", "",
-                "| index | nprobe | recall@10 | recall@100 | FAISS p50 ms |", "|---|---|---|---|---|"]
+        out += [
+            "",
+            f"nprobe sweep at {max(r['size'] for r in lines):,} images (same queries):",
+            "",
+            "| index | nprobe | recall@10 | recall@100 | FAISS p50 ms |",
+            "|---|---|---|---|---|",
+        ]
         out += [f"| {k} | {n} | {r10:.3f} | {r100:.3f} | {p:.2f} |" for k, n, r10, r100, p in sweep_lines]
     out += ["", "Bytes per indexed image:", ""]
     out.append(f"- SQLite on disk: {db_bytes / store_rows:,.0f} B (region features float16 + global float32 + row)")
     for r in lines:
-        out.append(f"- FAISS at {r['size']:,}: {r['ram_per_image']:.0f} B in RAM, {r['faiss_disk_per_image']:.0f} B on disk")
+        out.append(
+            f"- FAISS at {r['size']:,}: {r['ram_per_image']:.0f} B in RAM, {r['faiss_disk_per_image']:.0f} B on disk"
+        )
     if sq8_bytes:
-        out.append(f"- ivf_sq8 at {max(r['size'] for r in lines):,}: {sq8_bytes:.0f} B in RAM (built in {sq8_build:.0f} s)")
+        out.append(
+            f"- ivf_sq8 at {max(r['size'] for r in lines):,}: {sq8_bytes:.0f} B in RAM (built in {sq8_build:.0f} s)"
+        )
     return "\n".join(out) + "\n"
 
 

@@ -20,8 +20,10 @@ first, reranked = result["first_stage"], result["reranked"]
 
 def row(name, block):
     t, i = block["t2i"], block["i2t"]
-    return (f"| {name} | {t['R@1']:.1f} | {t['R@5']:.1f} | {t['R@10']:.1f} | "
-            f"{i['R@1']:.1f} | {i['R@5']:.1f} | {i['R@10']:.1f} | {block['mean_recall']:.1f} |")
+    return (
+        f"| {name} | {t['R@1']:.1f} | {t['R@5']:.1f} | {t['R@10']:.1f} | "
+        f"{i['R@1']:.1f} | {i['R@5']:.1f} | {i['R@10']:.1f} | {block['mean_recall']:.1f} |"
+    )
 
 
 gain = (reranked["t2i"]["R@1"] / first["t2i"]["R@1"] - 1) * 100 if first["t2i"]["R@1"] else float("nan")
@@ -30,17 +32,17 @@ print(f"""
 
 Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only. Commit {commit()}.
 Preset `small` (backbone trained from scratch), text encoder: packaged all-MiniLM-L6-v2 (frozen).
-Training: {training['train_images']} images / {training['train_captions']} captions, {training['steps']} steps,
-{training['train_seconds']:.0f} s of training, both stages ({train_seconds} s wall with loading); \
+Training: {training["train_images"]} images / {training["train_captions"]} captions, {training["steps"]} steps,
+{training["train_seconds"]:.0f} s of training, both stages ({train_seconds} s wall with loading); \
 evaluation {eval_seconds} s.
-Options: first-stage time limit {(training['config']['time_limit_s'] or 0) / 60:.0f} min, \
-loss {training['config']['loss']},
-local (alignment-term) weight {training['config'].get('local_weight', 0.0)}, \
-{training['config']['scorer_epochs']} re-ranker epochs.
-Load average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} \
+Options: first-stage time limit {(training["config"]["time_limit_s"] or 0) / 60:.0f} min, \
+loss {training["config"]["loss"]},
+local (alignment-term) weight {training["config"].get("local_weight", 0.0)}, \
+{training["config"]["scorer_epochs"]} re-ranker epochs.
+Load average at the end: {" / ".join(f"{x:.1f}" for x in os.getloadavg())} \
 (other work shared the 2 cores when it is above 2).
-Fusion weight chosen on a held-out slice of train: {training['fusion_weight']}. Re-rank depth {result['rerank_depth']}.
-Data: {data}; dev: {result['images']} images, {result['captions']} captions.
+Fusion weight chosen on a held-out slice of train: {training["fusion_weight"]}. Re-rank depth {result["rerank_depth"]}.
+Data: {data}; dev: {result["images"]} images, {result["captions"]} captions.
 
 | stage | t2i R@1 | R@5 | R@10 | i2t R@1 | R@5 | R@10 | mean |
 |---|---|---|---|---|---|---|---|
@@ -48,5 +50,5 @@ Data: {data}; dev: {result['images']} images, {result['captions']} captions.
 {row("re-ranked", reranked)}
 
 Text->image R@1 change from re-ranking: {gain:+.1f}% relative (target: at least +20%).
-Text->image R@10 after re-ranking: {reranked['t2i']['R@10']:.1f}% (target: at least 15%).
+Text->image R@10 after re-ranking: {reranked["t2i"]["R@10"]:.1f}% (target: at least 15%).
 """)

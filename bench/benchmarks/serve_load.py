@@ -49,8 +49,11 @@ from imgsearch.storage.store import Put, Store
 
 def read_captions(data: Path, split: str, count: int, seed: int) -> list[str]:
     names = set((data / f"{split}.txt").read_text().split())
-    captions = [line.split("\t")[2] for line in (data / "captions.tsv").read_text().splitlines()[1:]
-                if line.split("\t")[0] in names]
+    captions = [
+        line.split("\t")[2]
+        for line in (data / "captions.tsv").read_text().splitlines()[1:]
+        if line.split("\t")[0] in names
+    ]
     return random.Random(seed).sample(captions, count)
 
 
@@ -77,8 +80,15 @@ def build_index(directory: Path, data: Path, real: int, total: int, seed: int) -
                 batch = []
                 for i in range(start, min(len(synthetic), start + 2000)):
                     sha = hashlib.sha256(f"synthetic {i}".encode()).hexdigest()
-                    record = ImageRecord(path=f"/synthetic/{i:08d}.jpg", size=20_000, mtime=1.6e9, ctime=1.6e9,
-                                         sha256=sha, width=500, height=375)
+                    record = ImageRecord(
+                        path=f"/synthetic/{i:08d}.jpg",
+                        size=20_000,
+                        mtime=1.6e9,
+                        ctime=1.6e9,
+                        sha256=sha,
+                        width=500,
+                        height=375,
+                    )
                     batch.append(Put(record, synthetic[i], regions[i % len(ids)]))
                 store.apply(batch)
         finally:
@@ -122,12 +132,16 @@ def post_json(url: str, body: dict, timeout: float = 60) -> tuple[int, dict]:
 def post_image(url: str, path: Path, k: int, timeout: float = 60) -> tuple[int, dict]:
     boundary = "imgsearch-bench-boundary"
     parts = [
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n{k}\r\n".encode(),
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{path.name}\"\r\n"
-        "Content-Type: image/jpeg\r\n\r\n".encode() + path.read_bytes() + b"\r\n",
+        f'--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n{k}\r\n'.encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n".encode()
+        + path.read_bytes()
+        + b"\r\n",
         f"--{boundary}--\r\n".encode(),
     ]
-    request = urllib.request.Request(url, b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    request = urllib.request.Request(
+        url, b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -168,7 +182,9 @@ def main() -> None:
         index_dir = work / "index"
         count, build_seconds = build_index(index_dir, args.data, args.real, args.images, args.seed)
         if count < args.real:
-            raise SystemExit(f"only {count} of {args.real} photos were indexed; see `imgsearch errors --index {index_dir}`")
+            raise SystemExit(
+                f"only {count} of {args.real} photos were indexed; see `imgsearch errors --index {index_dir}`"
+            )
         print(f"index: {count} images, built in {build_seconds:.0f} s", file=sys.stderr)
         added_folder = work / "added-photos"
         added_folder.mkdir()
@@ -180,20 +196,41 @@ def main() -> None:
         url = f"http://127.0.0.1:{args.port}/"
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         server_log = open(work / "server.log", "w")  # noqa: SIM115 - the server's stderr while it runs
-        server = subprocess.Popen([sys.executable, "-m", "imgsearch", "serve", "--index", str(index_dir),
-                                   "--port", str(args.port)], env=env, stdout=subprocess.DEVNULL, stderr=server_log)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "imgsearch", "serve", "--index", str(index_dir), "--port", str(args.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=server_log,
+        )
         try:
             wait_for_server(url, server)
             writer_log = open(work / "writer.log", "w")  # noqa: SIM115 - the writer's stderr while it runs
-            writer = subprocess.Popen([sys.executable, "-m", "imgsearch", "index", str(added_folder), "--index",
-                                       str(index_dir), "-q", "--json", "--batch-size", "8"], env=env, stdout=subprocess.PIPE,
-                                      stderr=writer_log)
+            writer = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "imgsearch",
+                    "index",
+                    str(added_folder),
+                    "--index",
+                    str(index_dir),
+                    "-q",
+                    "--json",
+                    "--batch-size",
+                    "8",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=writer_log,
+            )
             latencies: list[float] = []
             errors: list[str] = []
             started = time.time()
             stop_at = started + args.seconds
-            threads = [threading.Thread(target=client, args=(url, captions, stop_at, latencies, errors))
-                       for _ in range(args.clients)]
+            threads = [
+                threading.Thread(target=client, args=(url, captions, stop_at, latencies, errors))
+                for _ in range(args.clients)
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -223,22 +260,28 @@ def main() -> None:
             server.wait(timeout=60)
 
         p50, p95, p99 = percentiles_ms(latencies)
-        stamp = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         print(f"\n## Service under load, {stamp} (bench/benchmarks/serve_load.sh)\n")
-        print(f"Machine: {describe()}. Index: {count:,} images before the load ({args.real:,} Flickr8k photos "
-              f"indexed with the packaged photo model, the rest synthetic rows of real regions and noisy real "
-              f"vectors; built in {build_seconds:.0f} s). `imgsearch serve` (one process) against "
-              f"{args.clients} clients in threads of this process, each POSTing a Flickr8k dev caption to "
-              f"/api/search (k=24, re-ranked, 100 candidates) back to back for {load_seconds:.0f} s, while "
-              f"`imgsearch index --batch-size 8` added Flickr8k photos to the same index (one commit per 8 photos).\n")
-        print("| clients | requests | errors | requests/s | p50 ms | p95 ms | p99 ms | writer: added | "
-              "writer finished during the load | stored after | /api/index images | "
-              "added images found first by image query |")
+        print(
+            f"Machine: {describe()}. Index: {count:,} images before the load ({args.real:,} Flickr8k photos "
+            f"indexed with the packaged photo model, the rest synthetic rows of real regions and noisy real "
+            f"vectors; built in {build_seconds:.0f} s). `imgsearch serve` (one process) against "
+            f"{args.clients} clients in threads of this process, each POSTing a Flickr8k dev caption to "
+            f"/api/search (k=24, re-ranked, 100 candidates) back to back for {load_seconds:.0f} s, while "
+            f"`imgsearch index --batch-size 8` added Flickr8k photos to the same index (one commit per 8 photos).\n"
+        )
+        print(
+            "| clients | requests | errors | requests/s | p50 ms | p95 ms | p99 ms | writer: added | "
+            "writer finished during the load | stored after | /api/index images | "
+            "added images found first by image query |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        print(f"| {args.clients} | {len(latencies) + len(errors)} | {len(errors)} | "
-              f"{len(latencies) / load_seconds:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | "
-              f"{summary.get('added', '?')} | {'yes' if writer_done_during_load else 'no (stopped with Ctrl-C)'} | "
-              f"{stored:,} | {served.get('images', '?'):,} | {found_first} of {len(added_paths)} |")
+        print(
+            f"| {args.clients} | {len(latencies) + len(errors)} | {len(errors)} | "
+            f"{len(latencies) / load_seconds:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | "
+            f"{summary.get('added', '?')} | {'yes' if writer_done_during_load else 'no (stopped with Ctrl-C)'} | "
+            f"{stored:,} | {served.get('images', '?'):,} | {found_first} of {len(added_paths)} |"
+        )
         if errors:
             print(f"\nErrors: {sorted(set(errors))[:10]}")
         if missing:

@@ -39,9 +39,22 @@ def measure(page_size: int, num_regions: int, batches: int, batch_size: int, fol
             assert store.db.execute("PRAGMA page_size").fetchone()[0] == page_size
             seconds = []
             for b in range(batches):
-                puts = [Put(ImageRecord(path=f"/photos/{b}/{i}.jpg", size=20_000, mtime=1.0, ctime=1.0,
-                                        sha256=hashlib.sha256(f"{b}/{i}".encode()).hexdigest(), width=224, height=224),
-                            global_[i], regions[i]) for i in range(batch_size)]
+                puts = [
+                    Put(
+                        ImageRecord(
+                            path=f"/photos/{b}/{i}.jpg",
+                            size=20_000,
+                            mtime=1.0,
+                            ctime=1.0,
+                            sha256=hashlib.sha256(f"{b}/{i}".encode()).hexdigest(),
+                            width=224,
+                            height=224,
+                        ),
+                        global_[i],
+                        regions[i],
+                    )
+                    for i in range(batch_size)
+                ]
                 started = time.perf_counter()
                 store.apply(puts)
                 seconds.append(time.perf_counter() - started)
@@ -67,15 +80,21 @@ def main() -> None:
     parser.add_argument("--folder", default=tempfile.gettempdir())
     parser.add_argument("--report", default=None, help="append the table to this file (bench/RESULTS.md)")
     args = parser.parse_args()
-    lines = [f"Machine: {describe()}. Store in {args.folder}; {args.batches} batches of {args.batch_size} new images.",
-             "", "| regions x 256 fp16 | page size | Store.apply ms per batch | bytes on disk per image | "
-             "fetch 100 candidates' regions, p50 ms |", "|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {describe()}. Store in {args.folder}; {args.batches} batches of {args.batch_size} new images.",
+        "",
+        "| regions x 256 fp16 | page size | Store.apply ms per batch | bytes on disk per image | "
+        "fetch 100 candidates' regions, p50 ms |",
+        "|---|---|---|---|---|",
+    ]
     for num_regions in (49, 36):
         for page_size in (4096, 8192, 16384, 65536):
             apply_ms, disk, fetch_ms = measure(page_size, num_regions, args.batches, args.batch_size, args.folder)
             default = " (new stores)" if page_size == imgsearch.storage.store.PAGE_SIZE else ""
-            lines.append(f"| {num_regions} ({num_regions * EMBED_DIM * 2:,} B) | {page_size}{default} | {apply_ms:.1f} | "
-                         f"{disk:,.0f} | {fetch_ms:.2f} |")
+            lines.append(
+                f"| {num_regions} ({num_regions * EMBED_DIM * 2:,} B) | {page_size}{default} | {apply_ms:.1f} | "
+                f"{disk:,.0f} | {fetch_ms:.2f} |"
+            )
             print(lines[-1], flush=True)
     if args.report:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

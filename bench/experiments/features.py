@@ -63,11 +63,18 @@ def image_features(name: str, size: int, weights: str | None, data: str, split: 
             regions.append(r.to(torch.float16))
             pooled.append(g.float())
             logits.append(net.classify(g).float())
-            print(f"\r{name} {data}/{split}: {start + len(x)}/{len(bank.pixels)} "
-                  f"({time.perf_counter() - started:.0f}s)", end="", file=sys.stderr)
+            print(
+                f"\r{name} {data}/{split}: {start + len(x)}/{len(bank.pixels)} ({time.perf_counter() - started:.0f}s)",
+                end="",
+                file=sys.stderr,
+            )
     print(file=sys.stderr)
-    out = {"names": [item.path.name for item in bank.items], "regions": torch.cat(regions),
-           "pooled": torch.cat(pooled), "logits": torch.cat(logits)}
+    out = {
+        "names": [item.path.name for item in bank.items],
+        "regions": torch.cat(regions),
+        "pooled": torch.cat(pooled),
+        "logits": torch.cat(logits),
+    }
     torch.save(out, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
     return path
@@ -81,9 +88,14 @@ def text_features(data: str, split: str) -> Path:
     text = TextEncoder(TextEncoderConfig(max_length=40), tokenizer, bert, 16).eval()
     items = split_items(data, split)
     bank = encode_captions(text, items, cache_states=True)
-    out = {"names": [item.path.name for item in items], "captions": bank.captions,
-           "image_of": torch.from_numpy(bank.image_of), "captions_of": bank.captions_of,
-           "states": bank.states, "mask": bank.mask}
+    out = {
+        "names": [item.path.name for item in items],
+        "captions": bank.captions,
+        "image_of": torch.from_numpy(bank.image_of),
+        "captions_of": bank.captions_of,
+        "states": bank.states,
+        "mask": bank.mask,
+    }
     torch.save(out, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
     return path

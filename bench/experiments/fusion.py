@@ -51,15 +51,22 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for zero_shot, hub in itertools.product(zero_shots, hubs):
         for n, fusion in enumerate(fusions):
-            model.config = dataclasses.replace(base, zero_shot_weight=zero_shot, fusion_weight=fusion,
-                                               hubness=dataclasses.replace(base.hubness, weight=hub))
-            first, final = search_t2i_ranks(model, image_global, regions, class_probs, bank.captions,
-                                            bank.image_of, args.candidates, rerank=True)
+            model.config = dataclasses.replace(
+                base,
+                zero_shot_weight=zero_shot,
+                fusion_weight=fusion,
+                hubness=dataclasses.replace(base.hubness, weight=hub),
+            )
+            first, final = search_t2i_ranks(
+                model, image_global, regions, class_probs, bank.captions, bank.image_of, args.candidates, rerank=True
+            )
             rows = ([("off", first)] if n == 0 else []) + [(f"on ({fusion:g})", final)]
             for name, ranks in rows:
                 r = recall_at_k(ranks)
-                print(f"| {zero_shot:g} | {hub:g} | {name} | {r['R@1']:.2f} | {r['R@5']:.2f} | {r['R@10']:.2f} |",
-                      flush=True)
+                print(
+                    f"| {zero_shot:g} | {hub:g} | {name} | {r['R@1']:.2f} | {r['R@5']:.2f} | {r['R@10']:.2f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

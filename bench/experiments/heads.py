@@ -31,9 +31,14 @@ def load(backbone: str, data: str, split: str) -> dict:
     text = torch.load(FEATURES / f"text-{data}-{split}.pt", weights_only=True)
     assert image["names"] == text["names"], "image and text caches list different images"
     mask = text["mask"].unsqueeze(-1).float()  # (Nc, T, 1)
-    return {"pooled": image["pooled"].float(), "states": text["states"], "mask": text["mask"],
-            "mean": (text["states"].float() * mask).sum(1) / mask.sum(1),  # (Nc, h)
-            "image_of": text["image_of"], "captions_of": text["captions_of"]}
+    return {
+        "pooled": image["pooled"].float(),
+        "states": text["states"],
+        "mask": text["mask"],
+        "mean": (text["states"].float() * mask).sum(1) / mask.sum(1),  # (Nc, h)
+        "image_of": text["image_of"],
+        "captions_of": text["captions_of"],
+    }
 
 
 class TextHead(torch.nn.Module):
@@ -63,8 +68,11 @@ def batches(split: dict, size: int, multi: bool, rng: np.random.Generator):
         images = order[start : start + size]
         if multi:
             caps = [split["captions_of"][i] for i in images]
-            yield torch.from_numpy(images), torch.tensor([c for cs in caps for c in cs]), \
-                torch.tensor([n for n, cs in enumerate(caps) for _ in cs])
+            yield (
+                torch.from_numpy(images),
+                torch.tensor([c for cs in caps for c in cs]),
+                torch.tensor([n for n, cs in enumerate(caps) for _ in cs]),
+            )
         else:
             caps = [split["captions_of"][i][rng.integers(len(split["captions_of"][i]))] for i in images]
             yield torch.from_numpy(images), torch.tensor(caps), torch.arange(len(images))
@@ -132,8 +140,10 @@ def run(args, seed: int) -> dict:
     out = {}
     for beta in [0.0, *args.hubness]:
         sim = (dt @ di.T - beta * hubs[None, :]).numpy()
-        out[beta] = {"t2i": recall_at_k(t2i_ranks(sim, dev["image_of"].numpy())),
-                     "i2t": recall_at_k(i2t_ranks(sim, dev["captions_of"]))}
+        out[beta] = {
+            "t2i": recall_at_k(t2i_ranks(sim, dev["image_of"].numpy())),
+            "i2t": recall_at_k(i2t_ranks(sim, dev["captions_of"])),
+        }
     return out
 
 
@@ -162,8 +172,11 @@ def main() -> None:
         mean = {k: float(np.mean([x[k] for x in t])) for k in t[0]}
         r1 = " / ".join(f"{x['R@1']:.2f}" for x in t)
         r10 = " / ".join(f"{x['R@10']:.2f}" for x in t)
-        print(f"beta {beta:.2f}: t2i R@1 {r1} (mean {mean['R@1']:.2f}) R@5 {mean['R@5']:.2f} "
-              f"R@10 {r10} (mean {mean['R@10']:.2f}); i2t R@1 mean {np.mean([x['R@1'] for x in i]):.2f}", flush=True)
+        print(
+            f"beta {beta:.2f}: t2i R@1 {r1} (mean {mean['R@1']:.2f}) R@5 {mean['R@5']:.2f} "
+            f"R@10 {r10} (mean {mean['R@10']:.2f}); i2t R@1 mean {np.mean([x['R@1'] for x in i]):.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

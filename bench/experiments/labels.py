@@ -54,7 +54,11 @@ def label_scorer(model: AlignmentModel, mode: str, temperature: float):
 
     def scores(_model, query_sentence: np.ndarray, image_labels) -> np.ndarray:
         cos = vectors @ query_sentence  # (C,)
-        match = cos if temperature == 0 else np.exp((cos - cos.max()) / temperature) / np.exp((cos - cos.max()) / temperature).sum()
+        match = (
+            cos
+            if temperature == 0
+            else np.exp((cos - cos.max()) / temperature) / np.exp((cos - cos.max()) / temperature).sum()
+        )
         out = np.zeros(len(image_labels), np.float32)
         for i, own in enumerate(image_labels):
             for name, prob in own:
@@ -83,10 +87,16 @@ def pool_parts(model: AlignmentModel, image_global, regions, class_probs, captio
                 query = query_from_batch(queries, row)
                 order = np.argsort(-cosines[:, row], kind="stable")
                 pool = order[:candidates]
-                scored = score_pool(TorchQueryModel(model), query, cosines[pool, row], regions.numpy()[pool], None, "float32",
-                                    image_global[pool])
-                parts.append((order, scored.first_stage, scored.reranked, query.sentence,
-                              [labels[i] for i in pool]))
+                scored = score_pool(
+                    TorchQueryModel(model),
+                    query,
+                    cosines[pool, row],
+                    regions.numpy()[pool],
+                    None,
+                    "float32",
+                    image_global[pool],
+                )
+                parts.append((order, scored.first_stage, scored.reranked, query.sentence, [labels[i] for i in pool]))
     return parts
 
 
@@ -128,40 +138,54 @@ def main() -> None:
         items = read_dataset(data / "captions.tsv", data / "images", data / "dev.txt")
         images = load_images(items, base.backbone.image_size, workers=1)
         bank = encode_captions(model.text, images.items, cache_states=False)
-        dev = pool_parts(model, *embed_images(model, images.pixels, with_class_probs=True), bank.captions,
-                         args.candidates)
+        dev = pool_parts(
+            model, *embed_images(model, images.pixels, with_class_probs=True), bank.captions, args.candidates
+        )
         image_of, n_images = bank.image_of, len(images.items)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"parts": [(*(torch.from_numpy(np.asarray(a)) for a in part[:-1]), part[-1]) for part in dev],
-                    "image_of": torch.from_numpy(np.asarray(image_of)), "images": n_images}, cache)
+        torch.save(
+            {
+                "parts": [(*(torch.from_numpy(np.asarray(a)) for a in part[:-1]), part[-1]) for part in dev],
+                "image_of": torch.from_numpy(np.asarray(image_of)),
+                "images": n_images,
+            },
+            cache,
+        )
 
     queries = json.loads((PHOTOS / "queries.json").read_text())
     demo = dict(list(queries.items())[:8]) | {"a dragonfly": queries["a dragonfly"]}
-    photo_bank = load_images([CaptionedImage(path) for path in sorted(PHOTOS.glob("*.jpg"))],
-                             base.backbone.image_size)
+    photo_bank = load_images([CaptionedImage(path) for path in sorted(PHOTOS.glob("*.jpg"))], base.backbone.image_size)
     names = [item.path.name for item in photo_bank.items]
-    photos = pool_parts(model, *embed_images(model, photo_bank.pixels, with_class_probs=True), list(demo),
-                        len(names))
+    photos = pool_parts(model, *embed_images(model, photo_bank.pixels, with_class_probs=True), list(demo), len(names))
 
-    print(f"{args.model}: {n_images} dev images, {len(dev)} captions, "
-          f"{args.candidates} candidates, fusion weight {base.fusion_weight:g}")
-    print("| class names | temperature | label weight | fusion | t2i R@1 | R@5 | R@10 | demo queries first | "
-          "demo misses (rank) |")
+    print(
+        f"{args.model}: {n_images} dev images, {len(dev)} captions, "
+        f"{args.candidates} candidates, fusion weight {base.fusion_weight:g}"
+    )
+    print(
+        "| class names | temperature | label weight | fusion | t2i R@1 | R@5 | R@10 | demo queries first | "
+        "demo misses (rank) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    for mode, temperature, weight, fusion in itertools.product(args.names, args.temperatures,
-                                                               args.weights or [base.zero_shot_weight],
-                                                               args.fusions or [base.fusion_weight]):
+    for mode, temperature, weight, fusion in itertools.product(
+        args.names, args.temperatures, args.weights or [base.zero_shot_weight], args.fusions or [base.fusion_weight]
+    ):
         scorer = label_scorer(model, mode, temperature)
         r = recall_at_k(ranks_with(dev, image_of, scorer, weight, fusion))
         misses = []
         for n, (query, wanted) in enumerate(demo.items()):
-            best = min(int(ranks_with(photos[n : n + 1], np.array([names.index(w)]), scorer, weight,
-                                      fusion)[0]) for w in wanted)
+            best = min(
+                int(ranks_with(photos[n : n + 1], np.array([names.index(w)]), scorer, weight, fusion)[0])
+                for w in wanted
+            )
             if best:
                 misses.append(f"{query} ({best + 1})")
-        print(f"| {mode} | {temperature:g} | {weight:g} | {fusion:g} | "
-              f"{r['R@1']:.2f} | {r['R@5']:.2f} | {r['R@10']:.2f} | "
-              f"{len(demo) - len(misses)}/{len(demo)} | {', '.join(misses)} |", flush=True)
+        print(
+            f"| {mode} | {temperature:g} | {weight:g} | {fusion:g} | "
+            f"{r['R@1']:.2f} | {r['R@5']:.2f} | {r['R@10']:.2f} | "
+            f"{len(demo) - len(misses)}/{len(demo)} | {', '.join(misses)} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

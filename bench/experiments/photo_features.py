@@ -73,15 +73,25 @@ def main() -> None:
                     if not flip:
                         regions.append(r.to(torch.float16))
                         logits.append(backbone.classify(g))
-                print(f"\r{split}: {start + len(pixels)}/{len(bank_images.pixels)} images "
-                      f"({time.perf_counter() - started:.0f}s)", end="", file=sys.stderr)
+                print(
+                    f"\r{split}: {start + len(pixels)}/{len(bank_images.pixels)} images "
+                    f"({time.perf_counter() - started:.0f}s)",
+                    end="",
+                    file=sys.stderr,
+                )
         print(file=sys.stderr)
         bank = encode_captions(text, bank_images.items, cache_states=True)
         out[split] = {
             "names": [item.path.name for item in bank_images.items],
-            "regions": torch.cat(regions), "pooled": torch.cat(pooled), "mirrored": torch.cat(mirrored),
-            "logits": torch.cat(logits), "captions": bank.captions, "image_of": torch.from_numpy(bank.image_of),
-            "captions_of": bank.captions_of, "states": bank.states, "mask": bank.mask,
+            "regions": torch.cat(regions),
+            "pooled": torch.cat(pooled),
+            "mirrored": torch.cat(mirrored),
+            "logits": torch.cat(logits),
+            "captions": bank.captions,
+            "image_of": torch.from_numpy(bank.image_of),
+            "captions_of": bank.captions_of,
+            "states": bank.states,
+            "mask": bank.mask,
         }
     path = Path(__file__).parents[1] / "out" / f"photo-features-{args.size}.pt"
     torch.save(out, path.with_suffix(".tmp"))

@@ -58,12 +58,21 @@ def main() -> None:
     p.add_argument("--attnpool", action="store_true", help="image input: mean + learned attention pool of the regions")
     p.add_argument("--maxpool", action="store_true", help="append the max over regions to the image input")
     p.add_argument("--logits", action="store_true", help="append the ImageNet log-posteriors to the image input")
-    p.add_argument("--block320", action="store_true",
-                   help="append the mean-pooled 320-channel block output (bench/out/photo-block320-{size}.pt)")
-    p.add_argument("--text-attnpool", action="store_true",
-                   help="text input: a learned attention pool over the MiniLM token states instead of the mean")
-    p.add_argument("--multi-positive", action="store_true",
-                   help="every caption of each batch image in the batch; an image's 5 captions are all its positives")
+    p.add_argument(
+        "--block320",
+        action="store_true",
+        help="append the mean-pooled 320-channel block output (bench/out/photo-block320-{size}.pt)",
+    )
+    p.add_argument(
+        "--text-attnpool",
+        action="store_true",
+        help="text input: a learned attention pool over the MiniLM token states instead of the mean",
+    )
+    p.add_argument(
+        "--multi-positive",
+        action="store_true",
+        help="every caption of each batch image in the batch; an image's 5 captions are all its positives",
+    )
     args = p.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -150,6 +159,7 @@ def main() -> None:
         captions_of = captions_of[: int(len(captions_of) * args.train_share)]
     rng = np.random.default_rng(args.seed)
     steps = args.epochs * math.ceil((len(image_of) if args.all_captions else len(captions_of)) / args.batch)
+
     def rate(s):
         warm = min(1.0, (s + 1) / args.warmup) if args.warmup else 1.0
         return warm * (0.5 * (1 + math.cos(math.pi * s / steps)) if args.cosine else 1.0)
@@ -161,11 +171,18 @@ def main() -> None:
             pairs = []
             for s in range(0, len(order), args.batch):
                 own = [torch.tensor(captions_of[i]) for i in order[s : s + args.batch].tolist()]
-                pairs.append((torch.cat([torch.full((len(c),), i) for i, c in zip(order[s : s + args.batch].tolist(), own)]),
-                              torch.cat(own)))  # (5B,) image of each caption, (5B,) captions
+                pairs.append(
+                    (
+                        torch.cat([torch.full((len(c),), i) for i, c in zip(order[s : s + args.batch].tolist(), own)]),
+                        torch.cat(own),
+                    )
+                )  # (5B,) image of each caption, (5B,) captions
         elif args.all_captions:
             order = torch.from_numpy(rng.permutation(len(image_of)))
-            pairs = [(image_of[order[s : s + args.batch]], order[s : s + args.batch]) for s in range(0, len(order), args.batch)]
+            pairs = [
+                (image_of[order[s : s + args.batch]], order[s : s + args.batch])
+                for s in range(0, len(order), args.batch)
+            ]
         else:
             imgs = torch.from_numpy(rng.permutation(len(captions_of)))
             caps = torch.tensor([captions_of[i][rng.integers(len(captions_of[i]))] for i in imgs.tolist()])
@@ -197,7 +214,9 @@ def main() -> None:
                 continue
             positives = (images[None, :] == images[:, None]).float()  # same image counts for both
             target = positives / positives.sum(1, keepdim=True)
-            loss = (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()) / 2
+            loss = (
+                -(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()
+            ) / 2
             opt.zero_grad()
             loss.backward()
             if args.clip:

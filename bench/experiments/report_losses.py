@@ -24,13 +24,13 @@ print(f"""
 ## First-stage loss: InfoNCE vs VSE++ on Flickr8k, {dt.date.today()} (bench/experiments/compare_losses.sh)
 
 Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only. Preset `small`
-(backbone from scratch), batch {first['config']['batch_size']}, lr {first['config']['lr']}, \
-seed {first['config']['seed']},
-{first['config']['epochs']} epochs, no re-ranker stage. Validation: {first['val_images']} held-out train images
+(backbone from scratch), batch {first["config"]["batch_size"]}, lr {first["config"]["lr"]}, \
+seed {first["config"]["seed"]},
+{first["config"]["epochs"]} epochs, no re-ranker stage. Validation: {first["val_images"]} held-out train images
 (their captions as queries), text->image recall and mean recall of both directions, after each epoch.
 
-| epoch | {' | '.join(f'{name} t2i R@1 | R@10 | mean' for name in runs)} |
-|---|{'---|---|---|' * len(runs)}""")
+| epoch | {" | ".join(f"{name} t2i R@1 | R@10 | mean" for name in runs)} |
+|---|{"---|---|---|" * len(runs)}""")
 for epoch in range(max(len(r["history"]) for r in runs.values())):
     cells = []
     for run in runs.values():
@@ -40,5 +40,8 @@ for epoch in range(max(len(r["history"]) for r in runs.values())):
         else:
             cells += ["", "", ""]
     print(f"| {epoch + 1} | {' | '.join(cells)} |")
-print("\nTraining seconds: " + ", ".join(f"{name} {run['train_seconds']:.0f}" for name, run in runs.items())
-      + f". Load average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}.")
+print(
+    "\nTraining seconds: "
+    + ", ".join(f"{name} {run['train_seconds']:.0f}" for name, run in runs.items())
+    + f". Load average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}."
+)

@@ -103,18 +103,24 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lists-per-epoch", type=int, default=None, help="train on this many lists an epoch (a random subset)")
+    p.add_argument(
+        "--lists-per-epoch", type=int, default=None, help="train on this many lists an epoch (a random subset)"
+    )
     p.add_argument("--no-alignment", action="store_true", help="the scorer without its token-region alignment term")
-    p.add_argument("--same-stage", action="store_true",
-                   help="mine the training lists with the first stage trained on all train images (not folds)")
+    p.add_argument(
+        "--same-stage",
+        action="store_true",
+        help="mine the training lists with the first stage trained on all train images (not folds)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     train, dev = load(args.backbone, "flickr8k", "train"), load(args.backbone, "flickr8k", "dev")
     for split in (train, dev):  # the raw regions, for the re-ranker
         name = "train" if split is train else "dev"
-        split["regions"] = torch.load(Path(__file__).parents[1] / "out" / "features" /
-                                      f"{args.backbone}-flickr8k-{name}.pt", weights_only=True)["regions"]
+        split["regions"] = torch.load(
+            Path(__file__).parents[1] / "out" / "features" / f"{args.backbone}-flickr8k-{name}.pt", weights_only=True
+        )["regions"]
     n = len(train["captions_of"])
     hi, ht = first_stage(train, np.arange(n), args.heads_epochs, args.seed)
     with torch.no_grad():  # frozen scorer inputs: the trained heads on every region and token
@@ -131,15 +137,24 @@ def main() -> None:
         position = {int(img): k for k, img in enumerate(np.sort(fold))}
         for row, c in enumerate(caps):
             own = int(train["image_of"][c])
-            lists.append((int(c), own, float(sim[row, position[own]]),
-                          [int(j) for j in top[row] if j != own], [float(s) for j, s in zip(top[row], first[row]) if j != own]))
+            lists.append(
+                (
+                    int(c),
+                    own,
+                    float(sim[row, position[own]]),
+                    [int(j) for j in top[row] if j != own],
+                    [float(s) for j, s in zip(top[row], first[row]) if j != own],
+                )
+            )
     print(f"mined {len(lists)} lists in {time.perf_counter() - started:.0f}s", flush=True)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = Reranker(args.layers, no_alignment=args.no_alignment)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * math.ceil(min(len(lists), args.lists_per_epoch or len(lists)) / args.batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
     for epoch in range(args.epochs):
         model.train()
         order = rng.permutation(len(lists))[: args.lists_per_epoch]
@@ -153,8 +168,12 @@ def main() -> None:
                 imgs += [own] + [negs[k] for k in pick]
                 firsts += [own_first] + [neg_first[k] for k in pick]
             width = int(train["mask"][caps].sum(1).max())  # the batch's longest caption
-            logits = model(train["token_features"][caps, :width].float(), train["mask"][caps, :width],
-                           train["region_features"][imgs].float(), torch.tensor(firsts)).view(len(rows), args.list)
+            logits = model(
+                train["token_features"][caps, :width].float(),
+                train["mask"][caps, :width],
+                train["region_features"][imgs].float(),
+                torch.tensor(firsts),
+            ).view(len(rows), args.list)
             loss = F.cross_entropy(logits, torch.zeros(len(rows), dtype=torch.long))
             opt.zero_grad()
             loss.backward()
@@ -171,16 +190,25 @@ def main() -> None:
                 caps = np.repeat(dev_caps[rows], args.depth)
                 imgs = dev_top[rows].reshape(-1)
                 width = int(dev["mask"][caps].sum(1).max())
-                fused = model(dev["token_features"][caps, :width].float(), dev["mask"][caps, :width],
-                              dev["region_features"][imgs].float(),
-                              torch.from_numpy(dev_first[rows].reshape(-1))).view(len(rows), args.depth).numpy()
+                fused = (
+                    model(
+                        dev["token_features"][caps, :width].float(),
+                        dev["mask"][caps, :width],
+                        dev["region_features"][imgs].float(),
+                        torch.from_numpy(dev_first[rows].reshape(-1)),
+                    )
+                    .view(len(rows), args.depth)
+                    .numpy()
+                )
                 for k, row in enumerate(rows):
                     correct = dev_top[row] == dev["image_of"][dev_caps[row]].item()
                     if correct.any():
                         ranks[row] = int(np.argmax(correct[np.argsort(-fused[k], kind="stable")]))
-        print(f"epoch {epoch + 1}: loss {np.mean(losses):.3f} w {model.weight.item():.1f}  dev t2i first stage "
-              f"{recall_at_k(ranks_first)}  re-ranked {recall_at_k(ranks)}  ({time.perf_counter() - started:.0f}s)",
-              flush=True)
+        print(
+            f"epoch {epoch + 1}: loss {np.mean(losses):.3f} w {model.weight.item():.1f}  dev t2i first stage "
+            f"{recall_at_k(ranks_first)}  re-ranked {recall_at_k(ranks)}  ({time.perf_counter() - started:.0f}s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,10 @@ def dev_recall(model: AlignmentModel, dev: dict) -> dict:
         image = model.image.project(dev["regions"][:, :1].float(), dev["pooled"].float())
         _, text = model.text.project(dev["states"].float(), dev["mask"])
     sim = (F.normalize(text, dim=-1) @ F.normalize(image.global_, dim=-1).T).numpy()  # (Nc, Ni)
-    return {"t2i": recall_at_k(t2i_ranks(sim, dev["image_of"].numpy())),
-            "i2t": recall_at_k(i2t_ranks(sim, dev["captions_of"]))}
+    return {
+        "t2i": recall_at_k(t2i_ranks(sim, dev["image_of"].numpy())),
+        "i2t": recall_at_k(i2t_ranks(sim, dev["captions_of"])),
+    }
 
 
 def soft_infonce(sim: torch.Tensor, logit_scale: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
@@ -106,14 +108,25 @@ def main() -> None:
         print(f"{args.eval_model}: {dev_recall(model, cache['dev'])}")
         return
     model, mode = build_model("mobilenet_v2", backbone_weights=args.weights, seed=args.seed)
-    config = trainer.TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, weight_decay=args.wd,
-                                 warmup_steps=args.warmup, backbone_mode=mode, seed=args.seed,
-                                 val_fraction=args.val_fraction, local_weight=0.0, scorer_epochs=0)
+    config = trainer.TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch,
+        lr=args.lr,
+        weight_decay=args.wd,
+        warmup_steps=args.warmup,
+        backbone_mode=mode,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        local_weight=0.0,
+        scorer_epochs=0,
+    )
     if hasattr(config, "grad_clip"):
         config = trainer.dataclasses.replace(config, grad_clip=args.clip or None)
     elif args.clip != 5.0:  # before the trainer had the option: its hard-coded 5.0, replaced
         clip = torch.nn.utils.clip_grad_norm_
-        torch.nn.utils.clip_grad_norm_ = (lambda params, norm, **kw: clip(params, args.clip, **kw)) if args.clip else (lambda *a, **kw: None)
+        torch.nn.utils.clip_grad_norm_ = (
+            (lambda params, norm, **kw: clip(params, args.clip, **kw)) if args.clip else (lambda *a, **kw: None)
+        )
     if args.soft_loss:
         trainer.infonce_loss = soft_infonce
     torch.manual_seed(config.seed)  # as train() does
@@ -127,8 +140,11 @@ def main() -> None:
         trainer._train_first_stage(model, data, stage, rng, Path(tmp) / trainer.STATE_NAME, config)
     model.eval()
     r = dev_recall(model, cache["dev"])
-    print(f"{len(keep)} images, {stage.step} steps, temp {1 / stage.logit_scale.exp().item():.4f}: "
-          f"t2i {r['t2i']}  i2t {r['i2t']}", flush=True)
+    print(
+        f"{len(keep)} images, {stage.step} steps, temp {1 / stage.logit_scale.exp().item():.4f}: "
+        f"t2i {r['t2i']}  i2t {r['i2t']}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

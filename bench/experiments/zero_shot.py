@@ -32,7 +32,9 @@ from imgsearch.training.evaluate import recall_at_k, t2i_ranks  # noqa: E402
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 # query --> the sample photos that it describes (data/photos/queries.json; the first eight are make demo's)
-PHOTO_QUERIES = {query: set(names) for query, names in json.loads((ROOT / "data" / "photos" / "queries.json").read_text()).items()}
+PHOTO_QUERIES = {
+    query: set(names) for query, names in json.loads((ROOT / "data" / "photos" / "queries.json").read_text()).items()
+}
 
 
 def top_posteriors(probs: torch.Tensor, top: int) -> torch.Tensor:

@@ -42,8 +42,11 @@ def read_nouns(dict_dir: Path) -> tuple[dict, dict]:
             offset, lex_file, word_count = fields[0], fields[1], int(fields[3], 16)
             words = [fields[4 + 2 * i].replace("_", " ").split("(")[0] for i in range(word_count)]
             rest = fields[4 + 2 * word_count :]
-            hypernyms = [rest[2 + 4 * i] for i in range(int(rest[0]))
-                         if rest[1 + 4 * i] in ("@", "@i") and rest[3 + 4 * i] == "n"]
+            hypernyms = [
+                rest[2 + 4 * i]
+                for i in range(int(rest[0]))
+                if rest[1 + 4 * i] in ("@", "@i") and rest[3 + 4 * i] == "n"
+            ]
             synsets[offset] = (words, hypernyms, lex_file)
     senses = {}
     with open(dict_dir / "index.noun", encoding="utf-8") as f:
@@ -67,8 +70,13 @@ def class_text(label: str, synsets: dict, senses: dict) -> str:
     for rank, offset in enumerate(senses.get(lemma(first), [])):
         words, _, lex_file = synsets[offset]
         proper = words[0][:1].isupper() and not first[:1].isupper()
-        key = (not proper, lex_file in PHYSICAL, words[0].lower() == first.lower(),
-               len(own & {w.lower() for w in words}), -rank)
+        key = (
+            not proper,
+            lex_file in PHYSICAL,
+            words[0].lower() == first.lower(),
+            len(own & {w.lower() for w in words}),
+            -rank,
+        )
         if best is None or key > best[0]:
             best = (key, offset)
     if best is None:

@@ -59,17 +59,23 @@ QueryText = Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, descr
 # ---- the app ---------------------------------------------------------------------------
 
 
-def create_app(index, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               static_dir: str | os.PathLike | None = STATIC_DIR,
-               allowed_hosts: Iterable[str] | None = None) -> FastAPI:
+def create_app(
+    index,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    static_dir: str | os.PathLike | None = STATIC_DIR,
+    allowed_hosts: Iterable[str] | None = None,
+) -> FastAPI:
     """The HTTP app over one open imgsearch.Index (see docs/api.md). `max_upload_bytes` caps
     the images of one request; `static_dir` holds the web page served at / (None: no page);
     `allowed_hosts`, when given, are the only Host names answered (others get 400)."""
     if max_upload_bytes < 1:
         raise ValueError(f"max_upload_bytes must be at least 1 (got {max_upload_bytes}).")
     app = SecureApp(
-        title="imgsearch", summary="Find photos by describing them: a read-only API over one index.",
-        docs_url=None, redoc_url=None,  # /docs is _add_docs's: Swagger UI from local files, no CDN
+        title="imgsearch",
+        summary="Find photos by describing them: a read-only API over one index.",
+        docs_url=None,
+        redoc_url=None,  # /docs is _add_docs's: Swagger UI from local files, no CDN
     )
     app.state.index = index
     app.state.allowed_hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
@@ -95,8 +101,11 @@ def _add_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def docs() -> Response:
         return get_swagger_ui_html(
-            openapi_url="/openapi.json", title="imgsearch API", swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-            swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="/docs-assets/favicon.png",
+            openapi_url="/openapi.json",
+            title="imgsearch API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
         )
 
 
@@ -106,8 +115,10 @@ def _add_page(app: FastAPI, static_dir: Path | None) -> None:
         app.mount("/", StaticFiles(directory=static_dir, html=True), name="page")
         return
     where = "no folder was given" if static_dir is None else f"{static_dir / 'index.html'} is missing"
-    message = (f"The imgsearch web page is not installed here ({where}). The JSON API is at /api/ "
-               "(its documentation at /docs); reinstall imgsearch to get the page.\n")
+    message = (
+        f"The imgsearch web page is not installed here ({where}). The JSON API is at /api/ "
+        "(its documentation at /docs); reinstall imgsearch to get the page.\n"
+    )
 
     @app.get("/", include_in_schema=False)
     def page_missing() -> PlainTextResponse:
@@ -149,8 +160,10 @@ def _validated(model: type[Model], fields: dict[str, Any]) -> Model:
 
 router = APIRouter(prefix="/api")
 
-@router.post("/search", response_model=SearchResponse, responses=responses(400, 404, 413, 415),
-             openapi_extra=search_body_doc())
+
+@router.post(
+    "/search", response_model=SearchResponse, responses=responses(400, 404, 413, 415), openapi_extra=search_body_doc()
+)
 def search(request: Request, body: Body = Depends(request_body), index=Depends(current_index)) -> dict:
     """Search by text (`query`), by an uploaded photo (`image`), or for images like an indexed one
     (`like`); filters and paging as in docs/api.md. Send JSON, or multipart/form-data with the photo."""
@@ -159,14 +172,23 @@ def search(request: Request, body: Body = Depends(request_body), index=Depends(c
     if len(images) > 1:
         raise InvalidQuery(f"{len(images)} images were uploaded; search with one.")
     page = index.search_page(
-        query=form.query, image=images[0].data if images else None, like=form.like, k=form.k,
-        candidates=form.candidates, rerank=form.rerank, offset=_offset(form), under=form.folder,
-        taken_after=form.taken_after, taken_before=form.taken_before, min_score=form.min_score,
+        query=form.query,
+        image=images[0].data if images else None,
+        like=form.like,
+        k=form.k,
+        candidates=form.candidates,
+        rerank=form.rerank,
+        offset=_offset(form),
+        under=form.folder,
+        taken_after=form.taken_after,
+        taken_before=form.taken_before,
+        min_score=form.min_score,
     )
     return {
         "items": [_item(result, request) for result in page.results],
         "next_cursor": None if page.next_offset is None else str(page.next_offset),
-        "reranked": page.reranked, "timings_ms": page.timings_ms,
+        "reranked": page.reranked,
+        "timings_ms": page.timings_ms,
     }
 
 
@@ -174,15 +196,18 @@ def _search_form(body: Body) -> SearchRequest:
     """The search fields, validated; `image` only as an uploaded file (no path, no URL)."""
     fields = _given(body)
     if fields.pop("image", None) is not None:
-        raise InvalidImage("`image` must be an uploaded file: send multipart/form-data with a file "
-                           "part named image (JSON cannot carry a photo).")
+        raise InvalidImage(
+            "`image` must be an uploaded file: send multipart/form-data with a file "
+            "part named image (JSON cannot carry a photo)."
+        )
     unknown = {upload.field for upload in body.files} - {"image"}
     if unknown:
         raise InvalidQuery(f"unexpected file field(s) {sorted(unknown)}; upload the photo as `image`.")
     form = _validated(SearchRequest, fields)
     if form.folder is not None and not os.path.isabs(os.path.expanduser(form.folder)):
-        raise InvalidQuery(f"the folder {form.folder!r} is not an absolute path; give the whole path, "
-                           "e.g. /home/me/Pictures/2021.")
+        raise InvalidQuery(
+            f"the folder {form.folder!r} is not an absolute path; give the whole path, e.g. /home/me/Pictures/2021."
+        )
     return form
 
 
@@ -199,8 +224,10 @@ def _offset(form: SearchRequest) -> int:
         raise InvalidQuery("give a cursor or a page, not both.")
     if form.cursor is not None:
         if not form.cursor.isdigit() or int(form.cursor) > MAX_OFFSET:
-            raise InvalidQuery(f"the cursor {form.cursor!r} is not one this server gives; "
-                               "use next_cursor from a previous response, or leave it out.")
+            raise InvalidQuery(
+                f"the cursor {form.cursor!r} is not one this server gives; "
+                "use next_cursor from a previous response, or leave it out."
+            )
         return int(form.cursor)
     offset = ((form.page or 1) - 1) * form.k
     if offset > MAX_OFFSET:
@@ -218,8 +245,9 @@ def _item(result, request: Request) -> dict:
     return item
 
 
-@router.post("/rerank", response_model=SearchResponse, responses=responses(400, 404, 413, 415),
-             openapi_extra=rerank_body_doc())
+@router.post(
+    "/rerank", response_model=SearchResponse, responses=responses(400, 404, 413, 415), openapi_extra=rerank_body_doc()
+)
 def rerank(request: Request, body: Body = Depends(request_body), index=Depends(current_index)) -> dict:
     """Order the given images (indexed `ids`, and uploaded `images`) for a text query with the
     cross-attention scorer. Uploaded images come back with `id` null and no URLs."""
@@ -236,8 +264,12 @@ def rerank(request: Request, body: Body = Depends(request_body), index=Depends(c
     pictures = [_uploaded_picture(upload.data) for upload in uploads]
     results = index.rerank(form.query, [*form.ids, *pictures])
     total = (time.perf_counter() - started) * 1000
-    return {"items": [_item(result, request) for result in results], "next_cursor": None,
-            "reranked": True, "timings_ms": {"total": total}}
+    return {
+        "items": [_item(result, request) for result in results],
+        "next_cursor": None,
+        "reranked": True,
+        "timings_ms": {"total": total},
+    }
 
 
 def _uploaded_picture(data: bytes):
@@ -261,16 +293,27 @@ def _read_stored(image_id: int, path: Path, read: Callable[[Path], T]) -> T:
     try:
         return read(path)
     except InvalidImage as exc:
-        raise ImageNotFound(f"image {image_id}'s file no longer decodes ({exc}); "
-                            "run `imgsearch index` again to update the index.") from None
+        raise ImageNotFound(
+            f"image {image_id}'s file no longer decodes ({exc}); run `imgsearch index` again to update the index."
+        ) from None
     except OSError as exc:
-        raise ImageNotFound(f"image {image_id}'s file cannot be read ({exc.strerror or exc}); "
-                            "run `imgsearch index` again to update the index.") from None
+        raise ImageNotFound(
+            f"image {image_id}'s file cannot be read ({exc.strerror or exc}); "
+            "run `imgsearch index` again to update the index."
+        ) from None
 
 
-_MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".jpe": "image/jpeg", ".png": "image/png",
-                ".webp": "image/webp", ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff",
-                ".tiff": "image/tiff"}  # what the indexer reads (indexer/files.py); not the system's mime.types
+_MEDIA_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".jpe": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+}  # what the indexer reads (indexer/files.py); not the system's mime.types
 
 
 def _media_type(path: Path) -> str:
@@ -290,7 +333,11 @@ def image_info(request: Request, image_id: ImageId, index=Depends(current_index)
     """What the index holds of one image (as a search item, without scores), with its URLs."""
     info = index.image_info(image_id)
     root = request.scope.get("root_path", "")
-    return {**info, "thumbnail_url": f"{root}/api/images/{image_id}/thumbnail", "image_url": f"{root}/api/images/{image_id}"}
+    return {
+        **info,
+        "thumbnail_url": f"{root}/api/images/{image_id}/thumbnail",
+        "image_url": f"{root}/api/images/{image_id}",
+    }
 
 
 @router.get("/images/{image_id}/thumbnail", response_class=Response, responses=responses(400, 404))
@@ -325,7 +372,8 @@ def _as_dict(value) -> dict:
 
 @router.get("/images/{image_id}/explain.png", response_class=Response, responses=responses(400, 404))
 def explain_png(
-    image_id: ImageId, query: QueryText,
+    image_id: ImageId,
+    query: QueryText,
     word: Annotated[int, Query(ge=0, description="which word of `query`: 0 is the first")] = 0,
     index=Depends(current_index),
 ) -> Response:

@@ -148,9 +148,16 @@ def _field(loc: tuple | list) -> str:
     return _NAMES.get(name, name)
 
 
-_LIMIT = {"string_too_long": "max_length", "string_too_short": "min_length", "too_long": "max_length",
-          "too_short": "min_length", "greater_than_equal": "ge", "greater_than": "gt", "less_than_equal": "le",
-          "less_than": "lt"}  # the error type --> which of its ctx values is the limit
+_LIMIT = {
+    "string_too_long": "max_length",
+    "string_too_short": "min_length",
+    "too_long": "max_length",
+    "too_short": "min_length",
+    "greater_than_equal": "ge",
+    "greater_than": "gt",
+    "less_than_equal": "le",
+    "less_than": "lt",
+}  # the error type --> which of its ctx values is the limit
 
 
 def _number(value: Any) -> str:
@@ -168,8 +175,9 @@ def _sentence(error: Mapping[str, Any]) -> str:
         "missing": f"{name} is required",
         "extra_forbidden": f"{name} is not a field of this request (docs/api.md lists them)",
         "string_too_long": f"{name} is too long: at most {limit} characters",
-        "string_too_short": (f"{name} is empty" if ctx.get("min_length") == 1
-                             else f"{name} is too short: at least {limit} characters"),
+        "string_too_short": (
+            f"{name} is empty" if ctx.get("min_length") == 1 else f"{name} is too short: at least {limit} characters"
+        ),
         "too_long": f"{name} has too many items: at most {limit}",
         "too_short": f"{name} has too few items: at least {limit}",
         "greater_than_equal": f"{name} must be at least {limit}",
@@ -207,6 +215,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     error ("default"; it also keeps FastAPI from documenting a 422 it never sends), has the
     body {"detail": "message"}."""
     described: dict[int | str, dict[str, Any]] = {
-        status: {"model": ErrorBody, "description": _SAID[status]} for status in statuses}
+        status: {"model": ErrorBody, "description": _SAID[status]} for status in statuses
+    }
     described["default"] = {"model": ErrorBody, "description": "any other error, with the same body"}
     return described

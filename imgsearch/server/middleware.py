@@ -57,8 +57,10 @@ class HostCheck:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and _host_name(scope) not in self.allowed:
             names = ", ".join(sorted(self.allowed))
-            response = JSONResponse({"detail": f"this server answers requests addressed to {names} only; "
-                                               "open it by one of those names."}, status_code=400)
+            response = JSONResponse(
+                {"detail": f"this server answers requests addressed to {names} only; open it by one of those names."},
+                status_code=400,
+            )
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -53,9 +53,12 @@ def serve(
             _warm_up(index)
             app = create_app(index, allowed_hosts=local_names(host) if is_loopback(host) else None)
             if not is_loopback(host):
-                log.warning("serving on %s: the API has no authentication, so anyone who can reach this "
-                            "port can search and see every indexed photo. Use --host 127.0.0.1 (the "
-                            "default) unless that is what you want.", host)
+                log.warning(
+                    "serving on %s: the API has no authentication, so anyone who can reach this "
+                    "port can search and see every indexed photo. Use --host 127.0.0.1 (the "
+                    "default) unless that is what you want.",
+                    host,
+                )
             print(f"imgsearch: serving {index.directory} at {_url(listener)} (Ctrl-C to stop)", flush=True)
             config = uvicorn.Config(app, log_level=log_level, server_header=False)
             uvicorn.Server(config).run(sockets=[listener])
@@ -87,8 +90,9 @@ def _listen(host: str, port: int) -> socket.socket:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
-        raise ServeFailed(f"cannot serve on host {host!r} ({exc.strerror}); "
-                           "give an address of this machine, such as 127.0.0.1.") from None
+        raise ServeFailed(
+            f"cannot serve on host {host!r} ({exc.strerror}); give an address of this machine, such as 127.0.0.1."
+        ) from None
     listener = socket.socket(family, kind, proto)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -96,8 +100,9 @@ def _listen(host: str, port: int) -> socket.socket:
         listener.listen(128)
     except OSError as exc:
         listener.close()
-        raise ServeFailed(f"cannot listen on {host}:{port} ({exc.strerror}); "
-                           "pick another --port, or stop what uses it.") from None
+        raise ServeFailed(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port, or stop what uses it."
+        ) from None
     return listener
 
 

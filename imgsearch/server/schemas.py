@@ -11,8 +11,18 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from imgsearch.images.decode import SHOWN_FIELDS, ImageRecord
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
 
-__all__ = ["MAX_QUERY_CHARS", "SearchRequest", "RerankRequest", "SearchItem", "SearchResponse",
-           "ExplainResponse", "Health", "ErrorBody", "search_body_doc", "rerank_body_doc"]
+__all__ = [
+    "MAX_QUERY_CHARS",
+    "SearchRequest",
+    "RerankRequest",
+    "SearchItem",
+    "SearchResponse",
+    "ExplainResponse",
+    "Health",
+    "ErrorBody",
+    "search_body_doc",
+    "rerank_body_doc",
+]
 
 MAX_QUERY_CHARS = 1000  # the model reads 40 tokens; this only stops huge bodies from being tokenized
 MAX_CANDIDATES = 1000  # re-ranked per request: bounds one request's work
@@ -27,8 +37,9 @@ class SearchRequest(BaseModel):
     query: str | None = Field(None, max_length=MAX_QUERY_CHARS, description="describe the photo in words")
     like: int | None = Field(None, ge=1, description="an indexed image id: find images like it")
     k: int = Field(24, ge=1, le=200, description="results per page")
-    candidates: int = Field(DEFAULT_CANDIDATES, ge=1, le=MAX_CANDIDATES,
-                            description="first-stage results the re-ranker orders")
+    candidates: int = Field(
+        DEFAULT_CANDIDATES, ge=1, le=MAX_CANDIDATES, description="first-stage results the re-ranker orders"
+    )
     rerank: bool = Field(True, description="re-rank text queries with the cross-attention scorer")
     cursor: str | None = Field(None, max_length=20, description="next_cursor from the previous page")
     page: int | None = Field(None, ge=1, description="1-based page number (instead of a cursor)")
@@ -44,8 +55,9 @@ class RerankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="describe the photo in words")
-    ids: list[int] = Field(default_factory=list, max_length=MAX_RERANK_ITEMS,
-                           description="indexed image ids (in a form: comma-separated)")
+    ids: list[int] = Field(
+        default_factory=list, max_length=MAX_RERANK_ITEMS, description="indexed image ids (in a form: comma-separated)"
+    )
 
 
 class Label(BaseModel):
@@ -90,7 +102,8 @@ class ExplainWord(BaseModel):
     word: str
     weights: list[float] = Field(description="grid rows x cols, row-major, summing to 1")
     classes: list[ExplainClass] = Field(
-        description="method 'classes': the ImageNet class names nearest the word, whose regions the map shows")
+        description="method 'classes': the ImageNet class names nearest the word, whose regions the map shows"
+    )
     overlay_url: str = Field(description="this word's heatmap over the image (PNG)")
 
 
@@ -100,8 +113,10 @@ class ExplainResponse(BaseModel):
     grid: tuple[int, int]
     image_id: int | None
     path: str | None
-    method: str = Field(description="'classes' (class activation maps of the classifier, keyed by the word) "
-                                    "or 'alignment' (the re-ranker's token-region alignment); see docs/api.md")
+    method: str = Field(
+        description="'classes' (class activation maps of the classifier, keyed by the word) "
+        "or 'alignment' (the re-ranker's token-region alignment); see docs/api.md"
+    )
 
 
 class Health(BaseModel):
@@ -120,10 +135,15 @@ _FILE = {"type": "string", "format": "binary"}
 
 def _body_doc(json_schema: dict, form_schema: dict) -> dict[str, Any]:
     """openapi_extra for an endpoint that reads its body itself, as JSON or a multipart form."""
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": json_schema},
-        "multipart/form-data": {"schema": form_schema},
-    }}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_schema},
+                "multipart/form-data": {"schema": form_schema},
+            },
+        }
+    }
 
 
 def search_body_doc() -> dict[str, Any]:

@@ -123,8 +123,11 @@ class ThumbnailCache:
         except OSError as exc:
             if not self._write_failed:
                 self._write_failed = True
-                log.warning("cannot write thumbnails to %s (%s); serving them without caching",
-                            self.directory, exc.strerror or exc)
+                log.warning(
+                    "cannot write thumbnails to %s (%s); serving them without caching",
+                    self.directory,
+                    exc.strerror or exc,
+                )
             return
         self._drop_older(target)
 

@@ -52,8 +52,11 @@ def malformed(message: str) -> RequestValidationError:
 
 def too_large(size: int | None, limit: int) -> HTTPException:
     sent = "" if size is None else f" ({_megabytes(size)})"
-    return HTTPException(413, f"the upload is too large{sent}; the limit is {_megabytes(limit)}. "
-                              "Send a smaller image (resize it or save it as JPEG).")
+    return HTTPException(
+        413,
+        f"the upload is too large{sent}; the limit is {_megabytes(limit)}. "
+        "Send a smaller image (resize it or save it as JPEG).",
+    )
 
 
 def _megabytes(size: int) -> str:
@@ -93,8 +96,11 @@ def parse_body(content_type: str | None, body: bytes) -> Body:
     if kind == b"application/x-www-form-urlencoded":  # an HTML form without files, `curl -d`
         return _parse_urlencoded(body)
     shown = (content_type or "none").split(";")[0]
-    raise HTTPException(415, f"the request body's Content-Type is {shown}; send application/json, "
-                             "or multipart/form-data to upload an image.")
+    raise HTTPException(
+        415,
+        f"the request body's Content-Type is {shown}; send application/json, "
+        "or multipart/form-data to upload an image.",
+    )
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -103,14 +109,13 @@ def _json_object(body: bytes) -> dict[str, Any]:
     except (UnicodeDecodeError, ValueError) as exc:
         raise malformed(f"the body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise malformed("the JSON body must be an object, e.g. {\"query\": \"a dog on a beach\"}.")
+        raise malformed('the JSON body must be an object, e.g. {"query": "a dog on a beach"}.')
     return value
 
 
 def _parse_urlencoded(body: bytes) -> Body:
     try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
-                          max_num_fields=MAX_PARTS)
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_PARTS)
     except (UnicodeDecodeError, ValueError) as exc:
         raise malformed(f"the form body is malformed: {exc}") from None
     parsed = Body(form=True)
@@ -131,9 +136,12 @@ class _PartCollector:
 
     def callbacks(self) -> MultipartCallbacks:
         return {
-            "on_part_begin": self._begin, "on_part_data": self._data,
-            "on_header_field": self._header_field, "on_header_value": self._header_value,
-            "on_header_end": self._header_end, "on_end": self._end,
+            "on_part_begin": self._begin,
+            "on_part_data": self._data,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_end": self._end,
         }
 
     def _begin(self) -> None:
