@@ -47,7 +47,7 @@ def cases(index: Path, missing: Path) -> list[tuple[str, list[str], int, float]]
         ('imgsearch search "a dog" with no index there', ["search", "a dog", "--index", str(missing)], 1, 0.5),
         ('imgsearch search ""', ["search", "", *where], 1, 0.5),
         ("imgsearch search --image MISSING.jpg", ["search", "--image", str(missing / "a.jpg"), *where], 2, 0.5),
-        ('imgsearch search "a dog" --after 01/06/2023', ["search", "a dog", "--after", "01/06/2023", *where], 1, 0.5),
+        ('imgsearch search "a dog" --after 01/06/2023', ["search", "a dog", "--after", "01/06/2023", *where], 2, 0.5),
         ("imgsearch index MISSING_FOLDER", ["index", str(missing / "photos"), *where], 1, 0.5),
     ]
 
