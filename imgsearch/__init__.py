@@ -7,7 +7,8 @@ Importing imgsearch or calling it changes nothing in the process beyond the obje
 returns: no allocator settings, thread counts or logging set-up. Those belong to the
 program: the `imgsearch` command and its server make them, and a program may ask for the
 same with keep_freed_memory() (glibc's malloc keeps freed memory: CPU indexing 2.1x faster,
-model/allocator.py) and imgsearch.ground.threads.use_threads().
+model/allocator.py) and use_threads() (one thread per query keeps a query fast on a busy
+machine: ground/threads.py).
 """
 
 from __future__ import annotations
@@ -23,22 +24,25 @@ __all__ = [
     "AlignmentConfig",
     "ImgsearchError",
     "keep_freed_memory",
+    "use_threads",
 ]
 
 _WHERE = {  # public name --> the module that defines it
     "Index": "imgsearch.index",
-    "AddSummary": "imgsearch.indexer.pipeline",
+    "AddSummary": "imgsearch.indexer.merge",
     "SearchResult": "imgsearch.search.searcher",
     "AlignmentModel": "imgsearch.model.alignment",
     "AlignmentConfig": "imgsearch.model.alignment",
     "ImgsearchError": "imgsearch.ground.errors",
     "keep_freed_memory": "imgsearch.model.allocator",
+    "use_threads": "imgsearch.ground.threads",
 }
 
 if TYPE_CHECKING:
     from imgsearch.ground.errors import ImgsearchError
+    from imgsearch.ground.threads import use_threads
     from imgsearch.index import Index
-    from imgsearch.indexer.pipeline import AddSummary
+    from imgsearch.indexer.merge import AddSummary
     from imgsearch.model.alignment import AlignmentConfig, AlignmentModel
     from imgsearch.model.allocator import keep_freed_memory
     from imgsearch.search.searcher import SearchResult
