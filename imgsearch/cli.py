@@ -194,7 +194,7 @@ def index_command(
         require_ray()  # before any index is made
     with Index.open_or_create(index_dir, model, device) as index:
         if ray is None:  # on Ray, each actor's process sees to its own (indexer/ray_engine.py)
-            keep_freed_memory_on_cpu(index.device)
+            keep_freed_memory_on_cpu(device)
         bar = ProgressBar(sys.stderr, quiet=quiet)
         with stop_on_interrupt() as stop:
             try:

@@ -17,10 +17,18 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON o
 
 
 def keep_freed_memory_on_cpu(device) -> None:
-    """Before a command encodes images on `device` (a torch.device): on the CPU, have glibc's
-    malloc keep freed memory in this process (model/allocator.py), which the library never
-    does by itself. Call it before any decode workers are forked."""
-    if device.type == "cpu":
+    """Before a command encodes images on `device` (a torch.device, or the --device option's
+    text): on the CPU, have glibc's malloc keep freed memory in this process
+    (model/allocator.py), which the library never does by itself. Call it before any decode
+    workers are forked. The option's text is judged without torch where it can be
+    (model/device.py: "cpu", or "auto" on a machine without an NVIDIA driver)."""
+    if isinstance(device, str):
+        from imgsearch.model.device import resolve_device, runs_on_cpu
+
+        on_cpu = runs_on_cpu(device) or resolve_device(device).type == "cpu"
+    else:
+        on_cpu = device.type == "cpu"
+    if on_cpu:
         from imgsearch.model.allocator import keep_freed_memory
 
         keep_freed_memory()

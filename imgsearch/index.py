@@ -307,7 +307,8 @@ class Index:
         if ray is None or ray is False:
             from imgsearch.indexer.pipeline import LocalEmbedder
 
-            return LocalEmbedder(self.image_encoder, batch_size=batch_size, workers=workers)
+            self._require_model()  # the model that made the index, checked now; loaded if there is work
+            return LocalEmbedder(load_encoder=lambda: self.image_encoder, batch_size=batch_size, workers=workers)
         from imgsearch.indexer.ray_engine import RayEmbedder, require_ray
 
         require_ray()

@@ -15,16 +15,21 @@ has a classifier (mobilenet_v2), each new content's top labels (model/labels.py;
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgsearch.images.decode import decode_file
-from imgsearch.indexer.embed_worker import Decode, PendingShard, embed_batches
 from imgsearch.indexer.merge import AddSummary
 from imgsearch.indexer.run import ProgressCallback, StopCheck, run_indexing
-from imgsearch.model.image_encoder import ImageEncoder
 from imgsearch.storage.store import Store
 from imgsearch.storage.vectors import VectorIndex
+
+# torch (the encoder, the decode workers' DataLoader) is imported when there is something to
+# embed: a run that finds every file unchanged starts and ends without it.
+if TYPE_CHECKING:
+    from imgsearch.indexer.embed_worker import Decode, PendingShard
+    from imgsearch.model.image_encoder import ImageEncoder
 
 __all__ = ["AddSummary", "LocalEmbedder", "index_files", "default_workers"]
 
@@ -38,14 +43,36 @@ class LocalEmbedder:
     """The Embedder of a run on this machine: DataLoader batches decoded in `workers` processes
     (default_workers() when None), each embedded here by `encoder` while later ones decode. On a
     GPU each batch's vectors are still on their way when it is handed over (asynchronous).
+    Instead of the encoder, `load_encoder` may give it when there are files to embed (a run
+    that finds every file unchanged then loads no model, nor torch).
     `decode` reads one file (decode.decode_file, or a stand-in with its signature)."""
 
     def __init__(
-        self, encoder: ImageEncoder, *, batch_size: int = 32, workers: int | None = None, decode: Decode = decode_file
+        self,
+        encoder: ImageEncoder | None = None,
+        *,
+        load_encoder: Callable[[], ImageEncoder] | None = None,
+        batch_size: int = 32,
+        workers: int | None = None,
+        decode: Decode = decode_file,
     ) -> None:
-        self.encoder, self.batch_size, self.workers, self.decode = encoder, batch_size, workers, decode
+        if (encoder is None) == (load_encoder is None):
+            raise ValueError("give the encoder or load_encoder, not both")
+        self._encoder, self._load_encoder = encoder, load_encoder
+        self.batch_size, self.workers, self.decode = batch_size, workers, decode
+
+    @property
+    def encoder(self) -> ImageEncoder:
+        if self._encoder is None:
+            assert self._load_encoder is not None
+            self._encoder = self._load_encoder()
+        return self._encoder
 
     def embed(self, paths: Sequence[Path], known_contents: set[str]) -> Iterator[PendingShard]:
+        if not paths:
+            return iter(())
+        from imgsearch.indexer.embed_worker import embed_batches
+
         workers = default_workers() if self.workers is None else self.workers
         # torch keeps all its threads beside the decode workers: on an idle 2-core machine that
         # indexed VGG16 at 224px at 94% of forward-only, against 54% with one thread left to
