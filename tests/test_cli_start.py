@@ -59,6 +59,16 @@ def test_a_text_search_loads_neither_torch_nor_transformers(tmp_path, model_dir,
     assert photo["code"] == 0 and "torch" in photo["heavy"]
 
 
+def test_an_index_run_with_nothing_to_embed_loads_no_torch(tmp_path, model_dir, image_folder):
+    """A re-run that finds every file unchanged (the common nightly run) loads no model:
+    the encoder is loaded when there is something to embed (pipeline.LocalEmbedder)."""
+    where = ("--index", str(tmp_path / "index"), "--model", str(model_dir), "--device", "cpu", "--workers", "0", "-q")
+    first = _run("index", str(image_folder), *where)
+    assert first["code"] == 0 and "torch" in first["heavy"]  # the oracle: embedding loads it
+    again = _run("index", str(image_folder), *where)
+    assert again["code"] == 0 and not {"torch", "torchvision", "transformers"} & set(again["heavy"])
+
+
 @pytest.mark.parametrize(
     ("args", "code"),
     [
