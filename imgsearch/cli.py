@@ -192,9 +192,9 @@ def index_command(
         from imgsearch.indexer.ray_engine import require_ray
 
         require_ray()  # before any index is made
+    if ray is None:  # on Ray, each actor's process sees to its own (indexer/ray_engine.py)
+        keep_freed_memory_on_cpu(device)  # before any index is made: a bad --device is said first
     with Index.open_or_create(index_dir, model, device) as index:
-        if ray is None:  # on Ray, each actor's process sees to its own (indexer/ray_engine.py)
-            keep_freed_memory_on_cpu(device)
         bar = ProgressBar(sys.stderr, quiet=quiet)
         with stop_on_interrupt() as stop:
             try:
@@ -347,12 +347,9 @@ def search_command(
       imgsearch search --like ~/Pictures/cat.jpg
     """
     _check_one_query(query, image, like)
-    _check_search_early(
-        index_dir,
-        query,
-        k,
+    options = dict(
         image=image,
-        like=like,
+        like=None if like is None else _image_ref(like),
         under=under,
         taken_after=taken_after,
         taken_before=taken_before,
@@ -361,6 +358,7 @@ def search_command(
         rerank=not no_rerank,
         rerank_precision=precision,
     )
+    _check_search_early(index_dir, query, k, **options)
     from imgsearch.ground.threads import QUERY_THREADS, use_threads
     from imgsearch.index import Index
 
@@ -368,19 +366,7 @@ def search_command(
     with Index.open(index_dir, model, device) as index:
         if image is not None:
             keep_freed_memory_on_cpu(index.device)
-        page = index.search_page(
-            query,
-            k,
-            image=image,
-            like=None if like is None else _image_ref(like),
-            under=under,
-            taken_after=taken_after,
-            taken_before=taken_before,
-            min_score=min_score,
-            candidates=candidates,
-            rerank=not no_rerank,
-            rerank_precision=precision,
-        )
+        page = index.search_page(query, k, **options)
     if not page.results and under is not None and not os.path.isdir(os.path.expanduser(under)):
         # a folder that is gone may still have images in the index (an unplugged drive); only
         # when nothing is found is its absence the answer

@@ -587,3 +587,9 @@ def test_a_rerun_reports_the_files_that_still_fail(indexed, image_folder, model_
     result = run("index", image_folder, "--index", index_dir, "--workers", 0, "-q")
     assert "failed 0 (and 1 unchanged file still fails)" in result.stdout
     assert f"still failing: {image_folder / 'sub' / 'broken.jpg'}: " in result.stderr
+
+
+def test_a_bad_device_is_said_before_any_index_is_made(tmp_path, model_dir, image_folder):
+    result = run("index", image_folder, "--index", tmp_path / "ix", "--model", model_dir, "--device", "gpu")
+    assert_user_error(result, "unknown device 'gpu'")
+    assert not (tmp_path / "ix").exists()
