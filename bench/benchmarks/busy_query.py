@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import multiprocessing
 import shutil
 import statistics
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 from bench.benchmarks.cli_start import DEFAULT_INDEX, FLICKR8K, make_index
-from bench.benchmarks.machine import describe
+from bench.benchmarks.machine import append_report, describe
 
 
 def burn() -> None:
@@ -55,8 +56,6 @@ with Index.open({str(index_dir)!r}, device="cpu") as index:
         t = time.perf_counter(); index.search(q, k=10); times.append((time.perf_counter() - t) * 1000)
 print(json.dumps(times))
 """
-    import json
-
     burners = [multiprocessing.Process(target=burn, daemon=True) for _ in range(busy)]
     for process in burners:
         process.start()
@@ -102,9 +101,7 @@ def main() -> None:
     ]
     out += [f"| {r} | {t} | {b} | {x['p50']:.1f} | {x['p90']:.1f} |" for r, t, b, x in rows]
     report = "\n".join(out) + "\n"
-    print(report)
-    with open(args.report, "a") as f:
-        f.write(report)
+    append_report(report, args.report)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.benchmarks.machine import describe
+from bench.benchmarks.machine import append_report, describe
 
 ROOT = Path(__file__).parents[2]
 FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"
@@ -112,9 +112,7 @@ def main() -> None:
         for name, value, target in rows
     ]
     report = "\n".join(out) + "\n"
-    print(report)
-    with open(args.report, "a") as f:
-        f.write(report)
+    append_report(report, args.report)
 
 
 if __name__ == "__main__":

@@ -61,3 +61,10 @@ def percentiles_ms(seconds: list[float]) -> tuple[float, float, float]:
     """p50, p95, p99 in milliseconds."""
     p = np.percentile(np.asarray(seconds) * 1e3, [50, 95, 99])
     return float(p[0]), float(p[1]), float(p[2])
+
+
+def append_report(report: str, path: str) -> None:
+    """Print a benchmark's section and append it to the results file (bench/RESULTS.md)."""
+    print(report)
+    with open(path, "a") as f:
+        f.write(report)
