@@ -7,7 +7,8 @@ The label score is sum_c p(c | image) * match(query, c) over the image's stored 
 (model/zero_shot.py). Variants:
 - names "full": the class's whole WordNet synonym list as one text ("dragonfly, darning needle,
   devil's darning needle, sewing needle, snake feeder, ..."), as the photo model was shipped;
-  "first": its first name only ("dragonfly").
+  "first": its first name only ("dragonfly"); "wordnet": first name and WordNet parent, as shipped
+  now ("dragonfly, odonate"); any other value: a TSV file of class name, text.
 - temperature 0: match = cos(s(query), s(name)); T > 0: match = softmax over all classes of
   cos / T, i.e. how specifically the query names c among the 1,000 classes.
 For each variant and weight: dev text->image R@1/5/10 ranked as search ranks (score_pool and final_order;
@@ -42,8 +43,13 @@ def class_texts(labels: tuple[str, ...], mode: str) -> list[str]:
         return list(labels)
     if mode == "first":
         return [name.split(",")[0].strip() for name in labels]
-    with open(mode, encoding="utf-8") as f:
-        texts = dict(line.rstrip("\n").split("\t") for line in f)  # a TSV: name, text
+    if mode == "wordnet":  # as shipped: first name and WordNet parent (model/imagenet_class_texts.tsv)
+        from imgsearch.model.zero_shot import _wordnet_texts
+
+        texts = _wordnet_texts()
+    else:
+        with open(mode, encoding="utf-8") as f:
+            texts = dict(line.rstrip("\n").split("\t") for line in f if not line.startswith("#"))  # name, text
     return [texts.get(name, name.split(",")[0].strip()) for name in labels]
 
 
@@ -69,7 +75,24 @@ def label_scorer(model: AlignmentModel, mode: str, temperature: float):
     return scores
 
 
-def pool_parts(model: AlignmentModel, image_global, regions, class_probs, captions, candidates):
+def content_tokens(model: AlignmentModel, query, caption: str):
+    """The query with its mask off on [CLS], [SEP], punctuation and function words (model/words.py),
+    for the re-rank term's mean over tokens; unchanged when no content word is left."""
+    from imgsearch.model.words import is_content_word
+
+    encoding = model.text.tokenizer(caption, truncation=True, max_length=model.text.config.max_length)
+    text_of: dict[int, str] = {}
+    for position, word_id in enumerate(encoding.word_ids()):
+        if word_id is not None:
+            start, end = encoding.word_to_chars(word_id)
+            text_of[position] = caption[start:end]
+    keep = np.array([is_content_word(text_of.get(p, "")) for p in range(len(query.mask))])
+    if not keep.any():
+        return query
+    return dataclasses.replace(query, mask=query.mask & keep)
+
+
+def pool_parts(model: AlignmentModel, image_global, regions, class_probs, captions, candidates, content_only=False):
     """Per caption: its pool (the top `candidates` by cosine, FAISS order), the pool's first-stage
     score and re-rank term with the label weight at 0 (neither depends on the label score), the
     query's sentence vector and the pool's stored labels."""
@@ -85,6 +108,8 @@ def pool_parts(model: AlignmentModel, image_global, regions, class_probs, captio
             cosines = image_global @ queries.global_.float().cpu().numpy().T
             for row in range(len(queries.global_)):
                 query = query_from_batch(queries, row)
+                if content_only:
+                    query = content_tokens(model, query, captions[start + row])
                 order = np.argsort(-cosines[:, row], kind="stable")
                 pool = order[:candidates]
                 scored = score_pool(
@@ -123,13 +148,17 @@ def main() -> None:
     p.add_argument("--fusions", type=float, nargs="+", default=None, help="fusion weights (default: the model's)")
     p.add_argument("--candidates", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--content-words", action="store_true", help="the re-rank term averages content-word tokens only")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = Path(args.data)
     model = AlignmentModel.from_pretrained(args.model, device="cpu")
     base = model.config
     model.config = dataclasses.replace(base, zero_shot_weight=0.0)
-    cache = Path("bench/out") / f"labels-parts-{Path(args.model).resolve().name}-{args.candidates}.pt"
+    cache = (
+        Path("bench/out")
+        / f"labels-parts-{Path(args.model).resolve().name}-{args.candidates}{'-content' * args.content_words}.pt"
+    )
     if cache.exists():  # the pools do not depend on the label score: computed once a model
         saved = torch.load(cache, weights_only=True)  # tensors, lists and numbers only
         dev = [(*(t.numpy() for t in arrays), labels) for *arrays, labels in saved["parts"]]
@@ -139,7 +168,11 @@ def main() -> None:
         images = load_images(items, base.backbone.image_size, workers=1)
         bank = encode_captions(model.text, images.items, cache_states=False)
         dev = pool_parts(
-            model, *embed_images(model, images.pixels, with_class_probs=True), bank.captions, args.candidates
+            model,
+            *embed_images(model, images.pixels, with_class_probs=True),
+            bank.captions,
+            args.candidates,
+            args.content_words,
         )
         image_of, n_images = bank.image_of, len(images.items)
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +189,13 @@ def main() -> None:
     demo = dict(list(queries.items())[:8]) | {"a dragonfly": queries["a dragonfly"]}
     photo_bank = load_images([CaptionedImage(path) for path in sorted(PHOTOS.glob("*.jpg"))], base.backbone.image_size)
     names = [item.path.name for item in photo_bank.items]
-    photos = pool_parts(model, *embed_images(model, photo_bank.pixels, with_class_probs=True), list(demo), len(names))
+    photos = pool_parts(
+        model,
+        *embed_images(model, photo_bank.pixels, with_class_probs=True),
+        list(demo),
+        len(names),
+        args.content_words,
+    )
 
     print(
         f"{args.model}: {n_images} dev images, {len(dev)} captions, "
