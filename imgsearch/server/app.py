@@ -374,7 +374,10 @@ def _as_dict(value) -> dict:
 def explain_png(
     image_id: ImageId,
     query: QueryText,
-    word: Annotated[int, Query(ge=0, description="which word of `query`: 0 is the first")] = 0,
+    word: Annotated[
+        int,
+        Query(ge=0, description="which of the words /explain lists for `query` (its content words): 0 is the first"),
+    ] = 0,
     index=Depends(current_index),
 ) -> Response:
     """Word number `word`'s weights as a heatmap over the image (PNG, longest side 800 px)."""
