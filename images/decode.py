@@ -38,6 +38,7 @@ __all__ = [
     "decode_file",
     "decode_image_bytes",
     "exif_taken_at",
+    "file_date",
     "to_rgb",
 ]
 
@@ -69,14 +70,21 @@ class ImageRecord:
     height: int | None = None
     size: int | None = None  # bytes on disk
     sha256: str | None = None  # of the file's bytes: its content
-    # When the photo was taken, ISO text: as decoded, its EXIF DateTimeOriginal ("2021-06-01T12:00:00",
-    # the camera's wall clock) or None; as read from the store, that, else the file's mtime in
-    # local time (store.TAKEN_AT_SQL).
+    # When the photo was taken, ISO text: its EXIF DateTimeOriginal ("2021-06-01T12:00:00", the
+    # camera's wall clock), or None when it has none. Never the file's date: that is file_date().
     taken_at: str | None = None
     # What tells the indexer that a file changed (with size), and why a file failed: not shown.
     mtime: float | None = field(default=None, metadata=HIDDEN)
     ctime: float | None = field(default=None, metadata=HIDDEN)
     error: str | None = field(default=None, metadata=HIDDEN)  # set: the file could not be read or decoded
+
+
+def file_date(record: ImageRecord) -> str | None:
+    """The file's modification time in local time, ISO text to the second ("2026-12-04T10:00:00"),
+    as shown beside taken_at (a copy made today has today's file date, whenever it was taken)."""
+    if record.mtime is None:
+        return None
+    return dt.datetime.fromtimestamp(record.mtime).isoformat(timespec="seconds")
 
 
 def shown_fields(cls: type) -> tuple[str, ...]:

@@ -287,10 +287,15 @@ precision_option = click.option(
     "taken_after",
     metavar="DATE",
     type=Date(),
-    help="Only photos taken on or after DATE (YYYY-MM-DD; EXIF date, else the file's mtime).",
+    help="Only photos dated on or after DATE (YYYY-MM-DD): the date taken (EXIF), or the file's date for a "
+    "photo that has none.",
 )
 @click.option(
-    "--before", "taken_before", metavar="DATE", type=Date(), help="Only photos taken on or before DATE (YYYY-MM-DD)."
+    "--before",
+    "taken_before",
+    metavar="DATE",
+    type=Date(),
+    help="Only photos dated on or before DATE (YYYY-MM-DD), dated as --after dates them.",
 )
 @click.option(
     "--min-score",

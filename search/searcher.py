@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from imgsearch.ground.errors import InvalidQuery
-from imgsearch.images.decode import ImageRecord, record_values, shown_fields
+from imgsearch.images.decode import ImageRecord, file_date, record_values, shown_fields
 from imgsearch.search.candidates import nearest
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
 from imgsearch.search.filters import SearchFilters
@@ -93,7 +93,7 @@ class SearchResult(ImageRecord):
         values = asdict(self)
         shown = shown_fields(type(self))
         keys = [name for name in _DICT_ORDER if name in shown] + [name for name in shown if name not in _DICT_ORDER]
-        return {name: values[name] for name in keys}
+        return {name: values[name] for name in keys} | {"file_date": file_date(self)}
 
 
 # to_dict's keys in the order --json has always printed them; fields added later follow.

@@ -28,7 +28,7 @@ import numpy as np
 from imgsearch.ground.errors import ImageNotFound, InvalidImage
 from imgsearch.ground.paths import path_to_text, text_to_path
 from imgsearch.ground.rwlock import ReadWriteLock
-from imgsearch.images.decode import ImageRecord, record_values
+from imgsearch.images.decode import ImageRecord, file_date, record_values
 from imgsearch.search.arguments import SearchArguments
 from imgsearch.search.defaults import RerankPrecision
 from imgsearch.search.query_model import QueryEmbedding, QueryModel, TorchQueryModel
@@ -258,6 +258,7 @@ class Searcher:
         return {
             "id": row.id,
             **record_values(row, shown=True),
+            "file_date": file_date(row),
             "labels": [{"label": name, "score": prob} for name, prob in labels],
         }
 

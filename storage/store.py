@@ -12,7 +12,7 @@ Tables (schema version in PRAGMA user_version, upgraded by numbered migrations, 
   [[name, prob], ...], best first; NULL when the model has no classifier or the
   content was stored before schema 3). Identical files under several paths share one row.
 - images.exif_taken_at (schema 4): the photo's EXIF DateTimeOriginal as ISO text, NULL when it
-  has none; an image's taken_at is that, else its mtime in local time (TAKEN_AT_SQL).
+  has none (a record's taken_at). The date filters compare DATE_SQL: that, else the file's mtime.
 - folders (schema 4): every file and folder an `index` run was given (absolute, as given):
   the originals the service may serve lie inside them.
 """
@@ -42,13 +42,13 @@ __all__ = ["Store", "StoredImage", "Touch", "Move", "Put", "Fail", "Change", "Ap
 
 
 PAGE_SIZE = 8192  # bytes, for new stores
-# An image's taken_at: its EXIF DateTimeOriginal, else its file's mtime in local time; ISO text,
-# so that comparing the text compares the times.
-TAKEN_AT_SQL = "COALESCE(exif_taken_at, strftime('%Y-%m-%dT%H:%M:%S', mtime, 'unixepoch', 'localtime'))"
+# The date the date filters compare: the photo's EXIF date when it has one (taken_at), else its
+# file's mtime in local time (decode.file_date); ISO text, so that comparing the text compares the times.
+DATE_SQL = "COALESCE(exif_taken_at, strftime('%Y-%m-%dT%H:%M:%S', mtime, 'unixepoch', 'localtime'))"
 
 
 # The images table's column of each ImageRecord field: a column of its name, but taken_at's,
-# which holds the EXIF date alone (a read gives that, else the mtime: TAKEN_AT_SQL). A Put
+# exif_taken_at. A Put
 # writes every field; a field added to the record needs only a migration that adds its column.
 _COLUMNS = {name: "exif_taken_at" if name == "taken_at" else name for name in RECORD_FIELDS}
 _INSERT_OK = (
@@ -59,8 +59,8 @@ _INSERT_OK = (
 
 @dataclass(frozen=True, kw_only=True)
 class StoredImage(ImageRecord):
-    """A row of the images table: the image's record as stored (taken_at: TAKEN_AT_SQL, None
-    for rows read without it), with the row's id and status ('ok', or 'error' with the reason)."""
+    """A row of the images table: the image's record as stored, with the row's id and status
+    ('ok', or 'error' with the reason)."""
 
     id: int
     status: str
@@ -197,7 +197,7 @@ class Store:
         found: dict[int, StoredImage] = {}
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
-            for row in self.db.query(f"SELECT *, {TAKEN_AT_SQL} AS taken_at FROM images WHERE id IN ({marks})", chunk):
+            for row in self.db.query(f"SELECT * FROM images WHERE id IN ({marks})", chunk):
                 found[row["id"]] = _stored(row)
         return found
 
@@ -231,17 +231,18 @@ class Store:
         self, *, under: str | None = None, taken_after: str | None = None, taken_before: str | None = None
     ) -> np.ndarray:
         """Ids (sorted, int64) of the indexed images inside folder `under` (a path as stored,
-        path_to_text), taken at or after `taken_after` and at or before `taken_before` (ISO text)."""
+        path_to_text), dated (DATE_SQL: taken, else the file's date) at or after `taken_after` and
+        at or before `taken_before` (ISO text)."""
         where, args = ["status = 'ok'"], []
         if under is not None:
             prefix = under.rstrip("/") + "/"
             where.append("substr(path, 1, ?) = ?")
             args += [len(prefix), prefix]
         if taken_after is not None:
-            where.append(f"{TAKEN_AT_SQL} >= ?")
+            where.append(f"{DATE_SQL} >= ?")
             args.append(taken_after)
         if taken_before is not None:
-            where.append(f"{TAKEN_AT_SQL} <= ?")
+            where.append(f"{DATE_SQL} <= ?")
             args.append(taken_before)
         rows = self.db.execute(f"SELECT id FROM images WHERE {' AND '.join(where)} ORDER BY id", args).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
@@ -537,7 +538,7 @@ class Store:
 
 
 def _stored(row: dict) -> StoredImage:
-    fields: dict[str, Any] = {k: row.get(k) for k in StoredImage.__dataclass_fields__}
+    fields: dict[str, Any] = {k: row.get(_COLUMNS.get(k, k)) for k in StoredImage.__dataclass_fields__}
     return StoredImage(**fields)
 
 

@@ -4,7 +4,8 @@
 - image queries and "more like this" rank by cosine of stored vectors, leaving the image out;
 - Index.rerank equals search's re-rank stage on the same candidates;
 - explain equals a naive loop over tokens and regions;
-- taken_at is the EXIF DateTimeOriginal, else the mtime; original_path serves only indexed folders;
+- taken_at is the EXIF DateTimeOriginal alone, file_date the mtime, and the date filters use
+  the first, else the second; original_path serves only indexed folders;
 - refresh_if_changed sees what another writer committed.
 """
 
@@ -21,6 +22,7 @@ from PIL import Image
 
 from conftest import draw_image
 from imgsearch.ground.errors import ImageNotFound, InvalidImage, InvalidQuery
+from imgsearch.images.decode import file_date
 from imgsearch.index import Index
 from imgsearch.search.explain import SHARPNESS, overlay_png
 from imgsearch.storage.vectors import IndexSpec, VectorIndex
@@ -39,7 +41,7 @@ def save_with_exif_date(image: Image.Image, path, when: str) -> None:
 @pytest.fixture(scope="module")
 def dated_photos(tmp_path_factory):
     """18 images in three folders; the 'camera' ones carry EXIF dates, the others have set mtimes.
-    Returns the root and {file name: expected taken_at}."""
+    Returns the root and {file name: expected date: the EXIF date, else the mtime (local time)}."""
     root = tmp_path_factory.mktemp("dated") / "photos"
     expected = {}
     for i in range(6):
@@ -96,10 +98,25 @@ def relative(root, row):
 # ---- taken_at --------------------------------------------------------------------------
 
 
-def test_taken_at_is_the_exif_date_else_the_mtime(dated_index, dated_photos):
+def test_taken_at_is_the_exif_date_alone_and_file_date_the_mtime(dated_index, dated_photos):
     root, expected = dated_photos
-    got = {relative(root, row).removeprefix("camera/"): row.taken_at for row in all_rows(dated_index).values()}
-    assert got == expected
+    rows = {relative(root, row).removeprefix("camera/"): row for row in all_rows(dated_index).values()}
+    assert {name: row.taken_at for name, row in rows.items()} == {
+        name: (date if name.startswith("cam_") else None) for name, date in expected.items()
+    }
+    assert {name: file_date(row) for name, row in rows.items() if not name.startswith("cam_")} == {
+        name: date for name, date in expected.items() if not name.startswith("cam_")
+    }
+    for result in dated_index.search(TEXT, k=20):  # what --json and the API show
+        shown = result.to_dict()
+        name = relative(root, result).removeprefix("camera/")
+        assert shown["taken_at"] == rows[name].taken_at
+        assert shown["file_date"] == dt.datetime.fromtimestamp(os.stat(result.path).st_mtime).isoformat(
+            timespec="seconds"
+        )
+    image_id = int(dated_index.store.ok_ids()[0])
+    info = dated_index.image_info(image_id)
+    assert info["file_date"] == file_date(dated_index.store.images([image_id])[image_id])
 
 
 # ---- filters against a brute force ------------------------------------------------------
@@ -121,11 +138,12 @@ def oracle_keep(root, filters):
         if "under" in filters and not row.path.startswith(str(root / filters["under"]) + os.sep):
             return False
         after, before = filters.get("taken_after"), filters.get("taken_before")
-        if after is not None and row.taken_at < str(after):
+        date = row.taken_at or file_date(row)  # taken (EXIF), else the file's date
+        if after is not None and date < str(after):
             return False
         if before is not None:
             bound = str(before) + ("T23:59:59" if len(str(before)) == 10 else "")
-            if row.taken_at > bound:
+            if date > bound:
                 return False
         return True
 

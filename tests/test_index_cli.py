@@ -160,6 +160,7 @@ FIELDS = {
     "sha256",
     "labels",
     "taken_at",
+    "file_date",
 }
 
 

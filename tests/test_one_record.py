@@ -108,7 +108,7 @@ def test_a_shard_carries_the_record_and_its_file_keeps_it(decoded, photos, index
 
 def test_the_store_keeps_every_field(decoded, photos, index):
     stored = index.store.get(decoded.path)
-    rows = index.store.images([stored.id])  # as searches read them (taken_at: EXIF, else mtime)
+    rows = index.store.images([stored.id])  # as searches read them
     assert_record(record_values(rows[stored.id]), record_values(decoded), RECORD_FIELDS, "the stored row")
     failed = decode_file(photos / "broken.jpg")
     [row] = [row for row in index.store.failures() if row.path == failed.path]

@@ -44,8 +44,14 @@ class SearchRequest(BaseModel):
     cursor: str | None = Field(None, max_length=20, description="next_cursor from the previous page")
     page: int | None = Field(None, ge=1, description="1-based page number (instead of a cursor)")
     folder: str | None = Field(None, max_length=4096, description="only images inside this folder (absolute path)")
-    taken_after: str | None = Field(None, max_length=40, description="ISO date or date-time, inclusive")
-    taken_before: str | None = Field(None, max_length=40, description="ISO date or date-time, inclusive")
+    taken_after: str | None = Field(
+        None,
+        max_length=40,
+        description="ISO date or date-time, inclusive; a photo's date is its EXIF date taken, else its file's date",
+    )
+    taken_before: str | None = Field(
+        None, max_length=40, description="ISO date or date-time, inclusive; as taken_after"
+    )
     min_score: float | None = Field(None, description="the least first-stage score")
 
 
@@ -78,6 +84,10 @@ _SEARCH_ITEM: dict[str, Any] = {
     "rerank_score": (float | None, ...),
     "first_stage_rank": (int | None, ...),
     **{name: (_RECORD_TYPES[name], None) for name in SHOWN_FIELDS if name != "path"},
+    "file_date": (
+        str | None,
+        Field(None, description="the file's modification time, local time; taken_at is the EXIF date alone"),
+    ),
     "labels": (list[Label], []),
     "zero_shot_score": (float | None, None),
     "thumbnail_url": (str | None, ...),

@@ -330,7 +330,9 @@ function fitImage() {
 function facts(item) {
   const rows = [];
   const add = (term, value) => { if (value !== null && value !== undefined && value !== "") rows.push(el("dt", { text: term }), el("dd", { text: value })); };
-  add("Taken", formatDate(item.taken_at));
+  // "Taken" only from the photo's own (EXIF) date; a file's date says when it was copied or saved.
+  if (item.taken_at) add("Taken", formatDate(item.taken_at));
+  else add("File date", formatDate(item.file_date));
   const pixels = item.width && item.height ? `${item.width} × ${item.height} px` : null;
   add("Size", [pixels, formatBytes(item.size)].filter(Boolean).join(", "));
   if (!isReranked(item)) {
