@@ -385,11 +385,14 @@ def search_command(
                     "reranked": page.reranked,
                     "results": [r.to_dict() for r in page.results],
                     "timings_ms": page.timings_ms,
+                    "warnings": page.warnings,
                 },
                 indent=2,
             )
         )
         return
+    for warning in page.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     if not page.results:
         click.echo(
             "no images match; add some with `imgsearch index`, or loosen the filters."

@@ -127,6 +127,8 @@ class SearchPage:
     reranked: bool  # were text results re-ranked by the cross-attention scorer?
     # milliseconds per stage: encode, vector_search, first_stage, rerank, total
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Sentences for the person searching, e.g. that the query does not look English (search/language.py).
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

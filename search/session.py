@@ -31,6 +31,7 @@ from imgsearch.ground.rwlock import ReadWriteLock
 from imgsearch.images.decode import ImageRecord, file_date, record_values
 from imgsearch.search.arguments import SearchArguments
 from imgsearch.search.defaults import RerankPrecision
+from imgsearch.search.language import english_warning
 from imgsearch.search.query_model import QueryEmbedding, QueryModel, TorchQueryModel
 from imgsearch.search.searcher import SearchPage, SearchResult, encode_text_query, score_pool, search_page
 from imgsearch.storage.store import Store, StoredImage
@@ -163,7 +164,7 @@ class Searcher:
                 exclude_id = self._indexed_id(cast("int | str | os.PathLike", arguments.value))
                 encoded = self._store.global_vectors_of([exclude_id])[0]
             encode_ms = (time.perf_counter() - started) * 1000
-            return search_page(
+            page = search_page(
                 model,
                 self._store,
                 self._vectors,
@@ -177,6 +178,9 @@ class Searcher:
                 rerank_precision=arguments.rerank_precision,
                 encode_ms=encode_ms,
             )
+        if arguments.kind == "query" and (warning := english_warning(cast(str, arguments.value))):
+            page.warnings.append(warning)
+        return page
 
     def rerank(self, query: str, items: list[ImageItem], rerank_precision: RerankPrecision) -> list[SearchResult]:
         """The given images (at least one) ordered for a text query by the scorer (Index.rerank)."""

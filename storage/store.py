@@ -388,31 +388,32 @@ class Store:
         added: list[int] = []
         added_vectors: dict[int, np.ndarray] = {}  # id --> (d,), for rows of contents new to the store
         with self._write_transaction():
-            carried = [c for c in changes if isinstance(c, Put) and c.global_ is not None]
+            # (Put, global (d,), regions (R, d)) of each Put that carries its content's vectors
+            carried = [(c, c.global_, _regions_of(c)) for c in changes if isinstance(c, Put) and c.global_ is not None]
             # A content's first vectors are kept (INSERT OR IGNORE) and FAISS mirrors them: those
             # this batch stores are not read back, those stored before are.
-            stored_before = self._stored_contents({c.record.sha256 for c in carried})
+            stored_before = self._stored_contents({c.record.sha256 for c, _, _ in carried})
             fresh: dict[str | None, np.ndarray] = {}
-            for c in carried:
+            for c, global_, _ in carried:
                 if c.record.sha256 not in stored_before:
-                    fresh.setdefault(c.record.sha256, c.global_)
+                    fresh.setdefault(c.record.sha256, global_)
             self.db.conn.executemany(  # contents first, so that any row of the batch may use them
                 "INSERT OR IGNORE INTO embeddings (sha256, global, regions, labels) VALUES (?, ?, ?, ?)",
                 [
                     (
                         c.record.sha256,
-                        _blob(c.global_, np.float32, (self.embed_dim,)),
-                        _blob(c.regions, np.float16, (self.num_regions, self.embed_dim)),
+                        _blob(global_, np.float32, (self.embed_dim,)),
+                        _blob(regions, np.float16, (self.num_regions, self.embed_dim)),
                         _labels_json(c.labels),
                     )
-                    for c in carried
+                    for c, global_, regions in carried
                 ],
             )
             replaced = [c.record.path for c in changes if isinstance(c, Put | Fail)]
             stored_at = self._rows_at(replaced)  # path --> (id, status) stored before this batch
             path_of = {row[0]: path for path, row in stored_at.items()}
             reused = {c.record.sha256 for c in changes if isinstance(c, Put) and c.global_ is None}
-            known = {c.record.sha256 for c in carried} | self._stored_contents(reused)
+            known = {c.record.sha256 for c, _, _ in carried} | self._stored_contents(reused)
             written: set[str] = set()  # paths given a row by this batch (a path twice: the later wins)
             for change in changes:
                 record = change.record
@@ -540,6 +541,12 @@ class Store:
 def _stored(row: dict) -> StoredImage:
     fields: dict[str, Any] = {k: row.get(_COLUMNS.get(k, k)) for k in StoredImage.__dataclass_fields__}
     return StoredImage(**fields)
+
+
+def _regions_of(put: Put) -> np.ndarray:
+    if put.regions is None:
+        raise ValueError(f"a Put of {put.record.path} carries a global vector without its regions")
+    return put.regions
 
 
 def _labels_json(labels: Sequence[tuple[str, float]] | None) -> str | None:

@@ -385,4 +385,16 @@ def test_shared_url_with_a_folder_filter_shows_markup_as_text(server, page, shot
     page.locator("#filters-clear").click()
     expect(page.locator("#grid .card")).to_have_count(24)
     expect(page).to_have_url(re.compile(r"\?q=a(\+|%20)dog$"))
+    expect(page.locator("#warning")).to_be_hidden()
+
+    # A query that is not English: the results come, with a warning above them; English again hides it.
+    page.locator("#q").fill("un chien qui court sur la plage")
+    page.locator("#q").press("Enter")
+    expect(page.locator("#warning")).to_be_visible()
+    expect(page.locator("#warning")).to_contain_text("The text encoder reads English")
+    expect(page.locator("#grid .card").first).to_be_visible()
+    _shot(page, shots, "13-not-english")
+    page.locator("#q").fill("a dog")
+    page.locator("#q").press("Enter")
+    expect(page.locator("#warning")).to_be_hidden()
     assert not problems.items, problems.items

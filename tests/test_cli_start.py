@@ -65,6 +65,7 @@ def test_an_index_run_with_nothing_to_embed_loads_no_torch(tmp_path, model_dir, 
     where = ("--index", str(tmp_path / "index"), "--model", str(model_dir), "--device", "cpu", "--workers", "0", "-q")
     first = _run("index", str(image_folder), *where)
     assert first["code"] == 0 and "torch" in first["heavy"]  # the oracle: embedding loads it
+    assert "transformers" not in first["heavy"]  # indexing needs no text encoder
     again = _run("index", str(image_folder), *where)
     assert again["code"] == 0 and not {"torch", "torchvision", "transformers"} & set(again["heavy"])
 

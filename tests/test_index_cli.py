@@ -18,6 +18,7 @@ from imgsearch.index import Index, default_index_dir
 from imgsearch.model import packaged as models
 from imgsearch.model.model_files import fingerprint
 from imgsearch.model.packaged import default_model_dir
+from imgsearch.search.language import english_warning
 
 
 @pytest.fixture(autouse=True)
@@ -594,3 +595,17 @@ def test_a_bad_device_is_said_before_any_index_is_made(tmp_path, model_dir, imag
     result = run("index", image_folder, "--index", tmp_path / "ix", "--model", model_dir, "--device", "gpu")
     assert_user_error(result, "unknown device 'gpu'")
     assert not (tmp_path / "ix").exists()
+
+
+def test_a_query_that_is_not_english_is_warned_in_the_table_and_the_json(indexed):
+    index_dir, _ = indexed
+    where = ("--index", index_dir, "-k", 3, "--device", "cpu")
+    french = run("search", "un cercle rouge sur fond blanc", *where)
+    assert french.exit_code == 0 and "Warning: The text encoder reads English" in french.stderr
+    assert "'fr'" in french.stderr and len(french.stdout.splitlines()) > 3  # the results still come
+    assert run_json("search", "un cercle rouge sur fond blanc", *where)["warnings"] == [
+        english_warning("un cercle rouge sur fond blanc")
+    ]
+    english = run("search", "a red circle", *where)
+    assert english.exit_code == 0 and "Warning" not in english.stderr
+    assert run_json("search", "a red circle", *where)["warnings"] == []

@@ -497,3 +497,10 @@ def test_serve_says_when_the_port_is_taken(index):
         taken.listen(1)
         with pytest.raises(ImgsearchError, match="pick another --port"):
             serve(index.directory, port=taken.getsockname()[1], device="cpu")
+
+
+def test_a_query_that_is_not_english_comes_back_with_a_warning(client):
+    french = client.post("/api/search", json={"query": "un chien qui court sur la plage", "k": 3}).json()
+    assert len(french["items"]) == 3 and len(french["warnings"]) == 1
+    assert "reads English" in french["warnings"][0] and "'fr'" in french["warnings"][0]
+    assert client.post("/api/search", json={"query": "a dog running on the beach", "k": 3}).json()["warnings"] == []

@@ -189,6 +189,7 @@ def search(request: Request, body: Body = Depends(request_body), index=Depends(c
         "next_cursor": None if page.next_offset is None else str(page.next_offset),
         "reranked": page.reranked,
         "timings_ms": page.timings_ms,
+        "warnings": page.warnings,
     }
 
 

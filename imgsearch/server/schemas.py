@@ -101,6 +101,9 @@ class SearchResponse(BaseModel):
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
     reranked: bool
     timings_ms: dict[str, float]
+    warnings: list[str] = Field(
+        [], description="sentences for the person searching, e.g. that the query is not English"
+    )
 
 
 class ExplainClass(BaseModel):

@@ -16,7 +16,7 @@ const els = {
   queryPhotoLabel: $("query-photo-label"), queryPhotoClear: $("query-photo-clear"),
   filters: $("filters"), filterCount: $("filter-count"), filtersClear: $("filters-clear"),
   folder: $("folder"), after: $("after"), before: $("before"), min: $("min"),
-  error: $("error"), status: $("status"), timings: $("timings"), empty: $("empty"),
+  error: $("error"), warning: $("warning"), status: $("status"), timings: $("timings"), empty: $("empty"),
   grid: $("grid"), loadMore: $("load-more"), drop: $("drop"),
   detail: $("detail"), detailImg: $("detail-img"), heatmap: $("heatmap"),
   detailPos: $("detail-pos"), detailPath: $("detail-path"), facts: $("detail-facts"),
@@ -26,7 +26,7 @@ const els = {
 };
 
 // The current search. query: {kind: "text", text} | {kind: "like", id, name} | {kind: "image", upload, name}
-const state = { query: null, filters: {}, items: [], nextCursor: null, timings: null, reranked: false, detail: -1, word: null };
+const state = { query: null, filters: {}, items: [], nextCursor: null, timings: null, reranked: false, warnings: [], detail: -1, word: null };
 const uploads = new Map(); // upload number --> {file, url}: photo queries are kept for back/forward
 let uploadCount = 0;
 let inflight = null; // AbortController of the running search
@@ -134,6 +134,7 @@ async function fetchPage(cursor) {
     state.nextCursor = page.next_cursor ?? null;
     state.timings = page.timings_ms || null;
     state.reranked = page.reranked;
+    state.warnings = page.warnings || [];
     render(cursor ? page.items.length : null);
   } catch (error) {
     if (error.name === "AbortError") return;
@@ -141,7 +142,7 @@ async function fetchPage(cursor) {
     let message = error instanceof ApiError ? error.message : `Something went wrong: ${error.message}`;
     if (query.kind === "image") message = `Could not search with ${query.name || "that photo"}: ${message}`;
     showError(message);
-    if (!cursor) { state.items = []; state.nextCursor = null; state.timings = null; render(); }
+    if (!cursor) { state.items = []; state.nextCursor = null; state.timings = null; state.warnings = []; render(); }
     els.status.textContent = "";
   } finally {
     if (controller === inflight) {
@@ -203,6 +204,9 @@ function render(appended = null) {
   const start = appended === null ? 0 : items.length - appended;
   items.slice(start).forEach((item, i) => els.grid.append(card(item, start + i)));
   els.loadMore.hidden = !state.nextCursor;
+  const warnings = (query && state.warnings) || [];
+  els.warning.textContent = warnings.join(" ");
+  els.warning.hidden = !warnings.length;
   if (!query) { els.status.textContent = ""; els.timings.textContent = ""; return; }
   if (!items.length) {
     const filtered = Object.values(state.filters).some(Boolean);
