@@ -7,7 +7,10 @@
    through merge.ShardWriter.merge (what `imgsearch index --ray` does with each shard): a
    global vector (256 float32), 49 regions (256 float16, 25 KB) and 5 labels per image,
    random values, one transaction (synchronous=FULL: one fsync) per shard, mirrored into an
-   exact FAISS index. Reported: rows/s (first 3 shards left out) and bytes on disk per image.
+   exact FAISS index. Reported: rows/s (first 3 shards left out) and bytes on disk per image;
+   and, in the same run, the disk's rate for fsync'd appends of a shard's bytes, the ceiling
+   of a writer that wrote each row once (SQLite's WAL writes it twice: the log, then the
+   checkpoint into the database).
 2. FAISS: IVF-flat, IVF-SQ8 and IVF-PQ (32 sub-quantizers x 8 bits, 32 B a vector) with
    --nlist lists, trained on a sample (64 points a list), then --faiss-vectors L2-normalised
    random vectors added in chunks of 65,536: vectors/s of add, and bytes per vector (the
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +75,23 @@ def sqlite_merge_rate(shards: int, shard_size: int, folder: str) -> tuple[float,
         store.close()
     kept = seconds[3:]
     return shard_size * len(kept) / sum(kept), float(np.median(kept) * 1e3), disk
+
+
+def disk_append_rate(folder: str, chunk_bytes: int, chunks: int = 40) -> float:
+    """MB/s of fsync'd appends of `chunk_bytes` to a new file in `folder`: what this disk gives a
+    writer that writes each byte once and syncs once a shard, the ceiling of any store format."""
+    buffer = np.random.default_rng(2).bytes(chunk_bytes)
+    with tempfile.TemporaryDirectory(dir=folder, prefix="imgsearch-disk-bench-") as work:
+        fd = os.open(Path(work) / "append", os.O_WRONLY | os.O_CREAT)
+        try:
+            started = time.perf_counter()
+            for _ in range(chunks):
+                os.write(fd, buffer)
+                os.fsync(fd)
+            seconds = time.perf_counter() - started
+        finally:
+            os.close(fd)
+    return chunk_bytes * chunks / seconds / 1e6
 
 
 def ivf_index(kind: str, nlist: int) -> faiss.Index:
@@ -127,12 +148,26 @@ def main() -> None:
         "bytes on disk per image |",
         "|---|---|---|---|---|---|",
     ]
+    ceilings = []
     for shard_size in sorted({args.shard_size, 1024}):
         shards = max(8, args.shards * args.shard_size // shard_size)
         rate, p50, disk = sqlite_merge_rate(shards, shard_size, args.folder)
+        ceilings.append((shard_size, disk, disk_append_rate(args.folder, int(disk * shard_size)), rate))
         lines.append(
             f"| 256-d global, 49 x 256 fp16 regions, 5 labels | {shards} x {shard_size} | {rate:,.0f} | "
             f"{p50:.0f} | {rate * NUM_REGIONS * EMBED_DIM * 2 / 1e6:.0f} | {disk:,.0f} |"
+        )
+        print(lines[-1], flush=True)
+    lines += [
+        "",
+        "| the disk, in the same run: fsync'd appends of one shard's bytes | MB/s | rows/s if each row were written "
+        "once | the writer's share of that |",
+        "|---|---|---|---|",
+    ]
+    for shard_size, row_bytes, mb_per_s, rate in ceilings:
+        ceiling = mb_per_s * 1e6 / row_bytes
+        lines.append(
+            f"| {shard_size} rows x {row_bytes:,.0f} B | {mb_per_s:,.0f} | {ceiling:,.0f} | {rate / ceiling:.0%} |"
         )
         print(lines[-1], flush=True)
     lines += [
