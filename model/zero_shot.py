@@ -39,7 +39,14 @@ if TYPE_CHECKING:  # no torch here: the numpy query runtime (model/numpy_query.p
     from imgsearch.model.alignment import AlignmentModel
     from imgsearch.model.numpy_query import NumpyQueryModel
 
-__all__ = ["zero_shot_scores", "class_matches", "class_name_vectors", "class_texts", "sentence_vectors"]
+__all__ = [
+    "zero_shot_scores",
+    "class_matches",
+    "class_name_vectors",
+    "class_texts",
+    "sentence_vectors",
+    "wordnet_texts",
+]
 
 # zero_shot_texts "wordnet": ImageNet class name --> first name and WordNet parent
 CLASS_TEXTS_FILE = Path(__file__).with_name("imagenet_class_texts.tsv")
@@ -74,13 +81,13 @@ def class_texts(model: AlignmentModel | NumpyQueryModel) -> dict[str, str]:
     query with (the model's zero_shot_texts; module docstring)."""
     names = sorted(set(model.config.image_labels or ()))
     if model.config.zero_shot_texts == "wordnet":
-        table = _wordnet_texts()
+        table = wordnet_texts()
         return {name: table.get(name, name.split(",")[0].strip()) for name in names}
     return {name: name for name in names}
 
 
 @functools.cache
-def _wordnet_texts() -> dict[str, str]:
+def wordnet_texts() -> dict[str, str]:
     """imagenet_class_texts.tsv: lines "class name<TAB>text"; lines starting with # are notes."""
     lines = CLASS_TEXTS_FILE.read_text(encoding="utf-8").splitlines()
     return dict(line.split("\t", 1) for line in lines if line and not line.startswith("#"))

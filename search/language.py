@@ -61,7 +61,8 @@ def detected_language(text: str) -> str | None:
     """The language code fastText names for `text` when it is not English, with probability at
     least MIN_PROBABILITY ("fr", "de", "zh", ...), "?" for other-script text it cannot name,
     else None (English, or too little to tell)."""
-    flat = " ".join(text.split())
+    # lone surrogates (undecodable bytes from a non-UTF-8 terminal) become "?": fastText takes UTF-8
+    flat = " ".join(text.split()).encode("utf-8", "replace").decode("utf-8")
     if not flat:
         return None
     best = _detector().detect(flat, k=1)[0]

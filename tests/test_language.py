@@ -23,6 +23,7 @@ ENGLISH = [
     "xqzv blorft wug",  # nonsense is not a foreign language: the score must say it, not this warning
     "",
     "   ",
+    "photo \udce9 from a Latin-1 terminal",  # a lone surrogate, as Python decodes such bytes
 ]
 FOREIGN = {
     "un chien qui court sur la plage": "fr",

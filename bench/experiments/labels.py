@@ -44,9 +44,9 @@ def class_texts(labels: tuple[str, ...], mode: str) -> list[str]:
     if mode == "first":
         return [name.split(",")[0].strip() for name in labels]
     if mode == "wordnet":  # as shipped: first name and WordNet parent (model/imagenet_class_texts.tsv)
-        from imgsearch.model.zero_shot import _wordnet_texts
+        from imgsearch.model.zero_shot import wordnet_texts
 
-        texts = _wordnet_texts()
+        texts = wordnet_texts()
     else:
         with open(mode, encoding="utf-8") as f:
             texts = dict(line.rstrip("\n").split("\t") for line in f if not line.startswith("#"))  # name, text
