@@ -270,7 +270,8 @@ precision_option = click.option(
     "--like",
     "like",
     metavar="PATH_OR_ID",
-    help="More like an indexed image, given by its path or its id (--json shows ids); it is left out.",
+    help="More like an indexed image, given by its path or its id (--json shows ids); it and its byte-identical "
+    "copies are left out.",
 )
 @index_option
 @model_option

@@ -319,10 +319,10 @@ class Index:
     def search(self, query: str | None = None, k: int = 10, **options) -> list[SearchResult]:
         """Top-k images for exactly one of: a text `query`, an `image` (a path, the bytes of an
         image file, or a PIL image) or `like` (an indexed image's id or path; "more like this",
-        the image itself left out). Text queries: FAISS top-`candidates`, then cross-attention
-        re-ranking; image queries rank by cosine in the shared space alone. The options, and
-        the filters (`under`, `taken_after`, `taken_before`, `min_score`) and paging
-        (`offset`): see search_page, which this returns the results of."""
+        the image itself and its byte-identical copies left out). Text queries: FAISS
+        top-`candidates`, then cross-attention re-ranking; image queries rank by cosine in the
+        shared space alone. The options, and the filters (`under`, `taken_after`,
+        `taken_before`, `min_score`) and paging (`offset`): see search_page, which this returns the results of."""
         return self.search_page(query, k, **options).results
 
     def search_page(

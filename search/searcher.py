@@ -202,7 +202,7 @@ def search_page(
     candidates: int = DEFAULT_CANDIDATES,
     rerank: bool = True,
     filters: SearchFilters = SearchFilters(),
-    exclude_id: int | None = None,
+    exclude_ids: Sequence[int] = (),
     rerank_precision: RerankPrecision = "float32",
     encode_ms: float = 0.0,
 ) -> SearchPage:
@@ -213,8 +213,8 @@ def search_page(
     rerank_precision: "float32" gives the reference scorer's scores; "bfloat16" runs the
     scorer's matrix products in bfloat16 (faster where the hardware runs it natively, logits
     close to float32's: bench/RESULTS.md has the figures); "auto" picks bfloat16 where the
-    hardware runs it natively. exclude_id: an image left out of the results ("more like this"
-    of that image).
+    hardware runs it natively. exclude_ids: images left out of the results ("more like this"
+    of an image: it and its copies).
     """
     clock = _Clock(encode_ms)
     text = query if isinstance(query, QueryEmbedding) else None
@@ -228,12 +228,13 @@ def search_page(
     # Fetch deeper until the page (and one more, to know whether a next page exists) survives
     # min_score, or nothing is left to fetch.
     limit = len(vectors) if allowed is None else len(allowed)
-    depth = max(offset + k + 1, pool_size) + (exclude_id is not None)
+    excluded = np.asarray(sorted(exclude_ids), np.int64)
+    depth = max(offset + k + 1, pool_size) + len(excluded)
     while True:
         cosines, ids = nearest(vectors, store, vector, depth, allowed)  # (n,), (n,)
         clock.lap("vector_search")
-        if exclude_id is not None:
-            keep = ids != exclude_id
+        if len(excluded):
+            keep = ~np.isin(ids, excluded)
             cosines, ids = cosines[keep], ids[keep]
         labels = store.labels(ids.tolist()) if uses_zero_shot else None  # every candidate's, for the zero-shot term
         scores = _first_stage_order(

@@ -153,7 +153,7 @@ class Searcher:
         model = self.query_model(arguments.rerank_precision)
         with self._snapshot_lock.reading():
             started = time.perf_counter()
-            exclude_id = None
+            exclude_ids: list[int] = []
             encoded: QueryEmbedding | np.ndarray
             # arguments.value, checked at the boundary (search/arguments.py), is what its kind says
             if arguments.kind == "query":
@@ -161,8 +161,9 @@ class Searcher:
             elif arguments.kind == "image":
                 encoded = encode_image(image_encoder, load_image(cast("ImageInput", arguments.value))).global_
             else:
-                exclude_id = self._indexed_id(cast("int | str | os.PathLike", arguments.value))
-                encoded = self._store.global_vectors_of([exclude_id])[0]
+                like_id = self._indexed_id(cast("int | str | os.PathLike", arguments.value))
+                encoded = self._store.global_vectors_of([like_id])[0]
+                exclude_ids = [like_id, *self._store.copies_of(like_id)]  # byte-identical files too
             encode_ms = (time.perf_counter() - started) * 1000
             page = search_page(
                 model,
@@ -174,7 +175,7 @@ class Searcher:
                 candidates=arguments.candidates,
                 rerank=arguments.rerank,
                 filters=arguments.filters,
-                exclude_id=exclude_id,
+                exclude_ids=exclude_ids,
                 rerank_precision=arguments.rerank_precision,
                 encode_ms=encode_ms,
             )

@@ -202,6 +202,16 @@ class Store:
         return found
 
     @_serialized
+    def copies_of(self, image_id: int) -> list[int]:
+        """The other indexed images with the same content (sha256) as `image_id`: byte-identical copies."""
+        rows = self.db.execute(
+            "SELECT id FROM images WHERE status = 'ok' AND id != ? AND sha256 = "
+            "(SELECT sha256 FROM images WHERE id = ?) ORDER BY id",
+            [image_id, image_id],
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    @_serialized
     def ok_ids(self) -> np.ndarray:
         rows = self.db.execute("SELECT id FROM images WHERE status = 'ok' ORDER BY id").fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)

@@ -242,6 +242,28 @@ def test_like_ranks_by_cosine_and_leaves_the_image_out(dated_index, dated_photos
     assert [r.id for r in by_path] == ids.tolist()
 
 
+def test_like_never_returns_a_copy_of_its_own_photo(tmp_path, model_dir):
+    """Byte-identical copies under other paths share the photo's content: "more like this" leaves
+    them out with the photo, and ranks the rest as the brute force does."""
+    photos = tmp_path / "photos"
+    (photos / "copies").mkdir(parents=True)
+    for i in range(6):
+        draw_image(i).save(photos / f"p_{i}.png")
+    shutil.copy(photos / "p_2.png", photos / "copies" / "p_2 copy.png")
+    shutil.copy(photos / "p_2.png", photos / "copies" / "p_2 again.png")
+    with Index.create(tmp_path / "index", model_dir, device="cpu") as index:
+        index.add([photos], workers=0)
+        source = index.store.get(str(photos / "p_2.png")).id
+        copies = {index.store.get(str(photos / "copies" / name)).id for name in ("p_2 copy.png", "p_2 again.png")}
+        assert set(index.store.copies_of(source)) == copies
+        ids, scores = brute_force(index, index.store.global_vectors_of([source])[0])
+        keep = ~np.isin(ids, [source, *copies])
+        results = index.search(like=source, k=10)
+        assert [r.id for r in results] == ids[keep].tolist() and len(results) == 5
+        np.testing.assert_allclose([r.score for r in results], scores[keep], atol=ATOL)
+        assert [r.id for r in index.search(like=min(copies), k=10)] == ids[keep].tolist()  # from a copy too
+
+
 def test_an_image_query_finds_that_image_first(dated_index, dated_photos, tmp_path):
     root, _ = dated_photos
     outside = tmp_path / "query.png"
