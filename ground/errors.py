@@ -106,7 +106,7 @@ class ServeFailed(ImgsearchError):
 
 
 class RayNotInstalled(ImgsearchError):
-    """`index --ray` was asked for, but the ray package (the imgsearch[ray] extra) is not installed."""
+    """`index --ray` was asked for, but the ray package (the imgsearch-offline[ray] extra) is not installed."""
 
 
 class ShardFailed(ImgsearchError):

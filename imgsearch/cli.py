@@ -103,7 +103,7 @@ device_option = click.option(
 
 
 @click.group(context_settings=CONTEXT)
-@click.version_option(package_name="imgsearch")
+@click.version_option(package_name="imgsearch-offline", prog_name="imgsearch")
 @click.option("-v", "--verbose", is_flag=True, help="Log more on stderr.")
 def cli(verbose: bool) -> None:
     """Find images in your photo folders by describing them in words.
@@ -143,7 +143,7 @@ def cli(verbose: bool) -> None:
     flag_value="local",
     default=None,
     metavar="[ADDRESS]",
-    help="Embed on Ray actors (one per GPU, else per CPU; needs `pip install 'imgsearch[ray]'`): "
+    help="Embed on Ray actors (one per GPU, else per CPU; needs `pip install 'imgsearch-offline[ray]'`): "
     "alone, on a new local Ray; with an address (HOST:PORT, ray://HOST:PORT, auto), on that cluster, "
     "whose nodes must see the files and the model at the same paths. Give it after the paths "
     "(or as --ray=ADDRESS). --workers and --device then do not apply.",
@@ -311,7 +311,7 @@ precision_option = click.option(
     type=WholeNumber(min=1),
     help="First-stage candidates handed to the re-ranker.",
 )
-@click.option("--no-rerank", is_flag=True, help="Skip cross-attention re-ranking; rank by the first stage alone.")
+@click.option("--no-rerank", is_flag=True, help="Skip re-ranking by the scorer; rank by the first stage alone.")
 @precision_option
 @device_option
 @json_option
@@ -415,8 +415,8 @@ def search_command(
 @json_option
 @user_errors
 def rerank_command(query, images, index_dir, model, precision, device, as_json) -> None:
-    """Order the given images for a text description with the cross-attention
-    re-ranker alone. Indexed images (by path or id) are scored from their stored
+    """Order the given images for a text description with the re-ranker (the
+    scorer) alone. Indexed images (by path or id) are scored from their stored
     regions; other image files are read and encoded now. The table is search's.
 
     \b

@@ -276,7 +276,7 @@ class Index:
 
         `ray`: None or False embeds here; True on Ray (the cluster this process is connected
         to, else a new local one), a str on the Ray cluster at that address, in shards of
-        `shard_size` files (imgsearch.indexer.ray_engine; needs `pip install 'imgsearch[ray]'`).
+        `shard_size` files (imgsearch.indexer.ray_engine; needs `pip install 'imgsearch-offline[ray]'`).
         `embedder`: embeds the files instead (imgsearch.indexer.run.Embedder: a
         pipeline.LocalEmbedder or ray_engine.RayEmbedder made with other options, or one of
         the caller's own); `batch_size`, `workers`, `ray` and `shard_size` are then its business.
@@ -320,7 +320,7 @@ class Index:
         """Top-k images for exactly one of: a text `query`, an `image` (a path, the bytes of an
         image file, or a PIL image) or `like` (an indexed image's id or path; "more like this",
         the image itself and its byte-identical copies left out). Text queries: FAISS
-        top-`candidates`, then cross-attention re-ranking; image queries rank by cosine in the
+        top-`candidates`, then re-ranking by the scorer; image queries rank by cosine in the
         shared space alone. The options, and the filters (`under`, `taken_after`,
         `taken_before`, `min_score`) and paging (`offset`): see search_page, which this returns the results of."""
         return self.search_page(query, k, **options).results
@@ -372,7 +372,7 @@ class Index:
         *,
         rerank_precision: RerankPrecision = "float32",
     ) -> list[SearchResult]:
-        """Order the given images for a text query by the cross-attention scorer, as search's
+        """Order the given images for a text query by the scorer (the re-ranker), as search's
         re-rank stage orders its candidates. Items are indexed image ids, or paths: an indexed
         file is scored from its stored regions, any other image (a path, the bytes of an image
         file, a PIL image) is encoded now (its result has id None; path "" unless given).

@@ -19,7 +19,7 @@ commits each shard in one transaction: a driver killed at any moment leaves ever
 shard stored, and the next run skips them (the plan sees them as unchanged).
 
 Only this module imports ray, and only when a RayEmbedder is made: install it with
-`pip install 'imgsearch[ray]'`.
+`pip install 'imgsearch-offline[ray]'`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = ["RayEmbedder", "require_ray", "EmbedActor", "RAY_INSTALL_HINT"]
 
 log = logging.getLogger(__name__)
 
-RAY_INSTALL_HINT = "pip install 'imgsearch[ray]'"
+RAY_INSTALL_HINT = "pip install 'imgsearch-offline[ray]'"
 MAX_RESTARTS = 3  # times Ray restarts an actor whose process died
 MAX_TASK_RETRIES = 3  # times Ray retries a shard on its restarted actor
 MAX_ATTEMPTS = 4  # times this driver hands one shard out (to another actor, once its own is gone)

@@ -25,7 +25,7 @@ def load_backbone_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = convert(path)
         except ImportError as exc:  # the converter's parser is an optional extra
             raise WeightsMissing(
-                f"reading {path} needs the tflite package: pip install 'imgsearch[convert]' ({exc})."
+                f"reading {path} needs the tflite package: pip install 'imgsearch-offline[convert]' ({exc})."
             ) from exc
     elif path.suffix == ".safetensors":
         from safetensors.torch import load_file

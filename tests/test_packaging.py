@@ -88,7 +88,7 @@ def wheel(tmp_path_factory) -> Path:
         text=True,
         cwd=work,
     )
-    (built,) = out.glob("imgsearch-*.whl")
+    (built,) = out.glob("imgsearch_offline-*.whl")
     return built
 
 

@@ -32,9 +32,9 @@ from index_oracle import assert_rows_match, assert_same_results, check_consisten
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 try:
     import ray
-except ImportError as exc:  # `make test` installs imgsearch[ray]; only where that failed
+except ImportError as exc:  # `make test` installs imgsearch-offline[ray]; only where that failed
     ray = None
-    RAY_MISSING = f"Ray cannot be imported ({exc}); install it with pip install 'imgsearch[ray]'"
+    RAY_MISSING = f"Ray cannot be imported ({exc}); install it with pip install 'imgsearch-offline[ray]'"
 else:
     RAY_MISSING = ""
 
@@ -241,5 +241,5 @@ def test_without_ray_the_index_command_says_what_to_install(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as where it is not installed
     result = CliRunner().invoke(cli, ["index", str(image_folder), "--ray", "--index", str(tmp_path / "index")])
     assert result.exit_code == 1, result.output
-    assert "pip install 'imgsearch[ray]'" in result.output
+    assert "pip install 'imgsearch-offline[ray]'" in result.output
     assert not (tmp_path / "index").exists()  # no index made

@@ -251,7 +251,7 @@ def _item(result, request: Request) -> dict:
 )
 def rerank(request: Request, body: Body = Depends(request_body), index=Depends(current_index)) -> dict:
     """Order the given images (indexed `ids`, and uploaded `images`) for a text query with the
-    cross-attention scorer. Uploaded images come back with `id` null and no URLs."""
+    scorer (the re-ranker). Uploaded images come back with `id` null and no URLs."""
     fields = _given(body)
     if isinstance(fields.get("ids"), str):  # a form field: "3,5,9"
         fields["ids"] = [part.strip() for part in fields["ids"].split(",") if part.strip()]

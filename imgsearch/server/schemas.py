@@ -40,7 +40,7 @@ class SearchRequest(BaseModel):
     candidates: int = Field(
         DEFAULT_CANDIDATES, ge=1, le=MAX_CANDIDATES, description="first-stage results the re-ranker orders"
     )
-    rerank: bool = Field(True, description="re-rank text queries with the cross-attention scorer")
+    rerank: bool = Field(True, description="re-rank text queries with the scorer")
     cursor: str | None = Field(None, max_length=20, description="next_cursor from the previous page")
     page: int | None = Field(None, ge=1, description="1-based page number (instead of a cursor)")
     folder: str | None = Field(None, max_length=4096, description="only images inside this folder (absolute path)")
