@@ -398,3 +398,80 @@ def test_shared_url_with_a_folder_filter_shows_markup_as_text(server, page, shot
     page.locator("#q").press("Enter")
     expect(page.locator("#warning")).to_be_hidden()
     assert not problems.items, problems.items
+
+
+def test_a_phone_sees_a_grid_of_photos_without_desktop_hints(server, browser, shots):
+    """At 390x844 on a touch screen: three columns of cards that are mostly photo, no keyboard,
+    drag-and-drop or "click" hints, the filters panel closes after Apply, and while a search runs
+    the results it will replace are dimmed."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    context.set_default_timeout(WAIT_MS)
+    expect.set_options(timeout=WAIT_MS)
+    page = context.new_page()
+    problems = Problems(page)
+    try:
+        page.goto(server)
+        assert page.evaluate("document.documentElement.classList.contains('touch')")
+        for hint in page.locator(".desktop-only").all():
+            expect(hint).to_be_hidden()
+        shown = page.locator("#empty").inner_text()  # rendered text: what hidden elements hold is left out
+        assert "Press /" not in shown and "drop a photo" not in shown and "Search with a photo" in shown
+        page.locator("#q").fill("a dog")
+        page.locator("#q").press("Enter")
+        expect(page.locator("#grid .card")).to_have_count(24)
+        boxes = page.locator("#grid .card").evaluate_all(
+            "cards => cards.map(c => [c.getBoundingClientRect().left, c.getBoundingClientRect().height,"
+            " c.querySelector('.thumb').getBoundingClientRect().height])"
+        )
+        first_row = [left for left, _, _ in boxes if abs(boxes[0][1]) > 0][:6]
+        columns = len({round(left) for left in first_row[:6] if left < 390})
+        assert columns >= 3, boxes[:6]
+        assert all(thumb / card >= 0.7 for _, card, thumb in boxes), boxes[:6]  # mostly photo
+        assert page.locator("#grid .card .label").count() == 0  # no ImageNet labels on cards
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        _shot(page, shots, "14-phone-grid")
+
+        # The filters: open, apply, and the panel closes.
+        page.locator("#filters summary").click()
+        expect(page.locator("#folder")).to_be_visible()
+        page.locator("#filters button[type=submit]").click()
+        expect(page.locator("#folder")).to_be_hidden()
+        assert page.evaluate("document.getElementById('filters').open") is False
+
+        # A search under way dims the old results until its answer comes.
+        release = threading.Event()
+
+        def slow(route):
+            release.wait(30)
+            route.continue_()
+
+        page.route("**/api/search", slow)
+        page.locator("#q").fill("a cat")
+        page.locator("#q").press("Enter")
+        page.wait_for_function("() => document.body.classList.contains('busy')")
+        assert float(page.evaluate("getComputedStyle(document.getElementById('grid')).opacity")) < 0.6
+        _shot(page, shots, "15-phone-searching")
+        release.set()
+        page.wait_for_function("() => !document.body.classList.contains('busy')")
+        page.wait_for_function("() => getComputedStyle(document.getElementById('grid')).opacity === '1'")
+        page.unroute("**/api/search")
+
+        # The photo's view says "tap", not "click".
+        page.locator("#grid .card .thumb").first.click()
+        expect(page.locator("#explain")).to_be_visible()
+        expect(page.locator("#explain")).to_contain_text("a word to see where")
+        explain = page.locator("#explain").inner_text()
+        assert "Tap a word" in explain and "Click" not in explain
+        assert not problems.items, problems.items
+    finally:
+        context.close()
+
+
+def test_the_page_and_the_api_docs_link_to_each_other(server, page):
+    page.goto(server)
+    page.locator("#api-docs").click()
+    expect(page).to_have_url(re.compile(r"/docs$"))
+    back = page.get_by_role("link", name="back to the photos")  # Swagger UI may open it in a new tab
+    page.goto(urllib.parse.urljoin(page.url, back.get_attribute("href")))
+    expect(page).to_have_url(server)
+    expect(page.locator("#q")).to_be_visible()

@@ -74,6 +74,7 @@ def create_app(
     app = SecureApp(
         title="imgsearch",
         summary="Find photos by describing them: a read-only API over one index.",
+        description="The search page that uses this API: [back to the photos](./).",
         docs_url=None,
         redoc_url=None,  # /docs is _add_docs's: Swagger UI from local files, no CDN
     )

@@ -26,6 +26,11 @@ const els = {
 };
 
 // The current search. query: {kind: "text", text} | {kind: "like", id, name} | {kind: "image", upload, name}
+// A touch screen (no hover, a coarse pointer): no keyboard or mouse hints, "tap" for "click".
+const TOUCH = window.matchMedia("(hover: none) and (pointer: coarse)").matches;
+if (TOUCH) document.documentElement.classList.add("touch");
+const CONFIDENT_LABEL = 0.5; // the least probability at which the detail view names a class
+
 const state = { query: null, filters: {}, items: [], nextCursor: null, timings: null, reranked: false, warnings: [], detail: -1, word: null };
 const uploads = new Map(); // upload number --> {file, url}: photo queries are kept for back/forward
 let uploadCount = 0;
@@ -242,11 +247,6 @@ function scoreTitle(item) {
   return "Cosine similarity with the query photo";
 }
 
-function topLabel(item) {
-  const label = item.labels && item.labels[0];
-  return label ? `${label.label} ${percent(label.score)}` : null;
-}
-
 function card(item, index) {
   const name = baseName(item.path);
   const folder = parentName(item.path);
@@ -258,8 +258,7 @@ function card(item, index) {
     el("div", { class: "meta" },
       el("div", { class: "name", title: item.path }, el("span", { class: "file", text: name }),
          folder ? el("span", { class: "folder", text: ` in ${folder}` }) : null),
-      el("div", { class: "scores", text: scoreText(item), title: scoreTitle(item) }),
-      topLabel(item) ? el("div", { class: "label", text: topLabel(item) }) : null),
+      el("div", { class: "scores", text: scoreText(item), title: scoreTitle(item) })),
     el("button", { type: "button", class: "like quiet", text: "More like this", onclick: () => moreLike(item) }));
 }
 
@@ -301,7 +300,9 @@ function openDetail(index) {
   els.detailPos.textContent = `${index + 1} of ${state.items.length}${state.nextCursor ? "+" : ""}`;
   els.prev.disabled = index === 0;
   els.next.disabled = index === state.items.length - 1 && !state.nextCursor;
-  els.detailPath.textContent = item.path;
+  // Break the path after a folder separator, not inside a name: a <wbr> after each "/".
+  const parts = item.path.split("/");
+  els.detailPath.replaceChildren(...parts.flatMap((part, i) => (i < parts.length - 1 ? [`${part}/`, el("wbr")] : [part])));
   els.detailPath.title = item.path;
   els.facts.replaceChildren(...facts(item));
   if (item.image_url) els.detailOpen.href = item.image_url; else els.detailOpen.removeAttribute("href");
@@ -346,10 +347,13 @@ function facts(item) {
     add("First stage", `${fmt(item.first_stage_score, 3)} (rank ${item.first_stage_rank})`);
   }
   add("Rank", String(item.rank));
-  if (item.labels && item.labels.length) {
+  // The ImageNet classifier's guesses, only those it is fairly sure of (the cards show none: a
+  // wrong class name on a photo, "dalmatian" on a black dog, costs more trust than it gives).
+  const sure = (item.labels || []).filter((label) => label.score >= CONFIDENT_LABEL);
+  if (sure.length) {
     const list = el("ul", { class: "labels" });
-    for (const label of item.labels) list.append(el("li", { text: `${label.label} ${percent(label.score)}` }));
-    rows.push(el("dt", { text: "Labels" }), el("dd", {}, list));
+    for (const label of sure) list.append(el("li", { text: `${label.label.split(",")[0]} ${percent(label.score)}` }));
+    rows.push(el("dt", { text: "Classifier's guess" }), el("dd", {}, list));
   }
   return rows;
 }
@@ -424,7 +428,7 @@ function selectWord(item, explanation, index) {
               (els.detailImg.naturalHeight || 1) / (els.detailImg.naturalWidth || 1));
   els.heatmap.dataset.word = word.word;
   els.heatmap.hidden = false;
-  els.explainNote.textContent = `Brighter areas matched “${word.word}” more${classNote(word)}. Click it again to hide.`;
+  els.explainNote.textContent = `Brighter areas matched “${word.word}” more${classNote(word)}. ${TOUCH ? "Tap" : "Click"} it again to hide.`;
 }
 
 // "classes" explanations name the ImageNet classes nearest the word: the map shows where the
@@ -442,6 +446,7 @@ els.form.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = els.q.value.trim();
   const filters = readFilters();
+  els.filters.open = false; // Apply: the panel closes (on a phone it covers much of the screen)
   if (text) search({ kind: "text", text }, filters);
   else if (state.query && state.query.kind !== "text") search(state.query, filters);
   else { showError("Type what you are looking for, or drop a photo on the page."); els.q.focus(); }
