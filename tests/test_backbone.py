@@ -222,7 +222,7 @@ def test_backbone_weights_without_the_tflite_package_is_a_clear_error(tmp_path, 
     model = tmp_path / "m.tflite"
     model.write_bytes(b"\0" * 16)
     monkeypatch.setitem(sys.modules, "tflite", None)  # import tflite now raises ImportError
-    with pytest.raises(WeightsMissing, match="imgsearch\\[convert\\]"):
+    with pytest.raises(WeightsMissing, match="imgsearch-offline\\[convert\\]"):
         load_backbone_weights(model)
     with pytest.raises(WeightsMissing, match="not found"):
         load_backbone_weights(tmp_path / "missing.tflite")
