@@ -400,10 +400,23 @@ def test_shared_url_with_a_folder_filter_shows_markup_as_text(server, page, shot
     assert not problems.items, problems.items
 
 
+# A one-finger horizontal swipe of dx pixels across the photo, as touch events (Touch objects).
+SWIPE = """(dx) => {
+  const target = document.querySelector(".detail-figure");
+  const box = target.getBoundingClientRect();
+  const y = box.top + box.height / 2, x0 = box.left + box.width / 2 - dx / 2;
+  const touch = (x) => new Touch({ identifier: 1, target, clientX: x, clientY: y });
+  const start = { touches: [touch(x0)], changedTouches: [touch(x0)], bubbles: true };
+  target.dispatchEvent(new TouchEvent("touchstart", start));
+  target.dispatchEvent(new TouchEvent("touchend", { touches: [], changedTouches: [touch(x0 + dx)], bubbles: true }));
+}"""
+
+
 def test_a_phone_sees_a_grid_of_photos_without_desktop_hints(server, browser, shots):
     """At 390x844 on a touch screen: three columns of cards that are mostly photo, no keyboard,
-    drag-and-drop or "click" hints, the filters panel closes after Apply, and while a search runs
-    the results it will replace are dimmed."""
+    drag-and-drop or "click" hints, the filters panel closes after Apply, while a search runs
+    the results it will replace are dimmed; in a photo's view, swipes move between photos, the
+    controls stay on screen, and Back closes the photo and keeps the search."""
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     context.set_default_timeout(WAIT_MS)
     expect.set_options(timeout=WAIT_MS)
@@ -462,6 +475,35 @@ def test_a_phone_sees_a_grid_of_photos_without_desktop_hints(server, browser, sh
         expect(page.locator("#explain")).to_contain_text("a word to see where")
         explain = page.locator("#explain").inner_text()
         assert "Tap a word" in explain and "Click" not in explain
+
+        # Swipe left: the next photo; swipe right: back to the first.
+        position = page.locator("#detail-pos")
+        expect(position).to_have_text(re.compile(r"^1 of "))
+        for dx, expected in ((-120, r"^2 of "), (120, r"^1 of ")):
+            page.evaluate(SWIPE, dx)
+            expect(position).to_have_text(re.compile(expected))
+
+        # The arrows and the close button stay on screen when the view scrolls to its end.
+        page.evaluate("() => { const b = document.querySelector('.detail-body'); b.scrollTop = b.scrollHeight; }")
+        for control in ("#prev", "#next", "#close"):
+            box = page.locator(control).bounding_box()
+            assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 844, (control, box)
+
+        # Back closes the photo and keeps the search; Back again is the search before it.
+        url = page.url
+        page.go_back()
+        expect(page.locator("#detail")).to_be_hidden()
+        assert page.url == url
+        expect(page.locator("#grid .card")).to_have_count(24)
+        page.locator("#grid .card .thumb").nth(1).click()
+        expect(page.locator("#detail")).to_be_visible()
+        page.locator("#close").click()  # closed on the page: its history entry goes with it
+        expect(page.locator("#detail")).to_be_hidden()
+        page.wait_for_function("() => !(history.state && history.state.detail)")
+        assert page.url == url
+        page.go_back()
+        expect(page).to_have_url(re.compile(r"\?q=a(\+|%20)dog"))
+        expect(page.locator("#status")).to_contain_text("for “a dog”")
         assert not problems.items, problems.items
     finally:
         context.close()

@@ -35,6 +35,8 @@ const state = { query: null, filters: {}, items: [], nextCursor: null, timings: 
 const uploads = new Map(); // upload number --> {file, url}: photo queries are kept for back/forward
 let uploadCount = 0;
 let inflight = null; // AbortController of the running search
+let detailEntry = false; // the open photo has a history entry of its own
+let skipPop = false; // the next popstate is the photo's entry going: nothing to do
 const explanations = new Map(); // "id\nquery" --> Promise of the explanation JSON
 
 // ---------- URL <--> state ----------
@@ -101,6 +103,10 @@ function requestFor(query, filters, cursor) {
 
 // Start a new search (history: "push" for the user's own searches, "replace" on load, "none" on back/forward).
 async function search(query, filters, history = "push") {
+  // A search from the photo's view ("More like this") takes the place of the photo's history entry.
+  const fromDetail = detailEntry;
+  detailEntry = false;
+  closeDetail();
   state.query = query;
   state.filters = filters;
   showQuery(query);
@@ -109,7 +115,9 @@ async function search(query, filters, history = "push") {
   const historyState = historyStateFor(query);
   const unchanged = new URL(url, location.href).href === location.href
     && JSON.stringify(historyState) === JSON.stringify(window.history.state);
-  if (history === "push" && !unchanged) { // the same search again adds no history entry
+  if (history === "push" && fromDetail) {
+    window.history.replaceState(historyState, "", url);
+  } else if (history === "push" && !unchanged) { // the same search again adds no history entry
     window.history.pushState(historyState, "", url);
   } else if (history === "replace") {
     window.history.replaceState(historyState, "", url);
@@ -118,7 +126,6 @@ async function search(query, filters, history = "push") {
   state.nextCursor = null;
   state.timings = null;
   state.word = null; // a new query has its own words
-  closeDetail();
   if (!query) { render(); return; }
   await fetchPage(null);
 }
@@ -308,7 +315,12 @@ function openDetail(index) {
   if (item.image_url) els.detailOpen.href = item.image_url; else els.detailOpen.removeAttribute("href");
   els.detail.dataset.id = String(item.id);
   showExplanation(item);
-  if (!els.detail.open) els.detail.showModal();
+  if (!els.detail.open) {
+    els.detail.showModal();
+    // An open photo is a history entry, as in photo apps: Back (a phone's too) closes it and keeps the search.
+    window.history.pushState({ ...(window.history.state || {}), detail: true }, "", location.href);
+    detailEntry = true;
+  }
   fitImage();
 }
 
@@ -469,6 +481,8 @@ els.queryPhotoClear.addEventListener("click", () => { search(null, state.filters
 els.loadMore.addEventListener("click", () => { if (state.nextCursor) fetchPage(state.nextCursor); });
 
 window.addEventListener("popstate", (event) => {
+  if (skipPop) { skipPop = false; return; } // the photo's entry, taken off when the photo closed
+  if (els.detail.open) { detailEntry = false; closeDetail(); return; } // Back closes the photo
   const { query, filters } = fromLocation(event.state);
   search(query, filters, "none");
 });
@@ -487,6 +501,19 @@ document.addEventListener("keydown", (event) => {
   }
 });
 
+// Swipe left or right on the photo: the next or previous result, as photo apps do.
+let touchStart = null;
+els.detailImg.closest(".detail-figure").addEventListener("touchstart", (event) => {
+  touchStart = event.touches.length === 1 ? { x: event.touches[0].clientX, y: event.touches[0].clientY } : null;
+}, { passive: true });
+els.detailImg.closest(".detail-figure").addEventListener("touchend", (event) => {
+  if (!touchStart || event.changedTouches.length !== 1) return;
+  const dx = event.changedTouches[0].clientX - touchStart.x;
+  const dy = event.changedTouches[0].clientY - touchStart.y;
+  touchStart = null;
+  if (Math.abs(dx) >= 50 && Math.abs(dx) > 2 * Math.abs(dy)) moveDetail(dx < 0 ? 1 : -1);
+});
+
 els.detailImg.addEventListener("load", fitImage);
 window.addEventListener("resize", fitImage);
 els.prev.addEventListener("click", () => moveDetail(-1));
@@ -494,6 +521,11 @@ els.next.addEventListener("click", () => moveDetail(1));
 els.close.addEventListener("click", closeDetail);
 els.detail.addEventListener("click", (event) => { if (event.target === els.detail) closeDetail(); }); // the backdrop
 els.detail.addEventListener("close", () => {
+  if (detailEntry) { // closed on the page (Esc, ×, the backdrop): its history entry goes too
+    detailEntry = false;
+    skipPop = true;
+    window.history.back();
+  }
   const thumb = els.grid.children[state.detail] && els.grid.children[state.detail].querySelector(".thumb");
   if (thumb) thumb.focus();
 });
