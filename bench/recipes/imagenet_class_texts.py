@@ -63,6 +63,17 @@ def lemma(word: str) -> str:
 
 
 def class_text(label: str, synsets: dict, senses: dict) -> str:
+    first = label.split(",")[0].strip()
+    offset = class_synset(label, synsets, senses)
+    if offset is None:
+        return first
+    _, hypernyms, _ = synsets[offset]
+    parent = synsets[hypernyms[0]][0][0] if hypernyms else None
+    return ", ".join(dict.fromkeys([first] + ([parent] if parent else [])))
+
+
+def class_synset(label: str, synsets: dict, senses: dict) -> str | None:
+    """The offset of the WordNet noun synset of ImageNet class `label` (module docstring), or None."""
     names = [name.strip() for name in label.split(",")]
     first = names[0]
     own = {name.lower() for name in names}
@@ -79,11 +90,7 @@ def class_text(label: str, synsets: dict, senses: dict) -> str:
         )
         if best is None or key > best[0]:
             best = (key, offset)
-    if best is None:
-        return first
-    words, hypernyms, _ = synsets[best[1]]
-    parent = synsets[hypernyms[0]][0][0] if hypernyms else None
-    return ", ".join(dict.fromkeys([first] + ([parent] if parent else [])))
+    return None if best is None else best[1]
 
 
 def main() -> None:
