@@ -27,7 +27,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgsearch.ground.errors import IndexExists, ModelMismatch, ModelNotFound
+from imgsearch.ground.errors import IndexExists, InvalidQuery, ModelMismatch, ModelNotFound
 from imgsearch.ground.locations import default_index_dir
 from imgsearch.indexer.run import Embedder, ProgressCallback, StopCheck, run_indexing
 from imgsearch.model.config import read_model_config
@@ -41,7 +41,7 @@ from imgsearch.model.packaged import (
 )
 from imgsearch.search.arguments import check_image_item, check_indexed_image, check_rerank, check_search
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
-from imgsearch.search.filters import DateLike
+from imgsearch.search.filters import DateLike, SearchFilters
 from imgsearch.search.query_model import QueryModel
 from imgsearch.search.searcher import SearchPage, SearchResult
 from imgsearch.search.session import Searcher
@@ -395,10 +395,29 @@ class Index:
         return self._searcher.original_path(image_id)
 
     def image_info(self, image_id: int) -> dict:
-        """What the index holds of one image: id, path, width, height, size, sha256, taken_at
-        and labels (as in search results). Raises ImageNotFound."""
+        """What the index holds of one image: id, path, width, height, size, sha256, taken_at,
+        file_date and labels (as in search results). Raises ImageNotFound."""
         check_indexed_image(image_id)
         return self._searcher.image_info(image_id)
+
+    def browse(
+        self,
+        k: int = 24,
+        offset: int = 0,
+        *,
+        under: str | os.PathLike | None = None,
+        taken_after: DateLike | None = None,
+        taken_before: DateLike | None = None,
+    ) -> tuple[list[dict], int | None]:
+        """The library, newest first, as photo apps open on it: `k` images from `offset`, ordered
+        by date (taken, else the file's date), then the image indexed last; filtered as search
+        filters. Returns their image_info and the offset of the next page (None on the last).
+        Needs no model. Raises InvalidQuery."""
+        if k < 1:
+            raise InvalidQuery(f"k must be at least 1 (got {k}).")
+        if offset < 0:
+            raise InvalidQuery(f"offset must be 0 or more (got {offset}).")
+        return self._searcher.browse(k, offset, SearchFilters.parse(under, taken_after, taken_before))
 
     def info(self) -> dict:
         files = {

@@ -31,6 +31,7 @@ from imgsearch.ground.rwlock import ReadWriteLock
 from imgsearch.images.decode import ImageRecord, file_date, record_values
 from imgsearch.search.arguments import SearchArguments
 from imgsearch.search.defaults import RerankPrecision
+from imgsearch.search.filters import SearchFilters
 from imgsearch.search.language import english_warning
 from imgsearch.search.query_model import QueryEmbedding, QueryModel, TorchQueryModel
 from imgsearch.search.searcher import SearchPage, SearchResult, encode_text_query, score_pool, search_page
@@ -258,14 +259,30 @@ class Searcher:
         """What the index holds of one indexed image (Index.image_info)."""
         with self._snapshot_lock.reading():
             image_id = self._indexed_id(image)
-            row = self._store.images([image_id])[image_id]
-            labels = self._store.labels([image_id])[image_id]
-        return {
-            "id": row.id,
-            **record_values(row, shown=True),
-            "file_date": file_date(row),
-            "labels": [{"label": name, "score": prob} for name, prob in labels],
-        }
+            return self._infos([image_id])[0]
+
+    def browse(self, k: int, offset: int, filters: SearchFilters) -> tuple[list[dict], int | None]:
+        """A page of the library, newest first (Index.browse): image_info of each, and the offset
+        of the next page (None on the last)."""
+        with self._snapshot_lock.reading():
+            ids = self._store.newest_ids(
+                k + 1, offset, under=filters.under, taken_after=filters.taken_after, taken_before=filters.taken_before
+            )
+            infos = self._infos(ids[:k])
+        return infos, offset + k if len(ids) > k else None
+
+    def _infos(self, ids: list[int]) -> list[dict]:
+        """image_info of stored rows `ids`, in that order."""
+        rows, labels = self._store.images(ids), self._store.labels(ids)
+        return [
+            {
+                "id": rows[i].id,
+                **record_values(rows[i], shown=True),
+                "file_date": file_date(rows[i]),
+                "labels": [{"label": name, "score": prob} for name, prob in labels[i]],
+            }
+            for i in ids
+        ]
 
     def _indexed_id(self, item: int | str | os.PathLike) -> int:
         """An indexed image's id, from its id or its path. Raises ImageNotFound."""

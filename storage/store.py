@@ -243,19 +243,29 @@ class Store:
         """Ids (sorted, int64) of the indexed images inside folder `under` (a path as stored,
         path_to_text), dated (DATE_SQL: taken, else the file's date) at or after `taken_after` and
         at or before `taken_before` (ISO text)."""
-        where, args = ["status = 'ok'"], []
-        if under is not None:
-            prefix = under.rstrip("/") + "/"
-            where.append("substr(path, 1, ?) = ?")
-            args += [len(prefix), prefix]
-        if taken_after is not None:
-            where.append(f"{DATE_SQL} >= ?")
-            args.append(taken_after)
-        if taken_before is not None:
-            where.append(f"{DATE_SQL} <= ?")
-            args.append(taken_before)
-        rows = self.db.execute(f"SELECT id FROM images WHERE {' AND '.join(where)} ORDER BY id", args).fetchall()
+        where, args = _filter_sql(under, taken_after, taken_before)
+        rows = self.db.execute(f"SELECT id FROM images WHERE {where} ORDER BY id", args).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
+
+    @_serialized
+    def newest_ids(
+        self,
+        limit: int,
+        offset: int = 0,
+        *,
+        under: str | None = None,
+        taken_after: str | None = None,
+        taken_before: str | None = None,
+    ) -> list[int]:
+        """Ids of indexed images, newest first, as a photo library lists them: by date (DATE_SQL:
+        taken, else the file's date), then the row added last; `limit` of them from `offset`,
+        filtered as filtered_ids filters."""
+        where, args = _filter_sql(under, taken_after, taken_before)
+        rows = self.db.execute(
+            f"SELECT id FROM images WHERE {where} ORDER BY {DATE_SQL} DESC, id DESC LIMIT ? OFFSET ?",
+            [*args, limit, offset],
+        ).fetchall()
+        return [r[0] for r in rows]
 
     @_serialized
     def folders(self) -> list[str]:
@@ -546,6 +556,23 @@ class Store:
             else:
                 vectors[row] = np.frombuffer(by_id[image_id], dtype=np.float32)
         return np.array(ids, dtype=np.int64), vectors
+
+
+def _filter_sql(under: str | None, taken_after: str | None, taken_before: str | None) -> tuple[str, list]:
+    """The WHERE clause (and its arguments) of the indexed images inside folder `under` (text as
+    stored), dated (DATE_SQL) within the inclusive ISO bounds."""
+    where, args = ["status = 'ok'"], []
+    if under is not None:
+        prefix = under.rstrip("/") + "/"
+        where.append("substr(path, 1, ?) = ?")
+        args += [len(prefix), prefix]
+    if taken_after is not None:
+        where.append(f"{DATE_SQL} >= ?")
+        args.append(taken_after)
+    if taken_before is not None:
+        where.append(f"{DATE_SQL} <= ?")
+        args.append(taken_before)
+    return " AND ".join(where), args
 
 
 def _stored(row: dict) -> StoredImage:

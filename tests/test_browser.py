@@ -194,6 +194,12 @@ def test_search_explain_more_like_this_and_upload(server, page, shots, photo_roo
     expect(search_box).to_be_focused()  # autofocus
     expect(page.locator("#empty")).to_be_visible()
     expect(page.locator("#empty")).to_contain_text("Searching 25 photos")
+    # The start page is the library, newest first, in the order the API gives (its oracle: tests/test_server.py).
+    expect(page.locator("#grid .card")).to_have_count(25)
+    expect(page.locator("#status")).to_contain_text("Your photos, newest first")
+    with urllib.request.urlopen(server + "api/browse?k=48", timeout=60) as response:
+        library = [Path(item["path"]).name for item in json.load(response)["items"]]
+    assert _names(page) == library
     _shot(page, shots, "01-empty")
 
     # "/" brings the focus back to the search box.

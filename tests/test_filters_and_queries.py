@@ -119,6 +119,31 @@ def test_taken_at_is_the_exif_date_alone_and_file_date_the_mtime(dated_index, da
     assert info["file_date"] == file_date(dated_index.store.images([image_id])[image_id])
 
 
+# ---- the library, newest first --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("filters", [{}, dict(under="scans"), dict(taken_after="2020-01-01")], ids=str)
+def test_browse_pages_are_the_library_newest_first(dated_index, dated_photos, filters):
+    """Index.browse, page by page, equals the brute force: the filtered rows sorted by date (the
+    EXIF date, else the file's) newest first, then by id, newest row first."""
+    root, _ = dated_photos
+    keep = oracle_keep(root, filters)
+    rows = [row for row in all_rows(dated_index).values() if keep(row)]
+    expected = [row.id for row in sorted(rows, key=lambda r: (r.taken_at or file_date(r), r.id), reverse=True)]
+    arguments = {**filters, **({"under": root / filters["under"]} if "under" in filters else {})}
+    got, offset = [], 0
+    while offset is not None:
+        items, offset = dated_index.browse(k=5, offset=offset, **arguments)
+        assert len(items) <= 5
+        got += items
+    assert [item["id"] for item in got] == expected and len(expected) > 5
+    assert got[0] == dated_index.image_info(got[0]["id"])  # each item is the image's info
+    with pytest.raises(InvalidQuery):
+        dated_index.browse(k=0)
+    with pytest.raises(InvalidQuery):
+        dated_index.browse(offset=-1)
+
+
 # ---- filters against a brute force ------------------------------------------------------
 
 

@@ -504,3 +504,18 @@ def test_a_query_that_is_not_english_comes_back_with_a_warning(client):
     assert len(french["items"]) == 3 and len(french["warnings"]) == 1
     assert "reads English" in french["warnings"][0] and "'fr'" in french["warnings"][0]
     assert client.post("/api/search", json={"query": "a dog running on the beach", "k": 3}).json()["warnings"] == []
+
+
+def test_browse_pages_through_the_library_as_the_library_does(client, index):
+    got, cursor = [], None
+    while True:
+        body = client.get("/api/browse", params={"k": 10, **({"cursor": cursor} if cursor else {})}).json()
+        got += body["items"]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    items, _ = index.browse(k=1000)
+    assert [{k: v for k, v in item.items() if not k.endswith("_url")} for item in got] == items
+    assert all(item["thumbnail_url"] == f"/api/images/{item['id']}/thumbnail" for item in got)
+    bad = client.get("/api/browse", params={"cursor": "abc"})
+    assert bad.status_code == 400 and "cursor" in bad.json()["detail"]

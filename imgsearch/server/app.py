@@ -333,12 +333,38 @@ def original(image_id: ImageId, index=Depends(current_index)) -> FileResponse:
 @router.get("/images/{image_id}/info", responses=responses(400, 404))
 def image_info(request: Request, image_id: ImageId, index=Depends(current_index)) -> dict:
     """What the index holds of one image (as a search item, without scores), with its URLs."""
-    info = index.image_info(image_id)
+    return _with_urls(index.image_info(image_id), request)
+
+
+@router.get("/browse", responses=responses(400))
+def browse(
+    request: Request,
+    k: Annotated[int, Query(ge=1, le=200, description="images per page")] = 24,
+    cursor: Annotated[str | None, Query(max_length=20, description="next_cursor from the previous page")] = None,
+    folder: Annotated[str | None, Query(max_length=4096, description="only images inside this folder")] = None,
+    taken_after: Annotated[str | None, Query(max_length=40, description="as /api/search's")] = None,
+    taken_before: Annotated[str | None, Query(max_length=40, description="as /api/search's")] = None,
+    index=Depends(current_index),
+) -> dict:
+    """The library, newest first (by the date taken, else the file's date), a page at a time:
+    each image's info (as /api/images/{id}/info gives it), and `next_cursor` (null on the last page)."""
+    offset = _offset(SearchRequest(k=k, cursor=cursor))
+    items, next_offset = index.browse(
+        k, offset, under=folder or None, taken_after=taken_after or None, taken_before=taken_before or None
+    )
+    return {
+        "items": [_with_urls(item, request) for item in items],
+        "next_cursor": None if next_offset is None else str(next_offset),
+    }
+
+
+def _with_urls(info: dict, request: Request) -> dict:
+    """An indexed image's info with the URLs of its thumbnail and file."""
     root = request.scope.get("root_path", "")
     return {
         **info,
-        "thumbnail_url": f"{root}/api/images/{image_id}/thumbnail",
-        "image_url": f"{root}/api/images/{image_id}",
+        "thumbnail_url": f"{root}/api/images/{info['id']}/thumbnail",
+        "image_url": f"{root}/api/images/{info['id']}",
     }
 
 

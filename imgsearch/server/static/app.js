@@ -126,8 +126,31 @@ async function search(query, filters, history = "push") {
   state.nextCursor = null;
   state.timings = null;
   state.word = null; // a new query has its own words
-  if (!query) { render(); return; }
+  if (!query) { render(); await fetchLibrary(null); return; }
   await fetchPage(null);
+}
+
+// The start page is the library: the photos, newest first, a page at a time (GET api/browse).
+async function fetchLibrary(cursor) {
+  if (inflight) inflight.abort();
+  const controller = new AbortController();
+  inflight = controller;
+  const params = new URLSearchParams({ k: String(PAGE_SIZE * 2) });
+  for (const [name, param] of Object.entries(FILTER_PARAMS)) if (state.filters[name] && name !== "min") params.set(param, state.filters[name]);
+  if (cursor) params.set("cursor", cursor);
+  els.loadMore.disabled = true;
+  try {
+    const page = await api(`api/browse?${params}`, { signal: controller.signal });
+    if (controller !== inflight) return;
+    state.items = cursor ? state.items.concat(page.items) : page.items;
+    state.nextCursor = page.next_cursor ?? null;
+    render(cursor ? page.items.length : null);
+  } catch (error) {
+    if (error.name === "AbortError" || controller !== inflight) return;
+    showError(error instanceof ApiError ? error.message : `Something went wrong: ${error.message}`);
+  } finally {
+    if (controller === inflight) { inflight = null; els.loadMore.disabled = false; }
+  }
 }
 
 async function fetchPage(cursor) {
@@ -219,7 +242,11 @@ function render(appended = null) {
   const warnings = (query && state.warnings) || [];
   els.warning.textContent = warnings.join(" ");
   els.warning.hidden = !warnings.length;
-  if (!query) { els.status.textContent = ""; els.timings.textContent = ""; return; }
+  if (!query) { // the library
+    els.status.textContent = items.length ? "Your photos, newest first (date taken, else the file's date)" : "";
+    els.timings.textContent = "";
+    return;
+  }
   if (!items.length) {
     const filtered = Object.values(state.filters).some(Boolean);
     els.status.textContent = `No photos ${describeQuery(query)}.` +
@@ -265,7 +292,9 @@ function card(item, index) {
     el("div", { class: "meta" },
       el("div", { class: "name", title: item.path }, el("span", { class: "file", text: name }),
          folder ? el("span", { class: "folder", text: ` in ${folder}` }) : null),
-      el("div", { class: "scores", text: scoreText(item), title: scoreTitle(item) })),
+      item.score === undefined
+        ? el("div", { class: "scores", text: formatDate(item.taken_at || item.file_date) })
+        : el("div", { class: "scores", text: scoreText(item), title: scoreTitle(item) })),
     el("button", { type: "button", class: "like quiet", text: "More like this", onclick: () => moreLike(item) }));
 }
 
@@ -352,13 +381,15 @@ function facts(item) {
   else add("File date", formatDate(item.file_date));
   const pixels = item.width && item.height ? `${item.width} × ${item.height} px` : null;
   add("Size", [pixels, formatBytes(item.size)].filter(Boolean).join(", "));
-  if (!isReranked(item)) {
-    add(textQuery() ? "First stage" : "Similarity", fmt(item.first_stage_score, 3));
-  } else {
-    add("Score", fmt(item.score, 2));
-    add("First stage", `${fmt(item.first_stage_score, 3)} (rank ${item.first_stage_rank})`);
+  if (item.score !== undefined) { // a search result; the library's photos have no score
+    if (!isReranked(item)) {
+      add(textQuery() ? "First stage" : "Similarity", fmt(item.first_stage_score, 3));
+    } else {
+      add("Score", fmt(item.score, 2));
+      add("First stage", `${fmt(item.first_stage_score, 3)} (rank ${item.first_stage_rank})`);
+    }
+    add("Rank", String(item.rank));
   }
-  add("Rank", String(item.rank));
   // The ImageNet classifier's guesses, only those it is fairly sure of (the cards show none: a
   // wrong class name on a photo, "dalmatian" on a black dog, costs more trust than it gives).
   const sure = (item.labels || []).filter((label) => label.score >= CONFIDENT_LABEL);
@@ -461,6 +492,7 @@ els.form.addEventListener("submit", (event) => {
   els.filters.open = false; // Apply: the panel closes (on a phone it covers much of the screen)
   if (text) search({ kind: "text", text }, filters);
   else if (state.query && state.query.kind !== "text") search(state.query, filters);
+  else if (!state.query && Object.values(filters).some(Boolean)) search(null, filters); // the library, filtered
   else { showError("Type what you are looking for, or drop a photo on the page."); els.q.focus(); }
 });
 
@@ -478,7 +510,9 @@ els.file.addEventListener("change", () => {
 els.queryPhotoImg.addEventListener("error", () => { els.queryPhotoImg.hidden = true; });
 els.queryPhotoImg.addEventListener("load", () => { els.queryPhotoImg.hidden = false; });
 els.queryPhotoClear.addEventListener("click", () => { search(null, state.filters); els.q.focus(); });
-els.loadMore.addEventListener("click", () => { if (state.nextCursor) fetchPage(state.nextCursor); });
+els.loadMore.addEventListener("click", () => {
+  if (state.nextCursor) (state.query ? fetchPage : fetchLibrary)(state.nextCursor);
+});
 
 window.addEventListener("popstate", (event) => {
   if (skipPop) { skipPop = false; return; } // the photo's entry, taken off when the photo closed
