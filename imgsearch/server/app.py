@@ -222,18 +222,22 @@ def _given(body: Body) -> dict[str, Any]:
 
 def _offset(form: SearchRequest) -> int:
     """How many results to skip: from the cursor a previous response gave, or the 1-based page."""
-    if form.cursor is not None and form.page is not None:
+    return _offset_of(form.cursor, form.page, form.k)
+
+
+def _offset_of(cursor: str | None, page: int | None, k: int) -> int:
+    if cursor is not None and page is not None:
         raise InvalidQuery("give a cursor or a page, not both.")
-    if form.cursor is not None:
-        if not form.cursor.isdigit() or int(form.cursor) > MAX_OFFSET:
+    if cursor is not None:
+        if not cursor.isdigit() or int(cursor) > MAX_OFFSET:
             raise InvalidQuery(
-                f"the cursor {form.cursor!r} is not one this server gives; "
+                f"the cursor {cursor!r} is not one this server gives; "
                 "use next_cursor from a previous response, or leave it out."
             )
-        return int(form.cursor)
-    offset = ((form.page or 1) - 1) * form.k
+        return int(cursor)
+    offset = ((page or 1) - 1) * k
     if offset > MAX_OFFSET:
-        raise InvalidQuery(f"page {form.page} starts past result {MAX_OFFSET:,}; narrow the search instead.")
+        raise InvalidQuery(f"page {page} starts past result {MAX_OFFSET:,}; narrow the search instead.")
     return offset
 
 
@@ -348,7 +352,7 @@ def browse(
 ) -> dict:
     """The library, newest first (by the date taken, else the file's date), a page at a time:
     each image's info (as /api/images/{id}/info gives it), and `next_cursor` (null on the last page)."""
-    offset = _offset(SearchRequest(k=k, cursor=cursor))
+    offset = _offset_of(cursor, None, k)
     items, next_offset = index.browse(
         k, offset, under=folder or None, taken_after=taken_after or None, taken_before=taken_before or None
     )
