@@ -12,12 +12,12 @@ import sys
 
 import click
 
-from imgsearch.common import CONTEXT, Date, WholeNumber, json_option, keep_freed_memory_on_cpu, user_errors
+from imgsearch.common import CONTEXT, Date, Relevance, WholeNumber, json_option, keep_freed_memory_on_cpu, user_errors
 from imgsearch.ground.errors import ModelNotFound
 from imgsearch.ground.locations import default_index_dir
 from imgsearch.model.packaged import PACKAGED_MODELS, default_model_dir
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
-from imgsearch.train_commands import eval_command, train_command
+from imgsearch.train_commands import calibrate_command, eval_command, train_command
 
 # Only light modules above: `imgsearch --help`, `--version` and `CMD -h` answer without
 # loading torch (tests/test_cli_start.py). Each command imports what it runs.
@@ -300,9 +300,10 @@ precision_option = click.option(
 )
 @click.option(
     "--min-score",
-    type=float,
-    metavar="SCORE",
-    help="Only images whose first-stage score (the 'first stage' column) is at least SCORE.",
+    type=Relevance(),
+    metavar="P",
+    help="Only images at least this likely to match (the 'match' column): 0.5 or 50% keeps the good matches. "
+    "Needs a calibrated model (the packaged ones are).",
 )
 @click.option(
     "--candidates",
@@ -336,13 +337,14 @@ def search_command(
     """Find the images that best match a text description, a photo (--image),
     or an indexed image (--like).
 
-    The table shows each result's rank; its score, which orders the list (the
-    re-ranker's score, query words attending over the image's regions, plus the
-    model's fusion weight times the first stage's score); and the first stage's
-    score (cosine similarity of query and image in the shared space, plus the
-    weighted label score where the model has one) with the rank the first stage
-    gave it. With --no-rerank, --image or --like, the first stage's score only
-    (the re-ranker reads words). --json has each part.
+    The table shows each result's rank and how likely it is to match: the
+    model's score turned into an estimated probability, fitted on captioned
+    photos the model never trained on (the good matches, at least 50%, come
+    first; a line marks where the weaker ones start). --json has the raw
+    scores too: the final score that orders the list (the re-ranker's plus the
+    model's fusion weight times the first stage's) and the first stage's
+    (cosine similarity in the shared space, plus the weighted label score). A
+    model without a calibration shows the raw scores in the table.
 
     \b
     Example:
@@ -384,6 +386,9 @@ def search_command(
                 {
                     **asked,
                     "reranked": page.reranked,
+                    "good_matches": page.good_matches,
+                    "good_matches_complete": page.good_matches_complete,
+                    "good_threshold": page.good_threshold,
                     "results": [r.to_dict() for r in page.results],
                     "timings_ms": page.timings_ms,
                     "warnings": page.warnings,
@@ -402,7 +407,9 @@ def search_command(
             err=True,
         )
     else:
-        click.echo(_results_table(page.results, reranked=page.reranked))
+        if (summary := _good_summary(page)) is not None:
+            click.echo(summary)
+        click.echo(_results_table(page.results, reranked=page.reranked, good=page.good_threshold))
 
 
 @cli.command("rerank", context_settings=CONTEXT)
@@ -500,10 +507,20 @@ def _image_ref(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
-def _results_table(results, *, reranked: bool) -> str:
-    """The search results as a table with a header. Re-ranked, two scores on their own scales:
-    the final one (ordering this list) and the first stage's, with the rank it gave."""
-    if reranked:
+def _results_table(results, *, reranked: bool, good: float | None = None) -> str:
+    """The search results as a table with a header.
+
+    With a calibrated model (`good`: its good-match threshold), each result's relevance (the
+    estimated probability that it matches, in percent) and a line between the good matches and
+    the weaker ones; the raw scores are --json's. Without one, the raw scores: re-ranked, the
+    final one (ordering this list) and the first stage's with the rank it gave."""
+    if good is not None and all(r.relevance is not None for r in results):
+        lines = [f"{'rank':>4}  {'match':>5}  path  [labels]"]
+        for n, r in enumerate(results):
+            if r.relevance < good and n and results[n - 1].relevance >= good:  # (none good: the summary says so)
+                lines.append(f"{'':4}  {'':5}  -- weaker matches (under {good:.0%}) --")
+            lines.append(f"{r.rank:4d}  {r.relevance:5.0%}  {r.path}{_label_note(r.labels)}")
+    elif reranked:
         lines = [f"{'rank':>4}  {'score':>8}  {'first stage (rank)':>18}  path  [labels]"]
         for r in results:
             first = f"{r.first_stage_score:.4f} (#{r.first_stage_rank})"
@@ -515,12 +532,24 @@ def _results_table(results, *, reranked: bool) -> str:
     return "\n".join(lines)
 
 
+def _good_summary(page) -> str | None:
+    """'3 good matches; 7 weaker shown' (what the page's results hold), or None without a calibration."""
+    if page.good_matches is None:
+        return None
+    count = f"{page.good_matches}{'' if page.good_matches_complete else '+'}"
+    shown_weaker = sum(1 for r in page.results if r.relevance is not None and r.relevance < page.good_threshold)
+    head = "no good matches" if not page.good_matches else f"{count} good match{'es' if count != '1' else ''}"
+    return f"{head}; {shown_weaker} weaker shown" if shown_weaker else head
+
+
 SHOWN_LABELS = 2  # at most, in the search table
-SHOWN_LABEL_MIN_SCORE = 0.1  # classifier probability a label needs to be shown there
+# Classifier probability a label needs to be shown there: the page's detail view's (only
+# labels the model is fairly sure of; an ImageNet label at 20% is often absurd).
+SHOWN_LABEL_MIN_SCORE = 0.5
 
 
 def _label_note(labels: list[dict]) -> str:
-    """'  [golden retriever 82%, tabby 12%]': the image's top 1-2 labels with probability >= 0.1, or ''."""
+    """'  [golden retriever 82%]': the image's top 1-2 labels with probability >= 0.5, or ''."""
     shown = [
         f"{_short(item['label'])} {item['score']:.0%}" for item in labels if item["score"] >= SHOWN_LABEL_MIN_SCORE
     ][:SHOWN_LABELS]
@@ -617,6 +646,7 @@ def _packaged_note(model_path: str) -> str:
 
 cli.add_command(train_command)
 cli.add_command(eval_command)
+cli.add_command(calibrate_command)
 
 
 def main(args: list[str] | None = None) -> None:

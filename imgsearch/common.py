@@ -9,7 +9,7 @@ import click
 
 from imgsearch.ground.errors import ImgsearchError
 
-__all__ = ["CONTEXT", "json_option", "user_errors", "keep_freed_memory_on_cpu", "WholeNumber", "Date"]
+__all__ = ["CONTEXT", "json_option", "user_errors", "keep_freed_memory_on_cpu", "WholeNumber", "Date", "Relevance"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -73,6 +73,26 @@ class Date(click.ParamType):
             return dt.date.fromisoformat(str(value).strip())
         except ValueError:
             self.fail(f"write the date as YYYY-MM-DD (got {value!r}).", param, ctx)
+
+
+class Relevance(click.ParamType):
+    """A relevance option: a probability, as 0.5 or 50%. "Invalid value for '--min-score': give a
+    probability between 0 and 1, or a percentage (got 'high')." """
+
+    name = "relevance"
+
+    def convert(self, value, param, ctx) -> float:
+        if isinstance(value, float):
+            number = value
+        else:
+            text = str(value).strip()
+            try:
+                number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+            except ValueError:
+                self.fail(f"give a probability between 0 and 1, or a percentage (got {value!r}).", param, ctx)
+        if not 0 <= number <= 1:  # also NaN
+            self.fail(f"give a probability between 0 and 1, or a percentage (got {value!r}).", param, ctx)
+        return number
 
 
 def user_errors(command):

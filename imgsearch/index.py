@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from imgsearch.ground.errors import IndexExists, InvalidQuery, ModelMismatch, ModelNotFound
 from imgsearch.ground.locations import default_index_dir
 from imgsearch.indexer.run import Embedder, ProgressCallback, StopCheck, run_indexing
+from imgsearch.model.calibration import Calibration, read_calibration
 from imgsearch.model.config import read_model_config
 from imgsearch.model.device import resolve_device, runs_on_cpu
 from imgsearch.model.model_files import answers_to_fingerprint, fingerprint
@@ -82,7 +83,7 @@ class Index:
         self.data = StoredIndex(directory, manifest.embed_dim, manifest.num_regions, self.lock)
         self._image_encoder: ImageEncoder | None = None
         # Searching, and every read of the store for it: search/session.py.
-        self._searcher = Searcher(self.data, self._load_model, self._load_query_model)
+        self._searcher = Searcher(self.data, self._load_model, self._load_query_model, self._load_calibration)
         # Set by create(): the folders it made (deepest first), for discard_if_empty().
         self._created: list[Path] | None = None
 
@@ -218,6 +219,11 @@ class Index:
         self._require_model()
         return AlignmentModel.from_pretrained(self.model_dir, device=self.device)
 
+    def _load_calibration(self) -> Calibration | None:
+        """The model's relevance scale (calibration.json beside it), or None when it has none."""
+        self._require_model()
+        return read_calibration(self.model_dir)
+
     def _load_query_model(self) -> QueryModel | None:
         """The numpy query runtime for text queries when the index's device is the CPU and the
         model can run on it (model/numpy_query.py), else None: the torch model serves them."""
@@ -345,7 +351,8 @@ class Index:
         results were re-ranked, and per-stage timings.
 
         Filters: `under` a folder; `taken_after`/`taken_before` dates (inclusive; EXIF
-        DateTimeOriginal, else the file's mtime); `min_score` the least first-stage score.
+        DateTimeOriginal, else the file's mtime); `min_score` the least relevance (0-1: the estimated
+        probability that the photo matches, model/calibration.py; the model needs a calibration).
         `offset` skips that many results (the order is the same on every page).
         rerank_precision: see imgsearch.search.searcher.search_page. Raises InvalidQuery for
         arguments it cannot use (imgsearch.search.arguments.check_search)."""

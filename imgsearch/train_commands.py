@@ -340,3 +340,63 @@ def eval_command(captions, model, images, only, split, rerank_depth, candidates,
         on_skip=lambda path, error: click.echo(f"skipped {path}: {error}", err=True),
     )
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+
+
+@click.command("calibrate", context_settings=CONTEXT)
+@captions_argument
+@click.option(
+    "--model", required=True, type=click.Path(exists=True, file_okay=False), help="Alignment model directory."
+)
+@images_option
+@only_option
+@split_option
+@click.option(
+    "--candidates",
+    default=DEFAULT_CANDIDATES,
+    show_default=True,
+    type=WholeNumber(min=1),
+    help="First-stage candidates per query, scored as `imgsearch search` scores them.",
+)
+@click.option("--report", type=click.Path(dir_okay=False), help="Also write the held-out report (markdown) here.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", default=0, show_default=True, type=WholeNumber(min=0), help="Decoding processes.")
+@user_errors
+def calibrate_command(captions, model, images, only, split, candidates, report, device, workers) -> None:
+    """Fit the model's relevance scale: its scores turned into the estimated
+    probability that a photo matches, which search shows and --min-score
+    filters on. Give captioned photos the model was not trained on (Flickr8k's
+    dev split for the packaged models). Writes calibration.json beside the
+    model (not part of its fingerprint: indexes made with it stay valid) and
+    prints the held-out calibration and the precision and recall of the
+    good-match band. training/calibration.py says how "matches" is judged.
+
+    \b
+    Example:
+      imgsearch calibrate flickr8k/captions.tsv --images flickr8k/images \\
+          --only flickr8k/dev.txt --model my-model
+    """
+    from pathlib import Path
+
+    from imgsearch.model.alignment import AlignmentModel
+    from imgsearch.model.device import resolve_device
+    from imgsearch.training.calibration import calibrate
+    from imgsearch.training.run import read_dataset
+
+    dataset = read_dataset(captions, images, only, split)
+    torch_device = resolve_device(device)
+    keep_freed_memory_on_cpu(torch_device)
+    aligned = AlignmentModel.from_pretrained(model, device=torch_device)
+    described = f"{Path(captions).name}" + (f", {Path(only).name}" if only else f", split {split}" if split else "")
+    run = calibrate(
+        aligned,
+        dataset,
+        candidates=candidates,
+        workers=workers,
+        describe=described,
+        progress=lambda line: click.echo(line, err=True),
+    )
+    written = run.calibration.save(model)
+    if report:
+        Path(report).write_text(run.report + "\n")
+    click.echo(run.report)
+    click.echo(f"wrote {written}", err=True)

@@ -9,6 +9,9 @@ A model directory (format version 2) holds
     labels.txt                 the backbone classifier's class names, one a line (models with labels)
     legacy-fingerprints.txt    optional: fingerprints of this same model in an earlier layout,
                                which indexes made with it recorded (not part of the fingerprint)
+    calibration.json           optional: the model's scores mapped to the probability of a match
+                               (model/calibration.py; `imgsearch calibrate`; not part of the
+                               fingerprint: it changes no stored vector)
 
 Format version 1 (a config.json without "format_version") carried the labels inline and every
 backbone's settings whatever the backbone; model/config.py still reads it.
@@ -30,6 +33,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "LABELS_NAME",
     "LEGACY_FINGERPRINTS_NAME",
+    "CALIBRATION_NAME",
     "FORMAT",
     "FORMAT_VERSION",
     "require_model_files",
@@ -47,6 +51,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LABELS_NAME = "labels.txt"
 LEGACY_FINGERPRINTS_NAME = "legacy-fingerprints.txt"
+CALIBRATION_NAME = "calibration.json"
 FORMAT = "imgsearch-alignment"  # config.json["format"]: guards against pointing at other models
 # config.json["format_version"]; a config without it is version 1. 2: labels in their own file,
 # per-backbone and per-scorer settings only where they apply, provenance apart.

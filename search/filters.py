@@ -2,7 +2,7 @@
 
 Folder and date filters become the set of allowed image ids, read from SQLite; the
 candidate stage (search/candidates.py) searches only inside it. min_score is applied to
-each candidate's first-stage score afterwards.
+each candidate's relevance afterwards (the estimated probability of a match, model/calibration.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class SearchFilters:
     under: str | None = None  # a folder, as stored (path_to_text of its absolute path)
     taken_after: str | None = None  # ISO text, inclusive
     taken_before: str | None = None  # ISO text, inclusive
-    min_score: float | None = None  # the least first-stage score
+    min_score: float | None = None  # the least relevance (model/calibration.py), 0-1
 
     @classmethod
     def parse(
@@ -58,8 +58,11 @@ class SearchFilters:
                 min_score = float(min_score)
             except (TypeError, ValueError):
                 raise InvalidQuery(f"min_score must be a number (got {min_score!r}).") from None
-            if not math.isfinite(min_score):
-                raise InvalidQuery(f"min_score must be a finite number (got {min_score}).")
+            if not math.isfinite(min_score) or not 0 <= min_score <= 1:
+                raise InvalidQuery(
+                    f"min_score is a relevance between 0 and 1, the estimated probability of a match "
+                    f"(got {min_score}); 0.5 keeps the good matches."
+                )
         return cls(folder, after, before, min_score)
 
     @property

@@ -18,6 +18,7 @@ import numpy as np
 
 from imgsearch.ground.errors import InvalidQuery
 from imgsearch.images.decode import ImageRecord, file_date, record_values, shown_fields
+from imgsearch.model.calibration import Calibration
 from imgsearch.search.candidates import nearest
 from imgsearch.search.defaults import DEFAULT_CANDIDATES, RerankPrecision
 from imgsearch.search.filters import SearchFilters
@@ -33,6 +34,7 @@ __all__ = [
     "encode_text_query",
     "score_pool",
     "final_order",
+    "shown_relevance",
     "DEFAULT_CANDIDATES",
     "RerankPrecision",
 ]
@@ -48,6 +50,9 @@ class SearchResult(ImageRecord):
 
     rank: int  # 1-based
     id: int | None  # None for a file that is not in the index (Index.rerank of other files)
+    # The estimated probability that the photo matches the query (model/calibration.py): what
+    # a person is shown and --min-score filters on. None when the model has no calibration.
+    relevance: float | None
     score: float  # final score: re-ranked, or the first-stage score with rerank off
     # cosine similarity of query and image vectors, plus zero_shot_weight * zero_shot_score
     # when the model uses the zero-shot ImageNet term
@@ -68,6 +73,7 @@ class SearchResult(ImageRecord):
         labels: Sequence[tuple[str, float]],
         *,
         rank: int,
+        relevance: float | None,
         score: float,
         first_stage_score: float,
         rerank_score: float | None,
@@ -80,6 +86,7 @@ class SearchResult(ImageRecord):
             **record_values(image),
             id=image_id,
             rank=rank,
+            relevance=relevance,
             score=score,
             first_stage_score=first_stage_score,
             rerank_score=rerank_score,
@@ -101,6 +108,7 @@ _DICT_ORDER = (
     "rank",
     "id",
     "path",
+    "relevance",
     "score",
     "first_stage_score",
     "rerank_score",
@@ -129,6 +137,12 @@ class SearchPage:
     timings_ms: dict[str, float] = field(default_factory=dict)
     # Sentences for the person searching, e.g. that the query does not look English (search/language.py).
     warnings: list[str] = field(default_factory=list)
+    # How many results (past the filters) are good matches (relevance >= the model's good
+    # threshold, model/calibration.py); None when the model has no calibration. When
+    # good_matches_complete is False, every candidate fetched was good: there are at least this many.
+    good_matches: int | None = None
+    good_matches_complete: bool = True
+    good_threshold: float | None = None  # the relevance from which a result is a good match
 
 
 @dataclass
@@ -205,6 +219,8 @@ def search_page(
     exclude_ids: Sequence[int] = (),
     rerank_precision: RerankPrecision = "float32",
     encode_ms: float = 0.0,
+    calibration: Calibration | None = None,
+    query_text: str | None = None,
 ) -> SearchPage:
     """One page (results offset .. offset+k-1) for a query: a text embedding, or an
     image query's global vector (d,) in the shared space (never re-ranked). The arguments are
@@ -214,7 +230,9 @@ def search_page(
     scorer's matrix products in bfloat16 (faster where the hardware runs it natively, logits
     close to float32's: bench/RESULTS.md has the figures); "auto" picks bfloat16 where the
     hardware runs it natively. exclude_ids: images left out of the results ("more like this"
-    of an image: it and its copies).
+    of an image: it and its copies). calibration: the model's relevance scale (None: results
+    carry no relevance, and filters.min_score must be None); query_text: a text query's words
+    (its relevance curve depends on its length).
     """
     clock = _Clock(encode_ms)
     text = query if isinstance(query, QueryEmbedding) else None
@@ -240,7 +258,12 @@ def search_page(
         scores = _first_stage_order(
             model, text, cosines, ids, labels, pool_size, store, rerank, rerank_precision, clock
         )
-        kept = scores.kept(filters.min_score)
+        relevance = (
+            None
+            if calibration is None
+            else shown_relevance(_relevance(calibration, scores, text is not None, query_text))
+        )
+        kept = scores.order if filters.min_score is None else _at_least(scores.order, relevance, filters.min_score)
         if len(kept) > offset + k or depth >= limit:
             break
         depth = min(limit, depth * 2)
@@ -257,6 +280,7 @@ def search_page(
                 row.id,
                 labels[row.id],
                 rank=rank,
+                relevance=None if relevance is None else float(relevance[position]),
                 score=float(scores.final[position]),
                 first_stage_score=float(scores.first_stage[position]),
                 rerank_score=None
@@ -268,7 +292,12 @@ def search_page(
         )
     clock.lap("first_stage")
     next_offset = offset + k if len(kept) > offset + k else None
-    return SearchPage(results, next_offset, scores.reranked is not None, clock.timings())
+    page_of = SearchPage(results, next_offset, scores.reranked is not None, clock.timings())
+    if calibration is not None and relevance is not None:
+        good = relevance[kept] >= calibration.good
+        page_of.good_matches, page_of.good_threshold = int(good.sum()), calibration.good
+        page_of.good_matches_complete = depth >= limit or not bool(good[-1:].all())
+    return page_of
 
 
 @dataclass
@@ -281,12 +310,31 @@ class _Ranked:
     zero_shot: np.ndarray | None
     order: np.ndarray  # (n,) positions, best first: the pool by final score, then the rest
     first_stage_rank: np.ndarray  # (n,) 1-based: the pool by first-stage score, then the rest
+    pool: int  # the first `pool` positions were scored as the pool (re-ranked when reranked is set)
 
-    def kept(self, min_score: float | None) -> np.ndarray:
-        """`order` without the candidates whose first-stage score is under min_score."""
-        if min_score is None:
-            return self.order
-        return self.order[self.first_stage[self.order] >= np.float32(min_score)]
+
+def _relevance(calibration: Calibration, scores: _Ranked, is_text: bool, query_text: str | None) -> np.ndarray:
+    """(n,) each fetched candidate's relevance: a text query's re-ranked pool from its final
+    score, the rest of a text query's candidates from their first-stage score, an image query's
+    from its cosine."""
+    if not is_text:
+        return calibration.relevance("image", scores.first_stage)
+    relevance = calibration.relevance("text_first_stage", scores.first_stage, query_text)
+    if scores.reranked is not None:
+        relevance[: scores.pool] = calibration.relevance("text", scores.final[: scores.pool], query_text)
+    return relevance
+
+
+def shown_relevance(relevance: np.ndarray) -> np.ndarray:
+    """Relevance as results show it and filters compare it: float64, 4 decimals (min_score set to
+    a shown relevance keeps that result)."""
+    return np.round(relevance.astype(np.float64), 4)
+
+
+def _at_least(order: np.ndarray, relevance: np.ndarray | None, min_score: float) -> np.ndarray:
+    """`order` without the candidates whose relevance is under min_score."""
+    assert relevance is not None  # search/arguments.py refuses min_score for a model without calibration
+    return order[relevance[order] >= min_score]
 
 
 def _first_stage_order(
@@ -330,7 +378,7 @@ def _first_stage_order(
     order = final_order(final[:pool], count)
     first_rank = np.empty(count, np.int64)
     first_rank[final_order(first[:pool], count)] = np.arange(1, count + 1)
-    return _Ranked(first, final, reranked, zero_shot, order, first_rank)
+    return _Ranked(first, final, reranked, zero_shot, order, first_rank, pool)
 
 
 def final_order(pool_scores: np.ndarray, count: int) -> np.ndarray:

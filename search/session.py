@@ -25,16 +25,24 @@ from typing import TYPE_CHECKING, TypeAlias, cast
 
 import numpy as np
 
-from imgsearch.ground.errors import ImageNotFound, InvalidImage
+from imgsearch.ground.errors import ImageNotFound, InvalidImage, InvalidQuery
 from imgsearch.ground.paths import path_to_text, text_to_path
 from imgsearch.ground.rwlock import ReadWriteLock
 from imgsearch.images.decode import ImageRecord, file_date, record_values
+from imgsearch.model.calibration import Calibration
 from imgsearch.search.arguments import SearchArguments
 from imgsearch.search.defaults import RerankPrecision
 from imgsearch.search.filters import SearchFilters
 from imgsearch.search.language import english_warning
 from imgsearch.search.query_model import QueryEmbedding, QueryModel, TorchQueryModel
-from imgsearch.search.searcher import SearchPage, SearchResult, encode_text_query, score_pool, search_page
+from imgsearch.search.searcher import (
+    SearchPage,
+    SearchResult,
+    encode_text_query,
+    score_pool,
+    search_page,
+    shown_relevance,
+)
 from imgsearch.storage.store import Store, StoredImage
 from imgsearch.storage.stored_index import DB_NAME, StoredIndex
 from imgsearch.storage.vectors import VectorIndex
@@ -61,13 +69,18 @@ class Searcher:
         data: StoredIndex,
         load_model: Callable[[], AlignmentModel],
         load_query_model: Callable[[], QueryModel | None] = lambda: None,
+        load_calibration: Callable[[], Calibration | None] = lambda: None,
     ) -> None:
         """Search `data`, with the model `load_model()` gives when a search first needs it, and
         for text queries the lighter `load_query_model()` (search/query_model.py; None: none
-        here, the model serves them) while the model is not loaded."""
+        here, the model serves them) while the model is not loaded. `load_calibration()` gives
+        the model's relevance scale (model/calibration.py; None: the model has none), read once."""
         self._data = data
         self._load_model = load_model
         self._load_query_model = load_query_model
+        self._load_calibration = load_calibration
+        self._calibration: Calibration | None = None
+        self._calibration_read = False
         self._model: AlignmentModel | None = None
         self._light: QueryModel | None = None  # load_query_model()'s, once asked
         self._light_asked = False
@@ -94,6 +107,15 @@ class Searcher:
                 if self._model is None:
                     self._model = self._load_model()
         return self._model
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The model's relevance scale, or None when it has none (read on first use)."""
+        if not self._calibration_read:
+            with self._model_lock:
+                if not self._calibration_read:
+                    self._calibration, self._calibration_read = self._load_calibration(), True
+        return self._calibration
 
     @property
     def loaded_model(self) -> AlignmentModel | None:
@@ -147,6 +169,12 @@ class Searcher:
 
     def search_page(self, arguments: SearchArguments) -> SearchPage:
         """One page of results for checked search arguments (Index.search_page)."""
+        calibration = self.calibration
+        if arguments.filters.min_score is not None and calibration is None:
+            raise InvalidQuery(
+                "min_score filters on relevance, and this index's model has no relevance calibration "
+                "(calibration.json beside it; `imgsearch calibrate` makes one from captioned images)."
+            )
         if arguments.kind == "image":
             from imgsearch.search.queries import encode_image, load_image
 
@@ -179,6 +207,8 @@ class Searcher:
                 exclude_ids=exclude_ids,
                 rerank_precision=arguments.rerank_precision,
                 encode_ms=encode_ms,
+                calibration=calibration,
+                query_text=cast(str, arguments.value) if arguments.kind == "query" else None,
             )
         if arguments.kind == "query" and (warning := english_warning(cast(str, arguments.value))):
             page.warnings.append(warning)
@@ -196,6 +226,8 @@ class Searcher:
             scores = score_pool(
                 model, text, globals_ @ vector, regions, [f.labels for f in found], rerank_precision, globals_
             )
+        calibration = self.calibration
+        relevance = None if calibration is None else shown_relevance(calibration.relevance("text", scores.final, query))
         order = np.argsort(-scores.final, kind="stable")
         first_rank = np.empty(len(found), np.int64)
         first_rank[np.argsort(-scores.first_stage, kind="stable")] = np.arange(1, len(found) + 1)
@@ -206,6 +238,7 @@ class Searcher:
                 found[i].id,
                 found[i].labels,
                 rank=rank,
+                relevance=None if relevance is None else float(relevance[i]),
                 score=float(scores.final[i]),
                 first_stage_score=float(scores.first_stage[i]),
                 rerank_score=float(scores.reranked[i]),

@@ -150,6 +150,7 @@ FIELDS = {
     "rank",
     "id",
     "path",
+    "relevance",
     "score",
     "first_stage_score",
     "rerank_score",
@@ -176,6 +177,7 @@ def test_search_json_fields_and_order(indexed, image_folder):
         assert set(r) == FIELDS
         assert r["path"].startswith(str(image_folder)) and not r["path"].endswith("broken.jpg")
         assert isinstance(r["rerank_score"], float)
+        assert r["relevance"] is None  # the test model has no calibration
         assert r["score"] == pytest.approx(r["rerank_score"], abs=1e-5)  # fusion_weight 0
         assert -1.0 - 1e-5 <= r["first_stage_score"] <= 1.0 + 1e-5
         assert 1 <= r["first_stage_rank"] <= 8

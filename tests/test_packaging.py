@@ -97,7 +97,14 @@ def test_wheel_ships_the_photo_model_but_not_the_photos(wheel):
     for package in ("photo_model", "photo_model_fast"):
         assert {
             f"imgsearch/{package}/{name}"
-            for name in ("config.json", "model.safetensors", "labels.txt", "legacy-fingerprints.txt", "LICENSE")
+            for name in (
+                "config.json",
+                "model.safetensors",
+                "labels.txt",
+                "legacy-fingerprints.txt",
+                "calibration.json",
+                "LICENSE",
+            )
         } <= names
     assert "imgsearch/model/packaged.py" in names
     assert not [n for n in names if n.lower().endswith((".jpg", ".jpeg", ".png"))]

@@ -9,7 +9,8 @@ keeps its first-stage rank.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from imgsearch.model.labels import TOP_LABELS, top_labels
 from imgsearch.model.zero_shot import class_matches, sentence_vectors
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
 from imgsearch.training.data import CaptionBank
+
+if TYPE_CHECKING:
+    from imgsearch.search.searcher import PoolScores
 
 __all__ = [
     "recall_at_k",
@@ -34,6 +38,7 @@ __all__ = [
     "embed_captions",
     "evaluate",
     "search_t2i_ranks",
+    "search_pools",
     "format_table",
     "KS",
 ]
@@ -203,6 +208,49 @@ def rerank_i2t_ranks(
     return ranks
 
 
+def search_pools(
+    model: AlignmentModel,
+    image_global: np.ndarray,
+    regions: torch.Tensor,
+    class_probs: torch.Tensor | None,
+    captions: list[str],
+    candidates: int = DEFAULT_CANDIDATES,
+    rerank: bool = True,
+) -> Iterator[tuple[int, np.ndarray, PoolScores]]:
+    """Each caption's candidates scored as Index.search scores them, over a gallery of images:
+    the top `candidates` by cosine (what FAISS returns), scored by search's own score_pool (the
+    zero-shot label score from the labels an index would store, the hubness correction, the
+    re-ranker unless `rerank` is off). Yields (caption index, every image in FAISS order (Ni,),
+    the scores of its first `candidates`).
+
+    image_global (Ni, d), regions (Ni, R, d) float16, class_probs (Ni, C) or None."""
+    from imgsearch.search.query_model import TorchQueryModel, query_from_batch
+    from imgsearch.search.searcher import score_pool
+
+    labels = None
+    if model.config.zero_shot_weight and model.config.image_labels and class_probs is not None:
+        labels = top_labels(class_probs, model.config.image_labels)  # per image, as the store keeps them
+    region_array = regions.numpy()  # (Ni, R, d) float16, as the store returns them
+    query_model = TorchQueryModel(model)
+    with torch.inference_mode():
+        for start in range(0, len(captions), 256):
+            queries = model.text.encode(captions[start : start + 256])
+            cosines = image_global @ queries.global_.float().cpu().numpy().T  # (Ni, b)
+            for row in range(len(queries.global_)):
+                order = np.argsort(-cosines[:, row], kind="stable")  # FAISS order
+                pool = order[:candidates]
+                scored = score_pool(
+                    query_model,
+                    query_from_batch(queries, row),
+                    cosines[pool, row],
+                    region_array[pool] if rerank else None,
+                    None if labels is None else [labels[i] for i in pool],
+                    "float32",
+                    image_global[pool],
+                )
+                yield start + row, order, scored
+
+
 def search_t2i_ranks(
     model: AlignmentModel,
     image_global: np.ndarray,
@@ -213,43 +261,17 @@ def search_t2i_ranks(
     candidates: int = DEFAULT_CANDIDATES,
     rerank: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each caption's image ranked as Index.search ranks it, over a gallery of images: the
-    top `candidates` by cosine (what FAISS returns), scored by search's own score_pool (the
-    zero-shot label score from the labels an index would store, the hubness correction, the
-    re-ranker), ordered by its final_order. Returns the 0-based ranks of each caption's image
-    (Nc,) with re-ranking off (the first stage) and on (equal to the first without `rerank`).
+    """Each caption's image ranked as Index.search ranks it (search_pools' scores, ordered by
+    search's final_order). Returns the 0-based ranks of each caption's image (Nc,) with
+    re-ranking off (the first stage) and on (equal to the first without `rerank`)."""
+    from imgsearch.search.searcher import final_order
 
-    image_global (Ni, d), regions (Ni, R, d) float16, class_probs (Ni, C) or None."""
-    from imgsearch.search.query_model import TorchQueryModel, query_from_batch
-    from imgsearch.search.searcher import final_order, score_pool
-
-    labels = None
-    if model.config.zero_shot_weight and model.config.image_labels and class_probs is not None:
-        labels = top_labels(class_probs, model.config.image_labels)  # per image, as the store keeps them
     first_ranks = np.empty(len(captions), np.int64)
     final_ranks = np.empty(len(captions), np.int64)
-    region_array = regions.numpy()  # (Ni, R, d) float16, as the store returns them
-    query_model = TorchQueryModel(model)
-    with torch.inference_mode():
-        for start in range(0, len(captions), 256):
-            queries = model.text.encode(captions[start : start + 256])
-            cosines = image_global @ queries.global_.float().cpu().numpy().T  # (Ni, b)
-            for row in range(len(queries.global_)):
-                query = query_from_batch(queries, row)
-                order = np.argsort(-cosines[:, row], kind="stable")  # FAISS order
-                pool = order[:candidates]
-                scored = score_pool(
-                    query_model,
-                    query,
-                    cosines[pool, row],
-                    region_array[pool] if rerank else None,
-                    None if labels is None else [labels[i] for i in pool],
-                    "float32",
-                    image_global[pool],
-                )
-                correct = order == image_of[start + row]  # (Ni,) in FAISS order
-                first_ranks[start + row] = int(np.argmax(correct[final_order(scored.first_stage, len(order))]))
-                final_ranks[start + row] = int(np.argmax(correct[final_order(scored.final, len(order))]))
+    for n, order, scored in search_pools(model, image_global, regions, class_probs, captions, candidates, rerank):
+        correct = order == image_of[n]  # (Ni,) in FAISS order
+        first_ranks[n] = int(np.argmax(correct[final_order(scored.first_stage, len(order))]))
+        final_ranks[n] = int(np.argmax(correct[final_order(scored.final, len(order))]))
     return first_ranks, final_ranks
 
 

@@ -191,6 +191,9 @@ def search(request: Request, body: Body = Depends(request_body), index=Depends(c
         "reranked": page.reranked,
         "timings_ms": page.timings_ms,
         "warnings": page.warnings,
+        "good_matches": page.good_matches,
+        "good_matches_complete": page.good_matches_complete,
+        "good_threshold": page.good_threshold,
     }
 
 

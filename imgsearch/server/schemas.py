@@ -52,7 +52,13 @@ class SearchRequest(BaseModel):
     taken_before: str | None = Field(
         None, max_length=40, description="ISO date or date-time, inclusive; as taken_after"
     )
-    min_score: float | None = Field(None, description="the least first-stage score")
+    min_score: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="the least relevance (0-1, the estimated probability that a photo matches; 0.5 keeps the "
+        "good matches); needs a calibrated model",
+    )
 
 
 class RerankRequest(BaseModel):
@@ -79,6 +85,10 @@ _SEARCH_ITEM: dict[str, Any] = {
     "id": (int | None, Field(description="null for an uploaded image that is not in the index")),
     "path": (str | None, ...),
     "rank": (int, ...),
+    "relevance": (
+        float | None,
+        Field(description="estimated probability (0-1) that the photo matches; null for a model without calibration"),
+    ),
     "score": (float, ...),
     "first_stage_score": (float | None, ...),
     "rerank_score": (float | None, ...),
@@ -104,6 +114,14 @@ class SearchResponse(BaseModel):
     warnings: list[str] = Field(
         [], description="sentences for the person searching, e.g. that the query is not English"
     )
+    good_matches: int | None = Field(
+        None,
+        description="results (past the filters) whose relevance is at least good_threshold; null without calibration",
+    )
+    good_matches_complete: bool = Field(
+        True, description="false when every candidate looked at was good: there are at least good_matches"
+    )
+    good_threshold: float | None = Field(None, description="the relevance from which a result is a good match")
 
 
 class ExplainClass(BaseModel):

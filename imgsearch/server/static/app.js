@@ -31,7 +31,8 @@ const TOUCH = window.matchMedia("(hover: none) and (pointer: coarse)").matches;
 if (TOUCH) document.documentElement.classList.add("touch");
 const CONFIDENT_LABEL = 0.5; // the least probability at which the detail view names a class
 
-const state = { query: null, filters: {}, items: [], nextCursor: null, timings: null, reranked: false, warnings: [], detail: -1, word: null };
+const state = { query: null, filters: {}, items: [], nextCursor: null, timings: null, reranked: false, warnings: [],
+                good: null, detail: -1, word: null };
 const uploads = new Map(); // upload number --> {file, url}: photo queries are kept for back/forward
 let uploadCount = 0;
 let inflight = null; // AbortController of the running search
@@ -88,7 +89,7 @@ function historyStateFor(query) {
 function requestFor(query, filters, cursor) {
   const fields = { k: PAGE_SIZE };
   for (const [name, param] of Object.entries(FILTER_PARAMS)) if (filters[name]) fields[param] = filters[name];
-  if (filters.min) fields.min_score = Number(filters.min);
+  if (filters.min) fields.min_score = Number(filters.min) / 100; // the field is in percent
   if (cursor) fields.cursor = cursor;
   if (query.kind === "image") {
     const form = new FormData();
@@ -170,6 +171,9 @@ async function fetchPage(cursor) {
     state.timings = page.timings_ms || null;
     state.reranked = page.reranked;
     state.warnings = page.warnings || [];
+    // good_matches counts every result past the filters, not just this page's: the first page's stands
+    if (!cursor) state.good = page.good_threshold == null ? null
+      : { count: page.good_matches, complete: page.good_matches_complete, threshold: page.good_threshold };
     render(cursor ? page.items.length : null);
   } catch (error) {
     if (error.name === "AbortError") return;
@@ -237,7 +241,13 @@ function render(appended = null) {
   els.empty.hidden = Boolean(query);
   if (appended === null) els.grid.replaceChildren();
   const start = appended === null ? 0 : items.length - appended;
-  items.slice(start).forEach((item, i) => els.grid.append(card(item, start + i)));
+  items.slice(start).forEach((item, i) => {
+    const index = start + i;
+    if (isWeak(item) && (index === 0 || !isWeak(items[index - 1]))) {
+      els.grid.append(el("li", { class: "divider", text: index === 0 ? "No good matches. The closest:" : "Weaker matches" }));
+    }
+    els.grid.append(card(item, index));
+  });
   els.loadMore.hidden = !state.nextCursor;
   const warnings = (query && state.warnings) || [];
   els.warning.textContent = warnings.join(" ");
@@ -250,10 +260,10 @@ function render(appended = null) {
   if (!items.length) {
     const filtered = Object.values(state.filters).some(Boolean);
     els.status.textContent = `No photos ${describeQuery(query)}.` +
-      (filtered ? " Try removing a filter (folder, dates, min score)." : " Try other words.");
+      (filtered ? " Try removing a filter (folder, dates, match %)." : " Try other words.");
   } else {
     const count = `${items.length}${state.nextCursor ? "+" : ""} ${items.length === 1 ? "photo" : "photos"}`;
-    els.status.textContent = `${count} ${describeQuery(query)}`;
+    els.status.textContent = state.good ? `${goodText(state.good)} ${describeQuery(query)}` : `${count} ${describeQuery(query)}`;
   }
   els.timings.textContent = timingsText(state.timings, state.reranked);
 }
@@ -268,17 +278,27 @@ function timingsText(t, pageReranked) {
 
 const isReranked = (item) => item.rerank_score !== null && item.rerank_score !== undefined;
 const textQuery = () => Boolean(state.query && state.query.kind === "text");
+const hasRelevance = (item) => item.relevance !== null && item.relevance !== undefined;
+const isWeak = (item) => Boolean(state.good) && hasRelevance(item) && item.relevance < state.good.threshold;
 
+// "3 good matches" / "No good matches"; the rest of the list are weaker ones.
+function goodText(good) {
+  if (!good.count) return "No good matches";
+  const count = `${good.count}${good.complete ? "" : "+"}`;
+  return `${count} good ${good.count === 1 ? "match" : "matches"}`;
+}
+
+// One number a person can read: how likely the photo is to match (the model's score, calibrated
+// on captioned photos it never trained on). A model without calibration shows its raw score.
 function scoreText(item) {
-  if (isReranked(item)) return `score ${fmt(item.score, 2)} · first stage ${fmt(item.first_stage_score, 3)}`;
-  if (textQuery()) return `first stage ${fmt(item.first_stage_score, 3)} · not re-ranked`;
-  return `similarity ${fmt(item.first_stage_score, 3)}`;
+  if (hasRelevance(item)) return `${percent(item.relevance)} match`;
+  if (isReranked(item)) return `score ${fmt(item.score, 2)}`;
+  return `score ${fmt(item.first_stage_score, 3)}`;
 }
 
 function scoreTitle(item) {
-  if (isReranked(item)) return `Final score after re-ranking; the first stage (vector search) ranked it #${item.first_stage_rank}`;
-  if (textQuery()) return "Past the re-ranked candidates: ordered by the first stage (vector search)";
-  return "Cosine similarity with the query photo";
+  if (hasRelevance(item)) return "Estimated chance that this photo matches (details: open the photo)";
+  return "This model has no calibration: its raw score";
 }
 
 function card(item, index) {
@@ -286,7 +306,7 @@ function card(item, index) {
   const folder = parentName(item.path);
   const img = el("img", { src: item.thumbnail_url, alt: name, loading: "lazy", decoding: "async" });
   if (item.width && item.height) { img.width = item.width; img.height = item.height; }
-  return el("li", { class: "card", dataset: { id: String(item.id), path: item.path, rank: String(item.rank) } },
+  return el("li", { class: isWeak(item) ? "card weak" : "card", dataset: { id: String(item.id), path: item.path, rank: String(item.rank) } },
     el("button", { type: "button", class: "thumb", title: item.path, "aria-label": `Open ${name} (result ${index + 1})`,
                    onclick: () => openDetail(index) }, img),
     el("div", { class: "meta" },
@@ -382,6 +402,7 @@ function facts(item) {
   const pixels = item.width && item.height ? `${item.width} × ${item.height} px` : null;
   add("Size", [pixels, formatBytes(item.size)].filter(Boolean).join(", "));
   if (item.score !== undefined) { // a search result; the library's photos have no score
+    if (hasRelevance(item)) add("Match", `${percent(item.relevance)} likely${isWeak(item) ? " (a weaker match)" : ""}`);
     if (!isReranked(item)) {
       add(textQuery() ? "First stage" : "Similarity", fmt(item.first_stage_score, 3));
     } else {
