@@ -313,6 +313,12 @@ precision_option = click.option(
     help="First-stage candidates handed to the re-ranker.",
 )
 @click.option("--no-rerank", is_flag=True, help="Skip re-ranking by the scorer; rank by the first stage alone.")
+@click.option(
+    "--keep-duplicates",
+    is_flag=True,
+    help="List near-duplicates (one photo at two sizes, re-saved, copied) as results of their own; by default "
+    "each folds into the best-ranked one ('+1 near-duplicate').",
+)
 @precision_option
 @device_option
 @json_option
@@ -330,6 +336,7 @@ def search_command(
     min_score,
     candidates,
     no_rerank,
+    keep_duplicates,
     precision,
     device,
     as_json,
@@ -365,6 +372,7 @@ def search_command(
         candidates=candidates,
         rerank=not no_rerank,
         rerank_precision=precision,
+        collapse_duplicates=not keep_duplicates,
     )
     _check_search_early(index_dir, query, k, **options)
     from imgsearch.ground.threads import QUERY_THREADS, use_threads
@@ -519,17 +527,23 @@ def _results_table(results, *, reranked: bool, good: float | None = None) -> str
         for n, r in enumerate(results):
             if r.relevance < good and n and results[n - 1].relevance >= good:  # (none good: the summary says so)
                 lines.append(f"{'':4}  {'':5}  -- weaker matches (under {good:.0%}) --")
-            lines.append(f"{r.rank:4d}  {r.relevance:5.0%}  {r.path}{_label_note(r.labels)}")
+            lines.append(f"{r.rank:4d}  {r.relevance:5.0%}  {r.path}{_copies_note(r)}{_label_note(r.labels)}")
     elif reranked:
         lines = [f"{'rank':>4}  {'score':>8}  {'first stage (rank)':>18}  path  [labels]"]
         for r in results:
             first = f"{r.first_stage_score:.4f} (#{r.first_stage_rank})"
-            lines.append(f"{r.rank:4d}  {r.score:8.4f}  {first:>18}  {r.path}{_label_note(r.labels)}")
+            lines.append(f"{r.rank:4d}  {r.score:8.4f}  {first:>18}  {r.path}{_copies_note(r)}{_label_note(r.labels)}")
     else:
         lines = [f"{'rank':>4}  {'first stage':>11}  path  [labels]"]
         for r in results:
-            lines.append(f"{r.rank:4d}  {r.score:11.4f}  {r.path}{_label_note(r.labels)}")
+            lines.append(f"{r.rank:4d}  {r.score:11.4f}  {r.path}{_copies_note(r)}{_label_note(r.labels)}")
     return "\n".join(lines)
+
+
+def _copies_note(result) -> str:
+    """'  (+1 near-duplicate)' when near-duplicates folded into this result, else ''."""
+    count = len(result.near_duplicates)
+    return f"  (+{count} near-duplicate{'s' if count > 1 else ''})" if count else ""
 
 
 def _good_summary(page) -> str | None:

@@ -346,6 +346,7 @@ class Index:
         candidates: int = DEFAULT_CANDIDATES,
         rerank: bool = True,
         rerank_precision: RerankPrecision = "float32",
+        collapse_duplicates: bool = True,
     ) -> SearchPage:
         """One page of search results (see search), with the offset of the next page, whether the
         results were re-ranked, and per-stage timings.
@@ -354,6 +355,10 @@ class Index:
         DateTimeOriginal, else the file's mtime); `min_score` the least relevance (0-1: the estimated
         probability that the photo matches, model/calibration.py; the model needs a calibration).
         `offset` skips that many results (the order is the same on every page).
+        `collapse_duplicates`: a photo's near-duplicates (the same photo at another size, re-saved
+        or lightly edited: global vectors within search.defaults.NEAR_DUPLICATE_COSINE) ranked
+        below it fold into it (its `near_duplicates`) instead of filling places of their own.
+        "More like this" (`like`) never returns the photo itself or a near-duplicate of it.
         rerank_precision: see imgsearch.search.searcher.search_page. Raises InvalidQuery for
         arguments it cannot use (imgsearch.search.arguments.check_search)."""
         arguments = check_search(
@@ -369,6 +374,7 @@ class Index:
             candidates=candidates,
             rerank=rerank,
             rerank_precision=rerank_precision,
+            collapse_duplicates=collapse_duplicates,
         )
         return self._searcher.search_page(arguments)
 

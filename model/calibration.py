@@ -86,8 +86,13 @@ class Curve:
 class Calibration:
     curves: Mapping[str, Curve]  # ScoreKind --> its curve
     good: float = GOOD_MATCH  # the probability from which a result counts as a good match
-    # How it was fitted (data, counts, held-out figures): shown by `imgsearch info`, kept as written.
+    # How it was fitted (data, counts, held-out figures), kept as written.
     fitted_on: dict = field(default_factory=dict)
+    # Two photos whose global vectors have at least this cosine are near-duplicates (one photo at
+    # two sizes, re-saved, lightly edited), folded into one result by search. Measured on the
+    # held-out photos (training/calibration.py, near_duplicate_threshold); None: byte-identical
+    # copies alone are folded.
+    near_duplicate_cosine: float | None = None
 
     def relevance(self, kind: ScoreKind, scores: np.ndarray, query: str | None = None) -> np.ndarray:
         """Raw scores of one kind --> probabilities of a match (float32). A text kind needs the
@@ -104,6 +109,7 @@ class Calibration:
             "format": FORMAT,
             "format_version": 1,
             "good_match": self.good,
+            "near_duplicate_cosine": self.near_duplicate_cosine,
             "curves": {kind: {"x": list(c.x), "p": list(c.p)} for kind, c in self.curves.items()},
             "fitted_on": self.fitted_on,
         }
@@ -136,7 +142,10 @@ def read_calibration(model_dir: str | os.PathLike) -> Calibration | None:
         good = float(body.get("good_match", GOOD_MATCH))
         if not 0 < good <= 1:
             raise ValueError(f"good_match {good} is not in (0, 1]")
-        return Calibration(curves, good, dict(body.get("fitted_on") or {}))
+        near = body.get("near_duplicate_cosine")
+        if near is not None and not 0 < float(near) <= 1:
+            raise ValueError(f"near_duplicate_cosine {near} is not in (0, 1]")
+        return Calibration(curves, good, dict(body.get("fitted_on") or {}), None if near is None else float(near))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ModelConfigError(
             f"{path} is not a valid calibration ({e}); run `imgsearch calibrate` again or delete it."

@@ -46,6 +46,7 @@ class SearchArguments:
     rerank: bool = True
     rerank_precision: RerankPrecision = "float32"
     filters: SearchFilters = SearchFilters()
+    collapse_duplicates: bool = True  # near-duplicates fold into one result (search/searcher.py)
 
 
 def query_kind(query: object, image: object, like: object) -> QueryKind:
@@ -75,6 +76,7 @@ def check_search(
     candidates: int = DEFAULT_CANDIDATES,
     rerank: bool = True,
     rerank_precision: RerankPrecision = "float32",
+    collapse_duplicates: bool = True,
 ) -> SearchArguments:
     """Index.search_page's arguments, checked (see there). Raises InvalidQuery."""
     kind = query_kind(query, image, like)
@@ -91,7 +93,9 @@ def check_search(
     if kind == "like":
         check_indexed_image(like)
     value = query if kind == "query" else image if kind == "image" else like
-    return SearchArguments(kind, value, k, offset, candidates, rerank, rerank_precision, filters)
+    return SearchArguments(
+        kind, value, k, offset, candidates, rerank, rerank_precision, filters, bool(collapse_duplicates)
+    )
 
 
 def check_rerank(items, rerank_precision: RerankPrecision) -> list:

@@ -35,6 +35,7 @@ __all__ = [
     "score_pool",
     "final_order",
     "shown_relevance",
+    "collapse_near_duplicates",
     "DEFAULT_CANDIDATES",
     "RerankPrecision",
 ]
@@ -64,6 +65,8 @@ class SearchResult(ImageRecord):
     labels: list[dict] = field(default_factory=list)
     # The zero-shot ImageNet score (model/zero_shot.py) when the model uses it, else None.
     zero_shot_score: float | None = None
+    # Near-duplicates of this image folded into it (search_page): {"id": ..., "path": ...}, best first.
+    near_duplicates: list[dict] = field(default_factory=list)
 
     @classmethod
     def of(
@@ -79,6 +82,7 @@ class SearchResult(ImageRecord):
         rerank_score: float | None,
         first_stage_rank: int,
         zero_shot_score: float | None,
+        near_duplicates: Sequence[dict] = (),
     ) -> SearchResult:
         """The result for `image` (a stored row, or the record of a file read now), whose
         stored labels are [(name, prob), ...], with its scores."""
@@ -93,6 +97,7 @@ class SearchResult(ImageRecord):
             first_stage_rank=first_stage_rank,
             zero_shot_score=zero_shot_score,
             labels=[{"label": name, "score": prob} for name, prob in labels],
+            near_duplicates=list(near_duplicates),
         )
 
     def to_dict(self) -> dict:
@@ -221,6 +226,8 @@ def search_page(
     encode_ms: float = 0.0,
     calibration: Calibration | None = None,
     query_text: str | None = None,
+    collapse_duplicates: bool = True,
+    drop_copies_of_query: bool = False,
 ) -> SearchPage:
     """One page (results offset .. offset+k-1) for a query: a text embedding, or an
     image query's global vector (d,) in the shared space (never re-ranked). The arguments are
@@ -232,7 +239,10 @@ def search_page(
     hardware runs it natively. exclude_ids: images left out of the results ("more like this"
     of an image: it and its copies). calibration: the model's relevance scale (None: results
     carry no relevance, and filters.min_score must be None); query_text: a text query's words
-    (its relevance curve depends on its length).
+    (its relevance curve depends on its length). collapse_duplicates: a result's near-duplicates
+    (collapse_near_duplicates) ranked below it fold into it, listed in its near_duplicates, and
+    leave the list; drop_copies_of_query: images that are near-duplicates of the query vector
+    itself ("more like this" of an indexed photo) leave it too.
     """
     clock = _Clock(encode_ms)
     text = query if isinstance(query, QueryEmbedding) else None
@@ -264,11 +274,25 @@ def search_page(
             else shown_relevance(_relevance(calibration, scores, text is not None, query_text))
         )
         kept = scores.order if filters.min_score is None else _at_least(scores.order, relevance, filters.min_score)
+        folded: dict[int, list[int]] = {}
+        if collapse_duplicates or drop_copies_of_query:
+            good = None if relevance is None or calibration is None else relevance >= calibration.good
+            kept, folded = collapse_near_duplicates(
+                kept,
+                ids,
+                store,
+                offset + k + 1,
+                good,
+                vector if drop_copies_of_query else None,
+                merge=collapse_duplicates,
+                threshold=None if calibration is None else calibration.near_duplicate_cosine,
+            )
         if len(kept) > offset + k or depth >= limit:
             break
         depth = min(limit, depth * 2)
     page = kept[offset : offset + k]
-    rows = store.images(ids[page].tolist())
+    shown_copies = [position for owner in page.tolist() for position in folded.get(owner, [])]
+    rows = store.images(ids[np.r_[page, shown_copies].astype(np.int64)].tolist())
     if labels is None:
         labels = store.labels(ids[page].tolist())
     results = []
@@ -288,6 +312,9 @@ def search_page(
                 else float(scores.reranked[position]),
                 first_stage_rank=int(scores.first_stage_rank[position]),
                 zero_shot_score=None if scores.zero_shot is None else float(scores.zero_shot[position]),
+                near_duplicates=[
+                    {"id": int(ids[copy]), "path": rows[int(ids[copy])].path} for copy in folded.get(position, [])
+                ],
             )
         )
     clock.lap("first_stage")
@@ -323,6 +350,64 @@ def _relevance(calibration: Calibration, scores: _Ranked, is_text: bool, query_t
     if scores.reranked is not None:
         relevance[: scores.pool] = calibration.relevance("text", scores.final[: scores.pool], query_text)
     return relevance
+
+
+def collapse_near_duplicates(
+    kept: np.ndarray,
+    ids: np.ndarray,
+    store: Store,
+    need: int,
+    good: np.ndarray | None,
+    query_vector: np.ndarray | None,
+    *,
+    merge: bool,
+    threshold: float | None,
+) -> tuple[np.ndarray, dict[int, list[int]]]:
+    """Walk `kept` (positions into `ids`, best first) and fold each near-duplicate of a candidate
+    kept before it into that one (with `merge`), or drop it when it is a near-duplicate of
+    `query_vector`. Near-duplicates: global vectors with a cosine of at least `threshold` (the
+    model's, model/calibration.py), or with `threshold` None byte-identical files alone (same
+    sha256; a model without calibration has no measured threshold). Stops once `need`
+    candidates are kept and every good one (`good`, by position) has been looked at; the rest
+    follow unexamined. Returns the kept positions and, per kept position, the positions folded
+    into it. Deterministic: every page of one search walks the same prefix the same way."""
+    last_good = int(np.flatnonzero(good[kept])[-1]) + 1 if good is not None and good[kept].any() else 0
+    chosen: list[int] = []
+    chosen_vectors: list[np.ndarray] = []
+    by_content: dict[str, int] = {}  # sha256 --> the chosen position with that content
+    folded: dict[int, list[int]] = {}
+    walked = 0
+    while walked < len(kept) and (len(chosen) < need or walked < last_good):
+        chunk = kept[walked : walked + max(64, need)]
+        chunk_ids = ids[chunk].tolist()
+        if threshold is None:
+            rows = store.images(chunk_ids)
+            keys: list = [rows[i].sha256 for i in chunk_ids]
+        else:
+            keys = list(store.global_vectors_of(chunk_ids))  # (d,) each
+        for position, key in zip(chunk.tolist(), keys):
+            walked += 1
+            owner = None
+            if threshold is None:
+                owner = by_content.get(key) if merge else None
+            else:
+                if query_vector is not None and float(key @ query_vector) >= threshold:
+                    continue  # a near-copy of the query photo itself
+                if merge and chosen_vectors:
+                    similar = np.stack(chosen_vectors) @ key  # (kept so far,)
+                    best = int(np.argmax(similar))
+                    owner = chosen[best] if similar[best] >= threshold else None
+            if owner is not None:
+                folded.setdefault(owner, []).append(position)
+                continue
+            chosen.append(position)
+            if threshold is None:
+                by_content.setdefault(key, position)
+            else:
+                chosen_vectors.append(key)
+            if len(chosen) >= need and walked >= last_good:
+                break
+    return np.concatenate([np.asarray(chosen, np.int64), kept[walked:]]), folded
 
 
 def shown_relevance(relevance: np.ndarray) -> np.ndarray:

@@ -38,6 +38,7 @@ from imgsearch.search.query_model import QueryEmbedding, QueryModel, TorchQueryM
 from imgsearch.search.searcher import (
     SearchPage,
     SearchResult,
+    collapse_near_duplicates,
     encode_text_query,
     score_pool,
     search_page,
@@ -209,6 +210,8 @@ class Searcher:
                 encode_ms=encode_ms,
                 calibration=calibration,
                 query_text=cast(str, arguments.value) if arguments.kind == "query" else None,
+                collapse_duplicates=arguments.collapse_duplicates,
+                drop_copies_of_query=arguments.kind == "like",  # never a copy of the photo itself
             )
         if arguments.kind == "query" and (warning := english_warning(cast(str, arguments.value))):
             page.warnings.append(warning)
@@ -296,13 +299,37 @@ class Searcher:
 
     def browse(self, k: int, offset: int, filters: SearchFilters) -> tuple[list[dict], int | None]:
         """A page of the library, newest first (Index.browse): image_info of each, and the offset
-        of the next page (None on the last)."""
+        of the next page (None on the last). A photo's near-duplicates that follow it within the
+        page's rows fold into it (its near_duplicates), as search folds them: offsets count rows,
+        so a copy that lands on a later page than its photo is shown there."""
+        window = 2 * k + 1
+        threshold = None if self.calibration is None else self.calibration.near_duplicate_cosine
         with self._snapshot_lock.reading():
-            ids = self._store.newest_ids(
-                k + 1, offset, under=filters.under, taken_after=filters.taken_after, taken_before=filters.taken_before
-            )
-            infos = self._infos(ids[:k])
-        return infos, offset + k if len(ids) > k else None
+            while True:
+                ids = np.asarray(
+                    self._store.newest_ids(
+                        window,
+                        offset,
+                        under=filters.under,
+                        taken_after=filters.taken_after,
+                        taken_before=filters.taken_before,
+                    ),
+                    np.int64,
+                )
+                kept, folded = collapse_near_duplicates(
+                    np.arange(len(ids)), ids, self._store, k + 1, None, None, merge=True, threshold=threshold
+                )
+                if len(kept) > k or len(ids) < window:
+                    break
+                window *= 2  # many copies in a row: read further
+            page = kept[:k].tolist()
+            infos = self._infos(ids[page].tolist())
+            copies = self._store.images([int(ids[c]) for p in page for c in folded.get(p, [])])
+        for info, position in zip(infos, page):
+            info["near_duplicates"] = [
+                {"id": int(ids[c]), "path": copies[int(ids[c])].path} for c in folded.get(position, [])
+            ]
+        return infos, offset + int(kept[k]) if len(kept) > k else None
 
     def _infos(self, ids: list[int]) -> list[dict]:
         """image_info of stored rows `ids`, in that order."""

@@ -43,6 +43,7 @@ import uvicorn  # noqa: E402
 from imgsearch import Index  # noqa: E402
 from imgsearch.model.packaged import default_model_dir  # noqa: E402
 from imgsearch.server.app import create_app  # noqa: E402
+from tests.conftest import draw_image  # noqa: E402
 
 expect = sync_api.expect
 
@@ -59,6 +60,8 @@ CHROMIUM_ARGS = [
 ]
 MARKUP_FOLDER = "<b>x</b>"  # a path holding it: folders "<b>x<" then "b>"
 MARKUP_NAME = "dog <img src=x onerror=alert(1)>.jpg"
+EXTRA_DRAWINGS = 3  # generated drawings beside the sample photos
+PHOTO_COUNT = 24 + 1 + EXTRA_DRAWINGS  # the sample photos, the mirrored dog, the drawings
 WAIT_MS = 60_000  # the first search of a fresh server also encodes the class names (seconds on 2 cores)
 
 
@@ -72,6 +75,8 @@ def photo_root(tmp_path_factory) -> Path:
     odd.mkdir(parents=True)
     with Image.open(PHOTOS / "dog.jpg") as image:  # mirrored: its own content, not a copy of dog.jpg
         ImageOps.mirror(image.convert("RGB")).save(odd / MARKUP_NAME, quality=90)
+    for seed in range(EXTRA_DRAWINGS):  # more photos than a page holds, once cat_720p.jpg folds into cat.jpg
+        draw_image(seed, size=256).save(root / f"drawing_{seed}.png")
     return root
 
 
@@ -82,7 +87,7 @@ def server(photo_root, tmp_path_factory):
         tmp_path_factory.mktemp("browser-index") / "index", model=default_model_dir(), device="cpu"
     ) as index:
         summary = index.add([photo_root], workers=0)
-        assert (summary.added, summary.failed) == (25, 0)
+        assert (summary.added, summary.failed) == (PHOTO_COUNT, 0)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))  # a free port, held from here on: no race with another process
         port = sock.getsockname()[1]
@@ -193,12 +198,12 @@ def test_search_explain_more_like_this_and_upload(server, page, shots, photo_roo
     search_box = page.locator("#q")
     expect(search_box).to_be_focused()  # autofocus
     expect(page.locator("#empty")).to_be_visible()
-    expect(page.locator("#empty")).to_contain_text("Searching 25 photos")
+    expect(page.locator("#empty")).to_contain_text(f"Searching {PHOTO_COUNT} photos")
     # The start page is the library, newest first, in the order the API gives (its oracle: tests/test_server.py).
-    expect(page.locator("#grid .card")).to_have_count(25)
-    expect(page.locator("#status")).to_contain_text("Your photos, newest first")
     with urllib.request.urlopen(server + "api/browse?k=48", timeout=60) as response:
         library = [Path(item["path"]).name for item in json.load(response)["items"]]
+    expect(page.locator("#grid .card")).to_have_count(len(library))
+    expect(page.locator("#status")).to_contain_text("Your photos, newest first")
     assert _names(page) == library
     _shot(page, shots, "01-empty")
 
@@ -217,16 +222,28 @@ def test_search_explain_more_like_this_and_upload(server, page, shots, photo_roo
     assert top[0] in CATS and set(top) <= CATS, f"first three for 'a cat': {top}"
     first = page.locator("#grid .card").first
     expect(first.locator("img")).to_have_attribute("alt", top[0])
-    expect(first.locator(".scores")).to_contain_text(re.compile(r"score -?\d+\.\d\d · first stage -?\d\.\d{3}"))
+    # one number: how likely each photo is to match; the good matches first, then a divider
+    expect(first.locator(".scores")).to_contain_text(re.compile(r"^\d+% match"))
+    answer = _search_api(server, query="a cat", k=200)
+    good = answer["good_matches"]
+    assert good and good < len(answer["items"])
+    expect(page.locator("#status")).to_contain_text(f"{good} good match")
+    expect(page.locator("#grid .divider")).to_have_text("Weaker matches")
+    assert page.locator("#grid > li").nth(good).get_attribute("class") == "divider"
+    expect(page.locator("#grid .card.weak")).to_have_count(24 - good)
+    cat = page.locator("#grid .card", has=page.locator("img[alt='cat.jpg']"))
+    expect(cat.locator(".scores")).to_contain_text("+1 copy")  # cat_720p.jpg folded into it
     expect(page.locator("#timings")).to_contain_text(re.compile(r"\d+\.\d ms \(encode .* re-rank .* ms\)"))
     _shot(page, shots, "02-results-a-cat")
 
-    # Load more: the next page follows, nothing twice (25 photos, 24 a page).
+    # Load more: the next page follows, nothing twice (24 a page).
+    total = len(answer["items"])
+    assert total > 24
     page.locator("#load-more").click()
-    expect(page.locator("#grid .card")).to_have_count(25)
+    expect(page.locator("#grid .card")).to_have_count(total)
     expect(page.locator("#load-more")).to_be_hidden()
     ids = page.locator("#grid .card").evaluate_all("cards => cards.map(c => c.dataset.id)")
-    assert len(set(ids)) == 25, ids
+    assert ids == [str(item["id"]) for item in answer["items"]], ids
 
     # The detail view: path and facts; a word's heatmap appears when the word is clicked.
     first.locator(".thumb").click()
@@ -269,7 +286,7 @@ def test_search_explain_more_like_this_and_upload(server, page, shots, photo_roo
     expect(page.locator("#query-photo")).to_be_visible()
     ids = page.locator("#grid .card").evaluate_all("cards => cards.map(c => c.dataset.id)")
     assert ids and source_id not in ids, f"more like #{source_id}: {ids}"
-    expect(page.locator("#grid .card").first.locator(".scores")).to_contain_text("similarity")
+    expect(page.locator("#grid .card").first.locator(".scores")).to_contain_text(re.compile(r"^\d+% match"))
     _shot(page, shots, "05-more-like-this")
 
     # Back: the text query again, from the URL.
@@ -334,6 +351,15 @@ def test_search_explain_more_like_this_and_upload(server, page, shots, photo_roo
     assert not problems.items, problems.items
 
 
+def _search_api(base: str, **fields) -> dict:
+    """POST /api/search with JSON `fields`: the answer the page renders (its oracle)."""
+    request = urllib.request.Request(
+        base + "api/search", data=json.dumps(fields).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
 def _api_error(base: str, data: bytes) -> tuple[int, str]:
     """The status and `detail` the API gives for an upload of these bytes (an oracle for the page's message)."""
     boundary = "imgsearchtestboundary"
@@ -383,7 +409,7 @@ def test_shared_url_with_a_folder_filter_shows_markup_as_text(server, page, shot
     page.locator("#after").fill(later)
     page.locator("#after").press("Enter")
     expect(page.locator("#status")).to_have_text(
-        "No photos for “a dog”. Try removing a filter (folder, dates, min score)."
+        "No photos for “a dog”. Try removing a filter (folder, dates, match %)."
     )
     expect(page).to_have_url(re.compile(rf"[?&]after={later}(&|$)"))
     expect(page.locator("#grid .card")).to_have_count(0)

@@ -137,6 +137,7 @@ def test_browse_pages_are_the_library_newest_first(dated_index, dated_photos, fi
         assert len(items) <= 5
         got += items
     assert [item["id"] for item in got] == expected and len(expected) > 5
+    assert all(item.pop("near_duplicates") == [] for item in got)  # no copies here: tests/test_near_duplicates.py
     assert got[0] == dated_index.image_info(got[0]["id"])  # each item is the image's info
     with pytest.raises(InvalidQuery):
         dated_index.browse(k=0)

@@ -150,6 +150,7 @@ FIELDS = {
     "rank",
     "id",
     "path",
+    "near_duplicates",
     "relevance",
     "score",
     "first_stage_score",

@@ -17,7 +17,8 @@ Seeded nonsense (made-up words, "xqzv blorft") match nothing, so that a score th
 reaches is not called good. Each query's candidates are scored exactly as Index.search scores
 them (training/evaluate.py's search_pools); the `text` curve is fitted on the final scores of
 the pool, `text_first_stage` on the first-stage scores, `image` on the cosines of each photo's
-nearest other photos, a photo matching another when it matches most of that photo's captions.
+nearest other photos, a photo matching another when it matches at least half of that photo's
+opening phrases (its subject, what "more like this" asks about).
 A score means more for a longer query (more words to agree with), so text queries of at most
 SHORT_QUERY_WORDS words have curves of their own (`text_short`, `text_first_stage_short`).
 
@@ -45,12 +46,26 @@ from imgsearch.training.captions import CaptionedImage
 from imgsearch.training.data import encode_captions, load_images
 from imgsearch.training.evaluate import embed_images, search_pools
 
-__all__ = ["opening_phrase", "nonsense_queries", "caption_matches", "fit_curve", "calibrate", "CalibrationRun"]
+__all__ = [
+    "opening_phrase",
+    "nonsense_queries",
+    "caption_matches",
+    "fit_curve",
+    "near_duplicate_threshold",
+    "calibrate",
+    "CalibrationRun",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_KNOTS = 200  # knots kept per curve (isotonic regression's steps, thinned evenly)
 NONSENSE = 500  # nonsense queries per calibration
+# Near-duplicates (model/calibration.py): a cosine this far above the closest two distinct held-out
+# photos, and at least the floor. With the packaged photo model the closest distinct Flickr8k dev
+# photos (two shots of one scene) have 0.846, the sample cat.jpg and its 1280x720 copy 0.988, a
+# dev photo and its copy 20% brighter 0.988 (median), mirrored 0.956 (bench/RESULTS.md).
+NEAR_DUPLICATE_MARGIN = 0.05
+NEAR_DUPLICATE_FLOOR = 0.95
 
 
 def opening_phrase(caption: str, max_words: int = 4) -> str | None:
@@ -180,20 +195,27 @@ def calibrate(
         final[q], first[q], matched[q] = scored.final, scored.first_stage, matches[q, order[:depth]]
     short = np.array([len(t.split()) <= SHORT_QUERY_WORDS for t in texts])
 
-    # Photos: each photo's nearest other photos by cosine; matching when they match most of its captions.
+    # Photos: each photo's nearest other photos by cosine; one is like it when it matches at least
+    # half of the photo's short descriptions (its captions' opening phrases: "A cat", "Two dogs
+    # play"; its captions when it has none), the subject "more like this" is asked about.
     progress("scoring photo to photo")
     cosines = image_global @ image_global.T  # (Ni, Ni)
     np.fill_diagonal(cosines, -np.inf)
     nearest = np.argsort(-cosines, axis=1, kind="stable")[:, : min(candidates, n_images - 1)]
-    by_caption = matches[: len(bank.captions)].astype(np.float32)  # (Nc, Ni)
-    share = np.stack([by_caption[own].mean(0) for own in bank.captions_of])  # (Ni, Ni)
+    described: list[list[int]] = [[] for _ in range(n_images)]  # per photo, its openings' query rows
+    for row, (caption, _) in enumerate(openings, start=len(bank.captions)):
+        described[bank.image_of[caption]].append(row)
+    share = np.stack(
+        [matches[rows or own].mean(0, dtype=np.float32) for rows, own in zip(described, bank.captions_of)]
+    )  # (Ni, Ni)
     photo = _Pairs(
         np.take_along_axis(cosines, nearest, 1),
-        np.take_along_axis(share, nearest, 1) > 0.5,
+        np.take_along_axis(share, nearest, 1) >= 0.5,
         np.arange(n_images),
         np.full(n_images, 3),
     )
 
+    near_duplicate, closest_distinct = near_duplicate_threshold(image_global)
     pairs: dict[str, _Pairs] = {}
     for name, scores in (("text", final), ("text_first_stage", first)):
         for kind, rows in ((name, ~short), (f"{name}_short", short)):
@@ -209,8 +231,24 @@ def calibrate(
         "nonsense_queries": len(nonsense),
         "candidates": depth,
         "matches_per_caption": round(float(matches[: len(bank.captions)].sum(1).mean()), 2),
+        "closest_distinct_photos_cosine": round(closest_distinct, 4),
     }
-    return CalibrationRun(Calibration(curves, GOOD_MATCH, fitted_on), report)
+    report += (
+        f"\nNear-duplicates: the closest two distinct photos here have cosine {closest_distinct:.4f}; "
+        f"photos at least {near_duplicate} alike fold into one result.\n"
+    )
+    return CalibrationRun(Calibration(curves, GOOD_MATCH, fitted_on, near_duplicate), report)
+
+
+def near_duplicate_threshold(image_global: np.ndarray) -> tuple[float, float]:
+    """The cosine from which two photos count as near-duplicates, for a model whose held-out
+    photos (distinct, as a captions set's photos are) have global vectors image_global (N, d):
+    NEAR_DUPLICATE_MARGIN above the closest two of them, and never under NEAR_DUPLICATE_FLOOR.
+    Returns it (2 decimals) and that closest pair's cosine."""
+    similar = image_global @ image_global.T
+    np.fill_diagonal(similar, -np.inf)
+    closest = float(similar.max()) if len(image_global) > 1 else 0.0
+    return round(min(1.0, max(NEAR_DUPLICATE_FLOOR, closest + NEAR_DUPLICATE_MARGIN)), 2), closest
 
 
 _SORTS = {0: "captions", 1: "opening phrases", 2: "nonsense", 3: "photos"}

@@ -179,6 +179,7 @@ def search(request: Request, body: Body = Depends(request_body), index=Depends(c
         k=form.k,
         candidates=form.candidates,
         rerank=form.rerank,
+        collapse_duplicates=form.collapse_duplicates,
         offset=_offset(form),
         under=form.folder,
         taken_after=form.taken_after,

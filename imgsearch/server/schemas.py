@@ -41,6 +41,9 @@ class SearchRequest(BaseModel):
         DEFAULT_CANDIDATES, ge=1, le=MAX_CANDIDATES, description="first-stage results the re-ranker orders"
     )
     rerank: bool = Field(True, description="re-rank text queries with the scorer")
+    collapse_duplicates: bool = Field(
+        True, description="fold each photo's near-duplicates into it (its near_duplicates) instead of listing them"
+    )
     cursor: str | None = Field(None, max_length=20, description="next_cursor from the previous page")
     page: int | None = Field(None, ge=1, description="1-based page number (instead of a cursor)")
     folder: str | None = Field(None, max_length=4096, description="only images inside this folder (absolute path)")
@@ -77,6 +80,11 @@ class Label(BaseModel):
     score: float
 
 
+class NearDuplicate(BaseModel):
+    id: int
+    path: str
+
+
 _RECORD_TYPES = get_type_hints(ImageRecord)
 
 # A search result (SearchResult.to_dict) with its URLs: id and path, the scores, then the image
@@ -100,6 +108,10 @@ _SEARCH_ITEM: dict[str, Any] = {
     ),
     "labels": (list[Label], []),
     "zero_shot_score": (float | None, None),
+    "near_duplicates": (
+        list[NearDuplicate],
+        Field([], description="near-duplicates of this photo folded into it (same photo at another size, a copy)"),
+    ),
     "thumbnail_url": (str | None, ...),
     "image_url": (str | None, ...),
 }

@@ -296,6 +296,12 @@ function scoreText(item) {
   return `score ${fmt(item.first_stage_score, 3)}`;
 }
 
+// Near-duplicates (the same photo at another size, a copy) folded into this one: " · +1 copy".
+function copiesText(item) {
+  const count = (item.near_duplicates || []).length;
+  return count ? ` · +${count} ${count === 1 ? "copy" : "copies"}` : "";
+}
+
 function scoreTitle(item) {
   if (hasRelevance(item)) return "Estimated chance that this photo matches (details: open the photo)";
   return "This model has no calibration: its raw score";
@@ -313,8 +319,8 @@ function card(item, index) {
       el("div", { class: "name", title: item.path }, el("span", { class: "file", text: name }),
          folder ? el("span", { class: "folder", text: ` in ${folder}` }) : null),
       item.score === undefined
-        ? el("div", { class: "scores", text: formatDate(item.taken_at || item.file_date) })
-        : el("div", { class: "scores", text: scoreText(item), title: scoreTitle(item) })),
+        ? el("div", { class: "scores", text: formatDate(item.taken_at || item.file_date) + copiesText(item) })
+        : el("div", { class: "scores", text: scoreText(item) + copiesText(item), title: scoreTitle(item) })),
     el("button", { type: "button", class: "like quiet", text: "More like this", onclick: () => moreLike(item) }));
 }
 
@@ -396,17 +402,22 @@ function fitImage() {
 function facts(item) {
   const rows = [];
   const add = (term, value) => { if (value !== null && value !== undefined && value !== "") rows.push(el("dt", { text: term }), el("dd", { text: value })); };
+  if (item.score !== undefined && hasRelevance(item)) {
+    add("Match", `${percent(item.relevance)} likely${isWeak(item) ? " (a weaker match)" : " (a good match)"}`);
+  }
   // "Taken" only from the photo's own (EXIF) date; a file's date says when it was copied or saved.
   if (item.taken_at) add("Taken", formatDate(item.taken_at));
   else add("File date", formatDate(item.file_date));
   const pixels = item.width && item.height ? `${item.width} × ${item.height} px` : null;
   add("Size", [pixels, formatBytes(item.size)].filter(Boolean).join(", "));
+  const copies = item.near_duplicates || [];
+  if (copies.length) add(copies.length === 1 ? "Near-duplicate" : "Near-duplicates", copies.map((copy) => copy.path).join("\n"));
   if (item.score !== undefined) { // a search result; the library's photos have no score
-    if (hasRelevance(item)) add("Match", `${percent(item.relevance)} likely${isWeak(item) ? " (a weaker match)" : ""}`);
+    // the model's raw scores, for the curious (the relevance above is what they mean)
     if (!isReranked(item)) {
-      add(textQuery() ? "First stage" : "Similarity", fmt(item.first_stage_score, 3));
+      add(textQuery() ? "Raw score (first stage)" : "Raw score (cosine)", fmt(item.first_stage_score, 3));
     } else {
-      add("Score", fmt(item.score, 2));
+      add("Raw score", fmt(item.score, 2));
       add("First stage", `${fmt(item.first_stage_score, 3)} (rank ${item.first_stage_rank})`);
     }
     add("Rank", String(item.rank));
