@@ -7,8 +7,10 @@
 # 1. train on Flickr8k's train split, a third of every first-stage batch webcaps (--mix-share 0.33),
 #    with the settings below (chosen on Flickr8k dev: bench/RESULTS.md, issue 20);
 # 2. evaluate that model on Flickr8k's dev split with `imgsearch eval` (text->image ranked as
-#    `imgsearch search` ranks) and write OUT_DIR: the model, training.json (data, settings, the
-#    run's record and its dev numbers). The shipped model is the one the dev numbers describe.
+#    `imgsearch search` ranks), calibrate its relevance scale on the same held-out split
+#    (`imgsearch calibrate`: calibration.json and calibration-report.md in the work folder) and
+#    write OUT_DIR: the model, calibration.json, training.json (data, settings, the run's record
+#    and its dev numbers). The shipped model is the one the dev numbers describe.
 # The backbone stays frozen (its features are computed once per run); the projection heads, the
 # hubness bank and the re-ranker's alignment term are trained.
 # LABELS_FILE: ImageNet's 1,000 class names, one a line (default: the MobileNetV2 TFLite file's
@@ -44,8 +46,10 @@ imgsearch train "$data/captions.tsv" --images "$data/images" --only "$data/train
 imgsearch eval "$data/captions.tsv" --images "$data/images" --only "$data/dev.txt" \
   --model "$work/model" --json > "$work/dev-eval.json"
 cat "$work/dev-eval.json"
+imgsearch calibrate "$data/captions.tsv" --images "$data/images" --only "$data/dev.txt" \
+  --model "$work/model" --workers 1 --report "$work/calibration-report.md" > /dev/null
 mkdir -p "$out"
-cp "$work/model/config.json" "$work/model/model.safetensors" "$out/"
+cp "$work/model/config.json" "$work/model/model.safetensors" "$work/model/calibration.json" "$out/"
 python - "$work" "$out" "$(( $(date +%s) - start ))" "${settings[@]}" <<'PY'
 import json, sys
 from pathlib import Path
@@ -63,4 +67,4 @@ record = {
 }
 (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 PY
-echo "wrote $out (config.json, model.safetensors, training.json) in $(( $(date +%s) - start )) s" >&2
+echo "wrote $out (config.json, model.safetensors, calibration.json, training.json) in $(( $(date +%s) - start )) s" >&2

@@ -5,7 +5,10 @@
 #   data/train_photo_model_fast.sh [FLICKR8K_DIR] [MOBILENET_DIR] [OUT_DIR]
 #
 # 1. train on Flickr8k's train split with the settings below (chosen on dev: bench/RESULTS-archive.md, issue 11),
-#    and evaluate that model on the dev split (`imgsearch eval`);
+#    evaluate that model on the dev split (`imgsearch eval`) and calibrate its relevance scale there
+#    (`imgsearch calibrate`); the shipped model gets these curves: it trained on dev too, so its own
+#    dev scores would read higher than a new photo's, while the train-only twin's dev scores are
+#    scores of photos it never saw, as a user's photos are;
 # 2. train again, same settings and seed, on train + dev: the shipped model;
 # 3. write OUT_DIR/training.json: data, settings, the second run's record and the dev
 #    numbers of the train-only run. The backbone stays frozen (its features are computed
@@ -34,6 +37,8 @@ imgsearch train "$data/captions.tsv" --images "$data/images" --only "$data/train
   --out "$work/train-only" > "$work/train-only.json"
 imgsearch eval "$data/captions.tsv" --images "$data/images" --only "$data/dev.txt" \
   --model "$work/train-only" --json > "$work/dev-eval.json"
+imgsearch calibrate "$data/captions.tsv" --images "$data/images" --only "$data/dev.txt" \
+  --model "$work/train-only" --workers 1 --report "$work/calibration-report.md" > /dev/null
 if [ "${TRAIN_ONLY:-0}" = 1 ]; then
   cat "$work/dev-eval.json"
   echo "train-only run and its dev numbers in $work ($(( $(date +%s) - start )) s)" >&2
@@ -43,7 +48,7 @@ cat "$data/train.txt" "$data/dev.txt" > "$work/train+dev.txt"
 imgsearch train "$data/captions.tsv" --images "$data/images" --only "$work/train+dev.txt" "${settings[@]}" \
   --out "$work/train+dev" > "$work/train+dev.json"
 mkdir -p "$out"
-cp "$work/train+dev/config.json" "$work/train+dev/model.safetensors" "$out/"
+cp "$work/train+dev/config.json" "$work/train+dev/model.safetensors" "$work/train-only/calibration.json" "$out/"
 python - "$work" "$out" "$data" "$(( $(date +%s) - start ))" "${settings[@]}" <<'PY'
 import json, sys
 from pathlib import Path
@@ -60,4 +65,4 @@ record = {
 }
 (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 PY
-echo "wrote $out (config.json, model.safetensors, training.json) in $(( $(date +%s) - start )) s" >&2
+echo "wrote $out (config.json, model.safetensors, calibration.json, training.json) in $(( $(date +%s) - start )) s" >&2
