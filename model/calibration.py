@@ -16,9 +16,10 @@ the model's fingerprint: it changes no vector an index stores, only how scores a
     text_first_stage  a text search's first-stage score (re-ranking off, or past the re-ranked pool)
     image             the cosine of two photos' global vectors ("more like this", a photo as query)
 
-A text query of at most SHORT_QUERY_WORDS words reads its scores on curves of their own
-(`text_short`, `text_first_stage_short`): the same score means less for "a dog" than for a
-sentence, which has more words that had to agree with the photo.
+A short text query (at most SHORT_QUERY_CONTENT_WORDS content words: "a dog on the beach")
+reads its scores on curves of their own (`text_short`, `text_first_stage_short`): a score means
+something else for a few words that many photos fit than for a sentence whose every detail had
+to agree with the photo.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ import numpy as np
 from imgsearch.ground.durable import write_text_durably
 from imgsearch.ground.errors import ModelConfigError
 from imgsearch.model.model_files import CALIBRATION_NAME
+from imgsearch.model.words import is_content_word
 
 __all__ = [
     "CALIBRATION_NAME",
     "GOOD_MATCH",
-    "SHORT_QUERY_WORDS",
+    "SHORT_QUERY_CONTENT_WORDS",
+    "is_short_query",
     "Curve",
     "Calibration",
     "ScoreKind",
@@ -52,7 +55,7 @@ FORMAT = "imgsearch-calibration"
 # recall on Flickr8k dev for the packaged models.
 GOOD_MATCH = 0.5
 
-SHORT_QUERY_WORDS = 4  # a text query of at most this many words (split on spaces) is short
+SHORT_QUERY_CONTENT_WORDS = 3  # a text query of at most this many content words is short
 
 ScoreKind = Literal["text", "text_first_stage", "image"]
 KINDS: tuple[str, ...] = ("text", "text_short", "text_first_stage", "text_first_stage_short", "image")
@@ -100,7 +103,7 @@ class Calibration:
         if kind != "image":
             if query is None:
                 raise ValueError("a text score's relevance depends on its query")
-            if len(query.split()) <= SHORT_QUERY_WORDS:
+            if is_short_query(query):
                 return self.curves[f"{kind}_short"](scores)
         return self.curves[kind](scores)
 
@@ -119,6 +122,12 @@ class Calibration:
         path = Path(model_dir) / CALIBRATION_NAME
         write_text_durably(path, self.to_json())
         return path
+
+
+def is_short_query(text: str) -> bool:
+    """Whether a text query reads the short curves: at most SHORT_QUERY_CONTENT_WORDS content
+    words (model/words.py), words split on spaces."""
+    return sum(is_content_word(word) for word in text.split()) <= SHORT_QUERY_CONTENT_WORDS
 
 
 def read_calibration(model_dir: str | os.PathLike) -> Calibration | None:

@@ -72,9 +72,12 @@ def test_short_and_long_text_queries_read_their_own_curves():
     }
     calibration = Calibration(curves)
     score = np.array([3.0])
-    assert calibration.relevance("text", score, "a dog")[0] == pytest.approx(0.1)  # 2 words: short
-    assert calibration.relevance("text", score, "a dog runs on the beach")[0] == pytest.approx(0.9)
-    assert calibration.relevance("text_first_stage", score, "four words at most")[0] == pytest.approx(0.2)
+    assert calibration.relevance("text", score, "a dog")[0] == pytest.approx(0.1)  # 1 content word: short
+    assert calibration.relevance("text", score, "a dog on the beach")[0] == pytest.approx(0.1)  # dog, beach
+    long = "a brown dog runs along the beach near the waves"  # brown, dog, runs, beach, waves
+    assert calibration.relevance("text", score, long)[0] == pytest.approx(0.9)
+    assert calibration.relevance("text_first_stage", score, long)[0] == pytest.approx(0.8)
+    assert calibration.relevance("text_first_stage", score, "three content words at most")[0] == pytest.approx(0.2)
     assert calibration.relevance("image", score)[0] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="query"):
         calibration.relevance("text", score)

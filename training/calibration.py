@@ -19,8 +19,9 @@ them (training/evaluate.py's search_pools); the `text` curve is fitted on the fi
 the pool, `text_first_stage` on the first-stage scores, `image` on the cosines of each photo's
 nearest other photos, a photo matching another when it matches at least half of that photo's
 opening phrases (its subject, what "more like this" asks about).
-A score means more for a longer query (more words to agree with), so text queries of at most
-SHORT_QUERY_WORDS words have curves of their own (`text_short`, `text_first_stage_short`).
+A score means something else for a few words that many photos fit than for a sentence, so short
+text queries (model/calibration.py's is_short_query: at most three content words) have curves
+of their own (`text_short`, `text_first_stage_short`).
 
 Each curve is an isotonic regression (scikit-learn) of match (0/1) on the score. Held out: fit
 on the queries of the first half of the images, measure on the second, then the other way; the
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgsearch.model.alignment import AlignmentModel
-from imgsearch.model.calibration import GOOD_MATCH, SHORT_QUERY_WORDS, Calibration, Curve
+from imgsearch.model.calibration import GOOD_MATCH, Calibration, Curve, is_short_query
 from imgsearch.model.words import is_content_word
 from imgsearch.model.zero_shot import sentence_vectors
 from imgsearch.search.defaults import DEFAULT_CANDIDATES
@@ -193,7 +194,7 @@ def calibrate(
     matched = np.empty(final.shape, bool)
     for q, order, scored in search_pools(model, image_global, regions, class_probs, texts, depth):
         final[q], first[q], matched[q] = scored.final, scored.first_stage, matches[q, order[:depth]]
-    short = np.array([len(t.split()) <= SHORT_QUERY_WORDS for t in texts])
+    short = np.array([is_short_query(text) for text in texts])
 
     # Photos: each photo's nearest other photos by cosine; one is like it when it matches at least
     # half of the photo's short descriptions (its captions' opening phrases: "A cat", "Two dogs
