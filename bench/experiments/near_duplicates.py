@@ -80,9 +80,8 @@ def main() -> None:
     }
     for name, edited in variants.items():
         cosine = (encode(model, edited) * base).sum(1)
-        print(
-            f"{name}: cosine to the original, quantiles 0.1/1/5/50% {np.quantile(cosine, [0.001, 0.01, 0.05, 0.5]).round(4)}"
-        )
+        quantiles = np.quantile(cosine, [0.001, 0.01, 0.05, 0.5]).round(4)
+        print(f"{name}: cosine to the original, quantiles 0.1/1/5/50% {quantiles}")
 
 
 if __name__ == "__main__":
