@@ -605,7 +605,20 @@ def info_command(index_dir, as_json) -> None:
     )
     click.echo(f"backbone:   {manifest['model']['backbone']}")
     click.echo(f"text:       {manifest['model']['text_encoder']}")
+    click.echo(f"relevance:  {_relevance_summary(info['relevance'])}")
     click.echo(f"disk:       {sum(info['bytes_on_disk'].values()):,} bytes")
+
+
+def _relevance_summary(relevance: dict | None) -> str:
+    """info's line on the model's relevance scale (model/calibration.py)."""
+    if relevance is None:
+        return "none: the model has no calibration.json, so results show raw scores (`imgsearch calibrate`)"
+    fitted = relevance["fitted_on"]
+    near = relevance["near_duplicate_cosine"]
+    return (
+        f"calibrated on {fitted.get('data', '?')} ({fitted.get('images', 0):,} photos); good match at "
+        f"{relevance['good_match']:.0%}; near-duplicates at cosine {near if near is not None else '1 (same file)'}"
+    )
 
 
 def _short(label: str) -> str:

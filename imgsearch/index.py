@@ -27,7 +27,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgsearch.ground.errors import IndexExists, InvalidQuery, ModelMismatch, ModelNotFound
+from imgsearch.ground.errors import ImgsearchError, IndexExists, InvalidQuery, ModelMismatch, ModelNotFound
 from imgsearch.ground.locations import default_index_dir
 from imgsearch.indexer.run import Embedder, ProgressCallback, StopCheck, run_indexing
 from imgsearch.model.calibration import Calibration, read_calibration
@@ -452,6 +452,22 @@ class Index:
                 "model": vars(self.manifest.model),
             },
             "bytes_on_disk": files,
+            "relevance": self._relevance_info(),
+        }
+
+    def _relevance_info(self) -> dict | None:
+        """What info says of the model's relevance scale: how it was fitted, the good-match
+        threshold and the near-duplicate cosine; None when the model has none (or is not there)."""
+        try:
+            calibration = read_calibration(self.model_dir)
+        except ImgsearchError:
+            return None
+        if calibration is None:
+            return None
+        return {
+            "good_match": calibration.good,
+            "near_duplicate_cosine": calibration.near_duplicate_cosine,
+            "fitted_on": calibration.fitted_on,
         }
 
     def image_count(self) -> int:

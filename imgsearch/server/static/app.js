@@ -132,57 +132,24 @@ async function search(query, filters, history = "push") {
 }
 
 // The start page is the library: the photos, newest first, a page at a time (GET api/browse).
-async function fetchLibrary(cursor) {
+// One page of photos from the API at a time: a newer request aborts the one in flight. The
+// answer's items join the list (a first page replaces it); `took` reads the rest of the answer,
+// `failed` gets a failure as a sentence.
+async function fetchInto(url, options, cursor, took, failed) {
   if (inflight) inflight.abort();
   const controller = new AbortController();
   inflight = controller;
-  const params = new URLSearchParams({ k: String(PAGE_SIZE * 2) });
-  for (const [name, param] of Object.entries(FILTER_PARAMS)) if (state.filters[name] && name !== "min") params.set(param, state.filters[name]);
-  if (cursor) params.set("cursor", cursor);
   els.loadMore.disabled = true;
   try {
-    const page = await api(`api/browse?${params}`, { signal: controller.signal });
+    const page = await api(url, { ...options, signal: controller.signal });
     if (controller !== inflight) return;
     state.items = cursor ? state.items.concat(page.items) : page.items;
     state.nextCursor = page.next_cursor ?? null;
+    took(page);
     render(cursor ? page.items.length : null);
   } catch (error) {
     if (error.name === "AbortError" || controller !== inflight) return;
-    showError(error instanceof ApiError ? error.message : `Something went wrong: ${error.message}`);
-  } finally {
-    if (controller === inflight) { inflight = null; els.loadMore.disabled = false; }
-  }
-}
-
-async function fetchPage(cursor) {
-  if (inflight) inflight.abort();
-  const controller = new AbortController();
-  inflight = controller;
-  const { query, filters } = state;
-  showError(null);
-  document.body.classList.add("busy");
-  els.status.textContent = cursor ? "Loading more…" : "Searching…";
-  els.loadMore.disabled = true;
-  try {
-    const page = await api("api/search", { ...requestFor(query, filters, cursor), signal: controller.signal });
-    if (controller !== inflight) return;
-    state.items = cursor ? state.items.concat(page.items) : page.items;
-    state.nextCursor = page.next_cursor ?? null;
-    state.timings = page.timings_ms || null;
-    state.reranked = page.reranked;
-    state.warnings = page.warnings || [];
-    // good_matches counts every result past the filters, not just this page's: the first page's stands
-    if (!cursor) state.good = page.good_threshold == null ? null
-      : { count: page.good_matches, complete: page.good_matches_complete, threshold: page.good_threshold };
-    render(cursor ? page.items.length : null);
-  } catch (error) {
-    if (error.name === "AbortError") return;
-    if (controller !== inflight) return;
-    let message = error instanceof ApiError ? error.message : `Something went wrong: ${error.message}`;
-    if (query.kind === "image") message = `Could not search with ${query.name || "that photo"}: ${message}`;
-    showError(message);
-    if (!cursor) { state.items = []; state.nextCursor = null; state.timings = null; state.warnings = []; render(); }
-    els.status.textContent = "";
+    failed(error instanceof ApiError ? error.message : `Something went wrong: ${error.message}`);
   } finally {
     if (controller === inflight) {
       inflight = null;
@@ -190,6 +157,33 @@ async function fetchPage(cursor) {
       els.loadMore.disabled = false;
     }
   }
+}
+
+function fetchLibrary(cursor) {
+  const params = new URLSearchParams({ k: String(PAGE_SIZE * 2) });
+  for (const [name, param] of Object.entries(FILTER_PARAMS)) if (state.filters[name] && name !== "min") params.set(param, state.filters[name]);
+  if (cursor) params.set("cursor", cursor);
+  return fetchInto(`api/browse?${params}`, {}, cursor, () => {}, showError);
+}
+
+function fetchPage(cursor) {
+  const { query, filters } = state;
+  showError(null);
+  document.body.classList.add("busy");
+  els.status.textContent = cursor ? "Loading more…" : "Searching…";
+  return fetchInto("api/search", requestFor(query, filters, cursor), cursor, (page) => {
+    state.timings = page.timings_ms || null;
+    state.reranked = page.reranked;
+    state.warnings = page.warnings || [];
+    // good_matches counts every result past the filters, not just this page's: the first page's stands
+    if (!cursor) state.good = page.good_threshold == null ? null
+      : { count: page.good_matches, complete: page.good_matches_complete, threshold: page.good_threshold };
+  }, (message) => {
+    if (query.kind === "image") message = `Could not search with ${query.name || "that photo"}: ${message}`;
+    showError(message);
+    if (!cursor) { state.items = []; state.nextCursor = null; state.timings = null; state.warnings = []; render(); }
+    els.status.textContent = "";
+  });
 }
 
 function showError(message) {
@@ -239,6 +233,7 @@ function describeQuery(query) {
 function render(appended = null) {
   const { query, items } = state;
   els.empty.hidden = Boolean(query);
+  els.empty.classList.toggle("compact", !query && items.length > 0); // photos first, the intro small
   if (appended === null) els.grid.replaceChildren();
   const start = appended === null ? 0 : items.length - appended;
   items.slice(start).forEach((item, i) => {
