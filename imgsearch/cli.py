@@ -408,12 +408,13 @@ def search_command(
     for warning in page.warnings:
         click.echo(f"Warning: {warning}", err=True)
     if not page.results:
-        click.echo(
-            "no images match; add some with `imgsearch index`, or loosen the filters."
-            if min_score is not None or under or taken_after or taken_before
-            else "no images in the index yet; add some with `imgsearch index`.",
-            err=True,
-        )
+        if under or taken_after or taken_before:
+            message = "no images match; add some with `imgsearch index`, or loosen the filters."
+        elif min_score is not None:
+            message = f"no photos are at least {min_score:.0%} likely to match; lower --min-score."
+        else:
+            message = "no images in the index yet; add some with `imgsearch index`."
+        click.echo(message, err=True)
     else:
         if (summary := _good_summary(page)) is not None:
             click.echo(summary)

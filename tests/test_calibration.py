@@ -172,3 +172,44 @@ def test_a_model_without_calibration_has_no_relevance_and_refuses_min_score(tmp_
         assert all(r.relevance is None for r in page.results)
         with pytest.raises(InvalidQuery, match="no relevance calibration"):
             index.search("a red square", min_score=0.5)
+
+
+def test_the_command_line_shows_relevance_and_marks_the_weaker_matches(tmp_path, model_dir, image_folder):
+    """The table against --json of the same search: each row's percent is the result's
+    relevance, the line falls where the good matches end, the first line counts them."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from imgsearch.cli import cli
+
+    def run(*args):
+        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        return result
+
+    calibrated = tmp_path / "model"
+    shutil.copytree(model_dir, calibrated)
+    index_dir = tmp_path / "index"
+    assert run("index", image_folder, "--index", index_dir, "--model", calibrated, "--quiet").exit_code == 0
+    raw = json.loads(run("search", "a red square", "--index", index_dir, "-k", 12, "--json").stdout)["results"]
+    scores = sorted(r["score"] for r in raw)
+    middle = (scores[5] + scores[6]) / 2  # half the results good, half weaker
+    line = Curve((middle - 1e-3, middle + 1e-3), (0.2, 0.8))
+    kinds = ("text", "text_short", "text_first_stage", "text_first_stage_short", "image")
+    Calibration({kind: line for kind in kinds}, 0.5).save(calibrated)
+
+    answer = json.loads(run("search", "a red square", "--index", index_dir, "-k", 12, "--json").stdout)
+    good = [r for r in answer["results"] if r["relevance"] >= 0.5]
+    assert answer["good_matches"] == len(good) == 6 and answer["good_threshold"] == 0.5
+    table = run("search", "a red square", "--index", index_dir, "-k", 12).stdout.splitlines()
+    assert table[0] == "6 good matches; 6 weaker shown"
+    assert table[1].split() == ["rank", "match", "path", "[labels]"]
+    rows = [row for row in table[2:] if not row.strip().startswith("--")]
+    assert [row.split()[1] for row in rows] == [f"{r['relevance']:.0%}" for r in answer["results"]]
+    assert "weaker matches" in table[2 + len(good)]  # the line right after the good ones
+    kept = json.loads(
+        run("search", "a red square", "--index", index_dir, "-k", 12, "--min-score", "50%", "--json").stdout
+    )
+    assert [r["id"] for r in kept["results"]] == [r["id"] for r in good]
+    bad = run("search", "a red square", "--index", index_dir, "--min-score", "1.5")
+    assert bad.exit_code == 2 and "between 0 and 1" in bad.output
