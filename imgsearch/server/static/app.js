@@ -258,7 +258,10 @@ function render(appended = null) {
       (filtered ? " Try removing a filter (folder, dates, match %)." : " Try other words.");
   } else {
     const count = `${items.length}${state.nextCursor ? "+" : ""} ${items.length === 1 ? "photo" : "photos"}`;
-    els.status.textContent = state.good ? `${goodText(state.good)} ${describeQuery(query)}` : `${count} ${describeQuery(query)}`;
+    const weaker = items.filter(isWeak).length;
+    els.status.textContent = state.good
+      ? `${goodText(state.good)} ${describeQuery(query)}${weaker ? `; ${weaker}${state.nextCursor ? "+" : ""} weaker` : ""}`
+      : `${count} ${describeQuery(query)}`;
   }
   els.timings.textContent = timingsText(state.timings, state.reranked);
 }
