@@ -88,6 +88,9 @@ def server(photo_root, tmp_path_factory):
     ) as index:
         summary = index.add([photo_root], workers=0)
         assert (summary.added, summary.failed) == (PHOTO_COUNT, 0)
+        # The model and the label score's class texts load here, once (8 s, far more on a busy
+        # machine), not inside a page's wait for its first results.
+        index.search("a photo", k=1)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))  # a free port, held from here on: no race with another process
         port = sock.getsockname()[1]

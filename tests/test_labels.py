@@ -165,8 +165,8 @@ def test_search_results_carry_the_stored_labels(tmp_path, mobilenet_model_dir, p
     index_dir = tmp_path / "index"
     with Index.create(index_dir, mobilenet_model_dir, device="cpu") as index:
         index.add([photos], workers=0)
-        results = index.search("a red circle", k=20, candidates=20)
-        first_stage = index.search("a red circle", k=20, rerank=False)
+        results = index.search("a red circle", k=20, candidates=20, collapse_duplicates=False)
+        first_stage = index.search("a red circle", k=20, rerank=False, collapse_duplicates=False)
     stored = stored_labels(index_dir)
     assert len(results) == len(first_stage) == 12
     for result in results + first_stage:
@@ -185,6 +185,7 @@ def test_search_results_carry_the_stored_labels(tmp_path, mobilenet_model_dir, p
         "cpu",
         "--precision",
         "float32",
+        "--keep-duplicates",
     )
     assert [r["path"] for r in out["results"]] == [r.path for r in results]
     for r in out["results"]:
@@ -193,12 +194,14 @@ def test_search_results_carry_the_stored_labels(tmp_path, mobilenet_model_dir, p
         assert scores == sorted(scores, reverse=True) and len(scores) == TOP
 
 
-def test_the_search_table_shows_the_top_labels_above_one_tenth(tmp_path, mobilenet_model_dir, photos):
+def test_the_search_table_shows_the_labels_the_classifier_is_sure_of(tmp_path, mobilenet_model_dir, photos):
+    from imgsearch.cli import SHOWN_LABEL_MIN_SCORE
+
     index_dir = tmp_path / "index"
     with Index.create(index_dir, mobilenet_model_dir, device="cpu") as index:
         index.add([photos], workers=0)
     stored = stored_labels(index_dir)
-    result = run("search", "a red circle", "--index", index_dir, "-k", 20, "--device", "cpu")
+    result = run("search", "a red circle", "--index", index_dir, "-k", 20, "--device", "cpu", "--keep-duplicates")
     assert result.exit_code == 0, result.output
     header, *lines = result.stdout.strip().splitlines()
     assert header.endswith("path  [labels]")
@@ -206,7 +209,7 @@ def test_the_search_table_shows_the_top_labels_above_one_tenth(tmp_path, mobilen
     with_labels = 0
     for line in lines:
         path = next(p for p in stored if f"  {p}" in line)
-        want = [(name, prob) for name, prob in stored[path] if prob >= 0.1][:2]
+        want = [(name, prob) for name, prob in stored[path] if prob >= SHOWN_LABEL_MIN_SCORE][:2]
         tail = line.split(f"  {path}", 1)[1]
         if not want:
             assert tail == "", line
@@ -218,8 +221,9 @@ def test_the_search_table_shows_the_top_labels_above_one_tenth(tmp_path, mobilen
         assert [name for name, _ in shown] == [name for name, _ in want], line
         for (_, percent), (_, prob) in zip(shown, want):
             assert abs(int(percent.rstrip("%")) - prob * 100) <= 0.5 + 1e-9, line
-    # Both kinds of line occur: some images have a label above 0.1, some none.
-    assert 0 < with_labels < len(lines)
+    # Lines without labels occur (this random-weight classifier is rarely sure); a shown label's
+    # form is the unit test's below.
+    assert with_labels < len(lines)
 
 
 def test_a_model_without_a_classifier_stores_no_labels(tmp_path, model_dir, photos):
@@ -321,4 +325,5 @@ def test_the_terminal_shows_an_imagenet_name_by_its_first_synonym():
     from imgsearch.cli import _label_note
 
     labels = [{"label": "hotdog, hot dog, red hot", "score": 0.82}, {"label": "tabby, tabby cat", "score": 0.12}]
-    assert _label_note(labels) == "  [hotdog 82%, tabby 12%]"
+    assert _label_note(labels) == "  [hotdog 82%]"  # tabby at 12%: the classifier is not sure of it
+    assert _label_note([{"label": "tabby, tabby cat", "score": 0.49}]) == ""

@@ -75,7 +75,7 @@ def client(app):
 @pytest.fixture(scope="module")
 def ids(index) -> dict[str, int]:
     """File name --> image id, for every indexed file."""
-    return {Path(r.path).name: r.id for r in index.search("a photo", k=50)}
+    return {Path(r.path).name: r.id for r in index.search("a photo", k=50, collapse_duplicates=False)}
 
 
 def _with_host(headers) -> list[tuple[str, str]]:
