@@ -451,7 +451,10 @@ def rerank_command(query, images, index_dir, model, precision, device, as_json) 
     if as_json:
         click.echo(json.dumps({"query": query, "reranked": True, "results": [r.to_dict() for r in results]}, indent=2))
     else:
-        click.echo(_results_table(results, reranked=True))
+        from imgsearch.model.calibration import GOOD_MATCH
+
+        calibrated = bool(results) and results[0].relevance is not None
+        click.echo(_results_table(results, reranked=True, good=GOOD_MATCH if calibrated else None))
 
 
 @cli.command("serve", context_settings=CONTEXT)
