@@ -422,6 +422,25 @@ def test_shared_url_with_a_folder_filter_shows_markup_as_text(server, page, shot
     expect(page).to_have_url(re.compile(r"\?q=a(\+|%20)dog$"))
     expect(page.locator("#warning")).to_be_hidden()
 
+    # "Match at least 50%": the good matches alone, as the API gives them with min_score 0.5.
+    page.locator("#q").fill("a cat")
+    page.locator("#q").press("Enter")
+    expect(page.locator("#status")).to_contain_text("for “a cat”")
+    good = _search_api(server, query="a cat", min_score=0.5)["items"]
+    assert good
+    if page.locator("#filters").get_attribute("open") is None:
+        page.locator("#filters summary").click()
+    page.locator("#min").fill("50")
+    page.locator("#min").press("Enter")
+    expect(page).to_have_url(re.compile(r"[?&]min=50(&|$)"))
+    expect(page.locator("#grid .card")).to_have_count(len(good))
+    assert page.locator("#grid .card").evaluate_all("cards => cards.map(c => c.dataset.id)") == [
+        str(item["id"]) for item in good
+    ]
+    expect(page.locator("#grid .card.weak")).to_have_count(0)
+    page.locator("#filters-clear").click()
+    expect(page).to_have_url(re.compile(r"\?q=a(\+|%20)cat$"))
+
     # A query that is not English: the results come, with a warning above them; English again hides it.
     page.locator("#q").fill("un chien qui court sur la plage")
     page.locator("#q").press("Enter")
