@@ -27,6 +27,14 @@ only_option = click.option(
     help="File listing the image names to use, one per line (e.g. Flickr8k's train.txt).",
 )
 split_option = click.option("--split", default=None, help="Karpathy JSON split to use (train, val, test, restval).")
+# eval's and calibrate's: a trained model directory, where it runs, and the decoding processes
+model_dir_option = click.option(
+    "--model", required=True, type=click.Path(exists=True, file_okay=False), help="Alignment model directory."
+)
+device_option = click.option("--device", default="auto", show_default=True)
+decode_workers_option = click.option(
+    "--workers", default=0, show_default=True, type=WholeNumber(min=0), help="Decoding processes."
+)
 
 
 @click.command("train", context_settings=CONTEXT)
@@ -289,9 +297,7 @@ def show_training_progress() -> None:
 
 @click.command("eval", context_settings=CONTEXT)
 @captions_argument
-@click.option(
-    "--model", required=True, type=click.Path(exists=True, file_okay=False), help="Alignment model directory."
-)
+@model_dir_option
 @images_option
 @only_option
 @split_option
@@ -309,8 +315,8 @@ def show_training_progress() -> None:
     type=WholeNumber(min=1),
     help="Text->image: first-stage candidates per caption, re-ranked as `imgsearch search` does.",
 )
-@click.option("--device", default="auto", show_default=True)
-@click.option("--workers", default=0, show_default=True, type=WholeNumber(min=0), help="Decoding processes.")
+@device_option
+@decode_workers_option
 @json_option
 @user_errors
 def eval_command(captions, model, images, only, split, rerank_depth, candidates, device, workers, as_json) -> None:
@@ -342,11 +348,13 @@ def eval_command(captions, model, images, only, split, rerank_depth, candidates,
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 
+# Fewer held-out photos than this give each half of the held-out fit too few matches to mean anything.
+MIN_CALIBRATION_IMAGES = 50
+
+
 @click.command("calibrate", context_settings=CONTEXT)
 @captions_argument
-@click.option(
-    "--model", required=True, type=click.Path(exists=True, file_okay=False), help="Alignment model directory."
-)
+@model_dir_option
 @images_option
 @only_option
 @split_option
@@ -358,8 +366,8 @@ def eval_command(captions, model, images, only, split, rerank_depth, candidates,
     help="First-stage candidates per query, scored as `imgsearch search` scores them.",
 )
 @click.option("--report", type=click.Path(dir_okay=False), help="Also write the held-out report (markdown) here.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--workers", default=0, show_default=True, type=WholeNumber(min=0), help="Decoding processes.")
+@device_option
+@decode_workers_option
 @user_errors
 def calibrate_command(captions, model, images, only, split, candidates, report, device, workers) -> None:
     """Fit the model's relevance scale: its scores turned into the estimated
@@ -382,7 +390,14 @@ def calibrate_command(captions, model, images, only, split, candidates, report, 
     from imgsearch.training.calibration import calibrate
     from imgsearch.training.run import read_dataset
 
+    if report and not Path(report).resolve().parent.is_dir():
+        raise click.BadParameter(f"there is no folder {Path(report).parent} to write it in.", param_hint="'--report'")
     dataset = read_dataset(captions, images, only, split)
+    if len(dataset) < MIN_CALIBRATION_IMAGES:
+        raise click.ClickException(
+            f"the captions name {len(dataset)} images; calibrating needs at least {MIN_CALIBRATION_IMAGES} "
+            "captioned photos the model did not train on (Flickr8k dev has 1,000)."
+        )
     torch_device = resolve_device(device)
     keep_freed_memory_on_cpu(torch_device)
     aligned = AlignmentModel.from_pretrained(model, device=torch_device)

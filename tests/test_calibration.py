@@ -5,6 +5,7 @@ search, the curves applied by hand to the raw scores search reports."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -213,3 +214,27 @@ def test_the_command_line_shows_relevance_and_marks_the_weaker_matches(tmp_path,
     assert [r["id"] for r in kept["results"]] == [r["id"] for r in good]
     bad = run("search", "a red square", "--index", index_dir, "--min-score", "1.5")
     assert bad.exit_code == 2 and "between 0 and 1" in bad.output
+
+
+def test_calibrate_refuses_too_few_photos_and_a_missing_report_folder_writing_nothing(tmp_path, model_dir):
+    from click.testing import CliRunner
+
+    from imgsearch.cli import cli
+    from tests.conftest import make_photos
+
+    photos = make_photos(tmp_path / "photos", range(4))
+    captions = tmp_path / "captions.tsv"
+    captions.write_text("image\tcaption\n" + "".join(f"img_{i:03d}.png\ta drawing\n" for i in range(4)))
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+
+    def run(*args):
+        return CliRunner().invoke(
+            cli, ["calibrate", str(captions), "--images", str(photos), "--model", str(model), *args]
+        )
+
+    missing = run("--report", str(tmp_path / "no-such-folder" / "report.md"))
+    assert missing.exit_code == 2 and "no folder" in missing.output
+    few = run()
+    assert few.exit_code == 1 and "needs at least 50" in few.output
+    assert read_calibration(model) is None  # nothing written beside the model

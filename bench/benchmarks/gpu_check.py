@@ -312,6 +312,21 @@ class Table:
                 f.write("".join(line + "\n" for line in lines))
 
 
+def run_rows(table: Table, title: str, runs: list, only: str | None) -> None:
+    """A table of images/s, one row per (name, run) whose name holds a part of `only` (all
+    without it); a run that fails gets its error in its row instead of ending the benchmark."""
+    table.add(f"| {title} | images/s |", "|---|---|")
+    for name, run in runs:
+        if only and not any(part in name for part in only.split(",")):
+            continue
+        print(f"{title}: {name} ...", file=sys.stderr, flush=True)
+        try:
+            table.add(f"| {name} | {run():.0f} |")
+        except Exception as exc:  # one broken stage must not cost the others' numbers
+            table.add(f"| {name} | failed: {type(exc).__name__}: {exc} |")
+    table.add("")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -352,19 +367,18 @@ def main() -> None:
         half = device.type == "cuda"
         short = min(args.images, 8 * args.batch_size)
         instant = InstantEncoder(256).eval().to(device)
-        table.add("| no model | images/s |", "|---|---|")
-        for name, run in (
-            ("decode workers alone", lambda: decode_only(files, SIZE, args.batch_size, workers)),
-            ("end to end, instant encoder (no network)", lambda: end_to_end(instant, files, args.batch_size, workers)),
-        ):
-            if args.only and not any(part in name for part in args.only.split(",")):
-                continue
-            print(f"{name} ...", file=sys.stderr, flush=True)
-            try:
-                table.add(f"| {name} | {run():.0f} |")
-            except Exception as exc:  # one broken stage must not cost the others' numbers
-                table.add(f"| {name} | failed: {type(exc).__name__}: {exc} |")
-        table.add("")
+        run_rows(
+            table,
+            "no model",
+            [
+                ("decode workers alone", lambda: decode_only(files, SIZE, args.batch_size, workers)),
+                (
+                    "end to end, instant encoder (no network)",
+                    lambda: end_to_end(instant, files, args.batch_size, workers),
+                ),
+            ],
+            args.only,
+        )
         for number, backbone in enumerate(args.backbones.split(",")):
             torch.manual_seed(0)
             pool = "fc7" if backbone == "vgg16" else "mean"  # as each backbone's models pool
@@ -409,16 +423,7 @@ def main() -> None:
                             lambda encoder=encoder: forward_only(encoder, device, short, args.batch_size, False),
                         ),
                     )
-            if args.only:
-                runs = [(name, run) for name, run in runs if any(part in name for part in args.only.split(","))]
-            table.add(f"| {backbone} 224px | images/s |", "|---|---|")
-            for name, run in runs:
-                print(f"{backbone}: {name} ...", file=sys.stderr, flush=True)
-                try:
-                    table.add(f"| {name} | {run():.0f} |")
-                except Exception as exc:  # one broken stage must not cost the others' numbers
-                    table.add(f"| {name} | failed: {type(exc).__name__}: {exc} |")
-            table.add("")
+            run_rows(table, f"{backbone} 224px", runs, args.only)
         table.add(
             "",
             f"Store.apply of {args.batch_size} new images (49 x 256 fp16 regions each), median: "
