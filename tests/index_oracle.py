@@ -72,7 +72,8 @@ def search_results(index: Index, queries: list[str], k: int = 1000) -> dict[str,
     out = {}
     for query in queries:
         for rerank in (False, True):
-            results = index.search(query, k, candidates=k, rerank=rerank)
+            # every image: which of two byte copies stands for both would follow ids, not content
+            results = index.search(query, k, candidates=k, rerank=rerank, collapse_duplicates=False)
             out[f"{query} rerank={rerank}"] = [(r.path, r.score) for r in results]
     return out
 
