@@ -505,20 +505,21 @@ def test_a_phone_sees_a_grid_of_photos_without_desktop_hints(server, browser, sh
         expect(page.locator("#folder")).to_be_hidden()
         assert page.evaluate("document.getElementById('filters').open") is False
 
-        # A search under way dims the old results until its answer comes.
-        release = threading.Event()
-
-        def slow(route):
-            release.wait(30)
-            route.continue_()
-
-        page.route("**/api/search", slow)
+        # A search under way dims the old results until its answer comes. The request is held
+        # (the sync API runs a route handler on this thread, so the handler must not block: it
+        # keeps the route, and this thread lets it go once the dimmed page is checked).
+        held: list = []
+        page.route("**/api/search", lambda route: held.append(route))
         page.locator("#q").fill("a cat")
         page.locator("#q").press("Enter")
         page.wait_for_function("() => document.body.classList.contains('busy')")
         assert float(page.evaluate("getComputedStyle(document.getElementById('grid')).opacity")) < 0.6
         _shot(page, shots, "15-phone-searching")
-        release.set()
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while not held and time.monotonic() < deadline:
+            page.wait_for_timeout(10)  # lets playwright call the handler
+        assert held, "the search request never reached the route"
+        held[0].continue_()
         page.wait_for_function("() => !document.body.classList.contains('busy')")
         page.wait_for_function("() => getComputedStyle(document.getElementById('grid')).opacity === '1'")
         page.unroute("**/api/search")
