@@ -1,7 +1,8 @@
 """Run the `imgsearch` command line in real child processes, quickly.
 
 Starting a Python process that imports torch takes seconds, so the children are
-forked from a multiprocessing "forkserver" that has imported imgsearch once.
+forked from a multiprocessing "forkserver" that has imported imgsearch, torch and
+transformers once.
 Each child is a separate OS process running `imgsearch.cli.main(args)`, with
 its stdout and stderr in a file, and can be killed (SIGKILL) or interrupted
 (SIGINT) like any other.
@@ -20,7 +21,19 @@ import time
 from pathlib import Path
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["imgsearch.cli", "cli_process"])
+# imgsearch.cli imports torch only when a command needs it (a fast --help); the commands the tests
+# run do, so the forkserver imports what they load (5 s a child otherwise, on 2 cores).
+_CONTEXT.set_forkserver_preload(
+    [
+        "imgsearch.cli",
+        "cli_process",
+        "torch",
+        "transformers",
+        "imgsearch.index",
+        "imgsearch.indexer.pipeline",
+        "imgsearch.model.alignment",
+    ]
+)
 
 
 def _child(args: list[str], output: str, pause_before: str | None, pause: str | None, stderr_to: str | None) -> None:
