@@ -82,15 +82,19 @@ def pngs(tmp_path):
 
 def test_importing_and_using_the_library_changes_no_process_setting(tmp_path, model_dir, pngs):
     env = {k: v for k, v in os.environ.items() if k != allocator.DEFAULT_MALLOC_ENV}
+    # Two threads to begin with, whatever this suite runs with (make test: one per worker), so
+    # that a library setting them to one would show.
+    threads = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "2")
     done = subprocess.run(
         [sys.executable, "-c", PROBE, str(model_dir), str(pngs), str(tmp_path / "index")],
-        env={**env, "HF_HUB_OFFLINE": "1"},
+        env={**env, **threads, "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.splitlines()[-1])
     assert found["before"]["malloc"] is None and found["before"]["mallopt calls"] == []
+    assert found["before"]["torch threads"] == found["before"]["faiss threads"] == 2
     assert found["imported"] == found["before"]
     assert found["used"] == found["before"]
 

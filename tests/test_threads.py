@@ -103,6 +103,8 @@ def test_use_threads_sets_torch_faiss_and_blas_once(monkeypatch):
         monkeypatch.setenv(name, os.environ.get(name, "0"))
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)  # not 1 already (make test runs each worker on one thread)
+        faiss.omp_set_num_threads(2)
         use_threads(1)
         assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (1, 1)
         blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
