@@ -22,6 +22,7 @@ from imgsearch.model.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneConfig
 from imgsearch.model.checkpoint import load_module_state, read_tensors
 from imgsearch.model.config import read_model_config
 from imgsearch.model.device import resolve_device
+from imgsearch.model.onnx_encoder import OnnxEncoder, onnx_encoder
 from imgsearch.model.projection import ProjectionHead, l2_normalize
 
 __all__ = ["ImageEncoder", "ImageEmbedding", "preprocess", "resize_uint8", "normalize_pixels"]
@@ -59,6 +60,8 @@ class ImageEncoder(nn.Module):
         self.region_head = ProjectionHead(backbone.region_dim, embed_dim)
         self.global_head = ProjectionHead(backbone.global_dim, embed_dim)
         self._activation_bytes: int | None = None  # largest activation per image, measured on the first CPU batch
+        self._onnx: OnnxEncoder | None = None  # this encoder on ONNX Runtime, for CPU batches (use_onnx_runtime)
+        self._onnx_tried = False
 
     @property
     def image_size(self) -> int:
@@ -82,16 +85,30 @@ class ImageEncoder(nn.Module):
             embedding.class_probs = logits.float().softmax(dim=-1)
         return embedding
 
+    def use_onnx_runtime(self, threads: int | None = None) -> bool:
+        """Run encode() of CPU batches on ONNX Runtime from now on (model/onnx_encoder.py: the same
+        outputs to about 1e-5, 1.2-2x as fast), on `threads` threads (default: torch's count),
+        exported from the weights as they are now. False, and torch runs it as before, where
+        onnxruntime is missing or the export fails."""
+        if not self._onnx_tried:
+            self._onnx_tried = True
+            self._onnx = onnx_encoder(self, self.image_size, threads or torch.get_num_threads())
+        return self._onnx is not None
+
     def encode(self, pixels: torch.Tensor, memory_format: torch.memory_format = torch.channels_last) -> ImageEmbedding:
         """Inference on uint8 pixels (B, 3, S, S): normalise, run channels-last (by default), embed.
 
-        On the CPU, once the process keeps freed memory (model/allocator.py: the command line
+        On the CPU after use_onnx_runtime(), ONNX Runtime runs it (in chunks of its own; its own
+        memory arena: no chunking for the allocator). Otherwise torch does. On the CPU, once
+        the process keeps freed memory (model/allocator.py: the command line
         and the server ask for it, a program may call keep_freed_memory(); encode never does),
         it runs the batch in chunks whose largest activation fits under the allocator's heap
         block limit (6 images for the photo model at 224px): larger blocks would be mapped and
         unmapped on every pass, at the cost of a page fault per 4 KiB (2.6x slower,
         bench/RESULTS-archive.md). Otherwise it runs the batch whole.
         """
+        if self._onnx is not None and pixels.device.type == "cpu" and len(pixels):
+            return ImageEmbedding(*self._onnx(pixels))
         return ImageEmbedding.cat(self._in_chunks(pixels, memory_format, self))
 
     def backbone_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,7 +40,9 @@ class Spy:
         self.index = index
         self.read: list[str] = []
         self.embedded = 0
-        index.image_encoder.register_forward_hook(lambda module, args, out: self._count(args[0]))
+        encoder = index.image_encoder
+        encode = encoder.encode  # counted where images enter the encoder (torch or ONNX Runtime runs it)
+        encoder.encode = lambda pixels, *args: self._count(pixels) or encode(pixels, *args)
 
     def embedder(self, batch_size: int = 32) -> LocalEmbedder:
         """The local embedder (no decode workers) with a decoder that notes each file it reads."""

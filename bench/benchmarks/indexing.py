@@ -7,11 +7,12 @@ throughput (the practical ceiling), measured in one run on the same machine.
 For each configuration ("photo" and "fast": the packaged models, EfficientNet-Lite0 and
 MobileNetV2 at 224px, with their real weights; the others random-init weights, timing only:
 the product never indexes with random weights): forward-only images/s of the encoder (backbone + projection heads) on
-pixels already in memory, then indexing images/s through imgsearch.indexer.pipeline.index_files
-(decode workers, encoder, SQLite store, FAISS), then forward-only again; the ratio is
-end-to-end over the mean of the two forward-only runs (the sandwich evens out load
-changes from other jobs on a shared machine). Also forward-only in the default
-(contiguous) memory format, to show what channels-last buys; and on the CPU, the ceiling
+pixels already in memory, on the runtime indexing uses (on the CPU the backbone on ONNX Runtime,
+model/onnx_backbone.py; --torch-backbone keeps it on torch), then indexing images/s through
+imgsearch.indexer.pipeline.index_files (decode workers, encoder, SQLite store, FAISS), then
+forward-only again; the ratio is end-to-end over the mean of the two forward-only runs (the
+sandwich evens out load changes from other jobs on a shared machine). Also forward-only on
+torch (channels-last), to show what the runtime buys; and on the CPU, the ceiling
 that decoding leaves: decoding alone on one core (D images/s, the indexer's own decode and
 resize) costs 1/D core-seconds per image that forward-only never pays, so on C cores end to
 end can reach at most C / (C/F + 1/D) images/s, a ratio of 1 / (1 + F/(C*D)) (store and
@@ -121,6 +122,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--report", default="bench/RESULTS.md")
     parser.add_argument(
+        "--torch-backbone",
+        action="store_true",
+        help="run the backbone on torch on the CPU too (indexing runs it on ONNX Runtime: model/onnx_backbone.py)",
+    )
+    parser.add_argument(
         "--default-allocator",
         action="store_true",
         help="leave glibc's malloc as it is (`imgsearch index` keeps freed memory: model/allocator.py)",
@@ -141,10 +147,13 @@ def main() -> None:
             backbone, embed_dim = CONFIGS[name]
             torch.manual_seed(0)
             encoder = ImageEncoder(backbone, embed_dim).eval().to(device)
+        on_torch = forward_only(encoder, count, args.batch_size, device)  # before the backbone moves to ONNX Runtime
+        runtime = "torch"
+        if device.type == "cpu" and not args.torch_backbone and encoder.use_onnx_runtime():
+            runtime = "ONNX Runtime"  # as indexing runs it; exported (or read from the cache) before timing
         files = all_files[:count]
         if len(files) < count:
             raise SystemExit(f"Error: {args.images} has {len(files)} JPEG files; {count} are needed for {name}.")
-        contiguous = forward_only(encoder, count, args.batch_size, device, channels_last=False)
         before = best_forward_only(encoder, count, args.batch_size, device)
         e2e = end_to_end(encoder, files, args.batch_size, workers)
         after = best_forward_only(encoder, count, args.batch_size, device)
@@ -159,7 +168,8 @@ def main() -> None:
                 backbone.image_size,
                 backbone.grid_side,
                 count,
-                contiguous,
+                runtime,
+                on_torch,
                 before,
                 e2e,
                 after,
@@ -190,17 +200,20 @@ def format_report(rows, machine, device, workers, args) -> str:
         f"{'glibc default' if heap_block_limit() is None else 'freed memory kept (model/allocator.py)'}. "
         f"Files: JPEGs from {args.images} (photo: the "
         "packaged model's weights; the others random-init weights, timing only). "
-        "Forward-only = normalise + encoder + outputs to CPU from pixels in memory "
-        "(channels-last, as the pipeline runs it), measured before and after the end-to-end run.\n",
-        "| config | input | grid | images | forward-only contiguous img/s (default threads) | "
+        "Forward-only = normalise + encoder + outputs to CPU from pixels in memory, on the backbone runtime "
+        "indexing uses (on the CPU ONNX Runtime, model/onnx_backbone.py, at torch's default thread count "
+        "whatever the bracket says; torch channels-last elsewhere), measured before and after the end-to-end "
+        "run; and on torch alone for comparison.\n",
+        "| config | input | grid | images | backbone runtime | forward-only on torch img/s | "
         "forward-only before (threads) | end to end img/s | forward-only after | end to end / forward-only | "
         "ceiling decoding leaves (CPU) | "
         "load (1 min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, size, grid, count, contiguous, before, e2e, after, ratio, bound, load in rows:
+    for name, size, grid, count, runtime, on_torch, before, e2e, after, ratio, bound, load in rows:
         out.append(
-            f"| {name} | {size}px | {grid}x{grid} | {count} | {contiguous:.1f} | {before[0]:.1f} ({before[1]}) | "
+            f"| {name} | {size}px | {grid}x{grid} | {count} | {runtime} | {on_torch:.1f} | "
+            f"{before[0]:.1f} ({before[1]}) | "
             f"{e2e:.1f} | {after[0]:.1f} ({after[1]}) | {100 * ratio:.0f}% | "
             f"{'-' if bound is None else f'{100 * bound:.0f}%'} | {load:.2f} |"
         )
