@@ -276,7 +276,7 @@ def start_encoding(pixels: torch.Tensor, rows: torch.Tensor, encoder: ImageEncod
     regions (n, R, d) float16 and, with a classifier, the top classes, in host memory,
     and on a GPU the event that says they are there."""
     cuda = device.type == "cuda"
-    if not cuda:  # from the first batch with something to embed on: 1.4-2.1x faster (model/onnx_backbone.py)
+    if not cuda:  # from the first batch with something to embed on (model/onnx_encoder.py: 1.2-2x faster)
         encoder.use_onnx_runtime()
     with torch.inference_mode():
         batch = pixels.to(device)[rows.to(device)]  # (n, 3, S, S) uint8

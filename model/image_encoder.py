@@ -95,6 +95,11 @@ class ImageEncoder(nn.Module):
             self._onnx = onnx_encoder(self, self.image_size, threads or torch.get_num_threads())
         return self._onnx is not None
 
+    def use_torch_runtime(self) -> None:
+        """Run encode() on torch from now on, also where indexing would move it to ONNX Runtime
+        (bench/benchmarks/indexing.py --torch-backbone compares the two)."""
+        self._onnx_tried, self._onnx = True, None
+
     def encode(self, pixels: torch.Tensor, memory_format: torch.memory_format = torch.channels_last) -> ImageEmbedding:
         """Inference on uint8 pixels (B, 3, S, S): normalise, run channels-last (by default), embed.
 

@@ -8,7 +8,7 @@ For each configuration ("photo" and "fast": the packaged models, EfficientNet-Li
 MobileNetV2 at 224px, with their real weights; the others random-init weights, timing only:
 the product never indexes with random weights): forward-only images/s of the encoder (backbone + projection heads) on
 pixels already in memory, on the runtime indexing uses (on the CPU the backbone on ONNX Runtime,
-model/onnx_backbone.py; --torch-backbone keeps it on torch), then indexing images/s through
+model/onnx_encoder.py; --torch-backbone keeps it, and indexing, on torch), then indexing images/s through
 imgsearch.indexer.pipeline.index_files (decode workers, encoder, SQLite store, FAISS), then
 forward-only again; the ratio is end-to-end over the mean of the two forward-only runs (the
 sandwich evens out load changes from other jobs on a shared machine). Also forward-only on
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument(
         "--torch-backbone",
         action="store_true",
-        help="run the backbone on torch on the CPU too (indexing runs it on ONNX Runtime: model/onnx_backbone.py)",
+        help="run the encoder on torch on the CPU, forward-only and indexing (not ONNX Runtime)",
     )
     parser.add_argument(
         "--default-allocator",
@@ -149,7 +149,9 @@ def main() -> None:
             encoder = ImageEncoder(backbone, embed_dim).eval().to(device)
         on_torch = forward_only(encoder, count, args.batch_size, device)  # before the backbone moves to ONNX Runtime
         runtime = "torch"
-        if device.type == "cpu" and not args.torch_backbone and encoder.use_onnx_runtime():
+        if args.torch_backbone:
+            encoder.use_torch_runtime()  # indexing too
+        elif device.type == "cpu" and encoder.use_onnx_runtime():
             runtime = "ONNX Runtime"  # as indexing runs it; exported (or read from the cache) before timing
         files = all_files[:count]
         if len(files) < count:
@@ -201,7 +203,7 @@ def format_report(rows, machine, device, workers, args) -> str:
         f"Files: JPEGs from {args.images} (photo: the "
         "packaged model's weights; the others random-init weights, timing only). "
         "Forward-only = normalise + encoder + outputs to CPU from pixels in memory, on the backbone runtime "
-        "indexing uses (on the CPU ONNX Runtime, model/onnx_backbone.py, at torch's default thread count "
+        "indexing uses (on the CPU ONNX Runtime, model/onnx_encoder.py, at torch's default thread count "
         "whatever the bracket says; torch channels-last elsewhere), measured before and after the end-to-end "
         "run; and on torch alone for comparison.\n",
         "| config | input | grid | images | backbone runtime | forward-only on torch img/s | "
