@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgsearch.images.decode import DecodeResult, ImageRecord, decode_file, record_of
 from imgsearch.indexer.shard import Shard, shard_id_of
-from imgsearch.model.image_encoder import ImageEncoder, resize_uint8
+from imgsearch.model.image_encoder import ImageEmbedding, ImageEncoder, resize_uint8
 from imgsearch.model.labels import best_classes
 from imgsearch.storage.lock import close_inherited_locks
 
@@ -39,6 +39,7 @@ __all__ = [
     "decode_loader",
     "start_embedding",
     "start_encoding",
+    "host_outputs",
     "PendingShard",
     "Started",
     "cudnn_autotuned",
@@ -202,6 +203,9 @@ class PendingShard:
     global_: torch.Tensor | None = None  # (n, d) float32, host memory
     regions: torch.Tensor | None = None  # (n, R, d) float16, host memory
     ready: torch.cuda.Event | None = None  # fires when global_, regions and the top classes are filled (GPU)
+    # On the CPU on ONNX Runtime: waits for the encoder's threads and gives what start_encoding would
+    # have (result() calls it); the batch after this one is decoded and started meanwhile.
+    finish: Callable[[], Started] | None = None
     # With a classifier: each row's top classes, best first, in host memory, and the class names.
     top_probs: torch.Tensor | None = None  # (n, TOP_LABELS) float32
     top_classes: torch.Tensor | None = None  # (n, TOP_LABELS) int64, indices into label_names
@@ -212,12 +216,20 @@ class PendingShard:
     def __len__(self) -> int:
         return len(self.records)
 
+    def _take(self, started: Started) -> None:
+        self.global_, self.regions, self.ready = started.global_, started.regions, started.ready
+        if started.top_probs is not None:
+            self.top_probs, self.top_classes = started.top_probs, started.top_classes
+
     @property
     def asynchronous(self) -> bool:
-        """True while result() may still wait for the encoder (a GPU's asynchronous work)."""
-        return self.ready is not None
+        """True while result() may still wait for the encoder (a GPU's, or ONNX Runtime's threads)."""
+        return self.ready is not None or self.finish is not None
 
     def result(self) -> Shard:
+        if self.finish is not None:
+            self._take(self.finish())
+            self.finish = None
         if self.ready is not None:
             self.ready.synchronize()
         labels = None
@@ -263,11 +275,16 @@ def start_embedding(
     pending = PendingShard(batch.records, contents, embed_dim=encoder.embed_dim, num_regions=encoder.num_regions)
     if contents:
         assert batch.pixels is not None  # the good records' pixels
-        started = start_encoding(batch.pixels, torch.tensor(rows), encoder, device)
-        pending.global_, pending.regions, pending.ready = started.global_, started.regions, started.ready
-        if started.top_probs is not None:
-            pending.top_probs, pending.top_classes = started.top_probs, started.top_classes
-            pending.label_names = encoder.labels
+        pending.label_names = encoder.labels  # what the top classes index, with a classifier
+        # On the CPU the encoder runs on ONNX Runtime where it can (model/onnx_encoder.py: 1.4-2x
+        # faster end to end), from the first batch with something to embed on, asynchronously.
+        later = None
+        if device.type == "cpu" and encoder.use_onnx_runtime():
+            later = encoder.encode_later(batch.pixels[torch.tensor(rows)])
+        if later is not None:
+            pending.finish = lambda: host_outputs(later(), encoder)
+        else:
+            pending._take(start_encoding(batch.pixels, torch.tensor(rows), encoder, device))
     return pending
 
 
@@ -276,19 +293,14 @@ def start_encoding(pixels: torch.Tensor, rows: torch.Tensor, encoder: ImageEncod
     regions (n, R, d) float16 and, with a classifier, the top classes, in host memory,
     and on a GPU the event that says they are there."""
     cuda = device.type == "cuda"
-    if not cuda:  # from the first batch with something to embed on (model/onnx_encoder.py: 1.2-2x faster)
-        encoder.use_onnx_runtime()
     with torch.inference_mode():
         batch = pixels.to(device)[rows.to(device)]  # (n, 3, S, S) uint8
         with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
             out = encoder.encode(batch)
-        regions = out.regions.to(torch.float16)  # (n, R, d)
-        global_ = out.global_.float()  # (n, d)
-        top_probs = top_classes = None
-        if out.class_probs is not None and encoder.labels is not None:
-            top_probs, top_classes = best_classes(out.class_probs, encoder.labels)  # (n, k), (n, k)
+        started = host_outputs(out, encoder)
         if not cuda:
-            return Started(global_, regions, None, top_probs, top_classes)
+            return started
+        global_, regions, _, top_probs, top_classes = started
         regions_host = torch.empty(regions.shape, dtype=torch.float16, pin_memory=True)
         global_host = torch.empty(global_.shape, dtype=torch.float32, pin_memory=True)
         regions_host.copy_(regions, non_blocking=True)
@@ -302,6 +314,15 @@ def start_encoding(pixels: torch.Tensor, rows: torch.Tensor, encoder: ImageEncod
         ready = torch.cuda.Event()
         ready.record()
     return Started(global_host, regions_host, ready, top_probs, top_classes)
+
+
+def host_outputs(out: ImageEmbedding, encoder: ImageEncoder) -> Started:
+    """The encoder's outputs as they are stored: global (n, d) float32, regions (n, R, d) float16
+    and, with a classifier, the top classes (on the outputs' device; no event)."""
+    top_probs = top_classes = None
+    if out.class_probs is not None and encoder.labels is not None:
+        top_probs, top_classes = best_classes(out.class_probs, encoder.labels)  # (n, k), (n, k)
+    return Started(out.global_.float(), out.regions.to(torch.float16), None, top_probs, top_classes)
 
 
 @contextmanager

@@ -95,6 +95,14 @@ class ImageEncoder(nn.Module):
             self._onnx = onnx_encoder(self, self.image_size, threads or torch.get_num_threads())
         return self._onnx is not None
 
+    def encode_later(self, pixels: torch.Tensor) -> Callable[[], ImageEmbedding] | None:
+        """encode(pixels) of uint8 CPU pixels (B, 3, S, S) started on ONNX Runtime's threads, the
+        function returned waiting for it; None where this encoder is not on ONNX Runtime."""
+        if self._onnx is None:
+            return None
+        outputs = self._onnx.submit(pixels)
+        return lambda: ImageEmbedding(*outputs())
+
     def use_torch_runtime(self) -> None:
         """Run encode() on torch from now on, also where indexing would move it to ONNX Runtime
         (bench/benchmarks/indexing.py --torch-backbone compares the two)."""

@@ -41,19 +41,26 @@ def oracle(tmp_path, model_dir, photos):
         return rows_of(index), search_results(index, QUERIES)
 
 
-def wait_for_rows(db_path, rows: int, timeout: float = 60) -> None:
+def wait_for_rows(db_path, count: int, timeout: float = 60, where_not_in: tuple = ()) -> None:
+    """Until `count` images rows are committed in the store at `db_path` (of contents not in `where_not_in`)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        conn = sqlite3.connect(db_path)
+    query = "SELECT count(*) FROM images"
+    if where_not_in:
+        query += f" WHERE sha256 NOT IN ({', '.join('?' * len(where_not_in))})"
+    while True:
+        rows = 0
         try:
-            if conn.execute("SELECT count(*) FROM images").fetchone()[0] >= rows:
-                return
-        except sqlite3.Error:
+            connection = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+            try:
+                rows = connection.execute(query, where_not_in).fetchone()[0]
+            finally:
+                connection.close()
+        except sqlite3.Error:  # not made yet
             pass
-        finally:
-            conn.close()
+        if rows >= count:
+            return
+        assert time.monotonic() < deadline, f"{rows} rows stored, not {count}"
         time.sleep(0.01)
-    raise AssertionError(f"{rows} rows were not committed in {timeout} s")
 
 
 def index_args(photos, index_dir, model_dir, *extra):
@@ -131,6 +138,9 @@ def test_readers_see_a_consistent_snapshot_while_a_writer_runs(tmp_path, model_d
         index_args(photos, index_dir, model_dir, "--workers", 0), tmp_path / "writer.txt", pause_before="img_010.png"
     )
     writer.wait_until_paused()
+    # Batches before the pause are stored by the writer thread while the next ones are read
+    # (on the CPU ONNX Runtime encodes asynchronously): wait until it has stored those 10.
+    wait_for_rows(index_dir / "index.db", 10)
     first_ten = {f"{photos}/img_{i:03d}.png" for i in range(10)}
 
     saved = (index_dir / "vectors.faiss").read_bytes()  # the writer saves it only at the end
@@ -163,6 +173,8 @@ def test_readers_see_a_consistent_snapshot_while_a_writer_runs(tmp_path, model_d
             pause_before="img_012.png",
         )
         rewriter.wait_until_paused()
+        old_contents = tuple({row.sha256 for row in oracle[0].values()})
+        wait_for_rows(index_dir / "index.db", 12, where_not_in=old_contents)  # its writer thread's batches
         # The reader's rows are being deleted under it, but its snapshot still has them.
         assert search_results(reader, QUERIES) == before
         with open_index(index_dir) as late_reader:  # a reader opened now sees the half-way state

@@ -33,6 +33,13 @@ def fresh_rows(tmp_path: Path, model_dir: Path, folders: list[Path], name: str =
         return rows_of(index), search_results(index, QUERIES)
 
 
+def count_encoded(encoder, count) -> None:
+    """count(pixels) of each batch the encoder is given, on torch (encode) or ONNX Runtime (encode_later)."""
+    encode, encode_later = encoder.encode, encoder.encode_later
+    encoder.encode = lambda pixels, *args: count(pixels) or encode(pixels, *args)
+    encoder.encode_later = lambda pixels: count(pixels) or encode_later(pixels)
+
+
 class Spy:
     """Counts the files the indexer reads and the images the backbone sees: index.add(embedder=spy.embedder())."""
 
@@ -40,9 +47,7 @@ class Spy:
         self.index = index
         self.read: list[str] = []
         self.embedded = 0
-        encoder = index.image_encoder
-        encode = encoder.encode  # counted where images enter the encoder (torch or ONNX Runtime runs it)
-        encoder.encode = lambda pixels, *args: self._count(pixels) or encode(pixels, *args)
+        count_encoded(index.image_encoder, self._count)
 
     def embedder(self, batch_size: int = 32) -> LocalEmbedder:
         """The local embedder (no decode workers) with a decoder that notes each file it reads."""
@@ -156,6 +161,7 @@ class DeferredEncoding:
     def __init__(self, local: LocalEmbedder) -> None:
         self.local = local
         self.waits = 0
+        local.encoder.use_torch_runtime()  # synchronous on the CPU (ONNX Runtime's path is asynchronous itself)
 
     def embed(self, paths, known_contents):
         batches = self.local.embed(paths, known_contents)

@@ -101,6 +101,7 @@ class DeferredEncoding:
     def __init__(self, local: LocalEmbedder) -> None:
         self.local = local
         self.waits = 0
+        local.encoder.use_torch_runtime()  # synchronous on the CPU (ONNX Runtime's path is asynchronous itself)
 
     def embed(self, paths, known_contents):
         batches = self.local.embed(paths, known_contents)

@@ -26,6 +26,7 @@ from imgsearch.indexer.plan import plan_run
 from imgsearch.indexer.run import Finished
 from imgsearch.indexer.shard import Shard, shard_id_of
 from index_oracle import assert_rows_match, check_consistent, rows_of
+from test_incremental import count_encoded
 from test_search_oracles import encode_file
 
 ATOL = 1e-5
@@ -202,13 +203,12 @@ def test_a_safetensors_file_that_is_not_a_shard_is_store_corrupt(tmp_path):
 def test_embed_shard_equals_the_encoder_on_each_file_and_embeds_a_copy_once(index, photos, workers):
     encoder = index.image_encoder
     seen = []
-    encode = encoder.encode  # counted where images enter the encoder (torch or ONNX Runtime runs it)
-    encoder.encode = lambda pixels, *args: seen.append(pixels.shape[0]) or encode(pixels, *args)
+    count_encoded(encoder, lambda pixels: seen.append(pixels.shape[0]))
     files = sorted(photos.rglob("*.png"))  # broken, img_000..003, sub/copy_of_001, sub/img_004..005
     try:
         shard = embed_shard(files, encoder, batch_size=3, workers=workers)
     finally:
-        del encoder.encode
+        del encoder.encode, encoder.encode_later
 
     assert [r.path for r in shard.records] == [path_to_text(f) for f in files]
     assert shard.shard_id == hashlib.sha256("".join(path_to_text(f) + "\n" for f in files).encode()).hexdigest()
