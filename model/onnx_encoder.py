@@ -110,6 +110,8 @@ def onnx_encoder(encoder: ImageEncoder, image_size: int, threads: int) -> OnnxEn
                 return None
         try:
             session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            version = onnxruntime.__version__
+            log.info("the image encoder runs on ONNX Runtime %s, %d thread(s) (%s)", version, threads, path)
             return OnnxEncoder(session, path, threads)
         except Exception as exc:  # an unreadable cache file: export it again, once
             if attempt == "exported":
