@@ -26,10 +26,16 @@ from imgsearch.model.text_encoder import PACKAGED_MINILM, TextEncoderConfig, res
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
-    """The per-user cache (class-name vectors) in a folder of this run, for every test and
-    every process they start: the suite never writes to ~/.cache."""
+    """The per-user cache (class-name vectors, exported ONNX encoders) in a folder of this run, for
+    every test and every process they start: the suite never writes to ~/.cache. Under
+    pytest-xdist the run's workers share it (each has its own basetemp, .../popen-gwN; the cache's
+    files are written to a temporary name and renamed), so each packaged model's 1,000 class
+    texts are encoded once a run rather than once a worker."""
     before = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["XDG_CACHE_HOME"] = str(cache)
     yield
     if before is None:
         os.environ.pop("XDG_CACHE_HOME", None)
