@@ -80,7 +80,7 @@ def embed_batches(
     and start embedding each batch's contents that are not in `known_contents` (adding them
     to it): batch after batch, its shard maybe still on its way (GPU). The encoder runs
     channels-last, with cuDNN picking its fastest algorithms on a GPU while batches are asked for;
-    on the CPU its backbone runs on ONNX Runtime where it can (start_encoding)."""
+    on the CPU the encoder runs on ONNX Runtime where it can (start_embedding)."""
     device = next(encoder.parameters()).device
     encoder.to(memory_format=torch.channels_last)
     loader = decode_loader(DecodeDataset(paths, encoder.image_size, decode), batch_size, workers)

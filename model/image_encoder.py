@@ -92,7 +92,7 @@ class ImageEncoder(nn.Module):
         onnxruntime is missing or the export fails."""
         if not self._onnx_tried:
             self._onnx_tried = True
-            self._onnx = onnx_encoder(self, self.image_size, threads or torch.get_num_threads())
+            self._onnx = onnx_encoder(self, threads or torch.get_num_threads())
         return self._onnx is not None
 
     def encode_later(self, pixels: torch.Tensor) -> Callable[[], ImageEmbedding] | None:

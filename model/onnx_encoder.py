@@ -9,8 +9,8 @@ set: forward-only on the 2-core EPYC, EfficientNet-Lite0 (the default photo mode
 (bench/RESULTS.md, "ONNX Runtime"; tests/test_onnx_encoder.py). Training and GPUs stay on torch.
 
 The encoder is exported once (torch.onnx, about 1.5 s) into the per-user cache, keyed by its
-weights, class and input size and the torch and ONNX Runtime versions; a cache that cannot be
-written or read only costs the export again.
+weights, class and input size and the torch and ONNX Runtime versions. An unreadable cached graph
+is exported again; a cache that cannot be written leaves the encoder on torch (said in the log).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class _Exported(nn.Module):
         return (out.regions, out.global_) if out.class_probs is None else (out.regions, out.global_, out.class_probs)
 
 
-def onnx_encoder(encoder: ImageEncoder, image_size: int, threads: int) -> OnnxEncoder | None:
+def onnx_encoder(encoder: ImageEncoder, threads: int) -> OnnxEncoder | None:
     """`encoder` (an ImageEncoder) as an ONNX Runtime session on `threads` threads, or None (said
     in the log) where onnxruntime or onnx is not installed or the export fails: torch then runs it."""
     try:
@@ -95,7 +95,7 @@ def onnx_encoder(encoder: ImageEncoder, image_size: int, threads: int) -> OnnxEn
     except ImportError:
         log.info("onnxruntime is not installed: the image encoder runs on torch (slower on a CPU)")
         return None
-    key = _cache_key(encoder, image_size, onnxruntime.__version__)
+    key = _cache_key(encoder, onnxruntime.__version__)
     path = default_cache_dir() / "onnx" / f"image-encoder-{key}.onnx"
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1  # OnnxEncoder runs `threads` chunks at once instead
@@ -104,7 +104,7 @@ def onnx_encoder(encoder: ImageEncoder, image_size: int, threads: int) -> OnnxEn
     for attempt in ("cached", "exported"):
         if attempt == "exported" or not path.exists():
             try:
-                _export(encoder, image_size, path)
+                _export(encoder, path)
             except Exception as exc:  # any export failure: torch runs the encoder instead
                 log.info("the image encoder could not be exported to ONNX (%s): it runs on torch", exc)
                 return None
@@ -121,12 +121,12 @@ def onnx_encoder(encoder: ImageEncoder, image_size: int, threads: int) -> OnnxEn
     return None
 
 
-def _cache_key(encoder: ImageEncoder, image_size: int, runtime_version: str) -> str:
+def _cache_key(encoder: ImageEncoder, runtime_version: str) -> str:
     """What the exported graph depends on: every tensor of the encoder (names, shapes, bytes), its
     backbone's class, the input size, and the versions of torch (the exporter) and ONNX Runtime."""
     digest = hashlib.blake2b(digest_size=16)
     backbone = type(encoder.backbone).__qualname__
-    header = [type(encoder).__qualname__, backbone, image_size, torch.__version__, runtime_version, OPSET]
+    header = [type(encoder).__qualname__, backbone, encoder.image_size, torch.__version__, runtime_version, OPSET]
     digest.update(json.dumps(header).encode())
     for name, tensor in encoder.state_dict().items():
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
@@ -134,9 +134,10 @@ def _cache_key(encoder: ImageEncoder, image_size: int, runtime_version: str) -> 
     return digest.hexdigest()
 
 
-def _export(encoder: ImageEncoder, image_size: int, path: Path) -> None:
+def _export(encoder: ImageEncoder, path: Path) -> None:
     """Export `encoder` (in eval mode, on the CPU, float32) with a free batch dimension to `path`, durably."""
-    example = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
+    size = encoder.image_size
+    example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     was_training = encoder.training
